@@ -1,0 +1,113 @@
+//! Wiring: builds the shared state (config, store, deliverer, clock, API token) and serves
+//! every route on one listener. `run(listener, options, shutdown)` is the seam that `main`,
+//! the demo, the benchmark and the tests all start Ferry through.
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::deliver::{Deliverer, DelivererOptions};
+use crate::store::{Store, StoreOptions};
+use axum::Router;
+use axum::routing::post;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// What every handler can reach. Cheap to clone: all fields are shared handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub deliverer: Deliverer,
+    pub clock: SharedClock,
+    pub api_token: Arc<str>,
+}
+
+pub struct ServeOptions {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    /// The API token; when `None`, one is read from (or created in) the data directory.
+    pub api_token: Option<String>,
+    pub clock: SharedClock,
+    pub deliverer: DelivererOptions,
+    pub store: StoreOptions,
+}
+
+impl ServeOptions {
+    pub fn new(config: Config, data_dir: PathBuf) -> Self {
+        let store = StoreOptions { rejected_log_size: config.settings.rejected_log_size, ..StoreOptions::default() };
+        ServeOptions { config, data_dir, api_token: None, clock: Arc::new(crate::clock::SystemClock), deliverer: DelivererOptions::default(), store }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("API token file `{path}`: {source}")]
+    TokenFile { path: String, source: std::io::Error },
+    #[error("serving HTTP failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the store, resumes pending deliveries and returns the state to serve.
+pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
+    let store = Store::open(&options.data_dir, options.store)?;
+    let api_token = match options.api_token {
+        Some(t) => t,
+        None => token_from_data_dir(&options.data_dir)?,
+    };
+    let config = Arc::new(options.config);
+    let deliverer =
+        Deliverer::start(config.clone(), store.clone(), options.clock.clone(), crate::deliver::http_client()?, options.deliverer).await?;
+    Ok(AppState { config, store, deliverer, clock: options.clock, api_token: api_token.into() })
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new().route("/in/{source}", post(crate::ingest::receive)).merge(crate::api::routes(state.clone())).with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops taking requests and lets in-flight ones end.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Serve)
+}
+
+pub async fn run(listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let state = prepare(options).await?;
+    serve(listener, state, shutdown).await
+}
+
+/// Where the generated API token is kept.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("api-token")
+}
+
+fn token_from_data_dir(data_dir: &Path) -> Result<String, ServeError> {
+    let path = token_path(data_dir);
+    let fail = |source| ServeError::TokenFile { path: path.display().to_string(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let token = crate::ids::random_token("fry_").map_err(fail)?;
+    write_private(&path, &token).map_err(fail)?;
+    tracing::info!(path = %path.display(), "generated an API token; it is in this file");
+    Ok(token)
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(content.as_bytes())?;
+    file.sync_all()
+}

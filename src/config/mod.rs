@@ -1,0 +1,641 @@
+//! The config file: reading it (with `${ENV}` substitution), and checking it once into typed,
+//! compiled values (jq programs, JSON Schema validators, parsed URLs, decoded keys) that the
+//! rest of Ferry uses without re-checking. Every problem is reported with its place.
+
+mod raw;
+mod places;
+
+use crate::deliver::retry::RetryPolicy;
+use crate::engine::expr::Expr;
+use raw::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use places::Places;
+
+/// A secret from the config: never printed by `Debug`.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub settings: Settings,
+    pub sources: BTreeMap<String, Arc<Source>>,
+    pub event_types: BTreeMap<String, Arc<EventType>>,
+    pub destinations: BTreeMap<String, Arc<Destination>>,
+    pub flows: Vec<Arc<Flow>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub allow_private_destinations: bool,
+    /// Largest accepted ingest body, in bytes.
+    pub max_body_size: usize,
+    /// How many refused inputs the rejected log keeps (oldest dropped first).
+    pub rejected_log_size: usize,
+    pub public_url: Option<url::Url>,
+}
+
+pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+pub const DEFAULT_REJECTED_LOG_SIZE: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Source {
+    pub id: String,
+    pub verify: Verify,
+    pub event_type: FieldRef,
+    pub idempotency_key: Option<FieldRef>,
+}
+
+#[derive(Debug)]
+pub enum Verify {
+    None,
+    StandardWebhooks { key: Secret, tolerance: Duration },
+    Hmac { header: String, key: Secret, encoding: SignatureEncoding, prefix: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+/// Where a value is read from in an incoming request.
+#[derive(Debug)]
+pub enum FieldRef {
+    Body(Expr),
+    /// A header name, lower case.
+    Header(String),
+}
+
+pub struct EventType {
+    pub name: String,
+    pub validator: Option<jsonschema::Validator>,
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventType({}, schema: {})", self.name, self.validator.is_some())
+    }
+}
+
+#[derive(Debug)]
+pub struct Destination {
+    pub id: String,
+    pub url: url::Url,
+    pub method: reqwest::Method,
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    pub signing: Option<Secret>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+}
+
+#[derive(Debug)]
+pub struct Flow {
+    pub id: String,
+    pub source: String,
+    /// Empty means every event type of the source.
+    pub event_types: BTreeSet<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+pub enum Step {
+    Filter { name: Option<String>, expr: Expr },
+    Deliver { name: Option<String>, destinations: Vec<String> },
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub place: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "the config has {n} error{}:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks the config file at `path`, taking `${NAME}` values from the process
+/// environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![ConfigError { place: file.clone(), message: format!("cannot read the file: {e}") }]))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_str(&text, &file, &base, &|name| std::env::var(name).ok())
+}
+
+/// Checks config text. `file` names it in errors; `base` is where `schema_file` paths start.
+pub fn load_str(text: &str, file: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let places = Places::new(file, text);
+    let mut errors = Vec::new();
+    let text = substitute_env(text, &places, env, &mut errors);
+    let raw: RawConfig = match serde_yaml::from_str(&text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let place = match e.location() {
+                Some(loc) => places.at_line(loc.line()),
+                None => file.to_string(),
+            };
+            errors.push(ConfigError { place, message: e.to_string() });
+            return Err(ConfigErrors(errors));
+        }
+    };
+    let mut checker = Checker { places: &places, base, errors };
+    let config = checker.check(raw);
+    if checker.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(checker.errors)) }
+}
+
+/// Replaces `${NAME}` with the environment's value; `$${` stands for a literal `${`.
+/// Comment lines are left alone.
+fn substitute_env(text: &str, places: &Places, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find("${") {
+            if rest[..pos].ends_with('$') {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 2..];
+            match after.find('}') {
+                Some(end) => {
+                    let name = &after[..end];
+                    match env(name) {
+                        Some(value) => out.push_str(&value),
+                        None => errors.push(ConfigError {
+                            place: places.at_line(index + 1),
+                            message: format!("environment variable `{name}` is not set"),
+                        }),
+                    }
+                    rest = &after[end + 1..];
+                }
+                None => {
+                    errors.push(ConfigError { place: places.at_line(index + 1), message: "`${` without a closing `}`".into() });
+                    out.push_str(&rest[pos..]);
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+struct Checker<'a> {
+    places: &'a Places,
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, place: String, message: impl Into<String>) {
+        self.errors.push(ConfigError { place, message: message.into() });
+    }
+
+    fn duration(&mut self, place: &str, field: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(place.to_string(), format!("`{field}`: `{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn expr(&mut self, place: &str, field: &str, code: &str) -> Option<Expr> {
+        match Expr::compile(code) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.error(place.to_string(), format!("`{field}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn check(&mut self, raw: RawConfig) -> Config {
+        let settings = self.settings(raw.settings);
+        let mut sources = BTreeMap::new();
+        for s in raw.sources {
+            let place = self.places.object("sources", "source", &s.id);
+            if let Some(source) = self.source(&place, s) {
+                if sources.insert(source.id.clone(), Arc::new(source)).is_some() {
+                    self.error(place, "a source with this id is already defined");
+                }
+            }
+        }
+        let mut event_types = BTreeMap::new();
+        for t in raw.event_types {
+            let place = self.places.object_named("event_types", "event type", "name", &t.name);
+            let et = self.event_type(&place, t);
+            if event_types.insert(et.name.clone(), Arc::new(et)).is_some() {
+                self.error(place, "an event type with this name is already defined");
+            }
+        }
+        let mut destinations = BTreeMap::new();
+        for d in raw.destinations {
+            let place = self.places.object("destinations", "destination", &d.id);
+            if let Some(dest) = self.destination(&place, d, &settings) {
+                if destinations.insert(dest.id.clone(), Arc::new(dest)).is_some() {
+                    self.error(place, "a destination with this id is already defined");
+                }
+            }
+        }
+        let mut flows = Vec::new();
+        let mut flow_ids = BTreeSet::new();
+        for f in raw.flows {
+            let place = self.places.object("flows", "flow", &f.id);
+            if !flow_ids.insert(f.id.clone()) {
+                self.error(place.clone(), "a flow with this id is already defined");
+            }
+            if let Some(flow) = self.flow(&place, f, &sources, &event_types, &destinations) {
+                flows.push(Arc::new(flow));
+            }
+        }
+        Config { settings, sources, event_types, destinations, flows }
+    }
+
+    fn settings(&mut self, raw: RawSettings) -> Settings {
+        let place = self.places.section("settings");
+        let public_url = raw.public_url.and_then(|u| match url::Url::parse(&u) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                self.error(place.clone(), format!("`public_url`: `{u}` is not a URL ({e})"));
+                None
+            }
+        });
+        Settings {
+            allow_private_destinations: raw.allow_private_destinations,
+            max_body_size: raw.max_body_size.map(|n| n as usize).unwrap_or(DEFAULT_MAX_BODY_SIZE),
+            rejected_log_size: raw.rejected_log_size.map(|n| n as usize).unwrap_or(DEFAULT_REJECTED_LOG_SIZE),
+            public_url,
+        }
+    }
+
+    fn field(&mut self, place: &str, what: &str, raw: RawField) -> Option<FieldRef> {
+        match raw {
+            RawField::Body { path } => self.expr(place, what, &path).map(FieldRef::Body),
+            RawField::Header { name } => {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.error(place.to_string(), format!("`{what}`: `{name}` is not a valid header name"));
+                }
+                Some(FieldRef::Header(name.to_ascii_lowercase()))
+            }
+        }
+    }
+
+    fn source(&mut self, place: &str, raw: RawSource) -> Option<Source> {
+        if !valid_id(&raw.id) {
+            self.error(place.to_string(), "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`");
+        }
+        match raw.kind.as_str() {
+            "webhook" => {}
+            "poll" | "schedule" => {
+                self.error(place.to_string(), format!("source kind `{}` is not available yet; only `webhook` is", raw.kind));
+                return None;
+            }
+            other => {
+                self.error(place.to_string(), format!("unknown source kind `{other}`; expected `webhook`"));
+                return None;
+            }
+        }
+        let verify = match raw.verify {
+            None => {
+                self.error(place.to_string(), "`verify` is required for a webhook source; write `verify: { scheme: none }` to accept unsigned requests");
+                Verify::None
+            }
+            Some(RawVerify::None) => Verify::None,
+            Some(RawVerify::StandardWebhooks { secret, tolerance }) => {
+                let tolerance = self.duration(place, "verify.tolerance", &tolerance, Duration::from_secs(300));
+                match crate::deliver::signing::decode_secret(&secret) {
+                    Ok(key) => Verify::StandardWebhooks { key: Secret::new(key), tolerance },
+                    Err(e) => {
+                        self.error(place.to_string(), format!("`verify.secret`: {e}"));
+                        Verify::None
+                    }
+                }
+            }
+            Some(RawVerify::Hmac { header, secret, algorithm, encoding, prefix }) => {
+                if algorithm != "sha256" {
+                    self.error(place.to_string(), format!("`verify.algorithm`: `{algorithm}` is not supported; use `sha256`"));
+                }
+                let encoding = match encoding.as_str() {
+                    "hex" => SignatureEncoding::Hex,
+                    "base64" => SignatureEncoding::Base64,
+                    other => {
+                        self.error(place.to_string(), format!("`verify.encoding`: `{other}` is not one of hex, base64"));
+                        SignatureEncoding::Hex
+                    }
+                };
+                if secret.is_empty() {
+                    self.error(place.to_string(), "`verify.secret` is empty");
+                }
+                Verify::Hmac { header: header.to_ascii_lowercase(), key: Secret::new(secret.into_bytes()), encoding, prefix }
+            }
+        };
+        let event_type = match raw.event_type {
+            Some(f) => self.field(place, "event_type", f)?,
+            None => FieldRef::Body(Expr::compile(".type").ok()?),
+        };
+        let idempotency_key = match raw.idempotency_key {
+            Some(f) => Some(self.field(place, "idempotency_key", f)?),
+            None => None,
+        };
+        Some(Source { id: raw.id, verify, event_type, idempotency_key })
+    }
+
+    fn event_type(&mut self, place: &str, raw: RawEventType) -> EventType {
+        let schema = match (raw.schema, raw.schema_file) {
+            (Some(_), Some(_)) => {
+                self.error(place.to_string(), "give `schema` or `schema_file`, not both");
+                None
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(file)) => {
+                let path: PathBuf = self.base.join(&file);
+                match std::fs::read_to_string(&path) {
+                    Err(e) => {
+                        self.error(place.to_string(), format!("`schema_file`: cannot read `{}`: {e}", path.display()));
+                        None
+                    }
+                    Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                        Ok(v) => Some(v),
+                        Err(e) => match serde_yaml::from_str::<serde_json::Value>(&text) {
+                            Ok(v) => Some(v),
+                            Err(_) => {
+                                self.error(place.to_string(), format!("`schema_file`: `{}` is not JSON: {e}", path.display()));
+                                None
+                            }
+                        },
+                    },
+                }
+            }
+            (None, None) => None,
+        };
+        let validator = schema.and_then(|s| match jsonschema::draft202012::new(&s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(place.to_string(), format!("the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`", e.schema_path()));
+                None
+            }
+        });
+        EventType { name: raw.name, validator }
+    }
+
+    fn destination(&mut self, place: &str, raw: RawDestination, settings: &Settings) -> Option<Destination> {
+        if !valid_id(&raw.id) {
+            self.error(place.to_string(), "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`");
+        }
+        match raw.kind.as_str() {
+            "http" => {}
+            "postgres" | "redis" | "nats" | "amqp" | "mqtt" | "slack" | "email" => {
+                self.error(place.to_string(), format!("destination kind `{}` is not available yet; only `http` is", raw.kind));
+                return None;
+            }
+            other => {
+                self.error(place.to_string(), format!("unknown destination kind `{other}`; expected `http`"));
+                return None;
+            }
+        }
+        let Some(url_text) = raw.url else {
+            self.error(place.to_string(), "`url` is required for an http destination");
+            return None;
+        };
+        let url = match url::Url::parse(&url_text) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
+            Ok(u) => {
+                self.error(place.to_string(), format!("`url`: scheme `{}` is not http or https", u.scheme()));
+                return None;
+            }
+            Err(e) => {
+                self.error(place.to_string(), format!("`url`: `{url_text}` is not a URL ({e})"));
+                return None;
+            }
+        };
+        if !settings.allow_private_destinations {
+            if let Some(why) = private_host(&url) {
+                self.error(
+                    place.to_string(),
+                    format!("`url`: {why}; sending there is refused unless `settings.allow_private_destinations: true`"),
+                );
+            }
+        }
+        let method = match raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().parse::<reqwest::Method>() {
+            Ok(m) => m,
+            Err(_) => {
+                self.error(place.to_string(), format!("`method`: `{}` is not an HTTP method", raw.method.unwrap_or_default()));
+                reqwest::Method::POST
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, value) in raw.headers {
+            match (reqwest::header::HeaderName::from_bytes(name.as_bytes()), reqwest::header::HeaderValue::from_str(&value)) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                _ => self.error(place.to_string(), format!("`headers`: `{name}` is not a valid header name and value")),
+            }
+        }
+        let signing = raw.signing.and_then(|s| match crate::deliver::signing::decode_secret(&s.secret) {
+            Ok(key) => Some(Secret::new(key)),
+            Err(e) => {
+                self.error(place.to_string(), format!("`signing.secret`: {e}"));
+                None
+            }
+        });
+        let timeout = self.duration(place, "timeout", &raw.timeout, Duration::from_secs(30));
+        let retry = self.retry(place, raw.retry.unwrap_or_default());
+        let concurrency = raw.concurrency.unwrap_or(32);
+        if concurrency == 0 {
+            self.error(place.to_string(), "`concurrency` must be at least 1");
+        }
+        Some(Destination { id: raw.id, url, method, headers, signing, timeout, retry, concurrency: concurrency.max(1) as usize })
+    }
+
+    fn retry(&mut self, place: &str, raw: RawRetry) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_attempts: raw.max_attempts.unwrap_or(d.max_attempts),
+            initial: self.duration(place, "retry.initial", &raw.initial, d.initial),
+            max: self.duration(place, "retry.max", &raw.max, d.max),
+            multiplier: raw.multiplier.unwrap_or(d.multiplier),
+            jitter: raw.jitter.unwrap_or(d.jitter),
+        };
+        if policy.max_attempts == 0 {
+            self.error(place.to_string(), "`retry.max_attempts` must be at least 1");
+        }
+        if !(policy.multiplier >= 1.0 && policy.multiplier <= 100.0) {
+            self.error(place.to_string(), "`retry.multiplier` must be between 1 and 100");
+        }
+        if policy.initial > policy.max {
+            self.error(place.to_string(), "`retry.initial` is longer than `retry.max`");
+        }
+        policy
+    }
+
+    fn flow(
+        &mut self,
+        place: &str,
+        raw: RawFlow,
+        sources: &BTreeMap<String, Arc<Source>>,
+        event_types: &BTreeMap<String, Arc<EventType>>,
+        destinations: &BTreeMap<String, Arc<Destination>>,
+    ) -> Option<Flow> {
+        if !sources.contains_key(&raw.on.source) {
+            self.error(place.to_string(), format!("`on.source`: no source has the id `{}`", raw.on.source));
+        }
+        for t in &raw.on.event_types {
+            if !event_types.contains_key(t) {
+                self.error(place.to_string(), format!("`on.event_types`: no event type is named `{t}` (declare it under `event_types`)"));
+            }
+        }
+        let mut steps = Vec::new();
+        let mut names = BTreeSet::new();
+        for (index, step) in raw.steps.into_iter().enumerate() {
+            let step_place = format!("{place}, step {}", index + 1);
+            if let Some(name) = &step.name {
+                if !names.insert(name.clone()) {
+                    self.error(step_place.clone(), format!("step name `{name}` is used twice in this flow"));
+                }
+            }
+            let kinds: Vec<&str> = [
+                ("filter", step.filter.is_some()),
+                ("deliver", step.deliver.is_some()),
+                ("transform", step.transform.is_some()),
+                ("branch", step.branch.is_some()),
+                ("http", step.http.is_some()),
+                ("delay", step.delay.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect();
+            match kinds.as_slice() {
+                ["filter"] => {
+                    let code = step.filter.unwrap_or_default();
+                    if let Some(expr) = self.expr(&step_place, "filter", &code) {
+                        steps.push(Step::Filter { name: step.name, expr });
+                    }
+                }
+                ["deliver"] => {
+                    let targets = match step.deliver {
+                        Some(RawDeliver::One(t)) => vec![t],
+                        Some(RawDeliver::Many(ts)) => ts,
+                        None => vec![],
+                    };
+                    if targets.is_empty() {
+                        self.error(step_place.clone(), "`deliver` names no destination");
+                    }
+                    let mut ids = Vec::new();
+                    for t in targets {
+                        let id = match t {
+                            RawTarget::Id(id) => id,
+                            RawTarget::Full { to, body } => {
+                                if body.is_some() {
+                                    self.error(step_place.clone(), format!("`deliver` to `{to}`: a per-destination `body` is not available yet"));
+                                }
+                                to
+                            }
+                        };
+                        if !destinations.contains_key(&id) {
+                            self.error(step_place.clone(), format!("`deliver`: no destination has the id `{id}`"));
+                        } else if ids.contains(&id) {
+                            self.error(step_place.clone(), format!("`deliver`: destination `{id}` is named twice"));
+                        } else {
+                            ids.push(id);
+                        }
+                    }
+                    steps.push(Step::Deliver { name: step.name, destinations: ids });
+                }
+                [kind @ ("transform" | "branch" | "http" | "delay")] => {
+                    self.error(step_place, format!("step kind `{kind}` is not available yet; this version runs `filter` and `deliver` steps"));
+                }
+                [] => self.error(step_place, "the step has no kind; give one of filter, deliver"),
+                many => self.error(step_place, format!("a step has exactly one kind, this one has {}", many.join(", "))),
+            }
+        }
+        Some(Flow { id: raw.id, source: raw.on.source, event_types: raw.on.event_types.into_iter().collect(), steps })
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Why a URL's host is private, when it is: `localhost`, or a loopback, private, link-local,
+/// unspecified or unique-local IP literal.
+pub fn private_host(url: &url::Url) -> Option<String> {
+    match url.host()? {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            (d == "localhost" || d.ends_with(".localhost")).then(|| format!("host `{d}` is this machine"))
+        }
+        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(ip)).then(|| format!("address {ip} is loopback, private or link-local")),
+        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(ip)).then(|| format!("address {ip} is loopback, private or link-local")),
+    }
+}
+
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_ip(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

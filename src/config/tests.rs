@@ -1,0 +1,122 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, "ferry.yaml", Path::new("."), &env)
+}
+
+const GOOD: &str = r#"
+settings:
+  allow_private_destinations: true
+sources:
+  - id: shop
+    kind: webhook
+    verify: { scheme: standard-webhooks, secret: "${SECRET}" }
+    event_type: { from: body, path: ".event" }
+    idempotency_key: { from: header, name: Webhook-Id }
+event_types:
+  - name: user.created
+    schema: { type: object, required: [event] }
+destinations:
+  - id: crm
+    kind: http
+    url: http://127.0.0.1:9001/hooks
+    signing: { secret: "${SECRET}" }
+    retry: { max_attempts: 3, initial: 2s, max: 1m, jitter: none }
+flows:
+  - id: users
+    on: { source: shop, event_types: [user.created] }
+    steps:
+      - filter: '.data.plan != "free"'
+      - deliver: [crm]
+"#;
+
+#[test]
+fn a_good_config_loads_into_compiled_types() {
+    let c = load(GOOD).unwrap();
+    let shop = &c.sources["shop"];
+    assert!(matches!(shop.verify, Verify::StandardWebhooks { .. }));
+    assert!(matches!(&shop.idempotency_key, Some(FieldRef::Header(h)) if h == "webhook-id"));
+    let crm = &c.destinations["crm"];
+    assert_eq!(crm.retry.max_attempts, 3);
+    assert_eq!(crm.retry.initial, Duration::from_secs(2));
+    assert!(c.event_types["user.created"].validator.is_some());
+    assert_eq!(c.flows[0].steps.len(), 2);
+    assert!(!format!("{:?}", c).contains("MfKQ9r8"), "secrets never print");
+}
+
+#[test]
+fn every_error_is_reported_with_its_line_and_object() {
+    let bad = r#"
+sources:
+  - id: shop
+    kind: webhook
+    verify: { scheme: hmac, header: X-Sig, secret: "${MISSING}", encoding: hex }
+destinations:
+  - id: crm
+    kind: http
+    url: http://127.0.0.1:9001/hooks
+  - id: erp
+    kind: http
+    url: "not a url"
+flows:
+  - id: f1
+    on: { source: nope, event_types: [ghost] }
+    steps:
+      - filter: '.a | '
+      - deliver: [crm, missing]
+      - transform: '.x'
+"#;
+    let errs = load(bad).unwrap_err().0;
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(has("ferry.yaml:5: environment variable `MISSING` is not set"), "{text:#?}");
+    assert!(has("ferry.yaml:7 (destination crm): `url`: address 127.0.0.1 is loopback"), "{text:#?}");
+    assert!(has("ferry.yaml:10 (destination erp): `url`: `not a url` is not a URL"), "{text:#?}");
+    assert!(has("ferry.yaml:14 (flow f1): `on.source`: no source has the id `nope`"), "{text:#?}");
+    assert!(has("(flow f1): `on.event_types`: no event type is named `ghost`"), "{text:#?}");
+    assert!(has("(flow f1), step 1: `filter`: jq expression `.a | ` does not compile"), "{text:#?}");
+    assert!(has("(flow f1), step 2: `deliver`: no destination has the id `missing`"), "{text:#?}");
+    assert!(has("(flow f1), step 3: step kind `transform` is not available yet"), "{text:#?}");
+}
+
+#[test]
+fn yaml_shape_errors_name_the_line() {
+    let errs = load("sources:\n  - id: a\n    kind: webhook\n    colour: blue\n").unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].place.starts_with("ferry.yaml:"), "{:?}", errs[0]);
+    assert!(errs[0].message.contains("unknown field `colour`"), "{:?}", errs[0]);
+}
+
+#[test]
+fn private_hosts_are_recognised() {
+    for (u, private) in [
+        ("http://localhost:1/", true),
+        ("http://127.0.0.1/", true),
+        ("http://10.1.2.3/", true),
+        ("http://192.168.0.1/", true),
+        ("http://169.254.169.254/", true),
+        ("http://[::1]/", true),
+        ("http://[fd00::1]/", true),
+        ("http://[::ffff:127.0.0.1]/", true),
+        ("https://example.com/", false),
+        ("http://8.8.8.8/", false),
+    ] {
+        assert_eq!(private_host(&url::Url::parse(u).unwrap()).is_some(), private, "{u}");
+    }
+}
+
+#[test]
+fn env_substitution_keeps_escapes_and_comments() {
+    let places = Places::new("f", "");
+    let mut errs = vec![];
+    let env = |n: &str| (n == "A").then(|| "x".to_string());
+    assert_eq!(substitute_env("a: ${A}-$${A}\n# ${NOPE}\n", &places, &env, &mut errs), "a: x-${A}\n# ${NOPE}\n");
+    assert!(errs.is_empty());
+}

@@ -1,0 +1,336 @@
+//! Delivery: performing the jobs the engine asked for. A dispatcher task holds the delivery
+//! jobs this process owns (due now, or waiting for a retry time on the injected clock) and
+//! hands due ones to one queue per destination; each destination runs at most `concurrency`
+//! attempts at once, so a slow or failing destination never holds up the others. Every
+//! attempt's outcome is committed before the job is rescheduled or let go.
+//!
+//! **Invariant:** the store is the truth. Memory holds at most `memory_jobs` jobs; when more
+//! are pending, the rest stay in the store and are loaded as room frees up. Nothing here is
+//! lost by a crash: on start, every pending delivery is loaded again.
+
+pub mod attempt;
+pub mod retry;
+pub mod signing;
+
+use crate::clock::{Millis, SharedClock};
+use crate::config::{Config, Destination};
+use crate::store::{AttemptNext, DeliveryJob, NewAttempt, Store};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+
+#[derive(Debug, Clone)]
+pub struct DelivererOptions {
+    /// Most delivery jobs held in memory; past this they wait in the store.
+    pub memory_jobs: usize,
+    /// New jobs waiting to be taken in by the dispatcher.
+    pub new_job_queue: usize,
+    /// Seed for retry jitter; `None` seeds from the operating system.
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for DelivererOptions {
+    fn default() -> Self {
+        DelivererOptions { memory_jobs: 200_000, new_job_queue: 16_384, jitter_seed: None }
+    }
+}
+
+enum Control {
+    /// A known job goes back to waiting (a retry), or is new from a manual retry.
+    Schedule(DeliveryJob),
+    /// The job's delivery is finished (succeeded or dead): forget it.
+    Done(String),
+}
+
+/// Handle for giving jobs to the deliverer. Dropping every handle stops it once in-flight
+/// attempts are recorded.
+#[derive(Clone)]
+pub struct Deliverer {
+    new_jobs: mpsc::Sender<DeliveryJob>,
+    control: mpsc::UnboundedSender<Control>,
+    spilled: Arc<AtomicBool>,
+}
+
+struct AttemptContext {
+    store: Store,
+    clock: SharedClock,
+    client: reqwest::Client,
+    control: mpsc::UnboundedSender<Control>,
+    // A std mutex: held for one random draw, never across an await.
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// The HTTP client every delivery uses: connection reuse, no redirects followed, no
+/// environment proxies.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+}
+
+impl Deliverer {
+    /// Starts the dispatcher and one queue per destination, after loading the pending jobs
+    /// from the store.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        clock: SharedClock,
+        client: reqwest::Client,
+        options: DelivererOptions,
+    ) -> Result<Deliverer, crate::store::StoreError> {
+        let limit = options.memory_jobs;
+        let pending = store.read(move |c| crate::store::pending_jobs(c, limit)).await?;
+        let spilled = Arc::new(AtomicBool::new(pending.len() >= limit));
+        let (new_tx, new_rx) = mpsc::channel(options.new_job_queue);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let rng = match options.jitter_seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        let ctx = Arc::new(AttemptContext { store: store.clone(), clock: clock.clone(), client, control: control_tx.clone(), rng: Mutex::new(rng) });
+        let mut queues = HashMap::new();
+        for dest in config.destinations.values() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(destination_loop(dest.clone(), rx, ctx.clone()));
+            queues.insert(dest.id.clone(), tx);
+        }
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "resuming pending deliveries");
+        }
+        let dispatcher = Dispatcher {
+            clock,
+            store,
+            queues,
+            known: HashSet::new(),
+            waiting: BinaryHeap::new(),
+            waiting_jobs: HashMap::new(),
+            seq: 0,
+            cap: options.memory_jobs,
+            spilled: spilled.clone(),
+        };
+        tokio::spawn(dispatcher.run(pending, new_rx, control_rx));
+        Ok(Deliverer { new_jobs: new_tx, control: control_tx, spilled })
+    }
+
+    /// Hands over a freshly committed job. Never waits: when the dispatcher is behind, the job
+    /// stays in the store and is loaded later.
+    pub fn submit(&self, job: DeliveryJob) {
+        if self.new_jobs.try_send(job).is_err() {
+            self.spilled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands over a job that a person asked to retry.
+    pub fn schedule(&self, job: DeliveryJob) {
+        let _ = self.control.send(Control::Schedule(job));
+    }
+}
+
+struct Dispatcher {
+    clock: SharedClock,
+    store: Store,
+    queues: HashMap<String, mpsc::UnboundedSender<DeliveryJob>>,
+    /// Every job id this process holds: waiting, queued or in flight.
+    known: HashSet<String>,
+    waiting: BinaryHeap<Reverse<(Millis, u64)>>,
+    waiting_jobs: HashMap<u64, DeliveryJob>,
+    seq: u64,
+    cap: usize,
+    spilled: Arc<AtomicBool>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, pending: Vec<DeliveryJob>, mut new_rx: mpsc::Receiver<DeliveryJob>, mut control_rx: mpsc::UnboundedReceiver<Control>) {
+        for job in pending {
+            self.take_new(job);
+        }
+        let (mut new_open, mut control_open) = (true, true);
+        let mut last_sweep = 0;
+        while new_open || control_open {
+            let now = self.clock.now_ms();
+            while let Some(Reverse((due, seq))) = self.waiting.peek().copied() {
+                if due > now {
+                    break;
+                }
+                self.waiting.pop();
+                if let Some(job) = self.waiting_jobs.remove(&seq) {
+                    self.route(job);
+                }
+            }
+            if self.spilled.load(Ordering::Relaxed) && self.known.len() < self.cap / 2 && now - last_sweep >= 200 {
+                last_sweep = now;
+                self.sweep().await;
+            }
+            let next_due = self.waiting.peek().map(|Reverse((due, _))| *due);
+            let has_room = self.known.len() < self.cap;
+            let spilled = self.spilled.load(Ordering::Relaxed);
+            tokio::select! {
+                biased;
+                msg = control_rx.recv(), if control_open => match msg {
+                    Some(Control::Schedule(job)) => {
+                        self.known.insert(job.id.clone());
+                        self.place(job);
+                    }
+                    Some(Control::Done(id)) => {
+                        self.known.remove(&id);
+                    }
+                    None => control_open = false,
+                },
+                job = new_rx.recv(), if new_open && has_room => match job {
+                    Some(job) => self.take_new(job),
+                    None => new_open = false,
+                },
+                _ = async { self.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)), if spilled => {}
+            }
+        }
+    }
+
+    fn take_new(&mut self, job: DeliveryJob) {
+        if self.known.insert(job.id.clone()) {
+            self.place(job);
+        }
+    }
+
+    fn place(&mut self, job: DeliveryJob) {
+        if job.due_at <= self.clock.now_ms() {
+            self.route(job);
+        } else {
+            self.seq += 1;
+            self.waiting.push(Reverse((job.due_at, self.seq)));
+            self.waiting_jobs.insert(self.seq, job);
+        }
+    }
+
+    fn route(&mut self, job: DeliveryJob) {
+        match self.queues.get(&job.destination_id) {
+            Some(queue) => {
+                if let Err(e) = queue.send(job) {
+                    tracing::error!(delivery_id = %e.0.id, "destination queue closed");
+                }
+            }
+            None => tracing::warn!(
+                delivery_id = %job.id, event_id = %job.event_id, destination_id = %job.destination_id,
+                "destination is not in the config; the delivery stays pending until it is"
+            ),
+        }
+    }
+
+    /// Loads pending jobs that are in the store but not in memory.
+    async fn sweep(&mut self) {
+        let limit = self.cap;
+        match self.store.read(move |c| crate::store::pending_jobs(c, limit)).await {
+            Ok(jobs) => {
+                let complete = jobs.len() < limit;
+                let room = self.cap.saturating_sub(self.known.len());
+                let mut taken = 0;
+                for job in jobs {
+                    if taken >= room {
+                        break;
+                    }
+                    if !self.known.contains(&job.id) {
+                        taken += 1;
+                        self.take_new(job);
+                    }
+                }
+                if complete && taken < room {
+                    self.spilled.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot load pending deliveries"),
+        }
+    }
+}
+
+async fn destination_loop(dest: Arc<Destination>, mut jobs: mpsc::UnboundedReceiver<DeliveryJob>, ctx: Arc<AttemptContext>) {
+    let slots = Arc::new(Semaphore::new(dest.concurrency));
+    while let Some(job) = jobs.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let (ctx, dest) = (ctx.clone(), dest.clone());
+        tokio::spawn(async move {
+            run_attempt(&ctx, &dest, job).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn run_attempt(ctx: &AttemptContext, dest: &Destination, mut job: DeliveryJob) {
+    let payload = match job.payload.take() {
+        Some(p) => p,
+        None => {
+            let event_id = job.event_id.clone();
+            match ctx.store.read(move |c| crate::store::event_payload(c, &event_id)).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
+                    let _ = ctx.control.send(Control::Done(job.id));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(delivery_id = %job.id, error = %e, "cannot read the payload; trying again in 1s");
+                    job.due_at = ctx.clock.now_ms() + 1000;
+                    let _ = ctx.control.send(Control::Schedule(job));
+                    return;
+                }
+            }
+        }
+    };
+    let started_at = ctx.clock.now_ms();
+    let result = attempt::send(&ctx.client, dest, &job.id, started_at.div_euclid(1000), payload).await;
+    let attempt_no = job.round_attempts + 1;
+    let finished_at = ctx.clock.now_ms();
+    let next = match result.outcome {
+        attempt::Outcome::Succeeded => AttemptNext::Succeeded,
+        attempt::Outcome::Permanent => AttemptNext::Dead,
+        attempt::Outcome::Retryable => {
+            let unit = ctx.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+            match dest.retry.next_delay(attempt_no, result.retry_after, unit) {
+                Some(delay) => AttemptNext::RetryAt(finished_at + delay.as_millis() as i64),
+                None => AttemptNext::Dead,
+            }
+        }
+    };
+    match (&next, result.outcome) {
+        (AttemptNext::Succeeded, _) => tracing::debug!(
+            delivery_id = %job.id, event_id = %job.event_id, destination_id = %dest.id, attempt = attempt_no,
+            status = result.status_code, duration_ms = result.duration.as_millis() as u64, "delivered"
+        ),
+        (AttemptNext::RetryAt(at), _) => tracing::warn!(
+            delivery_id = %job.id, event_id = %job.event_id, destination_id = %dest.id, attempt = attempt_no,
+            status = result.status_code, error = result.error.as_deref().unwrap_or(""), retry_in_ms = at - finished_at,
+            "attempt failed; will retry"
+        ),
+        (AttemptNext::Dead, outcome) => tracing::warn!(
+            delivery_id = %job.id, event_id = %job.event_id, destination_id = %dest.id, attempt = attempt_no,
+            status = result.status_code, error = result.error.as_deref().unwrap_or(""),
+            reason = if outcome == attempt::Outcome::Permanent { "permanent failure" } else { "attempts exhausted" },
+            "delivery dead-lettered"
+        ),
+    }
+    let record = NewAttempt {
+        delivery_id: job.id.clone(),
+        started_at,
+        duration_ms: result.duration.as_millis() as i64,
+        status_code: result.status_code,
+        response_headers: result.response_headers,
+        response_body: result.response_body,
+        error: result.error,
+        outcome: result.outcome.as_str(),
+        next,
+    };
+    if let Err(e) = ctx.store.record_attempt(record).await {
+        tracing::error!(delivery_id = %job.id, error = %e, "could not record the attempt; the delivery stays pending in the store");
+    }
+    let _ = ctx.control.send(match next {
+        AttemptNext::RetryAt(at) => Control::Schedule(DeliveryJob { round_attempts: attempt_no, due_at: at, ..job }),
+        AttemptNext::Succeeded | AttemptNext::Dead => Control::Done(job.id),
+    });
+}

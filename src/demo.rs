@@ -1,0 +1,1 @@
+use std::path::Path; pub fn x(_p:&Path){}

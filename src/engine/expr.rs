@@ -1,0 +1,171 @@
+//! jq expressions: compiled once when the config loads, run many times on event payloads.
+//! Owns the only contact with the `jaq` crates, so the rest of Ferry sees [`Expr`] and JSON.
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Native, Vars, data::JustLut};
+use jaq_json::Val;
+use std::sync::Arc;
+
+type Program = jaq_core::compile::Filter<Native<JustLut<Val>>>;
+
+/// A compiled jq program. Cheap to clone.
+#[derive(Clone)]
+pub struct Expr {
+    code: Arc<str>,
+    program: Arc<Program>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.code)
+    }
+}
+
+/// An input value for expressions, parsed once per event and shared by every expression run on it.
+pub type Value = Val;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExprError {
+    #[error("jq expression `{code}` does not compile: {message}")]
+    Compile { code: String, message: String },
+    #[error("jq expression `{code}` failed: {message}")]
+    Runtime { code: String, message: String },
+}
+
+impl Expr {
+    pub fn compile(code: &str) -> Result<Expr, ExprError> {
+        let fail = |message: String| ExprError::Compile { code: code.to_string(), message };
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let loader = Loader::new(defs);
+        let arena = Arena::default();
+        let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
+            let mut parts = Vec::new();
+            for (_file, err) in errs {
+                match err {
+                    jaq_core::load::Error::Io(items) => {
+                        parts.extend(items.into_iter().map(|(path, msg)| format!("cannot load `{path}`: {msg}")))
+                    }
+                    jaq_core::load::Error::Lex(items) => parts.extend(
+                        items.into_iter().map(|(expect, at)| format!("expected {} at {}", expect.as_str(), position(code, at))),
+                    ),
+                    jaq_core::load::Error::Parse(items) => parts.extend(
+                        items.into_iter().map(|(expect, at)| format!("expected {} at {}", expect.as_str(), position(code, at))),
+                    ),
+                }
+            }
+            fail(parts.join("; "))
+        })?;
+        let program = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
+            let parts: Vec<String> = errs
+                .into_iter()
+                .flat_map(|(_file, undefined)| undefined)
+                .map(|(name, kind)| format!("undefined {} `{name}` at {}", kind.as_str(), position(code, name)))
+                .collect();
+            fail(parts.join("; "))
+        })?;
+        Ok(Expr { code: code.into(), program: Arc::new(program) })
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The first output of the program, or `None` when it yields nothing.
+    pub fn first(&self, input: &Value) -> Result<Option<Value>, ExprError> {
+        let ctx = Ctx::<JustLut<Val>>::new(&self.program.lut, Vars::new([]));
+        let mut outputs = self.program.id.run((ctx, input.clone()));
+        match outputs.next() {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(exn)) => {
+                let message = match exn.get_err() {
+                    Ok(err) => err.to_string(),
+                    Err(_) => "the program called `halt`, which is not allowed here".to_string(),
+                };
+                Err(ExprError::Runtime { code: self.code.to_string(), message })
+            }
+        }
+    }
+
+    /// jq truthiness of the first output: anything but `false` and `null` is true; no output is false.
+    pub fn truthy(&self, input: &Value) -> Result<bool, ExprError> {
+        Ok(matches!(self.first(input)?, Some(v) if !matches!(v, Val::Null | Val::Bool(false))))
+    }
+
+    /// The first output as a string: strings are taken as they are, numbers and booleans are
+    /// printed; null or no output is `None`.
+    pub fn string(&self, input: &Value) -> Result<Option<String>, ExprError> {
+        Ok(match self.first(input)? {
+            None | Some(Val::Null) => None,
+            Some(Val::TStr(s)) | Some(Val::BStr(s)) => Some(String::from_utf8_lossy(&s).into_owned()),
+            Some(other) => Some(other.to_string()),
+        })
+    }
+}
+
+/// Parses JSON bytes into an expression input.
+pub fn parse_value(bytes: &[u8]) -> Result<Value, String> {
+    jaq_json::read::parse_single(bytes).map_err(|e| e.to_string())
+}
+
+/// Converts an expression output back to `serde_json`.
+pub fn to_json(v: &Value) -> Result<serde_json::Value, String> {
+    serde_json::from_str(&v.to_string()).map_err(|e| format!("output is not JSON: {e}"))
+}
+
+fn position(code: &str, at: &str) -> String {
+    let start = code.as_ptr() as usize;
+    let here = at.as_ptr() as usize;
+    if here >= start && here <= start + code.len() {
+        let offset = here - start;
+        if offset >= code.len() { "the end".to_string() } else { format!("character {}", offset + 1) }
+    } else {
+        "an unknown position".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Value {
+        parse_value(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn filters_and_paths() {
+        let e = Expr::compile(r#".data.plan != "free""#).unwrap();
+        assert!(e.truthy(&v(r#"{"data":{"plan":"pro"}}"#)).unwrap());
+        assert!(!e.truthy(&v(r#"{"data":{"plan":"free"}}"#)).unwrap());
+        let p = Expr::compile(".event").unwrap();
+        assert_eq!(p.string(&v(r#"{"event":"user.created"}"#)).unwrap().as_deref(), Some("user.created"));
+        assert_eq!(p.string(&v(r#"{"event":7}"#)).unwrap().as_deref(), Some("7"));
+        assert_eq!(p.string(&v(r#"{}"#)).unwrap(), None);
+        assert!(Expr::compile("map(select(.a > 1)) | length").is_ok());
+    }
+
+    #[test]
+    fn compile_errors_say_where() {
+        let err = Expr::compile(".a | ").unwrap_err().to_string();
+        assert!(err.contains("does not compile"), "{err}");
+        let err = Expr::compile("nosuchfn(1)").unwrap_err().to_string();
+        assert!(err.contains("undefined filter `nosuchfn`"), "{err}");
+        assert!(err.contains("character 1"), "{err}");
+    }
+
+    #[test]
+    fn runtime_errors_are_values_not_panics() {
+        let e = Expr::compile(".a + 1").unwrap();
+        let err = e.first(&v(r#"{"a":"x"}"#)).unwrap_err().to_string();
+        assert!(err.contains("failed"), "{err}");
+        let halt = Expr::compile("halt").unwrap();
+        assert!(halt.first(&v("1")).is_err());
+    }
+
+    #[test]
+    fn round_trips_to_serde_json() {
+        let out = Expr::compile("{a: .x, b: [1, 2.5, null, true]}").unwrap().first(&v(r#"{"x":"é"}"#)).unwrap().unwrap();
+        assert_eq!(to_json(&out).unwrap(), serde_json::json!({"a": "é", "b": [1, 2.5, null, true]}));
+    }
+}

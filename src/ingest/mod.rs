@@ -1,0 +1,160 @@
+//! Ingest: `POST /in/{source}`. Checks a request in a fixed order (source known, size,
+//! signature on the raw bytes, JSON, event type, schema), asks the engine what it starts,
+//! commits it all in one store transaction, and only then answers `202`. Every refusal is
+//! answered with a precise error and written to the rejected log.
+//!
+//! **Invariant:** nothing is acknowledged before it is committed.
+
+pub mod verify;
+
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::engine::expr;
+use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// How much of a refused body the rejected log keeps.
+const REJECTED_BODY_LIMIT: usize = 64 * 1024;
+
+/// Headers that are never stored with an event: credentials and signatures.
+const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "webhook-signature", "x-hub-signature", "x-hub-signature-256"];
+
+pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let received_at = app.clock.now_ms();
+    let Some(source) = app.config.sources.get(&source_id).cloned() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "unknown_source", format!("no source has the id `{source_id}`")).into_response();
+    };
+    let limit = app.config.settings.max_body_size;
+    let reject = |error: ApiError, body: &[u8]| -> Response {
+        tracing::info!(source = %source_id, status = error.status.as_u16(), error = error.code, reason = %error.message, "input rejected");
+        app.store.record_rejection(Rejection {
+            source: source_id.clone(),
+            received_at,
+            status: error.status.as_u16(),
+            error: error.code.to_string(),
+            reason: if error.details.is_empty() {
+                error.message.clone()
+            } else {
+                format!("{} {}", error.message, serde_json::Value::Array(error.details.clone()))
+            },
+            body: body[..body.len().min(REJECTED_BODY_LIMIT)].to_vec(),
+        });
+        error.into_response()
+    };
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"));
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return reject(too_large(), b"");
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let is_length = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            return if is_length {
+                reject(too_large(), b"")
+            } else {
+                reject(ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", format!("the body could not be read: {e}")), b"")
+            };
+        }
+    };
+    if let Err(refused) = verify::check(&source.verify, &headers, &bytes, received_at) {
+        return reject(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", refused.0), &bytes);
+    }
+    let payload = match expr::parse_value(&bytes) {
+        Ok(v) => v,
+        Err(e) => return reject(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")), &bytes),
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let event_type = match &source.event_type {
+        crate::config::FieldRef::Header(name) => header(name),
+        crate::config::FieldRef::Body(e) => match e.string(&payload) {
+            Ok(t) => t,
+            Err(err) => return reject(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_event_type", err.to_string()), &bytes),
+        },
+    };
+    let Some(event_type) = event_type.filter(|t| !t.is_empty()) else {
+        let place = match &source.event_type {
+            crate::config::FieldRef::Header(name) => format!("header `{name}`"),
+            crate::config::FieldRef::Body(e) => format!("`{}` in the body", e.code()),
+        };
+        return reject(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_event_type", format!("no event type at {place}")), &bytes);
+    };
+    if let Some(validator) = app.config.event_types.get(&event_type).and_then(|t| t.validator.as_ref()) {
+        // Schema validation needs serde_json values; parse only when a schema applies.
+        let json: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => return reject(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")), &bytes),
+        };
+        let violations: Vec<serde_json::Value> = validator
+            .iter_errors(&json)
+            .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+            .collect();
+        if !violations.is_empty() {
+            let n = violations.len();
+            return reject(
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "schema_violation",
+                    format!("the `{event_type}` event breaks its schema in {n} place{}", if n == 1 { "" } else { "s" }),
+                )
+                .with_details(violations),
+                &bytes,
+            );
+        }
+    }
+    let idempotency_key = match &source.idempotency_key {
+        None => None,
+        Some(crate::config::FieldRef::Header(name)) => header(name),
+        Some(crate::config::FieldRef::Body(e)) => match e.string(&payload) {
+            Ok(k) => k,
+            Err(err) => return reject(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_idempotency_key", err.to_string()), &bytes),
+        },
+    };
+    let plan = crate::engine::plan(&app.config, &source.id, &event_type, &payload);
+    let kept_headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(k, _)| !UNSTORED_HEADERS.contains(&k.as_str()) && !matches!(&source.verify, crate::config::Verify::Hmac { header, .. } if header == k.as_str()))
+        .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .collect();
+    let event_id = crate::ids::event_id();
+    let jobs: Vec<DeliveryJob> = plan
+        .deliveries
+        .iter()
+        .map(|d| DeliveryJob {
+            id: d.id.clone(),
+            event_id: event_id.clone(),
+            destination_id: d.destination_id.clone(),
+            round_attempts: 0,
+            due_at: received_at,
+            payload: Some(bytes.clone()),
+        })
+        .collect();
+    let event = NewEvent {
+        id: event_id.clone(),
+        source: source.id.clone(),
+        event_type: event_type.clone(),
+        idempotency_key,
+        received_at,
+        headers: serde_json::Value::Object(kept_headers).to_string(),
+        payload: bytes.clone(),
+    };
+    match app.store.ingest(event, plan.runs, plan.deliveries).await {
+        Ok(IngestOutcome::Accepted) => {
+            tracing::debug!(event_id = %event_id, source = %source.id, event_type = %event_type, deliveries = jobs.len(), "event accepted");
+            for job in jobs {
+                app.deliverer.submit(job);
+            }
+            (StatusCode::ACCEPTED, axum::Json(json!({"event_id": event_id}))).into_response()
+        }
+        Ok(IngestOutcome::Duplicate { event_id }) => {
+            tracing::debug!(event_id = %event_id, source = %source.id, "duplicate idempotency key; nothing started");
+            (StatusCode::OK, axum::Json(json!({"event_id": event_id, "duplicate": true}))).into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

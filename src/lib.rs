@@ -1,0 +1,17 @@
+//! Ferry: a self-hosted integration engine. The modules follow the path of an event:
+//! `ingest` (receive, verify, validate) → `engine` (flows decide what happens) → `store`
+//! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
+//! `app` (wiring), `demo` and `bench`. See ARCHITECTURE.md.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod deliver;
+pub mod engine;
+pub mod ids;
+pub mod ingest;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,251 @@
+//! The store: the only module that knows SQL. Events, runs, deliveries, attempts and the
+//! rejected log live in one SQLite file (WAL). All writes go through one writer thread that
+//! commits whatever has queued up in one transaction (group commit), then answers each caller;
+//! so a caller that gets `Ok` knows its rows are on disk. Reads use their own connections.
+//!
+//! The store knows nothing of HTTP, flows or scheduling: it takes rows and gives rows.
+
+mod reads;
+mod schema;
+mod writer;
+
+use crate::clock::Millis;
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+pub use reads::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is overloaded: the write queue is full")]
+    Overloaded,
+    #[error("the store has shut down")]
+    Closed,
+    #[error("cannot open the data directory `{path}`: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Delivery states as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "pending" => DeliveryStatus::Pending,
+            "succeeded" => DeliveryStatus::Succeeded,
+            "dead" => DeliveryStatus::Dead,
+            other => return Err(StoreError::Corrupt(format!("unknown delivery status `{other}`"))),
+        })
+    }
+}
+
+pub struct NewEvent {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub idempotency_key: Option<String>,
+    pub received_at: Millis,
+    /// Selected request headers, as a JSON object.
+    pub headers: String,
+    pub payload: Bytes,
+}
+
+pub struct NewRun {
+    pub id: String,
+    pub flow_id: String,
+    /// `completed`, `filtered` or `failed`.
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+pub struct NewDelivery {
+    pub id: String,
+    pub run_id: String,
+    pub destination_id: String,
+}
+
+pub enum IngestOutcome {
+    Accepted,
+    /// The idempotency key was seen before: the first event's id. Nothing was written.
+    Duplicate { event_id: String },
+}
+
+/// What one attempt did, as recorded.
+pub struct NewAttempt {
+    pub delivery_id: String,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    /// JSON object of response headers.
+    pub response_headers: Option<String>,
+    pub response_body: Option<Vec<u8>>,
+    pub error: Option<String>,
+    /// `succeeded`, `retry` or `failed` (permanent).
+    pub outcome: &'static str,
+    /// The delivery's state after this attempt.
+    pub next: AttemptNext,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptNext {
+    Succeeded,
+    RetryAt(Millis),
+    Dead,
+}
+
+/// A delivery that has to be attempted: what the scheduler holds.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub id: String,
+    pub event_id: String,
+    pub destination_id: String,
+    /// Attempts made in the current round (a manual retry starts a new round).
+    pub round_attempts: u32,
+    pub due_at: Millis,
+    /// The body, when it is at hand; otherwise it is read from the store before sending.
+    pub payload: Option<Bytes>,
+}
+
+pub struct Rejection {
+    pub source: String,
+    pub received_at: Millis,
+    pub status: u16,
+    pub error: String,
+    pub reason: String,
+    pub body: Vec<u8>,
+}
+
+pub(crate) enum WriteOp {
+    Ingest { event: NewEvent, runs: Vec<NewRun>, deliveries: Vec<NewDelivery>, reply: oneshot::Sender<Result<IngestOutcome, StoreError>> },
+    Attempt { attempt: NewAttempt, reply: oneshot::Sender<Result<(), StoreError>> },
+    Reject { rejection: Rejection },
+    Retry { delivery_id: String, now: Millis, reply: oneshot::Sender<Result<Option<DeliveryJob>, StoreError>> },
+}
+
+/// Tuning for the store; the defaults are what `ferry serve` uses.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Ops waiting for the writer; past this, writes answer `Overloaded`.
+    pub write_queue: usize,
+    /// Most ops in one transaction.
+    pub max_batch: usize,
+    pub rejected_log_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { write_queue: 8192, max_batch: 1024, rejected_log_size: crate::config::DEFAULT_REJECTED_LOG_SIZE }
+    }
+}
+
+/// A cheap handle to the store. Clones share the writer and the read connections.
+#[derive(Clone)]
+pub struct Store {
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    // A std mutex: held only to pop or push a connection, never across an await.
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `ferry.db` in `dir` and starts the writer thread. The thread
+    /// ends when every handle is dropped.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        let path = dir.join("ferry.db");
+        let conn = schema::open_writer(&path)?;
+        let (tx, rx) = mpsc::channel(options.write_queue);
+        std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer::run(conn, rx, options))
+            .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        Ok(Store { writer: tx, readers: Arc::new(ReadPool { path, idle: Mutex::new(Vec::new()) }) })
+    }
+
+    fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.writer.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })
+    }
+
+    /// Commits an event with its runs and deliveries in one transaction, or reports the
+    /// earlier event with the same idempotency key. Fails fast with `Overloaded` when the
+    /// write queue is full.
+    pub async fn ingest(&self, event: NewEvent, runs: Vec<NewRun>, deliveries: Vec<NewDelivery>) -> Result<IngestOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::Ingest { event, runs, deliveries, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records an attempt and the delivery's new state. Waits for room in the queue: an
+    /// outcome is never dropped.
+    pub async fn record_attempt(&self, attempt: NewAttempt) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(WriteOp::Attempt { attempt, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Adds to the rejected log. Best effort: dropped when the write queue is full.
+    pub fn record_rejection(&self, rejection: Rejection) {
+        if self.submit(WriteOp::Reject { rejection }).is_err() {
+            tracing::warn!("rejected log entry dropped: the write queue is full");
+        }
+    }
+
+    /// Puts a dead delivery back to pending with a fresh round of attempts, due `now`.
+    /// `Ok(None)` when there is no such delivery or it is not dead.
+    pub async fn retry_delivery(&self, delivery_id: &str, now: Millis) -> Result<Option<DeliveryJob>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Retry { delivery_id: delivery_id.to_string(), now, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection, off the async threads.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                Some(c) => c,
+                None => schema::open_reader(&pool.path)?,
+            };
+            let result = f(&conn);
+            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < 8 {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}

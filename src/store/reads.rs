@@ -1,0 +1,267 @@
+//! Read queries: what the API shows and what the scheduler loads at start. Each takes a
+//! connection, so they run inside [`Store::read`].
+
+use super::*;
+use crate::clock::rfc3339;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub idempotency_key: Option<String>,
+    pub received_at: String,
+    pub headers: serde_json::Value,
+    pub payload: serde_json::Value,
+    pub runs: Vec<RunView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub flow_id: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub event_id: String,
+    pub run_id: String,
+    pub destination_id: String,
+    pub status: DeliveryStatus,
+    pub attempt_count: i64,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    pub attempt: i64,
+    pub started_at: String,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub status_code: Option<i64>,
+    pub response_headers: Option<serde_json::Value>,
+    /// The first 64 KiB of the response body, as text (lossy UTF-8).
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectionView {
+    pub id: String,
+    pub source: String,
+    pub received_at: String,
+    pub status: i64,
+    pub error: String,
+    pub reason: String,
+    /// The first 64 KiB of the refused body, as text (lossy UTF-8).
+    pub body: String,
+}
+
+impl DeliveryView {
+    pub fn status_str(&self) -> &'static str {
+        self.status.as_str()
+    }
+}
+
+fn json_or_string(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryView, String)> {
+    let status: String = r.get(4)?;
+    let next: Option<i64> = r.get(6)?;
+    Ok((
+        DeliveryView {
+            id: r.get(0)?,
+            event_id: r.get(1)?,
+            run_id: r.get(2)?,
+            destination_id: r.get(3)?,
+            status: DeliveryStatus::Pending,
+            attempt_count: r.get(5)?,
+            next_attempt_at: next.map(rfc3339),
+            created_at: rfc3339(r.get(7)?),
+            updated_at: rfc3339(r.get(8)?),
+            last_error: r.get(9)?,
+            attempts: None,
+        },
+        status,
+    ))
+}
+
+fn finish_delivery((mut d, status): (DeliveryView, String)) -> Result<DeliveryView, StoreError> {
+    d.status = DeliveryStatus::parse(&status)?;
+    if d.status != DeliveryStatus::Pending {
+        d.next_attempt_at = None;
+    }
+    Ok(d)
+}
+
+pub fn attempts_of(conn: &Connection, delivery_id: &str) -> Result<Vec<AttemptView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT attempt, started_at, duration_ms, outcome, status_code, response_headers, response_body, error
+         FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![delivery_id], |r| {
+        let headers: Option<String> = r.get(5)?;
+        let body: Option<Vec<u8>> = r.get(6)?;
+        Ok(AttemptView {
+            attempt: r.get(0)?,
+            started_at: rfc3339(r.get(1)?),
+            duration_ms: r.get(2)?,
+            outcome: r.get(3)?,
+            status_code: r.get(4)?,
+            response_headers: headers.map(json_or_string),
+            response_body: body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            error: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Raw attempt start times, oldest first (for tests and diagnostics).
+pub fn attempt_times(conn: &Connection, delivery_id: &str) -> Result<Vec<Millis>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT started_at FROM attempts WHERE delivery_id = ?1 ORDER BY id")?;
+    let rows = stmt.query_map(params![delivery_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"))?
+        .query_row(params![id], delivery_row)
+        .optional()?;
+    let Some(row) = row else { return Ok(None) };
+    let mut d = finish_delivery(row)?;
+    d.attempts = Some(attempts_of(conn, id)?);
+    Ok(Some(d))
+}
+
+pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT id, source, event_type, idempotency_key, received_at, headers, payload FROM events WHERE id = ?1")?
+        .query_row(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?))
+        })
+        .optional()?;
+    let Some((id, source, event_type, idempotency_key, received_at, headers, payload)) = row else { return Ok(None) };
+    let mut runs = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached("SELECT id, flow_id, status, error, created_at FROM runs WHERE event_id = ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok(RunView {
+                id: r.get(0)?,
+                flow_id: r.get(1)?,
+                status: r.get(2)?,
+                error: r.get(3)?,
+                created_at: rfc3339(r.get(4)?),
+                deliveries: Vec::new(),
+            })
+        })?;
+        for run in rows {
+            runs.push(run?);
+        }
+    }
+    let mut stmt = conn.prepare_cached(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY id"))?;
+    let rows: Vec<_> = stmt.query_map(params![id], delivery_row)?.collect::<Result<_, _>>()?;
+    for row in rows {
+        let mut d = finish_delivery(row)?;
+        d.attempts = Some(attempts_of(conn, &d.id)?);
+        if let Some(run) = runs.iter_mut().find(|r| r.id == d.run_id) {
+            run.deliveries.push(d);
+        }
+    }
+    Ok(Some(EventView {
+        id,
+        source,
+        event_type,
+        idempotency_key,
+        received_at: rfc3339(received_at),
+        headers: json_or_string(headers),
+        payload: serde_json::from_slice(&payload).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())),
+        runs,
+    }))
+}
+
+/// Dead letters, newest first; `before` is the cursor (a delivery id) of the previous page.
+pub fn dead_letters(conn: &Connection, before: Option<&str>, limit: usize) -> Result<Vec<DeliveryView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'dead' AND (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows: Vec<_> = stmt.query_map(params![before, limit as i64], delivery_row)?.collect::<Result<_, _>>()?;
+    rows.into_iter().map(finish_delivery).collect()
+}
+
+/// The rejected log, newest first; `before` is the cursor (an entry id) of the previous page.
+pub fn rejections(conn: &Connection, before: Option<i64>, limit: usize) -> Result<Vec<RejectionView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, source, received_at, status, error, reason, body FROM rejections WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![before, limit as i64], |r| {
+        let body: Vec<u8> = r.get(6)?;
+        Ok(RejectionView {
+            id: r.get::<_, i64>(0)?.to_string(),
+            source: r.get(1)?,
+            received_at: rfc3339(r.get(2)?),
+            status: r.get(3)?,
+            error: r.get(4)?,
+            reason: r.get(5)?,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn count_events(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?)
+}
+
+pub fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM rejections", [], |r| r.get(0))?)
+}
+
+/// Pending deliveries in due order, from `after_due` on, for the scheduler to take over.
+pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, event_id, destination_id, round_attempts, next_attempt_at FROM deliveries
+         WHERE status = 'pending' ORDER BY next_attempt_at LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok(DeliveryJob {
+            id: r.get(0)?,
+            event_id: r.get(1)?,
+            destination_id: r.get(2)?,
+            round_attempts: r.get::<_, i64>(3)? as u32,
+            due_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+            payload: None,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn event_payload(conn: &Connection, event_id: &str) -> Result<Option<Bytes>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+        .query_row(params![event_id], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?
+        .map(Bytes::from))
+}
+
+pub fn ping(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row("SELECT 1", [], |_| Ok(()))?;
+    Ok(())
+}
