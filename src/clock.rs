@@ -10,6 +10,9 @@ pub type Millis = i64;
 /// A source of the current time and a way to wait until a moment.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> Millis;
+    fn now_secs(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
     /// Resolves once `now_ms() >= deadline`.
     fn sleep_until(&self, deadline: Millis) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }

@@ -1,1 +1,171 @@
-use std::path::Path; pub fn x(_p:&Path){}
+//! `ferry demo`: the shop story on one machine. Starts three local receivers (fulfillment,
+//! crm, accounting; crm fails now and then), serves Ferry with an example config pointing at
+//! them, and prints what to send and where to look.
+
+use crate::app::ServeOptions;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The demo's config. `${..._URL}` and the signing secret are filled in by [`run`].
+pub const DEMO_CONFIG: &str = r#"
+settings:
+  allow_private_destinations: true   # the demo receivers run on 127.0.0.1
+sources:
+  - id: shop
+    kind: webhook
+    verify: { scheme: none }          # a real shop would sign: { scheme: standard-webhooks, secret: ... }
+    event_type: { from: body, path: ".type" }
+    idempotency_key: { from: header, name: Idempotency-Key }
+event_types:
+  - name: user.created
+    schema:
+      type: object
+      required: [type, data]
+      properties:
+        data:
+          type: object
+          required: [user_id, email, plan]
+          properties:
+            user_id: { type: string }
+            email: { type: string, format: email }
+            plan: { enum: [free, pro, enterprise] }
+  - name: order.created
+    schema:
+      type: object
+      required: [type, data]
+      properties:
+        data:
+          type: object
+          required: [order_id, email, total, currency]
+          properties:
+            order_id: { type: string }
+            email: { type: string }
+            total: { type: number, minimum: 0 }
+            currency: { type: string, pattern: "^[A-Z]{3}$" }
+destinations:
+  - id: fulfillment
+    kind: http
+    url: "${FULFILLMENT_URL}"
+    signing: { secret: "${DEMO_SECRET}" }
+  - id: crm
+    kind: http
+    url: "${CRM_URL}"
+    signing: { secret: "${DEMO_SECRET}" }
+    retry: { max_attempts: 4, initial: 2s, max: 30s, jitter: full }
+  - id: accounting
+    kind: http
+    url: "${ACCOUNTING_URL}"
+    signing: { secret: "${DEMO_SECRET}" }
+flows:
+  - id: orders-everywhere
+    on: { source: shop, event_types: [order.created] }
+    steps:
+      - deliver: [fulfillment, crm, accounting]
+  - id: paying-users-to-crm
+    on: { source: shop, event_types: [user.created] }
+    steps:
+      - filter: '.data.plan != "free"'
+      - deliver: crm
+"#;
+
+const DEMO_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWZlcnJ5LWRlbW8tb25seQ==";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("the demo config is invalid (a bug): {0}")]
+    Config(crate::config::ConfigErrors),
+    #[error(transparent)]
+    Serve(#[from] crate::app::ServeError),
+}
+
+/// A demo receiver: prints what arrives; `fail_every` > 0 answers 503 to every n-th request.
+async fn start_receiver(name: &'static str, fail_every: u64) -> Result<SocketAddr, DemoError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| DemoError::Listen { addr: "127.0.0.1:0".into(), source })?;
+    let addr = listener.local_addr().map_err(|source| DemoError::Listen { addr: "127.0.0.1:0".into(), source })?;
+    let count = Arc::new(AtomicU64::new(0));
+    let key = crate::deliver::signing::decode_secret(DEMO_SECRET).unwrap_or_default();
+    let app = axum::Router::new().route(
+        "/",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let count = count.clone();
+            let key = key.clone();
+            async move {
+                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+                let now = crate::clock::system_now_ms() / 1000;
+                let signed = crate::deliver::signing::verify(&key, h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"), &body, now, 300).is_ok();
+                let id = h("webhook-id").unwrap_or("?").to_string();
+                if fail_every > 0 && n % fail_every == 0 {
+                    println!("[{name:<11}] {id} -> 503 (this receiver fails now and then; Ferry will retry)");
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let preview: String = String::from_utf8_lossy(&body).chars().take(90).collect();
+                println!("[{name:<11}] {id} -> 200 signature {} {preview}", if signed { "ok" } else { "BAD" });
+                StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoError> {
+    let fulfillment = start_receiver("fulfillment", 0).await?;
+    let crm = start_receiver("crm", 3).await?;
+    let accounting = start_receiver("accounting", 0).await?;
+    let env = move |name: &str| match name {
+        "FULFILLMENT_URL" => Some(format!("http://{fulfillment}/")),
+        "CRM_URL" => Some(format!("http://{crm}/")),
+        "ACCOUNTING_URL" => Some(format!("http://{accounting}/")),
+        "DEMO_SECRET" => Some(DEMO_SECRET.to_string()),
+        _ => None,
+    };
+    let config = crate::config::load_str(DEMO_CONFIG, "(demo config)", std::path::Path::new("."), &env).map_err(DemoError::Config)?;
+    let data = data.unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
+    let mut options = ServeOptions::new(config, data.clone());
+    let token = "demo-token".to_string();
+    options.api_token = Some(token.clone());
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| DemoError::Listen { addr: listen.to_string(), source })?;
+    let addr = listener.local_addr().map_err(|source| DemoError::Listen { addr: listen.to_string(), source })?;
+    let state = crate::app::prepare(options).await?;
+    println!(
+        r#"
+Ferry demo on http://{addr}  (data in {data}; API token: {token})
+Three receivers stand in for the shop's systems: fulfillment, crm (fails every third request) and accounting.
+
+Send an order (it fans out to all three):
+  curl -sS http://{addr}/in/shop -H 'content-type: application/json' -H "Idempotency-Key: order-$RANDOM" \
+    -d '{{"type":"order.created","data":{{"order_id":"o-1001","email":"ada@example.com","total":42.5,"currency":"EUR"}}}}'
+
+Send a user (free plans are filtered out; paying ones go to the crm):
+  curl -sS http://{addr}/in/shop -H 'content-type: application/json' \
+    -d '{{"type":"user.created","data":{{"user_id":"u-7","email":"ada@example.com","plan":"pro"}}}}'
+
+Send something malformed (refused with 422 and every violation listed):
+  curl -sS http://{addr}/in/shop -H 'content-type: application/json' -d '{{"type":"order.created","data":{{"total":-1}}}}'
+
+Look at what happened:
+  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/events/<event_id>
+  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/dead-letters
+  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/rejections
+Stop with Ctrl-C.
+"#,
+        data = data.display()
+    );
+    crate::app::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

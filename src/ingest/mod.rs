@@ -25,9 +25,6 @@ const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "coo
 
 pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>, headers: HeaderMap, body: Body) -> Response {
     let received_at = app.clock.now_ms();
-    let Some(source) = app.config.sources.get(&source_id).cloned() else {
-        return ApiError::new(StatusCode::NOT_FOUND, "unknown_source", format!("no source has the id `{source_id}`")).into_response();
-    };
     let limit = app.config.settings.max_body_size;
     let reject = |error: ApiError, body: &[u8]| -> Response {
         tracing::info!(source = %source_id, status = error.status.as_u16(), error = error.code, reason = %error.message, "input rejected");
@@ -44,6 +41,9 @@ pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>,
             body: body[..body.len().min(REJECTED_BODY_LIMIT)].to_vec(),
         });
         error.into_response()
+    };
+    let Some(source) = app.config.sources.get(&source_id).cloned() else {
+        return reject(ApiError::new(StatusCode::NOT_FOUND, "unknown_source", format!("no source has the id `{source_id}`")), b"");
     };
     let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"));
     let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());

@@ -1,0 +1,130 @@
+//! Crash safety: `ferry serve` as a child process, killed with SIGKILL while events stream
+//! in, restarted on the same data. Every event that got a 2xx reaches every destination;
+//! duplicates are allowed (and counted), losses are not.
+
+use crate::helpers::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_ferry(config: &std::path::Path, data: &std::path::Path, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("FERRY_API_TOKEN", TOKEN)
+        .env("FERRY_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ferry serve");
+    let client = client();
+    wait_until("ferry serve is ready", || {
+        let client = client.clone();
+        async move { client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    child
+}
+
+/// Event numbers seen by a receiver, with how often each arrived.
+fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for r in receiver.requests() {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        *seen.entry(v["n"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_event() {
+    let quick = Receiver::start().await;
+    let slow = Receiver::start_with(Reply { status: 200, headers: vec![], delay: Duration::from_millis(5) }).await;
+    let flaky = Receiver::start().await;
+    flaky.script((0..40).map(|i| Reply::status(if i % 2 == 0 { 503 } else { 200 })));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: quick, kind: http, url: "{}" }}
+  - {{ id: slow, kind: http, url: "{}", concurrency: 4 }}
+  - {{ id: flaky, kind: http, url: "{}", retry: {{ max_attempts: 20, initial: 100ms, max: 1s }} }}
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky] }} ] }} ]
+"#,
+            quick.url, slow.url, flaky.url
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut child = start_ferry(&config, &data, port).await;
+
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let (acked, next, stop) = (acked.clone(), next.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let client = client();
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let sent = client
+                    .post(format!("http://127.0.0.1:{port}/in/s"))
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"type":"t","n":{n}}}"#))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        acked.lock().unwrap().insert(n);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }));
+    }
+    wait_until("300 events acknowledged", || async { acked.lock().unwrap().len() >= 300 }).await;
+    child.kill().await.unwrap(); // SIGKILL
+    let acked_before_kill = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    assert!(acked.len() >= acked_before_kill);
+    let delivered_before_restart = quick.count();
+
+    let mut child = start_ferry(&config, &data, free_port()).await;
+    for receiver in [&quick, &slow, &flaky] {
+        wait_until(&format!("every acknowledged event at {}", receiver.url), || async {
+            let seen = tally(receiver);
+            acked.iter().all(|n| seen.contains_key(n))
+        })
+        .await;
+    }
+    let duplicates: usize = [&quick, &slow, &flaky].iter().map(|r| tally(r).values().map(|c| c - 1).sum::<usize>()).sum();
+    eprintln!(
+        "crash test: {} events acknowledged, {} quick deliveries before the kill, {} duplicate deliveries after restart",
+        acked.len(),
+        delivered_before_restart,
+        duplicates
+    );
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,201 @@
+//! Test harness: `spawn_app` starts Ferry on 127.0.0.1:0 with a fresh data directory;
+//! `Receiver` is a real HTTP server that records every request and answers from a script.
+
+pub use ferry::clock::Clock;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use ferry::app::{AppState, ServeOptions};
+use ferry::clock::ManualClock;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const TOKEN: &str = "test-token";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts Ferry with `yaml` as its config, on a manual clock that starts at the real time.
+pub async fn spawn_app(yaml: &str) -> TestApp {
+    let config = ferry::config::load_str(yaml, "test.yaml", std::path::Path::new("."), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(ferry::clock::system_now_ms());
+    let mut options = ServeOptions::new(config, dir.path().to_path_buf());
+    options.api_token = Some(TOKEN.into());
+    options.clock = clock.clone();
+    options.deliverer.jitter_seed = Some(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = ferry::app::prepare(options).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ferry::app::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    TestApp { addr, state, clock, http: client(), _dir: dir, _shutdown: tx }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str, headers: &[(&str, String)]) -> reqwest::Response {
+        let mut req = self.http.post(self.url(path)).header("content-type", "application/json").body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn api_get(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let r = self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    pub async fn api_post(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let r = self.http.post(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        self.state.store.read(ferry::store::count_events).await.unwrap()
+    }
+
+    /// The one delivery of an event (panics when there is not exactly one).
+    pub async fn only_delivery(&self, event_id: &str) -> serde_json::Value {
+        let (status, event) = self.api_get(&format!("/api/v1/events/{event_id}")).await;
+        assert_eq!(status, 200, "{event}");
+        let deliveries: Vec<_> = event["runs"].as_array().unwrap().iter().flat_map(|r| r["deliveries"].as_array().unwrap().clone()).collect();
+        assert_eq!(deliveries.len(), 1, "{event}");
+        deliveries[0].clone()
+    }
+
+    pub async fn attempt_times(&self, delivery_id: &str) -> Vec<i64> {
+        let id = delivery_id.to_string();
+        self.state.store.read(move |c| ferry::store::attempt_times(c, &id)).await.unwrap()
+    }
+
+    /// Waits (real time, bounded) until `delivery_id` has `n` recorded attempts.
+    pub async fn wait_attempts(&self, delivery_id: &str, n: usize) {
+        wait_until(&format!("{n} attempts recorded for {delivery_id}"), || async { self.attempt_times(delivery_id).await.len() >= n }).await;
+    }
+}
+
+/// A plain HTTP client for tests (reqwest is built without a default TLS provider).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// Polls `check` every 10 ms for up to 20 s; panics with `what` if it never holds.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Reply { status, headers: vec![], delay: Duration::ZERO }
+    }
+}
+
+/// A real HTTP receiver on a random port. Answers from its script, then with `fallback`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    fallback: Arc<Mutex<Reply>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_with(Reply::status(200)).await
+    }
+
+    pub async fn start_with(fallback: Reply) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver {
+            url: format!("http://{addr}/hook"),
+            requests: Arc::default(),
+            script: Arc::default(),
+            fallback: Arc::new(Mutex::new(fallback)),
+        };
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move {
+                    state.requests.lock().unwrap().push(Recorded { headers, body });
+                    let reply = state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+                    if !reply.delay.is_zero() {
+                        tokio::time::sleep(reply.delay).await;
+                    }
+                    let mut response = axum::http::Response::builder().status(reply.status);
+                    for (k, v) in reply.headers {
+                        response = response.header(k, v);
+                    }
+                    response.body(axum::body::Body::from("{\"received\":true}")).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub async fn wait_for(&self, n: usize) {
+        wait_until(&format!("{n} requests at {}", self.url), || async { self.count() >= n }).await;
+    }
+}
+
+/// Signs `body` the Standard Webhooks way with the `standardwebhooks` crate (not Ferry's signer).
+pub fn signed_headers(body: &str, id: &str, timestamp: i64) -> Vec<(&'static str, String)> {
+    let wh = standardwebhooks::Webhook::new(SECRET).unwrap();
+    let sig = wh.sign(id, timestamp, body.as_bytes()).unwrap();
+    vec![("webhook-id", id.to_string()), ("webhook-timestamp", timestamp.to_string()), ("webhook-signature", sig)]
+}

@@ -1,0 +1,161 @@
+//! Retries on an injected clock: the schedule, Retry-After, permanent failures, exhaustion,
+//! and a manual retry of a dead letter.
+
+use crate::helpers::*;
+use std::time::Duration;
+
+async fn app_for(receiver: &Receiver, retry: &str) -> TestApp {
+    spawn_app(&format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: d, kind: http, url: "{}", retry: {retry}, signing: {{ secret: "{SECRET}" }} }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
+"#,
+        receiver.url
+    ))
+    .await
+}
+
+async fn send(app: &TestApp) -> String {
+    let r = app.post_json("/in/s", r#"{"type":"t"}"#, &[]).await;
+    assert_eq!(r.status(), 202);
+    let event_id = r.json::<serde_json::Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
+    app.only_delivery(&event_id).await["id"].as_str().unwrap().to_string()
+}
+
+/// Gives the server a moment to (wrongly) act, so that an absence can be asserted.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+#[tokio::test]
+async fn fails_twice_then_succeeds_with_growing_gaps() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500), Reply::status(502)]);
+    let app = app_for(&receiver, "{ max_attempts: 5, initial: 10s, multiplier: 3, jitter: none }").await;
+    let delivery = send(&app).await;
+
+    app.wait_attempts(&delivery, 1).await;
+    app.clock.advance(Duration::from_secs(9));
+    settle().await;
+    assert_eq!(receiver.count(), 1, "not before the backoff");
+    app.clock.advance(Duration::from_secs(1));
+    app.wait_attempts(&delivery, 2).await;
+    app.clock.advance(Duration::from_secs(29));
+    settle().await;
+    assert_eq!(receiver.count(), 2, "the second gap is longer");
+    app.clock.advance(Duration::from_secs(1));
+    app.wait_attempts(&delivery, 3).await;
+    settle().await;
+    app.clock.advance(Duration::from_secs(3600));
+    settle().await;
+
+    assert_eq!(receiver.count(), 3, "exactly three attempts");
+    let times = app.attempt_times(&delivery).await;
+    assert_eq!(times.len(), 3);
+    assert_eq!((times[1] - times[0], times[2] - times[1]), (10_000, 30_000));
+    let ids: Vec<_> = receiver.requests().iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "webhook-id is stable across retries");
+    let d = app.only_delivery(&app.state.store.read(|c| Ok(first_event(c))).await.unwrap()).await;
+    assert_eq!(d["status"], "succeeded");
+    let outcomes: Vec<_> = d["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap().to_string()).collect();
+    assert_eq!(outcomes, ["retry", "retry", "succeeded"]);
+}
+
+fn first_event(c: &rusqlite::Connection) -> String {
+    c.query_row("SELECT id FROM events LIMIT 1", [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply { status: 503, headers: vec![("retry-after", "120".into())], delay: Duration::ZERO }]);
+    let app = app_for(&receiver, "{ max_attempts: 5, initial: 1s, jitter: none }").await;
+    let delivery = send(&app).await;
+    app.wait_attempts(&delivery, 1).await;
+    let first = app.attempt_times(&delivery).await[0];
+    let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
+    assert_eq!(d["next_attempt_at"], ferry::clock::rfc3339(first + 120_000), "{d}");
+    app.clock.advance(Duration::from_secs(119));
+    settle().await;
+    assert_eq!(receiver.count(), 1, "the 1s backoff gave way to Retry-After");
+    app.clock.advance(Duration::from_secs(1));
+    app.wait_attempts(&delivery, 2).await;
+    assert_eq!(receiver.count(), 2);
+}
+
+#[tokio::test]
+async fn a_400_dead_letters_at_once_and_a_manual_retry_delivers() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(400)]);
+    let app = app_for(&receiver, "{ max_attempts: 5, initial: 1s }").await;
+    let delivery = send(&app).await;
+    app.wait_attempts(&delivery, 1).await;
+    let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
+    assert_eq!(d["status"], "dead", "{d}");
+    assert_eq!(d["attempts"][0]["status_code"], 400);
+    assert_eq!(d["attempts"][0]["outcome"], "failed");
+    let (status, dlq) = app.api_get("/api/v1/dead-letters").await;
+    assert_eq!(status, 200);
+    assert_eq!(dlq["data"][0]["id"], delivery.as_str());
+    assert_eq!(dlq["next"], serde_json::Value::Null);
+
+    let (status, body) = app.api_post(&format!("/api/v1/deliveries/{delivery}/retry")).await;
+    assert_eq!(status, 202, "{body}");
+    receiver.wait_for(2).await;
+    app.wait_attempts(&delivery, 2).await;
+    let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
+    let (_, dlq) = app.api_get("/api/v1/dead-letters").await;
+    assert_eq!(dlq["data"].as_array().unwrap().len(), 0);
+
+    let (status, body) = app.api_post(&format!("/api/v1/deliveries/{delivery}/retry")).await;
+    assert_eq!((status.as_u16(), body["error"].as_str()), (409, Some("not_dead")));
+    let (status, _) = app.api_post("/api/v1/deliveries/dlv_nope/retry").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn exhausted_retries_dead_letter() {
+    let receiver = Receiver::start_with(Reply::status(500)).await;
+    let app = app_for(&receiver, "{ max_attempts: 3, initial: 1s, multiplier: 2, jitter: none }").await;
+    let delivery = send(&app).await;
+    app.wait_attempts(&delivery, 1).await;
+    app.clock.advance(Duration::from_secs(1));
+    app.wait_attempts(&delivery, 2).await;
+    app.clock.advance(Duration::from_secs(2));
+    app.wait_attempts(&delivery, 3).await;
+    app.clock.advance(Duration::from_secs(3600));
+    settle().await;
+    assert_eq!(receiver.count(), 3);
+    let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
+    assert_eq!(d["status"], "dead");
+    assert_eq!(d["last_error"], "HTTP 500");
+    let (_, dlq) = app.api_get("/api/v1/dead-letters").await;
+    assert_eq!(dlq["data"][0]["id"], delivery.as_str());
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried() {
+    // A port with nothing listening: bind, learn the port, close.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let app = spawn_app(&format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: d, kind: http, url: "http://127.0.0.1:{port}/", retry: {{ max_attempts: 2, initial: 1s, jitter: none }} }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
+"#
+    ))
+    .await;
+    let delivery = send(&app).await;
+    app.wait_attempts(&delivery, 1).await;
+    let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
+    assert_eq!(d["status"], "pending");
+    assert!(d["attempts"][0]["error"].as_str().unwrap().contains("could not connect"), "{d}");
+    assert_eq!(d["attempts"][0]["status_code"], serde_json::Value::Null);
+}
