@@ -34,8 +34,18 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub fn new(config: Config, data_dir: PathBuf) -> Self {
-        let store = StoreOptions { rejected_log_size: config.settings.rejected_log_size, ..StoreOptions::default() };
-        ServeOptions { config, data_dir, api_token: None, clock: Arc::new(crate::clock::SystemClock), deliverer: DelivererOptions::default(), store }
+        let store = StoreOptions {
+            rejected_log_size: config.settings.rejected_log_size,
+            ..StoreOptions::default()
+        };
+        ServeOptions {
+            config,
+            data_dir,
+            api_token: None,
+            clock: Arc::new(crate::clock::SystemClock),
+            deliverer: DelivererOptions::default(),
+            store,
+        }
     }
 }
 
@@ -46,7 +56,10 @@ pub enum ServeError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("API token file `{path}`: {source}")]
-    TokenFile { path: String, source: std::io::Error },
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
 }
@@ -59,21 +72,47 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         None => token_from_data_dir(&options.data_dir)?,
     };
     let config = Arc::new(options.config);
-    let deliverer =
-        Deliverer::start(config.clone(), store.clone(), options.clock.clone(), crate::deliver::http_client()?, options.deliverer).await?;
-    Ok(AppState { config, store, deliverer, clock: options.clock, api_token: api_token.into() })
+    let deliverer = Deliverer::start(
+        config.clone(),
+        store.clone(),
+        options.clock.clone(),
+        crate::deliver::http_client()?,
+        options.deliverer,
+    )
+    .await?;
+    Ok(AppState {
+        config,
+        store,
+        deliverer,
+        clock: options.clock,
+        api_token: api_token.into(),
+    })
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/in/{source}", post(crate::ingest::receive)).merge(crate::api::routes(state.clone())).with_state(state)
+    Router::new()
+        .route("/in/{source}", post(crate::ingest::receive))
+        .merge(crate::api::routes(state.clone()))
+        .with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then stops taking requests and lets in-flight ones end.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Serve)
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
 }
 
-pub async fn run(listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let state = prepare(options).await?;
     serve(listener, state, shutdown).await
 }
@@ -85,7 +124,10 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
 
 fn token_from_data_dir(data_dir: &Path) -> Result<String, ServeError> {
     let path = token_path(data_dir);
-    let fail = |source| ServeError::TokenFile { path: path.display().to_string(), source };
+    let fail = |source| ServeError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}

@@ -1,4 +1,616 @@
-//! `ferry bench` (filled in below).
+//! `ferry bench`: measures Ferry on this machine against a bare HTTP handler in the same run.
+//! Ferry and the bare handler each run as a child process (so their peak RSS is their own);
+//! the load generator and the receivers run in this process, on loopback only. Every figure
+//! is reported with its ratio to the bare handler's, since these machines are shared and noisy.
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
-pub fn run(_a: BenchArgs) -> Result<(), std::io::Error> { Ok(()) }
+pub struct BenchArgs {
+    /// Seconds of measured load per phase (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Events per second in the fixed-rate latency phase.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Size of each event body in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub body_size: usize,
+    /// Where the Ferry under test keeps its data (a fresh folder per phase is made inside).
+    #[arg(long, default_value = "ferry-bench-data")]
+    pub data: PathBuf,
+    /// Which Ferry phases to run (the bare handler always runs: it is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "ingest,fanout,latency")]
+    pub phases: Vec<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    Ingest,
+    Fanout,
+    Latency,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the target at {0} did not become ready")]
+    NotReady(SocketAddr),
+    #[error("phase `{0}` had no successful request")]
+    NoSuccess(&'static str),
+}
+
+/// The bare handler the figures are compared with: reads the body, answers 202.
+pub async fn serve_bare(listen: SocketAddr) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route(
+            "/in/{source}",
+            axum::routing::post(|body: Bytes| async move {
+                let _ = body.len();
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    axum::Json(serde_json::json!({"event_id": "evt_bare"})),
+                )
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await
+}
+
+struct Target {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Target {
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// CPU time (user + system) the target has used so far.
+    fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.id()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+async fn start_target(args: &[String]) -> Result<Target, BenchError> {
+    let addr = free_addr()?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .args(["--listen".to_string(), addr.to_string()])
+        .env(
+            "FERRY_LOG",
+            std::env::var("FERRY_BENCH_TARGET_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("FERRY_API_TOKEN", "bench")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(Target { child, addr });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(BenchError::NotReady(addr))
+}
+
+async fn start_ferry(dir: &Path, yaml: &str) -> Result<Target, BenchError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("ferry.yaml");
+    std::fs::write(&config, yaml)?;
+    start_target(&[
+        "serve".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--data".into(),
+        dir.join("data").display().to_string(),
+    ])
+    .await
+}
+
+/// Counts what the receivers got, and ingest-to-delivery latency from the `sent_us` stamp.
+#[derive(Default)]
+struct Deliveries {
+    count: AtomicU64,
+    recording: AtomicBool,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+async fn start_receiver(epoch: Instant, stats: Arc<Deliveries>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: Bytes| {
+            let stats = stats.clone();
+            async move {
+                if stats.recording.load(Ordering::Relaxed) {
+                    stats.count.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sent) = sent_us(&body) {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        stats
+                            .latencies_us
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(now.saturating_sub(sent) as u32);
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+fn sent_us(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"sent_us\":")? + "\"sent_us\":".len();
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn body(seq: u64, sent_us: u64, size: usize) -> Bytes {
+    let head = format!(r#"{{"type":"bench.event","seq":{seq},"sent_us":{sent_us},"pad":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(size);
+    s.push_str(&head);
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    Bytes::from(s)
+}
+
+#[derive(Default)]
+struct Load {
+    ok: u64,
+    failed: u64,
+    latencies_us: Vec<u32>,
+}
+
+/// Drives `connections` keep-alive connections against `addr`. With `rate`, each connection
+/// sends on a fixed schedule (open loop); without, as fast as answers come (closed loop).
+async fn drive(
+    addr: SocketAddr,
+    connections: usize,
+    warmup: Duration,
+    measure: Duration,
+    rate: Option<u64>,
+    size: usize,
+    epoch: Instant,
+) -> Load {
+    let start = Instant::now();
+    let (measure_from, until) = (start + warmup, start + warmup + measure);
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let seq = seq.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut load = Load::default();
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                return load;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+            else {
+                return load;
+            };
+            tokio::spawn(conn);
+            let period = rate.map(|r| Duration::from_secs_f64(connections as f64 / r as f64));
+            let mut next_send = start
+                + period
+                    .map(|p| p.mul_f64(i as f64 / connections as f64))
+                    .unwrap_or_default();
+            loop {
+                if let Some(p) = period {
+                    tokio::time::sleep_until(next_send.into()).await;
+                    next_send += p;
+                }
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let request = hyper::Request::post("/in/bench")
+                    .header("host", "bench")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body(n, epoch.elapsed().as_micros() as u64, size)));
+                let Ok(request) = request else { break };
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                let good = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let good = response.status().is_success();
+                        let _ = response.into_body().collect().await;
+                        good
+                    }
+                    Err(_) => false,
+                };
+                if sent >= measure_from {
+                    if good {
+                        load.ok += 1;
+                        load.latencies_us.push(sent.elapsed().as_micros() as u32);
+                    } else {
+                        load.failed += 1;
+                    }
+                }
+            }
+            load
+        }));
+    }
+    let mut total = Load::default();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            total.ok += l.ok;
+            total.failed += l.failed;
+            total.latencies_us.extend(l.latencies_us);
+        }
+    }
+    total.latencies_us.sort_unstable();
+    total
+}
+
+/// CPU microseconds per successful request over a whole drive (warm-up included, so the
+/// requests of the warm-up are estimated at the measured rate).
+fn cpu_per_request(
+    before: Option<Duration>,
+    after: Option<Duration>,
+    ok: u64,
+    warmup: Duration,
+    measure: Duration,
+) -> f64 {
+    match (before, after) {
+        (Some(b), Some(a)) if ok > 0 => {
+            let requests = ok as f64 * (warmup + measure).as_secs_f64() / measure.as_secs_f64();
+            (a - b).as_secs_f64() * 1e6 / requests
+        }
+        _ => f64::NAN,
+    }
+}
+
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[index] as f64 / 1000.0
+}
+
+fn config(receivers: &[SocketAddr], fan_out: bool) -> String {
+    let mut yaml = String::from(
+        "settings: { allow_private_destinations: true }\nsources:\n  - { id: bench, kind: webhook, verify: { scheme: none } }\n  - { id: elsewhere, kind: webhook, verify: { scheme: none } }\n",
+    );
+    yaml.push_str("destinations:\n");
+    for (i, r) in receivers.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - {{ id: d{i}, kind: http, url: \"http://{r}/\", concurrency: 64 }}\n"
+        ));
+    }
+    let names: Vec<String> = (0..receivers.len()).map(|i| format!("d{i}")).collect();
+    let source = if fan_out { "bench" } else { "elsewhere" };
+    yaml.push_str(&format!("flows:\n  - {{ id: fan-out, on: {{ source: {source} }}, steps: [ {{ deliver: [{}] }} ] }}\n", names.join(", ")));
+    yaml
+}
+
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+struct Row {
+    shape: &'static str,
+    figure: &'static str,
+    value: f64,
+    unit: &'static str,
+    ratio: Option<f64>,
+}
+
+async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
+    let epoch = Instant::now();
+    let warmup = Duration::from_secs(1);
+    let measure = Duration::from_secs(args.duration);
+    let (c, size) = (args.connections, args.body_size);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "ferry bench: {cores} cores, {size}-byte events, {c} connections, {}s per phase after 1s warm-up",
+        args.duration
+    );
+    let stats = Arc::new(Deliveries::default());
+    let mut receivers = Vec::new();
+    for _ in 0..3 {
+        receivers.push(start_receiver(epoch, stats.clone()).await?);
+    }
+    let mut rows = Vec::new();
+    let mut failures: Vec<(&str, u64)> = Vec::new();
+
+    eprintln!("phase 1/6: bare handler, closed loop");
+    let bare = start_target(&["bench-bare".into()]).await?;
+    let cpu_before = bare.cpu_time();
+    let bare_max = drive(bare.addr, c, warmup, measure, None, size, epoch).await;
+    let bare_cpu_us = cpu_per_request(cpu_before, bare.cpu_time(), bare_max.ok, warmup, measure);
+    eprintln!("phase 2/6: bare handler, {} requests/s", args.rate);
+    let bare_fixed = drive(bare.addr, c, warmup, measure, Some(args.rate), size, epoch).await;
+    let bare_rss = bare.peak_rss_mb();
+    bare.stop().await;
+    if bare_max.ok == 0 {
+        return Err(BenchError::NoSuccess("bare"));
+    }
+    let bare_rps = bare_max.ok as f64 / measure.as_secs_f64();
+    rows.push(Row {
+        shape: "bare handler",
+        figure: "requests/s",
+        value: bare_rps,
+        unit: "",
+        ratio: Some(1.0),
+    });
+    rows.push(Row {
+        shape: "bare handler",
+        figure: "CPU per request",
+        value: bare_cpu_us,
+        unit: "us",
+        ratio: Some(1.0),
+    });
+    rows.push(Row {
+        shape: "bare handler",
+        figure: "latency p50 at max load",
+        value: percentile_ms(&bare_max.latencies_us, 0.5),
+        unit: "ms",
+        ratio: Some(1.0),
+    });
+    rows.push(Row {
+        shape: "bare handler",
+        figure: "latency p99 at max load",
+        value: percentile_ms(&bare_max.latencies_us, 0.99),
+        unit: "ms",
+        ratio: Some(1.0),
+    });
+
+    let mut rss = vec![("bare handler", bare_rss)];
+    if args.phases.contains(&Phase::Ingest) {
+        eprintln!("phase 3/6: ferry, ingest only (no flow matches)");
+        let ferry = start_ferry(&args.data.join("ingest"), &config(&receivers, false)).await?;
+        let cpu_before = ferry.cpu_time();
+        let ingest = drive(ferry.addr, c, warmup, measure, None, size, epoch).await;
+        let ingest_cpu_us =
+            cpu_per_request(cpu_before, ferry.cpu_time(), ingest.ok, warmup, measure);
+        let ingest_rss = ferry.peak_rss_mb();
+        ferry.stop().await;
+        let ingest_rps = ingest.ok as f64 / measure.as_secs_f64();
+        rows.push(Row {
+            shape: "ingest only",
+            figure: "events/s",
+            value: ingest_rps,
+            unit: "",
+            ratio: Some(ingest_rps / bare_rps),
+        });
+        rows.push(Row {
+            shape: "ingest only",
+            figure: "CPU per event",
+            value: ingest_cpu_us,
+            unit: "us",
+            ratio: Some(ingest_cpu_us / bare_cpu_us),
+        });
+        for (figure, p) in [
+            ("latency p50 at max load", 0.5),
+            ("latency p99 at max load", 0.99),
+        ] {
+            let v = percentile_ms(&ingest.latencies_us, p);
+            rows.push(Row {
+                shape: "ingest only",
+                figure,
+                value: v,
+                unit: "ms",
+                ratio: Some(v / percentile_ms(&bare_max.latencies_us, p)),
+            });
+        }
+        rss.push(("ingest only", ingest_rss));
+        failures.push(("ingest", ingest.failed));
+    }
+
+    if args.phases.contains(&Phase::Fanout) {
+        eprintln!("phase 4/6: ferry, fan-out to 3, closed loop");
+        let ferry = start_ferry(&args.data.join("fanout"), &config(&receivers, true)).await?;
+        stats.count.store(0, Ordering::Relaxed);
+        let recorder = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                stats.count.store(0, Ordering::Relaxed);
+                stats.recording.store(true, Ordering::Relaxed);
+                tokio::time::sleep(measure).await;
+                stats.recording.store(false, Ordering::Relaxed);
+                stats.count.load(Ordering::Relaxed)
+            })
+        };
+        stats.recording.store(true, Ordering::Relaxed);
+        let fanout = drive(ferry.addr, c, warmup, measure, None, size, epoch).await;
+        let delivered = recorder.await.unwrap_or(0);
+        let fanout_rss = ferry.peak_rss_mb();
+        ferry.stop().await;
+        stats
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let fanout_eps = fanout.ok as f64 / measure.as_secs_f64();
+        let dps = delivered as f64 / measure.as_secs_f64();
+        rows.push(Row {
+            shape: "fan-out to 3",
+            figure: "events/s ingested",
+            value: fanout_eps,
+            unit: "",
+            ratio: Some(fanout_eps / bare_rps),
+        });
+        rows.push(Row {
+            shape: "fan-out to 3",
+            figure: "deliveries/s",
+            value: dps,
+            unit: "",
+            ratio: Some(dps / bare_rps),
+        });
+        rss.push(("fan-out to 3", fanout_rss));
+        failures.push(("fan-out", fanout.failed));
+    }
+
+    if args.phases.contains(&Phase::Latency) {
+        eprintln!("phase 5/6: ferry, fan-out to 3 at {} events/s", args.rate);
+        let ferry = start_ferry(&args.data.join("latency"), &config(&receivers, true)).await?;
+        stats.recording.store(false, Ordering::Relaxed);
+        let recorder = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                stats
+                    .latencies_us
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                stats.recording.store(true, Ordering::Relaxed);
+                tokio::time::sleep(measure).await;
+                stats.recording.store(false, Ordering::Relaxed);
+            })
+        };
+        let fixed = drive(ferry.addr, c, warmup, measure, Some(args.rate), size, epoch).await;
+        let _ = recorder.await;
+        // Let the last deliveries of the window arrive before reading latencies.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let latency_rss = ferry.peak_rss_mb();
+        ferry.stop().await;
+        let mut e2e =
+            std::mem::take(&mut *stats.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+        e2e.sort_unstable();
+        for (figure, p) in [
+            ("ingest p50 at fixed rate", 0.5),
+            ("ingest p99 at fixed rate", 0.99),
+        ] {
+            let v = percentile_ms(&fixed.latencies_us, p);
+            rows.push(Row {
+                shape: "fixed rate",
+                figure,
+                value: v,
+                unit: "ms",
+                ratio: Some(v / percentile_ms(&bare_fixed.latencies_us, p)),
+            });
+        }
+        for (figure, p) in [
+            ("ingest-to-delivery p50", 0.5),
+            ("ingest-to-delivery p99", 0.99),
+        ] {
+            let v = percentile_ms(&e2e, p);
+            rows.push(Row {
+                shape: "fixed rate",
+                figure,
+                value: v,
+                unit: "ms",
+                ratio: Some(v / percentile_ms(&bare_fixed.latencies_us, p)),
+            });
+        }
+        rss.push(("fixed rate", latency_rss));
+        failures.push(("fixed rate", fixed.failed));
+        eprintln!(
+            "fixed rate: {} events sent, {} deliveries timed in the window",
+            fixed.ok,
+            e2e.len()
+        );
+    }
+    for (shape, rss) in rss {
+        rows.push(Row {
+            shape,
+            figure: "peak RSS",
+            value: rss.unwrap_or(f64::NAN),
+            unit: "MB",
+            ratio: None,
+        });
+    }
+
+    println!();
+    println!("| shape | figure | value | ratio to bare |");
+    println!("|---|---|---:|---:|");
+    for r in &rows {
+        let value = if r.unit == "us" {
+            format!("{:.1} µs", r.value)
+        } else if r.unit == "ms" {
+            format!("{:.2} ms", r.value)
+        } else if r.unit == "MB" {
+            format!("{:.1} MB", r.value)
+        } else {
+            format!("{:.0}", r.value)
+        };
+        let ratio = r
+            .ratio
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "".into());
+        println!("| {} | {} | {} | {} |", r.shape, r.figure, value, ratio);
+    }
+    println!();
+    failures.insert(0, ("bare", bare_max.failed + bare_fixed.failed));
+    let failures: Vec<String> = failures
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!("failed requests: {}", failures.join(", "));
+    let _ = std::fs::remove_dir_all(&args.data);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_asked_size_and_carry_their_stamp() {
+        let b = body(7, 123456, 1024);
+        assert_eq!(b.len(), 1024);
+        assert_eq!(sent_us(&b), Some(123456));
+        assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+    }
+
+    #[test]
+    fn percentiles_pick_the_right_rank() {
+        let v: Vec<u32> = (1..=100).map(|x| x * 1000).collect();
+        assert_eq!(percentile_ms(&v, 0.5), 51.0);
+        assert_eq!(percentile_ms(&v, 0.99), 99.0);
+    }
+}

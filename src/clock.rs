@@ -14,7 +14,10 @@ pub trait Clock: Send + Sync + 'static {
         self.now_ms().div_euclid(1000)
     }
     /// Resolves once `now_ms() >= deadline`.
-    fn sleep_until(&self, deadline: Millis) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn sleep_until(
+        &self,
+        deadline: Millis,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -28,7 +31,10 @@ impl Clock for SystemClock {
         system_now_ms()
     }
 
-    fn sleep_until(&self, deadline: Millis) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn sleep_until(
+        &self,
+        deadline: Millis,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let wait = deadline - self.now_ms();
             if wait > 0 {
@@ -39,7 +45,10 @@ impl Clock for SystemClock {
 }
 
 pub fn system_now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A clock that only moves when told to. Sleepers wake when [`ManualClock::advance`] passes
@@ -52,7 +61,10 @@ pub struct ManualClock {
 impl ManualClock {
     pub fn new(start: Millis) -> Arc<Self> {
         let (moved, _) = tokio::sync::watch::channel(start);
-        Arc::new(Self { now: Mutex::new(start), moved })
+        Arc::new(Self {
+            now: Mutex::new(start),
+            moved,
+        })
     }
 
     pub fn advance(&self, by: Duration) {
@@ -70,7 +82,10 @@ impl Clock for ManualClock {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sleep_until(&self, deadline: Millis) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn sleep_until(
+        &self,
+        deadline: Millis,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         let mut moved = self.moved.subscribe();
         Box::pin(async move {
             while *moved.borrow_and_update() < deadline {
@@ -101,7 +116,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!sleeper.is_finished());
         clock.advance(Duration::from_millis(1_000));
-        tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(clock.now_ms(), 3_000);
     }
 

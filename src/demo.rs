@@ -78,7 +78,10 @@ const DEMO_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWZlcnJ5LWRlbW8tb25seQ==";
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("the demo config is invalid (a bug): {0}")]
     Config(crate::config::ConfigErrors),
     #[error(transparent)]
@@ -89,8 +92,14 @@ pub enum DemoError {
 async fn start_receiver(name: &'static str, fail_every: u64) -> Result<SocketAddr, DemoError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|source| DemoError::Listen { addr: "127.0.0.1:0".into(), source })?;
-    let addr = listener.local_addr().map_err(|source| DemoError::Listen { addr: "127.0.0.1:0".into(), source })?;
+        .map_err(|source| DemoError::Listen {
+            addr: "127.0.0.1:0".into(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DemoError::Listen {
+        addr: "127.0.0.1:0".into(),
+        source,
+    })?;
     let count = Arc::new(AtomicU64::new(0));
     let key = crate::deliver::signing::decode_secret(DEMO_SECRET).unwrap_or_default();
     let app = axum::Router::new().route(
@@ -131,13 +140,28 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
         "DEMO_SECRET" => Some(DEMO_SECRET.to_string()),
         _ => None,
     };
-    let config = crate::config::load_str(DEMO_CONFIG, "(demo config)", std::path::Path::new("."), &env).map_err(DemoError::Config)?;
-    let data = data.unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
+    let config = crate::config::load_str(
+        DEMO_CONFIG,
+        "(demo config)",
+        std::path::Path::new("."),
+        &env,
+    )
+    .map_err(DemoError::Config)?;
+    let data = data
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
     let mut options = ServeOptions::new(config, data.clone());
     let token = "demo-token".to_string();
     options.api_token = Some(token.clone());
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| DemoError::Listen { addr: listen.to_string(), source })?;
-    let addr = listener.local_addr().map_err(|source| DemoError::Listen { addr: listen.to_string(), source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DemoError::Listen {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DemoError::Listen {
+        addr: listen.to_string(),
+        source,
+    })?;
     let state = crate::app::prepare(options).await?;
     println!(
         r#"

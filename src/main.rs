@@ -2,16 +2,31 @@
 //! but argument handling, logging setup and error reporting.
 
 use anyhow::{Context, bail};
+
+/// mimalloc: the request path allocates on tokio threads and frees on the store writer thread,
+/// which glibc malloc handles poorly (see docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use ferry::telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Self-hosted integration engine: durable webhooks in, validated, routed and delivered out")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Self-hosted integration engine: durable webhooks in, validated, routed and delivered out"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_enum, default_value = "pretty")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -48,6 +63,12 @@ enum Command {
     },
     /// Measure ingest and delivery throughput and latency on this machine.
     Bench(ferry::bench::BenchArgs),
+    /// The bare handler `ferry bench` compares with (reads the body, answers 202).
+    #[command(hide = true)]
+    BenchBare {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,9 +76,21 @@ fn main() -> std::process::ExitCode {
     ferry::telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Serve { config, data, database_url, listen } => runtime().and_then(|rt| rt.block_on(serve(config, data, database_url, listen))),
-        Command::Demo { listen, data } => runtime().and_then(|rt| rt.block_on(ferry::demo::run(listen, data)).map_err(Into::into)),
+        Command::Serve {
+            config,
+            data,
+            database_url,
+            listen,
+        } => runtime().and_then(|rt| rt.block_on(serve(config, data, database_url, listen))),
+        Command::Demo { listen, data } => runtime().and_then(|rt| {
+            rt.block_on(ferry::demo::run(listen, data))
+                .map_err(Into::into)
+        }),
         Command::Bench(args) => ferry::bench::run(args).map_err(Into::into),
+        Command::BenchBare { listen } => runtime().and_then(|rt| {
+            rt.block_on(ferry::bench::serve_bare(listen))
+                .map_err(Into::into)
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -69,7 +102,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn validate(path: &PathBuf) -> anyhow::Result<()> {
@@ -92,9 +128,16 @@ fn validate(path: &PathBuf) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Option<PathBuf>, data: PathBuf, database_url: Option<String>, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    config: Option<PathBuf>,
+    data: PathBuf,
+    database_url: Option<String>,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
     if database_url.is_some() {
-        bail!("PostgreSQL storage (--database-url) is not available yet; use the embedded store with --data DIR");
+        bail!(
+            "PostgreSQL storage (--database-url) is not available yet; use the embedded store with --data DIR"
+        );
     }
     let config = match &config {
         Some(path) => match ferry::config::load_file(path) {
@@ -106,19 +149,26 @@ async fn serve(config: Option<PathBuf>, data: PathBuf, database_url: Option<Stri
         },
         None => {
             tracing::warn!("no --config given: serving with no sources, destinations or flows");
-            ferry::config::load_str("{}", "(empty)", std::path::Path::new("."), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?
+            ferry::config::load_str("{}", "(empty)", std::path::Path::new("."), &|_| None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     let mut options = ferry::app::ServeOptions::new(config, data.clone());
-    options.api_token = std::env::var("FERRY_API_TOKEN").ok().filter(|t| !t.is_empty());
+    options.api_token = std::env::var("FERRY_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     let token_note = if options.api_token.is_some() {
         "from FERRY_API_TOKEN".to_string()
     } else {
         format!("in {}", ferry::app::token_path(&data).display())
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let state = ferry::app::prepare(options).await?;
-    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     tracing::info!(%addr, data = %data.display(), "ferry is serving; the API token is {token_note}");
     ferry::app::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");

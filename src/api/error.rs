@@ -16,17 +16,34 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Vec::new(), retry_after_secs: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after_secs: None,
+        }
     }
     pub fn with_details(mut self, details: Vec<serde_json::Value>) -> Self {
         self.details = details;
         self
     }
     pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} has the id `{id}`"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} has the id `{id}`"),
+        )
     }
     pub fn overloaded() -> Self {
-        ApiError { retry_after_secs: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Ferry is overloaded; try again shortly") }
+        ApiError {
+            retry_after_secs: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Ferry is overloaded; try again shortly",
+            )
+        }
     }
 }
 
@@ -36,7 +53,11 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::Overloaded => ApiError::overloaded(),
             other => {
                 tracing::error!(error = %other, "store error while answering a request");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed; see the server log")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the store failed; see the server log",
+                )
             }
         }
     }

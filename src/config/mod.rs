@@ -2,8 +2,8 @@
 //! compiled values (jq programs, JSON Schema validators, parsed URLs, decoded keys) that the
 //! rest of Ferry uses without re-checking. Every problem is reported with its place.
 
-mod raw;
 mod places;
+mod raw;
 
 use crate::deliver::retry::RetryPolicy;
 use crate::engine::expr::Expr;
@@ -69,8 +69,16 @@ pub struct Source {
 #[derive(Debug)]
 pub enum Verify {
     None,
-    StandardWebhooks { key: Secret, tolerance: Duration },
-    Hmac { header: String, key: Secret, encoding: SignatureEncoding, prefix: String },
+    StandardWebhooks {
+        key: Secret,
+        tolerance: Duration,
+    },
+    Hmac {
+        header: String,
+        key: Secret,
+        encoding: SignatureEncoding,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +102,12 @@ pub struct EventType {
 
 impl fmt::Debug for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EventType({}, schema: {})", self.name, self.validator.is_some())
+        write!(
+            f,
+            "EventType({}, schema: {})",
+            self.name,
+            self.validator.is_some()
+        )
     }
 }
 
@@ -121,8 +134,14 @@ pub struct Flow {
 
 #[derive(Debug)]
 pub enum Step {
-    Filter { name: Option<String>, expr: Expr },
-    Deliver { name: Option<String>, destinations: Vec<String> },
+    Filter {
+        name: Option<String>,
+        expr: Expr,
+    },
+    Deliver {
+        name: Option<String>,
+        destinations: Vec<String>,
+    },
 }
 
 /// One problem in a config file, with where it is.
@@ -145,7 +164,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "the config has {n} error{}:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "the config has {n} error{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {e}")?;
         }
@@ -157,14 +180,23 @@ impl fmt::Display for ConfigErrors {
 /// environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors(vec![ConfigError { place: file.clone(), message: format!("cannot read the file: {e}") }]))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            place: file.clone(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     load_str(&text, &file, &base, &|name| std::env::var(name).ok())
 }
 
 /// Checks config text. `file` names it in errors; `base` is where `schema_file` paths start.
-pub fn load_str(text: &str, file: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub fn load_str(
+    text: &str,
+    file: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     let places = Places::new(file, text);
     let mut errors = Vec::new();
     let text = substitute_env(text, &places, env, &mut errors);
@@ -175,18 +207,34 @@ pub fn load_str(text: &str, file: &str, base: &Path, env: &dyn Fn(&str) -> Optio
                 Some(loc) => places.at_line(loc.line()),
                 None => file.to_string(),
             };
-            errors.push(ConfigError { place, message: e.to_string() });
+            errors.push(ConfigError {
+                place,
+                message: e.to_string(),
+            });
             return Err(ConfigErrors(errors));
         }
     };
-    let mut checker = Checker { places: &places, base, errors };
+    let mut checker = Checker {
+        places: &places,
+        base,
+        errors,
+    };
     let config = checker.check(raw);
-    if checker.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(checker.errors)) }
+    if checker.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(checker.errors))
+    }
 }
 
 /// Replaces `${NAME}` with the environment's value; `$${` stands for a literal `${`.
 /// Comment lines are left alone.
-fn substitute_env(text: &str, places: &Places, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) -> String {
+fn substitute_env(
+    text: &str,
+    places: &Places,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> String {
     let mut out = String::with_capacity(text.len());
     for (index, line) in text.split_inclusive('\n').enumerate() {
         if line.trim_start().starts_with('#') {
@@ -216,7 +264,10 @@ fn substitute_env(text: &str, places: &Places, env: &dyn Fn(&str) -> Option<Stri
                     rest = &after[end + 1..];
                 }
                 None => {
-                    errors.push(ConfigError { place: places.at_line(index + 1), message: "`${` without a closing `}`".into() });
+                    errors.push(ConfigError {
+                        place: places.at_line(index + 1),
+                        message: "`${` without a closing `}`".into(),
+                    });
                     out.push_str(&rest[pos..]);
                     rest = "";
                 }
@@ -235,19 +286,30 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&mut self, place: String, message: impl Into<String>) {
-        self.errors.push(ConfigError { place, message: message.into() });
+        self.errors.push(ConfigError {
+            place,
+            message: message.into(),
+        });
     }
 
-    fn duration(&mut self, place: &str, field: &str, value: &Option<String>, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        place: &str,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         match value {
             None => default,
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.error(place.to_string(), format!("`{field}`: `{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"));
-                    default
+            Some(text) => {
+                match humantime::parse_duration(text) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.error(place.to_string(), format!("`{field}`: `{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"));
+                        default
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -267,14 +329,19 @@ impl Checker<'_> {
         for s in raw.sources {
             let place = self.places.object("sources", "source", &s.id);
             if let Some(source) = self.source(&place, s) {
-                if sources.insert(source.id.clone(), Arc::new(source)).is_some() {
+                if sources
+                    .insert(source.id.clone(), Arc::new(source))
+                    .is_some()
+                {
                     self.error(place, "a source with this id is already defined");
                 }
             }
         }
         let mut event_types = BTreeMap::new();
         for t in raw.event_types {
-            let place = self.places.object_named("event_types", "event type", "name", &t.name);
+            let place = self
+                .places
+                .object_named("event_types", "event type", "name", &t.name);
             let et = self.event_type(&place, t);
             if event_types.insert(et.name.clone(), Arc::new(et)).is_some() {
                 self.error(place, "an event type with this name is already defined");
@@ -284,7 +351,10 @@ impl Checker<'_> {
         for d in raw.destinations {
             let place = self.places.object("destinations", "destination", &d.id);
             if let Some(dest) = self.destination(&place, d, &settings) {
-                if destinations.insert(dest.id.clone(), Arc::new(dest)).is_some() {
+                if destinations
+                    .insert(dest.id.clone(), Arc::new(dest))
+                    .is_some()
+                {
                     self.error(place, "a destination with this id is already defined");
                 }
             }
@@ -300,7 +370,13 @@ impl Checker<'_> {
                 flows.push(Arc::new(flow));
             }
         }
-        Config { settings, sources, event_types, destinations, flows }
+        Config {
+            settings,
+            sources,
+            event_types,
+            destinations,
+            flows,
+        }
     }
 
     fn settings(&mut self, raw: RawSettings) -> Settings {
@@ -308,14 +384,23 @@ impl Checker<'_> {
         let public_url = raw.public_url.and_then(|u| match url::Url::parse(&u) {
             Ok(u) => Some(u),
             Err(e) => {
-                self.error(place.clone(), format!("`public_url`: `{u}` is not a URL ({e})"));
+                self.error(
+                    place.clone(),
+                    format!("`public_url`: `{u}` is not a URL ({e})"),
+                );
                 None
             }
         });
         Settings {
             allow_private_destinations: raw.allow_private_destinations,
-            max_body_size: raw.max_body_size.map(|n| n as usize).unwrap_or(DEFAULT_MAX_BODY_SIZE),
-            rejected_log_size: raw.rejected_log_size.map(|n| n as usize).unwrap_or(DEFAULT_REJECTED_LOG_SIZE),
+            max_body_size: raw
+                .max_body_size
+                .map(|n| n as usize)
+                .unwrap_or(DEFAULT_MAX_BODY_SIZE),
+            rejected_log_size: raw
+                .rejected_log_size
+                .map(|n| n as usize)
+                .unwrap_or(DEFAULT_REJECTED_LOG_SIZE),
             public_url,
         }
     }
@@ -325,7 +410,10 @@ impl Checker<'_> {
             RawField::Body { path } => self.expr(place, what, &path).map(FieldRef::Body),
             RawField::Header { name } => {
                 if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    self.error(place.to_string(), format!("`{what}`: `{name}` is not a valid header name"));
+                    self.error(
+                        place.to_string(),
+                        format!("`{what}`: `{name}` is not a valid header name"),
+                    );
                 }
                 Some(FieldRef::Header(name.to_ascii_lowercase()))
             }
@@ -334,16 +422,28 @@ impl Checker<'_> {
 
     fn source(&mut self, place: &str, raw: RawSource) -> Option<Source> {
         if !valid_id(&raw.id) {
-            self.error(place.to_string(), "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`");
+            self.error(
+                place.to_string(),
+                "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
+            );
         }
         match raw.kind.as_str() {
             "webhook" => {}
             "poll" | "schedule" => {
-                self.error(place.to_string(), format!("source kind `{}` is not available yet; only `webhook` is", raw.kind));
+                self.error(
+                    place.to_string(),
+                    format!(
+                        "source kind `{}` is not available yet; only `webhook` is",
+                        raw.kind
+                    ),
+                );
                 return None;
             }
             other => {
-                self.error(place.to_string(), format!("unknown source kind `{other}`; expected `webhook`"));
+                self.error(
+                    place.to_string(),
+                    format!("unknown source kind `{other}`; expected `webhook`"),
+                );
                 return None;
             }
         }
@@ -354,31 +454,56 @@ impl Checker<'_> {
             }
             Some(RawVerify::None) => Verify::None,
             Some(RawVerify::StandardWebhooks { secret, tolerance }) => {
-                let tolerance = self.duration(place, "verify.tolerance", &tolerance, Duration::from_secs(300));
+                let tolerance = self.duration(
+                    place,
+                    "verify.tolerance",
+                    &tolerance,
+                    Duration::from_secs(300),
+                );
                 match crate::deliver::signing::decode_secret(&secret) {
-                    Ok(key) => Verify::StandardWebhooks { key: Secret::new(key), tolerance },
+                    Ok(key) => Verify::StandardWebhooks {
+                        key: Secret::new(key),
+                        tolerance,
+                    },
                     Err(e) => {
                         self.error(place.to_string(), format!("`verify.secret`: {e}"));
                         Verify::None
                     }
                 }
             }
-            Some(RawVerify::Hmac { header, secret, algorithm, encoding, prefix }) => {
+            Some(RawVerify::Hmac {
+                header,
+                secret,
+                algorithm,
+                encoding,
+                prefix,
+            }) => {
                 if algorithm != "sha256" {
-                    self.error(place.to_string(), format!("`verify.algorithm`: `{algorithm}` is not supported; use `sha256`"));
+                    self.error(
+                        place.to_string(),
+                        format!("`verify.algorithm`: `{algorithm}` is not supported; use `sha256`"),
+                    );
                 }
                 let encoding = match encoding.as_str() {
                     "hex" => SignatureEncoding::Hex,
                     "base64" => SignatureEncoding::Base64,
                     other => {
-                        self.error(place.to_string(), format!("`verify.encoding`: `{other}` is not one of hex, base64"));
+                        self.error(
+                            place.to_string(),
+                            format!("`verify.encoding`: `{other}` is not one of hex, base64"),
+                        );
                         SignatureEncoding::Hex
                     }
                 };
                 if secret.is_empty() {
                     self.error(place.to_string(), "`verify.secret` is empty");
                 }
-                Verify::Hmac { header: header.to_ascii_lowercase(), key: Secret::new(secret.into_bytes()), encoding, prefix }
+                Verify::Hmac {
+                    header: header.to_ascii_lowercase(),
+                    key: Secret::new(secret.into_bytes()),
+                    encoding,
+                    prefix,
+                }
             }
         };
         let event_type = match raw.event_type {
@@ -389,13 +514,21 @@ impl Checker<'_> {
             Some(f) => Some(self.field(place, "idempotency_key", f)?),
             None => None,
         };
-        Some(Source { id: raw.id, verify, event_type, idempotency_key })
+        Some(Source {
+            id: raw.id,
+            verify,
+            event_type,
+            idempotency_key,
+        })
     }
 
     fn event_type(&mut self, place: &str, raw: RawEventType) -> EventType {
         let schema = match (raw.schema, raw.schema_file) {
             (Some(_), Some(_)) => {
-                self.error(place.to_string(), "give `schema` or `schema_file`, not both");
+                self.error(
+                    place.to_string(),
+                    "give `schema` or `schema_file`, not both",
+                );
                 None
             }
             (Some(s), None) => Some(s),
@@ -403,7 +536,10 @@ impl Checker<'_> {
                 let path: PathBuf = self.base.join(&file);
                 match std::fs::read_to_string(&path) {
                     Err(e) => {
-                        self.error(place.to_string(), format!("`schema_file`: cannot read `{}`: {e}", path.display()));
+                        self.error(
+                            place.to_string(),
+                            format!("`schema_file`: cannot read `{}`: {e}", path.display()),
+                        );
                         None
                     }
                     Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
@@ -411,7 +547,10 @@ impl Checker<'_> {
                         Err(e) => match serde_yaml::from_str::<serde_json::Value>(&text) {
                             Ok(v) => Some(v),
                             Err(_) => {
-                                self.error(place.to_string(), format!("`schema_file`: `{}` is not JSON: {e}", path.display()));
+                                self.error(
+                                    place.to_string(),
+                                    format!("`schema_file`: `{}` is not JSON: {e}", path.display()),
+                                );
                                 None
                             }
                         },
@@ -423,40 +562,75 @@ impl Checker<'_> {
         let validator = schema.and_then(|s| match jsonschema::draft202012::new(&s) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.error(place.to_string(), format!("the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`", e.schema_path()));
+                self.error(
+                    place.to_string(),
+                    format!(
+                        "the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`",
+                        e.schema_path()
+                    ),
+                );
                 None
             }
         });
-        EventType { name: raw.name, validator }
+        EventType {
+            name: raw.name,
+            validator,
+        }
     }
 
-    fn destination(&mut self, place: &str, raw: RawDestination, settings: &Settings) -> Option<Destination> {
+    fn destination(
+        &mut self,
+        place: &str,
+        raw: RawDestination,
+        settings: &Settings,
+    ) -> Option<Destination> {
         if !valid_id(&raw.id) {
-            self.error(place.to_string(), "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`");
+            self.error(
+                place.to_string(),
+                "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
+            );
         }
         match raw.kind.as_str() {
             "http" => {}
             "postgres" | "redis" | "nats" | "amqp" | "mqtt" | "slack" | "email" => {
-                self.error(place.to_string(), format!("destination kind `{}` is not available yet; only `http` is", raw.kind));
+                self.error(
+                    place.to_string(),
+                    format!(
+                        "destination kind `{}` is not available yet; only `http` is",
+                        raw.kind
+                    ),
+                );
                 return None;
             }
             other => {
-                self.error(place.to_string(), format!("unknown destination kind `{other}`; expected `http`"));
+                self.error(
+                    place.to_string(),
+                    format!("unknown destination kind `{other}`; expected `http`"),
+                );
                 return None;
             }
         }
         let Some(url_text) = raw.url else {
-            self.error(place.to_string(), "`url` is required for an http destination");
+            self.error(
+                place.to_string(),
+                "`url` is required for an http destination",
+            );
             return None;
         };
         let url = match url::Url::parse(&url_text) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
             Ok(u) => {
-                self.error(place.to_string(), format!("`url`: scheme `{}` is not http or https", u.scheme()));
+                self.error(
+                    place.to_string(),
+                    format!("`url`: scheme `{}` is not http or https", u.scheme()),
+                );
                 return None;
             }
             Err(e) => {
-                self.error(place.to_string(), format!("`url`: `{url_text}` is not a URL ({e})"));
+                self.error(
+                    place.to_string(),
+                    format!("`url`: `{url_text}` is not a URL ({e})"),
+                );
                 return None;
             }
         };
@@ -468,34 +642,64 @@ impl Checker<'_> {
                 );
             }
         }
-        let method = match raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().parse::<reqwest::Method>() {
+        let method = match raw
+            .method
+            .as_deref()
+            .unwrap_or("POST")
+            .to_ascii_uppercase()
+            .parse::<reqwest::Method>()
+        {
             Ok(m) => m,
             Err(_) => {
-                self.error(place.to_string(), format!("`method`: `{}` is not an HTTP method", raw.method.unwrap_or_default()));
+                self.error(
+                    place.to_string(),
+                    format!(
+                        "`method`: `{}` is not an HTTP method",
+                        raw.method.unwrap_or_default()
+                    ),
+                );
                 reqwest::Method::POST
             }
         };
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
-            match (reqwest::header::HeaderName::from_bytes(name.as_bytes()), reqwest::header::HeaderValue::from_str(&value)) {
+            match (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(&value),
+            ) {
                 (Ok(n), Ok(v)) => headers.push((n, v)),
-                _ => self.error(place.to_string(), format!("`headers`: `{name}` is not a valid header name and value")),
+                _ => self.error(
+                    place.to_string(),
+                    format!("`headers`: `{name}` is not a valid header name and value"),
+                ),
             }
         }
-        let signing = raw.signing.and_then(|s| match crate::deliver::signing::decode_secret(&s.secret) {
-            Ok(key) => Some(Secret::new(key)),
-            Err(e) => {
-                self.error(place.to_string(), format!("`signing.secret`: {e}"));
-                None
-            }
-        });
+        let signing =
+            raw.signing.and_then(
+                |s| match crate::deliver::signing::decode_secret(&s.secret) {
+                    Ok(key) => Some(Secret::new(key)),
+                    Err(e) => {
+                        self.error(place.to_string(), format!("`signing.secret`: {e}"));
+                        None
+                    }
+                },
+            );
         let timeout = self.duration(place, "timeout", &raw.timeout, Duration::from_secs(30));
         let retry = self.retry(place, raw.retry.unwrap_or_default());
         let concurrency = raw.concurrency.unwrap_or(32);
         if concurrency == 0 {
             self.error(place.to_string(), "`concurrency` must be at least 1");
         }
-        Some(Destination { id: raw.id, url, method, headers, signing, timeout, retry, concurrency: concurrency.max(1) as usize })
+        Some(Destination {
+            id: raw.id,
+            url,
+            method,
+            headers,
+            signing,
+            timeout,
+            retry,
+            concurrency: concurrency.max(1) as usize,
+        })
     }
 
     fn retry(&mut self, place: &str, raw: RawRetry) -> RetryPolicy {
@@ -511,10 +715,16 @@ impl Checker<'_> {
             self.error(place.to_string(), "`retry.max_attempts` must be at least 1");
         }
         if !(policy.multiplier >= 1.0 && policy.multiplier <= 100.0) {
-            self.error(place.to_string(), "`retry.multiplier` must be between 1 and 100");
+            self.error(
+                place.to_string(),
+                "`retry.multiplier` must be between 1 and 100",
+            );
         }
         if policy.initial > policy.max {
-            self.error(place.to_string(), "`retry.initial` is longer than `retry.max`");
+            self.error(
+                place.to_string(),
+                "`retry.initial` is longer than `retry.max`",
+            );
         }
         policy
     }
@@ -528,7 +738,10 @@ impl Checker<'_> {
         destinations: &BTreeMap<String, Arc<Destination>>,
     ) -> Option<Flow> {
         if !sources.contains_key(&raw.on.source) {
-            self.error(place.to_string(), format!("`on.source`: no source has the id `{}`", raw.on.source));
+            self.error(
+                place.to_string(),
+                format!("`on.source`: no source has the id `{}`", raw.on.source),
+            );
         }
         for t in &raw.on.event_types {
             if !event_types.contains_key(t) {
@@ -541,7 +754,10 @@ impl Checker<'_> {
             let step_place = format!("{place}, step {}", index + 1);
             if let Some(name) = &step.name {
                 if !names.insert(name.clone()) {
-                    self.error(step_place.clone(), format!("step name `{name}` is used twice in this flow"));
+                    self.error(
+                        step_place.clone(),
+                        format!("step name `{name}` is used twice in this flow"),
+                    );
                 }
             }
             let kinds: Vec<&str> = [
@@ -560,7 +776,10 @@ impl Checker<'_> {
                 ["filter"] => {
                     let code = step.filter.unwrap_or_default();
                     if let Some(expr) = self.expr(&step_place, "filter", &code) {
-                        steps.push(Step::Filter { name: step.name, expr });
+                        steps.push(Step::Filter {
+                            name: step.name,
+                            expr,
+                        });
                     }
                 }
                 ["deliver"] => {
@@ -584,28 +803,55 @@ impl Checker<'_> {
                             }
                         };
                         if !destinations.contains_key(&id) {
-                            self.error(step_place.clone(), format!("`deliver`: no destination has the id `{id}`"));
+                            self.error(
+                                step_place.clone(),
+                                format!("`deliver`: no destination has the id `{id}`"),
+                            );
                         } else if ids.contains(&id) {
-                            self.error(step_place.clone(), format!("`deliver`: destination `{id}` is named twice"));
+                            self.error(
+                                step_place.clone(),
+                                format!("`deliver`: destination `{id}` is named twice"),
+                            );
                         } else {
                             ids.push(id);
                         }
                     }
-                    steps.push(Step::Deliver { name: step.name, destinations: ids });
+                    steps.push(Step::Deliver {
+                        name: step.name,
+                        destinations: ids,
+                    });
                 }
                 [kind @ ("transform" | "branch" | "http" | "delay")] => {
                     self.error(step_place, format!("step kind `{kind}` is not available yet; this version runs `filter` and `deliver` steps"));
                 }
-                [] => self.error(step_place, "the step has no kind; give one of filter, deliver"),
-                many => self.error(step_place, format!("a step has exactly one kind, this one has {}", many.join(", "))),
+                [] => self.error(
+                    step_place,
+                    "the step has no kind; give one of filter, deliver",
+                ),
+                many => self.error(
+                    step_place,
+                    format!(
+                        "a step has exactly one kind, this one has {}",
+                        many.join(", ")
+                    ),
+                ),
             }
         }
-        Some(Flow { id: raw.id, source: raw.on.source, event_types: raw.on.event_types.into_iter().collect(), steps })
+        Some(Flow {
+            id: raw.id,
+            source: raw.on.source,
+            event_types: raw.on.event_types.into_iter().collect(),
+            steps,
+        })
     }
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Why a URL's host is private, when it is: `localhost`, or a loopback, private, link-local,
@@ -614,17 +860,24 @@ pub fn private_host(url: &url::Url) -> Option<String> {
     match url.host()? {
         url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            (d == "localhost" || d.ends_with(".localhost")).then(|| format!("host `{d}` is this machine"))
+            (d == "localhost" || d.ends_with(".localhost"))
+                .then(|| format!("host `{d}` is this machine"))
         }
-        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(ip)).then(|| format!("address {ip} is loopback, private or link-local")),
-        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(ip)).then(|| format!("address {ip} is loopback, private or link-local")),
+        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(ip))
+            .then(|| format!("address {ip} is loopback, private or link-local")),
+        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(ip))
+            .then(|| format!("address {ip} is loopback, private or link-local")),
     }
 }
 
 pub fn is_private_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
                 || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
         }
         IpAddr::V6(v6) => {
@@ -632,7 +885,10 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
                 return is_private_ip(IpAddr::V4(v4));
             }
             let first = v6.segments()[0];
-            v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
         }
     }
 }

@@ -9,7 +9,10 @@ pub struct Places {
 
 impl Places {
     pub fn new(file: &str, text: &str) -> Self {
-        Places { file: file.to_string(), lines: text.lines().map(str::to_string).collect() }
+        Places {
+            file: file.to_string(),
+            lines: text.lines().map(str::to_string).collect(),
+        }
     }
 
     pub fn at_line(&self, line: usize) -> String {
@@ -32,10 +35,20 @@ impl Places {
     pub fn object_named(&self, section: &str, kind: &str, key: &str, id: &str) -> String {
         let line = self.section_range(section).and_then(|(start, end)| {
             (start..end).find(|&i| {
-                let l = self.lines[i].trim_start().trim_start_matches("- ").trim_start();
+                let l = self.lines[i]
+                    .trim_start()
+                    .trim_start_matches("- ")
+                    .trim_start();
                 l.strip_prefix(key)
                     .and_then(|r| r.trim_start().strip_prefix(':'))
-                    .map(|v| v.split(" #").next().unwrap_or("").trim().trim_matches(|c| c == '"' || c == '\'') == id)
+                    .map(|v| {
+                        v.split(" #")
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .trim_matches(|c| c == '"' || c == '\'')
+                            == id
+                    })
                     .unwrap_or(false)
             })
         });
@@ -51,7 +64,11 @@ impl Places {
         let end = (start + 1..self.lines.len())
             .find(|&i| {
                 let l = &self.lines[i];
-                !l.is_empty() && !l.starts_with(' ') && !l.starts_with('#') && !l.starts_with('-') && !l.starts_with('\t')
+                !l.is_empty()
+                    && !l.starts_with(' ')
+                    && !l.starts_with('#')
+                    && !l.starts_with('-')
+                    && !l.starts_with('\t')
             })
             .unwrap_or(self.lines.len());
         Some((start, end))

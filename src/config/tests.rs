@@ -48,7 +48,10 @@ fn a_good_config_loads_into_compiled_types() {
     assert_eq!(crm.retry.initial, Duration::from_secs(2));
     assert!(c.event_types["user.created"].validator.is_some());
     assert_eq!(c.flows[0].steps.len(), 2);
-    assert!(!format!("{:?}", c).contains("MfKQ9r8"), "secrets never print");
+    assert!(
+        !format!("{:?}", c).contains("MfKQ9r8"),
+        "secrets never print"
+    );
 }
 
 #[test]
@@ -76,22 +79,52 @@ flows:
     let errs = load(bad).unwrap_err().0;
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     let has = |needle: &str| text.iter().any(|t| t.contains(needle));
-    assert!(has("ferry.yaml:5: environment variable `MISSING` is not set"), "{text:#?}");
-    assert!(has("ferry.yaml:7 (destination crm): `url`: address 127.0.0.1 is loopback"), "{text:#?}");
-    assert!(has("ferry.yaml:10 (destination erp): `url`: `not a url` is not a URL"), "{text:#?}");
-    assert!(has("ferry.yaml:14 (flow f1): `on.source`: no source has the id `nope`"), "{text:#?}");
-    assert!(has("(flow f1): `on.event_types`: no event type is named `ghost`"), "{text:#?}");
-    assert!(has("(flow f1), step 1: `filter`: jq expression `.a | ` does not compile"), "{text:#?}");
-    assert!(has("(flow f1), step 2: `deliver`: no destination has the id `missing`"), "{text:#?}");
-    assert!(has("(flow f1), step 3: step kind `transform` is not available yet"), "{text:#?}");
+    assert!(
+        has("ferry.yaml:5: environment variable `MISSING` is not set"),
+        "{text:#?}"
+    );
+    assert!(
+        has("ferry.yaml:7 (destination crm): `url`: address 127.0.0.1 is loopback"),
+        "{text:#?}"
+    );
+    assert!(
+        has("ferry.yaml:10 (destination erp): `url`: `not a url` is not a URL"),
+        "{text:#?}"
+    );
+    assert!(
+        has("ferry.yaml:14 (flow f1): `on.source`: no source has the id `nope`"),
+        "{text:#?}"
+    );
+    assert!(
+        has("(flow f1): `on.event_types`: no event type is named `ghost`"),
+        "{text:#?}"
+    );
+    assert!(
+        has("(flow f1), step 1: `filter`: jq expression `.a | ` does not compile"),
+        "{text:#?}"
+    );
+    assert!(
+        has("(flow f1), step 2: `deliver`: no destination has the id `missing`"),
+        "{text:#?}"
+    );
+    assert!(
+        has("(flow f1), step 3: step kind `transform` is not available yet"),
+        "{text:#?}"
+    );
 }
 
 #[test]
 fn yaml_shape_errors_name_the_line() {
-    let errs = load("sources:\n  - id: a\n    kind: webhook\n    colour: blue\n").unwrap_err().0;
+    let errs = load("sources:\n  - id: a\n    kind: webhook\n    colour: blue\n")
+        .unwrap_err()
+        .0;
     assert_eq!(errs.len(), 1);
     assert!(errs[0].place.starts_with("ferry.yaml:"), "{:?}", errs[0]);
-    assert!(errs[0].message.contains("unknown field `colour`"), "{:?}", errs[0]);
+    assert!(
+        errs[0].message.contains("unknown field `colour`"),
+        "{:?}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -108,7 +141,11 @@ fn private_hosts_are_recognised() {
         ("https://example.com/", false),
         ("http://8.8.8.8/", false),
     ] {
-        assert_eq!(private_host(&url::Url::parse(u).unwrap()).is_some(), private, "{u}");
+        assert_eq!(
+            private_host(&url::Url::parse(u).unwrap()).is_some(),
+            private,
+            "{u}"
+        );
     }
 }
 
@@ -117,6 +154,9 @@ fn env_substitution_keeps_escapes_and_comments() {
     let places = Places::new("f", "");
     let mut errs = vec![];
     let env = |n: &str| (n == "A").then(|| "x".to_string());
-    assert_eq!(substitute_env("a: ${A}-$${A}\n# ${NOPE}\n", &places, &env, &mut errs), "a: x-${A}\n# ${NOPE}\n");
+    assert_eq!(
+        substitute_env("a: ${A}-$${A}\n# ${NOPE}\n", &places, &env, &mut errs),
+        "a: x-${A}\n# ${NOPE}\n"
+    );
     assert!(errs.is_empty());
 }

@@ -49,13 +49,22 @@ pub struct AttemptResult {
 
 /// Sends one attempt. `delivery_id` is the `webhook-id` (the same on every retry);
 /// `timestamp` the unix seconds of this attempt.
-pub async fn send(client: &reqwest::Client, dest: &Destination, delivery_id: &str, timestamp: i64, body: Bytes) -> AttemptResult {
+pub async fn send(
+    client: &reqwest::Client,
+    dest: &Destination,
+    delivery_id: &str,
+    timestamp: i64,
+    body: Bytes,
+) -> AttemptResult {
     let started = std::time::Instant::now();
     let mut request = client
         .request(dest.method.clone(), dest.url.clone())
         .timeout(dest.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(reqwest::header::USER_AGENT, concat!("Ferry/", env!("CARGO_PKG_VERSION")));
+        .header(
+            reqwest::header::USER_AGENT,
+            concat!("Ferry/", env!("CARGO_PKG_VERSION")),
+        );
     for (name, value) in &dest.headers {
         request = request.header(name, value);
     }
@@ -63,7 +72,10 @@ pub async fn send(client: &reqwest::Client, dest: &Destination, delivery_id: &st
         request = request
             .header("webhook-id", delivery_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", super::signing::sign(key.expose(), delivery_id, timestamp, &body));
+            .header(
+                "webhook-signature",
+                super::signing::sign(key.expose(), delivery_id, timestamp, &body),
+            );
     }
     let response = match request.body(body).send().await {
         Ok(r) => r,
@@ -83,7 +95,12 @@ pub async fn send(client: &reqwest::Client, dest: &Destination, delivery_id: &st
     let headers: serde_json::Map<String, serde_json::Value> = response
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     let retry_after = response
         .headers()

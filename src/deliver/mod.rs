@@ -34,7 +34,11 @@ pub struct DelivererOptions {
 
 impl Default for DelivererOptions {
     fn default() -> Self {
-        DelivererOptions { memory_jobs: 200_000, new_job_queue: 16_384, jitter_seed: None }
+        DelivererOptions {
+            memory_jobs: 50_000,
+            new_job_queue: 16_384,
+            jitter_seed: None,
+        }
     }
 }
 
@@ -87,7 +91,9 @@ impl Deliverer {
         options: DelivererOptions,
     ) -> Result<Deliverer, crate::store::StoreError> {
         let limit = options.memory_jobs;
-        let pending = store.read(move |c| crate::store::pending_jobs(c, limit)).await?;
+        let pending = store
+            .read(move |c| crate::store::pending_jobs(c, limit))
+            .await?;
         let spilled = Arc::new(AtomicBool::new(pending.len() >= limit));
         let (new_tx, new_rx) = mpsc::channel(options.new_job_queue);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -95,7 +101,13 @@ impl Deliverer {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
-        let ctx = Arc::new(AttemptContext { store: store.clone(), clock: clock.clone(), client, control: control_tx.clone(), rng: Mutex::new(rng) });
+        let ctx = Arc::new(AttemptContext {
+            store: store.clone(),
+            clock: clock.clone(),
+            client,
+            control: control_tx.clone(),
+            rng: Mutex::new(rng),
+        });
         let mut queues = HashMap::new();
         for dest in config.destinations.values() {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -117,7 +129,11 @@ impl Deliverer {
             spilled: spilled.clone(),
         };
         tokio::spawn(dispatcher.run(pending, new_rx, control_rx));
-        Ok(Deliverer { new_jobs: new_tx, control: control_tx, spilled })
+        Ok(Deliverer {
+            new_jobs: new_tx,
+            control: control_tx,
+            spilled,
+        })
     }
 
     /// Hands over a freshly committed job. Never waits: when the dispatcher is behind, the job
@@ -148,7 +164,12 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(mut self, pending: Vec<DeliveryJob>, mut new_rx: mpsc::Receiver<DeliveryJob>, mut control_rx: mpsc::UnboundedReceiver<Control>) {
+    async fn run(
+        mut self,
+        pending: Vec<DeliveryJob>,
+        mut new_rx: mpsc::Receiver<DeliveryJob>,
+        mut control_rx: mpsc::UnboundedReceiver<Control>,
+    ) {
         for job in pending {
             self.take_new(job);
         }
@@ -165,7 +186,10 @@ impl Dispatcher {
                     self.route(job);
                 }
             }
-            if self.spilled.load(Ordering::Relaxed) && self.known.len() < self.cap / 2 && now - last_sweep >= 200 {
+            if self.spilled.load(Ordering::Relaxed)
+                && self.known.len() < self.cap / 2
+                && now - last_sweep >= 200
+            {
                 last_sweep = now;
                 self.sweep().await;
             }
@@ -227,7 +251,11 @@ impl Dispatcher {
     /// Loads pending jobs that are in the store but not in memory.
     async fn sweep(&mut self) {
         let limit = self.cap;
-        match self.store.read(move |c| crate::store::pending_jobs(c, limit)).await {
+        match self
+            .store
+            .read(move |c| crate::store::pending_jobs(c, limit))
+            .await
+        {
             Ok(jobs) => {
                 let complete = jobs.len() < limit;
                 let room = self.cap.saturating_sub(self.known.len());
@@ -250,10 +278,16 @@ impl Dispatcher {
     }
 }
 
-async fn destination_loop(dest: Arc<Destination>, mut jobs: mpsc::UnboundedReceiver<DeliveryJob>, ctx: Arc<AttemptContext>) {
+async fn destination_loop(
+    dest: Arc<Destination>,
+    mut jobs: mpsc::UnboundedReceiver<DeliveryJob>,
+    ctx: Arc<AttemptContext>,
+) {
     let slots = Arc::new(Semaphore::new(dest.concurrency));
     while let Some(job) = jobs.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (ctx, dest) = (ctx.clone(), dest.clone());
         tokio::spawn(async move {
             run_attempt(&ctx, &dest, job).await;
@@ -267,7 +301,11 @@ async fn run_attempt(ctx: &AttemptContext, dest: &Destination, mut job: Delivery
         Some(p) => p,
         None => {
             let event_id = job.event_id.clone();
-            match ctx.store.read(move |c| crate::store::event_payload(c, &event_id)).await {
+            match ctx
+                .store
+                .read(move |c| crate::store::event_payload(c, &event_id))
+                .await
+            {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
@@ -284,7 +322,14 @@ async fn run_attempt(ctx: &AttemptContext, dest: &Destination, mut job: Delivery
         }
     };
     let started_at = ctx.clock.now_ms();
-    let result = attempt::send(&ctx.client, dest, &job.id, started_at.div_euclid(1000), payload).await;
+    let result = attempt::send(
+        &ctx.client,
+        dest,
+        &job.id,
+        started_at.div_euclid(1000),
+        payload,
+    )
+    .await;
     let attempt_no = job.round_attempts + 1;
     let finished_at = ctx.clock.now_ms();
     let next = match result.outcome {
@@ -330,7 +375,11 @@ async fn run_attempt(ctx: &AttemptContext, dest: &Destination, mut job: Delivery
         tracing::error!(delivery_id = %job.id, error = %e, "could not record the attempt; the delivery stays pending in the store");
     }
     let _ = ctx.control.send(match next {
-        AttemptNext::RetryAt(at) => Control::Schedule(DeliveryJob { round_attempts: attempt_no, due_at: at, ..job }),
+        AttemptNext::RetryAt(at) => Control::Schedule(DeliveryJob {
+            round_attempts: attempt_no,
+            due_at: at,
+            ..job
+        }),
         AttemptNext::Succeeded | AttemptNext::Dead => Control::Done(job.id),
     });
 }

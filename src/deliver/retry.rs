@@ -26,7 +26,13 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// About a day of retries: 1s, 2s, 4s ... capped at 1h, 12 attempts in all.
     fn default() -> Self {
-        RetryPolicy { max_attempts: 12, initial: Duration::from_secs(1), max: Duration::from_secs(3600), multiplier: 2.0, jitter: Jitter::Full }
+        RetryPolicy {
+            max_attempts: 12,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+            multiplier: 2.0,
+            jitter: Jitter::Full,
+        }
     }
 }
 
@@ -39,13 +45,22 @@ impl RetryPolicy {
     pub fn backoff(&self, failed_attempts: u32) -> Duration {
         let exp = failed_attempts.saturating_sub(1).min(64) as i32;
         let secs = self.initial.as_secs_f64() * self.multiplier.powi(exp);
-        if !secs.is_finite() || secs >= self.max.as_secs_f64() { self.max } else { Duration::from_secs_f64(secs) }
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs)
+        }
     }
 
     /// When to try again after `failed_attempts` failures, or `None` when attempts are exhausted.
     /// `unit_random` is a number in `[0, 1)` from the caller's random source. A receiver's
     /// `Retry-After` is honoured when it asks for longer than the backoff (capped at a day).
-    pub fn next_delay(&self, failed_attempts: u32, retry_after: Option<Duration>, unit_random: f64) -> Option<Duration> {
+    pub fn next_delay(
+        &self,
+        failed_attempts: u32,
+        retry_after: Option<Duration>,
+        unit_random: f64,
+    ) -> Option<Duration> {
         if failed_attempts >= self.max_attempts {
             return None;
         }
@@ -77,9 +92,11 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     if parts.len() != 6 || parts[5] != "GMT" {
         return None;
     }
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == parts[2])?
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])?
         + 1;
     let rfc3339 = format!("{}-{:02}-{:0>2}T{}Z", parts[3], month, parts[1], parts[4]);
     humantime::parse_rfc3339(&rfc3339).ok()
@@ -90,22 +107,40 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { max_attempts: 5, initial: Duration::from_secs(1), max: Duration::from_secs(10), multiplier: 2.0, jitter: Jitter::None }
+        RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: Jitter::None,
+        }
     }
 
     #[test]
     fn backoff_grows_then_caps() {
         let p = policy();
-        let delays: Vec<_> = (1..=4).map(|n| p.next_delay(n, None, 0.5).unwrap().as_secs()).collect();
+        let delays: Vec<_> = (1..=4)
+            .map(|n| p.next_delay(n, None, 0.5).unwrap().as_secs())
+            .collect();
         assert_eq!(delays, [1, 2, 4, 8]);
-        assert_eq!(p.next_delay(5, None, 0.5), None, "five attempts made: exhausted");
-        let big = RetryPolicy { max_attempts: 100, ..p };
+        assert_eq!(
+            p.next_delay(5, None, 0.5),
+            None,
+            "five attempts made: exhausted"
+        );
+        let big = RetryPolicy {
+            max_attempts: 100,
+            ..p
+        };
         assert_eq!(big.next_delay(60, None, 0.5).unwrap().as_secs(), 10);
     }
 
     #[test]
     fn full_jitter_stays_within_backoff() {
-        let p = RetryPolicy { jitter: Jitter::Full, ..policy() };
+        let p = RetryPolicy {
+            jitter: Jitter::Full,
+            ..policy()
+        };
         let mut rng = fastrand::Rng::with_seed(7);
         for n in 1..5 {
             for _ in 0..200 {
@@ -118,16 +153,31 @@ mod tests {
     #[test]
     fn retry_after_wins_when_longer() {
         let p = policy();
-        assert_eq!(p.next_delay(1, Some(Duration::from_secs(30)), 0.5), Some(Duration::from_secs(30)));
-        assert_eq!(p.next_delay(3, Some(Duration::from_secs(1)), 0.5), Some(Duration::from_secs(4)));
-        assert_eq!(p.next_delay(1, Some(Duration::from_secs(10 * 86400)), 0.5), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            p.next_delay(1, Some(Duration::from_secs(30)), 0.5),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            p.next_delay(3, Some(Duration::from_secs(1)), 0.5),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(
+            p.next_delay(1, Some(Duration::from_secs(10 * 86400)), 0.5),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
     fn parses_retry_after_forms() {
         let now = humantime::parse_rfc3339("1994-11-06T08:49:00Z").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(37)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(37))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -12,16 +12,22 @@ type HmacSha256 = Hmac<Sha256>;
 /// Decodes a Standard Webhooks secret (`whsec_` + base64; the prefix is optional).
 pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = B64.decode(b64).map_err(|_| "the secret is not `whsec_` followed by base64".to_string())?;
+    let key = B64
+        .decode(b64)
+        .map_err(|_| "the secret is not `whsec_` followed by base64".to_string())?;
     if key.len() < 16 {
-        return Err(format!("the secret holds {} bytes; use at least 16 (24 to 64 is usual)", key.len()));
+        return Err(format!(
+            "the secret holds {} bytes; use at least 16 (24 to 64 is usual)",
+            key.len()
+        ));
     }
     Ok(key)
 }
 
 fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac = HmacSha256::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
@@ -32,7 +38,10 @@ fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
 
 /// The `webhook-signature` header value for one attempt.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    format!("v1,{}", B64.encode(mac(key, id, timestamp, body).finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        B64.encode(mac(key, id, timestamp, body).finalize().into_bytes())
+    )
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,14 +69,19 @@ pub fn verify(
     let id = id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
     let timestamp = timestamp.ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
     let signatures = signatures.ok_or(VerifyError::MissingHeader("webhook-signature"))?;
-    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
     let skew = now_secs - ts;
     if skew.abs() > tolerance_secs {
         return Err(VerifyError::StaleTimestamp(skew));
     }
     let expected = mac(key, id, ts, body);
     for candidate in signatures.split_whitespace() {
-        let Some(b64) = candidate.strip_prefix("v1,") else { continue };
+        let Some(b64) = candidate.strip_prefix("v1,") else {
+            continue;
+        };
         let Ok(bytes) = B64.decode(b64) else { continue };
         if expected.clone().verify_slice(&bytes).is_ok() {
             return Ok(());
@@ -87,19 +101,57 @@ mod tests {
         let key = decode_secret(SECRET).unwrap();
         let sig = sign(&key, "msg_1", 1_700_000_000, b"{\"a\":1}");
         assert!(sig.starts_with("v1,"));
-        let ok = verify(&key, Some("msg_1"), Some("1700000000"), Some(&sig), b"{\"a\":1}", 1_700_000_010, 300);
+        let ok = verify(
+            &key,
+            Some("msg_1"),
+            Some("1700000000"),
+            Some(&sig),
+            b"{\"a\":1}",
+            1_700_000_010,
+            300,
+        );
         assert_eq!(ok, Ok(()));
         let rotated = format!("v1,AAAA {sig}");
-        assert_eq!(verify(&key, Some("msg_1"), Some("1700000000"), Some(&rotated), b"{\"a\":1}", 1_700_000_000, 300), Ok(()));
         assert_eq!(
-            verify(&key, Some("msg_1"), Some("1700000000"), Some(&sig), b"{\"a\":2}", 1_700_000_000, 300),
+            verify(
+                &key,
+                Some("msg_1"),
+                Some("1700000000"),
+                Some(&rotated),
+                b"{\"a\":1}",
+                1_700_000_000,
+                300
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                &key,
+                Some("msg_1"),
+                Some("1700000000"),
+                Some(&sig),
+                b"{\"a\":2}",
+                1_700_000_000,
+                300
+            ),
             Err(VerifyError::NoMatch)
         );
         assert_eq!(
-            verify(&key, Some("msg_1"), Some("1700000000"), Some(&sig), b"{\"a\":1}", 1_700_000_400, 300),
+            verify(
+                &key,
+                Some("msg_1"),
+                Some("1700000000"),
+                Some(&sig),
+                b"{\"a\":1}",
+                1_700_000_400,
+                300
+            ),
             Err(VerifyError::StaleTimestamp(400))
         );
-        assert_eq!(verify(&key, None, Some("1"), Some(&sig), b"", 1, 300), Err(VerifyError::MissingHeader("webhook-id")));
+        assert_eq!(
+            verify(&key, None, Some("1"), Some(&sig), b"", 1, 300),
+            Err(VerifyError::MissingHeader("webhook-id"))
+        );
     }
 
     #[test]

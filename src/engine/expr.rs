@@ -34,37 +34,64 @@ pub enum ExprError {
 
 impl Expr {
     pub fn compile(code: &str) -> Result<Expr, ExprError> {
-        let fail = |message: String| ExprError::Compile { code: code.to_string(), message };
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let fail = |message: String| ExprError::Compile {
+            code: code.to_string(),
+            message,
+        };
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
-        let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
-            let mut parts = Vec::new();
-            for (_file, err) in errs {
-                match err {
-                    jaq_core::load::Error::Io(items) => {
-                        parts.extend(items.into_iter().map(|(path, msg)| format!("cannot load `{path}`: {msg}")))
+        let modules = loader
+            .load(&arena, File { code, path: () })
+            .map_err(|errs| {
+                let mut parts = Vec::new();
+                for (_file, err) in errs {
+                    match err {
+                        jaq_core::load::Error::Io(items) => parts.extend(
+                            items
+                                .into_iter()
+                                .map(|(path, msg)| format!("cannot load `{path}`: {msg}")),
+                        ),
+                        jaq_core::load::Error::Lex(items) => {
+                            parts.extend(items.into_iter().map(|(expect, at)| {
+                                format!("expected {} at {}", expect.as_str(), position(code, at))
+                            }))
+                        }
+                        jaq_core::load::Error::Parse(items) => {
+                            parts.extend(items.into_iter().map(|(expect, at)| {
+                                format!("expected {} at {}", expect.as_str(), position(code, at))
+                            }))
+                        }
                     }
-                    jaq_core::load::Error::Lex(items) => parts.extend(
-                        items.into_iter().map(|(expect, at)| format!("expected {} at {}", expect.as_str(), position(code, at))),
-                    ),
-                    jaq_core::load::Error::Parse(items) => parts.extend(
-                        items.into_iter().map(|(expect, at)| format!("expected {} at {}", expect.as_str(), position(code, at))),
-                    ),
                 }
-            }
-            fail(parts.join("; "))
-        })?;
-        let program = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
-            let parts: Vec<String> = errs
-                .into_iter()
-                .flat_map(|(_file, undefined)| undefined)
-                .map(|(name, kind)| format!("undefined {} `{name}` at {}", kind.as_str(), position(code, name)))
-                .collect();
-            fail(parts.join("; "))
-        })?;
-        Ok(Expr { code: code.into(), program: Arc::new(program) })
+                fail(parts.join("; "))
+            })?;
+        let program = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errs| {
+                let parts: Vec<String> = errs
+                    .into_iter()
+                    .flat_map(|(_file, undefined)| undefined)
+                    .map(|(name, kind)| {
+                        format!(
+                            "undefined {} `{name}` at {}",
+                            kind.as_str(),
+                            position(code, name)
+                        )
+                    })
+                    .collect();
+                fail(parts.join("; "))
+            })?;
+        Ok(Expr {
+            code: code.into(),
+            program: Arc::new(program),
+        })
     }
 
     pub fn code(&self) -> &str {
@@ -83,7 +110,10 @@ impl Expr {
                     Ok(err) => err.to_string(),
                     Err(_) => "the program called `halt`, which is not allowed here".to_string(),
                 };
-                Err(ExprError::Runtime { code: self.code.to_string(), message })
+                Err(ExprError::Runtime {
+                    code: self.code.to_string(),
+                    message,
+                })
             }
         }
     }
@@ -98,7 +128,9 @@ impl Expr {
     pub fn string(&self, input: &Value) -> Result<Option<String>, ExprError> {
         Ok(match self.first(input)? {
             None | Some(Val::Null) => None,
-            Some(Val::TStr(s)) | Some(Val::BStr(s)) => Some(String::from_utf8_lossy(&s).into_owned()),
+            Some(Val::TStr(s)) | Some(Val::BStr(s)) => {
+                Some(String::from_utf8_lossy(&s).into_owned())
+            }
             Some(other) => Some(other.to_string()),
         })
     }
@@ -119,7 +151,11 @@ fn position(code: &str, at: &str) -> String {
     let here = at.as_ptr() as usize;
     if here >= start && here <= start + code.len() {
         let offset = here - start;
-        if offset >= code.len() { "the end".to_string() } else { format!("character {}", offset + 1) }
+        if offset >= code.len() {
+            "the end".to_string()
+        } else {
+            format!("character {}", offset + 1)
+        }
     } else {
         "an unknown position".to_string()
     }
@@ -139,8 +175,16 @@ mod tests {
         assert!(e.truthy(&v(r#"{"data":{"plan":"pro"}}"#)).unwrap());
         assert!(!e.truthy(&v(r#"{"data":{"plan":"free"}}"#)).unwrap());
         let p = Expr::compile(".event").unwrap();
-        assert_eq!(p.string(&v(r#"{"event":"user.created"}"#)).unwrap().as_deref(), Some("user.created"));
-        assert_eq!(p.string(&v(r#"{"event":7}"#)).unwrap().as_deref(), Some("7"));
+        assert_eq!(
+            p.string(&v(r#"{"event":"user.created"}"#))
+                .unwrap()
+                .as_deref(),
+            Some("user.created")
+        );
+        assert_eq!(
+            p.string(&v(r#"{"event":7}"#)).unwrap().as_deref(),
+            Some("7")
+        );
         assert_eq!(p.string(&v(r#"{}"#)).unwrap(), None);
         assert!(Expr::compile("map(select(.a > 1)) | length").is_ok());
     }
@@ -165,7 +209,14 @@ mod tests {
 
     #[test]
     fn round_trips_to_serde_json() {
-        let out = Expr::compile("{a: .x, b: [1, 2.5, null, true]}").unwrap().first(&v(r#"{"x":"é"}"#)).unwrap().unwrap();
-        assert_eq!(to_json(&out).unwrap(), serde_json::json!({"a": "é", "b": [1, 2.5, null, true]}));
+        let out = Expr::compile("{a: .x, b: [1, 2.5, null, true]}")
+            .unwrap()
+            .first(&v(r#"{"x":"é"}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            to_json(&out).unwrap(),
+            serde_json::json!({"a": "é", "b": [1, 2.5, null, true]})
+        );
     }
 }

@@ -19,7 +19,9 @@ pub struct Plan {
 
 pub fn plan(config: &Config, source: &str, event_type: &str, payload: &Value) -> Plan {
     let mut plan = Plan::default();
-    for flow in config.flows.iter().filter(|f| f.source == source && (f.event_types.is_empty() || f.event_types.contains(event_type))) {
+    for flow in config.flows.iter().filter(|f| {
+        f.source == source && (f.event_types.is_empty() || f.event_types.contains(event_type))
+    }) {
         let run_id = crate::ids::run_id();
         let mut status = "completed";
         let mut error = None;
@@ -40,7 +42,11 @@ pub fn plan(config: &Config, source: &str, event_type: &str, payload: &Value) ->
                 },
                 Step::Deliver { destinations, .. } => {
                     for destination_id in destinations {
-                        deliveries.push(NewDelivery { id: crate::ids::delivery_id(), run_id: run_id.clone(), destination_id: destination_id.clone() });
+                        deliveries.push(NewDelivery {
+                            id: crate::ids::delivery_id(),
+                            run_id: run_id.clone(),
+                            destination_id: destination_id.clone(),
+                        });
                     }
                 }
             }
@@ -49,7 +55,12 @@ pub fn plan(config: &Config, source: &str, event_type: &str, payload: &Value) ->
             deliveries.clear();
         }
         plan.deliveries.extend(deliveries);
-        plan.runs.push(NewRun { id: run_id, flow_id: flow.id.clone(), status, error });
+        plan.runs.push(NewRun {
+            id: run_id,
+            flow_id: flow.id.clone(),
+            status,
+            error,
+        });
     }
     plan
 }
@@ -77,12 +88,30 @@ flows:
     on: { source: shop, event_types: [] }
     steps: [ { deliver: a } ]
 "#;
-        let config = crate::config::load_str(yaml, "t.yaml", std::path::Path::new("."), &|_| None).unwrap();
+        let config =
+            crate::config::load_str(yaml, "t.yaml", std::path::Path::new("."), &|_| None).unwrap();
         let paid = expr::parse_value(br#"{"plan":"pro"}"#).unwrap();
         let p = plan(&config, "shop", "x", &paid);
-        let statuses: Vec<_> = p.runs.iter().map(|r| (r.flow_id.as_str(), r.status)).collect();
-        assert_eq!(statuses, [("paid", "completed"), ("broken", "failed"), ("other-source", "completed")]);
-        assert!(p.runs[1].error.as_deref().unwrap().contains("step 1 (filter)"));
+        let statuses: Vec<_> = p
+            .runs
+            .iter()
+            .map(|r| (r.flow_id.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("paid", "completed"),
+                ("broken", "failed"),
+                ("other-source", "completed")
+            ]
+        );
+        assert!(
+            p.runs[1]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("step 1 (filter)")
+        );
         assert_eq!(p.deliveries.len(), 3);
         let free = expr::parse_value(br#"{"plan":"free"}"#).unwrap();
         let p = plan(&config, "shop", "x", &free);

@@ -21,9 +21,21 @@ use serde_json::json;
 const REJECTED_BODY_LIMIT: usize = 64 * 1024;
 
 /// Headers that are never stored with an event: credentials and signatures.
-const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "webhook-signature", "x-hub-signature", "x-hub-signature-256"];
+const UNSTORED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "webhook-signature",
+    "x-hub-signature",
+    "x-hub-signature-256",
+];
 
-pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(
+    State(app): State<AppState>,
+    Path(source_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let received_at = app.clock.now_ms();
     let limit = app.config.settings.max_body_size;
     let reject = |error: ApiError, body: &[u8]| -> Response {
@@ -36,45 +48,99 @@ pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>,
             reason: if error.details.is_empty() {
                 error.message.clone()
             } else {
-                format!("{} {}", error.message, serde_json::Value::Array(error.details.clone()))
+                format!(
+                    "{} {}",
+                    error.message,
+                    serde_json::Value::Array(error.details.clone())
+                )
             },
             body: body[..body.len().min(REJECTED_BODY_LIMIT)].to_vec(),
         });
         error.into_response()
     };
     let Some(source) = app.config.sources.get(&source_id).cloned() else {
-        return reject(ApiError::new(StatusCode::NOT_FOUND, "unknown_source", format!("no source has the id `{source_id}`")), b"");
+        return reject(
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_source",
+                format!("no source has the id `{source_id}`"),
+            ),
+            b"",
+        );
     };
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"));
-    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return reject(too_large(), b"");
     }
     let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(e) => {
-            let is_length = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            let is_length = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             return if is_length {
                 reject(too_large(), b"")
             } else {
-                reject(ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", format!("the body could not be read: {e}")), b"")
+                reject(
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unreadable_body",
+                        format!("the body could not be read: {e}"),
+                    ),
+                    b"",
+                )
             };
         }
     };
     if let Err(refused) = verify::check(&source.verify, &headers, &bytes, received_at) {
-        return reject(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", refused.0), &bytes);
+        return reject(
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", refused.0),
+            &bytes,
+        );
     }
     let payload = match expr::parse_value(&bytes) {
         Ok(v) => v,
-        Err(e) => return reject(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")), &bytes),
+        Err(e) => {
+            return reject(
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not JSON: {e}"),
+                ),
+                &bytes,
+            );
+        }
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let event_type = match &source.event_type {
         crate::config::FieldRef::Header(name) => header(name),
         crate::config::FieldRef::Body(e) => match e.string(&payload) {
             Ok(t) => t,
-            Err(err) => return reject(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_event_type", err.to_string()), &bytes),
+            Err(err) => {
+                return reject(
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "missing_event_type",
+                        err.to_string(),
+                    ),
+                    &bytes,
+                );
+            }
         },
     };
     let Some(event_type) = event_type.filter(|t| !t.is_empty()) else {
@@ -82,13 +148,34 @@ pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>,
             crate::config::FieldRef::Header(name) => format!("header `{name}`"),
             crate::config::FieldRef::Body(e) => format!("`{}` in the body", e.code()),
         };
-        return reject(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_event_type", format!("no event type at {place}")), &bytes);
+        return reject(
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_event_type",
+                format!("no event type at {place}"),
+            ),
+            &bytes,
+        );
     };
-    if let Some(validator) = app.config.event_types.get(&event_type).and_then(|t| t.validator.as_ref()) {
+    if let Some(validator) = app
+        .config
+        .event_types
+        .get(&event_type)
+        .and_then(|t| t.validator.as_ref())
+    {
         // Schema validation needs serde_json values; parse only when a schema applies.
         let json: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
-            Err(e) => return reject(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")), &bytes),
+            Err(e) => {
+                return reject(
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_json",
+                        format!("the body is not JSON: {e}"),
+                    ),
+                    &bytes,
+                );
+            }
         };
         let violations: Vec<serde_json::Value> = validator
             .iter_errors(&json)
@@ -100,7 +187,10 @@ pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>,
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "schema_violation",
-                    format!("the `{event_type}` event breaks its schema in {n} place{}", if n == 1 { "" } else { "s" }),
+                    format!(
+                        "the `{event_type}` event breaks its schema in {n} place{}",
+                        if n == 1 { "" } else { "s" }
+                    ),
                 )
                 .with_details(violations),
                 &bytes,
@@ -112,7 +202,16 @@ pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>,
         Some(crate::config::FieldRef::Header(name)) => header(name),
         Some(crate::config::FieldRef::Body(e)) => match e.string(&payload) {
             Ok(k) => k,
-            Err(err) => return reject(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_idempotency_key", err.to_string()), &bytes),
+            Err(err) => {
+                return reject(
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_idempotency_key",
+                        err.to_string(),
+                    ),
+                    &bytes,
+                );
+            }
         },
     };
     let plan = crate::engine::plan(&app.config, &source.id, &event_type, &payload);
@@ -149,11 +248,19 @@ pub async fn receive(State(app): State<AppState>, Path(source_id): Path<String>,
             for job in jobs {
                 app.deliverer.submit(job);
             }
-            (StatusCode::ACCEPTED, axum::Json(json!({"event_id": event_id}))).into_response()
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"event_id": event_id})),
+            )
+                .into_response()
         }
         Ok(IngestOutcome::Duplicate { event_id }) => {
             tracing::debug!(event_id = %event_id, source = %source.id, "duplicate idempotency key; nothing started");
-            (StatusCode::OK, axum::Json(json!({"event_id": event_id, "duplicate": true}))).into_response()
+            (
+                StatusCode::OK,
+                axum::Json(json!({"event_id": event_id, "duplicate": true})),
+            )
+                .into_response()
         }
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -13,7 +13,12 @@ use sha2::Sha256;
 #[error("{0}")]
 pub struct Refused(pub String);
 
-pub fn check(scheme: &Verify, headers: &HeaderMap, body: &[u8], now_ms: i64) -> Result<(), Refused> {
+pub fn check(
+    scheme: &Verify,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<(), Refused> {
     match scheme {
         Verify::None => Ok(()),
         Verify::StandardWebhooks { key, tolerance } => {
@@ -29,23 +34,43 @@ pub fn check(scheme: &Verify, headers: &HeaderMap, body: &[u8], now_ms: i64) -> 
             )
             .map_err(|e| Refused(e.to_string()))
         }
-        Verify::Hmac { header, key, encoding, prefix } => {
+        Verify::Hmac {
+            header,
+            key,
+            encoding,
+            prefix,
+        } => {
             let value = headers
                 .get(header.as_str())
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| Refused(format!("missing header `{header}`")))?;
-            let encoded = value
-                .trim()
-                .strip_prefix(prefix.as_str())
-                .ok_or_else(|| Refused(format!("header `{header}` does not start with `{prefix}`")))?;
+            let encoded = value.trim().strip_prefix(prefix.as_str()).ok_or_else(|| {
+                Refused(format!("header `{header}` does not start with `{prefix}`"))
+            })?;
             let given = match encoding {
                 SignatureEncoding::Hex => decode_hex(encoded),
-                SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(encoded).ok(),
+                SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok(),
             }
-            .ok_or_else(|| Refused(format!("header `{header}` is not {}", if *encoding == SignatureEncoding::Hex { "hex" } else { "base64" })))?;
-            let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).map_err(|_| Refused("unusable key".into()))?;
+            .ok_or_else(|| {
+                Refused(format!(
+                    "header `{header}` is not {}",
+                    if *encoding == SignatureEncoding::Hex {
+                        "hex"
+                    } else {
+                        "base64"
+                    }
+                ))
+            })?;
+            let mut mac = Hmac::<Sha256>::new_from_slice(key.expose())
+                .map_err(|_| Refused("unusable key".into()))?;
             mac.update(body);
-            mac.verify_slice(&given).map_err(|_| Refused(format!("the signature in `{header}` does not match the body")))
+            mac.verify_slice(&given).map_err(|_| {
+                Refused(format!(
+                    "the signature in `{header}` does not match the body"
+                ))
+            })
         }
     }
 }
@@ -54,7 +79,10 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -64,14 +92,34 @@ mod tests {
 
     #[test]
     fn generic_hmac_hex_with_prefix() {
-        let scheme = Verify::Hmac { header: "x-hub-signature-256".into(), key: Secret::new(b"It's a Secret to Everybody".to_vec()), encoding: SignatureEncoding::Hex, prefix: "sha256=".into() };
+        let scheme = Verify::Hmac {
+            header: "x-hub-signature-256".into(),
+            key: Secret::new(b"It's a Secret to Everybody".to_vec()),
+            encoding: SignatureEncoding::Hex,
+            prefix: "sha256=".into(),
+        };
         // GitHub's documented example signature for this key and body.
         let mut headers = HeaderMap::new();
-        headers.insert("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".parse().unwrap());
+        headers.insert(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+                .parse()
+                .unwrap(),
+        );
         assert!(check(&scheme, &headers, b"Hello, World!", 0).is_ok());
         assert!(check(&scheme, &headers, b"Hello, World?", 0).is_err());
         headers.insert("x-hub-signature-256", "757107ea".parse().unwrap());
-        assert!(check(&scheme, &headers, b"Hello, World!", 0).unwrap_err().0.contains("does not start with"));
-        assert!(check(&scheme, &HeaderMap::new(), b"", 0).unwrap_err().0.contains("missing header"));
+        assert!(
+            check(&scheme, &headers, b"Hello, World!", 0)
+                .unwrap_err()
+                .0
+                .contains("does not start with")
+        );
+        assert!(
+            check(&scheme, &HeaderMap::new(), b"", 0)
+                .unwrap_err()
+                .0
+                .contains("missing header")
+        );
     }
 }

@@ -26,7 +26,10 @@ pub enum StoreError {
     #[error("the store has shut down")]
     Closed,
     #[error("cannot open the data directory `{path}`: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -53,7 +56,11 @@ impl DeliveryStatus {
             "pending" => DeliveryStatus::Pending,
             "succeeded" => DeliveryStatus::Succeeded,
             "dead" => DeliveryStatus::Dead,
-            other => return Err(StoreError::Corrupt(format!("unknown delivery status `{other}`"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown delivery status `{other}`"
+                )));
+            }
         })
     }
 }
@@ -86,7 +93,9 @@ pub struct NewDelivery {
 pub enum IngestOutcome {
     Accepted,
     /// The idempotency key was seen before: the first event's id. Nothing was written.
-    Duplicate { event_id: String },
+    Duplicate {
+        event_id: String,
+    },
 }
 
 /// What one attempt did, as recorded.
@@ -135,10 +144,24 @@ pub struct Rejection {
 }
 
 pub(crate) enum WriteOp {
-    Ingest { event: NewEvent, runs: Vec<NewRun>, deliveries: Vec<NewDelivery>, reply: oneshot::Sender<Result<IngestOutcome, StoreError>> },
-    Attempt { attempt: NewAttempt, reply: oneshot::Sender<Result<(), StoreError>> },
-    Reject { rejection: Rejection },
-    Retry { delivery_id: String, now: Millis, reply: oneshot::Sender<Result<Option<DeliveryJob>, StoreError>> },
+    Ingest {
+        event: NewEvent,
+        runs: Vec<NewRun>,
+        deliveries: Vec<NewDelivery>,
+        reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
+    },
+    Attempt {
+        attempt: NewAttempt,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Reject {
+        rejection: Rejection,
+    },
+    Retry {
+        delivery_id: String,
+        now: Millis,
+        reply: oneshot::Sender<Result<Option<DeliveryJob>, StoreError>>,
+    },
 }
 
 /// Tuning for the store; the defaults are what `ferry serve` uses.
@@ -153,7 +176,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { write_queue: 8192, max_batch: 1024, rejected_log_size: crate::config::DEFAULT_REJECTED_LOG_SIZE }
+        StoreOptions {
+            write_queue: 8192,
+            max_batch: 1024,
+            rejected_log_size: crate::config::DEFAULT_REJECTED_LOG_SIZE,
+        }
     }
 }
 
@@ -174,15 +201,35 @@ impl Store {
     /// Opens (creating if needed) `ferry.db` in `dir` and starts the writer thread. The thread
     /// ends when every handle is dropped.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let path = dir.join("ferry.db");
         let conn = schema::open_writer(&path)?;
+        let checkpoint_conn = schema::open_checkpointer(&path)?;
         let (tx, rx) = mpsc::channel(options.write_queue);
+        let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
+        let spawn_failed = |source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        let wal_path = dir.join("ferry.db-wal");
+        std::thread::Builder::new()
+            .name("ferry-store-checkpoint".into())
+            .spawn(move || writer::checkpointer(checkpoint_conn, wal_path, checkpoints_stopped))
+            .map_err(spawn_failed)?;
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || writer::run(conn, rx, options))
-            .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
-        Ok(Store { writer: tx, readers: Arc::new(ReadPool { path, idle: Mutex::new(Vec::new()) }) })
+            .spawn(move || writer::run(conn, rx, options, stop_checkpoints))
+            .map_err(spawn_failed)?;
+        Ok(Store {
+            writer: tx,
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
     fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
@@ -195,9 +242,19 @@ impl Store {
     /// Commits an event with its runs and deliveries in one transaction, or reports the
     /// earlier event with the same idempotency key. Fails fast with `Overloaded` when the
     /// write queue is full.
-    pub async fn ingest(&self, event: NewEvent, runs: Vec<NewRun>, deliveries: Vec<NewDelivery>) -> Result<IngestOutcome, StoreError> {
+    pub async fn ingest(
+        &self,
+        event: NewEvent,
+        runs: Vec<NewRun>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<IngestOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::Ingest { event, runs, deliveries, reply })?;
+        self.submit(WriteOp::Ingest {
+            event,
+            runs,
+            deliveries,
+            reply,
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -205,7 +262,10 @@ impl Store {
     /// outcome is never dropped.
     pub async fn record_attempt(&self, attempt: NewAttempt) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(WriteOp::Attempt { attempt, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(WriteOp::Attempt { attempt, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -218,10 +278,18 @@ impl Store {
 
     /// Puts a dead delivery back to pending with a fresh round of attempts, due `now`.
     /// `Ok(None)` when there is no such delivery or it is not dead.
-    pub async fn retry_delivery(&self, delivery_id: &str, now: Millis) -> Result<Option<DeliveryJob>, StoreError> {
+    pub async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> Result<Option<DeliveryJob>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(WriteOp::Retry { delivery_id: delivery_id.to_string(), now, reply })
+            .send(WriteOp::Retry {
+                delivery_id: delivery_id.to_string(),
+                now,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

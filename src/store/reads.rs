@@ -79,8 +79,7 @@ fn json_or_string(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
-const DELIVERY_COLUMNS: &str =
-    "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error";
+const DELIVERY_COLUMNS: &str = "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error";
 
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryView, String)> {
     let status: String = r.get(4)?;
@@ -135,14 +134,17 @@ pub fn attempts_of(conn: &Connection, delivery_id: &str) -> Result<Vec<AttemptVi
 
 /// Raw attempt start times, oldest first (for tests and diagnostics).
 pub fn attempt_times(conn: &Connection, delivery_id: &str) -> Result<Vec<Millis>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT started_at FROM attempts WHERE delivery_id = ?1 ORDER BY id")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT started_at FROM attempts WHERE delivery_id = ?1 ORDER BY id")?;
     let rows = stmt.query_map(params![delivery_id], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryView>, StoreError> {
     let row = conn
-        .prepare_cached(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
+        ))?
         .query_row(params![id], delivery_row)
         .optional()?;
     let Some(row) = row else { return Ok(None) };
@@ -158,7 +160,9 @@ pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreErro
             Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?))
         })
         .optional()?;
-    let Some((id, source, event_type, idempotency_key, received_at, headers, payload)) = row else { return Ok(None) };
+    let Some((id, source, event_type, idempotency_key, received_at, headers, payload)) = row else {
+        return Ok(None);
+    };
     let mut runs = Vec::new();
     {
         let mut stmt = conn.prepare_cached("SELECT id, flow_id, status, error, created_at FROM runs WHERE event_id = ?1 ORDER BY id")?;
@@ -176,8 +180,12 @@ pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreErro
             runs.push(run?);
         }
     }
-    let mut stmt = conn.prepare_cached(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY id"))?;
-    let rows: Vec<_> = stmt.query_map(params![id], delivery_row)?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY id"
+    ))?;
+    let rows: Vec<_> = stmt
+        .query_map(params![id], delivery_row)?
+        .collect::<Result<_, _>>()?;
     for row in rows {
         let mut d = finish_delivery(row)?;
         d.attempts = Some(attempts_of(conn, &d.id)?);
@@ -192,22 +200,34 @@ pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreErro
         idempotency_key,
         received_at: rfc3339(received_at),
         headers: json_or_string(headers),
-        payload: serde_json::from_slice(&payload).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())),
+        payload: serde_json::from_slice(&payload).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
+        }),
         runs,
     }))
 }
 
 /// Dead letters, newest first; `before` is the cursor (a delivery id) of the previous page.
-pub fn dead_letters(conn: &Connection, before: Option<&str>, limit: usize) -> Result<Vec<DeliveryView>, StoreError> {
+pub fn dead_letters(
+    conn: &Connection,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeliveryView>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'dead' AND (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
     ))?;
-    let rows: Vec<_> = stmt.query_map(params![before, limit as i64], delivery_row)?.collect::<Result<_, _>>()?;
+    let rows: Vec<_> = stmt
+        .query_map(params![before, limit as i64], delivery_row)?
+        .collect::<Result<_, _>>()?;
     rows.into_iter().map(finish_delivery).collect()
 }
 
 /// The rejected log, newest first; `before` is the cursor (an entry id) of the previous page.
-pub fn rejections(conn: &Connection, before: Option<i64>, limit: usize) -> Result<Vec<RejectionView>, StoreError> {
+pub fn rejections(
+    conn: &Connection,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<RejectionView>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, source, received_at, status, error, reason, body FROM rejections WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
     )?;

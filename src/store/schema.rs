@@ -5,15 +5,17 @@ use rusqlite::Connection;
 use std::path::Path;
 
 const SCHEMA: &str = r#"
+-- A rowid table: payloads are large rows, which WITHOUT ROWID tables store poorly.
 CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     source TEXT NOT NULL,
     event_type TEXT NOT NULL,
     idempotency_key TEXT,
     received_at INTEGER NOT NULL,
     headers TEXT NOT NULL,
     payload BLOB NOT NULL
-) WITHOUT ROWID;
+);
 CREATE UNIQUE INDEX IF NOT EXISTS events_idempotency ON events(source, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS runs (
@@ -74,18 +76,35 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     // FULL: a commit is on disk before anyone is told it happened.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // 32 MiB of page cache, so hot index pages are not read back from the OS.
+    conn.pragma_update(None, "cache_size", -32_768)?;
     Ok(())
 }
+
+/// Size of the WAL past which the checkpointer makes writers wait for a full checkpoint.
+pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
     conn.execute_batch(SCHEMA)?;
+    // Checkpoints run on their own thread (see `writer::checkpointer`), not inside commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// A connection for the checkpointer thread.
+pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
     Ok(conn)
 }
 
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }

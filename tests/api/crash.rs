@@ -9,10 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-async fn start_ferry(config: &std::path::Path, data: &std::path::Path, port: u16) -> tokio::process::Child {
+async fn start_ferry(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    port: u16,
+) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve", "--config"])
         .arg(config)
@@ -29,7 +37,13 @@ async fn start_ferry(config: &std::path::Path, data: &std::path::Path, port: u16
     let client = client();
     wait_until("ferry serve is ready", || {
         let client = client.clone();
-        async move { client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status() == 200) }
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
     })
     .await;
     child
@@ -48,7 +62,12 @@ fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_event() {
     let quick = Receiver::start().await;
-    let slow = Receiver::start_with(Reply { status: 200, headers: vec![], delay: Duration::from_millis(5) }).await;
+    let slow = Receiver::start_with(Reply {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_millis(5),
+    })
+    .await;
     let flaky = Receiver::start().await;
     flaky.script((0..40).map(|i| Reply::status(if i % 2 == 0 { 503 } else { 200 })));
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +118,10 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
             }
         }));
     }
-    wait_until("300 events acknowledged", || async { acked.lock().unwrap().len() >= 300 }).await;
+    wait_until("300 events acknowledged", || async {
+        acked.lock().unwrap().len() >= 300
+    })
+    .await;
     child.kill().await.unwrap(); // SIGKILL
     let acked_before_kill = acked.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -113,13 +135,19 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
 
     let mut child = start_ferry(&config, &data, free_port()).await;
     for receiver in [&quick, &slow, &flaky] {
-        wait_until(&format!("every acknowledged event at {}", receiver.url), || async {
-            let seen = tally(receiver);
-            acked.iter().all(|n| seen.contains_key(n))
-        })
+        wait_until(
+            &format!("every acknowledged event at {}", receiver.url),
+            || async {
+                let seen = tally(receiver);
+                acked.iter().all(|n| seen.contains_key(n))
+            },
+        )
         .await;
     }
-    let duplicates: usize = [&quick, &slow, &flaky].iter().map(|r| tally(r).values().map(|c| c - 1).sum::<usize>()).sum();
+    let duplicates: usize = [&quick, &slow, &flaky]
+        .iter()
+        .map(|r| tally(r).values().map(|c| c - 1).sum::<usize>())
+        .sum();
     eprintln!(
         "crash test: {} events acknowledged, {} quick deliveries before the kill, {} duplicate deliveries after restart",
         acked.len(),

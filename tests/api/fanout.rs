@@ -5,7 +5,11 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn one_event_reaches_three_receivers_signed() {
-    let (fulfillment, crm, accounting) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let (fulfillment, crm, accounting) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
     let app = spawn_app(&format!(
         r#"
 settings: {{ allow_private_destinations: true }}
@@ -27,18 +31,29 @@ flows:
     .await;
     let body = r#"{"event":"order.created","data":{"order_id":"o-1","total":42}}"#;
     let now = app.clock.now_secs();
-    let response = app.post_json("/in/shop", body, &signed_headers(body, "msg_1", now)).await;
+    let response = app
+        .post_json("/in/shop", body, &signed_headers(body, "msg_1", now))
+        .await;
     assert_eq!(response.status(), 202);
-    let event_id = response.json::<serde_json::Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
+    let event_id = response.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
     let mut webhook_ids = Vec::new();
     for receiver in [&fulfillment, &crm, &accounting] {
         receiver.wait_for(1).await;
         let got = &receiver.requests()[0];
-        assert_eq!(got.body, body.as_bytes(), "the payload is delivered as it came");
+        assert_eq!(
+            got.body,
+            body.as_bytes(),
+            "the payload is delivered as it came"
+        );
         assert_eq!(got.headers["content-type"], "application/json");
-        verifier.verify(&got.body, &got.headers).expect("a Standard Webhooks library accepts the signature");
+        verifier
+            .verify(&got.body, &got.headers)
+            .expect("a Standard Webhooks library accepts the signature");
         webhook_ids.push(got.headers["webhook-id"].to_str().unwrap().to_string());
     }
     webhook_ids.dedup();
@@ -47,14 +62,21 @@ flows:
     let (status, event) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
     assert_eq!(status, 200);
     assert_eq!(event["event_type"], "order.created");
-    assert!(event["headers"].get("webhook-signature").is_none(), "signatures are not stored");
+    assert!(
+        event["headers"].get("webhook-signature").is_none(),
+        "signatures are not stored"
+    );
     let run = &event["runs"][0];
     assert_eq!(run["status"], "completed");
     let deliveries = run["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 3);
     wait_until("all three recorded as succeeded", || async {
         let (_, e) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
-        e["runs"][0]["deliveries"].as_array().unwrap().iter().all(|d| d["status"] == "succeeded")
+        e["runs"][0]["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "succeeded")
     })
     .await;
     let (_, event) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
@@ -68,9 +90,14 @@ flows:
 
     // A filtered event is stored and its run says so, but nothing is sent.
     let body = r#"{"event":"order.created","data":{"order_id":"o-2","total":0}}"#;
-    let response = app.post_json("/in/shop", body, &signed_headers(body, "msg_2", now)).await;
+    let response = app
+        .post_json("/in/shop", body, &signed_headers(body, "msg_2", now))
+        .await;
     assert_eq!(response.status(), 202);
-    let event_id = response.json::<serde_json::Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
+    let event_id = response.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_, event) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
     assert_eq!(event["runs"][0]["status"], "filtered");
     assert_eq!(event["runs"][0]["deliveries"].as_array().unwrap().len(), 0);
@@ -79,7 +106,12 @@ flows:
 
 #[tokio::test]
 async fn a_slow_destination_does_not_hold_up_another() {
-    let slow = Receiver::start_with(Reply { status: 200, headers: vec![], delay: std::time::Duration::from_secs(30) }).await;
+    let slow = Receiver::start_with(Reply {
+        status: 200,
+        headers: vec![],
+        delay: std::time::Duration::from_secs(30),
+    })
+    .await;
     let fast = Receiver::start().await;
     let app = spawn_app(&format!(
         r#"
@@ -94,9 +126,15 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow, fast] }} ] }
     ))
     .await;
     for i in 0..10 {
-        let r = app.post_json("/in/s", &format!(r#"{{"type":"t","n":{i}}}"#), &[]).await;
+        let r = app
+            .post_json("/in/s", &format!(r#"{{"type":"t","n":{i}}}"#), &[])
+            .await;
         assert_eq!(r.status(), 202);
     }
     fast.wait_for(10).await;
-    assert_eq!(slow.count(), 2, "the slow destination has only its concurrency limit in flight");
+    assert_eq!(
+        slow.count(),
+        2,
+        "the slow destination has only its concurrency limit in flight"
+    );
 }

@@ -1,10 +1,10 @@
 //! Test harness: `spawn_app` starts Ferry on 127.0.0.1:0 with a fresh data directory;
 //! `Receiver` is a real HTTP server that records every request and answers from a script.
 
-pub use ferry::clock::Clock;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use ferry::app::{AppState, ServeOptions};
+pub use ferry::clock::Clock;
 use ferry::clock::ManualClock;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,16 +19,33 @@ pub struct TestApp {
     pub state: AppState,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Starts Ferry with `yaml` as its config, on a manual clock that starts at the real time.
 pub async fn spawn_app(yaml: &str) -> TestApp {
-    let config = ferry::config::load_str(yaml, "test.yaml", std::path::Path::new("."), &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(ferry::clock::system_now_ms());
-    let mut options = ServeOptions::new(config, dir.path().to_path_buf());
+    let path = dir.path().to_path_buf();
+    spawn_app_at(
+        yaml,
+        &path,
+        ManualClock::new(ferry::clock::system_now_ms()),
+        Some(dir),
+    )
+    .await
+}
+
+/// Starts Ferry on an existing data directory and clock (to restart on the same data).
+pub async fn spawn_app_at(
+    yaml: &str,
+    data: &std::path::Path,
+    clock: Arc<ManualClock>,
+    dir: Option<tempfile::TempDir>,
+) -> TestApp {
+    let config = ferry::config::load_str(yaml, "test.yaml", std::path::Path::new("."), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut options = ServeOptions::new(config, data.to_path_buf());
     options.api_token = Some(TOKEN.into());
     options.clock = clock.clone();
     options.deliverer.jitter_seed = Some(1);
@@ -39,7 +56,14 @@ pub async fn spawn_app(yaml: &str) -> TestApp {
     tokio::spawn(ferry::app::serve(listener, state.clone(), async {
         let _ = rx.await;
     }));
-    TestApp { addr, state, clock, http: client(), _dir: dir, _shutdown: tx }
+    TestApp {
+        addr,
+        state,
+        clock,
+        http: client(),
+        _dir: dir,
+        _shutdown: tx,
+    }
 }
 
 impl TestApp {
@@ -47,8 +71,17 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn post_json(&self, path: &str, body: &str, headers: &[(&str, String)]) -> reqwest::Response {
-        let mut req = self.http.post(self.url(path)).header("content-type", "application/json").body(body.to_string());
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -56,36 +89,65 @@ impl TestApp {
     }
 
     pub async fn api_get(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         (r.status(), r.json().await.unwrap())
     }
 
     pub async fn api_post(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         (r.status(), r.json().await.unwrap())
     }
 
     pub async fn event_count(&self) -> i64 {
-        self.state.store.read(ferry::store::count_events).await.unwrap()
+        self.state
+            .store
+            .read(ferry::store::count_events)
+            .await
+            .unwrap()
     }
 
     /// The one delivery of an event (panics when there is not exactly one).
     pub async fn only_delivery(&self, event_id: &str) -> serde_json::Value {
         let (status, event) = self.api_get(&format!("/api/v1/events/{event_id}")).await;
         assert_eq!(status, 200, "{event}");
-        let deliveries: Vec<_> = event["runs"].as_array().unwrap().iter().flat_map(|r| r["deliveries"].as_array().unwrap().clone()).collect();
+        let deliveries: Vec<_> = event["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["deliveries"].as_array().unwrap().clone())
+            .collect();
         assert_eq!(deliveries.len(), 1, "{event}");
         deliveries[0].clone()
     }
 
     pub async fn attempt_times(&self, delivery_id: &str) -> Vec<i64> {
         let id = delivery_id.to_string();
-        self.state.store.read(move |c| ferry::store::attempt_times(c, &id)).await.unwrap()
+        self.state
+            .store
+            .read(move |c| ferry::store::attempt_times(c, &id))
+            .await
+            .unwrap()
     }
 
     /// Waits (real time, bounded) until `delivery_id` has `n` recorded attempts.
     pub async fn wait_attempts(&self, delivery_id: &str, n: usize) {
-        wait_until(&format!("{n} attempts recorded for {delivery_id}"), || async { self.attempt_times(delivery_id).await.len() >= n }).await;
+        wait_until(
+            &format!("{n} attempts recorded for {delivery_id}"),
+            || async { self.attempt_times(delivery_id).await.len() >= n },
+        )
+        .await;
     }
 }
 
@@ -126,7 +188,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Reply { status, headers: vec![], delay: Duration::ZERO }
+        Reply {
+            status,
+            headers: vec![],
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -159,8 +225,17 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let state = state.clone();
                 async move {
-                    state.requests.lock().unwrap().push(Recorded { headers, body });
-                    let reply = state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+                    state
+                        .requests
+                        .lock()
+                        .unwrap()
+                        .push(Recorded { headers, body });
+                    let reply = state
+                        .script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
                     if !reply.delay.is_zero() {
                         tokio::time::sleep(reply.delay).await;
                     }
@@ -168,7 +243,9 @@ impl Receiver {
                     for (k, v) in reply.headers {
                         response = response.header(k, v);
                     }
-                    response.body(axum::body::Body::from("{\"received\":true}")).unwrap()
+                    response
+                        .body(axum::body::Body::from("{\"received\":true}"))
+                        .unwrap()
                 }
             }),
         );
@@ -189,7 +266,10 @@ impl Receiver {
     }
 
     pub async fn wait_for(&self, n: usize) {
-        wait_until(&format!("{n} requests at {}", self.url), || async { self.count() >= n }).await;
+        wait_until(&format!("{n} requests at {}", self.url), || async {
+            self.count() >= n
+        })
+        .await;
     }
 }
 
@@ -197,5 +277,9 @@ impl Receiver {
 pub fn signed_headers(body: &str, id: &str, timestamp: i64) -> Vec<(&'static str, String)> {
     let wh = standardwebhooks::Webhook::new(SECRET).unwrap();
     let sig = wh.sign(id, timestamp, body.as_bytes()).unwrap();
-    vec![("webhook-id", id.to_string()), ("webhook-timestamp", timestamp.to_string()), ("webhook-signature", sig)]
+    vec![
+        ("webhook-id", id.to_string()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", sig),
+    ]
 }

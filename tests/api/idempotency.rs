@@ -23,20 +23,30 @@ flows:
     let first = app.post_json("/in/s", r#"{"type":"t"}"#, &key).await;
     assert_eq!(first.status(), 202);
     let first: serde_json::Value = first.json().await.unwrap();
-    let again = app.post_json("/in/s", r#"{"type":"t","changed":true}"#, &key).await;
+    let again = app
+        .post_json("/in/s", r#"{"type":"t","changed":true}"#, &key)
+        .await;
     assert_eq!(again.status(), 200);
     let again: serde_json::Value = again.json().await.unwrap();
     assert_eq!(again["event_id"], first["event_id"]);
     assert_eq!(again["duplicate"], true);
 
     // The key is per source, and may come from the body.
-    let other = app.post_json("/in/b", r#"{"type":"t","id":"order-77"}"#, &[]).await;
+    let other = app
+        .post_json("/in/b", r#"{"type":"t","id":"order-77"}"#, &[])
+        .await;
     assert_eq!(other.status(), 202);
-    let other_again = app.post_json("/in/b", r#"{"type":"t","id":"order-77"}"#, &[]).await;
+    let other_again = app
+        .post_json("/in/b", r#"{"type":"t","id":"order-77"}"#, &[])
+        .await;
     assert_eq!(other_again.status(), 200);
 
     receiver.wait_for(2).await;
     assert_eq!(app.event_count().await, 2);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(receiver.count(), 2, "one delivery per distinct key, none for the repeats");
+    assert_eq!(
+        receiver.count(),
+        2,
+        "one delivery per distinct key, none for the repeats"
+    );
 }

@@ -20,8 +20,14 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
 async fn send(app: &TestApp) -> String {
     let r = app.post_json("/in/s", r#"{"type":"t"}"#, &[]).await;
     assert_eq!(r.status(), 202);
-    let event_id = r.json::<serde_json::Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
-    app.only_delivery(&event_id).await["id"].as_str().unwrap().to_string()
+    let event_id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.only_delivery(&event_id).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Gives the server a moment to (wrongly) act, so that an absence can be asserted.
@@ -33,7 +39,11 @@ async fn settle() {
 async fn fails_twice_then_succeeds_with_growing_gaps() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(500), Reply::status(502)]);
-    let app = app_for(&receiver, "{ max_attempts: 5, initial: 10s, multiplier: 3, jitter: none }").await;
+    let app = app_for(
+        &receiver,
+        "{ max_attempts: 5, initial: 10s, multiplier: 3, jitter: none }",
+    )
+    .await;
     let delivery = send(&app).await;
 
     app.wait_attempts(&delivery, 1).await;
@@ -55,31 +65,58 @@ async fn fails_twice_then_succeeds_with_growing_gaps() {
     let times = app.attempt_times(&delivery).await;
     assert_eq!(times.len(), 3);
     assert_eq!((times[1] - times[0], times[2] - times[1]), (10_000, 30_000));
-    let ids: Vec<_> = receiver.requests().iter().map(|r| r.headers["webhook-id"].clone()).collect();
-    assert!(ids.iter().all(|id| *id == ids[0]), "webhook-id is stable across retries");
-    let d = app.only_delivery(&app.state.store.read(|c| Ok(first_event(c))).await.unwrap()).await;
+    let ids: Vec<_> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "webhook-id is stable across retries"
+    );
+    let d = app
+        .only_delivery(&app.state.store.read(|c| Ok(first_event(c))).await.unwrap())
+        .await;
     assert_eq!(d["status"], "succeeded");
-    let outcomes: Vec<_> = d["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap().to_string()).collect();
+    let outcomes: Vec<_> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(outcomes, ["retry", "retry", "succeeded"]);
 }
 
 fn first_event(c: &rusqlite::Connection) -> String {
-    c.query_row("SELECT id FROM events LIMIT 1", [], |r| r.get(0)).unwrap()
+    c.query_row("SELECT id FROM events LIMIT 1", [], |r| r.get(0))
+        .unwrap()
 }
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let receiver = Receiver::start().await;
-    receiver.script([Reply { status: 503, headers: vec![("retry-after", "120".into())], delay: Duration::ZERO }]);
+    receiver.script([Reply {
+        status: 503,
+        headers: vec![("retry-after", "120".into())],
+        delay: Duration::ZERO,
+    }]);
     let app = app_for(&receiver, "{ max_attempts: 5, initial: 1s, jitter: none }").await;
     let delivery = send(&app).await;
     app.wait_attempts(&delivery, 1).await;
     let first = app.attempt_times(&delivery).await[0];
     let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
-    assert_eq!(d["next_attempt_at"], ferry::clock::rfc3339(first + 120_000), "{d}");
+    assert_eq!(
+        d["next_attempt_at"],
+        ferry::clock::rfc3339(first + 120_000),
+        "{d}"
+    );
     app.clock.advance(Duration::from_secs(119));
     settle().await;
-    assert_eq!(receiver.count(), 1, "the 1s backoff gave way to Retry-After");
+    assert_eq!(
+        receiver.count(),
+        1,
+        "the 1s backoff gave way to Retry-After"
+    );
     app.clock.advance(Duration::from_secs(1));
     app.wait_attempts(&delivery, 2).await;
     assert_eq!(receiver.count(), 2);
@@ -101,7 +138,9 @@ async fn a_400_dead_letters_at_once_and_a_manual_retry_delivers() {
     assert_eq!(dlq["data"][0]["id"], delivery.as_str());
     assert_eq!(dlq["next"], serde_json::Value::Null);
 
-    let (status, body) = app.api_post(&format!("/api/v1/deliveries/{delivery}/retry")).await;
+    let (status, body) = app
+        .api_post(&format!("/api/v1/deliveries/{delivery}/retry"))
+        .await;
     assert_eq!(status, 202, "{body}");
     receiver.wait_for(2).await;
     app.wait_attempts(&delivery, 2).await;
@@ -110,8 +149,13 @@ async fn a_400_dead_letters_at_once_and_a_manual_retry_delivers() {
     let (_, dlq) = app.api_get("/api/v1/dead-letters").await;
     assert_eq!(dlq["data"].as_array().unwrap().len(), 0);
 
-    let (status, body) = app.api_post(&format!("/api/v1/deliveries/{delivery}/retry")).await;
-    assert_eq!((status.as_u16(), body["error"].as_str()), (409, Some("not_dead")));
+    let (status, body) = app
+        .api_post(&format!("/api/v1/deliveries/{delivery}/retry"))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (409, Some("not_dead"))
+    );
     let (status, _) = app.api_post("/api/v1/deliveries/dlv_nope/retry").await;
     assert_eq!(status, 404);
 }
@@ -119,7 +163,11 @@ async fn a_400_dead_letters_at_once_and_a_manual_retry_delivers() {
 #[tokio::test]
 async fn exhausted_retries_dead_letter() {
     let receiver = Receiver::start_with(Reply::status(500)).await;
-    let app = app_for(&receiver, "{ max_attempts: 3, initial: 1s, multiplier: 2, jitter: none }").await;
+    let app = app_for(
+        &receiver,
+        "{ max_attempts: 3, initial: 1s, multiplier: 2, jitter: none }",
+    )
+    .await;
     let delivery = send(&app).await;
     app.wait_attempts(&delivery, 1).await;
     app.clock.advance(Duration::from_secs(1));
@@ -156,6 +204,54 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
     app.wait_attempts(&delivery, 1).await;
     let (_, d) = app.api_get(&format!("/api/v1/deliveries/{delivery}")).await;
     assert_eq!(d["status"], "pending");
-    assert!(d["attempts"][0]["error"].as_str().unwrap().contains("could not connect"), "{d}");
+    assert!(
+        d["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect"),
+        "{d}"
+    );
     assert_eq!(d["attempts"][0]["status_code"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn a_scheduled_retry_keeps_its_time_across_a_restart() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500)]);
+    let yaml = format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: d, kind: http, url: "{}", retry: {{ max_attempts: 3, initial: 60s, jitter: none }} }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
+"#,
+        receiver.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ferry::clock::ManualClock::new(ferry::clock::system_now_ms());
+    let first = spawn_app_at(&yaml, dir.path(), clock.clone(), None).await;
+    let delivery = send(&first).await;
+    first.wait_attempts(&delivery, 1).await;
+    drop(first);
+
+    // A new process on the same data, with a clock of its own that has moved on by 30s.
+    let clock = ferry::clock::ManualClock::new(clock.now_ms() + 30_000);
+    let second = spawn_app_at(&yaml, dir.path(), clock, None).await;
+    settle().await;
+    assert_eq!(
+        receiver.count(),
+        1,
+        "the retry is not due yet after the restart"
+    );
+    second.clock.advance(Duration::from_secs(29));
+    settle().await;
+    assert_eq!(receiver.count(), 1);
+    second.clock.advance(Duration::from_secs(1));
+    second.wait_attempts(&delivery, 2).await;
+    let times = second.attempt_times(&delivery).await;
+    assert_eq!(
+        times[1] - times[0],
+        60_000,
+        "the retry ran at its stored time"
+    );
 }

@@ -47,34 +47,75 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
     let now = app.clock.now_secs();
 
     let body = "{not json";
-    let (status, e) = error_of(app.post_json("/in/shop", body, &signed_headers(body, "m1", now)).await).await;
-    assert_eq!((status, e["error"].as_str()), (400, Some("invalid_json")), "{e}");
+    let (status, e) = error_of(
+        app.post_json("/in/shop", body, &signed_headers(body, "m1", now))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("invalid_json")),
+        "{e}"
+    );
 
     let body = r#"{"type":"user.created","data":{"email":"a@b.c"}}"#;
     let mut wrong = signed_headers(body, "m2", now);
     wrong[2].1 = "v1,bm90IHRoZSByaWdodCBzaWduYXR1cmUgYXQgYWxsIQ==".into();
     let (status, e) = error_of(app.post_json("/in/shop", body, &wrong).await).await;
-    assert_eq!((status, e["error"].as_str()), (401, Some("invalid_signature")), "{e}");
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (401, Some("invalid_signature")),
+        "{e}"
+    );
 
-    let (status, e) = error_of(app.post_json("/in/shop", body, &signed_headers(body, "m3", now - 600)).await).await;
+    let (status, e) = error_of(
+        app.post_json("/in/shop", body, &signed_headers(body, "m3", now - 600))
+            .await,
+    )
+    .await;
     assert_eq!(status, 401, "{e}");
     assert!(e["message"].as_str().unwrap().contains("timestamp"), "{e}");
 
     let (status, e) = error_of(app.post_json("/in/nowhere", body, &[]).await).await;
-    assert_eq!((status, e["error"].as_str()), (404, Some("unknown_source")), "{e}");
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (404, Some("unknown_source")),
+        "{e}"
+    );
 
     let big = format!(r#"{{"type":"user.created","pad":"{}"}}"#, "x".repeat(4096));
-    let (status, e) = error_of(app.post_json("/in/shop", &big, &signed_headers(&big, "m4", now)).await).await;
-    assert_eq!((status, e["error"].as_str()), (413, Some("payload_too_large")), "{e}");
+    let (status, e) = error_of(
+        app.post_json("/in/shop", &big, &signed_headers(&big, "m4", now))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{e}"
+    );
 
     let bad = r#"{"type":"user.created","data":{"age":-3}}"#;
-    let (status, e) = error_of(app.post_json("/in/shop", bad, &signed_headers(bad, "m5", now)).await).await;
-    assert_eq!((status, e["error"].as_str()), (422, Some("schema_violation")), "{e}");
+    let (status, e) = error_of(
+        app.post_json("/in/shop", bad, &signed_headers(bad, "m5", now))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (422, Some("schema_violation")),
+        "{e}"
+    );
     let mut pointers: Vec<(String, String)> = e["details"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["pointer"].as_str().unwrap().to_string(), d["message"].as_str().unwrap().to_string()))
+        .map(|d| {
+            (
+                d["pointer"].as_str().unwrap().to_string(),
+                d["message"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     pointers.sort();
     assert_eq!(pointers.len(), 2, "{e}");
@@ -83,8 +124,16 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
     assert_eq!(pointers[1].0, "/data/age");
 
     let no_type = r#"{"data":{}}"#;
-    let (status, e) = error_of(app.post_json("/in/shop", no_type, &signed_headers(no_type, "m6", now)).await).await;
-    assert_eq!((status, e["error"].as_str()), (422, Some("missing_event_type")), "{e}");
+    let (status, e) = error_of(
+        app.post_json("/in/shop", no_type, &signed_headers(no_type, "m6", now))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (422, Some("missing_event_type")),
+        "{e}"
+    );
 
     // Generic HMAC (GitHub style): wrong, then right.
     let gh_body = r#"{"action":"opened"}"#;
@@ -92,23 +141,53 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"topsecret").unwrap();
         mac.update(b.as_bytes());
-        format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
+        format!(
+            "sha256={}",
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
     };
-    let gh = |s: String| vec![("x-github-event", "pull_request".to_string()), ("x-hub-signature-256", s)];
-    let (status, _) = error_of(app.post_json("/in/gh", gh_body, &gh(sig("other body"))).await).await;
+    let gh = |s: String| {
+        vec![
+            ("x-github-event", "pull_request".to_string()),
+            ("x-hub-signature-256", s),
+        ]
+    };
+    let (status, _) = error_of(
+        app.post_json("/in/gh", gh_body, &gh(sig("other body")))
+            .await,
+    )
+    .await;
     assert_eq!(status, 401);
 
     assert_eq!(app.event_count().await, 0, "no refused input is stored");
     // The rejected log is written behind the answer: wait for it.
-    wait_until("8 entries in the rejected log", || async { app.state.store.read(ferry::store::count_rejections).await.unwrap() == 8 }).await;
+    wait_until("8 entries in the rejected log", || async {
+        app.state
+            .store
+            .read(ferry::store::count_rejections)
+            .await
+            .unwrap()
+            == 8
+    })
+    .await;
     let (status, log) = app.api_get("/api/v1/rejections").await;
     assert_eq!(status, 200);
     let entries = log["data"].as_array().unwrap();
     assert_eq!(entries.len(), 8, "{log}");
     assert_eq!(entries[0]["source"], "gh", "newest first");
-    let statuses: Vec<i64> = entries.iter().map(|e| e["status"].as_i64().unwrap()).collect();
+    let statuses: Vec<i64> = entries
+        .iter()
+        .map(|e| e["status"].as_i64().unwrap())
+        .collect();
     assert_eq!(statuses, [401, 422, 422, 413, 404, 401, 401, 400]);
-    assert!(entries[2]["reason"].as_str().unwrap().contains("/data/age"), "{log}");
+    assert!(
+        entries[2]["reason"].as_str().unwrap().contains("/data/age"),
+        "{log}"
+    );
     assert_eq!(entries[7]["body"], "{not json");
 
     let accepted = app.post_json("/in/gh", gh_body, &gh(sig(gh_body))).await;
@@ -120,9 +199,20 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
 #[tokio::test]
 async fn the_api_needs_the_token() {
     let (app, _receiver) = app_and_receiver().await;
-    let r = app.http.get(app.url("/api/v1/dead-letters")).send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/api/v1/dead-letters"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.get(app.url("/api/v1/dead-letters")).bearer_auth("wrong").send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/api/v1/dead-letters"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized");
