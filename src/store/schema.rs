@@ -70,24 +70,28 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 "#;
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
+/// `synchronous` is FULL everywhere but on the writer, which commits with OFF and leaves the
+/// fsync to the syncer thread (see `writer::syncer`): nothing is acknowledged before it.
+fn configure(conn: &Connection, synchronous: &str) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk before anyone is told it happened.
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    // 32 MiB of page cache, so hot index pages are not read back from the OS.
-    conn.pragma_update(None, "cache_size", -32_768)?;
     Ok(())
 }
 
-/// Size of the WAL past which the checkpointer makes writers wait for a full checkpoint.
-pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Size of the WAL past which the checkpointer restarts it. A restarted WAL is overwritten
+/// from its start, and overwriting a file costs a cheaper fsync than growing it.
+pub const WAL_RESTART_BYTES: u64 = 4 * 1024 * 1024;
 
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    configure(&conn)?;
+    configure(&conn, "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    // Committed pages are made durable by the syncer's fdatasync before anyone is answered.
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
+    conn.pragma_update(None, "cache_size", -16_384)?;
     // Checkpoints run on their own thread (see `writer::checkpointer`), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
@@ -96,7 +100,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 /// A connection for the checkpointer thread.
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    configure(&conn)?;
+    configure(&conn, "FULL")?;
     Ok(conn)
 }
 

@@ -4,7 +4,7 @@
 use super::*;
 use rusqlite::{Connection, OptionalExtension, params};
 
-enum Reply {
+pub(super) enum Reply {
     Ingest(
         oneshot::Sender<Result<IngestOutcome, StoreError>>,
         Result<IngestOutcome, StoreError>,
@@ -45,26 +45,22 @@ impl Reply {
     }
 }
 
-/// Copies committed WAL pages into the database file every half second, off the writer's
-/// path (PASSIVE: never blocks it). If the WAL outgrows [`schema::WAL_LIMIT_BYTES`] anyway, a
-/// RESTART checkpoint makes the writer wait once so the WAL starts over. Ends when the writer
-/// drops `stop`.
-pub(super) fn checkpointer(
-    conn: Connection,
-    wal_path: std::path::PathBuf,
-    stop: std::sync::mpsc::Receiver<()>,
-) {
+/// Copies committed WAL pages into the database file off the writer's path. Every 250 ms a
+/// PASSIVE checkpoint (never blocks the writer) copies what is committed; once the WAL has
+/// passed [`schema::WAL_RESTART_BYTES`], a RESTART checkpoint (which has little left to copy)
+/// makes the next commit start the WAL over. Ends when the writer drops `stop`.
+pub(super) fn checkpointer(conn: Connection, wal_path: std::path::PathBuf, stop: std::sync::mpsc::Receiver<()>) {
     loop {
-        match stop.recv_timeout(std::time::Duration::from_millis(500)) {
+        match stop.recv_timeout(std::time::Duration::from_millis(250)) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let big = std::fs::metadata(&wal_path)
-            .map(|m| m.len() > super::schema::WAL_LIMIT_BYTES)
-            .unwrap_or(false);
-        let mode = if big { "RESTART" } else { "PASSIVE" };
-        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-            tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+        let wal_size = std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
+        let modes: &[&str] = if wal_size > super::schema::WAL_RESTART_BYTES { &["PASSIVE", "RESTART"] } else { &["PASSIVE"] };
+        for mode in modes {
+            if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+                tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+            }
         }
     }
 }
@@ -74,19 +70,21 @@ pub(super) fn run(
     mut rx: mpsc::Receiver<WriteOp>,
     options: StoreOptions,
     _checkpointer: std::sync::mpsc::Sender<()>,
+    to_syncer: std::sync::mpsc::Sender<Vec<Reply>>,
 ) {
     let mut batch = Vec::with_capacity(options.max_batch);
     let mut rejections_since_prune = 0usize;
-    let mut last_batch = 0usize;
     let mut stats = BatchStats::default();
-    while let Some(first) = rx.blocking_recv() {
-        let idle_until = std::time::Instant::now();
+    while let Some(first) = recv_soon(&mut rx) {
         batch.push(first);
-        collect_batch(&mut rx, &mut batch, options.max_batch, last_batch > 1);
-        last_batch = batch.len();
+        while batch.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
         let applying = std::time::Instant::now();
         stats.ops += batch.len() as u64;
-        stats.collect += applying - idle_until;
         let mut replies = Vec::with_capacity(batch.len());
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
@@ -146,7 +144,12 @@ pub(super) fn run(
         stats.batches += 1;
         stats.maybe_report();
         match committed {
-            Ok(()) => replies.into_iter().for_each(|r| r.send(None)),
+            // Committed but not yet on disk: the syncer answers once it is.
+            Ok(()) => {
+                if let Err(unsent) = to_syncer.send(replies) {
+                    unsent.0.into_iter().for_each(|r| r.send(Some("the syncer has stopped")));
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "a write transaction failed to commit");
                 let message = e.to_string();
@@ -154,8 +157,58 @@ pub(super) fn run(
             }
         }
     }
-    // Every handle is gone: close cleanly so the WAL is checkpointed.
+    // Every handle is gone: let the syncer answer the last batches, then close cleanly with a
+    // synced checkpoint.
+    drop(to_syncer);
+    let _ = conn.pragma_update(None, "synchronous", "FULL");
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+/// Makes committed batches durable: one `fdatasync` of the WAL covers every batch committed
+/// before it started, so while the disk syncs, the writer goes on committing the next ones.
+/// Only then are the callers answered. Ends when the writer drops its sender.
+pub(super) fn syncer(wal_path: std::path::PathBuf, batches: std::sync::mpsc::Receiver<Vec<Reply>>) {
+    let mut wal: Option<std::fs::File> = None;
+    let mut stats = (std::time::Instant::now(), 0u64, 0u64, std::time::Duration::ZERO);
+    while let Some(mut replies) = recv_soon_std(&batches) {
+        let mut committed = 1;
+        while let Ok(more) = batches.try_recv() {
+            replies.extend(more);
+            committed += 1;
+        }
+        let started = std::time::Instant::now();
+        let synced = sync_wal(&mut wal, &wal_path);
+        stats.1 += 1;
+        stats.2 += committed;
+        stats.3 += started.elapsed();
+        match synced {
+            Ok(()) => replies.into_iter().for_each(|r| r.send(None)),
+            Err(e) => {
+                tracing::error!(error = %e, path = %wal_path.display(), "cannot sync the WAL; the writes of these requests are not known to be on disk");
+                let message = format!("syncing the WAL failed: {e}");
+                replies.into_iter().for_each(|r| r.send(Some(&message)));
+            }
+        }
+        if stats.0.elapsed() >= std::time::Duration::from_secs(5) {
+            tracing::debug!(
+                fsyncs = stats.1,
+                commits_per_fsync = format!("{:.1}", stats.2 as f64 / stats.1 as f64),
+                fsync_us = stats.3.as_micros() as u64 / stats.1,
+                "store syncer"
+            );
+            stats = (std::time::Instant::now(), 0, 0, std::time::Duration::ZERO);
+        }
+    }
+}
+
+fn sync_wal(wal: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
+    if wal.is_none() {
+        *wal = Some(std::fs::File::open(path)?);
+    }
+    match wal {
+        Some(file) => file.sync_data(),
+        None => Ok(()),
+    }
 }
 
 /// Writer figures, logged at debug level every few seconds (`FERRY_LOG=ferry::store=debug`).
@@ -163,7 +216,6 @@ struct BatchStats {
     since: std::time::Instant,
     batches: u64,
     ops: u64,
-    collect: std::time::Duration,
     apply: std::time::Duration,
     commit: std::time::Duration,
 }
@@ -174,7 +226,6 @@ impl Default for BatchStats {
             since: std::time::Instant::now(),
             batches: 0,
             ops: 0,
-            collect: Default::default(),
             apply: Default::default(),
             commit: Default::default(),
         }
@@ -190,10 +241,9 @@ impl BatchStats {
         tracing::debug!(
             batches = self.batches,
             ops_per_batch = self.ops / self.batches,
-            collect_us = per_batch(self.collect),
             apply_us = per_batch(self.apply),
             commit_us = per_batch(self.commit),
-            busy_pct = ((self.collect + self.apply + self.commit).as_secs_f64()
+            busy_pct = ((self.apply + self.commit).as_secs_f64()
                 / self.since.elapsed().as_secs_f64()
                 * 100.0) as u64,
             "store writer"
@@ -202,36 +252,33 @@ impl BatchStats {
     }
 }
 
-/// How long the writer may linger for a batch to fill, under load.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(400);
-/// How often it looks for more while lingering.
-const LINGER_POLL: std::time::Duration = std::time::Duration::from_micros(40);
+/// Under load the next op usually comes within microseconds. Parking the thread and being
+/// woken again costs far more than that on a virtual machine (a cross-CPU interrupt per wake),
+/// so both store threads look again for a short while, yielding the CPU, before they park.
+const POLL_BEFORE_PARKING: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// Takes what is queued. Under load (`busy`: the last batch had company) it lingers while the
-/// batch keeps growing, up to [`LINGER`]: a commit costs one fsync whatever its size, so a
-/// batch cut short makes everyone who arrives a moment later wait a whole extra commit. When
-/// idle it commits at once, so a lone request pays no linger.
-fn collect_batch(
-    rx: &mut mpsc::Receiver<WriteOp>,
-    batch: &mut Vec<WriteOp>,
-    max: usize,
-    busy: bool,
-) {
+fn recv_soon(rx: &mut mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
     let started = std::time::Instant::now();
-    loop {
-        let before = batch.len();
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+    while started.elapsed() < POLL_BEFORE_PARKING {
+        match rx.try_recv() {
+            Ok(op) => return Some(op),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
-        let grew = batch.len() > before;
-        if !busy || batch.len() >= max || (!grew && before > 1) || started.elapsed() >= LINGER {
-            return;
-        }
-        std::thread::sleep(LINGER_POLL);
     }
+    rx.blocking_recv()
+}
+
+fn recv_soon_std<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < POLL_BEFORE_PARKING {
+        match rx.try_recv() {
+            Ok(item) => return Some(item),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+    rx.recv().ok()
 }
 
 fn fail_op(op: WriteOp, message: &str) {
