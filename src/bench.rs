@@ -51,7 +51,7 @@ pub enum BenchError {
 }
 
 /// The bare handler the figures are compared with: reads the body, answers 202.
-pub async fn serve_bare(listen: SocketAddr) -> std::io::Result<()> {
+pub async fn serve_bare(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route(
             "/in/{source}",
@@ -64,7 +64,6 @@ pub async fn serve_bare(listen: SocketAddr) -> std::io::Result<()> {
             }),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await
 }
 
@@ -99,23 +98,36 @@ impl Target {
     }
 }
 
-fn free_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
+/// Starts `ferry ARGS --listen 127.0.0.1:0` and reads the address it announces on stdout.
 async fn start_target(args: &[String]) -> Result<Target, BenchError> {
-    let addr = free_addr()?;
-    let child = tokio::process::Command::new(std::env::current_exe()?)
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
-        .args(["--listen".to_string(), addr.to_string()])
+        .args(["--listen", "127.0.0.1:0"])
         .env(
             "FERRY_LOG",
             std::env::var("FERRY_BENCH_TARGET_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .env("FERRY_API_TOKEN", "bench")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| std::io::Error::other("the target did not announce its address in 30s"))??
+        .unwrap_or_default();
+    let addr: SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!("unexpected first line from the target: {line:?}"))
+        })?;
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(Target { child, addr });

@@ -88,8 +88,12 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Bench(args) => ferry::bench::run(args).map_err(Into::into),
         Command::BenchBare { listen } => runtime().and_then(|rt| {
-            rt.block_on(ferry::bench::serve_bare(listen))
-                .map_err(Into::into)
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                announce(listener.local_addr()?);
+                ferry::bench::serve_bare(listener).await
+            })
+            .map_err(Into::into)
         }),
     };
     match result {
@@ -169,10 +173,20 @@ async fn serve(
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    announce(addr);
     tracing::info!(%addr, data = %data.display(), "ferry is serving; the API token is {token_note}");
     ferry::app::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The one line `serve` writes to stdout: where it listens (with `--listen 127.0.0.1:0`, the
+/// port the system chose). Scripts and tests read it.
+fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ferry listening on http://{addr}");
+    let _ = out.flush();
 }
 
 async fn shutdown_signal() {

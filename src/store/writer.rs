@@ -49,16 +49,26 @@ impl Reply {
 /// PASSIVE checkpoint (never blocks the writer) copies what is committed; once the WAL has
 /// passed [`schema::WAL_RESTART_BYTES`], a RESTART checkpoint (which has little left to copy)
 /// makes the next commit start the WAL over. Ends when the writer drops `stop`.
-pub(super) fn checkpointer(conn: Connection, wal_path: std::path::PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+pub(super) fn checkpointer(
+    conn: Connection,
+    wal_path: std::path::PathBuf,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     loop {
         match stop.recv_timeout(std::time::Duration::from_millis(250)) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         let wal_size = std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
-        let modes: &[&str] = if wal_size > super::schema::WAL_RESTART_BYTES { &["PASSIVE", "RESTART"] } else { &["PASSIVE"] };
+        let modes: &[&str] = if wal_size > super::schema::WAL_RESTART_BYTES {
+            &["PASSIVE", "RESTART"]
+        } else {
+            &["PASSIVE"]
+        };
         for mode in modes {
-            if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            if let Err(e) =
+                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            {
                 tracing::warn!(error = %e, mode, "WAL checkpoint failed");
             }
         }
@@ -147,7 +157,10 @@ pub(super) fn run(
             // Committed but not yet on disk: the syncer answers once it is.
             Ok(()) => {
                 if let Err(unsent) = to_syncer.send(replies) {
-                    unsent.0.into_iter().for_each(|r| r.send(Some("the syncer has stopped")));
+                    unsent
+                        .0
+                        .into_iter()
+                        .for_each(|r| r.send(Some("the syncer has stopped")));
                 }
             }
             Err(e) => {
@@ -169,7 +182,12 @@ pub(super) fn run(
 /// Only then are the callers answered. Ends when the writer drops its sender.
 pub(super) fn syncer(wal_path: std::path::PathBuf, batches: std::sync::mpsc::Receiver<Vec<Reply>>) {
     let mut wal: Option<std::fs::File> = None;
-    let mut stats = (std::time::Instant::now(), 0u64, 0u64, std::time::Duration::ZERO);
+    let mut stats = (
+        std::time::Instant::now(),
+        0u64,
+        0u64,
+        std::time::Duration::ZERO,
+    );
     while let Some(mut replies) = recv_soon_std(&batches) {
         let mut committed = 1;
         while let Ok(more) = batches.try_recv() {

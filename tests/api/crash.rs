@@ -8,45 +8,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_ferry(
     config: &std::path::Path,
     data: &std::path::Path,
-    port: u16,
-) -> tokio::process::Child {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("FERRY_API_TOKEN", TOKEN)
-        .env("FERRY_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ferry serve");
-    let client = client();
-    wait_until("ferry serve is ready", || {
-        let client = client.clone();
-        async move {
-            client
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
-    child
+) -> (tokio::process::Child, String) {
+    let args = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    spawn_serve(
+        &args,
+        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
+        std::process::Stdio::inherit(),
+    )
+    .await
 }
 
 /// Event numbers seen by a receiver, with how often each arrived.
@@ -89,21 +67,20 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     )
     .unwrap();
     let data = dir.path().join("data");
-    let port = free_port();
-    let mut child = start_ferry(&config, &data, port).await;
+    let (mut child, base) = start_ferry(&config, &data).await;
 
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for _ in 0..8 {
-        let (acked, next, stop) = (acked.clone(), next.clone(), stop.clone());
+        let (acked, next, stop, base) = (acked.clone(), next.clone(), stop.clone(), base.clone());
         senders.push(tokio::spawn(async move {
             let client = client();
             while !stop.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let sent = client
-                    .post(format!("http://127.0.0.1:{port}/in/s"))
+                    .post(format!("{base}/in/s"))
                     .header("content-type", "application/json")
                     .body(format!(r#"{{"type":"t","n":{n}}}"#))
                     .send()
@@ -133,7 +110,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     assert!(acked.len() >= acked_before_kill);
     let delivered_before_restart = quick.count();
 
-    let mut child = start_ferry(&config, &data, free_port()).await;
+    let (mut child, _) = start_ferry(&config, &data).await;
     for receiver in [&quick, &slow, &flaky] {
         wait_until(
             &format!("every acknowledged event at {}", receiver.url),

@@ -151,6 +151,49 @@ impl TestApp {
     }
 }
 
+/// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it
+/// announced on stdout (the child picks its own port, so no two tests can race for one).
+pub async fn spawn_serve(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("FERRY_API_TOKEN");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ferry serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("ferry announces its address")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .strip_prefix("ferry listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    let http = client();
+    wait_until("ferry serve is ready", || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    (child, base)
+}
+
 /// A plain HTTP client for tests (reqwest is built without a default TLS provider).
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

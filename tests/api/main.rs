@@ -3,8 +3,10 @@
 
 mod helpers;
 
+mod cli;
 mod crash;
 mod fanout;
 mod idempotency;
+mod overload;
 mod retries;
 mod validation;

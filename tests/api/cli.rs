@@ -1,0 +1,210 @@
+//! The `ferry` binary as a person runs it: `validate`, `serve` refusing a bad config, the
+//! generated API token, and JSON logs that never show a secret or a signature.
+
+use crate::helpers::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+const BAD: &str = r#"
+sources:
+  - id: shop
+    kind: webhook
+    verify: { scheme: none }
+destinations:
+  - id: crm
+    kind: http
+    url: http://127.0.0.1:9/hooks
+flows:
+  - id: f
+    on: { source: shop }
+    steps:
+      - deliver: [crm, ghost]
+"#;
+
+#[test]
+fn validate_reports_every_error_with_its_place_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, BAD).unwrap();
+    let out = ferry()
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the config has 2 errors"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:7 (destination crm): `url`: address 127.0.0.1 is loopback"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("bad.yaml:11 (flow f), step 1: `deliver`: no destination has the id `ghost`"),
+        "{stderr}"
+    );
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        BAD.replace(", ghost", "").replace(
+            "sources:",
+            "settings: { allow_private_destinations: true }\nsources:",
+        ),
+    )
+    .unwrap();
+    let out = ferry()
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ok (1 sources, 0 event types, 1 destinations, 1 flows)")
+    );
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, BAD).unwrap();
+    let out = ferry()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no destination has the id `ghost`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_generates_a_token_and_logs_no_secret() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    let hmac_secret = "gh-hmac-secret-value-1234";
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true }}
+sources:
+  - {{ id: shop, kind: webhook, verify: {{ scheme: standard-webhooks, secret: "${{SHOP_SECRET}}" }} }}
+  - {{ id: gh, kind: webhook, verify: {{ scheme: hmac, header: X-Hub-Signature-256, secret: "{hmac_secret}" }}, event_type: {{ from: header, name: X-GitHub-Event }} }}
+destinations: [ {{ id: d, kind: http, url: "{}", signing: {{ secret: "${{SHOP_SECRET}}" }}, retry: {{ max_attempts: 1 }} }} ]
+flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: d }} ] }} ]
+"#,
+            receiver.url
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    let (mut child, base) = spawn_serve(
+        &args,
+        &[("SHOP_SECRET", SECRET), ("FERRY_LOG", "trace")],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let http = client();
+
+    let token_file = ferry::app::token_path(&data);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let r = http
+        .get(format!("{base}/api/v1/dead-letters"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let body = r#"{"type":"order.created","total":5}"#;
+    let now = ferry::clock::system_now_ms() / 1000;
+    let signed = signed_headers(body, "msg_log_1", now);
+    let mut request = http
+        .post(format!("{base}/in/shop"))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in &signed {
+        request = request.header(*k, v);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 202);
+    let forged = http
+        .post(format!("{base}/in/gh"))
+        .header("x-github-event", "push")
+        .header("x-hub-signature-256", "sha256=00ff")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    receiver.wait_for(1).await;
+    let outgoing_signature = receiver.requests()[0].headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.lines().count() > 3, "{logs}");
+    for line in logs.lines() {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(parsed["level"].is_string(), "{line}");
+    }
+    let secret_b64 = SECRET.trim_start_matches("whsec_");
+    for needle in [
+        secret_b64,
+        hmac_secret,
+        token.trim(),
+        signed[2].1.trim_start_matches("v1,"),
+        outgoing_signature.trim_start_matches("v1,"),
+    ] {
+        assert!(
+            !logs.contains(needle),
+            "a log line shows `{needle}`:\n{logs}"
+        );
+    }
+    assert!(
+        logs.contains("input rejected"),
+        "refusals are logged: {logs}"
+    );
+    assert!(
+        logs.contains(&format!("{}", token_file.display())),
+        "the token's file is named: {logs}"
+    );
+}
