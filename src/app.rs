@@ -66,7 +66,11 @@ pub enum ServeError {
 
 /// Opens the store, resumes pending deliveries and returns the state to serve.
 pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
-    let store = Store::open(&options.data_dir, options.store)?;
+    // Opening does blocking file I/O (and may wait for the data directory's lock).
+    let (dir, store_options) = (options.data_dir.clone(), options.store);
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_options))
+        .await
+        .map_err(|e| ServeError::Store(crate::store::StoreError::Corrupt(format!("opening the store panicked: {e}"))))??;
     let api_token = match options.api_token {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,

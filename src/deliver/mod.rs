@@ -175,7 +175,9 @@ impl Dispatcher {
         }
         let (mut new_open, mut control_open) = (true, true);
         let mut last_sweep = 0;
-        while new_open || control_open {
+        // Ends when every `Deliverer` handle is gone (the server stopped). In-flight attempts
+        // still record their outcome; jobs still waiting stay pending in the store.
+        while new_open {
             let now = self.clock.now_ms();
             while let Some(Reverse((due, seq))) = self.waiting.peek().copied() {
                 if due > now {

@@ -32,6 +32,8 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the data directory `{0}` is in use by another Ferry process")]
+    InUse(String),
 }
 
 /// Delivery states as stored.
@@ -197,6 +199,41 @@ struct ReadPool {
     idle: Mutex<Vec<rusqlite::Connection>>,
 }
 
+/// Takes the data directory's lock file (an OS file lock, released when the process ends, even
+/// by SIGKILL). A second process on the same data would own every pending delivery too and
+/// send each one twice. Waits up to 3 s so a process restarting on the same directory (or a
+/// test restarting in-process) can take over from one that is stopping.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("ferry.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse(dir.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::DataDir {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) `ferry.db` in `dir` and starts the writer thread. The thread
     /// ends when every handle is dropped.
@@ -205,6 +242,7 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
+        let lock = lock_data_dir(dir)?;
         let path = dir.join("ferry.db");
         let conn = schema::open_writer(&path)?;
         let checkpoint_conn = schema::open_checkpointer(&path)?;
@@ -227,7 +265,10 @@ impl Store {
             .map_err(spawn_failed)?;
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || writer::run(conn, rx, options, stop_checkpoints, to_syncer))
+            .spawn(move || {
+                writer::run(conn, rx, options, stop_checkpoints, to_syncer);
+                drop(lock);
+            })
             .map_err(spawn_failed)?;
         Ok(Store {
             writer: tx,

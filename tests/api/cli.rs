@@ -208,3 +208,28 @@ flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: d }} ] }} ]
         "the token's file is named: {logs}"
     );
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["serve".as_ref(), "--data".as_ref(), data.as_os_str()];
+    let (_first, _) = spawn_serve(
+        &args,
+        &[("FERRY_API_TOKEN", TOKEN)],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let out = ferry()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("FERRY_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another Ferry process"),
+        "{stderr}"
+    );
+}
