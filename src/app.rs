@@ -70,7 +70,11 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     let (dir, store_options) = (options.data_dir.clone(), options.store);
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_options))
         .await
-        .map_err(|e| ServeError::Store(crate::store::StoreError::Corrupt(format!("opening the store panicked: {e}"))))??;
+        .map_err(|e| {
+            ServeError::Store(crate::store::StoreError::Corrupt(format!(
+                "opening the store panicked: {e}"
+            )))
+        })??;
     let api_token = match options.api_token {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,

@@ -113,7 +113,7 @@ async fn start_receiver(name: &'static str, fail_every: u64) -> Result<SocketAdd
                 let now = crate::clock::system_now_ms() / 1000;
                 let signed = crate::deliver::signing::verify(&key, h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"), &body, now, 300).is_ok();
                 let id = h("webhook-id").unwrap_or("?").to_string();
-                if fail_every > 0 && n % fail_every == 0 {
+                if fail_every > 0 && n.is_multiple_of(fail_every) {
                     println!("[{name:<11}] {id} -> 503 (this receiver fails now and then; Ferry will retry)");
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }

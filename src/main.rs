@@ -112,7 +112,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn validate(path: &PathBuf) -> anyhow::Result<()> {
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     match ferry::config::load_file(path) {
         Ok(c) => {
             println!(

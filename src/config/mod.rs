@@ -328,13 +328,12 @@ impl Checker<'_> {
         let mut sources = BTreeMap::new();
         for s in raw.sources {
             let place = self.places.object("sources", "source", &s.id);
-            if let Some(source) = self.source(&place, s) {
-                if sources
+            if let Some(source) = self.source(&place, s)
+                && sources
                     .insert(source.id.clone(), Arc::new(source))
                     .is_some()
-                {
-                    self.error(place, "a source with this id is already defined");
-                }
+            {
+                self.error(place, "a source with this id is already defined");
             }
         }
         let mut event_types = BTreeMap::new();
@@ -350,13 +349,12 @@ impl Checker<'_> {
         let mut destinations = BTreeMap::new();
         for d in raw.destinations {
             let place = self.places.object("destinations", "destination", &d.id);
-            if let Some(dest) = self.destination(&place, d, &settings) {
-                if destinations
+            if let Some(dest) = self.destination(&place, d, &settings)
+                && destinations
                     .insert(dest.id.clone(), Arc::new(dest))
                     .is_some()
-                {
-                    self.error(place, "a destination with this id is already defined");
-                }
+            {
+                self.error(place, "a destination with this id is already defined");
             }
         }
         let mut flows = Vec::new();
@@ -634,13 +632,13 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if !settings.allow_private_destinations {
-            if let Some(why) = private_host(&url) {
-                self.error(
+        if !settings.allow_private_destinations
+            && let Some(why) = private_host(&url)
+        {
+            self.error(
                     place.to_string(),
                     format!("`url`: {why}; sending there is refused unless `settings.allow_private_destinations: true`"),
                 );
-            }
         }
         let method = match raw
             .method
@@ -752,13 +750,13 @@ impl Checker<'_> {
         let mut names = BTreeSet::new();
         for (index, step) in raw.steps.into_iter().enumerate() {
             let step_place = format!("{place}, step {}", index + 1);
-            if let Some(name) = &step.name {
-                if !names.insert(name.clone()) {
-                    self.error(
-                        step_place.clone(),
-                        format!("step name `{name}` is used twice in this flow"),
-                    );
-                }
+            if let Some(name) = &step.name
+                && !names.insert(name.clone())
+            {
+                self.error(
+                    step_place.clone(),
+                    format!("step name `{name}` is used twice in this flow"),
+                );
             }
             let kinds: Vec<&str> = [
                 ("filter", step.filter.is_some()),

@@ -291,14 +291,19 @@ async fn destination_loop(
             break;
         };
         let (ctx, dest) = (ctx.clone(), dest.clone());
-        tokio::spawn(async move {
-            run_attempt(&ctx, &dest, job).await;
-            drop(slot);
-        });
+        tokio::spawn(async move { run_attempt(&ctx, &dest, job, slot).await });
     }
 }
 
-async fn run_attempt(ctx: &AttemptContext, dest: &Destination, mut job: DeliveryJob) {
+/// Runs one attempt. `slot` is the destination's concurrency slot: it limits requests in
+/// flight to the receiver, so it is given back as soon as the response is read, before the
+/// outcome is recorded.
+async fn run_attempt(
+    ctx: &AttemptContext,
+    dest: &Destination,
+    mut job: DeliveryJob,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let payload = match job.payload.take() {
         Some(p) => p,
         None => {
@@ -332,6 +337,7 @@ async fn run_attempt(ctx: &AttemptContext, dest: &Destination, mut job: Delivery
         payload,
     )
     .await;
+    drop(slot);
     let attempt_no = job.round_attempts + 1;
     let finished_at = ctx.clock.now_ms();
     let next = match result.outcome {
