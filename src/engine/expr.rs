@@ -136,9 +136,46 @@ impl Expr {
     }
 }
 
-/// Parses JSON bytes into an expression input.
+/// The deepest nesting of arrays and objects accepted (serde_json's own limit).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Parses JSON bytes into an expression input. Input nested deeper than [`MAX_JSON_DEPTH`] is
+/// refused before parsing: the parser recurses, and a stack overflow would abort the process.
 pub fn parse_value(bytes: &[u8]) -> Result<Value, String> {
+    if let Some(at) = too_deep(bytes, MAX_JSON_DEPTH) {
+        return Err(format!(
+            "byte offset {at}: nested deeper than {MAX_JSON_DEPTH} levels"
+        ));
+    }
     jaq_json::read::parse_single(bytes).map_err(|e| e.to_string())
+}
+
+/// The offset where nesting first exceeds `max`, skipping the insides of strings.
+fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Converts an expression output back to `serde_json`.
@@ -205,6 +242,29 @@ mod tests {
         assert!(err.contains("failed"), "{err}");
         let halt = Expr::compile("halt").unwrap();
         assert!(halt.first(&v("1")).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = "[".repeat(200_000);
+        assert!(
+            parse_value(deep.as_bytes())
+                .unwrap_err()
+                .contains("nested deeper than 128")
+        );
+        let ok = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert!(parse_value(ok.as_bytes()).is_ok());
+        let in_string = format!(r#"{{"a":"{}"}}"#, "[".repeat(1000));
+        assert!(
+            parse_value(in_string.as_bytes()).is_ok(),
+            "brackets inside strings do not count"
+        );
+        let escaped = r#"{"a":"\\"}"#;
+        assert!(
+            parse_value(escaped.as_bytes()).is_ok(),
+            "{:?}",
+            parse_value(escaped.as_bytes()).err()
+        );
     }
 
     #[test]

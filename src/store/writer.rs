@@ -83,7 +83,7 @@ pub(super) fn run(
     to_syncer: std::sync::mpsc::Sender<Vec<Reply>>,
 ) {
     let mut batch = Vec::with_capacity(options.max_batch);
-    let mut rejections_since_prune = 0usize;
+    let mut rejections_in_batch = 0usize;
     let mut stats = BatchStats::default();
     while let Some(first) = recv_soon(&mut rx) {
         batch.push(first);
@@ -126,7 +126,7 @@ pub(super) fn run(
                     if let Err(e) = reject(&tx, &rejection) {
                         tracing::warn!(error = %e, "could not record a rejection");
                     }
-                    rejections_since_prune += 1;
+                    rejections_in_batch += 1;
                 }
                 WriteOp::Retry {
                     delivery_id,
@@ -138,8 +138,8 @@ pub(super) fn run(
                 }
             }
         }
-        if rejections_since_prune >= 64 {
-            rejections_since_prune = 0;
+        if rejections_in_batch > 0 {
+            rejections_in_batch = 0;
             if let Err(e) = tx.execute(
                 "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?1",
                 params![options.rejected_log_size as i64],

@@ -223,3 +223,79 @@ async fn the_api_needs_the_token() {
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_and_the_server_lives_on() {
+    let (app, receiver) = app_and_receiver().await;
+    let gh = |body: &str| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"topsecret").unwrap();
+        mac.update(body.as_bytes());
+        let sig = format!(
+            "sha256={}",
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        vec![
+            ("x-github-event", "push".to_string()),
+            ("x-hub-signature-256", sig),
+        ]
+    };
+    let deep = "[".repeat(1000);
+    let (status, e) = error_of(app.post_json("/in/gh", &deep, &gh(&deep)).await).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("invalid_json")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested deeper than 128 levels"),
+        "{e}"
+    );
+    let fine = r#"{"ok":true}"#;
+    assert_eq!(app.post_json("/in/gh", fine, &gh(fine)).await.status(), 202);
+    receiver.wait_for(1).await;
+}
+
+#[tokio::test]
+async fn the_rejected_log_keeps_only_its_size() {
+    let app = spawn_app(
+        r#"
+settings: { rejected_log_size: 5 }
+sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
+"#,
+    )
+    .await;
+    for i in 0..20 {
+        let r = app.post_json("/in/s", &format!("not json {i}"), &[]).await;
+        assert_eq!(r.status(), 400);
+    }
+    wait_until("the newest rejection is logged", || async {
+        let (_, log) = app.api_get("/api/v1/rejections?limit=1").await;
+        log["data"][0]["body"] == "not json 19"
+    })
+    .await;
+    let (_, log) = app.api_get("/api/v1/rejections").await;
+    let bodies: Vec<&str> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "not json 19",
+            "not json 18",
+            "not json 17",
+            "not json 16",
+            "not json 15"
+        ]
+    );
+}
