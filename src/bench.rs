@@ -318,6 +318,43 @@ fn cpu_per_request(
     }
 }
 
+fn row(
+    shape: &'static str,
+    figure: impl Into<String>,
+    value: f64,
+    unit: &'static str,
+    ratio: Option<f64>,
+) -> Row {
+    Row {
+        shape,
+        figure: figure.into(),
+        value,
+        unit,
+        ratio,
+    }
+}
+
+/// Adds a p50 and a p99 row for `shape`, each with its ratio to the same percentile of the
+/// baseline. `label` holds `{}` where the percentile's name goes.
+fn push_percentiles(
+    rows: &mut Vec<Row>,
+    shape: &'static str,
+    label: &str,
+    sorted_us: &[u32],
+    baseline_us: &[u32],
+) {
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let value = percentile_ms(sorted_us, p);
+        rows.push(row(
+            shape,
+            label.replace("{}", name),
+            value,
+            "ms",
+            Some(value / percentile_ms(baseline_us, p)),
+        ));
+    }
+}
+
 fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     if sorted_us.is_empty() {
         return f64::NAN;
@@ -351,7 +388,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
 
 struct Row {
     shape: &'static str,
-    figure: &'static str,
+    figure: String,
     value: f64,
     unit: &'static str,
     ratio: Option<f64>,
@@ -390,34 +427,21 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         return Err(BenchError::NoSuccess("bare"));
     }
     let bare_rps = bare_max.ok as f64 / measure.as_secs_f64();
-    rows.push(Row {
-        shape: "bare handler",
-        figure: "requests/s",
-        value: bare_rps,
-        unit: "",
-        ratio: Some(1.0),
-    });
-    rows.push(Row {
-        shape: "bare handler",
-        figure: "CPU per request",
-        value: bare_cpu_us,
-        unit: "us",
-        ratio: Some(1.0),
-    });
-    rows.push(Row {
-        shape: "bare handler",
-        figure: "latency p50 at max load",
-        value: percentile_ms(&bare_max.latencies_us, 0.5),
-        unit: "ms",
-        ratio: Some(1.0),
-    });
-    rows.push(Row {
-        shape: "bare handler",
-        figure: "latency p99 at max load",
-        value: percentile_ms(&bare_max.latencies_us, 0.99),
-        unit: "ms",
-        ratio: Some(1.0),
-    });
+    rows.push(row("bare handler", "requests/s", bare_rps, "", Some(1.0)));
+    rows.push(row(
+        "bare handler",
+        "CPU per request",
+        bare_cpu_us,
+        "us",
+        Some(1.0),
+    ));
+    push_percentiles(
+        &mut rows,
+        "bare handler",
+        "latency {} at max load",
+        &bare_max.latencies_us,
+        &bare_max.latencies_us,
+    );
 
     let mut rss = vec![("bare handler", bare_rss)];
     if args.phases.contains(&Phase::Ingest) {
@@ -430,33 +454,27 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         let ingest_rss = ferry.peak_rss_mb();
         ferry.stop().await;
         let ingest_rps = ingest.ok as f64 / measure.as_secs_f64();
-        rows.push(Row {
-            shape: "ingest only",
-            figure: "events/s",
-            value: ingest_rps,
-            unit: "",
-            ratio: Some(ingest_rps / bare_rps),
-        });
-        rows.push(Row {
-            shape: "ingest only",
-            figure: "CPU per event",
-            value: ingest_cpu_us,
-            unit: "us",
-            ratio: Some(ingest_cpu_us / bare_cpu_us),
-        });
-        for (figure, p) in [
-            ("latency p50 at max load", 0.5),
-            ("latency p99 at max load", 0.99),
-        ] {
-            let v = percentile_ms(&ingest.latencies_us, p);
-            rows.push(Row {
-                shape: "ingest only",
-                figure,
-                value: v,
-                unit: "ms",
-                ratio: Some(v / percentile_ms(&bare_max.latencies_us, p)),
-            });
-        }
+        rows.push(row(
+            "ingest only",
+            "events/s",
+            ingest_rps,
+            "",
+            Some(ingest_rps / bare_rps),
+        ));
+        rows.push(row(
+            "ingest only",
+            "CPU per event",
+            ingest_cpu_us,
+            "us",
+            Some(ingest_cpu_us / bare_cpu_us),
+        ));
+        push_percentiles(
+            &mut rows,
+            "ingest only",
+            "latency {} at max load",
+            &ingest.latencies_us,
+            &bare_max.latencies_us,
+        );
         rss.push(("ingest only", ingest_rss));
         failures.push(("ingest", ingest.failed));
     }
@@ -488,20 +506,20 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             .clear();
         let fanout_eps = fanout.ok as f64 / measure.as_secs_f64();
         let dps = delivered as f64 / measure.as_secs_f64();
-        rows.push(Row {
-            shape: "fan-out to 3",
-            figure: "events/s ingested",
-            value: fanout_eps,
-            unit: "",
-            ratio: Some(fanout_eps / bare_rps),
-        });
-        rows.push(Row {
-            shape: "fan-out to 3",
-            figure: "deliveries/s",
-            value: dps,
-            unit: "",
-            ratio: Some(dps / bare_rps),
-        });
+        rows.push(row(
+            "fan-out to 3",
+            "events/s ingested",
+            fanout_eps,
+            "",
+            Some(fanout_eps / bare_rps),
+        ));
+        rows.push(row(
+            "fan-out to 3",
+            "deliveries/s",
+            dps,
+            "",
+            Some(dps / bare_rps),
+        ));
         rss.push(("fan-out to 3", fanout_rss));
         failures.push(("fan-out", fanout.failed));
     }
@@ -533,32 +551,20 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         let mut e2e =
             std::mem::take(&mut *stats.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
         e2e.sort_unstable();
-        for (figure, p) in [
-            ("ingest p50 at fixed rate", 0.5),
-            ("ingest p99 at fixed rate", 0.99),
-        ] {
-            let v = percentile_ms(&fixed.latencies_us, p);
-            rows.push(Row {
-                shape: "fixed rate",
-                figure,
-                value: v,
-                unit: "ms",
-                ratio: Some(v / percentile_ms(&bare_fixed.latencies_us, p)),
-            });
-        }
-        for (figure, p) in [
-            ("ingest-to-delivery p50", 0.5),
-            ("ingest-to-delivery p99", 0.99),
-        ] {
-            let v = percentile_ms(&e2e, p);
-            rows.push(Row {
-                shape: "fixed rate",
-                figure,
-                value: v,
-                unit: "ms",
-                ratio: Some(v / percentile_ms(&bare_fixed.latencies_us, p)),
-            });
-        }
+        push_percentiles(
+            &mut rows,
+            "fixed rate",
+            "ingest {} at fixed rate",
+            &fixed.latencies_us,
+            &bare_fixed.latencies_us,
+        );
+        push_percentiles(
+            &mut rows,
+            "fixed rate",
+            "ingest-to-delivery {}",
+            &e2e,
+            &bare_fixed.latencies_us,
+        );
         rss.push(("fixed rate", latency_rss));
         failures.push(("fixed rate", fixed.failed));
         eprintln!(
@@ -568,13 +574,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         );
     }
     for (shape, rss) in rss {
-        rows.push(Row {
-            shape,
-            figure: "peak RSS",
-            value: rss.unwrap_or(f64::NAN),
-            unit: "MB",
-            ratio: None,
-        });
+        rows.push(row(shape, "peak RSS", rss.unwrap_or(f64::NAN), "MB", None));
     }
 
     println!();

@@ -30,6 +30,14 @@ const UNSTORED_HEADERS: &[&str] = &[
     "x-hub-signature-256",
 ];
 
+fn invalid_json(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        format!("the body is not JSON: {e}"),
+    )
+}
+
 pub async fn receive(
     State(app): State<AppState>,
     Path(source_id): Path<String>,
@@ -111,14 +119,7 @@ pub async fn receive(
     let payload = match expr::parse_value(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            return reject(
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("the body is not JSON: {e}"),
-                ),
-                &bytes,
-            );
+            return reject(invalid_json(e), &bytes);
         }
     };
     let header = |name: &str| {
@@ -167,14 +168,7 @@ pub async fn receive(
         let json: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                return reject(
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_json",
-                        format!("the body is not JSON: {e}"),
-                    ),
-                    &bytes,
-                );
+                return reject(invalid_json(e), &bytes);
             }
         };
         let violations: Vec<serde_json::Value> = validator

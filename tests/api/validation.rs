@@ -37,6 +37,20 @@ flows:
     (app, receiver)
 }
 
+/// Sends a request that must be refused with `status` and error `code`; returns the error body.
+async fn expect_refusal(
+    app: &TestApp,
+    path: &str,
+    body: &str,
+    headers: &[(&str, String)],
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    let (got, e) = error_of(app.post_json(path, body, headers).await).await;
+    assert_eq!((got, e["error"].as_str()), (status, Some(code)), "{e}");
+    e
+}
+
 async fn error_of(r: reqwest::Response) -> (u16, serde_json::Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
@@ -47,65 +61,48 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
     let now = app.clock.now_secs();
 
     let body = "{not json";
-    let (status, e) = error_of(
-        app.post_json("/in/shop", body, &signed_headers(body, "m1", now))
-            .await,
+    expect_refusal(
+        &app,
+        "/in/shop",
+        body,
+        &signed_headers(body, "m1", now),
+        400,
+        "invalid_json",
     )
     .await;
-    assert_eq!(
-        (status, e["error"].as_str()),
-        (400, Some("invalid_json")),
-        "{e}"
-    );
 
     let body = r#"{"type":"user.created","data":{"email":"a@b.c"}}"#;
     let mut wrong = signed_headers(body, "m2", now);
     wrong[2].1 = "v1,bm90IHRoZSByaWdodCBzaWduYXR1cmUgYXQgYWxsIQ==".into();
-    let (status, e) = error_of(app.post_json("/in/shop", body, &wrong).await).await;
-    assert_eq!(
-        (status, e["error"].as_str()),
-        (401, Some("invalid_signature")),
-        "{e}"
-    );
+    expect_refusal(&app, "/in/shop", body, &wrong, 401, "invalid_signature").await;
 
-    let (status, e) = error_of(
-        app.post_json("/in/shop", body, &signed_headers(body, "m3", now - 600))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 401, "{e}");
+    let stale = signed_headers(body, "m3", now - 600);
+    let e = expect_refusal(&app, "/in/shop", body, &stale, 401, "invalid_signature").await;
     assert!(e["message"].as_str().unwrap().contains("timestamp"), "{e}");
 
-    let (status, e) = error_of(app.post_json("/in/nowhere", body, &[]).await).await;
-    assert_eq!(
-        (status, e["error"].as_str()),
-        (404, Some("unknown_source")),
-        "{e}"
-    );
+    expect_refusal(&app, "/in/nowhere", body, &[], 404, "unknown_source").await;
 
     let big = format!(r#"{{"type":"user.created","pad":"{}"}}"#, "x".repeat(4096));
-    let (status, e) = error_of(
-        app.post_json("/in/shop", &big, &signed_headers(&big, "m4", now))
-            .await,
+    expect_refusal(
+        &app,
+        "/in/shop",
+        &big,
+        &signed_headers(&big, "m4", now),
+        413,
+        "payload_too_large",
     )
     .await;
-    assert_eq!(
-        (status, e["error"].as_str()),
-        (413, Some("payload_too_large")),
-        "{e}"
-    );
 
     let bad = r#"{"type":"user.created","data":{"age":-3}}"#;
-    let (status, e) = error_of(
-        app.post_json("/in/shop", bad, &signed_headers(bad, "m5", now))
-            .await,
+    let e = expect_refusal(
+        &app,
+        "/in/shop",
+        bad,
+        &signed_headers(bad, "m5", now),
+        422,
+        "schema_violation",
     )
     .await;
-    assert_eq!(
-        (status, e["error"].as_str()),
-        (422, Some("schema_violation")),
-        "{e}"
-    );
     let mut pointers: Vec<(String, String)> = e["details"]
         .as_array()
         .unwrap()
@@ -124,16 +121,15 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
     assert_eq!(pointers[1].0, "/data/age");
 
     let no_type = r#"{"data":{}}"#;
-    let (status, e) = error_of(
-        app.post_json("/in/shop", no_type, &signed_headers(no_type, "m6", now))
-            .await,
+    expect_refusal(
+        &app,
+        "/in/shop",
+        no_type,
+        &signed_headers(no_type, "m6", now),
+        422,
+        "missing_event_type",
     )
     .await;
-    assert_eq!(
-        (status, e["error"].as_str()),
-        (422, Some("missing_event_type")),
-        "{e}"
-    );
 
     // Generic HMAC (GitHub style): wrong, then right.
     let gh_body = r#"{"action":"opened"}"#;
