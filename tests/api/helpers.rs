@@ -88,6 +88,14 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// Posts an event that must be accepted (`202`); returns its id.
+    pub async fn accept(&self, path: &str, body: &str, headers: &[(&str, String)]) -> String {
+        let response = self.post_json(path, body, headers).await;
+        assert_eq!(response.status(), 202);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        answer["event_id"].as_str().unwrap().to_string()
+    }
+
     pub async fn api_get(&self, path: &str) -> (StatusCode, serde_json::Value) {
         let r = self
             .http
@@ -314,6 +322,20 @@ impl Receiver {
         })
         .await;
     }
+}
+
+/// The `sha256=<hex>` HMAC signature GitHub-style senders put in `X-Hub-Signature-256`.
+pub fn hub_signature(secret: &[u8], body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
 }
 
 /// Signs `body` the Standard Webhooks way with the `standardwebhooks` crate (not Ferry's signer).

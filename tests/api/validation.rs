@@ -133,19 +133,7 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
 
     // Generic HMAC (GitHub style): wrong, then right.
     let gh_body = r#"{"action":"opened"}"#;
-    let sig = |b: &str| {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"topsecret").unwrap();
-        mac.update(b.as_bytes());
-        format!(
-            "sha256={}",
-            mac.finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
-    };
+    let sig = |b: &str| hub_signature(b"topsecret", b);
     let gh = |s: String| {
         vec![
             ("x-github-event", "pull_request".to_string()),
@@ -224,17 +212,7 @@ async fn the_api_needs_the_token() {
 async fn deeply_nested_json_is_refused_and_the_server_lives_on() {
     let (app, receiver) = app_and_receiver().await;
     let gh = |body: &str| {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"topsecret").unwrap();
-        mac.update(body.as_bytes());
-        let sig = format!(
-            "sha256={}",
-            mac.finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let sig = hub_signature(b"topsecret", body);
         vec![
             ("x-github-event", "push".to_string()),
             ("x-hub-signature-256", sig),
