@@ -128,3 +128,29 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow, fast] }} ] }
         "the slow destination has only its concurrency limit in flight"
     );
 }
+
+#[tokio::test]
+async fn deliveries_reuse_a_kept_alive_connection() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: d, kind: http, url: "{}" }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
+"#,
+        receiver.url
+    ))
+    .await;
+    for i in 0..5 {
+        app.accept("/in/s", &format!(r#"{{"type":"t","n":{i}}}"#), &[])
+            .await;
+        receiver.wait_for(i + 1).await;
+    }
+    let peers: std::collections::HashSet<_> = receiver.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "five deliveries one after another share one connection: {peers:?}"
+    );
+}

@@ -228,6 +228,8 @@ where
 pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The client's address: the same for requests over one kept-alive connection.
+    pub peer: SocketAddr,
 }
 
 #[derive(Clone, Debug)]
@@ -273,34 +275,45 @@ impl Receiver {
         let state = r.clone();
         let app = axum::Router::new().route(
             "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let state = state.clone();
-                async move {
-                    state
-                        .requests
-                        .lock()
-                        .unwrap()
-                        .push(Recorded { headers, body });
-                    let reply = state
-                        .script
-                        .lock()
-                        .unwrap()
-                        .pop_front()
-                        .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
-                    if !reply.delay.is_zero() {
-                        tokio::time::sleep(reply.delay).await;
+            axum::routing::post(
+                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+                      headers: HeaderMap,
+                      body: Bytes| {
+                    let state = state.clone();
+                    async move {
+                        state.requests.lock().unwrap().push(Recorded {
+                            headers,
+                            body,
+                            peer,
+                        });
+                        let reply = state
+                            .script
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+                        if !reply.delay.is_zero() {
+                            tokio::time::sleep(reply.delay).await;
+                        }
+                        let mut response = axum::http::Response::builder().status(reply.status);
+                        for (k, v) in reply.headers {
+                            response = response.header(k, v);
+                        }
+                        response
+                            .body(axum::body::Body::from("{\"received\":true}"))
+                            .unwrap()
                     }
-                    let mut response = axum::http::Response::builder().status(reply.status);
-                    for (k, v) in reply.headers {
-                        response = response.header(k, v);
-                    }
-                    response
-                        .body(axum::body::Body::from("{\"received\":true}"))
-                        .unwrap()
-                }
-            }),
+                },
+            ),
         );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap()
+        });
         r
     }
 

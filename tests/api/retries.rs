@@ -253,3 +253,35 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
         "the retry ran at its stored time"
     );
 }
+
+#[tokio::test]
+async fn dead_letters_page_without_loss_or_repetition() {
+    let receiver = Receiver::start_with(Reply::status(410)).await;
+    let app = app_for(&receiver, "{ max_attempts: 3 }").await;
+    let mut dead = Vec::new();
+    for _ in 0..5 {
+        let delivery = send(&app).await;
+        app.wait_attempts(&delivery, 1).await;
+        dead.push(delivery);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/dead-letters?limit=2".to_string();
+    loop {
+        let (status, page) = app.api_get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["data"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(cursor) => path = format!("/api/v1/dead-letters?limit=2&after={cursor}"),
+            None => break,
+        }
+    }
+    dead.reverse();
+    assert_eq!(seen, dead, "every dead letter once, newest first");
+    let (status, e) = app.api_get("/api/v1/dead-letters?limit=0").await;
+    assert_eq!(
+        (status.as_u16(), e["error"].as_str()),
+        (400, Some("invalid_limit"))
+    );
+}
