@@ -13,6 +13,9 @@ type Program = jaq_core::compile::Filter<Native<JustLut<Val>>>;
 pub struct Expr {
     code: Arc<str>,
     program: Arc<Program>,
+    /// The field names when the program is a plain path such as `.data.type`: such paths are
+    /// read straight from the raw JSON, without building the whole value.
+    field_path: Option<Arc<[String]>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -91,7 +94,33 @@ impl Expr {
         Ok(Expr {
             code: code.into(),
             program: Arc::new(program),
+            field_path: field_path(code),
         })
+    }
+
+    /// Like [`Expr::string`], on a lazily parsed payload. A plain field path whose value is a
+    /// string, null or absent is read from the raw JSON; anything else (another kind of value,
+    /// a non-object on the way) runs the program, so the answer is always jq's.
+    pub fn string_of(&self, payload: &mut Payload<'_>) -> Result<Option<String>, ExprError> {
+        if let Some(path) = &self.field_path {
+            if let Some(found) = read_field_path(payload.bytes, path) {
+                return Ok(found);
+            }
+        }
+        let value = payload.value().map_err(|message| ExprError::Runtime {
+            code: self.code.to_string(),
+            message,
+        })?;
+        self.string(value)
+    }
+
+    /// Like [`Expr::truthy`], on a lazily parsed payload.
+    pub fn truthy_of(&self, payload: &mut Payload<'_>) -> Result<bool, ExprError> {
+        let value = payload.value().map_err(|message| ExprError::Runtime {
+            code: self.code.to_string(),
+            message,
+        })?;
+        self.truthy(value)
     }
 
     pub fn code(&self) -> &str {
@@ -136,18 +165,91 @@ impl Expr {
     }
 }
 
+/// A request body that is known to be JSON, parsed into an expression input only when an
+/// expression first needs the whole value.
+pub struct Payload<'a> {
+    bytes: &'a [u8],
+    parsed: Option<Value>,
+}
+
+impl<'a> Payload<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Payload {
+            bytes,
+            parsed: None,
+        }
+    }
+
+    pub fn value(&mut self) -> Result<&Value, String> {
+        if self.parsed.is_none() {
+            self.parsed = Some(parse_value(self.bytes)?);
+        }
+        self.parsed.as_ref().ok_or_else(|| "no value".to_string())
+    }
+}
+
+/// `Some(["a", "b"])` for a program that is exactly `.a.b` (identifier-like names only).
+fn field_path(code: &str) -> Option<Arc<[String]>> {
+    let code = code.trim();
+    if !code.starts_with('.') || code.len() < 2 {
+        return None;
+    }
+    let names: Vec<String> = code[1..].split('.').map(str::to_string).collect();
+    let identifier = |n: &String| {
+        n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    names.iter().all(identifier).then(|| names.into())
+}
+
+/// Follows `path` through the raw JSON. `Some(Some(s))` for a string, `Some(None)` for null or
+/// a missing field (jq gives null), `None` when jq must decide (another kind of value, or a
+/// non-object on the way, where jq may raise an error).
+fn read_field_path(bytes: &[u8], path: &[String]) -> Option<Option<String>> {
+    use serde_json::value::RawValue;
+    let mut raw: &RawValue = serde_json::from_slice(bytes).ok()?;
+    for name in path {
+        let text = raw.get().trim_start();
+        if text.starts_with("null") {
+            return Some(None);
+        }
+        if !text.starts_with('{') {
+            return None;
+        }
+        let object: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+            serde_json::from_str(raw.get()).ok()?;
+        match object.get(name.as_str()) {
+            Some(inner) => raw = inner,
+            None => return Some(None),
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
+        serde_json::Value::String(s) => Some(Some(s)),
+        serde_json::Value::Null => Some(None),
+        _ => None,
+    }
+}
+
 /// The deepest nesting of arrays and objects accepted (serde_json's own limit).
 pub const MAX_JSON_DEPTH: usize = 128;
 
 /// Parses JSON bytes into an expression input. Input nested deeper than [`MAX_JSON_DEPTH`] is
 /// refused before parsing: the parser recurses, and a stack overflow would abort the process.
 pub fn parse_value(bytes: &[u8]) -> Result<Value, String> {
-    if let Some(at) = too_deep(bytes, MAX_JSON_DEPTH) {
-        return Err(format!(
-            "byte offset {at}: nested deeper than {MAX_JSON_DEPTH} levels"
-        ));
-    }
+    check_depth(bytes)?;
     jaq_json::read::parse_single(bytes).map_err(|e| e.to_string())
+}
+
+/// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`] (one pass over the bytes).
+pub fn check_depth(bytes: &[u8]) -> Result<(), String> {
+    match too_deep(bytes, MAX_JSON_DEPTH) {
+        Some(at) => Err(format!(
+            "byte offset {at}: nested deeper than {MAX_JSON_DEPTH} levels"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The offset where nesting first exceeds `max`, skipping the insides of strings.
@@ -242,6 +344,39 @@ mod tests {
         assert!(err.contains("failed"), "{err}");
         let halt = Expr::compile("halt").unwrap();
         assert!(halt.first(&v("1")).is_err());
+    }
+
+    #[test]
+    fn plain_paths_read_from_raw_json_agree_with_jq() {
+        for code in [
+            ".type",
+            ".data.kind",
+            ".a.b.c",
+            ".missing",
+            ".n",
+            ".arr",
+            ".s.x",
+            ".nul.x",
+            ".esc",
+        ] {
+            let e = Expr::compile(code).unwrap();
+            let body = br#"{"type":"user.created","data":{"kind":"k","x":1},"n":7,"arr":[1],"s":"str","nul":null,"a":{"b":{"c":"deep"}},"esc":"a\"b\u00e9","type":"last wins"}"#;
+            let fast = e
+                .string_of(&mut Payload::new(body))
+                .map_err(|e| e.to_string());
+            let slow = e
+                .string(&parse_value(body).unwrap())
+                .map_err(|e| e.to_string());
+            assert_eq!(fast.is_ok(), slow.is_ok(), "{code}: {fast:?} vs {slow:?}");
+            if let (Ok(f), Ok(s)) = (&fast, &slow) {
+                assert_eq!(f, s, "{code}");
+            }
+        }
+        assert!(field_path(".a.b").is_some());
+        assert!(field_path(".a[0]").is_none());
+        assert!(field_path(".a | .b").is_none());
+        assert!(field_path(".\"a b\"").is_none());
+        assert!(field_path(".").is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod expr;
 
 use crate::config::{Config, Step};
 use crate::store::{NewDelivery, NewRun};
-use expr::Value;
+use expr::Payload;
 
 /// What one event starts: a run per matching flow, and the deliveries those runs asked for.
 #[derive(Default)]
@@ -17,7 +17,7 @@ pub struct Plan {
     pub deliveries: Vec<NewDelivery>,
 }
 
-pub fn plan(config: &Config, source: &str, event_type: &str, payload: &Value) -> Plan {
+pub fn plan(config: &Config, source: &str, event_type: &str, payload: &mut Payload<'_>) -> Plan {
     let mut plan = Plan::default();
     for flow in config.flows.iter().filter(|f| {
         f.source == source && (f.event_types.is_empty() || f.event_types.contains(event_type))
@@ -28,7 +28,7 @@ pub fn plan(config: &Config, source: &str, event_type: &str, payload: &Value) ->
         let mut deliveries = Vec::new();
         for (index, step) in flow.steps.iter().enumerate() {
             match step {
-                Step::Filter { expr, .. } => match expr.truthy(payload) {
+                Step::Filter { expr, .. } => match expr.truthy_of(payload) {
                     Ok(true) => {}
                     Ok(false) => {
                         status = "filtered";
@@ -90,8 +90,12 @@ flows:
 "#;
         let config =
             crate::config::load_str(yaml, "t.yaml", std::path::Path::new("."), &|_| None).unwrap();
-        let paid = expr::parse_value(br#"{"plan":"pro"}"#).unwrap();
-        let p = plan(&config, "shop", "x", &paid);
+        let p = plan(
+            &config,
+            "shop",
+            "x",
+            &mut Payload::new(br#"{"plan":"pro"}"#),
+        );
         let statuses: Vec<_> = p
             .runs
             .iter()
@@ -113,10 +117,14 @@ flows:
                 .contains("step 1 (filter)")
         );
         assert_eq!(p.deliveries.len(), 3);
-        let free = expr::parse_value(br#"{"plan":"free"}"#).unwrap();
-        let p = plan(&config, "shop", "x", &free);
+        let free = br#"{"plan":"free"}"#;
+        let p = plan(&config, "shop", "x", &mut Payload::new(free));
         assert_eq!(p.runs[0].status, "filtered");
         assert_eq!(p.deliveries.len(), 1, "only the unfiltered flow delivers");
-        assert!(plan(&config, "elsewhere", "x", &free).runs.is_empty());
+        assert!(
+            plan(&config, "elsewhere", "x", &mut Payload::new(free))
+                .runs
+                .is_empty()
+        );
     }
 }

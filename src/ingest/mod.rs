@@ -116,12 +116,16 @@ pub async fn receive(
             &bytes,
         );
     }
-    let payload = match expr::parse_value(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return reject(invalid_json(e), &bytes);
-        }
-    };
+    // Validating into `IgnoredAny` builds nothing; the depth check keeps a hostile body from
+    // exhausting the stack of the parsers that recurse. The full value is built only if an
+    // expression needs it.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return reject(invalid_json(e), &bytes);
+    }
+    if let Err(e) = expr::check_depth(&bytes) {
+        return reject(invalid_json(e), &bytes);
+    }
+    let mut payload = expr::Payload::new(&bytes);
     let header = |name: &str| {
         headers
             .get(name)
@@ -130,7 +134,7 @@ pub async fn receive(
     };
     let event_type = match &source.event_type {
         crate::config::FieldRef::Header(name) => header(name),
-        crate::config::FieldRef::Body(e) => match e.string(&payload) {
+        crate::config::FieldRef::Body(e) => match e.string_of(&mut payload) {
             Ok(t) => t,
             Err(err) => {
                 return reject(
@@ -194,7 +198,7 @@ pub async fn receive(
     let idempotency_key = match &source.idempotency_key {
         None => None,
         Some(crate::config::FieldRef::Header(name)) => header(name),
-        Some(crate::config::FieldRef::Body(e)) => match e.string(&payload) {
+        Some(crate::config::FieldRef::Body(e)) => match e.string_of(&mut payload) {
             Ok(k) => k,
             Err(err) => {
                 return reject(
@@ -208,7 +212,7 @@ pub async fn receive(
             }
         },
     };
-    let plan = crate::engine::plan(&app.config, &source.id, &event_type, &payload);
+    let plan = crate::engine::plan(&app.config, &source.id, &event_type, &mut payload);
     let kept_headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .filter(|(k, _)| !UNSTORED_HEADERS.contains(&k.as_str()) && !matches!(&source.verify, crate::config::Verify::Hmac { header, .. } if header == k.as_str()))

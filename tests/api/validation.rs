@@ -218,7 +218,7 @@ async fn deeply_nested_json_is_refused_and_the_server_lives_on() {
             ("x-hub-signature-256", sig),
         ]
     };
-    let deep = "[".repeat(1000);
+    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
     let (status, e) = error_of(app.post_json("/in/gh", &deep, &gh(&deep)).await).await;
     assert_eq!(
         (status, e["error"].as_str()),
