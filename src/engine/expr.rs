@@ -102,10 +102,10 @@ impl Expr {
     /// string, null or absent is read from the raw JSON; anything else (another kind of value,
     /// a non-object on the way) runs the program, so the answer is always jq's.
     pub fn string_of(&self, payload: &mut Payload<'_>) -> Result<Option<String>, ExprError> {
-        if let Some(path) = &self.field_path {
-            if let Some(found) = read_field_path(payload.bytes, path) {
-                return Ok(found);
-            }
+        if let Some(path) = &self.field_path
+            && let Some(found) = read_field_path(payload.bytes, path)
+        {
+            return Ok(found);
         }
         let value = payload.value().map_err(|message| ExprError::Runtime {
             code: self.code.to_string(),
