@@ -62,6 +62,8 @@ pub enum ServeError {
     },
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
+    #[error("opening the store did not finish: {0}")]
+    OpenTask(String),
 }
 
 /// Opens the store, resumes pending deliveries and returns the state to serve.
@@ -70,11 +72,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     let (dir, store_options) = (options.data_dir.clone(), options.store);
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_options))
         .await
-        .map_err(|e| {
-            ServeError::Store(crate::store::StoreError::Corrupt(format!(
-                "opening the store panicked: {e}"
-            )))
-        })??;
+        .map_err(|e| ServeError::OpenTask(e.to_string()))??;
     let api_token = match options.api_token {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,

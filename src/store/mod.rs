@@ -32,6 +32,8 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the write was not made durable: {0}")]
+    Write(String),
     #[error("the data directory `{0}` is in use by another Ferry process")]
     InUse(String),
 }

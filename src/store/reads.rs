@@ -254,7 +254,7 @@ pub fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM rejections", [], |r| r.get(0))?)
 }
 
-/// Pending deliveries in due order, from `after_due` on, for the scheduler to take over.
+/// The first `limit` pending deliveries in due order, for the deliverer to take over.
 pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_id, destination_id, round_attempts, next_attempt_at FROM deliveries

@@ -21,7 +21,7 @@ pub(super) enum Reply {
 
 impl Reply {
     fn send(self, commit_failed: Option<&str>) {
-        let fail = |m: &str| StoreError::Corrupt(format!("commit failed: {m}"));
+        let fail = |m: &str| StoreError::Write(m.to_string());
         match self {
             Reply::Ingest(tx, r) => {
                 let _ = tx.send(match commit_failed {
@@ -300,7 +300,7 @@ fn recv_soon_std<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
 }
 
 fn fail_op(op: WriteOp, message: &str) {
-    let err = || StoreError::Corrupt(format!("cannot write: {message}"));
+    let err = || StoreError::Write(format!("cannot begin a transaction: {message}"));
     match op {
         WriteOp::Ingest { reply, .. } => {
             let _ = reply.send(Err(err()));
