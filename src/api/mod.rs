@@ -154,7 +154,7 @@ async fn retry_delivery(
                     "not_dead",
                     format!(
                         "delivery `{id}` is {}; only a dead letter can be retried",
-                        d.status_str()
+                        d.status.as_str()
                     ),
                 )),
             }

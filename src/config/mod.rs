@@ -292,6 +292,15 @@ impl Checker<'_> {
         });
     }
 
+    fn check_id(&mut self, place: &str, id: &str) {
+        if !valid_id(id) {
+            self.error(
+                place.to_string(),
+                "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
+            );
+        }
+    }
+
     fn duration(
         &mut self,
         place: &str,
@@ -419,12 +428,7 @@ impl Checker<'_> {
     }
 
     fn source(&mut self, place: &str, raw: RawSource) -> Option<Source> {
-        if !valid_id(&raw.id) {
-            self.error(
-                place.to_string(),
-                "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
-            );
-        }
+        self.check_id(place, &raw.id);
         match raw.kind.as_str() {
             "webhook" => {}
             "poll" | "schedule" => {
@@ -582,12 +586,7 @@ impl Checker<'_> {
         raw: RawDestination,
         settings: &Settings,
     ) -> Option<Destination> {
-        if !valid_id(&raw.id) {
-            self.error(
-                place.to_string(),
-                "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
-            );
-        }
+        self.check_id(place, &raw.id);
         match raw.kind.as_str() {
             "http" => {}
             "postgres" | "redis" | "nats" | "amqp" | "mqtt" | "slack" | "email" => {

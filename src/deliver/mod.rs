@@ -123,7 +123,6 @@ impl Deliverer {
             queues,
             known: HashSet::new(),
             waiting: BinaryHeap::new(),
-            waiting_jobs: HashMap::new(),
             seq: 0,
             cap: options.memory_jobs,
             spilled: spilled.clone(),
@@ -150,14 +149,42 @@ impl Deliverer {
     }
 }
 
+/// A job waiting for its time, ordered by `(due, seq)`.
+struct Waiting {
+    due: Millis,
+    seq: u64,
+    job: DeliveryJob,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Waiting {}
+
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
 struct Dispatcher {
     clock: SharedClock,
     store: Store,
     queues: HashMap<String, mpsc::UnboundedSender<DeliveryJob>>,
     /// Every job id this process holds: waiting, queued or in flight.
     known: HashSet<String>,
-    waiting: BinaryHeap<Reverse<(Millis, u64)>>,
-    waiting_jobs: HashMap<u64, DeliveryJob>,
+    /// Jobs whose time has not come, soonest first.
+    waiting: BinaryHeap<Reverse<Waiting>>,
+    /// Ties on `due_at` keep their arrival order.
     seq: u64,
     cap: usize,
     spilled: Arc<AtomicBool>,
@@ -174,28 +201,24 @@ impl Dispatcher {
             self.take_new(job);
         }
         let (mut new_open, mut control_open) = (true, true);
-        let mut last_sweep = 0;
+        let mut last_sweep: Option<std::time::Instant> = None;
         // Ends when every `Deliverer` handle is gone (the server stopped). In-flight attempts
         // still record their outcome; jobs still waiting stay pending in the store.
         while new_open {
             let now = self.clock.now_ms();
-            while let Some(Reverse((due, seq))) = self.waiting.peek().copied() {
-                if due > now {
-                    break;
-                }
-                self.waiting.pop();
-                if let Some(job) = self.waiting_jobs.remove(&seq) {
-                    self.route(job);
+            while self.waiting.peek().is_some_and(|Reverse(w)| w.due <= now) {
+                if let Some(Reverse(w)) = self.waiting.pop() {
+                    self.route(w.job);
                 }
             }
             if self.spilled.load(Ordering::Relaxed)
                 && self.known.len() < self.cap / 2
-                && now - last_sweep >= 200
+                && last_sweep.is_none_or(|at| at.elapsed() >= Duration::from_millis(200))
             {
-                last_sweep = now;
+                last_sweep = Some(std::time::Instant::now());
                 self.sweep().await;
             }
-            let next_due = self.waiting.peek().map(|Reverse((due, _))| *due);
+            let next_due = self.waiting.peek().map(|Reverse(w)| w.due);
             let has_room = self.known.len() < self.cap;
             let spilled = self.spilled.load(Ordering::Relaxed);
             tokio::select! {
@@ -231,8 +254,11 @@ impl Dispatcher {
             self.route(job);
         } else {
             self.seq += 1;
-            self.waiting.push(Reverse((job.due_at, self.seq)));
-            self.waiting_jobs.insert(self.seq, job);
+            self.waiting.push(Reverse(Waiting {
+                due: job.due_at,
+                seq: self.seq,
+                job,
+            }));
         }
     }
 

@@ -181,10 +181,11 @@ impl<'a> Payload<'a> {
     }
 
     pub fn value(&mut self) -> Result<&Value, String> {
-        if self.parsed.is_none() {
-            self.parsed = Some(parse_value(self.bytes)?);
-        }
-        self.parsed.as_ref().ok_or_else(|| "no value".to_string())
+        let value = match self.parsed.take() {
+            Some(v) => v,
+            None => parse_value(self.bytes)?,
+        };
+        Ok(self.parsed.insert(value))
     }
 }
 

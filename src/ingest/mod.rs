@@ -9,6 +9,7 @@ pub mod verify;
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::config::FieldRef;
 use crate::engine::expr;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
 use axum::body::{Body, Bytes};
@@ -36,6 +37,21 @@ fn invalid_json(e: impl std::fmt::Display) -> ApiError {
         "invalid_json",
         format!("the body is not JSON: {e}"),
     )
+}
+
+/// Reads a value where the source says it is: a header, or a jq path in the body.
+fn read_field(
+    field: &FieldRef,
+    headers: &HeaderMap,
+    payload: &mut expr::Payload<'_>,
+) -> Result<Option<String>, expr::ExprError> {
+    match field {
+        FieldRef::Header(name) => Ok(headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)),
+        FieldRef::Body(e) => e.string_of(payload),
+    }
 }
 
 pub async fn receive(
@@ -126,32 +142,23 @@ pub async fn receive(
         return reject(invalid_json(e), &bytes);
     }
     let mut payload = expr::Payload::new(&bytes);
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let event_type = match &source.event_type {
-        crate::config::FieldRef::Header(name) => header(name),
-        crate::config::FieldRef::Body(e) => match e.string_of(&mut payload) {
-            Ok(t) => t,
-            Err(err) => {
-                return reject(
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "missing_event_type",
-                        err.to_string(),
-                    ),
-                    &bytes,
-                );
-            }
-        },
+    let event_type = match read_field(&source.event_type, &headers, &mut payload) {
+        Ok(t) => t,
+        Err(err) => {
+            return reject(
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "missing_event_type",
+                    err.to_string(),
+                ),
+                &bytes,
+            );
+        }
     };
     let Some(event_type) = event_type.filter(|t| !t.is_empty()) else {
         let place = match &source.event_type {
-            crate::config::FieldRef::Header(name) => format!("header `{name}`"),
-            crate::config::FieldRef::Body(e) => format!("`{}` in the body", e.code()),
+            FieldRef::Header(name) => format!("header `{name}`"),
+            FieldRef::Body(e) => format!("`{}` in the body", e.code()),
         };
         return reject(
             ApiError::new(
@@ -197,8 +204,7 @@ pub async fn receive(
     }
     let idempotency_key = match &source.idempotency_key {
         None => None,
-        Some(crate::config::FieldRef::Header(name)) => header(name),
-        Some(crate::config::FieldRef::Body(e)) => match e.string_of(&mut payload) {
+        Some(field) => match read_field(field, &headers, &mut payload) {
             Ok(k) => k,
             Err(err) => {
                 return reject(

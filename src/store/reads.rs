@@ -69,12 +69,6 @@ pub struct RejectionView {
     pub body: String,
 }
 
-impl DeliveryView {
-    pub fn status_str(&self) -> &'static str {
-        self.status.as_str()
-    }
-}
-
 fn json_or_string(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }

@@ -1,5 +1,7 @@
-//! The writer thread: takes every queued write, applies them in one transaction, commits
-//! (one fsync for the whole batch), and only then answers the callers.
+//! The store's threads. The writer takes every queued write, applies them in one transaction
+//! and commits without syncing; the syncer makes committed batches durable with one
+//! `fdatasync` of the WAL and only then answers the callers; the checkpointer copies the WAL
+//! into the database file off both their paths.
 
 use super::*;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,29 +22,25 @@ pub(super) enum Reply {
 }
 
 impl Reply {
+    /// Answers the caller: the op's own result, or the failure of the commit or sync it was in.
     fn send(self, commit_failed: Option<&str>) {
-        let fail = |m: &str| StoreError::Write(m.to_string());
         match self {
-            Reply::Ingest(tx, r) => {
-                let _ = tx.send(match commit_failed {
-                    Some(m) => Err(fail(m)),
-                    None => r,
-                });
-            }
-            Reply::Attempt(tx, r) => {
-                let _ = tx.send(match commit_failed {
-                    Some(m) => Err(fail(m)),
-                    None => r,
-                });
-            }
-            Reply::Retry(tx, r) => {
-                let _ = tx.send(match commit_failed {
-                    Some(m) => Err(fail(m)),
-                    None => r,
-                });
-            }
+            Reply::Ingest(tx, r) => answer(tx, r, commit_failed),
+            Reply::Attempt(tx, r) => answer(tx, r, commit_failed),
+            Reply::Retry(tx, r) => answer(tx, r, commit_failed),
         }
     }
+}
+
+fn answer<T>(
+    tx: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<T, StoreError>,
+    failed: Option<&str>,
+) {
+    let _ = tx.send(match failed {
+        Some(message) => Err(StoreError::Write(message.to_string())),
+        None => result,
+    });
 }
 
 /// Copies committed WAL pages into the database file off the writer's path. Every 250 ms a
@@ -275,42 +273,59 @@ impl BatchStats {
 /// so both store threads look again for a short while, yielding the CPU, before they park.
 const POLL_BEFORE_PARKING: std::time::Duration = std::time::Duration::from_micros(100);
 
-fn recv_soon(rx: &mut mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
+enum Polled<T> {
+    Got(T),
+    Empty,
+    Closed,
+}
+
+/// Polls (yielding) for up to [`POLL_BEFORE_PARKING`], then parks in `park`.
+fn poll_then_park<T>(
+    mut poll: impl FnMut() -> Polled<T>,
+    park: impl FnOnce() -> Option<T>,
+) -> Option<T> {
     let started = std::time::Instant::now();
     while started.elapsed() < POLL_BEFORE_PARKING {
-        match rx.try_recv() {
-            Ok(op) => return Some(op),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+        match poll() {
+            Polled::Got(item) => return Some(item),
+            Polled::Closed => return None,
+            Polled::Empty => std::thread::yield_now(),
         }
     }
-    rx.blocking_recv()
+    park()
+}
+
+fn recv_soon(rx: &mut mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
+    use mpsc::error::TryRecvError;
+    let polled = poll_then_park(
+        || match rx.try_recv() {
+            Ok(op) => Polled::Got(op),
+            Err(TryRecvError::Empty) => Polled::Empty,
+            Err(TryRecvError::Disconnected) => Polled::Closed,
+        },
+        || None,
+    );
+    polled.or_else(|| rx.blocking_recv())
 }
 
 fn recv_soon_std<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
-    let started = std::time::Instant::now();
-    while started.elapsed() < POLL_BEFORE_PARKING {
-        match rx.try_recv() {
-            Ok(item) => return Some(item),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-        }
-    }
-    rx.recv().ok()
+    use std::sync::mpsc::TryRecvError;
+    poll_then_park(
+        || match rx.try_recv() {
+            Ok(item) => Polled::Got(item),
+            Err(TryRecvError::Empty) => Polled::Empty,
+            Err(TryRecvError::Disconnected) => Polled::Closed,
+        },
+        || rx.recv().ok(),
+    )
 }
 
 fn fail_op(op: WriteOp, message: &str) {
-    let err = || StoreError::Write(format!("cannot begin a transaction: {message}"));
+    let message = format!("cannot begin a transaction: {message}");
     match op {
-        WriteOp::Ingest { reply, .. } => {
-            let _ = reply.send(Err(err()));
-        }
-        WriteOp::Attempt { reply, .. } => {
-            let _ = reply.send(Err(err()));
-        }
-        WriteOp::Retry { reply, .. } => {
-            let _ = reply.send(Err(err()));
-        }
+        WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::Attempt { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::Retry { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
         WriteOp::Reject { .. } => {}
     }
 }
