@@ -193,3 +193,36 @@ Stop with Ctrl-C.
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo's config must stay valid: `ferry demo` is the first thing a person runs.
+    #[test]
+    fn the_demo_config_loads_with_the_shop_story() {
+        let env = |name: &str| match name {
+            "FULFILLMENT_URL" | "CRM_URL" | "ACCOUNTING_URL" => {
+                Some("http://127.0.0.1:9/".to_string())
+            }
+            "DEMO_SECRET" => Some(DEMO_SECRET.to_string()),
+            _ => None,
+        };
+        let config = crate::config::load_str(
+            DEMO_CONFIG,
+            "(demo config)",
+            std::path::Path::new("."),
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.sources.contains_key("shop"));
+        let destinations: Vec<&str> = config.destinations.keys().map(String::as_str).collect();
+        assert_eq!(destinations, ["accounting", "crm", "fulfillment"]);
+        assert!(
+            config.event_types.values().all(|t| t.validator.is_some()),
+            "both demo event types have schemas"
+        );
+        assert_eq!(config.flows.len(), 2);
+        assert!(crate::deliver::signing::decode_secret(DEMO_SECRET).is_ok());
+    }
+}
