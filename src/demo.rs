@@ -129,10 +129,12 @@ async fn start_receiver(name: &'static str, fail_every: u64) -> Result<SocketAdd
     Ok(addr)
 }
 
-pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoError> {
-    let fulfillment = start_receiver("fulfillment", 0).await?;
-    let crm = start_receiver("crm", 3).await?;
-    let accounting = start_receiver("accounting", 0).await?;
+/// The demo config with the receivers' addresses filled in.
+fn demo_config(
+    fulfillment: SocketAddr,
+    crm: SocketAddr,
+    accounting: SocketAddr,
+) -> Result<crate::config::Config, crate::config::ConfigErrors> {
     let env = move |name: &str| match name {
         "FULFILLMENT_URL" => Some(format!("http://{fulfillment}/")),
         "CRM_URL" => Some(format!("http://{crm}/")),
@@ -140,13 +142,19 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
         "DEMO_SECRET" => Some(DEMO_SECRET.to_string()),
         _ => None,
     };
-    let config = crate::config::load_str(
+    crate::config::load_str(
         DEMO_CONFIG,
         "(demo config)",
         std::path::Path::new("."),
         &env,
     )
-    .map_err(DemoError::Config)?;
+}
+
+pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoError> {
+    let fulfillment = start_receiver("fulfillment", 0).await?;
+    let crm = start_receiver("crm", 3).await?;
+    let accounting = start_receiver("accounting", 0).await?;
+    let config = demo_config(fulfillment, crm, accounting).map_err(DemoError::Config)?;
     let data = data
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
     let mut options = ServeOptions::new(config, data.clone());
@@ -201,20 +209,8 @@ mod tests {
     /// The demo's config must stay valid: `ferry demo` is the first thing a person runs.
     #[test]
     fn the_demo_config_loads_with_the_shop_story() {
-        let env = |name: &str| match name {
-            "FULFILLMENT_URL" | "CRM_URL" | "ACCOUNTING_URL" => {
-                Some("http://127.0.0.1:9/".to_string())
-            }
-            "DEMO_SECRET" => Some(DEMO_SECRET.to_string()),
-            _ => None,
-        };
-        let config = crate::config::load_str(
-            DEMO_CONFIG,
-            "(demo config)",
-            std::path::Path::new("."),
-            &env,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let addr: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let config = demo_config(addr, addr, addr).unwrap_or_else(|e| panic!("{e}"));
         assert!(config.sources.contains_key("shop"));
         let destinations: Vec<&str> = config.destinations.keys().map(String::as_str).collect();
         assert_eq!(destinations, ["accounting", "crm", "fulfillment"]);
