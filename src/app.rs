@@ -4,7 +4,9 @@
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::deliver::runs::{RunWaker, RunWorkerParts};
 use crate::deliver::{Deliverer, DelivererOptions};
+use crate::engine::sandbox::Sandbox;
 use crate::store::{Store, StoreOptions};
 use axum::Router;
 use axum::routing::post;
@@ -20,6 +22,17 @@ pub struct AppState {
     pub deliverer: Deliverer,
     pub clock: SharedClock,
     pub api_token: Arc<str>,
+    /// Where flow expressions run, under a time limit.
+    pub sandbox: Sandbox,
+    /// Wakes the run worker for a run that is due.
+    pub runs: RunWaker,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    /// When each source last accepted an event (for `source_silent` alerts).
+    pub activity: Arc<crate::alerts::SourceActivity>,
+    /// Background tasks that would otherwise run forever (the alert evaluator) stop when the
+    /// last clone of the state, and so this sender, is dropped.
+    pub alive: Arc<tokio::sync::watch::Sender<()>>,
+    pub alerts: crate::alerts::AlertsHandle,
 }
 
 pub struct ServeOptions {
@@ -30,6 +43,8 @@ pub struct ServeOptions {
     pub clock: SharedClock,
     pub deliverer: DelivererOptions,
     pub store: StoreOptions,
+    /// How long the pure steps of a run may take between two I/O steps.
+    pub expression_time_limit: std::time::Duration,
 }
 
 impl ServeOptions {
@@ -45,6 +60,7 @@ impl ServeOptions {
             clock: Arc::new(crate::clock::SystemClock),
             deliverer: DelivererOptions::default(),
             store,
+            expression_time_limit: crate::engine::sandbox::DEFAULT_TIME_LIMIT,
         }
     }
 }
@@ -78,13 +94,51 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         None => token_from_data_dir(&options.data_dir)?,
     };
     let config = Arc::new(options.config);
+    let client = crate::deliver::http_client()?;
+    let (waker, wakes) = RunWaker::channel();
+    let jitter_seed = options.deliverer.jitter_seed;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
     let deliverer = Deliverer::start(
         config.clone(),
         store.clone(),
         options.clock.clone(),
-        crate::deliver::http_client()?,
+        client.clone(),
         options.deliverer,
+        waker.downgrade(),
+        metrics.clone(),
     )
+    .await?;
+    let sandbox = Sandbox::new(options.expression_time_limit);
+    crate::deliver::runs::start(RunWorkerParts {
+        config: config.clone(),
+        store: store.clone(),
+        clock: options.clock.clone(),
+        client,
+        deliverer: deliverer.clone(),
+        sandbox: sandbox.clone(),
+        waker: waker.clone(),
+        wakes,
+        jitter_seed,
+        metrics: metrics.clone(),
+    })
+    .await?;
+    let seen = store.read(crate::store::last_event_per_source).await?;
+    let activity = Arc::new(crate::alerts::SourceActivity::new(
+        &config,
+        seen,
+        options.clock.now_ms(),
+    ));
+    let (alive, alive_rx) = tokio::sync::watch::channel(());
+    let alerts = crate::alerts::start(crate::alerts::AlertParts {
+        config: config.clone(),
+        store: store.clone(),
+        clock: options.clock.clone(),
+        deliverer: deliverer.clone(),
+        activity: activity.clone(),
+        metrics: metrics.clone(),
+        client: crate::deliver::http_client()?,
+        alive: alive_rx,
+    })
     .await?;
     Ok(AppState {
         config,
@@ -92,6 +146,12 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         deliverer,
         clock: options.clock,
         api_token: api_token.into(),
+        sandbox,
+        runs: waker,
+        metrics,
+        activity,
+        alive: Arc::new(alive),
+        alerts,
     })
 }
 

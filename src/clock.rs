@@ -103,6 +103,49 @@ pub fn rfc3339(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Reads an RFC 3339 time (`2026-11-24T10:00:00Z`, `...T10:00:00.5+02:00`, `t` and `z` in
+/// either case) as milliseconds since the epoch.
+pub fn parse_rfc3339(text: &str) -> Option<Millis> {
+    let text = text.trim();
+    let (local, offset_minutes) = if let Some(base) = text.strip_suffix(['Z', 'z']) {
+        (base.to_string(), 0i64)
+    } else {
+        let split = text.len().checked_sub(6)?;
+        if !text.is_char_boundary(split) {
+            return None;
+        }
+        let (base, offset) = text.split_at(split);
+        let sign = match offset.as_bytes().first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let hours: i64 = offset.get(1..3)?.parse().ok()?;
+        let minutes: i64 = offset.get(4..6)?.parse().ok()?;
+        if offset.as_bytes().get(3) != Some(&b':') || hours > 23 || minutes > 59 {
+            return None;
+        }
+        (base.to_string(), sign * (hours * 60 + minutes))
+    };
+    let local = local.replacen(['t', ' '], "T", 1);
+    let t = match humantime::parse_rfc3339_weak(&local) {
+        Ok(t) => t,
+        // A well-formed time before 1970 reads as the epoch: nothing Ferry stores is older.
+        Err(_)
+            if local
+                .get(..4)
+                .and_then(|y| y.parse::<u32>().ok())
+                .is_some_and(|y| y < 1970) =>
+        {
+            humantime::parse_rfc3339_weak(&format!("1970{}", local.get(4..)?)).ok()?;
+            return Some(0);
+        }
+        Err(_) => return None,
+    };
+    let ms = t.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(ms - offset_minutes * 60_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +164,22 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(clock.now_ms(), 3_000);
+    }
+
+    #[test]
+    fn rfc3339_times_with_offsets_are_read() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1_000));
+        assert_eq!(parse_rfc3339("1970-01-01t01:00:01.5+01:00"), Some(1_500));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00-00:30"), Some(1_800_000));
+        assert_eq!(parse_rfc3339("soon"), None);
+        assert_eq!(
+            parse_rfc3339("\u{800}\u{10000}"),
+            None,
+            "no panic inside a character"
+        );
+        assert_eq!(parse_rfc3339("0130-02-17T08:42:51.155419Z"), Some(0));
+        assert_eq!(parse_rfc3339("0130-02-31T08:42:51Z"), None);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00+25:00"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const DEMO_CONFIG: &str = r#"
 settings:
   allow_private_destinations: true   # the demo receivers run on 127.0.0.1
+  alert_interval: 5s
 sources:
   - id: shop
     kind: webhook
@@ -65,12 +66,31 @@ flows:
   - id: orders-everywhere
     on: { source: shop, event_types: [order.created] }
     steps:
-      - deliver: [fulfillment, crm, accounting]
+      - deliver:                      # fan-out; crm and accounting get their own shape
+          - fulfillment
+          - { to: crm, body: '{email: .data.email, last_order: .data.order_id}' }
+          - { to: accounting, body: '{invoice: .data.order_id, amount: .data.total, currency: .data.currency, at: $event.received_at}' }
   - id: paying-users-to-crm
     on: { source: shop, event_types: [user.created] }
     steps:
       - filter: '.data.plan != "free"'
+      - transform: '{user: .data.user_id, email: .data.email, tier: (if .data.plan == "enterprise" then "gold" else "silver" end)}'
       - deliver: crm
+channels:
+  - id: ops
+    kind: webhook
+    url: "${ALERTS_URL}"
+    signing: { secret: "${DEMO_SECRET}" }
+alerts:
+  - id: crm-flaky
+    when: { failure_ratio: { destination: crm, above: 0.2, window: 1m, min_attempts: 3 } }
+    notify: [ops]
+    severity: warning
+    cooldown: 2m
+  - id: dead-letters
+    when: { dead_letters: { above: 0 } }
+    notify: [ops]
+    severity: critical
 "#;
 
 const DEMO_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWZlcnJ5LWRlbW8tb25seQ==";
@@ -134,11 +154,13 @@ fn demo_config(
     fulfillment: SocketAddr,
     crm: SocketAddr,
     accounting: SocketAddr,
+    alerts: SocketAddr,
 ) -> Result<crate::config::Config, crate::config::ConfigErrors> {
     let env = move |name: &str| match name {
         "FULFILLMENT_URL" => Some(format!("http://{fulfillment}/")),
         "CRM_URL" => Some(format!("http://{crm}/")),
         "ACCOUNTING_URL" => Some(format!("http://{accounting}/")),
+        "ALERTS_URL" => Some(format!("http://{alerts}/")),
         "DEMO_SECRET" => Some(DEMO_SECRET.to_string()),
         _ => None,
     };
@@ -154,7 +176,8 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
     let fulfillment = start_receiver("fulfillment", 0).await?;
     let crm = start_receiver("crm", 3).await?;
     let accounting = start_receiver("accounting", 0).await?;
-    let config = demo_config(fulfillment, crm, accounting).map_err(DemoError::Config)?;
+    let alerts = start_receiver("alerts", 0).await?;
+    let config = demo_config(fulfillment, crm, accounting, alerts).map_err(DemoError::Config)?;
     let data = data
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
     let mut options = ServeOptions::new(config, data.clone());
@@ -175,6 +198,7 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
         r#"
 Ferry demo on http://{addr}  (data in {data}; API token: {token})
 Three receivers stand in for the shop's systems: fulfillment, crm (fails every third request) and accounting.
+A fourth, `alerts`, gets Ferry's alert notices (crm failing more than 20% of the time, dead letters).
 
 Send an order (it fans out to all three):
   curl -sS http://{addr}/in/shop -H 'content-type: application/json' -H "Idempotency-Key: order-$RANDOM" \
@@ -187,10 +211,14 @@ Send a user (free plans are filtered out; paying ones go to the crm):
 Send something malformed (refused with 422 and every violation listed):
   curl -sS http://{addr}/in/shop -H 'content-type: application/json' -d '{{"type":"order.created","data":{{"total":-1}}}}'
 
-Look at what happened:
+Look at what happened (an event lists its runs; a run shows each step's input and output):
   curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/events/<event_id>
+  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/runs/<run_id>
   curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/dead-letters
   curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/rejections
+  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/destinations     # circuits and pauses
+  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/alerts
+  curl -sS http://{addr}/metrics
 Stop with Ctrl-C.
 "#,
         data = data.display()
@@ -210,7 +238,8 @@ mod tests {
     #[test]
     fn the_demo_config_loads_with_the_shop_story() {
         let addr: SocketAddr = ([127, 0, 0, 1], 9).into();
-        let config = demo_config(addr, addr, addr).unwrap_or_else(|e| panic!("{e}"));
+        let config = demo_config(addr, addr, addr, addr).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.alerts.len(), 2);
         assert!(config.sources.contains_key("shop"));
         let destinations: Vec<&str> = config.destinations.keys().map(String::as_str).collect();
         assert_eq!(destinations, ["accounting", "crm", "fulfillment"]);
@@ -219,6 +248,26 @@ mod tests {
             "both demo event types have schemas"
         );
         assert_eq!(config.flows.len(), 2);
+        // Accounting gets its own shape of an order.
+        let order = Bytes::from_static(br#"{"type":"order.created","data":{"order_id":"o-1","email":"a@x.io","total":42.5,"currency":"EUR"}}"#);
+        let event = Arc::new(crate::engine::EventInfo {
+            id: "evt_1".into(),
+            event_type: "order.created".into(),
+            source: "shop".into(),
+            received_at: 0,
+            headers: serde_json::json!({}),
+        });
+        let flows = crate::engine::matching_flows(&config, "shop", "order.created");
+        let plan = crate::engine::plan(&flows, &event, &order, 0);
+        let accounting = plan
+            .deliveries
+            .iter()
+            .find(|d| d.destination_id == "accounting")
+            .unwrap();
+        assert_eq!(
+            accounting.body.as_deref(),
+            Some(&br#"{"invoice":"o-1","amount":42.5,"currency":"EUR","at":"1970-01-01T00:00:00.000Z"}"#[..])
+        );
         assert!(crate::deliver::signing::decode_secret(DEMO_SECRET).is_ok());
     }
 }

@@ -1,11 +1,13 @@
 //! Ferry: a self-hosted integration engine. The modules follow the path of an event:
 //! `ingest` (receive, verify, validate) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
-//! `app` (wiring), `demo` and `bench`. See ARCHITECTURE.md.
+//! `app` (wiring), `cli` (client output), `demo` and `bench`. See ARCHITECTURE.md.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod deliver;

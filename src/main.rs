@@ -61,13 +61,193 @@ enum Command {
         #[arg(long, short = 'c', env = "FERRY_CONFIG")]
         config: PathBuf,
     },
+    /// Work with flows.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+    /// Events a running server received (client of the API).
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Deliveries and their attempts (client of the API).
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Dead letters: dead deliveries and failed runs (client of the API).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Replay a dead delivery, a failed run, or every failed run matching a filter.
+    #[command(subcommand)]
+    Replay(ReplayCommand),
+    /// Flow runs and their steps (client of the API).
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// API tokens (client of the API; needs an admin token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Measure ingest and delivery throughput and latency on this machine.
     Bench(ferry::bench::BenchArgs),
+    /// Print the OpenAPI document of the management API (what `/api/v1/openapi.json` serves).
+    Openapi,
     /// The bare handler `ferry bench` compares with (reads the body, answers 202).
     #[command(hide = true)]
     BenchBare {
         #[arg(long)]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Run a flow on an event without side effects: pure steps for real, and for each http,
+    /// delay and deliver step what it would do.
+    Test {
+        #[arg(long, short = 'c', env = "FERRY_CONFIG")]
+        config: PathBuf,
+        /// The flow's id.
+        #[arg(long)]
+        flow: String,
+        /// A file holding the event's payload (JSON); `-` reads standard input.
+        #[arg(long)]
+        event: PathBuf,
+        /// The event type (default: the flow's first, or `test`).
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the server is and how to talk to it: every client command takes these.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The server's base URL.
+    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An API token.
+    #[arg(long, env = "FERRY_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Events, newest first.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// RFC 3339: received at or after.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339: received before.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One event with its runs and deliveries.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// One delivery with every attempt.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Retry a dead delivery (a fresh round of attempts).
+    Delivery {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replay a failed run from the step that failed.
+    Run {
+        id: String,
+        /// Use the flow's current definition even if it changed since the run started.
+        #[arg(long)]
+        use_current_flow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replay every failed run matching the filter (see --dry-run).
+    Runs {
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// A part of the error message.
+        #[arg(long)]
+        error: Option<String>,
+        /// Count what would be replayed, replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        use_current_flow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// One run with each step's input, output, status and error.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make a token; it is shown once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `admin` or `read`.
+        #[arg(long, default_value = "read")]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The live tokens (without their values).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -86,7 +266,25 @@ fn main() -> std::process::ExitCode {
             rt.block_on(ferry::demo::run(listen, data))
                 .map_err(Into::into)
         }),
+        Command::Flow(FlowCommand::Test {
+            config,
+            flow,
+            event,
+            event_type,
+            json,
+        }) => runtime()
+            .and_then(|rt| rt.block_on(flow_test(&config, &flow, &event, event_type, json))),
+        Command::Events(c) => runtime().and_then(|rt| rt.block_on(events(c))),
+        Command::Deliveries(c) => runtime().and_then(|rt| rt.block_on(deliveries(c))),
+        Command::Dlq(c) => runtime().and_then(|rt| rt.block_on(dlq(c))),
+        Command::Replay(c) => runtime().and_then(|rt| rt.block_on(replay(c))),
+        Command::Runs(c) => runtime().and_then(|rt| rt.block_on(runs(c))),
+        Command::Tokens(c) => runtime().and_then(|rt| rt.block_on(tokens(c))),
         Command::Bench(args) => ferry::bench::run(args).map_err(Into::into),
+        Command::Openapi => {
+            print!("{}", ferry::api::openapi::document());
+            Ok(())
+        }
         Command::BenchBare { listen } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -130,6 +328,65 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             bail!("{} is not valid", path.display())
         }
     }
+}
+
+async fn flow_test(
+    config_path: &std::path::Path,
+    flow_id: &str,
+    event_path: &std::path::Path,
+    event_type: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = match ferry::config::load_file(config_path) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(errors) => {
+            eprint!("{errors}");
+            bail!("{} is not valid", config_path.display());
+        }
+    };
+    let Some(flow) = config.flows.iter().find(|f| f.id == flow_id).cloned() else {
+        let known: Vec<&str> = config.flows.iter().map(|f| f.id.as_str()).collect();
+        bail!(
+            "no flow `{flow_id}` in {}; its flows are: {}",
+            config_path.display(),
+            known.join(", ")
+        );
+    };
+    let text = if event_path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read the event from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(event_path)
+            .with_context(|| format!("cannot read the event file {}", event_path.display()))?
+    };
+    let payload: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("the event file {} is not JSON", event_path.display()))?;
+    let now = ferry::clock::system_now_ms();
+    let event = std::sync::Arc::new(ferry::engine::EventInfo {
+        id: "evt_test".into(),
+        event_type: event_type
+            .or_else(|| flow.event_types.iter().next().cloned())
+            .unwrap_or_else(|| "test".into()),
+        source: flow.source.clone(),
+        received_at: now,
+        headers: serde_json::json!({}),
+    });
+    let raw = bytes::Bytes::from(payload.to_string());
+    let sandbox = ferry::engine::sandbox::Sandbox::new(ferry::engine::sandbox::DEFAULT_TIME_LIMIT);
+    let report = sandbox
+        .run(move || ferry::engine::test_flow(&config, &flow, event, raw, now))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", ferry::cli::render_test_report(&report));
+    }
+    if report.outcome == "failed" {
+        bail!("the flow failed on this event");
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -205,4 +462,399 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+// Client commands: each calls the API and prints tables for people, or the JSON with --json.
+
+use ferry::cli::{ApiClient, fields, table};
+use reqwest::Method;
+
+fn client(args: &ClientArgs) -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::new(&args.url, args.token.clone())?)
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            q.append_pair(k, v);
+        }
+    }
+    q.finish()
+}
+
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    match command {
+        EventsCommand::List {
+            source,
+            event_type,
+            since,
+            until,
+            limit,
+            client: args,
+        } => {
+            let q = query(&[
+                ("source", source),
+                ("type", event_type),
+                ("since", since),
+                ("until", until),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let v = client(&args)?
+                .call(Method::GET, &format!("/api/v1/events?{q}"), None)
+                .await?;
+            if args.json {
+                return print_json(&v);
+            }
+            let items = v["data"].as_array().cloned().unwrap_or_default();
+            print!(
+                "{}",
+                table(
+                    &items,
+                    &[
+                        ("ID", "/id"),
+                        ("SOURCE", "/source"),
+                        ("TYPE", "/event_type"),
+                        ("RECEIVED", "/received_at")
+                    ]
+                )
+            );
+        }
+        EventsCommand::Show { id, client: args } => {
+            let v = client(&args)?
+                .call(Method::GET, &format!("/api/v1/events/{id}"), None)
+                .await?;
+            if args.json {
+                return print_json(&v);
+            }
+            print!(
+                "{}",
+                fields(
+                    &v,
+                    &[
+                        ("id", "/id"),
+                        ("source", "/source"),
+                        ("type", "/event_type"),
+                        ("received", "/received_at"),
+                        ("idempotency key", "/idempotency_key")
+                    ]
+                )
+            );
+            let runs = v["runs"].as_array().cloned().unwrap_or_default();
+            println!("\nruns");
+            print!(
+                "{}",
+                table(
+                    &runs,
+                    &[
+                        ("ID", "/id"),
+                        ("FLOW", "/flow_id"),
+                        ("STATUS", "/status"),
+                        ("ERROR", "/error")
+                    ]
+                )
+            );
+            let deliveries: Vec<serde_json::Value> = runs
+                .iter()
+                .flat_map(|r| r["deliveries"].as_array().cloned().unwrap_or_default())
+                .collect();
+            println!("\ndeliveries");
+            print!(
+                "{}",
+                table(
+                    &deliveries,
+                    &[
+                        ("ID", "/id"),
+                        ("DESTINATION", "/destination_id"),
+                        ("STATUS", "/status"),
+                        ("ATTEMPTS", "/attempt_count"),
+                        ("LAST ERROR", "/last_error")
+                    ]
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
+    let DeliveriesCommand::Show { id, client: args } = command;
+    let v = client(&args)?
+        .call(Method::GET, &format!("/api/v1/deliveries/{id}"), None)
+        .await?;
+    if args.json {
+        return print_json(&v);
+    }
+    print!(
+        "{}",
+        fields(
+            &v,
+            &[
+                ("id", "/id"),
+                ("event", "/event_id"),
+                ("run", "/run_id"),
+                ("destination", "/destination_id"),
+                ("status", "/status"),
+                ("attempts", "/attempt_count"),
+                ("next attempt", "/next_attempt_at"),
+                ("last error", "/last_error")
+            ]
+        )
+    );
+    let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
+    println!("\nattempts");
+    print!(
+        "{}",
+        table(
+            &attempts,
+            &[
+                ("#", "/attempt"),
+                ("STARTED", "/started_at"),
+                ("MS", "/duration_ms"),
+                ("OUTCOME", "/outcome"),
+                ("STATUS", "/status_code"),
+                ("ERROR", "/error")
+            ]
+        )
+    );
+    Ok(())
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let DlqCommand::List {
+        limit,
+        client: args,
+    } = command;
+    let v = client(&args)?
+        .call(
+            Method::GET,
+            &format!("/api/v1/dead-letters?limit={limit}"),
+            None,
+        )
+        .await?;
+    if args.json {
+        return print_json(&v);
+    }
+    let items: Vec<serde_json::Value> = v["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut d| {
+            let target = d["destination_id"]
+                .as_str()
+                .or(d["flow_id"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            let error = d["last_error"]
+                .as_str()
+                .or(d["error"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            d["target"] = target.into();
+            d["why"] = error.into();
+            d
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &items,
+            &[
+                ("KIND", "/kind"),
+                ("ID", "/id"),
+                ("DESTINATION/FLOW", "/target"),
+                ("UPDATED", "/updated_at"),
+                ("ERROR", "/why")
+            ]
+        )
+    );
+    Ok(())
+}
+
+async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
+    let (args, v) = match command {
+        ReplayCommand::Delivery { id, client: args } => {
+            let v = client(&args)?
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/deliveries/{id}/retry"),
+                    None,
+                )
+                .await?;
+            if !args.json {
+                println!("delivery {id} is pending again (a fresh round of attempts)");
+            }
+            (args, v)
+        }
+        ReplayCommand::Run {
+            id,
+            use_current_flow,
+            client: args,
+        } => {
+            let body = serde_json::json!({"use_current_flow": use_current_flow});
+            let v = client(&args)?
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/runs/{id}/replay"),
+                    Some(body),
+                )
+                .await?;
+            if !args.json {
+                println!(
+                    "run {id} replays from step {} ({})",
+                    v["from_step"].as_str().unwrap_or("?"),
+                    v["status"].as_str().unwrap_or("?")
+                );
+            }
+            (args, v)
+        }
+        ReplayCommand::Runs {
+            flow,
+            since,
+            until,
+            error,
+            dry_run,
+            use_current_flow,
+            client: args,
+        } => {
+            let body = serde_json::json!({
+                "flow_id": flow, "since": since, "until": until, "error": error,
+                "dry_run": dry_run, "use_current_flow": use_current_flow,
+            });
+            let v = client(&args)?
+                .call(Method::POST, "/api/v1/runs/replay", Some(body))
+                .await?;
+            if !args.json {
+                if dry_run {
+                    println!(
+                        "{} failed runs match; nothing replayed (without --dry-run they would be)",
+                        v["matched"]
+                    );
+                } else {
+                    println!(
+                        "{} failed runs matched, {} replayed",
+                        v["matched"], v["replayed"]
+                    );
+                    for s in v["skipped"].as_array().into_iter().flatten() {
+                        println!(
+                            "  skipped {}: {}",
+                            s["run_id"].as_str().unwrap_or("?"),
+                            s["message"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            (args, v)
+        }
+    };
+    if args.json {
+        print_json(&v)?;
+    }
+    Ok(())
+}
+
+async fn runs(command: RunsCommand) -> anyhow::Result<()> {
+    let RunsCommand::Show { id, client: args } = command;
+    let v = client(&args)?
+        .call(Method::GET, &format!("/api/v1/runs/{id}"), None)
+        .await?;
+    if args.json {
+        return print_json(&v);
+    }
+    print!(
+        "{}",
+        fields(
+            &v,
+            &[
+                ("id", "/id"),
+                ("event", "/event_id"),
+                ("flow", "/flow_id"),
+                ("version", "/flow_version"),
+                ("status", "/status"),
+                ("step", "/step_index"),
+                ("next at", "/next_at"),
+                ("error", "/error")
+            ]
+        )
+    );
+    let steps = v["steps"].as_array().cloned().unwrap_or_default();
+    println!("\nsteps");
+    print!(
+        "{}",
+        table(
+            &steps,
+            &[
+                ("#", "/index"),
+                ("KIND", "/kind"),
+                ("NAME", "/name"),
+                ("PATH", "/path"),
+                ("STATUS", "/status"),
+                ("MS", "/duration_ms"),
+                ("ERROR", "/error")
+            ]
+        )
+    );
+    Ok(())
+}
+
+async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
+    match command {
+        TokensCommand::Create {
+            name,
+            scope,
+            client: args,
+        } => {
+            let body = serde_json::json!({"name": name, "scope": scope});
+            let v = client(&args)?
+                .call(Method::POST, "/api/v1/tokens", Some(body))
+                .await?;
+            if args.json {
+                return print_json(&v);
+            }
+            println!(
+                "token {} ({}, scope {}): {}",
+                v["id"].as_str().unwrap_or("?"),
+                name,
+                scope,
+                v["token"].as_str().unwrap_or("?")
+            );
+            println!("it is shown this once; Ferry keeps only its digest");
+        }
+        TokensCommand::List { client: args } => {
+            let v = client(&args)?
+                .call(Method::GET, "/api/v1/tokens", None)
+                .await?;
+            if args.json {
+                return print_json(&v);
+            }
+            let items = v["data"].as_array().cloned().unwrap_or_default();
+            print!(
+                "{}",
+                table(
+                    &items,
+                    &[
+                        ("ID", "/id"),
+                        ("NAME", "/name"),
+                        ("SCOPE", "/scope"),
+                        ("CREATED", "/created_at")
+                    ]
+                )
+            );
+        }
+        TokensCommand::Revoke { id, client: args } => {
+            client(&args)?
+                .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+                .await?;
+            if !args.json {
+                println!("token {id} revoked");
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,6 +2,12 @@
 //! through the store and hand retries to the deliverer; they hold no state of their own.
 
 pub mod error;
+pub mod openapi;
+mod operations;
+mod runs;
+mod tokens;
+
+use runs::{get_run, replay_dead_letters, replay_run, replay_runs, test_flow};
 
 use crate::app::AppState;
 use axum::extract::{Path, Query, Request, State};
@@ -16,20 +22,43 @@ use serde_json::json;
 
 pub fn routes(state: AppState) -> Router<AppState> {
     let v1 = Router::new()
+        .route("/events", get(list_events))
         .route("/events/{id}", get(get_event))
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/retry", post(retry_delivery))
         .route("/dead-letters", get(list_dead_letters))
+        .route("/dead-letters/replay", post(replay_dead_letters))
         .route("/rejections", get(list_rejections))
+        .route("/runs/replay", post(replay_runs))
+        .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/replay", post(replay_run))
+        .route("/flows/{id}/test", post(test_flow))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/alerts", get(operations::list_alerts))
+        .route("/destinations", get(operations::list_destinations))
+        .route("/destinations/{id}/pause", post(operations::pause))
+        .route("/destinations/{id}/resume", post(operations::resume))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(healthz))
+        .route("/metrics", get(operations::metrics))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi_json))
 }
 
-/// Constant-time token check: compares SHA-256 digests so neither content nor length leaks.
-async fn require_token(State(app): State<AppState>, request: Request, next: Next) -> Response {
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    Read,
+}
+
+/// Checks the bearer token: the bootstrap token (compared in constant time, as SHA-256
+/// digests so neither content nor length leaks) is `admin`; other tokens are looked up by
+/// their SHA-256 among the tokens made through the API. A `read` token may only read (`GET`).
+async fn require_token(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     use sha2::Digest;
     use subtle::ConstantTimeEq;
     let given = request
@@ -39,7 +68,8 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        });
+        })
+        .map(|t| t.trim().to_string());
     let Some(given) = given else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -48,40 +78,83 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
         )
         .into_response();
     };
-    let ok: bool = sha2::Sha256::digest(given.trim().as_bytes())
+    let digest = sha2::Sha256::digest(given.as_bytes());
+    let bootstrap: bool = digest
         .ct_eq(&sha2::Sha256::digest(app.api_token.as_bytes()))
         .into();
-    if !ok {
+    let scope = if bootstrap {
+        Some(Scope::Admin)
+    } else {
+        let hash = digest.to_vec();
+        match app
+            .store
+            .read(move |c| crate::store::token_scope(c, &hash))
+            .await
+        {
+            Ok(Some(s)) if s == "admin" => Some(Scope::Admin),
+            Ok(Some(_)) => Some(Scope::Read),
+            Ok(None) => None,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+    let Some(scope) = scope else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the API token is not valid",
         )
         .into_response();
+    };
+    let reading = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if scope == Scope::Read && !reading {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token has the `read` scope; {} {} needs an `admin` token",
+                request.method(),
+                request.uri().path()
+            ),
+        )
+        .into_response();
     }
+    request.extensions_mut().insert(scope);
     next.run(request).await
 }
 
-#[derive(Debug, Deserialize)]
+/// `?limit=&after=` of a list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
-    limit: Option<usize>,
+    /// Items on the page (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
     after: Option<String>,
 }
 
-impl Page {
-    const DEFAULT: usize = 50;
-    const MAX: usize = 500;
-    fn limit(&self) -> Result<usize, ApiError> {
-        match self.limit {
-            None => Ok(Self::DEFAULT),
-            Some(n) if (1..=Self::MAX).contains(&n) => Ok(n),
-            Some(n) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_limit",
-                format!("`limit` is {n}; use 1 to {}", Self::MAX),
-            )),
-        }
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+fn check_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    match limit.map(|n| n as usize) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("`limit` is {n}; use 1 to {MAX_LIMIT}"),
+        )),
     }
+}
+
+/// A query string that does not parse answers the JSON error body like everything else.
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
 }
 
 fn page<T: serde::Serialize>(
@@ -97,6 +170,8 @@ fn page<T: serde::Serialize>(
     Json(json!({"data": items, "next": next}))
 }
 
+#[utoipa::path(get, path = "/api/v1/events/{id}", tag = "events", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "OK", body = crate::store::EventView), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn get_event(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -112,6 +187,8 @@ async fn get_event(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "OK", body = crate::store::DeliveryView), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn get_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -127,6 +204,8 @@ async fn get_delivery(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 202, description = "accepted", body = crate::api::openapi::RetryAnswer), (status = 409, description = "not a dead letter", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 async fn retry_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -162,34 +241,107 @@ async fn retry_delivery(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", security(("bearer" = [])),
+    params(Page),
+    responses((status = 200, description = "OK", body = crate::api::openapi::DeadLetterPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn list_dead_letters(
     State(app): State<AppState>,
-    Query(q): Query<Page>,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let limit = q.limit()?;
-    let after = q.after.clone();
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    let after = q.after.clone().filter(|a| !a.is_empty());
     let items = app
         .store
         .read(move |c| crate::store::dead_letters(c, after.as_deref(), limit))
         .await?;
-    Ok(page(items, limit, |d| d.id.clone()).into_response())
+    Ok(page(items, limit, |d| d.id().to_string()).into_response())
 }
 
+/// The filters of the events list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    after: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    /// Received at or after (RFC 3339).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Received before (RFC 3339).
+    #[param(format = DateTime)]
+    until: Option<String>,
+}
+
+/// `?limit=&after=` of the rejected log, whose cursors are numbers.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RejectionQuery {
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[param(minimum = 0)]
+    after: Option<i64>,
+}
+
+/// `GET /api/v1/events?source=&type=&since=&until=`: newest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
+    params(EventQuery),
+    responses((status = 200, description = "OK", body = crate::api::openapi::EventPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+async fn list_events(
+    State(app): State<AppState>,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    let time = |field: &str, t: &Option<String>| -> Result<Option<i64>, ApiError> {
+        t.as_deref()
+            .map(|text| {
+                crate::clock::parse_rfc3339(text).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        format!("`{field}`: `{text}` is not an RFC 3339 time"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let filter = crate::store::EventFilter {
+        source: q.source.clone(),
+        event_type: q.event_type.clone(),
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+    };
+    let after = q.after.clone().filter(|a| !a.is_empty());
+    let items = app
+        .store
+        .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
+        .await?;
+    Ok(page(items, limit, |e| e.id.clone()).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/rejections", tag = "rejections", security(("bearer" = [])),
+    params(RejectionQuery),
+    responses((status = 200, description = "OK", body = crate::api::openapi::RejectionPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn list_rejections(
     State(app): State<AppState>,
-    Query(q): Query<Page>,
+    q: Result<Query<RejectionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let limit = q.limit()?;
-    let after = match &q.after {
-        None => None,
-        Some(a) => Some(a.parse::<i64>().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                format!("`after` is not a cursor from this list: `{a}`"),
-            )
-        })?),
-    };
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    let after = q.after;
+    if after.is_some_and(|a| a < 0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "`after` is a cursor from this list (a number from 0)",
+        ));
+    }
     let items = app
         .store
         .read(move |c| crate::store::rejections(c, after, limit))
@@ -197,10 +349,21 @@ async fn list_rejections(
     Ok(page(items, limit, |r| r.id.clone()).into_response())
 }
 
+/// The OpenAPI document (no token needed).
+async fn openapi_json() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "OK", body = crate::api::openapi::Status)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK", body = crate::api::openapi::Status), (status = 503, description = "not ready", body = crate::api::openapi::ErrorBody)))]
 async fn readyz(State(app): State<AppState>) -> Response {
     match app.store.read(crate::store::ping).await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),

@@ -2,11 +2,14 @@
 //! compiled values (jq programs, JSON Schema validators, parsed URLs, decoded keys) that the
 //! rest of Ferry uses without re-checking. Every problem is reported with its place.
 
+mod alerts;
 mod places;
 mod raw;
 
 use crate::deliver::retry::RetryPolicy;
 use crate::engine::expr::Expr;
+use crate::engine::program::{Auth, Delay, HttpStep, Instr, OAuth2, Op, Program, Target};
+use crate::engine::template::Template;
 use raw::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -15,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use alerts::{AlertRule, Channel, ChannelKind, Condition, Severity, Smtp, SmtpTls};
 pub use places::Places;
 
 /// A secret from the config: never printed by `Debug`.
@@ -43,6 +47,8 @@ pub struct Config {
     pub event_types: BTreeMap<String, Arc<EventType>>,
     pub destinations: BTreeMap<String, Arc<Destination>>,
     pub flows: Vec<Arc<Flow>>,
+    pub channels: BTreeMap<String, Arc<alerts::Channel>>,
+    pub alerts: Vec<Arc<alerts::AlertRule>>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +59,8 @@ pub struct Settings {
     /// How many refused inputs the rejected log keeps (oldest dropped first).
     pub rejected_log_size: usize,
     pub public_url: Option<url::Url>,
+    /// How often alert rules are evaluated.
+    pub alert_interval: Duration,
 }
 
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
@@ -121,6 +129,7 @@ pub struct Destination {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub concurrency: usize,
+    pub breaker: crate::deliver::circuit::BreakerConfig,
 }
 
 #[derive(Debug)]
@@ -129,19 +138,9 @@ pub struct Flow {
     pub source: String,
     /// Empty means every event type of the source.
     pub event_types: BTreeSet<String>,
-    pub steps: Vec<Step>,
-}
-
-#[derive(Debug)]
-pub enum Step {
-    Filter {
-        name: Option<String>,
-        expr: Expr,
-    },
-    Deliver {
-        name: Option<String>,
-        destinations: Vec<String>,
-    },
+    /// A hash of the flow's definition; a run remembers the version it started on.
+    pub version: String,
+    pub program: Program,
 }
 
 /// One problem in a config file, with where it is.
@@ -322,6 +321,26 @@ impl Checker<'_> {
         }
     }
 
+    fn method(
+        &mut self,
+        place: &str,
+        field: &str,
+        given: Option<&str>,
+        default: &str,
+    ) -> reqwest::Method {
+        let text = given.unwrap_or(default);
+        match text.to_ascii_uppercase().parse::<reqwest::Method>() {
+            Ok(m) => m,
+            Err(_) => {
+                self.error(
+                    place.to_string(),
+                    format!("`{field}`: `{text}` is not an HTTP method"),
+                );
+                reqwest::Method::from_bytes(default.as_bytes()).unwrap_or(reqwest::Method::POST)
+            }
+        }
+    }
+
     fn expr(&mut self, place: &str, field: &str, code: &str) -> Option<Expr> {
         match Expr::compile(code) {
             Ok(e) => Some(e),
@@ -373,16 +392,22 @@ impl Checker<'_> {
             if !flow_ids.insert(f.id.clone()) {
                 self.error(place.clone(), "a flow with this id is already defined");
             }
-            if let Some(flow) = self.flow(&place, f, &sources, &event_types, &destinations) {
+            if let Some(flow) =
+                self.flow(&place, f, &sources, &event_types, &destinations, &settings)
+            {
                 flows.push(Arc::new(flow));
             }
         }
+        let channels = self.channels(raw.channels, &settings);
+        let alerts = self.alerts(raw.alerts, &channels, &sources, &destinations);
         Config {
             settings,
             sources,
             event_types,
             destinations,
             flows,
+            channels,
+            alerts,
         }
     }
 
@@ -409,6 +434,12 @@ impl Checker<'_> {
                 .map(|n| n as usize)
                 .unwrap_or(DEFAULT_REJECTED_LOG_SIZE),
             public_url,
+            alert_interval: self.duration(
+                &place,
+                "alert_interval",
+                &raw.alert_interval,
+                Duration::from_secs(15),
+            ),
         }
     }
 
@@ -639,25 +670,7 @@ impl Checker<'_> {
                     format!("`url`: {why}; sending there is refused unless `settings.allow_private_destinations: true`"),
                 );
         }
-        let method = match raw
-            .method
-            .as_deref()
-            .unwrap_or("POST")
-            .to_ascii_uppercase()
-            .parse::<reqwest::Method>()
-        {
-            Ok(m) => m,
-            Err(_) => {
-                self.error(
-                    place.to_string(),
-                    format!(
-                        "`method`: `{}` is not an HTTP method",
-                        raw.method.unwrap_or_default()
-                    ),
-                );
-                reqwest::Method::POST
-            }
-        };
+        let method = self.method(place, "method", raw.method.as_deref(), "POST");
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
             match (
@@ -683,6 +696,7 @@ impl Checker<'_> {
             );
         let timeout = self.duration(place, "timeout", &raw.timeout, Duration::from_secs(30));
         let retry = self.retry(place, raw.retry.unwrap_or_default());
+        let breaker = self.breaker(place, raw.circuit_breaker.unwrap_or_default());
         let concurrency = raw.concurrency.unwrap_or(32);
         if concurrency == 0 {
             self.error(place.to_string(), "`concurrency` must be at least 1");
@@ -696,7 +710,35 @@ impl Checker<'_> {
             timeout,
             retry,
             concurrency: concurrency.max(1) as usize,
+            breaker,
         })
+    }
+
+    fn breaker(&mut self, place: &str, raw: RawBreaker) -> crate::deliver::circuit::BreakerConfig {
+        let d = crate::deliver::circuit::BreakerConfig::default();
+        let failures = raw.failures.unwrap_or(d.failures);
+        if failures == 0 {
+            self.error(
+                place.to_string(),
+                "`circuit_breaker.failures` must be at least 1",
+            );
+        }
+        let cool_off = self.duration(place, "circuit_breaker.cool_off", &raw.cool_off, d.cool_off);
+        let pause_after = match raw.pause_after.as_deref() {
+            Some("never") => None,
+            None => d.pause_after,
+            Some(_) => Some(self.duration(
+                place,
+                "circuit_breaker.pause_after",
+                &raw.pause_after,
+                Duration::ZERO,
+            )),
+        };
+        crate::deliver::circuit::BreakerConfig {
+            failures: failures.max(1),
+            cool_off,
+            pause_after,
+        }
     }
 
     fn retry(&mut self, place: &str, raw: RawRetry) -> RetryPolicy {
@@ -733,6 +775,7 @@ impl Checker<'_> {
         sources: &BTreeMap<String, Arc<Source>>,
         event_types: &BTreeMap<String, Arc<EventType>>,
         destinations: &BTreeMap<String, Arc<Destination>>,
+        settings: &Settings,
     ) -> Option<Flow> {
         if !sources.contains_key(&raw.on.source) {
             self.error(
@@ -745,102 +788,353 @@ impl Checker<'_> {
                 self.error(place.to_string(), format!("`on.event_types`: no event type is named `{t}` (declare it under `event_types`)"));
             }
         }
-        let mut steps = Vec::new();
-        let mut names = BTreeSet::new();
-        for (index, step) in raw.steps.into_iter().enumerate() {
-            let step_place = format!("{place}, step {}", index + 1);
-            if let Some(name) = &step.name
-                && !names.insert(name.clone())
-            {
-                self.error(
-                    step_place.clone(),
-                    format!("step name `{name}` is used twice in this flow"),
-                );
+        let version = flow_version(&raw);
+        let mut builder = ProgramBuilder {
+            place,
+            destinations,
+            settings,
+            instrs: Vec::new(),
+            names: BTreeSet::new(),
+        };
+        self.steps(&mut builder, raw.steps, "", "/steps");
+        Some(Flow {
+            id: raw.id,
+            source: raw.on.source,
+            event_types: raw.on.event_types.into_iter().collect(),
+            version,
+            program: Program {
+                instrs: builder.instrs,
+            },
+        })
+    }
+
+    /// Compiles a list of steps into `b`'s instructions. `label` prefixes step numbers in
+    /// errors ("step 4, case 1, step 2"); `path` is the list's JSON pointer.
+    fn steps(&mut self, b: &mut ProgramBuilder<'_>, steps: Vec<RawStep>, label: &str, path: &str) {
+        for (index, step) in steps.into_iter().enumerate() {
+            let step_label = format!("{label}step {}", index + 1);
+            let step_place = format!("{}, {step_label}", b.place);
+            let step_path = format!("{path}/{index}");
+            if let Some(name) = &step.name {
+                if !b.names.insert(name.clone()) {
+                    self.error(
+                        step_place.clone(),
+                        format!("step name `{name}` is used twice in this flow"),
+                    );
+                }
+                if !valid_id(name) || name.contains('.') || name.contains('-') {
+                    self.error(step_place.clone(), format!("step name `{name}` must be 1 to 64 characters of a-z, A-Z, 0-9 or `_`, so that `$steps.{name}` works in jq"));
+                }
             }
             let kinds: Vec<&str> = [
                 ("filter", step.filter.is_some()),
-                ("deliver", step.deliver.is_some()),
                 ("transform", step.transform.is_some()),
                 ("branch", step.branch.is_some()),
                 ("http", step.http.is_some()),
                 ("delay", step.delay.is_some()),
+                ("deliver", step.deliver.is_some()),
             ]
             .into_iter()
             .filter(|(_, set)| *set)
             .map(|(k, _)| k)
             .collect();
-            match kinds.as_slice() {
-                ["filter"] => {
-                    let code = step.filter.unwrap_or_default();
-                    if let Some(expr) = self.expr(&step_place, "filter", &code) {
-                        steps.push(Step::Filter {
-                            name: step.name,
-                            expr,
+            if kinds.len() != 1 {
+                self.error(
+                    step_place,
+                    if kinds.is_empty() {
+                        "the step has no kind; give one of filter, transform, branch, http, delay, deliver".to_string()
+                    } else {
+                        format!("a step has exactly one kind, this one has {}", kinds.join(", "))
+                    },
+                );
+                continue;
+            }
+            let name = step.name;
+            let push = |b: &mut ProgramBuilder<'_>, op: Op| {
+                b.instrs.push(Instr {
+                    path: step_path.clone(),
+                    name: name.clone(),
+                    op,
+                })
+            };
+            if let Some(code) = step.filter {
+                if let Some(expr) = self.expr(&step_place, "filter", &code) {
+                    push(b, Op::Filter(expr));
+                }
+            } else if let Some(code) = step.transform {
+                if let Some(expr) = self.expr(&step_place, "transform", &code) {
+                    push(b, Op::Transform(expr));
+                }
+            } else if let Some(cases) = step.branch {
+                let at = b.instrs.len();
+                push(
+                    b,
+                    Op::Branch {
+                        cases: Vec::new(),
+                        otherwise: 0,
+                        has_else: false,
+                    },
+                );
+                let (mut compiled, mut jumps, mut otherwise) = (Vec::new(), Vec::new(), None);
+                let count = cases.len();
+                if count == 0 {
+                    self.error(step_place.clone(), "`branch` has no cases");
+                }
+                for (ci, case) in cases.into_iter().enumerate() {
+                    let case_label = format!("{step_label}, case {}, ", ci + 1);
+                    let case_place = format!("{}, {step_label}, case {}", b.place, ci + 1);
+                    let case_path = format!("{step_path}/branch/{ci}");
+                    match (case.when, case.steps, case.otherwise) {
+                        (Some(when), Some(steps), None) => {
+                            if otherwise.is_some() {
+                                self.error(
+                                    case_place.clone(),
+                                    "a case after `else` never runs; put `else` last",
+                                );
+                            }
+                            let target = b.instrs.len();
+                            if let Some(expr) = self.expr(&case_place, "when", &when) {
+                                compiled.push((expr, target));
+                            }
+                            self.steps(b, steps, &case_label, &format!("{case_path}/steps"));
+                        }
+                        (None, None, Some(steps)) => {
+                            if ci + 1 != count {
+                                self.error(case_place.clone(), "`else` must be the last case");
+                            }
+                            otherwise = Some(b.instrs.len());
+                            self.steps(b, steps, &case_label, &format!("{case_path}/else"));
+                        }
+                        _ => {
+                            self.error(
+                                case_place,
+                                "a case is `{when: <jq>, steps: [...]}` or `{else: [...]}`",
+                            );
+                            continue;
+                        }
+                    }
+                    jumps.push(b.instrs.len());
+                    b.instrs.push(Instr {
+                        path: format!("{case_path}/end"),
+                        name: None,
+                        op: Op::Jump(0),
+                    });
+                }
+                let end = b.instrs.len();
+                for j in jumps {
+                    b.instrs[j].op = Op::Jump(end);
+                }
+                b.instrs[at].op = Op::Branch {
+                    cases: compiled,
+                    otherwise: otherwise.unwrap_or(end),
+                    has_else: otherwise.is_some(),
+                };
+            } else if let Some(http) = step.http {
+                if let Some(op) = self.http_step(&step_place, http, b.settings) {
+                    push(b, Op::Http(Box::new(op)));
+                }
+            } else if let Some(delay) = step.delay {
+                let op = match delay {
+                    RawDelay::For(text) => match humantime::parse_duration(&text) {
+                        Ok(d) => Some(Delay::For(d)),
+                        Err(e) => {
+                            self.error(step_place.clone(), format!("`delay`: `{text}` is not a duration ({e}); write e.g. 10m, or `{{until: <jq>}}`"));
+                            None
+                        }
+                    },
+                    RawDelay::Until { until } => self
+                        .expr(&step_place, "delay.until", &until)
+                        .map(Delay::Until),
+                };
+                if let Some(op) = op {
+                    push(b, Op::Delay(op));
+                }
+            } else if let Some(deliver) = step.deliver {
+                let targets = match deliver {
+                    RawDeliver::One(t) => vec![t],
+                    RawDeliver::Many(ts) => ts,
+                };
+                if targets.is_empty() {
+                    self.error(step_place.clone(), "`deliver` names no destination");
+                }
+                let mut compiled: Vec<Target> = Vec::new();
+                for t in targets {
+                    let (id, body) = match t {
+                        RawTarget::Id(id) => (id, None),
+                        RawTarget::Full { to, body } => {
+                            let body = body.and_then(|code| {
+                                self.expr(&step_place, &format!("deliver to `{to}`: body"), &code)
+                            });
+                            (to, body)
+                        }
+                    };
+                    if !b.destinations.contains_key(&id) {
+                        self.error(
+                            step_place.clone(),
+                            format!("`deliver`: no destination has the id `{id}`"),
+                        );
+                    } else if compiled.iter().any(|t| t.destination_id == id) {
+                        self.error(
+                            step_place.clone(),
+                            format!("`deliver`: destination `{id}` is named twice"),
+                        );
+                    } else {
+                        compiled.push(Target {
+                            destination_id: id,
+                            body,
                         });
                     }
                 }
-                ["deliver"] => {
-                    let targets = match step.deliver {
-                        Some(RawDeliver::One(t)) => vec![t],
-                        Some(RawDeliver::Many(ts)) => ts,
-                        None => vec![],
-                    };
-                    if targets.is_empty() {
-                        self.error(step_place.clone(), "`deliver` names no destination");
-                    }
-                    let mut ids = Vec::new();
-                    for t in targets {
-                        let id = match t {
-                            RawTarget::Id(id) => id,
-                            RawTarget::Full { to, body } => {
-                                if body.is_some() {
-                                    self.error(step_place.clone(), format!("`deliver` to `{to}`: a per-destination `body` is not available yet"));
-                                }
-                                to
-                            }
-                        };
-                        if !destinations.contains_key(&id) {
-                            self.error(
-                                step_place.clone(),
-                                format!("`deliver`: no destination has the id `{id}`"),
-                            );
-                        } else if ids.contains(&id) {
-                            self.error(
-                                step_place.clone(),
-                                format!("`deliver`: destination `{id}` is named twice"),
-                            );
-                        } else {
-                            ids.push(id);
-                        }
-                    }
-                    steps.push(Step::Deliver {
-                        name: step.name,
-                        destinations: ids,
-                    });
-                }
-                [kind @ ("transform" | "branch" | "http" | "delay")] => {
-                    self.error(step_place, format!("step kind `{kind}` is not available yet; this version runs `filter` and `deliver` steps"));
-                }
-                [] => self.error(
-                    step_place,
-                    "the step has no kind; give one of filter, deliver",
-                ),
-                many => self.error(
-                    step_place,
-                    format!(
-                        "a step has exactly one kind, this one has {}",
-                        many.join(", ")
-                    ),
-                ),
+                push(b, Op::Deliver(compiled));
             }
         }
-        Some(Flow {
-            id: raw.id,
-            source: raw.on.source,
-            event_types: raw.on.event_types.into_iter().collect(),
-            steps,
+    }
+
+    fn http_step(&mut self, place: &str, raw: RawHttp, settings: &Settings) -> Option<HttpStep> {
+        let url = match Template::parse(&raw.url) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(place.to_string(), format!("`http.url`: {e}"));
+                return None;
+            }
+        };
+        // The host must be fixed in the file: placeholders may fill the path and query only.
+        let prefix = url.literal_prefix();
+        let host_fixed = prefix
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains(['/', '?']) || prefix.len() == raw.url.len());
+        if !host_fixed {
+            self.error(place.to_string(), format!("`http.url`: `{}` must start with a fixed `http(s)://host/`; placeholders may fill the path and query, not the host", raw.url));
+        } else {
+            match url::Url::parse(prefix) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                    if !settings.allow_private_destinations
+                        && let Some(why) = private_host(&u)
+                    {
+                        self.error(place.to_string(), format!("`http.url`: {why}; calling it is refused unless `settings.allow_private_destinations: true`"));
+                    }
+                }
+                Ok(u) => {
+                    self.error(
+                        place.to_string(),
+                        format!("`http.url`: scheme `{}` is not http or https", u.scheme()),
+                    );
+                }
+                Err(e) => {
+                    self.error(
+                        place.to_string(),
+                        format!("`http.url`: `{}` is not a URL ({e})", raw.url),
+                    );
+                }
+            }
+        }
+        let default = if raw.body.is_some() { "POST" } else { "GET" };
+        let method = self.method(place, "http.method", raw.method.as_deref(), default);
+        let mut headers = Vec::new();
+        for (name, value) in raw.headers {
+            match (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                Template::parse(&value),
+            ) {
+                (Ok(n), Ok(t)) => headers.push((n, t)),
+                (Err(_), _) => self.error(
+                    place.to_string(),
+                    format!("`http.headers`: `{name}` is not a valid header name"),
+                ),
+                (_, Err(e)) => self.error(place.to_string(), format!("`http.headers.{name}`: {e}")),
+            }
+        }
+        let auth = raw.auth.and_then(|a| self.auth(place, a, settings));
+        let body = raw
+            .body
+            .and_then(|code| self.expr(place, "http.body", &code));
+        let timeout = self.duration(place, "http.timeout", &raw.timeout, Duration::from_secs(30));
+        let retry = self.retry(place, raw.retry.unwrap_or_default());
+        Some(HttpStep {
+            method,
+            url,
+            headers,
+            auth,
+            body,
+            timeout,
+            retry,
         })
     }
+
+    fn auth(&mut self, place: &str, raw: RawAuth, settings: &Settings) -> Option<Auth> {
+        let set = [
+            raw.bearer.is_some(),
+            raw.basic.is_some(),
+            raw.api_key.is_some(),
+            raw.oauth2_client_credentials.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            self.error(place.to_string(), "`http.auth` takes exactly one of bearer, basic, api_key, oauth2_client_credentials");
+            return None;
+        }
+        if let Some(token) = raw.bearer {
+            return Some(Auth::Bearer(Secret::new(token.into_bytes())));
+        }
+        if let Some(b) = raw.basic {
+            return Some(Auth::Basic {
+                username: b.username,
+                password: Secret::new(b.password.into_bytes()),
+            });
+        }
+        if let Some(k) = raw.api_key {
+            let Ok(header) = reqwest::header::HeaderName::from_bytes(k.header.as_bytes()) else {
+                self.error(
+                    place.to_string(),
+                    format!(
+                        "`http.auth.api_key.header`: `{}` is not a valid header name",
+                        k.header
+                    ),
+                );
+                return None;
+            };
+            return Some(Auth::ApiKey {
+                header,
+                value: Secret::new(k.value.into_bytes()),
+            });
+        }
+        let o = raw.oauth2_client_credentials?;
+        let token_url = match url::Url::parse(&o.token_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
+            _ => {
+                self.error(place.to_string(), format!("`http.auth.oauth2_client_credentials.token_url`: `{}` is not an http(s) URL", o.token_url));
+                return None;
+            }
+        };
+        if !settings.allow_private_destinations
+            && let Some(why) = private_host(&token_url)
+        {
+            self.error(place.to_string(), format!("`http.auth.oauth2_client_credentials.token_url`: {why}; refused unless `settings.allow_private_destinations: true`"));
+        }
+        Some(Auth::OAuth2(Arc::new(OAuth2 {
+            token_url,
+            client_id: o.client_id,
+            client_secret: Secret::new(o.client_secret.into_bytes()),
+            scope: o.scope,
+        })))
+    }
+}
+
+/// What a flow builds while its steps compile.
+struct ProgramBuilder<'a> {
+    place: &'a str,
+    destinations: &'a BTreeMap<String, Arc<Destination>>,
+    settings: &'a Settings,
+    instrs: Vec<Instr>,
+    names: BTreeSet<String>,
+}
+
+/// The first 16 hex digits of the SHA-256 of the flow's definition, as parsed (so comments
+/// and formatting do not change it).
+fn flow_version(raw: &RawFlow) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(raw).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn valid_id(id: &str) -> bool {

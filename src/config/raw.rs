@@ -1,7 +1,7 @@
 //! The config file as written: serde types that mirror the YAML one to one. Nothing here is
 //! checked beyond its shape; `config::load` turns these into the validated types.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize, Default)]
@@ -17,6 +17,110 @@ pub struct RawConfig {
     pub destinations: Vec<RawDestination>,
     #[serde(default)]
     pub flows: Vec<RawFlow>,
+    #[serde(default)]
+    pub channels: Vec<RawChannel>,
+    #[serde(default)]
+    pub alerts: Vec<RawAlert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    pub id: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub signing: Option<RawSigning>,
+    pub smtp: Option<RawSmtp>,
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub host: String,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `none`, `starttls` (default) or `tls`.
+    pub tls: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlert {
+    pub id: String,
+    pub when: RawCondition,
+    #[serde(default)]
+    pub notify: Vec<String>,
+    pub severity: Option<String>,
+    pub cooldown: Option<String>,
+}
+
+/// Exactly one of these is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    pub destination_failing: Option<RawFailing>,
+    pub failure_ratio: Option<RawRatio>,
+    pub dead_letters: Option<RawDeadLetters>,
+    pub source_silent: Option<RawSilent>,
+    pub backlog_age: Option<RawBacklog>,
+    pub delivery_latency: Option<RawLatency>,
+    pub destination_paused: Option<RawPaused>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailing {
+    pub destination: String,
+    pub consecutive: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRatio {
+    pub destination: String,
+    pub above: f64,
+    pub window: String,
+    pub min_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeadLetters {
+    #[serde(default)]
+    pub above: u64,
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSilent {
+    pub source: String,
+    #[serde(rename = "for")]
+    pub for_: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBacklog {
+    pub above: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    pub destination: String,
+    pub p99_above: String,
+    pub window: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaused {
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -27,6 +131,7 @@ pub struct RawSettings {
     pub max_body_size: Option<u64>,
     pub rejected_log_size: Option<u64>,
     pub public_url: Option<String>,
+    pub alert_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +199,16 @@ pub struct RawDestination {
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
     pub concurrency: Option<u32>,
+    pub circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<u32>,
+    pub cool_off: Option<String>,
+    /// A duration, or `never`.
+    pub pause_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,7 +217,7 @@ pub struct RawSigning {
     pub secret: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     pub max_attempts: Option<u32>,
@@ -112,7 +227,7 @@ pub struct RawRetry {
     pub jitter: Option<crate::deliver::retry::Jitter>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFlow {
     pub id: String,
@@ -121,7 +236,7 @@ pub struct RawFlow {
     pub steps: Vec<RawStep>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrigger {
     pub source: String,
@@ -129,28 +244,103 @@ pub struct RawTrigger {
     pub event_types: Vec<String>,
 }
 
-/// One step: exactly one of the kind fields is set. Kinds that are not built yet are read so
-/// that validation can name them, and then refused.
-#[derive(Debug, Deserialize)]
+/// One step: exactly one of the kind fields is set.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<Vec<RawCase>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<RawHttp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<RawDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deliver: Option<RawDeliver>,
-    pub transform: Option<serde_json::Value>,
-    pub branch: Option<serde_json::Value>,
-    pub http: Option<serde_json::Value>,
-    pub delay: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One case of a `branch`: `{when, steps}`, or `{else: [...]}` last.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCase {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<RawStep>>,
+    #[serde(rename = "else", skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<Vec<RawStep>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub method: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub auth: Option<RawAuth>,
+    pub body: Option<String>,
+    pub timeout: Option<String>,
+    pub retry: Option<RawRetry>,
+}
+
+/// `auth` of an http step: exactly one of these is set.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basic: Option<RawBasic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<RawApiKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth2_client_credentials: Option<RawOAuth2>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub header: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth2 {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawDelay {
+    For(String),
+    Until { until: String },
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RawDeliver {
     One(RawTarget),
     Many(Vec<RawTarget>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RawTarget {
     Id(String),

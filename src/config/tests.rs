@@ -47,7 +47,7 @@ fn a_good_config_loads_into_compiled_types() {
     assert_eq!(crm.retry.max_attempts, 3);
     assert_eq!(crm.retry.initial, Duration::from_secs(2));
     assert!(c.event_types["user.created"].validator.is_some());
-    assert_eq!(c.flows[0].steps.len(), 2);
+    assert_eq!(c.flows[0].program.instrs.len(), 2);
     assert!(
         !format!("{:?}", c).contains("MfKQ9r8"),
         "secrets never print"
@@ -75,6 +75,7 @@ flows:
       - filter: '.a | '
       - deliver: [crm, missing]
       - transform: '.x'
+        filter: '.y'
 "#;
     let errs = load(bad).unwrap_err().0;
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -108,7 +109,7 @@ flows:
         "{text:#?}"
     );
     assert!(
-        has("(flow f1), step 3: step kind `transform` is not available yet"),
+        has("(flow f1), step 3: a step has exactly one kind, this one has filter, transform"),
         "{text:#?}"
     );
 }

@@ -92,22 +92,9 @@ pub async fn send(
         }
     };
     let status = response.status().as_u16();
-    let headers: serde_json::Map<String, serde_json::Value> = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
-        })
-        .collect();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
-    let (body, body_error) = read_bounded(response).await;
+    let headers = headers_json(response.headers());
+    let retry_after = retry_after(response.headers());
+    let (body, body_error, _) = read_bounded(response, MAX_RECORDED_BODY).await;
     let outcome = classify(status);
     let error = match (outcome, body_error) {
         (Outcome::Succeeded, _) => None,
@@ -125,24 +112,51 @@ pub async fn send(
     }
 }
 
-async fn read_bounded(mut response: reqwest::Response) -> (Vec<u8>, Option<String>) {
+/// Reads at most `limit` bytes of the body; the flag says whether some were left unread.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> (Vec<u8>, Option<String>, bool) {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_RECORDED_BODY - body.len();
+                let room = limit - body.len();
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if body.len() >= MAX_RECORDED_BODY {
-                    return (body, None);
+                if chunk.len() > room {
+                    return (body, None, true);
                 }
             }
-            Ok(None) => return (body, None),
-            Err(e) => return (body, Some(describe_error(&e))),
+            Ok(None) => return (body, None, false),
+            Err(e) => return (body, Some(describe_error(&e)), false),
         }
     }
 }
 
-fn describe_error(e: &reqwest::Error) -> String {
+/// The delay a `Retry-After` header asks for, if any.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()))
+}
+
+/// Headers as a JSON object of strings.
+pub(crate) fn headers_json(
+    headers: &reqwest::header::HeaderMap,
+) -> serde_json::Map<String, serde_json::Value> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn describe_error(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

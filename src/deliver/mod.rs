@@ -9,7 +9,10 @@
 //! lost by a crash: on start, every pending delivery is loaded again.
 
 pub mod attempt;
+pub mod circuit;
+pub mod http_step;
 pub mod retry;
+pub mod runs;
 pub mod signing;
 
 use crate::clock::{Millis, SharedClock};
@@ -45,9 +48,17 @@ impl Default for DelivererOptions {
 enum Control {
     /// A known job goes back to waiting (a retry), or is new from a manual retry.
     Schedule(DeliveryJob),
+    /// A job its destination cannot take now (open circuit, paused): it waits until then or
+    /// until its destination is released, without spending an attempt.
+    Hold(DeliveryJob, Millis),
+    /// The held jobs of a destination may go now.
+    Release(String),
     /// The job's delivery is finished (succeeded or dead): forget it.
     Done(String),
 }
+
+/// A destination's breaker and pause, shared by its queue, its attempts and the API.
+pub type Breakers = Arc<HashMap<String, Arc<circuit::Breaker>>>;
 
 /// Handle for giving jobs to the deliverer. Dropping every handle stops it once in-flight
 /// attempts are recorded.
@@ -56,6 +67,18 @@ pub struct Deliverer {
     new_jobs: mpsc::Sender<DeliveryJob>,
     control: mpsc::UnboundedSender<Control>,
     spilled: Arc<AtomicBool>,
+    breakers: Breakers,
+    store: Store,
+    clock: SharedClock,
+}
+
+/// The pause or resume asked for does not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("no destination has the id `{0}`")]
+    UnknownDestination(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 struct AttemptContext {
@@ -65,6 +88,10 @@ struct AttemptContext {
     control: mpsc::UnboundedSender<Control>,
     // A std mutex: held for one random draw, never across an await.
     rng: Mutex<fastrand::Rng>,
+    /// Told when a delivery was the last one a run waited for.
+    runs: runs::RunWaker,
+    breakers: Breakers,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// The HTTP client every delivery uses: connection reuse, no redirects followed, no
@@ -89,8 +116,28 @@ impl Deliverer {
         clock: SharedClock,
         client: reqwest::Client,
         options: DelivererOptions,
+        runs: runs::RunWaker,
+        metrics: Arc<crate::telemetry::Metrics>,
     ) -> Result<Deliverer, crate::store::StoreError> {
         let limit = options.memory_jobs;
+        let paused: HashMap<String, circuit::Pause> = store
+            .read(crate::store::paused_destinations)
+            .await?
+            .into_iter()
+            .collect();
+        let breakers: Breakers = Arc::new(
+            config
+                .destinations
+                .values()
+                .map(|d| {
+                    let pause = paused.get(&d.id).cloned();
+                    if let Some(p) = &pause {
+                        tracing::warn!(destination_id = %d.id, by = %p.by, reason = %p.reason, "destination is paused; its deliveries wait until it is resumed");
+                    }
+                    (d.id.clone(), Arc::new(circuit::Breaker::new(d.breaker.clone(), pause)))
+                })
+                .collect(),
+        );
         let pending = store
             .read(move |c| crate::store::pending_jobs(c, limit))
             .await?;
@@ -107,6 +154,9 @@ impl Deliverer {
             client,
             control: control_tx.clone(),
             rng: Mutex::new(rng),
+            runs,
+            breakers: breakers.clone(),
+            metrics,
         });
         let mut queues = HashMap::new();
         for dest in config.destinations.values() {
@@ -118,8 +168,8 @@ impl Deliverer {
             tracing::info!(count = pending.len(), "resuming pending deliveries");
         }
         let dispatcher = Dispatcher {
-            clock,
-            store,
+            clock: clock.clone(),
+            store: store.clone(),
             queues,
             known: HashSet::new(),
             waiting: BinaryHeap::new(),
@@ -132,7 +182,64 @@ impl Deliverer {
             new_jobs: new_tx,
             control: control_tx,
             spilled,
+            breakers,
+            store,
+            clock,
         })
+    }
+
+    /// Each destination's circuit and pause.
+    pub fn health(&self) -> Vec<(String, circuit::Health)> {
+        let mut all: Vec<_> = self
+            .breakers
+            .iter()
+            .map(|(id, b)| (id.clone(), b.health()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Pauses a destination (durably): its deliveries wait, none is dropped.
+    pub async fn pause(&self, destination_id: &str, reason: &str) -> Result<bool, PauseError> {
+        let breaker = self
+            .breakers
+            .get(destination_id)
+            .ok_or_else(|| PauseError::UnknownDestination(destination_id.to_string()))?;
+        let pause = circuit::Pause {
+            by: "api".into(),
+            reason: reason.to_string(),
+            since: self.clock.now_ms(),
+        };
+        self.store
+            .set_paused(destination_id, Some(pause.clone()))
+            .await?;
+        let changed = breaker.set_paused(Some(pause));
+        if changed {
+            crate::telemetry::events::destination_pause_changed(
+                destination_id,
+                true,
+                "api",
+                reason,
+            );
+        }
+        Ok(changed)
+    }
+
+    /// Resumes a paused destination: its held deliveries go at once.
+    pub async fn resume(&self, destination_id: &str) -> Result<bool, PauseError> {
+        let breaker = self
+            .breakers
+            .get(destination_id)
+            .ok_or_else(|| PauseError::UnknownDestination(destination_id.to_string()))?;
+        self.store.set_paused(destination_id, None).await?;
+        let changed = breaker.set_paused(None);
+        if changed {
+            crate::telemetry::events::destination_pause_changed(destination_id, false, "api", "");
+        }
+        let _ = self
+            .control
+            .send(Control::Release(destination_id.to_string()));
+        Ok(changed)
     }
 
     /// Hands over a freshly committed job. Never waits: when the dispatcher is behind, the job
@@ -154,6 +261,8 @@ struct Waiting {
     due: Millis,
     seq: u64,
     job: DeliveryJob,
+    /// Held by its destination (open circuit, pause) rather than waiting for a retry.
+    held: bool,
 }
 
 impl PartialEq for Waiting {
@@ -231,6 +340,11 @@ impl Dispatcher {
                     Some(Control::Done(id)) => {
                         self.known.remove(&id);
                     }
+                    Some(Control::Hold(job, until)) => {
+                        self.seq += 1;
+                        self.waiting.push(Reverse(Waiting { due: until, seq: self.seq, job, held: true }));
+                    }
+                    Some(Control::Release(destination_id)) => self.release(&destination_id),
                     None => control_open = false,
                 },
                 job = new_rx.recv(), if new_open && has_room => match job {
@@ -258,8 +372,22 @@ impl Dispatcher {
                 due: job.due_at,
                 seq: self.seq,
                 job,
+                held: false,
             }));
         }
+    }
+
+    /// Makes the held jobs of a destination due now (jobs waiting for a retry keep their time).
+    fn release(&mut self, destination_id: &str) {
+        let now = self.clock.now_ms();
+        let mut all = std::mem::take(&mut self.waiting).into_vec();
+        for Reverse(w) in all.iter_mut() {
+            if w.held && w.job.destination_id == destination_id {
+                w.due = now.min(w.due);
+                w.held = false;
+            }
+        }
+        self.waiting = BinaryHeap::from(all);
     }
 
     fn route(&mut self, job: DeliveryJob) {
@@ -312,10 +440,22 @@ async fn destination_loop(
     ctx: Arc<AttemptContext>,
 ) {
     let slots = Arc::new(Semaphore::new(dest.concurrency));
+    let Some(breaker) = ctx.breakers.get(&dest.id).cloned() else {
+        return;
+    };
     while let Some(job) = jobs.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        let (admit, change) = breaker.admit(ctx.clock.now_ms());
+        if let Some((from, to)) = change {
+            crate::telemetry::events::circuit_changed(&dest.id, from, to, 0);
+        }
+        if let circuit::Admit::Hold(until) = admit {
+            drop(slot);
+            let _ = ctx.control.send(Control::Hold(job, until));
+            continue;
+        }
         let (ctx, dest) = (ctx.clone(), dest.clone());
         tokio::spawn(async move { run_attempt(&ctx, &dest, job, slot).await });
     }
@@ -333,10 +473,10 @@ async fn run_attempt(
     let payload = match job.payload.take() {
         Some(p) => p,
         None => {
-            let event_id = job.event_id.clone();
+            let delivery_id = job.id.clone();
             match ctx
                 .store
-                .read(move |c| crate::store::event_payload(c, &event_id))
+                .read(move |c| crate::store::delivery_payload(c, &delivery_id))
                 .await
             {
                 Ok(Some(p)) => p,
@@ -377,26 +517,59 @@ async fn run_attempt(
             }
         }
     };
-    match (&next, result.outcome) {
-        (AttemptNext::Succeeded, _) => tracing::debug!(
-            delivery_id = %job.id, event_id = %job.event_id, destination_id = %dest.id, attempt = attempt_no,
-            status = result.status_code, duration_ms = result.duration.as_millis() as u64, "delivered"
-        ),
-        (AttemptNext::RetryAt(at), _) => tracing::warn!(
-            delivery_id = %job.id, event_id = %job.event_id, destination_id = %dest.id, attempt = attempt_no,
-            status = result.status_code, error = result.error.as_deref().unwrap_or(""), retry_in_ms = at - finished_at,
-            "attempt failed; will retry"
-        ),
-        (AttemptNext::Dead, outcome) => tracing::warn!(
-            delivery_id = %job.id, event_id = %job.event_id, destination_id = %dest.id, attempt = attempt_no,
-            status = result.status_code, error = result.error.as_deref().unwrap_or(""),
-            reason = if outcome == attempt::Outcome::Permanent { "permanent failure" } else { "attempts exhausted" },
-            "delivery dead-lettered"
-        ),
+    let error_text = result.error.clone();
+    crate::telemetry::events::delivery_attempted(
+        &ctx.metrics,
+        &crate::telemetry::events::DeliveryAttempt {
+            delivery_id: &job.id,
+            event_id: &job.event_id,
+            destination_id: &dest.id,
+            attempt: attempt_no,
+            status: result.status_code,
+            error: error_text.as_deref(),
+            duration: result.duration,
+            outcome: result.outcome.as_str(),
+            retry_in_ms: match next {
+                AttemptNext::RetryAt(at) => Some(at - finished_at),
+                _ => None,
+            },
+            latency: Some(std::time::Duration::from_millis(
+                (finished_at - job.created_at).max(0) as u64,
+            )),
+        },
+    );
+    if let Some(breaker) = ctx.breakers.get(&dest.id) {
+        let change = breaker.record(
+            finished_at,
+            result.outcome == attempt::Outcome::Retryable,
+            error_text.as_deref(),
+        );
+        if let Some((from, to)) = change.circuit {
+            crate::telemetry::events::circuit_changed(
+                &dest.id,
+                from,
+                to,
+                breaker.health().consecutive_failures,
+            );
+        }
+        if change.release {
+            let _ = ctx.control.send(Control::Release(dest.id.clone()));
+        }
+        if let Some(reason) = change.pause {
+            crate::telemetry::events::destination_pause_changed(&dest.id, true, "auto", &reason);
+            let pause = breaker.health().paused;
+            if let Err(e) = ctx.store.set_paused(&dest.id, pause).await {
+                tracing::error!(destination_id = %dest.id, error = %e, "could not store the pause; it holds until restart");
+            }
+        }
     }
     let record = NewAttempt {
         delivery_id: job.id.clone(),
+        event_id: job.event_id.clone(),
+        run_id: job.run_id.clone(),
+        destination_id: dest.id.clone(),
         started_at,
+        finished_at,
         duration_ms: result.duration.as_millis() as i64,
         status_code: result.status_code,
         response_headers: result.response_headers,
@@ -405,8 +578,22 @@ async fn run_attempt(
         outcome: result.outcome.as_str(),
         next,
     };
-    if let Err(e) = ctx.store.record_attempt(record).await {
-        tracing::error!(delivery_id = %job.id, error = %e, "could not record the attempt; the delivery stays pending in the store");
+    match ctx.store.record_attempt(record).await {
+        Ok(Some(settled)) if settled.status == "running" => {
+            ctx.runs.wake(settled.run_id, finished_at)
+        }
+        Ok(Some(settled)) => crate::telemetry::events::run_ended(
+            &ctx.metrics,
+            &settled.run_id,
+            &job.event_id,
+            &settled.flow_id,
+            settled.status,
+            settled.error.as_deref(),
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(delivery_id = %job.id, error = %e, "could not record the attempt; the delivery stays pending in the store")
+        }
     }
     let _ = ctx.control.send(match next {
         AttemptNext::RetryAt(at) => Control::Schedule(DeliveryJob {

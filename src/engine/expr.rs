@@ -41,6 +41,22 @@ impl Expr {
             code: code.to_string(),
             message,
         };
+        if code.len() > MAX_EXPRESSION_SIZE {
+            return Err(fail(format!(
+                "it is {} bytes long; the limit is {MAX_EXPRESSION_SIZE}",
+                code.len()
+            )));
+        }
+        if let Some(word) = refused_word(code) {
+            let why = if UNBOUNDED.contains(&word) {
+                "it can recurse without bound, and a deep recursion would stop the whole process"
+            } else {
+                "expressions see the event and the run, not the process (its environment, its input, its logs)"
+            };
+            return Err(fail(format!(
+                "`{word}` is not allowed in Ferry expressions: {why}"
+            )));
+        }
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -76,6 +92,7 @@ impl Expr {
             })?;
         let program = Compiler::default()
             .with_funs(funs)
+            .with_global_vars(["$event", "$steps"])
             .compile(modules)
             .map_err(|errs| {
                 let parts: Vec<String> = errs
@@ -127,9 +144,16 @@ impl Expr {
         &self.code
     }
 
-    /// The first output of the program, or `None` when it yields nothing.
+    /// The first output of the program, or `None` when it yields nothing; `$event` and
+    /// `$steps` are null.
     pub fn first(&self, input: &Value) -> Result<Option<Value>, ExprError> {
-        let ctx = Ctx::<JustLut<Val>>::new(&self.program.lut, Vars::new([]));
+        self.first_in(input, &Scope::default())
+    }
+
+    /// The first output of the program run with `scope`'s variables.
+    pub fn first_in(&self, input: &Value, scope: &Scope) -> Result<Option<Value>, ExprError> {
+        let vars = Vars::new([scope.event.clone(), scope.steps.clone()]);
+        let ctx = Ctx::<JustLut<Val>>::new(&self.program.lut, vars);
         let mut outputs = self.program.id.run((ctx, input.clone()));
         match outputs.next() {
             None => Ok(None),
@@ -163,6 +187,74 @@ impl Expr {
             Some(other) => Some(other.to_string()),
         })
     }
+}
+
+/// The variables an expression sees besides its input: `$event` and `$steps`.
+#[derive(Clone, Default)]
+pub struct Scope {
+    pub event: Value,
+    pub steps: Value,
+}
+
+/// Longest expression accepted, in bytes.
+pub const MAX_EXPRESSION_SIZE: usize = 16 * 1024;
+
+/// jq words that can recurse without bound. jaq has no step limit, and a stack overflow
+/// aborts the process, so these are refused when the config loads.
+const UNBOUNDED: [&str; 4] = ["def", "repeat", "while", "until"];
+
+/// jq builtins that reach the process rather than the event: its environment (secrets), its
+/// standard input, its exit, its stderr.
+const PROCESS: [&str; 7] = [
+    "env",
+    "input",
+    "inputs",
+    "halt",
+    "halt_error",
+    "debug",
+    "stderr",
+];
+
+/// The first refused word in `code`, outside string literals.
+fn refused_word(code: &str) -> Option<&'static str> {
+    let bytes = code.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let preceded = start > 0 && matches!(bytes[start - 1], b'.' | b'$' | b'@');
+            let followed_by_colon =
+                bytes[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':');
+            let word = &code[start..i];
+            if !preceded
+                && !followed_by_colon
+                && let Some(found) = UNBOUNDED.iter().chain(&PROCESS).find(|w| **w == word)
+            {
+                return Some(found);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A request body that is known to be JSON, parsed into an expression input only when an
@@ -336,6 +428,23 @@ mod tests {
         let err = Expr::compile("nosuchfn(1)").unwrap_err().to_string();
         assert!(err.contains("undefined filter `nosuchfn`"), "{err}");
         assert!(err.contains("character 1"), "{err}");
+        for (code, word) in [
+            ("def f: f; f", "def"),
+            ("[repeat(.)]", "repeat"),
+            ("env.HOME", "env"),
+            (".x | debug", "debug"),
+        ] {
+            let err = Expr::compile(code).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{word}` is not allowed")), "{err}");
+        }
+        // Words inside strings, object keys and field names are fine.
+        for code in [
+            r#""def \"until\" env""#,
+            "{until: .env, debug: 1}",
+            ".repeat.while",
+        ] {
+            Expr::compile(code).unwrap_or_else(|e| panic!("{code}: {e}"));
+        }
     }
 
     #[test]
@@ -343,8 +452,14 @@ mod tests {
         let e = Expr::compile(".a + 1").unwrap();
         let err = e.first(&v(r#"{"a":"x"}"#)).unwrap_err().to_string();
         assert!(err.contains("failed"), "{err}");
-        let halt = Expr::compile("halt").unwrap();
-        assert!(halt.first(&v("1")).is_err());
+        let error = Expr::compile("error(\"boom\")").unwrap();
+        assert!(
+            error
+                .first(&v("1"))
+                .unwrap_err()
+                .to_string()
+                .contains("boom")
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::config::FieldRef;
 use crate::engine::expr;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
+use crate::telemetry::events;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -62,8 +63,22 @@ pub async fn receive(
 ) -> Response {
     let received_at = app.clock.now_ms();
     let limit = app.config.settings.max_body_size;
+    // Metric labels stay bounded: a source not in the config is `unknown`.
+    let source_label = if app.config.sources.contains_key(&source_id) {
+        source_id.as_str()
+    } else {
+        "unknown"
+    };
+    events::event_received(&app.metrics, source_label);
     let reject = |error: ApiError, body: &[u8]| -> Response {
-        tracing::info!(source = %source_id, status = error.status.as_u16(), error = error.code, reason = %error.message, "input rejected");
+        events::input_rejected(
+            &app.metrics,
+            &source_id,
+            source_label,
+            error.status.as_u16(),
+            error.code,
+            &error.message,
+        );
         app.store.record_rejection(Rejection {
             source: source_id.clone(),
             received_at,
@@ -218,24 +233,65 @@ pub async fn receive(
             }
         },
     };
-    let plan = crate::engine::plan(&app.config, &source.id, &event_type, &mut payload);
+    drop(payload);
     let kept_headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .filter(|(k, _)| !UNSTORED_HEADERS.contains(&k.as_str()) && !matches!(&source.verify, crate::config::Verify::Hmac { header, .. } if header == k.as_str()))
         .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
         .collect();
+    let kept_headers = serde_json::Value::Object(kept_headers);
     let event_id = crate::ids::event_id();
+    let flows = crate::engine::matching_flows(&app.config, &source.id, &event_type);
+    let plan = if flows.is_empty() {
+        crate::engine::Plan::default()
+    } else {
+        let info = std::sync::Arc::new(crate::engine::EventInfo {
+            id: event_id.clone(),
+            event_type: event_type.clone(),
+            source: source.id.clone(),
+            received_at,
+            headers: kept_headers.clone(),
+        });
+        if flows.iter().all(|f| f.program.is_trivial()) {
+            crate::engine::plan(&flows, &info, &bytes, received_at)
+        } else {
+            // Flows with expressions run in the sandbox, under its time limit.
+            let raw = bytes.clone();
+            let planned_flows = flows.clone();
+            match app
+                .sandbox
+                .run(move || crate::engine::plan(&planned_flows, &info, &raw, received_at))
+                .await
+            {
+                Ok(plan) => plan,
+                Err(e) => crate::engine::plan_failed(&flows, &e.to_string()),
+            }
+        }
+    };
     let jobs: Vec<DeliveryJob> = plan
         .deliveries
         .iter()
         .map(|d| DeliveryJob {
             id: d.id.clone(),
             event_id: event_id.clone(),
+            run_id: d.run_id.clone(),
             destination_id: d.destination_id.clone(),
+            created_at: received_at,
             round_attempts: 0,
             due_at: received_at,
-            payload: Some(bytes.clone()),
+            payload: Some(d.body.clone().unwrap_or_else(|| bytes.clone())),
         })
+        .collect();
+    let ended_runs: Vec<(String, String, &'static str, Option<String>)> = plan
+        .runs
+        .iter()
+        .filter(|r| matches!(r.status, "completed" | "filtered" | "failed"))
+        .map(|r| (r.id.clone(), r.flow_id.clone(), r.status, r.error.clone()))
+        .collect();
+    let due_runs: Vec<(String, i64)> = plan
+        .runs
+        .iter()
+        .filter_map(|r| r.next_at.map(|at| (r.id.clone(), at)))
         .collect();
     let event = NewEvent {
         id: event_id.clone(),
@@ -243,14 +299,40 @@ pub async fn receive(
         event_type: event_type.clone(),
         idempotency_key,
         received_at,
-        headers: serde_json::Value::Object(kept_headers).to_string(),
+        headers: kept_headers.to_string(),
         payload: bytes.clone(),
     };
     match app.store.ingest(event, plan.runs, plan.deliveries).await {
         Ok(IngestOutcome::Accepted) => {
-            tracing::debug!(event_id = %event_id, source = %source.id, event_type = %event_type, deliveries = jobs.len(), "event accepted");
+            let type_label = if app.config.event_types.contains_key(&event_type) {
+                event_type.as_str()
+            } else {
+                "other"
+            };
+            events::event_accepted(
+                &app.metrics,
+                &event_id,
+                &source.id,
+                &event_type,
+                type_label,
+                jobs.len(),
+            );
+            app.activity.seen(&source.id, received_at);
+            for (run_id, flow_id, status, error) in &ended_runs {
+                events::run_ended(
+                    &app.metrics,
+                    run_id,
+                    &event_id,
+                    flow_id,
+                    status,
+                    error.as_deref(),
+                );
+            }
             for job in jobs {
                 app.deliverer.submit(job);
+            }
+            for (run_id, at) in due_runs {
+                app.runs.wake(run_id, at);
             }
             (
                 StatusCode::ACCEPTED,
@@ -266,6 +348,17 @@ pub async fn receive(
             )
                 .into_response()
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            let error = ApiError::from(e);
+            events::input_rejected(
+                &app.metrics,
+                &source.id,
+                &source.id,
+                error.status.as_u16(),
+                error.code,
+                &error.message,
+            );
+            error.into_response()
+        }
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! The store knows nothing of HTTP, flows or scheduling: it takes rows and gives rows.
 
+mod health;
 mod reads;
+mod runs;
 mod schema;
 mod writer;
 
@@ -15,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
+pub use health::*;
 pub use reads::*;
+pub use runs::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,7 +43,7 @@ pub enum StoreError {
 }
 
 /// Delivery states as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,
@@ -83,15 +87,78 @@ pub struct NewEvent {
 pub struct NewRun {
     pub id: String,
     pub flow_id: String,
-    /// `completed`, `filtered` or `failed`.
+    pub flow_version: String,
+    /// `running`, `waiting`, `completed`, `filtered` or `failed`.
     pub status: &'static str,
+    pub pc: usize,
+    pub resume_pc: Option<usize>,
+    pub next_at: Option<Millis>,
     pub error: Option<String>,
+    /// What differs from the event (JSON), or `None`.
+    pub context: Option<String>,
+    /// The step records (a JSON array).
+    pub steps: String,
 }
 
 pub struct NewDelivery {
     pub id: String,
     pub run_id: String,
     pub destination_id: String,
+    /// `None` sends the event's payload as received.
+    pub body: Option<Bytes>,
+}
+
+/// A run's new state, written by the run worker after a step.
+pub struct RunSave {
+    pub id: String,
+    pub event_id: String,
+    /// The status the run must still have for the save to apply (`running`).
+    pub expect_status: &'static str,
+    pub status: &'static str,
+    pub pc: usize,
+    pub resume_pc: Option<usize>,
+    pub next_at: Option<Millis>,
+    pub step_attempts: u32,
+    pub error: Option<String>,
+    pub context: Option<String>,
+    pub steps: String,
+    pub now: Millis,
+}
+
+/// One attempt of an http step, recorded with the run's new state.
+pub struct NewStepAttempt {
+    /// `<run id>/<step index>`.
+    pub job_id: String,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub response_headers: Option<String>,
+    pub response_body: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub outcome: &'static str,
+}
+
+/// How to restart a failed run, decided by the caller from the flow.
+pub struct RunReplay {
+    pub run_id: String,
+    pub now: Millis,
+    /// Where to restart and with which flow version (the same, or the current one).
+    pub pc: usize,
+    pub resume_pc: Option<usize>,
+    pub flow_version: String,
+    /// The step at `pc` delivers: put its dead deliveries back instead of running it again.
+    pub retry_dead_deliveries: bool,
+}
+
+pub enum ReplayOutcome {
+    NotFound,
+    /// The run is not failed; its status.
+    NotFailed(String),
+    /// Dead deliveries put back (the run waits for them), or the run is due now.
+    Resumed {
+        deliveries: Vec<DeliveryJob>,
+        run_due: bool,
+    },
 }
 
 pub enum IngestOutcome {
@@ -105,7 +172,14 @@ pub enum IngestOutcome {
 /// What one attempt did, as recorded.
 pub struct NewAttempt {
     pub delivery_id: String,
+    /// The delivery's event and run, so that the writer need not look them up.
+    pub event_id: String,
+    pub run_id: String,
+    pub destination_id: String,
     pub started_at: Millis,
+    /// When the outcome was known, on the same clock as `started_at` (what the delivery's
+    /// `updated_at` and a run it settles take as "now").
+    pub finished_at: Millis,
     pub duration_ms: i64,
     pub status_code: Option<u16>,
     /// JSON object of response headers.
@@ -130,7 +204,10 @@ pub enum AttemptNext {
 pub struct DeliveryJob {
     pub id: String,
     pub event_id: String,
+    pub run_id: String,
     pub destination_id: String,
+    /// When the delivery was created (for the event's first deliveries, its arrival).
+    pub created_at: Millis,
     /// Attempts made in the current round (a manual retry starts a new round).
     pub round_attempts: u32,
     pub due_at: Millis,
@@ -156,7 +233,7 @@ pub(crate) enum WriteOp {
     },
     Attempt {
         attempt: NewAttempt,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<Option<Settled>, StoreError>>,
     },
     Reject {
         rejection: Rejection,
@@ -166,6 +243,72 @@ pub(crate) enum WriteOp {
         now: Millis,
         reply: oneshot::Sender<Result<Option<DeliveryJob>, StoreError>>,
     },
+    SaveRun {
+        save: RunSave,
+        deliveries: Vec<NewDelivery>,
+        attempt: Option<NewStepAttempt>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    ReplayRun {
+        replay: RunReplay,
+        reply: oneshot::Sender<Result<ReplayOutcome, StoreError>>,
+    },
+    /// `pause: None` resumes.
+    SetPaused {
+        destination_id: String,
+        pause: Option<crate::deliver::circuit::Pause>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SaveAlert {
+        state: AlertState,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    CreateToken {
+        token: NewToken,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    RevokeToken {
+        id: String,
+        now: Millis,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+}
+
+/// An API token to keep: its SHA-256, never the token itself.
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    /// `admin` or `read`.
+    pub scope: String,
+    pub hash: Vec<u8>,
+    pub created_at: Millis,
+}
+
+/// A waiting run whose last pending delivery just finished.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub run_id: String,
+    pub flow_id: String,
+    /// `completed`, `failed`, or `running` (due to go on at its next step).
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+/// An alert rule's state as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AlertState {
+    pub alert_id: String,
+    pub firing: bool,
+    /// When it started firing (or stopped).
+    pub since: Millis,
+    /// What is wrong (or was, once resolved).
+    pub message: String,
+    /// `destination crm`, `source shop`, or `store`.
+    pub subject: String,
+    pub last_notice_at: Option<Millis>,
+    /// Whether the current firing was announced (a firing within the cooldown is not, and
+    /// neither is its resolution).
+    pub notified: bool,
 }
 
 /// Tuning for the store; the defaults are what `ferry serve` uses.
@@ -307,9 +450,92 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Saves a run's new state after a step, with the deliveries it created and the http
+    /// attempt it made, in one transaction. `Ok(false)` when the run no longer had the
+    /// expected status (nothing was written).
+    pub async fn save_run(
+        &self,
+        save: RunSave,
+        deliveries: Vec<NewDelivery>,
+        attempt: Option<NewStepAttempt>,
+    ) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::SaveRun {
+                save,
+                deliveries,
+                attempt,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Pauses (`Some`) or resumes (`None`) a destination, durably.
+    pub async fn set_paused(
+        &self,
+        destination_id: &str,
+        pause: Option<crate::deliver::circuit::Pause>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::SetPaused {
+                destination_id: destination_id.to_string(),
+                pause,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn save_alert(&self, state: AlertState) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::SaveAlert { state, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::CreateToken { token, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Revokes a token; `Ok(false)` when there is no such live token.
+    pub async fn revoke_token(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::RevokeToken {
+                id: id.to_string(),
+                now,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Restarts a failed run as `replay` says.
+    pub async fn replay_run(&self, replay: RunReplay) -> Result<ReplayOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::ReplayRun { replay, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Records an attempt and the delivery's new state. Waits for room in the queue: an
-    /// outcome is never dropped.
-    pub async fn record_attempt(&self, attempt: NewAttempt) -> Result<(), StoreError> {
+    /// outcome is never dropped. When the delivery was the last one a waiting run needed and
+    /// the run goes on to another step, answers that run's id.
+    pub async fn record_attempt(&self, attempt: NewAttempt) -> Result<Option<Settled>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteOp::Attempt { attempt, reply })

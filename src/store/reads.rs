@@ -6,7 +6,7 @@ use crate::clock::rfc3339;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: String,
     pub source: String,
@@ -18,7 +18,7 @@ pub struct EventView {
     pub runs: Vec<RunView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunView {
     pub id: String,
     pub flow_id: String,
@@ -28,7 +28,7 @@ pub struct RunView {
     pub deliveries: Vec<DeliveryView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: String,
     pub event_id: String,
@@ -44,7 +44,7 @@ pub struct DeliveryView {
     pub attempts: Option<Vec<AttemptView>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i64,
     pub started_at: String,
@@ -57,7 +57,7 @@ pub struct AttemptView {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectionView {
     pub id: String,
     pub source: String,
@@ -201,19 +201,57 @@ pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreErro
     }))
 }
 
-/// Dead letters, newest first; `before` is the cursor (a delivery id) of the previous page.
-pub fn dead_letters(
+/// An event as lists show it (no payload).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventSummary {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub received_at: String,
+}
+
+/// Which events a list shows.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+}
+
+/// Events, newest first; `before` is the id of the previous page's last event.
+pub fn events(
     conn: &Connection,
+    filter: &EventFilter,
     before: Option<&str>,
     limit: usize,
-) -> Result<Vec<DeliveryView>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'dead' AND (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
-    ))?;
-    let rows: Vec<_> = stmt
-        .query_map(params![before, limit as i64], delivery_row)?
-        .collect::<Result<_, _>>()?;
-    rows.into_iter().map(finish_delivery).collect()
+) -> Result<Vec<EventSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, source, event_type, received_at FROM events
+         WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR event_type = ?2)
+           AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at < ?4)
+           AND (?5 IS NULL OR seq < (SELECT seq FROM events WHERE id = ?5))
+         ORDER BY seq DESC LIMIT ?6",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            filter.source,
+            filter.event_type,
+            filter.since,
+            filter.until,
+            before,
+            limit as i64
+        ],
+        |r| {
+            Ok(EventSummary {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                event_type: r.get(2)?,
+                received_at: rfc3339(r.get(3)?),
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The rejected log, newest first; `before` is the cursor (an entry id) of the previous page.
@@ -251,14 +289,16 @@ pub fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
 /// The first `limit` pending deliveries in due order, for the deliverer to take over.
 pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, event_id, destination_id, round_attempts, next_attempt_at FROM deliveries
+        "SELECT id, event_id, destination_id, round_attempts, next_attempt_at, run_id, created_at FROM deliveries
          WHERE status = 'pending' ORDER BY next_attempt_at LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![limit as i64], |r| {
         Ok(DeliveryJob {
             id: r.get(0)?,
             event_id: r.get(1)?,
+            run_id: r.get(5)?,
             destination_id: r.get(2)?,
+            created_at: r.get(6)?,
             round_attempts: r.get::<_, i64>(3)? as u32,
             due_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
             payload: None,
@@ -267,10 +307,13 @@ pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>,
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn event_payload(conn: &Connection, event_id: &str) -> Result<Option<Bytes>, StoreError> {
+/// What a delivery sends: its own body, or else its event's payload.
+pub fn delivery_payload(conn: &Connection, delivery_id: &str) -> Result<Option<Bytes>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-        .query_row(params![event_id], |r| r.get::<_, Vec<u8>>(0))
+        .prepare_cached(
+            "SELECT COALESCE(d.body, e.payload) FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+        )?
+        .query_row(params![delivery_id], |r| r.get::<_, Vec<u8>>(0))
         .optional()?
         .map(Bytes::from))
 }

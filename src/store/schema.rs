@@ -18,16 +18,38 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_idempotency ON events(source, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
+-- A flow run. `pc` is the index of its current step in the flow's program; `context` holds
+-- what differs from the event (a transformed payload, named step outputs); `steps` is the JSON
+-- array of step records. Status: running (the run worker acts at `next_at`), waiting (on the
+-- deliveries of the step at `pc`, then goes on at `resume_pc` or completes), completed,
+-- filtered, failed.
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     event_id TEXT NOT NULL,
     flow_id TEXT NOT NULL,
+    flow_version TEXT NOT NULL,
     status TEXT NOT NULL,
+    pc INTEGER NOT NULL,
+    resume_pc INTEGER,
+    next_at INTEGER,
+    step_attempts INTEGER NOT NULL DEFAULT 0,
+    -- While waiting: the deliveries of the step at `pc` still pending, and those dead-lettered.
+    pending INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    context TEXT,
+    steps TEXT NOT NULL,
     error TEXT,
-    created_at INTEGER NOT NULL
+    -- For a failed run: `step` (a step failed) or `deliveries` (the deliver step's deliveries
+    -- were dead-lettered; they stand for the run among the dead letters).
+    failed_on TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_event ON runs(event_id);
+CREATE INDEX IF NOT EXISTS runs_due ON runs(next_at) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS runs_failed ON runs(id) WHERE status = 'failed' AND failed_on = 'step';
 
+-- `body` is NULL when the delivery sends the event's payload as received.
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -39,15 +61,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    last_error TEXT
+    last_error TEXT,
+    body BLOB
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(id) WHERE status = 'dead';
 
+-- Attempts of deliveries (`delivery_id` is the delivery's id) and of http steps (`delivery_id`
+-- is `<run id>/<step index>`).
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     delivery_id TEXT NOT NULL,
+    -- The destination of a delivery attempt (NULL for an http step): what alert rules read.
+    destination_id TEXT,
     attempt INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
     duration_ms INTEGER NOT NULL,
@@ -58,6 +85,36 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
+CREATE INDEX IF NOT EXISTS attempts_destination ON attempts(destination_id, started_at) WHERE destination_id IS NOT NULL;
+
+-- Destinations paused by hand or automatically; a row per paused destination.
+CREATE TABLE IF NOT EXISTS paused_destinations (
+    destination_id TEXT PRIMARY KEY,
+    paused_by TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since INTEGER NOT NULL
+);
+
+-- API tokens made through the API: only the SHA-256 of each token is kept.
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+
+-- The state of each alert rule, so that a restart neither repeats nor forgets a notice.
+CREATE TABLE IF NOT EXISTS alert_states (
+    alert_id TEXT PRIMARY KEY,
+    firing INTEGER NOT NULL,
+    since INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    last_notice_at INTEGER,
+    notified INTEGER NOT NULL DEFAULT 0
+);
 
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY,
@@ -74,6 +131,9 @@ CREATE TABLE IF NOT EXISTS rejections (
 /// fsync to the syncer thread (see `writer::syncer`): nothing is acknowledged before it.
 fn configure(conn: &Connection, synchronous: &str) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Room for every statement the writer uses: rusqlite keeps 16 by default, and past that
+    // statements are prepared again on every use.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
@@ -84,10 +144,31 @@ fn configure(conn: &Connection, synchronous: &str) -> Result<(), StoreError> {
 /// from its start, and overwriting a file costs a cheaper fsync than growing it.
 pub const WAL_RESTART_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The schema's version, kept in SQLite's `user_version`. There are no migrations yet: a data
+/// directory written by another version is refused with a clear error.
+const SCHEMA_VERSION: i64 = 2;
+
+fn check_version(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables > 0 && version != SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the data was written with schema version {version}; this Ferry reads version {SCHEMA_VERSION} and has no migration for it yet: start with a new data directory"
+        )));
+    }
+    Ok(())
+}
+
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn, "FULL")?;
+    check_version(&conn)?;
     conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     // Committed pages are made durable by the syncer's fdatasync before anyone is answered.
     conn.pragma_update(None, "synchronous", "OFF")?;
     // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
@@ -110,5 +191,8 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
+
+const STATEMENT_CACHE: usize = 64;

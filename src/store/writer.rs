@@ -12,8 +12,24 @@ pub(super) enum Reply {
         Result<IngestOutcome, StoreError>,
     ),
     Attempt(
+        oneshot::Sender<Result<Option<Settled>, StoreError>>,
+        Result<Option<Settled>, StoreError>,
+    ),
+    SaveRun(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
+    ),
+    ReplayRun(
+        oneshot::Sender<Result<ReplayOutcome, StoreError>>,
+        Result<ReplayOutcome, StoreError>,
+    ),
+    Done(
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
+    ),
+    Changed(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
     ),
     Retry(
         oneshot::Sender<Result<Option<DeliveryJob>, StoreError>>,
@@ -28,6 +44,10 @@ impl Reply {
             Reply::Ingest(tx, r) => answer(tx, r, commit_failed),
             Reply::Attempt(tx, r) => answer(tx, r, commit_failed),
             Reply::Retry(tx, r) => answer(tx, r, commit_failed),
+            Reply::SaveRun(tx, r) => answer(tx, r, commit_failed),
+            Reply::ReplayRun(tx, r) => answer(tx, r, commit_failed),
+            Reply::Done(tx, r) => answer(tx, r, commit_failed),
+            Reply::Changed(tx, r) => answer(tx, r, commit_failed),
         }
     }
 }
@@ -133,6 +153,47 @@ pub(super) fn run(
                 } => {
                     let r = retry(&tx, &delivery_id, now);
                     replies.push(Reply::Retry(reply, r));
+                }
+                WriteOp::SaveRun {
+                    save,
+                    deliveries,
+                    attempt,
+                    reply,
+                } => {
+                    let r = save_run(&tx, &save, &deliveries, attempt.as_ref());
+                    replies.push(Reply::SaveRun(reply, r));
+                }
+                WriteOp::ReplayRun { replay, reply } => {
+                    let r = replay_run(&tx, &replay);
+                    replies.push(Reply::ReplayRun(reply, r));
+                }
+                WriteOp::SetPaused {
+                    destination_id,
+                    pause,
+                    reply,
+                } => {
+                    let r = set_paused(&tx, &destination_id, pause.as_ref());
+                    replies.push(Reply::Done(reply, r));
+                }
+                WriteOp::SaveAlert { state, reply } => {
+                    let r = save_alert(&tx, &state);
+                    replies.push(Reply::Done(reply, r));
+                }
+                WriteOp::CreateToken { token, reply } => {
+                    let r = tx
+                        .prepare_cached("INSERT INTO api_tokens (id, name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+                        .and_then(|mut s| s.execute(params![token.id, token.name, token.scope, token.hash, token.created_at]))
+                        .map(|_| ())
+                        .map_err(StoreError::from);
+                    replies.push(Reply::Done(reply, r));
+                }
+                WriteOp::RevokeToken { id, now, reply } => {
+                    let r = tx
+                        .prepare_cached("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+                        .and_then(|mut s| s.execute(params![id, now]))
+                        .map(|n| n > 0)
+                        .map_err(StoreError::from);
+                    replies.push(Reply::Changed(reply, r));
                 }
             }
         }
@@ -326,6 +387,14 @@ fn fail_op(op: WriteOp, message: &str) {
         WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
         WriteOp::Attempt { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
         WriteOp::Retry { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::SaveRun { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::ReplayRun { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::RevokeToken { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::SetPaused { reply, .. }
+        | WriteOp::SaveAlert { reply, .. }
+        | WriteOp::CreateToken { reply, .. } => {
+            answer(reply, Err(StoreError::Write(message)), None)
+        }
         WriteOp::Reject { .. } => {}
     }
 }
@@ -355,41 +424,63 @@ fn ingest(
             ))),
         };
     }
-    let mut run_stmt =
-        tx.prepare_cached("INSERT INTO runs (id, event_id, flow_id, status, error, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+    let mut run_stmt = tx.prepare_cached(
+        "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error, failed_on, pending, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, CASE WHEN ?5 = 'failed' THEN 'step' END, ?13, ?12, ?12)",
+    )?;
     for r in runs {
         run_stmt.execute(params![
             r.id,
             e.id,
             r.flow_id,
+            r.flow_version,
             r.status,
+            r.pc as i64,
+            r.resume_pc.map(|p| p as i64),
+            r.next_at,
+            r.context,
+            r.steps,
             r.error,
-            e.received_at
+            e.received_at,
+            deliveries.iter().filter(|d| d.run_id == r.id).count() as i64
         ])?;
     }
-    let mut delivery_stmt = tx.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)",
-    )?;
-    for d in deliveries {
-        delivery_stmt.execute(params![
-            d.id,
-            e.id,
-            d.run_id,
-            d.destination_id,
-            e.received_at
-        ])?;
-    }
+    insert_deliveries(tx, &e.id, deliveries, e.received_at)?;
     Ok(IngestOutcome::Accepted)
 }
 
-fn record_attempt(tx: &Connection, a: &NewAttempt) -> Result<(), StoreError> {
+fn insert_deliveries(
+    tx: &Connection,
+    event_id: &str,
+    deliveries: &[NewDelivery],
+    now: Millis,
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at, body)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5, ?6)",
+    )?;
+    for d in deliveries {
+        stmt.execute(params![
+            d.id,
+            event_id,
+            d.run_id,
+            d.destination_id,
+            now,
+            d.body.as_deref()
+        ])?;
+    }
+    Ok(())
+}
+
+fn record_attempt(tx: &Connection, a: &NewAttempt) -> Result<Option<Settled>, StoreError> {
     let (status, next_at) = match a.next {
         AttemptNext::Succeeded => ("succeeded", None),
         AttemptNext::RetryAt(at) => ("pending", Some(at)),
         AttemptNext::Dead => ("dead", None),
     };
-    let now = a.started_at + a.duration_ms;
+    let now = a.finished_at;
+    // No `RETURNING` here: it builds an ephemeral table on every run, which costs the writer
+    // more than the rest of the statement. The job carries the run and event ids.
     let updated = tx
         .prepare_cached(
             "UPDATE deliveries SET attempts = attempts + 1, round_attempts = round_attempts + 1, status = ?2,
@@ -402,12 +493,213 @@ fn record_attempt(tx: &Connection, a: &NewAttempt) -> Result<(), StoreError> {
             a.delivery_id
         )));
     }
+    let (run_id, event_id) = (&a.run_id, &a.event_id);
     tx.prepare_cached(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, response_headers, response_body, error, outcome)
-         VALUES (?1, (SELECT attempts FROM deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, response_headers, response_body, error, outcome, destination_id)
+         VALUES (?1, (SELECT attempts FROM deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![a.delivery_id, a.started_at, a.duration_ms, a.status_code, a.response_headers, a.response_body, a.error, a.outcome])?;
+    .execute(params![a.delivery_id, a.started_at, a.duration_ms, a.status_code, a.response_headers, a.response_body, a.error, a.outcome, a.destination_id])?;
+    match a.next {
+        AttemptNext::RetryAt(_) => Ok(None),
+        AttemptNext::Succeeded => settle_run(tx, run_id, event_id, false, now),
+        AttemptNext::Dead => settle_run(tx, run_id, event_id, true, now),
+    }
+}
+
+/// After one of a waiting run's deliveries finished: when none is pending any more, the run
+/// fails (some were dead-lettered), completes, or is due to go on (its id is returned).
+fn settle_run(
+    tx: &Connection,
+    run_id: &str,
+    event_id: &str,
+    dead: bool,
+    now: Millis,
+) -> Result<Option<Settled>, StoreError> {
+    let counted = tx
+        .prepare_cached(
+            "UPDATE runs SET pending = pending - 1, dead = dead + ?2 WHERE id = ?1 AND status = 'waiting'",
+        )?
+        .execute(params![run_id, dead as i64])?;
+    if counted == 0 {
+        return Ok(None);
+    }
+    let (pending, dead_count, resume_pc, flow_id): (i64, i64, Option<i64>, String) = tx
+        .prepare_cached("SELECT pending, dead, resume_pc, flow_id FROM runs WHERE id = ?1")?
+        .query_row(params![run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    let settled = |status, error| Settled {
+        run_id: run_id.to_string(),
+        flow_id: flow_id.clone(),
+        status,
+        error,
+    };
+    if pending > 0 {
+        return Ok(None);
+    }
+    let dead: Vec<String> = if dead_count > 0 {
+        tx.prepare_cached("SELECT destination_id FROM deliveries WHERE event_id = ?1 AND run_id = ?2 AND status = 'dead' ORDER BY destination_id")?
+            .query_map(params![event_id, run_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    if !dead.is_empty() {
+        let error = format!(
+            "the deliver step failed: the deliver{} to {} {} dead-lettered",
+            if dead.len() == 1 { "y" } else { "ies" },
+            dead.iter()
+                .map(|d| format!("`{d}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if dead.len() == 1 { "was" } else { "were" }
+        );
+        tx.prepare_cached("UPDATE runs SET status = 'failed', failed_on = 'deliveries', error = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![run_id, error, now])?;
+        return Ok(Some(settled("failed", Some(error))));
+    }
+    match resume_pc {
+        None => {
+            tx.prepare_cached(
+                "UPDATE runs SET status = 'completed', updated_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![run_id, now])?;
+            Ok(Some(settled("completed", None)))
+        }
+        Some(pc) => {
+            tx.prepare_cached(
+                "UPDATE runs SET status = 'running', pc = ?2, resume_pc = NULL, next_at = ?3, step_attempts = 0, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![run_id, pc, now])?;
+            Ok(Some(settled("running", None)))
+        }
+    }
+}
+
+fn save_run(
+    tx: &Connection,
+    s: &RunSave,
+    deliveries: &[NewDelivery],
+    attempt: Option<&NewStepAttempt>,
+) -> Result<bool, StoreError> {
+    let updated = tx
+        .prepare_cached(
+            "UPDATE runs SET status = ?3, pc = ?4, resume_pc = ?5, next_at = ?6, step_attempts = ?7, error = ?8,
+             context = ?9, steps = ?10, updated_at = ?11, failed_on = CASE WHEN ?3 = 'failed' THEN 'step' END,
+             pending = ?12, dead = 0
+             WHERE id = ?1 AND status = ?2",
+        )?
+        .execute(params![
+            s.id,
+            s.expect_status,
+            s.status,
+            s.pc as i64,
+            s.resume_pc.map(|p| p as i64),
+            s.next_at,
+            s.step_attempts,
+            s.error,
+            s.context,
+            s.steps,
+            s.now,
+            deliveries.len() as i64
+        ])?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    insert_deliveries(tx, &s.event_id, deliveries, s.now)?;
+    if let Some(a) = attempt {
+        tx.prepare_cached(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, response_headers, response_body, error, outcome)
+             VALUES (?1, (SELECT COUNT(*) + 1 FROM attempts WHERE delivery_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![a.job_id, a.started_at, a.duration_ms, a.status_code, a.response_headers, a.response_body, a.error, a.outcome])?;
+    }
+    Ok(true)
+}
+
+fn set_paused(
+    tx: &Connection,
+    destination_id: &str,
+    pause: Option<&crate::deliver::circuit::Pause>,
+) -> Result<(), StoreError> {
+    match pause {
+        Some(p) => tx
+            .prepare_cached(
+                "INSERT INTO paused_destinations (destination_id, paused_by, reason, since) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (destination_id) DO UPDATE SET paused_by = ?2, reason = ?3, since = ?4",
+            )?
+            .execute(params![destination_id, p.by, p.reason, p.since])?,
+        None => tx
+            .prepare_cached("DELETE FROM paused_destinations WHERE destination_id = ?1")?
+            .execute(params![destination_id])?,
+    };
     Ok(())
+}
+
+fn save_alert(tx: &Connection, a: &AlertState) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO alert_states (alert_id, firing, since, message, subject, last_notice_at, notified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (alert_id) DO UPDATE SET firing = ?2, since = ?3, message = ?4, subject = ?5, last_notice_at = ?6, notified = ?7",
+    )?
+    .execute(params![a.alert_id, a.firing, a.since, a.message, a.subject, a.last_notice_at, a.notified])?;
+    Ok(())
+}
+
+fn replay_run(tx: &Connection, r: &RunReplay) -> Result<ReplayOutcome, StoreError> {
+    let run: Option<(String, String)> = tx
+        .prepare_cached("SELECT status, event_id FROM runs WHERE id = ?1")?
+        .query_row(params![r.run_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((status, event_id)) = run else {
+        return Ok(ReplayOutcome::NotFound);
+    };
+    if status != "failed" {
+        return Ok(ReplayOutcome::NotFailed(status));
+    }
+    let mut jobs = Vec::new();
+    if r.retry_dead_deliveries {
+        jobs = tx
+            .prepare_cached(
+                "UPDATE deliveries SET status = 'pending', round_attempts = 0, next_attempt_at = ?3, updated_at = ?3
+                 WHERE event_id = ?1 AND run_id = ?2 AND status = 'dead' RETURNING id, destination_id, created_at",
+            )?
+            .query_map(params![event_id, r.run_id, r.now], |row| {
+                Ok(DeliveryJob {
+                    id: row.get(0)?,
+                    event_id: event_id.clone(),
+                    run_id: r.run_id.clone(),
+                    destination_id: row.get(1)?,
+                    created_at: row.get(2)?,
+                    round_attempts: 0,
+                    due_at: r.now,
+                    payload: None,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    let (status, next_at) = if jobs.is_empty() {
+        ("running", Some(r.now))
+    } else {
+        ("waiting", None)
+    };
+    tx.prepare_cached(
+        "UPDATE runs SET status = ?2, pc = ?3, resume_pc = ?4, next_at = ?5, step_attempts = 0, error = NULL,
+         failed_on = NULL, flow_version = ?6, updated_at = ?7, pending = ?8, dead = 0 WHERE id = ?1",
+    )?
+    .execute(params![
+        r.run_id,
+        status,
+        r.pc as i64,
+        r.resume_pc.map(|p| p as i64),
+        next_at,
+        r.flow_version,
+        r.now,
+        jobs.len() as i64
+    ])?;
+    Ok(ReplayOutcome::Resumed {
+        run_due: jobs.is_empty(),
+        deliveries: jobs,
+    })
 }
 
 fn reject(tx: &Connection, r: &Rejection) -> Result<(), StoreError> {
@@ -421,13 +713,25 @@ fn retry(
     delivery_id: &str,
     now: Millis,
 ) -> Result<Option<DeliveryJob>, StoreError> {
-    Ok(tx
+    let job = tx
         .prepare_cached(
             "UPDATE deliveries SET status = 'pending', round_attempts = 0, next_attempt_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND status = 'dead' RETURNING id, event_id, destination_id",
+             WHERE id = ?1 AND status = 'dead' RETURNING id, event_id, destination_id, run_id, created_at",
         )?
         .query_row(params![delivery_id, now], |r| {
-            Ok(DeliveryJob { id: r.get(0)?, event_id: r.get(1)?, destination_id: r.get(2)?, round_attempts: 0, due_at: now, payload: None })
+            Ok(DeliveryJob { id: r.get(0)?, event_id: r.get(1)?, run_id: r.get(3)?, destination_id: r.get(2)?, created_at: r.get(4)?, round_attempts: 0, due_at: now, payload: None })
         })
-        .optional()?)
+        .optional()?;
+    let Some(job) = job else {
+        return Ok(None);
+    };
+    // A run that failed because of its dead deliveries waits on them again: when this one
+    // (and any other retried) succeeds, it goes on.
+    tx.prepare_cached(
+        "UPDATE runs SET status = 'waiting', failed_on = NULL, error = NULL, updated_at = ?2,
+         pending = pending + 1, dead = dead - 1
+         WHERE id = ?1 AND (status = 'waiting' OR (status = 'failed' AND failed_on = 'deliveries'))",
+    )?
+    .execute(params![job.run_id, now])?;
+    Ok(Some(job))
 }

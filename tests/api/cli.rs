@@ -100,16 +100,32 @@ async fn serve_generates_a_token_and_logs_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
     let hmac_secret = "gh-hmac-secret-value-1234";
+    let (bearer, password) = ("step-bearer-secret-77", "basic-pass-secret-88");
+    let slack = Receiver::start().await;
+    // A Slack webhook URL is a credential; so is the SMTP password.
+    let slack_url = format!("{}?token=slack-path-secret-99", slack.url);
+    let smtp_password = "smtp-password-secret-55";
     std::fs::write(
         &config,
         format!(
             r#"
-settings: {{ allow_private_destinations: true }}
+settings: {{ allow_private_destinations: true, alert_interval: 1s }}
+channels:
+  - {{ id: team, kind: slack, url: "{slack_url}" }}
+  - {{ id: mail, kind: email, smtp: {{ host: 127.0.0.1, port: 9, tls: none, username: u, password: "{smtp_password}" }}, from: f@example.com, to: [t@example.com] }}
+alerts:
+  - {{ id: quiet-github, when: {{ source_silent: {{ source: gh, for: 1s }} }}, notify: [team, mail] }}
 sources:
   - {{ id: shop, kind: webhook, verify: {{ scheme: standard-webhooks, secret: "${{SHOP_SECRET}}" }} }}
   - {{ id: gh, kind: webhook, verify: {{ scheme: hmac, header: X-Hub-Signature-256, secret: "{hmac_secret}" }}, event_type: {{ from: header, name: X-GitHub-Event }} }}
 destinations: [ {{ id: d, kind: http, url: "{}", signing: {{ secret: "${{SHOP_SECRET}}" }}, retry: {{ max_attempts: 1 }} }} ]
-flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: d }} ] }} ]
+flows:
+  - {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: d }} ] }}
+  - id: calls
+    on: {{ source: shop }}
+    steps:
+      - {{ name: one, http: {{ method: POST, url: "{0}", auth: {{ bearer: "{bearer}" }}, body: '{{n: 1}}' }} }}
+      - {{ http: {{ method: POST, url: "{0}", auth: {{ basic: {{ username: u, password: "{password}" }} }}, body: '{{n: 2}}' }} }}
 "#,
             receiver.url
         ),
@@ -171,12 +187,19 @@ flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: d }} ] }} ]
         .await
         .unwrap();
     assert_eq!(forged.status(), 401);
-    receiver.wait_for(1).await;
-    let outgoing_signature = receiver.requests()[0].headers["webhook-signature"]
+    receiver.wait_for(3).await;
+    let outgoing_signature = receiver
+        .requests()
+        .iter()
+        .find_map(|r| r.headers.get("webhook-signature"))
+        .unwrap()
         .to_str()
         .unwrap()
         .to_string();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The silent-source alert fires after a second or two and goes to Slack (and fails to
+    // reach the SMTP port).
+    slack.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     child.start_kill().unwrap();
     let out = child.wait_with_output().await.unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
@@ -190,6 +213,11 @@ flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: d }} ] }} ]
     for needle in [
         secret_b64,
         hmac_secret,
+        bearer,
+        password,
+        "slack-path-secret-99",
+        smtp_password,
+        "dTpiYXNpYy1wYXNzLXNlY3JldC04OA",
         token.trim(),
         signed[2].1.trim_start_matches("v1,"),
         outgoing_signature.trim_start_matches("v1,"),

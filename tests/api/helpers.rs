@@ -19,6 +19,7 @@ pub struct TestApp {
     pub state: AppState,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
+    data: std::path::PathBuf,
     _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -36,6 +37,20 @@ pub async fn spawn_app(yaml: &str) -> TestApp {
     .await
 }
 
+/// Like [`spawn_app`], with `tune` applied to the options.
+pub async fn spawn_app_with(yaml: &str, tune: impl FnOnce(&mut ServeOptions)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    start(
+        yaml,
+        &path,
+        ManualClock::new(ferry::clock::system_now_ms()),
+        Some(dir),
+        tune,
+    )
+    .await
+}
+
 /// Starts Ferry on an existing data directory and clock (to restart on the same data).
 pub async fn spawn_app_at(
     yaml: &str,
@@ -43,12 +58,23 @@ pub async fn spawn_app_at(
     clock: Arc<ManualClock>,
     dir: Option<tempfile::TempDir>,
 ) -> TestApp {
+    start(yaml, data, clock, dir, |_| {}).await
+}
+
+async fn start(
+    yaml: &str,
+    data: &std::path::Path,
+    clock: Arc<ManualClock>,
+    dir: Option<tempfile::TempDir>,
+    tune: impl FnOnce(&mut ServeOptions),
+) -> TestApp {
     let config = ferry::config::load_str(yaml, "test.yaml", std::path::Path::new("."), &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));
     let mut options = ServeOptions::new(config, data.to_path_buf());
     options.api_token = Some(TOKEN.into());
     options.clock = clock.clone();
     options.deliverer.jitter_seed = Some(1);
+    tune(&mut options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = ferry::app::prepare(options).await.unwrap();
@@ -57,6 +83,7 @@ pub async fn spawn_app_at(
         let _ = rx.await;
     }));
     TestApp {
+        data: data.to_path_buf(),
         addr,
         state,
         clock,
@@ -67,6 +94,11 @@ pub async fn spawn_app_at(
 }
 
 impl TestApp {
+    /// The data directory this app runs on.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -116,6 +148,51 @@ impl TestApp {
             .await
             .unwrap();
         (r.status(), r.json().await.unwrap())
+    }
+
+    pub async fn api_post_json(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// Waits until run `id` has `status`, and returns the run.
+    pub async fn wait_run(&self, id: &str, status: &str) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let (_, run) = self.api_get(&format!("/api/v1/runs/{id}")).await;
+            if run["status"] == status {
+                return run;
+            }
+            last = run;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("run {id} never became {status}; last seen: {last:#}");
+    }
+
+    /// The id of the run of `flow_id` that an event started.
+    pub async fn run_of(&self, event_id: &str, flow_id: &str) -> String {
+        let (_, event) = self.api_get(&format!("/api/v1/events/{event_id}")).await;
+        event["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["flow_id"] == flow_id)
+            .unwrap_or_else(|| panic!("no run of {flow_id} in {event:#}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub async fn event_count(&self) -> i64 {
@@ -315,6 +392,11 @@ impl Receiver {
             .unwrap()
         });
         r
+    }
+
+    /// Changes the answer given once the script is used up (to fix a destination).
+    pub fn set_fallback(&self, reply: Reply) {
+        *self.fallback.lock().unwrap() = reply;
     }
 
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {

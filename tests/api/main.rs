@@ -3,10 +3,15 @@
 
 mod helpers;
 
+mod alerts;
 mod cli;
+mod client;
 mod crash;
 mod fanout;
+mod flows;
 mod idempotency;
+mod openapi;
 mod overload;
 mod retries;
+mod tokens;
 mod validation;

@@ -285,3 +285,111 @@ async fn dead_letters_page_without_loss_or_repetition() {
         (400, Some("invalid_limit"))
     );
 }
+
+#[tokio::test]
+async fn replay_by_filter_takes_exactly_the_matching_dead_letters() {
+    let (a, b) = (
+        Receiver::start_with(Reply::status(500)).await,
+        Receiver::start_with(Reply::status(400)).await,
+    );
+    let app = spawn_app(&format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: shop, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: a, kind: http, url: "{}", retry: {{ max_attempts: 1 }} }}
+  - {{ id: b, kind: http, url: "{}", retry: {{ max_attempts: 1 }} }}
+flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: [a, b] }} ] }} ]
+"#,
+        a.url, b.url
+    ))
+    .await;
+    for n in 0..3 {
+        app.accept("/in/shop", &format!(r#"{{"type":"t","n":{n}}}"#), &[])
+            .await;
+    }
+    a.wait_for(3).await;
+    b.wait_for(3).await;
+    wait_until("six dead letters", || async {
+        let (_, d) = app.api_get("/api/v1/dead-letters").await;
+        d["data"].as_array().unwrap().len() == 6
+    })
+    .await;
+    let (status, dry) = app
+        .api_post_json(
+            "/api/v1/dead-letters/replay",
+            serde_json::json!({"destination_id": "a", "error": "HTTP 500", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["matched"], 3);
+    assert_eq!(a.count(), 3, "a dry run replays nothing");
+    a.set_fallback(Reply::status(200));
+    let (status, done) = app
+        .api_post_json(
+            "/api/v1/dead-letters/replay",
+            serde_json::json!({"destination_id": "a"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{done}");
+    assert_eq!(done["matched"], 3);
+    a.wait_for(6).await;
+    wait_until("only b's stay dead", || async {
+        let (_, d) = app.api_get("/api/v1/dead-letters").await;
+        let left = d["data"].as_array().unwrap().clone();
+        left.len() == 3 && left.iter().all(|x| x["destination_id"] == "b")
+    })
+    .await;
+    assert_eq!(b.count(), 3, "b's dead letters were not replayed");
+    let (_, dests) = app.api_get("/api/v1/destinations").await;
+    let a_health = dests["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a_health["last_hour"]["attempts"], 6, "{a_health}");
+    assert_eq!(a_health["last_hour"]["success_ratio"], 0.5, "{a_health}");
+}
+
+#[tokio::test]
+async fn the_events_list_pages_without_loss_or_repetition() {
+    let app = spawn_app("sources: [ { id: shop, kind: webhook, verify: { scheme: none } }, { id: other, kind: webhook, verify: { scheme: none } } ]").await;
+    let mut sent = Vec::new();
+    for n in 0..53 {
+        sent.push(
+            app.accept("/in/shop", &format!(r#"{{"type":"t","n":{n}}}"#), &[])
+                .await,
+        );
+    }
+    app.accept("/in/other", r#"{"type":"t"}"#, &[]).await;
+    let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let path = match &after {
+            None => "/api/v1/events?limit=10&source=shop".to_string(),
+            Some(a) => format!("/api/v1/events?limit=10&source=shop&after={a}"),
+        };
+        let (status, page) = app.api_get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for e in page["data"].as_array().unwrap() {
+            seen.push(e["id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 6);
+    assert_eq!(seen.len(), 53, "no repetition");
+    sent.reverse();
+    assert_eq!(seen, sent, "every event once, newest first");
+    let (status, bad) = app.api_get("/api/v1/events?limit=0").await;
+    assert_eq!(status, 400, "{bad}");
+    let (status, bad) = app.api_get("/api/v1/events?limit=ten").await;
+    assert_eq!(
+        (status.as_u16(), bad["error"].as_str()),
+        (400, Some("invalid_query"))
+    );
+}

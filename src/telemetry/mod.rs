@@ -1,6 +1,12 @@
-//! Logging setup: `tracing` lines as JSON or for people, filtered by `FERRY_LOG` or `RUST_LOG`
-//! (default `info`). Log lines carry ids (event, delivery, destination), never secrets,
-//! signatures or tokens.
+//! Telemetry: logging setup (here), the Prometheus metrics (`metrics.rs`), and the notable
+//! occurrences (`events.rs`), each of which writes its log line and moves its metrics in one
+//! place, so logs and metrics never disagree. Log lines carry ids (event, run, delivery,
+//! destination), never secrets, signatures or tokens.
+
+pub mod events;
+pub mod metrics;
+
+pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,6 +16,8 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Sets up logging: `tracing` lines as JSON or for people, filtered by `FERRY_LOG` or
+/// `RUST_LOG` (default `info`).
 pub fn init(format: LogFormat) {
     let filter = std::env::var("FERRY_LOG")
         .ok()

@@ -1,0 +1,261 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations and the
+//! views' `ToSchema` derives, served at `/api/v1/openapi.json` and committed as
+//! `docs/openapi.json` (a test fails when the two differ). The types here only describe JSON
+//! that handlers build directly.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ferry",
+        description = "Ferry's management API: events, runs, deliveries, dead letters, replay, destinations, alerts and tokens. Every /api/v1 route needs a bearer token.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        super::list_events,
+        super::get_event,
+        super::get_delivery,
+        super::retry_delivery,
+        super::list_dead_letters,
+        super::list_rejections,
+        super::runs::get_run,
+        super::runs::replay_run,
+        super::runs::replay_runs,
+        super::runs::test_flow,
+        super::runs::replay_dead_letters,
+        super::operations::list_destinations,
+        super::operations::pause,
+        super::operations::resume,
+        super::operations::list_alerts,
+        super::tokens::create,
+        super::tokens::list,
+        super::tokens::revoke,
+        super::healthz,
+        super::readyz,
+        super::operations::metrics,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as served and committed (pretty JSON, a final newline).
+pub fn document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// Every error answer: `{"error": <code>, "message": <for a person>, "details": [...]}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    error: String,
+    message: String,
+    details: Vec<serde_json::Value>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Status {
+    status: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventPage {
+    data: Vec<crate::store::EventSummary>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DeadLetterPage {
+    data: Vec<crate::store::DeadLetter>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RejectionPage {
+    data: Vec<crate::store::RejectionView>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokenPage {
+    data: Vec<crate::store::TokenView>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AlertPage {
+    /// Each rule with `id`, `severity`, `when`, `notify`, `cooldown`, `state`, `since`,
+    /// `subject`, `message`, `last_notice_at`.
+    data: Vec<serde_json::Map<String, serde_json::Value>>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DestinationPage {
+    /// Each destination with `id`, `url`, `circuit` and `paused`.
+    data: Vec<serde_json::Map<String, serde_json::Value>>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RetryAnswer {
+    delivery_id: String,
+    status: String,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReplayOptionsDoc {
+    use_current_flow: Option<bool>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReplayAnswer {
+    run_id: String,
+    /// `running` or `waiting`.
+    status: String,
+    from_step: String,
+    redelivered: Vec<String>,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BulkReplayDoc {
+    flow_id: Option<String>,
+    /// Runs created at or after this time.
+    #[schema(format = DateTime)]
+    since: Option<String>,
+    /// Runs created before this time.
+    #[schema(format = DateTime)]
+    until: Option<String>,
+    /// A part of the run's error.
+    error: Option<String>,
+    dry_run: Option<bool>,
+    use_current_flow: Option<bool>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BulkReplayAnswer {
+    dry_run: bool,
+    matched: usize,
+    replayed: Option<usize>,
+    run_ids: Vec<String>,
+    skipped: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct DeadReplayDoc {
+    destination_id: Option<String>,
+    /// Deliveries created at or after this time.
+    #[schema(format = DateTime)]
+    since: Option<String>,
+    /// Deliveries created before this time.
+    #[schema(format = DateTime)]
+    until: Option<String>,
+    /// A part of the delivery's last error.
+    error: Option<String>,
+    dry_run: Option<bool>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DeadReplayAnswer {
+    dry_run: bool,
+    matched: usize,
+    /// The ids put back (at most the first 100 in a dry run).
+    delivery_ids: Vec<String>,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct FlowTestDoc {
+    /// The event's payload.
+    event: serde_json::Value,
+    event_type: Option<String>,
+    headers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TestReportDoc {
+    flow_id: String,
+    /// `completed`, `filtered` or `failed`.
+    outcome: String,
+    error: Option<String>,
+    steps: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PauseDoc {
+    reason: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PauseAnswer {
+    id: String,
+    paused: bool,
+    changed: bool,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewTokenDoc {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    name: String,
+    scope: TokenScope,
+}
+
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum TokenScope {
+    Admin,
+    Read,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewTokenAnswer {
+    id: String,
+    name: String,
+    scope: String,
+    created_at: String,
+    /// Shown this once.
+    token: String,
+}

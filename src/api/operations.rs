@@ -1,0 +1,182 @@
+//! Operating routes: `GET /metrics` (Prometheus text format), the alert rules with their state,
+//! the destinations with their circuit and pause, and pausing and resuming a destination.
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::clock::rfc3339;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// `GET /metrics`: counters and histograms as they stand, and the gauges read now.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let now = app.clock.now_ms();
+    let (backlog, dead, failed_runs) = app
+        .store
+        .read(move |c| {
+            Ok((
+                crate::store::backlog(c, now)?,
+                crate::store::dead_by_destination(c)?,
+                crate::store::failed_run_count(c)?,
+            ))
+        })
+        .await?;
+    let m = &app.metrics;
+    let label = |id: &str| vec![("destination", id.to_string())];
+    for id in app.config.destinations.keys() {
+        let pending = backlog
+            .iter()
+            .find(|b| &b.destination_id == id)
+            .map_or(0, |b| b.pending);
+        m.queue_depth.get_or_create(&label(id)).set(pending);
+        let dead = dead.iter().find(|(d, _)| d == id).map_or(0, |(_, n)| *n);
+        m.dead_letters.get_or_create(&label(id)).set(dead);
+    }
+    let oldest = backlog.iter().filter_map(|b| b.oldest_due).min();
+    m.oldest_due_age
+        .set(oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0));
+    m.failed_runs.set(failed_runs);
+    for (id, health) in app.deliverer.health() {
+        m.circuit_state
+            .get_or_create(&label(&id))
+            .set(health.circuit.gauge());
+        m.destination_paused
+            .get_or_create(&label(&id))
+            .set(health.paused.is_some() as i64);
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/alerts`: every rule with its condition and state.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::AlertPage), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+pub async fn list_alerts(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let states = app.store.read(crate::store::alert_states).await?;
+    let data: Vec<serde_json::Value> = app
+        .config
+        .alerts
+        .iter()
+        .map(|rule| {
+            let state = states.iter().find(|s| s.alert_id == rule.id);
+            json!({
+                "id": rule.id,
+                "severity": rule.severity,
+                "when": rule.condition,
+                "notify": rule.notify,
+                "cooldown": humantime::format_duration(rule.cooldown).to_string(),
+                "state": if state.is_some_and(|s| s.firing) { "firing" } else { "ok" },
+                "since": state.map(|s| rfc3339(s.since)),
+                "subject": state.map(|s| s.subject.clone()),
+                "message": state.map(|s| s.message.clone()),
+                "last_notice_at": state.and_then(|s| s.last_notice_at).map(rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data, "next": null })).into_response())
+}
+
+/// `GET /api/v1/destinations`: each destination with its circuit and pause.
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "destinations", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::DestinationPage), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+pub async fn list_destinations(State(app): State<AppState>) -> Result<Response, ApiError> {
+    // The success ratio of the last hour's attempts, from the store.
+    let since = app.clock.now_ms() - 3_600_000;
+    let ids: Vec<String> = app.config.destinations.keys().cloned().collect();
+    let recent = app
+        .store
+        .read(move |c| {
+            ids.iter()
+                .map(|id| Ok((id.clone(), crate::store::attempt_counts(c, id, since)?)))
+                .collect::<Result<std::collections::HashMap<_, _>, crate::store::StoreError>>()
+        })
+        .await?;
+    let data: Vec<serde_json::Value> = app
+        .deliverer
+        .health()
+        .into_iter()
+        .filter_map(|(id, h)| {
+            let dest = app.config.destinations.get(&id)?;
+            let (total, failed) = recent.get(&id).copied().unwrap_or((0, 0));
+            Some(json!({
+                "id": id,
+                "url": dest.url.as_str(),
+                "last_hour": {
+                    "attempts": total,
+                    "failed": failed,
+                    "success_ratio": if total > 0 { Some((total - failed) as f64 / total as f64) } else { None },
+                },
+                "circuit": {
+                    "state": h.circuit.as_str(),
+                    "consecutive_failures": h.consecutive_failures,
+                    "failing_since": h.failing_since.map(rfc3339),
+                    "last_error": h.last_error,
+                },
+                "paused": h.paused.map(|p| json!({"by": p.by, "reason": p.reason, "since": rfc3339(p.since)})),
+            }))
+        })
+        .collect();
+    Ok(Json(json!({ "data": data, "next": null })).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    reason: Option<String>,
+}
+
+fn pause_error(e: crate::deliver::PauseError) -> ApiError {
+    match e {
+        crate::deliver::PauseError::UnknownDestination(id) => {
+            ApiError::not_found("destination", &id)
+        }
+        crate::deliver::PauseError::Store(e) => e.into(),
+    }
+}
+
+/// `POST /api/v1/destinations/{id}/pause`: deliveries to it wait until it is resumed.
+#[utoipa::path(post, path = "/api/v1/destinations/{id}/pause", tag = "destinations", security(("bearer" = [])), params(("id" = String, Path)),
+    request_body(content = Option<crate::api::openapi::PauseDoc>, description = "optional"),
+    responses((status = 200, description = "OK", body = crate::api::openapi::PauseAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn pause(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: PauseBody = super::runs::optional_json(&body)?;
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "paused through the API".into());
+    let changed = app
+        .deliverer
+        .pause(&id, &reason)
+        .await
+        .map_err(pause_error)?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"id": id, "paused": true, "changed": changed})),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/destinations/{id}/resume`: its held deliveries go at once.
+#[utoipa::path(post, path = "/api/v1/destinations/{id}/resume", tag = "destinations", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "OK", body = crate::api::openapi::PauseAnswer), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn resume(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let changed = app.deliverer.resume(&id).await.map_err(pause_error)?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"id": id, "paused": false, "changed": changed})),
+    )
+        .into_response())
+}

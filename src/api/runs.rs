@@ -1,0 +1,400 @@
+//! Flow runs through the API: a run with its steps, replay of one failed run or of every
+//! failed run matching a filter, and a side-effect-free test of a flow on an event.
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::engine::program::Op;
+use crate::store::{FailedRunFilter, ReplayOutcome, RunReplay};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "OK", body = crate::store::RunDetail), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+pub async fn get_run(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = id.clone();
+    match app
+        .store
+        .read(move |c| crate::store::run_detail(c, &key))
+        .await?
+    {
+        Some(run) => Ok(Json(run).into_response()),
+        None => Err(ApiError::not_found("run", &id)),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayOptions {
+    /// Run the failed step and the rest with the flow's current definition even when it
+    /// changed since the run started.
+    use_current_flow: Option<bool>,
+}
+
+/// Reads an optional JSON body: empty means the defaults.
+pub(super) fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.is_empty() || body == b"null" {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the request body is not valid: {e}"),
+        )
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/runs/{id}/replay", tag = "runs", security(("bearer" = [])), params(("id" = String, Path)),
+    request_body(content = Option<crate::api::openapi::ReplayOptionsDoc>, description = "optional"),
+    responses((status = 202, description = "accepted", body = crate::api::openapi::ReplayAnswer), (status = 409, description = "not failed, or the flow or step changed or is gone", body = crate::api::openapi::ErrorBody), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn replay_run(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let options: ReplayOptions = optional_json(&body)?;
+    let replayed = replay(&app, &id, options.use_current_flow.unwrap_or(false)).await?;
+    Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
+}
+
+/// Restarts one failed run from the step that failed. A deliver step that failed puts its dead
+/// deliveries back (the ones that succeeded are not sent again); any other step runs again.
+async fn replay(
+    app: &AppState,
+    run_id: &str,
+    use_current_flow: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let key = run_id.to_string();
+    let Some(row) = app
+        .store
+        .read(move |c| crate::store::run_row(c, &key))
+        .await?
+    else {
+        return Err(ApiError::not_found("run", run_id));
+    };
+    if row.status != "failed" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_failed",
+            format!(
+                "run `{run_id}` is {}; only a failed run can be replayed",
+                row.status
+            ),
+        ));
+    }
+    let Some(flow) = app.config.flows.iter().find(|f| f.id == row.flow_id) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "flow_missing",
+            format!(
+                "flow `{}` of run `{run_id}` is no longer in the config",
+                row.flow_id
+            ),
+        ));
+    };
+    let pc = if flow.version == row.flow_version {
+        row.pc
+    } else if use_current_flow {
+        let records: Vec<crate::engine::StepRecord> =
+            serde_json::from_str(&row.steps).unwrap_or_default();
+        let failed = records.iter().rev().find(|r| r.index == row.pc);
+        let found = match failed {
+            Some(r) => flow.program.find(r.name.as_deref(), &r.path),
+            None if row.pc == 0 => Some(0),
+            None => None,
+        };
+        found.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "step_missing",
+                format!(
+                    "the step run `{run_id}` failed at is not in flow `{}`'s current definition (matched by name, then by position)",
+                    flow.id
+                ),
+            )
+        })?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "flow_changed",
+            format!(
+                "flow `{}` changed since run `{run_id}` started (version {} to {}); send {{\"use_current_flow\": true}} to replay with the current definition",
+                flow.id, row.flow_version, flow.version
+            ),
+        ));
+    };
+    let Some(instr) = flow.program.instrs.get(pc) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "step_missing",
+            format!("run `{run_id}` failed past the end of flow `{}`", flow.id),
+        ));
+    };
+    let now = app.clock.now_ms();
+    let outcome = app
+        .store
+        .replay_run(RunReplay {
+            run_id: run_id.to_string(),
+            now,
+            pc,
+            resume_pc: flow.program.next_after(pc),
+            flow_version: flow.version.clone(),
+            retry_dead_deliveries: matches!(instr.op, Op::Deliver(_)),
+        })
+        .await?;
+    match outcome {
+        ReplayOutcome::NotFound => Err(ApiError::not_found("run", run_id)),
+        ReplayOutcome::NotFailed(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_failed",
+            format!("run `{run_id}` is {status}; only a failed run can be replayed"),
+        )),
+        ReplayOutcome::Resumed {
+            deliveries,
+            run_due,
+        } => {
+            tracing::info!(run_id, event_id = %row.event_id, flow_id = %flow.id, step = %instr.path, "run replay requested");
+            let redelivered: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+            for job in deliveries {
+                app.deliverer.schedule(job);
+            }
+            if run_due {
+                app.runs.wake(run_id.to_string(), now);
+            }
+            Ok(json!({
+                "run_id": run_id,
+                "status": if run_due { "running" } else { "waiting" },
+                "from_step": instr.path,
+                "redelivered": redelivered,
+            }))
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplay {
+    flow_id: Option<String>,
+    /// RFC 3339: runs created at or after this time.
+    since: Option<String>,
+    /// RFC 3339: runs created before this time.
+    until: Option<String>,
+    /// A part of the run's error message.
+    error: Option<String>,
+    /// Count what would be replayed, replay nothing.
+    dry_run: Option<bool>,
+    use_current_flow: Option<bool>,
+}
+
+fn parse_time(field: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
+    text.as_deref()
+        .map(|t| {
+            crate::clock::parse_rfc3339(t).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("`{field}`: `{t}` is not an RFC 3339 time"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// `POST /api/v1/runs/replay`: every failed run matching the filter. With `dry_run`, only
+/// the count (and the first ids).
+#[utoipa::path(post, path = "/api/v1/runs/replay", tag = "runs", security(("bearer" = [])),
+    request_body(content = Option<crate::api::openapi::BulkReplayDoc>, description = "every field optional"),
+    responses((status = 200, description = "dry run: the count", body = crate::api::openapi::BulkReplayAnswer), (status = 202, description = "accepted", body = crate::api::openapi::BulkReplayAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn replay_runs(
+    State(app): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let q: BulkReplay = optional_json(&body)?;
+    let filter = FailedRunFilter {
+        flow_id: q.flow_id.clone(),
+        since: parse_time("since", &q.since)?,
+        until: parse_time("until", &q.until)?,
+        error: q.error.clone(),
+    };
+    let mut matched = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (f, a) = (filter.clone(), after.clone());
+        let page = app
+            .store
+            .read(move |c| crate::store::failed_runs(c, &f, a.as_deref(), 500))
+            .await?;
+        let done = page.len() < 500;
+        after = page.last().map(|r| r.id.clone());
+        matched.extend(page.into_iter().map(|r| r.id));
+        if done {
+            break;
+        }
+    }
+    if q.dry_run.unwrap_or(false) {
+        return Ok(Json(json!({
+            "dry_run": true,
+            "matched": matched.len(),
+            "run_ids": matched.iter().take(100).collect::<Vec<_>>(),
+        }))
+        .into_response());
+    }
+    let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
+    for id in &matched {
+        match replay(&app, id, q.use_current_flow.unwrap_or(false)).await {
+            Ok(_) => replayed.push(id.clone()),
+            Err(e) => skipped.push(json!({"run_id": id, "error": e.code, "message": e.message})),
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "dry_run": false,
+            "matched": matched.len(),
+            "replayed": replayed.len(),
+            "run_ids": replayed,
+            "skipped": skipped,
+        })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTest {
+    /// The event's payload.
+    event: serde_json::Value,
+    /// The event type; by default the flow's first, or `test`.
+    event_type: Option<String>,
+    /// Request headers the event would have arrived with.
+    headers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `POST /api/v1/flows/{id}/test`: runs the flow on the given event without side effects.
+#[utoipa::path(post, path = "/api/v1/flows/{id}/test", tag = "flows", security(("bearer" = [])), params(("id" = String, Path)),
+    request_body(content = crate::api::openapi::FlowTestDoc),
+    responses((status = 200, description = "OK", body = crate::api::openapi::TestReportDoc), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn test_flow(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Some(flow) = app.config.flows.iter().find(|f| f.id == id).cloned() else {
+        return Err(ApiError::not_found("flow", &id));
+    };
+    let test: FlowTest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!(
+                "the body must be {{\"event\": <payload>, \"event_type\"?, \"headers\"?}}: {e}"
+            ),
+        )
+    })?;
+    let raw = bytes::Bytes::from(test.event.to_string());
+    let event = std::sync::Arc::new(crate::engine::EventInfo {
+        id: "evt_test".into(),
+        event_type: test
+            .event_type
+            .or_else(|| flow.event_types.iter().next().cloned())
+            .unwrap_or_else(|| "test".into()),
+        source: flow.source.clone(),
+        received_at: app.clock.now_ms(),
+        headers: serde_json::Value::Object(test.headers.unwrap_or_default()),
+    });
+    let (config, now) = (app.config.clone(), app.clock.now_ms());
+    let report = app
+        .sandbox
+        .run(move || crate::engine::test_flow(&config, &flow, event, raw, now))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expression_timeout",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(report).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadReplay {
+    destination_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    error: Option<String>,
+    dry_run: Option<bool>,
+}
+
+/// `POST /api/v1/dead-letters/replay`: every dead delivery matching the filter gets a fresh
+/// round of attempts. With `dry_run`, only the count (and the first ids).
+#[utoipa::path(post, path = "/api/v1/dead-letters/replay", tag = "dead letters", security(("bearer" = [])),
+    request_body(content = Option<crate::api::openapi::DeadReplayDoc>, description = "every field optional"),
+    responses((status = 200, description = "dry run: the count", body = crate::api::openapi::DeadReplayAnswer), (status = 202, description = "accepted", body = crate::api::openapi::DeadReplayAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn replay_dead_letters(
+    State(app): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let q: DeadReplay = optional_json(&body)?;
+    let filter = crate::store::DeadFilter {
+        destination_id: q.destination_id.clone(),
+        since: parse_time("since", &q.since)?,
+        until: parse_time("until", &q.until)?,
+        error: q.error.clone(),
+    };
+    let mut matched = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (f, a) = (filter.clone(), after.clone());
+        let page = app
+            .store
+            .read(move |c| crate::store::dead_deliveries(c, &f, a.as_deref(), 500))
+            .await?;
+        let done = page.len() < 500;
+        after = page.last().cloned();
+        matched.extend(page);
+        if done {
+            break;
+        }
+    }
+    if q.dry_run.unwrap_or(false) {
+        return Ok(Json(json!({
+            "dry_run": true,
+            "matched": matched.len(),
+            "delivery_ids": matched.iter().take(100).collect::<Vec<_>>(),
+        }))
+        .into_response());
+    }
+    let now = app.clock.now_ms();
+    let mut replayed = Vec::new();
+    for id in &matched {
+        if let Some(job) = app.store.retry_delivery(id, now).await? {
+            app.deliverer.schedule(job);
+            replayed.push(id.clone());
+        }
+    }
+    tracing::info!(
+        matched = matched.len(),
+        replayed = replayed.len(),
+        "dead letters replayed by filter"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "dry_run": false,
+            "matched": matched.len(),
+            "delivery_ids": replayed,
+        })),
+    )
+        .into_response())
+}

@@ -1,0 +1,553 @@
+//! The run worker: moves flow runs on after their first stop. A run comes here when it is
+//! due (an `http` step to perform, a `delay` that has passed, its deliveries done, a replay);
+//! the worker performs the step, lets the engine run the pure steps that follow (in the
+//! sandbox), and commits the run's new state, the attempt and any new deliveries in one
+//! transaction before it lets the run go.
+//!
+//! **Invariant:** the store is the truth. Memory only holds which runs are due when; on start,
+//! every run in the `running` state is loaded again, so a crash resumes each run at the step
+//! its last commit recorded, and an `http` call whose result was committed is never repeated.
+
+use super::Deliverer;
+use super::http_step::{StepResponse, TokenCache, perform};
+use crate::clock::{Millis, SharedClock};
+use crate::config::{Config, Flow};
+use crate::engine::program::Op;
+use crate::engine::sandbox::Sandbox;
+use crate::engine::{self, EventInfo, RunContext, StepRecord, step_label};
+use crate::store::{DeliveryJob, NewStepAttempt, RunRow, RunSave, Store, StoreError};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Runs worked on at once.
+const CONCURRENT_RUNS: usize = 64;
+
+/// A run to look at, at or after `due`.
+pub struct Wake {
+    run_id: String,
+    due: Millis,
+}
+
+/// Tells the run worker that a run is due. Cheap to clone. The worker runs while a strong
+/// handle (the one in the app's state) exists; the deliverer and the worker itself hold weak
+/// ones, so dropping the app stops it.
+#[derive(Clone)]
+pub struct RunWaker {
+    tx: Sender,
+}
+
+#[derive(Clone)]
+enum Sender {
+    Strong(mpsc::UnboundedSender<Wake>),
+    Weak(mpsc::WeakUnboundedSender<Wake>),
+}
+
+impl RunWaker {
+    pub fn channel() -> (RunWaker, mpsc::UnboundedReceiver<Wake>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            RunWaker {
+                tx: Sender::Strong(tx),
+            },
+            rx,
+        )
+    }
+
+    /// A handle that does not keep the worker running.
+    pub fn downgrade(&self) -> RunWaker {
+        RunWaker {
+            tx: Sender::Weak(match &self.tx {
+                Sender::Strong(tx) => tx.downgrade(),
+                Sender::Weak(w) => w.clone(),
+            }),
+        }
+    }
+
+    pub fn wake(&self, run_id: String, due: Millis) {
+        let wake = Wake { run_id, due };
+        match &self.tx {
+            Sender::Strong(tx) => {
+                let _ = tx.send(wake);
+            }
+            Sender::Weak(w) => {
+                if let Some(tx) = w.upgrade() {
+                    let _ = tx.send(wake);
+                }
+            }
+        }
+    }
+}
+
+struct Worker {
+    config: Arc<Config>,
+    store: Store,
+    clock: SharedClock,
+    client: reqwest::Client,
+    deliverer: Deliverer,
+    sandbox: Sandbox,
+    tokens: TokenCache,
+    metrics: Arc<crate::telemetry::Metrics>,
+    // A std mutex: held for one random draw.
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// Everything the run worker needs, passed in by `app`.
+pub struct RunWorkerParts {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub client: reqwest::Client,
+    pub deliverer: Deliverer,
+    pub sandbox: Sandbox,
+    pub waker: RunWaker,
+    pub wakes: mpsc::UnboundedReceiver<Wake>,
+    pub jitter_seed: Option<u64>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+/// Loads the runs that are due or will be, and starts the worker.
+pub async fn start(parts: RunWorkerParts) -> Result<(), StoreError> {
+    let due = parts.store.read(crate::store::due_runs).await?;
+    if !due.is_empty() {
+        tracing::info!(count = due.len(), "resuming flow runs");
+    }
+    for (id, at) in due {
+        parts.waker.wake(id, at);
+    }
+    let worker = Arc::new(Worker {
+        config: parts.config,
+        store: parts.store,
+        clock: parts.clock,
+        client: parts.client,
+        deliverer: parts.deliverer,
+        sandbox: parts.sandbox,
+        tokens: TokenCache::default(),
+        metrics: parts.metrics,
+        rng: Mutex::new(match parts.jitter_seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        }),
+    });
+    tokio::spawn(schedule(worker, parts.waker.downgrade(), parts.wakes));
+    Ok(())
+}
+
+/// Holds due times; hands each due run to a task, one task per run at a time.
+async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::UnboundedReceiver<Wake>) {
+    let mut waiting: BinaryHeap<Reverse<(Millis, u64, String)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut again: HashSet<String> = HashSet::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let slots = Arc::new(Semaphore::new(CONCURRENT_RUNS));
+    loop {
+        let now = worker.clock.now_ms();
+        while waiting
+            .peek()
+            .is_some_and(|Reverse((due, _, _))| *due <= now)
+        {
+            let Some(Reverse((_, _, run_id))) = waiting.pop() else {
+                break;
+            };
+            if busy.contains(&run_id) {
+                again.insert(run_id);
+                continue;
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            busy.insert(run_id.clone());
+            let (worker, waker, done) = (worker.clone(), waker.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                if let Some(at) = worker.step(&run_id).await {
+                    waker.wake(run_id.clone(), at);
+                }
+                drop(slot);
+                let _ = done.send(run_id);
+            });
+        }
+        let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
+        tokio::select! {
+            wake = wakes.recv() => match wake {
+                Some(w) => {
+                    seq += 1;
+                    waiting.push(Reverse((w.due, seq, w.run_id)));
+                }
+                None => return,
+            },
+            Some(run_id) = done_rx.recv() => {
+                busy.remove(&run_id);
+                if again.remove(&run_id) {
+                    seq += 1;
+                    waiting.push(Reverse((worker.clock.now_ms(), seq, run_id)));
+                }
+            },
+            _ = async { worker.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
+        }
+    }
+}
+
+/// What a step of the worker decided, before it is saved.
+struct Outcome {
+    /// `None` keeps the stored context.
+    ctx: Option<RunContext>,
+    records: Vec<StepRecord>,
+    state: engine::RunState,
+    step_attempts: u32,
+    attempt: Option<NewStepAttempt>,
+}
+
+impl Worker {
+    /// Works on one run. Answers when the run wants to be looked at again.
+    async fn step(&self, run_id: &str) -> Option<Millis> {
+        let id = run_id.to_string();
+        let row = match self
+            .store
+            .read(move |c| crate::store::run_row(c, &id))
+            .await
+        {
+            Ok(Some(row)) => row,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "cannot read the run; trying again in 1s");
+                return Some(self.clock.now_ms() + 1000);
+            }
+        };
+        if row.status != "running" {
+            return None;
+        }
+        let now = self.clock.now_ms();
+        if let Some(at) = row.next_at
+            && at > now
+        {
+            return Some(at);
+        }
+        let flow = self
+            .config
+            .flows
+            .iter()
+            .find(|f| f.id == row.flow_id)
+            .cloned();
+        let records: Vec<StepRecord> = serde_json::from_str(&row.steps).unwrap_or_default();
+        let event = Arc::new(EventInfo {
+            id: row.event_id.clone(),
+            event_type: row.event_type.clone(),
+            source: row.source.clone(),
+            received_at: row.received_at,
+            headers: serde_json::from_str(&row.headers).unwrap_or_default(),
+        });
+        let ctx = RunContext::from_stored(event, row.payload.clone(), row.context.as_deref());
+        let outcome = match (flow, ctx) {
+            (None, _) => self.failed(&row, records, format!("flow `{}` is no longer in the config", row.flow_id), None),
+            (Some(flow), _) if flow.version != row.flow_version => self.failed(
+                &row,
+                records,
+                format!(
+                    "flow `{}` changed (version {} to {}) while this run was in progress; replay the run to go on with the current definition",
+                    row.flow_id, row.flow_version, flow.version
+                ),
+                None,
+            ),
+            (_, Err(e)) => self.failed(&row, records, e, None),
+            (Some(flow), Ok(ctx)) => self.run_step(&row, flow, ctx, records, now).await,
+        };
+        self.save(&row, outcome, now).await
+    }
+
+    /// The run fails at its current step. Without a context (it could not be read, or went
+    /// into the sandbox and did not come back), the stored one is kept as it was.
+    fn failed(
+        &self,
+        row: &RunRow,
+        records: Vec<StepRecord>,
+        error: String,
+        ctx: Option<RunContext>,
+    ) -> Outcome {
+        Outcome {
+            ctx,
+            records,
+            state: engine::Stop::Failed(error).into_state(row.pc, self.clock.now_ms()),
+            step_attempts: row.step_attempts,
+            attempt: None,
+        }
+    }
+
+    /// Performs the step at the run's `pc` and runs on to the next stop.
+    async fn run_step(
+        &self,
+        row: &RunRow,
+        flow: Arc<Flow>,
+        mut ctx: RunContext,
+        mut records: Vec<StepRecord>,
+        now: Millis,
+    ) -> Outcome {
+        let pc = row.pc;
+        let Some(instr) = flow.program.instrs.get(pc) else {
+            return Outcome {
+                ctx: Some(ctx),
+                records,
+                state: engine::Stop::Completed.into_state(pc, now),
+                step_attempts: 0,
+                attempt: None,
+            };
+        };
+        let mut step_attempts = row.step_attempts;
+        let mut attempt = None;
+        let start = match &instr.op {
+            Op::Http(step) => {
+                let key = format!("{}-{pc}", row.id);
+                let (f, sandbox_ctx) = (flow.clone(), ctx);
+                let rendered = self
+                    .sandbox
+                    .run(move || {
+                        let mut c = sandbox_ctx;
+                        let r = match &f.program.instrs[pc].op {
+                            Op::Http(step) => engine::render_http(step, &mut c, key),
+                            _ => Err("not an http step".to_string()),
+                        };
+                        (c, r)
+                    })
+                    .await;
+                let request = match rendered {
+                    Ok((c, Ok(request))) => {
+                        ctx = c;
+                        request
+                    }
+                    Ok((c, Err(e))) => {
+                        let label = step_label(instr);
+                        records.push(record(instr, pc, now, "failed", None, Some(e.clone())));
+                        return self.failed(row, records, format!("{label}: {e}"), Some(c));
+                    }
+                    Err(e) => {
+                        return self.failed(
+                            row,
+                            records,
+                            format!("{}: {e}", step_label(instr)),
+                            None,
+                        );
+                    }
+                };
+                let response = perform(&self.client, &self.tokens, step, &request, now).await;
+                step_attempts += 1;
+                let finished = self.clock.now_ms();
+                attempt = Some(step_attempt(row, pc, now, &response));
+                crate::telemetry::events::http_step_attempted(
+                    &self.metrics,
+                    &crate::telemetry::events::StepAttempt {
+                        run_id: &row.id,
+                        event_id: &row.event_id,
+                        flow_id: &row.flow_id,
+                        step: &instr.path,
+                        attempt: step_attempts,
+                        status: response.status_code,
+                        duration: response.duration,
+                        outcome: response.outcome.as_str(),
+                        error: response.error.as_deref(),
+                    },
+                );
+                // The record of an http step that is being retried is replaced, not repeated.
+                if records
+                    .last()
+                    .is_some_and(|r| r.index == pc && r.status == "retrying")
+                {
+                    records.pop();
+                }
+                match response.outcome {
+                    super::attempt::Outcome::Succeeded => {
+                        let output = response.output();
+                        if let Some(name) = &instr.name {
+                            ctx.set_step_output(name, output.clone());
+                        }
+                        let mut r = record(instr, pc, now, "succeeded", Some(output), None);
+                        r.duration_ms = response.duration.as_secs_f64() * 1000.0;
+                        records.push(r);
+                        step_attempts = 0;
+                        pc + 1
+                    }
+                    outcome => {
+                        let error = response.error.clone().unwrap_or_default();
+                        let unit = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+                        let retry_at = match outcome {
+                            super::attempt::Outcome::Retryable => step
+                                .retry
+                                .next_delay(step_attempts, response.retry_after, unit)
+                                .map(|d| finished + d.as_millis() as i64),
+                            _ => None,
+                        };
+                        let mut r = record(
+                            instr,
+                            pc,
+                            now,
+                            if retry_at.is_some() {
+                                "retrying"
+                            } else {
+                                "failed"
+                            },
+                            Some(response.output()),
+                            Some(error.clone()),
+                        );
+                        r.duration_ms = response.duration.as_secs_f64() * 1000.0;
+                        records.push(r);
+                        let stop = match retry_at {
+                            Some(at) => engine::Stop::Wait(at),
+                            None => engine::Stop::Failed(format!(
+                                "{}: {error} (after {step_attempts} attempt{})",
+                                step_label(instr),
+                                if step_attempts == 1 { "" } else { "s" }
+                            )),
+                        };
+                        return Outcome {
+                            ctx: Some(ctx),
+                            records,
+                            state: stop.into_state(pc, now),
+                            step_attempts,
+                            attempt,
+                        };
+                    }
+                }
+            }
+            Op::Delay(_) => {
+                records.push(record(instr, pc, now, "waited", None, None));
+                pc + 1
+            }
+            // A pure step: the run resumes after its deliveries, or is replayed from here.
+            _ => pc,
+        };
+        let f = flow.clone();
+        let advanced = self
+            .sandbox
+            .run(move || {
+                let mut c = ctx;
+                let adv = engine::advance(&f.program, &mut c, start, now, None);
+                (c, adv)
+            })
+            .await;
+        match advanced {
+            Ok((ctx, adv)) => {
+                records.extend(adv.records);
+                Outcome {
+                    ctx: Some(ctx),
+                    records,
+                    state: adv.stop.into_state(adv.pc, now),
+                    step_attempts,
+                    attempt,
+                }
+            }
+            Err(e) => {
+                let mut out = self.failed(
+                    row,
+                    records,
+                    format!("after step {}: {e}", instr.path),
+                    None,
+                );
+                out.attempt = attempt;
+                out
+            }
+        }
+    }
+
+    /// Commits the outcome; then hands new deliveries to the deliverer. Answers when the run
+    /// is due again.
+    async fn save(&self, row: &RunRow, out: Outcome, now: Millis) -> Option<Millis> {
+        let deliveries = engine::delivery_rows(&row.id, out.state.deliveries);
+        let jobs: Vec<DeliveryJob> = deliveries
+            .iter()
+            .map(|d| DeliveryJob {
+                id: d.id.clone(),
+                event_id: row.event_id.clone(),
+                run_id: row.id.clone(),
+                destination_id: d.destination_id.clone(),
+                created_at: now,
+                round_attempts: 0,
+                due_at: now,
+                payload: Some(d.body.clone().unwrap_or_else(|| row.payload.clone())),
+            })
+            .collect();
+        let save = RunSave {
+            id: row.id.clone(),
+            event_id: row.event_id.clone(),
+            expect_status: "running",
+            status: out.state.status,
+            pc: out.state.pc,
+            resume_pc: out.state.resume_pc,
+            next_at: out.state.next_at,
+            step_attempts: out.step_attempts,
+            error: out.state.error.clone(),
+            context: match &out.ctx {
+                Some(ctx) => ctx.to_stored(),
+                None => row.context.clone(),
+            },
+            steps: serde_json::to_string(&out.records).unwrap_or_else(|_| "[]".into()),
+            now: self.clock.now_ms(),
+        };
+        match self.store.save_run(save, deliveries, out.attempt).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::error!(run_id = %row.id, event_id = %row.event_id, error = %e, "could not save the run; it stays where its last commit left it");
+                return Some(self.clock.now_ms() + 1000);
+            }
+        }
+        match out.state.status {
+            status @ ("completed" | "filtered" | "failed") => crate::telemetry::events::run_ended(
+                &self.metrics,
+                &row.id,
+                &row.event_id,
+                &row.flow_id,
+                status,
+                out.state.error.as_deref(),
+            ),
+            status => {
+                tracing::debug!(run_id = %row.id, event_id = %row.event_id, flow_id = %row.flow_id, status, step = out.state.pc, "run advanced")
+            }
+        }
+        for job in jobs {
+            self.deliverer.submit(job);
+        }
+        match out.state.status {
+            "running" => out.state.next_at,
+            _ => None,
+        }
+    }
+}
+
+fn record(
+    instr: &crate::engine::program::Instr,
+    pc: usize,
+    now: Millis,
+    status: &str,
+    output: Option<serde_json::Value>,
+    error: Option<String>,
+) -> StepRecord {
+    StepRecord {
+        index: pc,
+        path: instr.path.clone(),
+        name: instr.name.clone(),
+        kind: instr.op.kind().to_string(),
+        status: status.to_string(),
+        output,
+        error,
+        started_at: now,
+        duration_ms: 0.0,
+        deliveries: Vec::new(),
+        request: None,
+    }
+}
+
+fn step_attempt(row: &RunRow, pc: usize, started_at: Millis, r: &StepResponse) -> NewStepAttempt {
+    NewStepAttempt {
+        job_id: format!("{}/{pc}", row.id),
+        started_at,
+        duration_ms: r.duration.as_millis() as i64,
+        status_code: r.status_code,
+        response_headers: r
+            .headers
+            .as_ref()
+            .map(|h| serde_json::Value::Object(h.clone()).to_string()),
+        response_body: Some(r.body[..r.body.len().min(super::attempt::MAX_RECORDED_BODY)].to_vec()),
+        error: r.error.clone(),
+        outcome: r.outcome.as_str(),
+    }
+}

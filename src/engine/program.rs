@@ -1,0 +1,144 @@
+//! A flow's steps as the engine runs them: the tree of steps (branches hold step lists)
+//! flattened into one list of instructions with jumps. A run's position is then one number,
+//! the index of its current instruction, which is what the store keeps.
+
+use super::expr::Expr;
+use super::template::Template;
+use crate::config::Secret;
+use crate::deliver::retry::RetryPolicy;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct Program {
+    pub instrs: Vec<Instr>,
+}
+
+/// One instruction: a step, or a jump that closes a branch case.
+#[derive(Debug)]
+pub struct Instr {
+    /// Where the step is in the flow, as a JSON pointer into the flow (`/steps/3/branch/0/steps/1`).
+    pub path: String,
+    pub name: Option<String>,
+    pub op: Op,
+}
+
+#[derive(Debug)]
+pub enum Op {
+    Filter(Expr),
+    Transform(Expr),
+    /// The first case whose condition holds jumps to its target; otherwise `otherwise`
+    /// (the `else` list, or past the branch when there is none).
+    Branch {
+        cases: Vec<(Expr, usize)>,
+        otherwise: usize,
+        has_else: bool,
+    },
+    Jump(usize),
+    Http(Box<HttpStep>),
+    Delay(Delay),
+    Deliver(Vec<Target>),
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Filter(_) => "filter",
+            Op::Transform(_) => "transform",
+            Op::Branch { .. } => "branch",
+            Op::Jump(_) => "jump",
+            Op::Http(_) => "http",
+            Op::Delay(_) => "delay",
+            Op::Deliver(_) => "deliver",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub destination_id: String,
+    /// A jq program whose output is the body sent to this destination.
+    pub body: Option<Expr>,
+}
+
+#[derive(Debug)]
+pub enum Delay {
+    For(Duration),
+    /// A time from the event: an RFC 3339 string or unix seconds.
+    Until(Expr),
+}
+
+#[derive(Debug)]
+pub struct HttpStep {
+    pub method: reqwest::Method,
+    pub url: Template,
+    pub headers: Vec<(reqwest::header::HeaderName, Template)>,
+    pub auth: Option<Auth>,
+    pub body: Option<Expr>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug)]
+pub enum Auth {
+    Bearer(Secret),
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    ApiKey {
+        header: reqwest::header::HeaderName,
+        value: Secret,
+    },
+    OAuth2(Arc<OAuth2>),
+}
+
+/// OAuth2 client credentials (RFC 6749 section 4.4).
+#[derive(Debug)]
+pub struct OAuth2 {
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: Option<String>,
+}
+
+impl Program {
+    /// True when no step runs an expression: such a flow is planned inline at ingest, without
+    /// a trip to the sandbox.
+    pub fn is_trivial(&self) -> bool {
+        self.instrs.iter().all(|i| match &i.op {
+            Op::Deliver(targets) => targets.iter().all(|t| t.body.is_none()),
+            Op::Jump(_) => true,
+            _ => false,
+        })
+    }
+
+    /// The index of the instruction that runs after `pc`, following jumps; `None` at the end.
+    pub fn next_after(&self, pc: usize) -> Option<usize> {
+        self.resolve(pc + 1)
+    }
+
+    /// `pc` itself or where its jumps lead; `None` past the end.
+    pub fn resolve(&self, mut pc: usize) -> Option<usize> {
+        while let Some(instr) = self.instrs.get(pc) {
+            match instr.op {
+                Op::Jump(to) => pc = to,
+                _ => return Some(pc),
+            }
+        }
+        None
+    }
+
+    /// The instruction of a step given by its name or its path.
+    pub fn find(&self, name: Option<&str>, path: &str) -> Option<usize> {
+        if let Some(name) = name
+            && let Some(pc) = self
+                .instrs
+                .iter()
+                .position(|i| i.name.as_deref() == Some(name))
+        {
+            return Some(pc);
+        }
+        self.instrs.iter().position(|i| i.path == path)
+    }
+}

@@ -1,0 +1,211 @@
+//! Reads for metrics and alert rules: the backlog, dead letters, recent attempts of a
+//! destination, the last event of each source, paused destinations and alert states.
+
+use super::*;
+use crate::deliver::circuit::Pause;
+use rusqlite::{Connection, params};
+
+pub fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Pause)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT destination_id, paused_by, reason, since FROM paused_destinations",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            Pause {
+                by: r.get(1)?,
+                reason: r.get(2)?,
+                since: r.get(3)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn alert_states(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT alert_id, firing, since, message, subject, last_notice_at, notified FROM alert_states",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AlertState {
+            alert_id: r.get(0)?,
+            firing: r.get(1)?,
+            since: r.get(2)?,
+            message: r.get(3)?,
+            subject: r.get(4)?,
+            last_notice_at: r.get(5)?,
+            notified: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Pending deliveries by destination, with the earliest due time among those already due.
+pub struct Backlog {
+    pub destination_id: String,
+    pub pending: i64,
+    pub oldest_due: Option<Millis>,
+}
+
+pub fn backlog(conn: &Connection, now: Millis) -> Result<Vec<Backlog>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT destination_id, COUNT(*), MIN(CASE WHEN next_attempt_at <= ?1 THEN next_attempt_at END)
+         FROM deliveries WHERE status = 'pending' GROUP BY destination_id",
+    )?;
+    let rows = stmt.query_map(params![now], |r| {
+        Ok(Backlog {
+            destination_id: r.get(0)?,
+            pending: r.get(1)?,
+            oldest_due: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Dead deliveries by destination.
+pub fn dead_by_destination(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT destination_id, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY destination_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn failed_run_count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM runs WHERE status = 'failed' AND failed_on = 'step'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The outcomes (`succeeded`, `retry`, `failed`) and errors of a destination's last `n`
+/// attempts, newest first.
+pub fn last_attempts(
+    conn: &Connection,
+    destination_id: &str,
+    n: usize,
+) -> Result<Vec<(String, Option<String>, Millis)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT outcome, error, started_at FROM attempts WHERE destination_id = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![destination_id, n as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// `(attempts, failed attempts)` of a destination since `since`.
+pub fn attempt_counts(
+    conn: &Connection,
+    destination_id: &str,
+    since: Millis,
+) -> Result<(i64, i64), StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(outcome != 'succeeded'), 0) FROM attempts WHERE destination_id = ?1 AND started_at >= ?2",
+        )?
+        .query_row(params![destination_id, since], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// Ingest-to-delivery times (ms) of a destination's deliveries that succeeded since `since`.
+pub fn delivery_latencies(
+    conn: &Connection,
+    destination_id: &str,
+    since: Millis,
+) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.started_at + a.duration_ms - d.created_at FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE a.destination_id = ?1 AND a.started_at >= ?2 AND a.outcome = 'succeeded'",
+    )?;
+    let rows = stmt.query_map(params![destination_id, since], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn dead_count(conn: &Connection, destination_id: Option<&str>) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'dead' AND (?1 IS NULL OR destination_id = ?1)",
+        )?
+        .query_row(params![destination_id], |r| r.get(0))?)
+}
+
+/// The latest event time of each source that has any.
+pub fn last_event_per_source(conn: &Connection) -> Result<Vec<(String, Millis)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT source, MAX(received_at) FROM events GROUP BY source")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A token made through the API, as listed (never its value or hash).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    pub created_at: String,
+}
+
+/// The live tokens, oldest first.
+pub fn tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, scope, created_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TokenView {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            scope: r.get(2)?,
+            created_at: crate::clock::rfc3339(r.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The scope of the live token whose SHA-256 is `hash`.
+pub fn token_scope(conn: &Connection, hash: &[u8]) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT scope FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL")?
+        .query_row(params![hash], |r| r.get(0))
+        .optional()?)
+}
+
+/// Which dead deliveries a bulk replay takes.
+#[derive(Debug, Default, Clone)]
+pub struct DeadFilter {
+    pub destination_id: Option<String>,
+    /// Deliveries created at or after, before.
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    /// A part of the last error.
+    pub error: Option<String>,
+}
+
+/// Ids of the dead deliveries matching `filter`, oldest first, after the id `after`.
+pub fn dead_deliveries(
+    conn: &Connection,
+    filter: &DeadFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM deliveries WHERE status = 'dead'
+           AND (?1 IS NULL OR destination_id = ?1) AND (?2 IS NULL OR created_at >= ?2) AND (?3 IS NULL OR created_at < ?3)
+           AND (?4 IS NULL OR instr(COALESCE(last_error, ''), ?4) > 0) AND (?5 IS NULL OR id > ?5)
+         ORDER BY id LIMIT ?6",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            filter.destination_id,
+            filter.since,
+            filter.until,
+            filter.error,
+            after,
+            limit as i64
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

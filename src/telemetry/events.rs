@@ -1,0 +1,276 @@
+//! The notable occurrences of Ferry's life, one function each: each writes the log line and
+//! moves the metrics of its occurrence, so the two never disagree. Callers give ids and
+//! facts; label values are bounded by the caller (config ids, fixed codes).
+
+use super::metrics::{Labels, Metrics};
+use crate::clock::Millis;
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// A request reached `POST /in/{source}`; `source` is a configured id or `unknown`.
+pub fn event_received(m: &Metrics, source: &str) {
+    m.events_received
+        .get_or_create(&labels(&[("source", source)]))
+        .inc();
+}
+
+/// An event was committed. `event_type` is a declared type or `other`.
+pub fn event_accepted(
+    m: &Metrics,
+    event_id: &str,
+    source: &str,
+    event_type: &str,
+    event_type_label: &str,
+    deliveries: usize,
+) {
+    tracing::debug!(event_id, source, event_type, deliveries, "event accepted");
+    m.events_accepted
+        .get_or_create(&labels(&[
+            ("source", source),
+            ("event_type", event_type_label),
+        ]))
+        .inc();
+}
+
+/// A request was refused; `code` is the error code of the answer (`invalid_signature`, ...).
+pub fn input_rejected(
+    m: &Metrics,
+    source: &str,
+    source_label: &str,
+    status: u16,
+    code: &str,
+    message: &str,
+) {
+    tracing::info!(
+        source,
+        status,
+        error = code,
+        reason = message,
+        "input rejected"
+    );
+    m.events_rejected
+        .get_or_create(&labels(&[("source", source_label), ("reason", code)]))
+        .inc();
+}
+
+/// What one delivery attempt did.
+pub struct DeliveryAttempt<'a> {
+    pub delivery_id: &'a str,
+    pub event_id: &'a str,
+    pub destination_id: &'a str,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
+    pub duration: std::time::Duration,
+    /// `succeeded`, `retry` or `failed` (permanent).
+    pub outcome: &'static str,
+    /// When it will be tried again; `None` when the delivery is finished.
+    pub retry_in_ms: Option<Millis>,
+    /// For a successful attempt: from the event's arrival to now.
+    pub latency: Option<std::time::Duration>,
+}
+
+pub fn delivery_attempted(m: &Metrics, a: &DeliveryAttempt<'_>) {
+    let dest = labels(&[("destination", a.destination_id)]);
+    m.attempt_duration
+        .get_or_create(&dest)
+        .observe(a.duration.as_secs_f64());
+    m.delivery_attempts
+        .get_or_create(&labels(&[
+            ("destination", a.destination_id),
+            ("outcome", a.outcome),
+        ]))
+        .inc();
+    let (delivery_id, event_id, destination_id, attempt, status, duration_ms) = (
+        a.delivery_id,
+        a.event_id,
+        a.destination_id,
+        a.attempt,
+        a.status,
+        a.duration.as_millis() as u64,
+    );
+    let error = a.error.unwrap_or("");
+    match (a.outcome, a.retry_in_ms) {
+        ("succeeded", _) => {
+            tracing::debug!(
+                delivery_id,
+                event_id,
+                destination_id,
+                attempt,
+                status,
+                duration_ms,
+                "delivered"
+            );
+            m.deliveries
+                .get_or_create(&labels(&[
+                    ("destination", a.destination_id),
+                    ("outcome", "succeeded"),
+                ]))
+                .inc();
+            if let Some(latency) = a.latency {
+                m.delivery_latency
+                    .get_or_create(&dest)
+                    .observe(latency.as_secs_f64());
+            }
+        }
+        (_, Some(retry_in_ms)) => tracing::warn!(
+            delivery_id,
+            event_id,
+            destination_id,
+            attempt,
+            status,
+            error,
+            retry_in_ms,
+            "attempt failed; will retry"
+        ),
+        (outcome, None) => {
+            let reason = if outcome == "failed" {
+                "permanent failure"
+            } else {
+                "attempts exhausted"
+            };
+            tracing::warn!(
+                delivery_id,
+                event_id,
+                destination_id,
+                attempt,
+                status,
+                error,
+                reason,
+                "delivery dead-lettered"
+            );
+            m.deliveries
+                .get_or_create(&labels(&[
+                    ("destination", a.destination_id),
+                    ("outcome", "dead"),
+                ]))
+                .inc();
+        }
+    }
+}
+
+/// A run reached an end (`completed`, `filtered` or `failed`).
+pub fn run_ended(
+    m: &Metrics,
+    run_id: &str,
+    event_id: &str,
+    flow_id: &str,
+    status: &str,
+    error: Option<&str>,
+) {
+    match status {
+        "failed" => tracing::warn!(
+            run_id,
+            event_id,
+            flow_id,
+            error = error.unwrap_or(""),
+            "run failed"
+        ),
+        _ => tracing::debug!(run_id, event_id, flow_id, status, "run ended"),
+    }
+    m.runs
+        .get_or_create(&labels(&[("flow", flow_id), ("status", status)]))
+        .inc();
+}
+
+/// One attempt of an http step.
+pub struct StepAttempt<'a> {
+    pub run_id: &'a str,
+    pub event_id: &'a str,
+    pub flow_id: &'a str,
+    pub step: &'a str,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub duration: std::time::Duration,
+    /// `succeeded`, `retry` or `failed`.
+    pub outcome: &'static str,
+    pub error: Option<&'a str>,
+}
+
+pub fn http_step_attempted(m: &Metrics, a: &StepAttempt<'_>) {
+    let (run_id, event_id, flow_id, step, attempt, status) =
+        (a.run_id, a.event_id, a.flow_id, a.step, a.attempt, a.status);
+    let duration_ms = a.duration.as_millis() as u64;
+    match a.outcome {
+        "succeeded" => tracing::debug!(
+            run_id,
+            event_id,
+            flow_id,
+            step,
+            attempt,
+            status,
+            duration_ms,
+            "http step succeeded"
+        ),
+        _ => tracing::warn!(
+            run_id,
+            event_id,
+            flow_id,
+            step,
+            attempt,
+            status,
+            error = a.error.unwrap_or(""),
+            "http step attempt failed"
+        ),
+    }
+    m.http_step_attempts
+        .get_or_create(&labels(&[("flow", a.flow_id), ("outcome", a.outcome)]))
+        .inc();
+}
+
+/// A destination's circuit changed state (`closed`, `open`, `half_open`).
+pub fn circuit_changed(destination_id: &str, from: &str, to: &str, failures: u32) {
+    match to {
+        "open" => tracing::warn!(
+            destination_id,
+            from,
+            to,
+            failures,
+            "circuit opened: sending stops for a cool-off"
+        ),
+        _ => tracing::info!(destination_id, from, to, "circuit changed"),
+    }
+}
+
+/// A destination was paused or resumed; `by` is `api` or `auto`.
+pub fn destination_pause_changed(destination_id: &str, paused: bool, by: &str, reason: &str) {
+    if paused {
+        tracing::warn!(
+            destination_id,
+            by,
+            reason,
+            "destination paused: its deliveries wait"
+        );
+    } else {
+        tracing::info!(destination_id, by, "destination resumed");
+    }
+}
+
+/// An alert notice was sent (or could not be) on one channel.
+pub fn alert_notice(
+    m: &Metrics,
+    alert_id: &str,
+    state: &str,
+    channel_id: &str,
+    error: Option<&str>,
+) {
+    match error {
+        None => tracing::info!(alert_id, state, channel_id, "alert notice sent"),
+        Some(error) => tracing::warn!(
+            alert_id,
+            state,
+            channel_id,
+            error,
+            "alert notice could not be sent"
+        ),
+    }
+    m.alert_notices
+        .get_or_create(&labels(&[
+            ("alert", alert_id),
+            ("state", state),
+            ("result", if error.is_none() { "sent" } else { "failed" }),
+        ]))
+        .inc();
+}

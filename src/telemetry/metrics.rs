@@ -1,0 +1,177 @@
+//! The Prometheus metrics: one registry per running Ferry (passed explicitly, never global),
+//! rendered in the text format at `GET /metrics`. Counters and histograms move as things
+//! happen (through `telemetry::events`); gauges that describe the store (queue depth, oldest
+//! due job, dead letters) or the deliverer (circuit state, pauses) and the alerts are set when
+//! the metrics are scraped.
+//!
+//! Label values are bounded: sources, destinations, flows and event types come from the
+//! config (an unknown source is `unknown`, an undeclared event type `other`), reasons and
+//! outcomes from fixed sets.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Buckets for request and delivery times, in seconds: 1 ms to about 2 minutes.
+fn time_buckets() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        120.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: Family<Labels, Counter>,
+    pub events_accepted: Family<Labels, Counter>,
+    pub events_rejected: Family<Labels, Counter>,
+    pub delivery_attempts: Family<Labels, Counter>,
+    pub deliveries: Family<Labels, Counter>,
+    pub attempt_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    pub runs: Family<Labels, Counter>,
+    pub http_step_attempts: Family<Labels, Counter>,
+    pub alert_notices: Family<Labels, Counter>,
+    pub queue_depth: Family<Labels, Gauge>,
+    pub oldest_due_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub dead_letters: Family<Labels, Gauge>,
+    pub failed_runs: Gauge,
+    pub circuit_state: Family<Labels, Gauge>,
+    pub destination_paused: Family<Labels, Gauge>,
+    pub alert_firing: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ferry");
+        let m = Metrics {
+            events_received: Family::default(),
+            events_accepted: Family::default(),
+            events_rejected: Family::default(),
+            delivery_attempts: Family::default(),
+            deliveries: Family::default(),
+            attempt_duration: Family::new_with_constructor(time_buckets),
+            delivery_latency: Family::new_with_constructor(time_buckets),
+            runs: Family::default(),
+            http_step_attempts: Family::default(),
+            alert_notices: Family::default(),
+            queue_depth: Family::default(),
+            oldest_due_age: Gauge::default(),
+            dead_letters: Family::default(),
+            failed_runs: Gauge::default(),
+            circuit_state: Family::default(),
+            destination_paused: Family::default(),
+            alert_firing: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_received",
+            "Requests to POST /in/{source}, by source",
+            m.events_received.clone(),
+        );
+        registry.register(
+            "events_accepted",
+            "Events committed (202), by source and event type",
+            m.events_accepted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Requests refused at ingest, by source and reason (the error code)",
+            m.events_rejected.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts, by destination and outcome (succeeded, retry, failed)",
+            m.delivery_attempts.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries finished, by destination and outcome (succeeded, dead)",
+            m.deliveries.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_attempt_duration",
+            "Time of one delivery attempt, request to response read, by destination",
+            Unit::Seconds,
+            m.attempt_duration.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_latency",
+            "From the event's arrival to its successful delivery, by destination",
+            Unit::Seconds,
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "runs",
+            "Flow runs that ended, by flow and status (completed, filtered, failed)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "http_step_attempts",
+            "Attempts of http steps, by flow and outcome (succeeded, retry, failed)",
+            m.http_step_attempts.clone(),
+        );
+        registry.register(
+            "alert_notices",
+            "Alert notices sent, by alert, state (firing, resolved) and result (sent, failed)",
+            m.alert_notices.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Pending deliveries (due or waiting for a retry), by destination",
+            m.queue_depth.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_due_job_age",
+            "How long the oldest due delivery has waited past its due time",
+            Unit::Seconds,
+            m.oldest_due_age.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Dead deliveries, by destination",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "failed_runs",
+            "Runs that failed at a step (dead letters of kind run)",
+            m.failed_runs.clone(),
+        );
+        registry.register(
+            "circuit_state",
+            "Circuit breaker state by destination: 0 closed, 1 open, 2 half-open (probing)",
+            m.circuit_state.clone(),
+        );
+        registry.register(
+            "destination_paused",
+            "1 when the destination is paused (by hand or automatically), by destination",
+            m.destination_paused.clone(),
+        );
+        registry.register(
+            "alert_firing",
+            "1 when the alert rule is firing, by alert and severity",
+            m.alert_firing.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
