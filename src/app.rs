@@ -3,7 +3,7 @@
 //! the demo, the benchmark and the tests all start Ferry through.
 
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::deliver::runs::{RunWaker, RunWorkerParts};
 use crate::deliver::{Deliverer, DelivererOptions};
 use crate::engine::sandbox::Sandbox;
@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 /// What every handler can reach. Cheap to clone: all fields are shared handles.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// The running config; `config_changes` serialises the API's changes to it.
+    pub config: LiveConfig,
+    pub config_changes: Arc<tokio::sync::Mutex<()>>,
     pub store: Store,
     pub deliverer: Deliverer,
     pub clock: SharedClock,
@@ -80,6 +82,32 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error("opening the store did not finish: {0}")]
     OpenTask(String),
+    #[error("the objects made through the API no longer fit the config file:\n{0}")]
+    ApiObjects(crate::config::ConfigErrors),
+}
+
+/// The file's config merged with the objects made through the API, and every event type's
+/// schema recorded as a version when it is new.
+async fn with_api_objects(
+    store: &Store,
+    file_config: Config,
+    now: i64,
+) -> Result<Config, ServeError> {
+    let stored = store.read(crate::store::api_objects).await?;
+    let config = if stored.is_empty() {
+        file_config
+    } else {
+        let objects = crate::api::config_objects::from_stored(stored);
+        crate::config::build(&file_config.file, &objects).map_err(ServeError::ApiObjects)?
+    };
+    store
+        .change_config(crate::store::ConfigChange {
+            object: None,
+            schemas: crate::api::config_objects::schemas(&config),
+            now,
+        })
+        .await?;
+    Ok(config)
 }
 
 /// Opens the store, resumes pending deliveries and returns the state to serve.
@@ -93,7 +121,8 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,
     };
-    let config = Arc::new(options.config);
+    let config = Arc::new(with_api_objects(&store, options.config, options.clock.now_ms()).await?);
+    let live = LiveConfig::new(config.clone());
     let client = crate::deliver::http_client()?;
     let (waker, wakes) = RunWaker::channel();
     let jitter_seed = options.deliverer.jitter_seed;
@@ -110,7 +139,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     .await?;
     let sandbox = Sandbox::new(options.expression_time_limit);
     crate::deliver::runs::start(RunWorkerParts {
-        config: config.clone(),
+        config: live.clone(),
         store: store.clone(),
         clock: options.clock.clone(),
         client,
@@ -141,7 +170,8 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     })
     .await?;
     Ok(AppState {
-        config,
+        config: live,
+        config_changes: Arc::new(tokio::sync::Mutex::new(())),
         store,
         deliverer,
         clock: options.clock,

@@ -1,6 +1,7 @@
 //! The management API under `/api/v1` (bearer token) and the health routes. Handlers read
 //! through the store and hand retries to the deliverer; they hold no state of their own.
 
+pub mod config_objects;
 pub mod error;
 pub mod openapi;
 mod operations;
@@ -21,7 +22,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 pub fn routes(state: AppState) -> Router<AppState> {
-    let v1 = Router::new()
+    let mut v1 = Router::new();
+    for kind in crate::config::ObjectKind::ALL {
+        for (path, route) in config_objects::routes(kind) {
+            v1 = v1.route(&path, route);
+        }
+    }
+    let v1 = v1
         .route("/events", get(list_events))
         .route("/events/{id}", get(get_event))
         .route("/deliveries/{id}", get(get_delivery))
@@ -36,7 +43,6 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/alerts", get(operations::list_alerts))
-        .route("/destinations", get(operations::list_destinations))
         .route("/destinations/{id}/pause", post(operations::pause))
         .route("/destinations/{id}/resume", post(operations::resume))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token));

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[openapi(
     info(
         title = "Ferry",
-        description = "Ferry's management API: events, runs, deliveries, dead letters, replay, destinations, alerts and tokens. Every /api/v1 route needs a bearer token.",
+        description = "Ferry's management API: sources, event types, destinations and flows; events, runs, deliveries, dead letters, replay, alerts and tokens. Every /api/v1 route needs a bearer token.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -25,7 +25,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::runs::replay_runs,
         super::runs::test_flow,
         super::runs::replay_dead_letters,
-        super::operations::list_destinations,
+        super::config_objects::list,
+        super::config_objects::get,
+        super::config_objects::create,
+        super::config_objects::put,
+        super::config_objects::delete,
         super::operations::pause,
         super::operations::resume,
         super::operations::list_alerts,
@@ -36,6 +40,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::readyz,
         super::operations::metrics,
     ),
+    components(schemas(ObjectKindDoc)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -113,11 +118,38 @@ pub struct AlertPage {
     next: Option<String>,
 }
 
+/// The kinds of config object.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct DestinationPage {
-    /// Each destination with `id`, `url`, `circuit` and `paused`.
-    data: Vec<serde_json::Map<String, serde_json::Value>>,
+#[schema(rename_all = "kebab-case")]
+pub enum ObjectKindDoc {
+    Sources,
+    EventTypes,
+    Destinations,
+    Flows,
+}
+
+/// A config object: `kind`, `id`, `provisioned` (from the config file, read-only), `digest`
+/// (SHA-256 of the spec's canonical JSON), `created_at`, `updated_at` (null for the file's),
+/// `spec` (as written, secrets masked); a destination also has `url`, `last_hour`, `circuit`
+/// and `paused`; an event type `has_schema`, and `versions` when read alone; an answer to a
+/// change has `changed`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConfigObject {
+    kind: String,
+    id: String,
+    provisioned: bool,
+    digest: String,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    spec: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConfigObjectPage {
+    data: Vec<ConfigObject>,
     next: Option<String>,
 }
 

@@ -1,5 +1,6 @@
 //! Operating routes: `GET /metrics` (Prometheus text format), the alert rules with their state,
-//! the destinations with their circuit and pause, and pausing and resuming a destination.
+//! and pausing and resuming a destination (the destinations themselves, with their health, are
+//! listed by `config_objects`).
 
 use super::error::ApiError;
 use crate::app::AppState;
@@ -26,7 +27,8 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         .await?;
     let m = &app.metrics;
     let label = |id: &str| vec![("destination", id.to_string())];
-    for id in app.config.destinations.keys() {
+    let config = app.config.get();
+    for id in config.destinations.keys() {
         let pending = backlog
             .iter()
             .find(|b| &b.destination_id == id)
@@ -63,6 +65,7 @@ pub async fn list_alerts(State(app): State<AppState>) -> Result<Response, ApiErr
     let states = app.store.read(crate::store::alert_states).await?;
     let data: Vec<serde_json::Value> = app
         .config
+        .get()
         .alerts
         .iter()
         .map(|rule| {
@@ -79,48 +82,6 @@ pub async fn list_alerts(State(app): State<AppState>) -> Result<Response, ApiErr
                 "message": state.map(|s| s.message.clone()),
                 "last_notice_at": state.and_then(|s| s.last_notice_at).map(rfc3339),
             })
-        })
-        .collect();
-    Ok(Json(json!({ "data": data, "next": null })).into_response())
-}
-
-/// `GET /api/v1/destinations`: each destination with its circuit and pause.
-#[utoipa::path(get, path = "/api/v1/destinations", tag = "destinations", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::DestinationPage), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
-pub async fn list_destinations(State(app): State<AppState>) -> Result<Response, ApiError> {
-    // The success ratio of the last hour's attempts, from the store.
-    let since = app.clock.now_ms() - 3_600_000;
-    let ids: Vec<String> = app.config.destinations.keys().cloned().collect();
-    let recent = app
-        .store
-        .read(move |c| {
-            ids.iter()
-                .map(|id| Ok((id.clone(), crate::store::attempt_counts(c, id, since)?)))
-                .collect::<Result<std::collections::HashMap<_, _>, crate::store::StoreError>>()
-        })
-        .await?;
-    let data: Vec<serde_json::Value> = app
-        .deliverer
-        .health()
-        .into_iter()
-        .filter_map(|(id, h)| {
-            let dest = app.config.destinations.get(&id)?;
-            let (total, failed) = recent.get(&id).copied().unwrap_or((0, 0));
-            Some(json!({
-                "id": id,
-                "url": dest.url.as_str(),
-                "last_hour": {
-                    "attempts": total,
-                    "failed": failed,
-                    "success_ratio": if total > 0 { Some((total - failed) as f64 / total as f64) } else { None },
-                },
-                "circuit": {
-                    "state": h.circuit.as_str(),
-                    "consecutive_failures": h.consecutive_failures,
-                    "failing_since": h.failing_since.map(rfc3339),
-                    "last_error": h.last_error,
-                },
-                "paused": h.paused.map(|p| json!({"by": p.by, "reason": p.reason, "since": rfc3339(p.since)})),
-            }))
         })
         .collect();
     Ok(Json(json!({ "data": data, "next": null })).into_response())

@@ -91,7 +91,14 @@ async fn replay(
             ),
         ));
     }
-    let Some(flow) = app.config.flows.iter().find(|f| f.id == row.flow_id) else {
+    let Some(flow) = app
+        .config
+        .get()
+        .flows
+        .iter()
+        .find(|f| f.id == row.flow_id)
+        .cloned()
+    else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "flow_missing",
@@ -288,7 +295,7 @@ pub async fn test_flow(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(flow) = app.config.flows.iter().find(|f| f.id == id).cloned() else {
+    let Some(flow) = app.config.get().flows.iter().find(|f| f.id == id).cloned() else {
         return Err(ApiError::not_found("flow", &id));
     };
     let test: FlowTest = serde_json::from_slice(&body).map_err(|e| {
@@ -311,7 +318,7 @@ pub async fn test_flow(
         received_at: app.clock.now_ms(),
         headers: serde_json::Value::Object(test.headers.unwrap_or_default()),
     });
-    let (config, now) = (app.config.clone(), app.clock.now_ms());
+    let (config, now) = (app.config.get(), app.clock.now_ms());
     let report = app
         .sandbox
         .run(move || crate::engine::test_flow(&config, &flow, event, raw, now))

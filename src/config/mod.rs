@@ -3,6 +3,7 @@
 //! rest of Ferry uses without re-checking. Every problem is reported with its place.
 
 mod alerts;
+pub mod objects;
 mod places;
 mod raw;
 
@@ -19,7 +20,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alerts::{AlertRule, Channel, ChannelKind, Condition, Severity, Smtp, SmtpTls};
+pub use objects::{FileLayer, ObjectKind, ObjectSpec, Objects};
 pub use places::Places;
+
+/// The running config: read on every request, replaced whole when an object changes through
+/// the API. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveConfig(Arc<arc_swap::ArcSwap<Config>>);
+
+impl LiveConfig {
+    pub fn new(config: Arc<Config>) -> Self {
+        LiveConfig(Arc::new(arc_swap::ArcSwap::new(config)))
+    }
+
+    /// The config as it is now; it stays whole for as long as it is held.
+    pub fn get(&self) -> Arc<Config> {
+        self.0.load_full()
+    }
+
+    pub fn replace(&self, config: Arc<Config>) {
+        self.0.store(config);
+    }
+}
 
 /// A secret from the config: never printed by `Debug`.
 #[derive(Clone)]
@@ -49,6 +71,10 @@ pub struct Config {
     pub flows: Vec<Arc<Flow>>,
     pub channels: BTreeMap<String, Arc<alerts::Channel>>,
     pub alerts: Vec<Arc<alerts::AlertRule>>,
+    /// Every source, event type, destination and flow as written, with where it came from.
+    pub objects: Objects,
+    /// The config file this config was built from.
+    pub file: Arc<FileLayer>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +131,8 @@ pub enum FieldRef {
 
 pub struct EventType {
     pub name: String,
+    /// The schema as written (read from `schema_file` when it was given that way).
+    pub schema: Option<serde_json::Value>,
     pub validator: Option<jsonschema::Validator>,
 }
 
@@ -199,31 +227,113 @@ pub fn load_str(
     let places = Places::new(file, text);
     let mut errors = Vec::new();
     let text = substitute_env(text, &places, env, &mut errors);
-    let raw: RawConfig = match serde_yaml::from_str(&text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let place = match e.location() {
-                Some(loc) => places.at_line(loc.line()),
-                None => file.to_string(),
-            };
+    let layer = Arc::new(FileLayer {
+        name: file.to_string(),
+        text,
+        base: base.to_path_buf(),
+    });
+    match build(&layer, &[]) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(ConfigErrors(more)) => {
+            errors.extend(more);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Checks the objects of a config file together with objects made through the API, as one
+/// config: every reference, id and expression is checked the same way whatever its origin.
+/// Errors about an API object name it `api (kind id)`.
+pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, ConfigErrors> {
+    let mut places = Places::new(&file.name, &file.text);
+    let yaml_error = |e: serde_yaml::Error| {
+        let place = match e.location() {
+            Some(loc) => places_line(&file.name, loc.line()),
+            None => file.name.clone(),
+        };
+        ConfigErrors(vec![ConfigError {
+            place,
+            message: e.to_string(),
+        }])
+    };
+    let mut raw: RawConfig = serde_yaml::from_str(&file.text).map_err(yaml_error)?;
+    let tree: serde_json::Value = serde_yaml::from_str(&file.text).map_err(yaml_error)?;
+    let mut objects = Objects::new();
+    for kind in ObjectKind::ALL {
+        let items = tree.get(kind.section()).and_then(|v| v.as_array());
+        for spec in items.into_iter().flatten() {
+            if let Some(id) = spec.get(kind.id_field()).and_then(|v| v.as_str()) {
+                objects.insert(
+                    (kind, id.to_string()),
+                    ObjectSpec::new(kind, id.to_string(), spec.clone(), true),
+                );
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for object in api {
+        let place = format!("api ({} {})", object.kind.noun(), object.id);
+        if objects.contains_key(&(object.kind, object.id.clone())) {
             errors.push(ConfigError {
                 place,
-                message: e.to_string(),
+                message: format!(
+                    "the config file `{}` defines this {} too; delete one of them",
+                    file.name,
+                    object.kind.noun()
+                ),
             });
-            return Err(ConfigErrors(errors));
+            continue;
         }
-    };
+        places.add_api_object(object.kind.section(), &object.id);
+        if let Err(message) = add_raw_object(&mut raw, object) {
+            errors.push(ConfigError { place, message });
+            continue;
+        }
+        objects.insert((object.kind, object.id.clone()), object.clone());
+    }
     let mut checker = Checker {
         places: &places,
-        base,
+        base: &file.base,
         errors,
     };
-    let config = checker.check(raw);
+    let config = checker.check(raw, objects, file.clone());
     if checker.errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(checker.errors))
     }
+}
+
+fn places_line(file: &str, line: usize) -> String {
+    format!("{file}:{line}")
+}
+
+/// Reads an API object's spec as the file's entry of its kind would be read.
+fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String> {
+    let spec = object.spec.clone();
+    let id_field = object.kind.id_field();
+    if spec.get(id_field).and_then(|v| v.as_str()) != Some(object.id.as_str()) {
+        return Err(format!("`{id_field}` must be `{}`", object.id));
+    }
+    let shape = |e: serde_json::Error| e.to_string();
+    match object.kind {
+        ObjectKind::Source => raw
+            .sources
+            .push(serde_json::from_value(spec).map_err(shape)?),
+        ObjectKind::EventType => {
+            let t: RawEventType = serde_json::from_value(spec).map_err(shape)?;
+            if t.schema_file.is_some() {
+                return Err("`schema_file` names a file on the server and is not accepted through the API; give the schema inline as `schema` (`ferry apply` does this for you)".into());
+            }
+            raw.event_types.push(t)
+        }
+        ObjectKind::Destination => raw
+            .destinations
+            .push(serde_json::from_value(spec).map_err(shape)?),
+        ObjectKind::Flow => raw.flows.push(serde_json::from_value(spec).map_err(shape)?),
+    }
+    Ok(())
 }
 
 /// Replaces `${NAME}` with the environment's value; `$${` stands for a literal `${`.
@@ -351,7 +461,7 @@ impl Checker<'_> {
         }
     }
 
-    fn check(&mut self, raw: RawConfig) -> Config {
+    fn check(&mut self, raw: RawConfig, objects: Objects, file: Arc<FileLayer>) -> Config {
         let settings = self.settings(raw.settings);
         let mut sources = BTreeMap::new();
         for s in raw.sources {
@@ -408,6 +518,8 @@ impl Checker<'_> {
             flows,
             channels,
             alerts,
+            objects,
+            file,
         }
     }
 
@@ -592,21 +704,24 @@ impl Checker<'_> {
             }
             (None, None) => None,
         };
-        let validator = schema.and_then(|s| match jsonschema::draft202012::new(&s) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.error(
-                    place.to_string(),
-                    format!(
-                        "the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`",
-                        e.schema_path()
-                    ),
-                );
-                None
-            }
-        });
+        let validator = schema
+            .as_ref()
+            .and_then(|s| match jsonschema::draft202012::new(s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.error(
+                        place.to_string(),
+                        format!(
+                            "the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`",
+                            e.schema_path()
+                        ),
+                    );
+                    None
+                }
+            });
         EventType {
             name: raw.name,
+            schema,
             validator,
         }
     }

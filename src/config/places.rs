@@ -5,6 +5,8 @@
 pub struct Places {
     file: String,
     lines: Vec<String>,
+    /// Objects that came through the API (section, id): their place is `api (kind id)`.
+    api: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Places {
@@ -12,7 +14,13 @@ impl Places {
         Places {
             file: file.to_string(),
             lines: text.lines().map(str::to_string).collect(),
+            api: Default::default(),
         }
+    }
+
+    /// Marks an object of `section` as one that came through the API.
+    pub fn add_api_object(&mut self, section: &str, id: &str) {
+        self.api.insert((section.to_string(), id.to_string()));
     }
 
     pub fn at_line(&self, line: usize) -> String {
@@ -33,6 +41,9 @@ impl Places {
     }
 
     pub fn object_named(&self, section: &str, kind: &str, key: &str, id: &str) -> String {
+        if self.api.contains(&(section.to_string(), id.to_string())) {
+            return format!("api ({kind} {id})");
+        }
         let line = self.section_range(section).and_then(|(start, end)| {
             (start..end).find(|&i| {
                 let l = self.lines[i]

@@ -11,7 +11,7 @@ use crate::clock::Millis;
 use std::sync::Mutex;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Retryable failures in a row that open the circuit.
     pub failures: u32,
@@ -130,6 +130,10 @@ impl Breaker {
                 paused,
             }),
         }
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -55,10 +55,14 @@ enum Control {
     Release(String),
     /// The job's delivery is finished (succeeded or dead): forget it.
     Done(String),
+    /// The config changed: new or changed destinations get a new queue, removed ones lose
+    /// theirs.
+    Reconfigure(Arc<Config>),
 }
 
-/// A destination's breaker and pause, shared by its queue, its attempts and the API.
-pub type Breakers = Arc<HashMap<String, Arc<circuit::Breaker>>>;
+/// Each destination's breaker and pause, shared by its queue, its attempts and the API;
+/// replaced whole when the config changes.
+pub type Breakers = Arc<arc_swap::ArcSwap<HashMap<String, Arc<circuit::Breaker>>>>;
 
 /// Handle for giving jobs to the deliverer. Dropping every handle stops it once in-flight
 /// attempts are recorded.
@@ -125,7 +129,7 @@ impl Deliverer {
             .await?
             .into_iter()
             .collect();
-        let breakers: Breakers = Arc::new(
+        let breakers: Breakers = Arc::new(arc_swap::ArcSwap::from_pointee(
             config
                 .destinations
                 .values()
@@ -137,7 +141,7 @@ impl Deliverer {
                     (d.id.clone(), Arc::new(circuit::Breaker::new(d.breaker.clone(), pause)))
                 })
                 .collect(),
-        );
+        ));
         let pending = store
             .read(move |c| crate::store::pending_jobs(c, limit))
             .await?;
@@ -158,25 +162,21 @@ impl Deliverer {
             breakers: breakers.clone(),
             metrics,
         });
-        let mut queues = HashMap::new();
-        for dest in config.destinations.values() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(destination_loop(dest.clone(), rx, ctx.clone()));
-            queues.insert(dest.id.clone(), tx);
-        }
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "resuming pending deliveries");
         }
-        let dispatcher = Dispatcher {
+        let mut dispatcher = Dispatcher {
             clock: clock.clone(),
             store: store.clone(),
-            queues,
+            queues: HashMap::new(),
+            ctx,
             known: HashSet::new(),
             waiting: BinaryHeap::new(),
             seq: 0,
             cap: options.memory_jobs,
             spilled: spilled.clone(),
         };
+        dispatcher.reconfigure(&config);
         tokio::spawn(dispatcher.run(pending, new_rx, control_rx));
         Ok(Deliverer {
             new_jobs: new_tx,
@@ -188,10 +188,36 @@ impl Deliverer {
         })
     }
 
+    /// Takes in a changed config: destinations that are new or changed get a new queue (a
+    /// changed one's attempts in flight finish on the old settings), removed ones lose theirs
+    /// (the API refuses to remove a destination with pending deliveries). A destination keeps
+    /// its circuit and pause unless its `circuit_breaker` settings changed; then its circuit
+    /// starts closed, and its pause stays.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        let old = self.breakers.load_full();
+        let new: HashMap<String, Arc<circuit::Breaker>> = config
+            .destinations
+            .values()
+            .map(|d| {
+                let breaker = match old.get(&d.id) {
+                    Some(b) if *b.config() == d.breaker => b.clone(),
+                    Some(b) => {
+                        Arc::new(circuit::Breaker::new(d.breaker.clone(), b.health().paused))
+                    }
+                    None => Arc::new(circuit::Breaker::new(d.breaker.clone(), None)),
+                };
+                (d.id.clone(), breaker)
+            })
+            .collect();
+        self.breakers.store(Arc::new(new));
+        let _ = self.control.send(Control::Reconfigure(config));
+    }
+
     /// Each destination's circuit and pause.
     pub fn health(&self) -> Vec<(String, circuit::Health)> {
         let mut all: Vec<_> = self
             .breakers
+            .load()
             .iter()
             .map(|(id, b)| (id.clone(), b.health()))
             .collect();
@@ -203,7 +229,9 @@ impl Deliverer {
     pub async fn pause(&self, destination_id: &str, reason: &str) -> Result<bool, PauseError> {
         let breaker = self
             .breakers
+            .load()
             .get(destination_id)
+            .cloned()
             .ok_or_else(|| PauseError::UnknownDestination(destination_id.to_string()))?;
         let pause = circuit::Pause {
             by: "api".into(),
@@ -229,7 +257,9 @@ impl Deliverer {
     pub async fn resume(&self, destination_id: &str) -> Result<bool, PauseError> {
         let breaker = self
             .breakers
+            .load()
             .get(destination_id)
+            .cloned()
             .ok_or_else(|| PauseError::UnknownDestination(destination_id.to_string()))?;
         self.store.set_paused(destination_id, None).await?;
         let changed = breaker.set_paused(None);
@@ -288,7 +318,9 @@ impl Ord for Waiting {
 struct Dispatcher {
     clock: SharedClock,
     store: Store,
-    queues: HashMap<String, mpsc::UnboundedSender<DeliveryJob>>,
+    /// Each destination's queue, with the digest of the spec its task was started with.
+    queues: HashMap<String, (String, mpsc::UnboundedSender<DeliveryJob>)>,
+    ctx: Arc<AttemptContext>,
     /// Every job id this process holds: waiting, queued or in flight.
     known: HashSet<String>,
     /// Jobs whose time has not come, soonest first.
@@ -345,6 +377,7 @@ impl Dispatcher {
                         self.waiting.push(Reverse(Waiting { due: until, seq: self.seq, job, held: true }));
                     }
                     Some(Control::Release(destination_id)) => self.release(&destination_id),
+                    Some(Control::Reconfigure(config)) => self.reconfigure(&config),
                     None => control_open = false,
                 },
                 job = new_rx.recv(), if new_open && has_room => match job {
@@ -354,6 +387,26 @@ impl Dispatcher {
                 _ = async { self.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
                 _ = tokio::time::sleep(Duration::from_millis(250)), if spilled => {}
             }
+        }
+    }
+
+    /// Starts a queue for each new or changed destination and drops those of removed ones
+    /// (their tasks end once their queued jobs are sent).
+    fn reconfigure(&mut self, config: &Config) {
+        self.queues
+            .retain(|id, _| config.destinations.contains_key(id));
+        for dest in config.destinations.values() {
+            let digest = config
+                .objects
+                .get(&(crate::config::ObjectKind::Destination, dest.id.clone()))
+                .map(|o| o.digest.clone())
+                .unwrap_or_default();
+            if self.queues.get(&dest.id).is_some_and(|(d, _)| *d == digest) {
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(destination_loop(dest.clone(), rx, self.ctx.clone()));
+            self.queues.insert(dest.id.clone(), (digest, tx));
         }
     }
 
@@ -392,7 +445,7 @@ impl Dispatcher {
 
     fn route(&mut self, job: DeliveryJob) {
         match self.queues.get(&job.destination_id) {
-            Some(queue) => {
+            Some((_, queue)) => {
                 if let Err(e) = queue.send(job) {
                     tracing::error!(delivery_id = %e.0.id, "destination queue closed");
                 }
@@ -440,7 +493,7 @@ async fn destination_loop(
     ctx: Arc<AttemptContext>,
 ) {
     let slots = Arc::new(Semaphore::new(dest.concurrency));
-    let Some(breaker) = ctx.breakers.get(&dest.id).cloned() else {
+    let Some(breaker) = ctx.breakers.load().get(&dest.id).cloned() else {
         return;
     };
     while let Some(job) = jobs.recv().await {
@@ -538,7 +591,7 @@ async fn run_attempt(
             )),
         },
     );
-    if let Some(breaker) = ctx.breakers.get(&dest.id) {
+    if let Some(breaker) = ctx.breakers.load().get(&dest.id).cloned() {
         let change = breaker.record(
             finished_at,
             result.outcome == attempt::Outcome::Retryable,

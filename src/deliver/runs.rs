@@ -11,7 +11,7 @@
 use super::Deliverer;
 use super::http_step::{StepResponse, TokenCache, perform};
 use crate::clock::{Millis, SharedClock};
-use crate::config::{Config, Flow};
+use crate::config::{Flow, LiveConfig};
 use crate::engine::program::Op;
 use crate::engine::sandbox::Sandbox;
 use crate::engine::{self, EventInfo, RunContext, StepRecord, step_label};
@@ -81,7 +81,7 @@ impl RunWaker {
 }
 
 struct Worker {
-    config: Arc<Config>,
+    config: LiveConfig,
     store: Store,
     clock: SharedClock,
     client: reqwest::Client,
@@ -95,7 +95,7 @@ struct Worker {
 
 /// Everything the run worker needs, passed in by `app`.
 pub struct RunWorkerParts {
-    pub config: Arc<Config>,
+    pub config: LiveConfig,
     pub store: Store,
     pub clock: SharedClock,
     pub client: reqwest::Client,
@@ -226,6 +226,7 @@ impl Worker {
         }
         let flow = self
             .config
+            .get()
             .flows
             .iter()
             .find(|f| f.id == row.flow_id)

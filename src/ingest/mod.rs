@@ -62,9 +62,11 @@ pub async fn receive(
     body: Body,
 ) -> Response {
     let received_at = app.clock.now_ms();
-    let limit = app.config.settings.max_body_size;
+    // One config for the whole request, even if the API changes it meanwhile.
+    let config = app.config.get();
+    let limit = config.settings.max_body_size;
     // Metric labels stay bounded: a source not in the config is `unknown`.
-    let source_label = if app.config.sources.contains_key(&source_id) {
+    let source_label = if config.sources.contains_key(&source_id) {
         source_id.as_str()
     } else {
         "unknown"
@@ -97,7 +99,7 @@ pub async fn receive(
         });
         error.into_response()
     };
-    let Some(source) = app.config.sources.get(&source_id).cloned() else {
+    let Some(source) = config.sources.get(&source_id).cloned() else {
         return reject(
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -184,8 +186,7 @@ pub async fn receive(
             &bytes,
         );
     };
-    if let Some(validator) = app
-        .config
+    if let Some(validator) = config
         .event_types
         .get(&event_type)
         .and_then(|t| t.validator.as_ref())
@@ -241,7 +242,7 @@ pub async fn receive(
         .collect();
     let kept_headers = serde_json::Value::Object(kept_headers);
     let event_id = crate::ids::event_id();
-    let flows = crate::engine::matching_flows(&app.config, &source.id, &event_type);
+    let flows = crate::engine::matching_flows(&config, &source.id, &event_type);
     let plan = if flows.is_empty() {
         crate::engine::Plan::default()
     } else {
@@ -304,7 +305,7 @@ pub async fn receive(
     };
     match app.store.ingest(event, plan.runs, plan.deliveries).await {
         Ok(IngestOutcome::Accepted) => {
-            let type_label = if app.config.event_types.contains_key(&event_type) {
+            let type_label = if config.event_types.contains_key(&event_type) {
                 event_type.as_str()
             } else {
                 "other"

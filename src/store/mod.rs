@@ -6,6 +6,7 @@
 //! The store knows nothing of HTTP, flows or scheduling: it takes rows and gives rows.
 
 mod health;
+mod objects;
 mod reads;
 mod runs;
 mod schema;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 pub use health::*;
+pub use objects::*;
 pub use reads::*;
 pub use runs::*;
 
@@ -272,6 +274,10 @@ pub(crate) enum WriteOp {
         now: Millis,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    ConfigChange {
+        change: ConfigChange,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// An API token to keep: its SHA-256, never the token itself.
@@ -503,6 +509,16 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteOp::CreateToken { token, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a change of the API's config objects and event type schemas.
+    pub async fn change_config(&self, change: ConfigChange) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::ConfigChange { change, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

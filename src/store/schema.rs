@@ -95,6 +95,27 @@ CREATE TABLE IF NOT EXISTS paused_destinations (
     since INTEGER NOT NULL
 );
 
+-- Sources, event types, destinations and flows made through the API, as their JSON specs
+-- (`kind` as in the API's paths). The config file's objects are not stored.
+CREATE TABLE IF NOT EXISTS config_objects (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+
+-- Every schema an event type has had, numbered from 1; a new version when the schema changes
+-- (through the API, or in the file between two starts).
+CREATE TABLE IF NOT EXISTS schema_versions (
+    event_type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    schema TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (event_type, version)
+);
+
 -- API tokens made through the API: only the SHA-256 of each token is kept.
 CREATE TABLE IF NOT EXISTS api_tokens (
     id TEXT PRIMARY KEY,

@@ -187,6 +187,10 @@ pub(super) fn run(
                         .map_err(StoreError::from);
                     replies.push(Reply::Done(reply, r));
                 }
+                WriteOp::ConfigChange { change, reply } => {
+                    let r = super::objects::apply_config_change(&tx, &change);
+                    replies.push(Reply::Done(reply, r));
+                }
                 WriteOp::RevokeToken { id, now, reply } => {
                     let r = tx
                         .prepare_cached("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
@@ -392,7 +396,8 @@ fn fail_op(op: WriteOp, message: &str) {
         WriteOp::RevokeToken { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
         WriteOp::SetPaused { reply, .. }
         | WriteOp::SaveAlert { reply, .. }
-        | WriteOp::CreateToken { reply, .. } => {
+        | WriteOp::CreateToken { reply, .. }
+        | WriteOp::ConfigChange { reply, .. } => {
             answer(reply, Err(StoreError::Write(message)), None)
         }
         WriteOp::Reject { .. } => {}

@@ -166,6 +166,28 @@ impl TestApp {
         (r.status(), r.json().await.unwrap())
     }
 
+    /// Any API call; an empty answer reads as `null`.
+    pub async fn api_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut r = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        let bytes = r.bytes().await.unwrap();
+        let value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, value)
+    }
+
     /// Waits until run `id` has `status`, and returns the run.
     pub async fn wait_run(&self, id: &str, status: &str) -> serde_json::Value {
         let mut last = serde_json::Value::Null;

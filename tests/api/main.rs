@@ -6,6 +6,7 @@ mod helpers;
 mod alerts;
 mod cli;
 mod client;
+mod config;
 mod crash;
 mod fanout;
 mod flows;

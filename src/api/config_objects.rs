@@ -1,0 +1,473 @@
+//! Config through the API: sources, event types, destinations and flows listed, read,
+//! created, replaced and deleted at `/api/v1/{kind}`. A change is checked with the config
+//! file's objects by the same code that checks the file (`config::build`), committed to the
+//! store, and then swapped in whole: ingest, the dispatcher and the run worker see the new
+//! config from their next event on. Objects from the config file are provisioned: they are
+//! listed with the others but refused (`409 provisioned`) for any change.
+
+use super::error::ApiError;
+use super::{Page, check_limit, query};
+use crate::app::AppState;
+use crate::clock::rfc3339;
+use crate::config::{Config, ObjectKind, ObjectSpec};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The stored API objects as specs (an unreadable one keeps a `null` spec, which the config
+/// check then reports with its place).
+pub fn from_stored(stored: Vec<crate::store::StoredObject>) -> Vec<ObjectSpec> {
+    stored
+        .into_iter()
+        .filter_map(|o| {
+            let Some(kind) = ObjectKind::parse(&o.kind) else {
+                tracing::warn!(kind = %o.kind, id = %o.id, "stored config object of an unknown kind; left out");
+                return None;
+            };
+            let spec = serde_json::from_str(&o.spec).unwrap_or(Value::Null);
+            let mut object = ObjectSpec::new(kind, o.id, spec, false);
+            object.created_at = Some(o.created_at);
+            object.updated_at = Some(o.updated_at);
+            Some(object)
+        })
+        .collect()
+}
+
+/// Every event type's schema, as canonical JSON text, for the schema versions.
+pub fn schemas(config: &Config) -> Vec<(String, String)> {
+    config
+        .event_types
+        .values()
+        .filter_map(|t| {
+            let schema = t.schema.as_ref()?;
+            Some((t.name.clone(), serde_json::to_string(schema).ok()?))
+        })
+        .collect()
+}
+
+/// `GET /api/v1/{kind}`: the objects of a kind by id, the file's and the API's.
+#[utoipa::path(get, path = "/api/v1/{kind}", tag = "config", security(("bearer" = [])),
+    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), Page),
+    responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObjectPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+pub async fn list(
+    kind: ObjectKind,
+    app: AppState,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    let config = app.config.get();
+    let after = q.after.filter(|a| !a.is_empty());
+    let objects: Vec<&ObjectSpec> = config
+        .objects
+        .range((kind, String::new())..)
+        .take_while(|((k, _), _)| *k == kind)
+        .filter(|((_, id), _)| after.as_ref().is_none_or(|a| id > a))
+        .map(|(_, o)| o)
+        .take(limit)
+        .collect();
+    let health = if kind == ObjectKind::Destination {
+        let ids = objects.iter().map(|o| o.id.clone()).collect();
+        destination_health(&app, ids).await?
+    } else {
+        HashMap::new()
+    };
+    let data: Vec<Value> = objects
+        .iter()
+        .map(|o| view(&config, o, health.get(&o.id)))
+        .collect();
+    let next = (data.len() == limit)
+        .then(|| objects.last().map(|o| o.id.clone()))
+        .flatten();
+    Ok(Json(json!({"data": data, "next": next})).into_response())
+}
+
+/// `GET /api/v1/{kind}/{id}`: one object; an event type with every version of its schema.
+#[utoipa::path(get, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
+    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
+    responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObject), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response, ApiError> {
+    let config = app.config.get();
+    let Some(object) = config.objects.get(&(kind, id.clone())) else {
+        return Err(ApiError::not_found(kind.noun(), &id));
+    };
+    let health = if kind == ObjectKind::Destination {
+        destination_health(&app, vec![id.clone()]).await?
+    } else {
+        HashMap::new()
+    };
+    let mut shown = view(&config, object, health.get(&id));
+    if kind == ObjectKind::EventType {
+        let name = id.clone();
+        let versions = app
+            .store
+            .read(move |c| crate::store::schema_versions(c, &name))
+            .await?;
+        shown["versions"] = versions
+            .iter()
+            .map(|v| json!({"version": v.version, "created_at": rfc3339(v.created_at), "schema": v.schema}))
+            .collect();
+    }
+    Ok(Json(shown).into_response())
+}
+
+/// `POST /api/v1/{kind}`: a new object; its id is the spec's `id` (`name` for an event type).
+#[utoipa::path(post, path = "/api/v1/{kind}", tag = "config", security(("bearer" = [])),
+    params(("kind" = crate::api::openapi::ObjectKindDoc, Path)),
+    request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
+    responses((status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Response, ApiError> {
+    let spec = spec_from_body(body)?;
+    let id = match spec.get(kind.id_field()) {
+        Some(Value::String(id)) => id.clone(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("a {} needs `{}`, a string", kind.noun(), kind.id_field()),
+            ));
+        }
+    };
+    let _one_at_a_time = app.config_changes.lock().await;
+    if let Some(o) = app.config.get().objects.get(&(kind, id.clone())) {
+        return Err(exists(o));
+    }
+    change(&app, kind, &id, Some(spec)).await
+}
+
+/// `PUT /api/v1/{kind}/{id}`: creates or replaces the object; `id` in the body may be left
+/// out and must match the path when given.
+#[utoipa::path(put, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
+    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
+    request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
+    responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::openapi::ConfigObject), (status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 409, description = "the config file has this object", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn put(
+    kind: ObjectKind,
+    app: AppState,
+    id: String,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let mut spec = spec_from_body(body)?;
+    match spec.get(kind.id_field()) {
+        None => {
+            spec[kind.id_field()] = Value::String(id.clone());
+        }
+        Some(Value::String(given)) if *given == id => {}
+        Some(given) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("`{}` is {given} but the path names `{id}`", kind.id_field()),
+            ));
+        }
+    }
+    let _one_at_a_time = app.config_changes.lock().await;
+    if let Some(o) = app.config.get().objects.get(&(kind, id.clone())) {
+        if o.provisioned {
+            return Err(exists(o));
+        }
+        if o.digest == crate::config::objects::digest(&spec) {
+            let config = app.config.get();
+            let mut shown = view(&config, o, None);
+            shown["changed"] = Value::Bool(false);
+            return Ok(Json(shown).into_response());
+        }
+    }
+    change(&app, kind, &id, Some(spec)).await
+}
+
+/// `DELETE /api/v1/{kind}/{id}`.
+#[utoipa::path(delete, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
+    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object, or a destination has pending deliveries, or a flow has unfinished runs", body = crate::api::openapi::ErrorBody), (status = 422, description = "other objects still refer to it; `details` says where", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+pub async fn delete(kind: ObjectKind, app: AppState, id: String) -> Result<Response, ApiError> {
+    let _one_at_a_time = app.config_changes.lock().await;
+    match app.config.get().objects.get(&(kind, id.clone())) {
+        None => return Err(ApiError::not_found(kind.noun(), &id)),
+        Some(o) if o.provisioned => return Err(exists(o)),
+        Some(_) => {}
+    }
+    let key = id.clone();
+    let busy = match kind {
+        ObjectKind::Destination => app
+            .store
+            .read(move |c| crate::store::pending_deliveries_to(c, &key))
+            .await?
+            .gt(&0)
+            .then_some("it has pending deliveries; pause it and let them finish, or wait for them to be dead-lettered"),
+        ObjectKind::Flow => app
+            .store
+            .read(move |c| crate::store::unfinished_runs_of(c, &key))
+            .await?
+            .gt(&0)
+            .then_some("it has runs in progress; delete it once they have ended"),
+        _ => None,
+    };
+    if let Some(why) = busy {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_use",
+            format!("{} `{id}` cannot be deleted now: {why}", kind.noun()),
+        ));
+    }
+    change(&app, kind, &id, None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn spec_from_body(body: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "the body must be a JSON object: the object as the config file writes it",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the request body is not JSON: {e}"),
+        )),
+    }
+}
+
+fn exists(o: &ObjectSpec) -> ApiError {
+    if o.provisioned {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "provisioned",
+            format!(
+                "{} `{}` comes from the config file and is read-only through the API; change it in the file",
+                o.kind.noun(),
+                o.id
+            ),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "{} `{}` exists; replace it with PUT /api/v1/{}/{}",
+                o.kind.noun(),
+                o.id,
+                o.kind.as_str(),
+                o.id
+            ),
+        )
+    }
+}
+
+/// Checks the config with the change, commits it, and swaps it in. The caller holds
+/// `config_changes`.
+async fn change(
+    app: &AppState,
+    kind: ObjectKind,
+    id: &str,
+    spec: Option<Value>,
+) -> Result<Response, ApiError> {
+    let current = app.config.get();
+    let now = app.clock.now_ms();
+    let key = (kind, id.to_string());
+    let created = !current.objects.contains_key(&key);
+    let mut api: Vec<ObjectSpec> = current
+        .objects
+        .values()
+        .filter(|o| !(o.provisioned || (o.kind == kind && o.id == id)))
+        .cloned()
+        .collect();
+    if let Some(spec) = &spec {
+        let mut object = ObjectSpec::new(kind, id.to_string(), spec.clone(), false);
+        object.created_at = current
+            .objects
+            .get(&key)
+            .and_then(|o| o.created_at)
+            .or(Some(now));
+        object.updated_at = Some(now);
+        api.push(object);
+    }
+    let file = current.file.clone();
+    // Checking reads `schema_file`s and compiles every expression and schema: off the async
+    // threads.
+    let built = tokio::task::spawn_blocking(move || crate::config::build(&file, &api))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("checking the config did not finish: {e}"),
+            )
+        })?;
+    let config = Arc::new(built.map_err(|errors| invalid(kind, id, spec.is_none(), errors))?);
+    app.store
+        .change_config(crate::store::ConfigChange {
+            object: Some((
+                kind.as_str().to_string(),
+                id.to_string(),
+                spec.as_ref().map(Value::to_string),
+            )),
+            schemas: schemas(&config),
+            now,
+        })
+        .await?;
+    app.config.replace(config.clone());
+    app.deliverer.reconfigure(config.clone());
+    tracing::info!(
+        kind = kind.noun(),
+        id,
+        change = if spec.is_none() {
+            "deleted"
+        } else if created {
+            "created"
+        } else {
+            "replaced"
+        },
+        "config changed through the API"
+    );
+    match config.objects.get(&key) {
+        Some(object) => {
+            let mut shown = view(&config, object, None);
+            shown["changed"] = Value::Bool(true);
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(shown)).into_response())
+        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+fn invalid(
+    kind: ObjectKind,
+    id: &str,
+    deleting: bool,
+    errors: crate::config::ConfigErrors,
+) -> ApiError {
+    let n = errors.0.len();
+    let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
+    let message = if deleting {
+        format!(
+            "deleting {} `{id}` would leave the config with {n} error{}: {first}",
+            kind.noun(),
+            if n == 1 { "" } else { "s" }
+        )
+    } else {
+        format!(
+            "{} `{id}` is not valid ({n} error{}): {first}",
+            kind.noun(),
+            if n == 1 { "" } else { "s" }
+        )
+    };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_object", message).with_details(
+        errors
+            .0
+            .into_iter()
+            .map(|e| json!({"place": e.place, "message": e.message}))
+            .collect(),
+    )
+}
+
+/// An object as the API shows it: secrets masked; a destination with its health.
+fn view(config: &Config, o: &ObjectSpec, health: Option<&Value>) -> Value {
+    let mut shown = json!({
+        "kind": o.kind.as_str(),
+        "id": o.id,
+        "provisioned": o.provisioned,
+        "digest": o.digest,
+        "created_at": o.created_at.map(rfc3339),
+        "updated_at": o.updated_at.map(rfc3339),
+        "spec": crate::config::objects::masked(o.kind, &o.spec),
+    });
+    if let (Some(Value::Object(extra)), Value::Object(map)) = (health, &mut shown) {
+        map.extend(extra.clone());
+    }
+    if o.kind == ObjectKind::EventType {
+        shown["has_schema"] = Value::Bool(
+            config
+                .event_types
+                .get(&o.id)
+                .is_some_and(|t| t.schema.is_some()),
+        );
+    }
+    shown
+}
+
+/// Each destination's URL, last hour of attempts, circuit and pause.
+async fn destination_health(
+    app: &AppState,
+    ids: Vec<String>,
+) -> Result<HashMap<String, Value>, ApiError> {
+    let since = app.clock.now_ms() - 3_600_000;
+    let config = app.config.get();
+    let recent = app
+        .store
+        .read(move |c| {
+            ids.iter()
+                .map(|id| Ok((id.clone(), crate::store::attempt_counts(c, id, since)?)))
+                .collect::<Result<HashMap<_, _>, crate::store::StoreError>>()
+        })
+        .await?;
+    let health: HashMap<String, crate::deliver::circuit::Health> =
+        app.deliverer.health().into_iter().collect();
+    Ok(recent
+        .into_iter()
+        .filter_map(|(id, (total, failed))| {
+            let dest = config.destinations.get(&id)?;
+            let h = health.get(&id)?;
+            let shown = json!({
+                "url": dest.url.as_str(),
+                "last_hour": {
+                    "attempts": total,
+                    "failed": failed,
+                    "success_ratio": if total > 0 { Some((total - failed) as f64 / total as f64) } else { None },
+                },
+                "circuit": {
+                    "state": h.circuit.as_str(),
+                    "consecutive_failures": h.consecutive_failures,
+                    "failing_since": h.failing_since.map(rfc3339),
+                    "last_error": h.last_error,
+                },
+                "paused": h.paused.as_ref().map(|p| json!({"by": p.by, "reason": p.reason, "since": rfc3339(p.since)})),
+            });
+            Some((id, shown))
+        })
+        .collect())
+}
+
+/// The routes of one kind, for `api::routes`.
+pub fn routes(kind: ObjectKind) -> [(String, axum::routing::MethodRouter<AppState>); 2] {
+    use axum::routing::{get as get_route, post};
+    let base = format!("/{}", kind.as_str());
+    let one = format!("{base}/{{id}}");
+    let all = get_route(
+        move |State(app): State<AppState>,
+              q: Result<Query<Page>, axum::extract::rejection::QueryRejection>| async move {
+            list(kind, app, q).await
+        },
+    )
+    .merge(post(
+        move |State(app): State<AppState>, body: axum::body::Bytes| async move {
+            create(kind, app, &body).await
+        },
+    ));
+    let single = get_route(
+        move |State(app): State<AppState>, Path(id): Path<String>| async move {
+            get(kind, app, id).await
+        },
+    )
+    .put(
+        move |State(app): State<AppState>, Path(id): Path<String>, body: axum::body::Bytes| async move {
+            put(kind, app, id, &body).await
+        },
+    )
+    .delete(
+        move |State(app): State<AppState>, Path(id): Path<String>| async move {
+            delete(kind, app, id).await
+        },
+    );
+    [(base, all), (one, single)]
+}

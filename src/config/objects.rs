@@ -1,0 +1,218 @@
+//! The objects a config is made of, as written: sources, event types, destinations and flows,
+//! each kept as its JSON spec with a digest. An object comes from the config file (provisioned:
+//! read-only through the API) or from the API (kept in the store and merged with the file's
+//! objects at start). Both kinds go through the same checks (`config::build`), so the API
+//! refuses exactly what the file would.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The kinds of object the API can create, change and delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Source,
+    EventType,
+    Destination,
+    Flow,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 4] = [
+        ObjectKind::Source,
+        ObjectKind::EventType,
+        ObjectKind::Destination,
+        ObjectKind::Flow,
+    ];
+
+    /// The top-level list of the config file that holds this kind.
+    pub fn section(self) -> &'static str {
+        match self {
+            ObjectKind::Source => "sources",
+            ObjectKind::EventType => "event_types",
+            ObjectKind::Destination => "destinations",
+            ObjectKind::Flow => "flows",
+        }
+    }
+
+    /// How errors and people name one of this kind.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ObjectKind::Source => "source",
+            ObjectKind::EventType => "event type",
+            ObjectKind::Destination => "destination",
+            ObjectKind::Flow => "flow",
+        }
+    }
+
+    /// The field that holds the object's id (`name` for event types).
+    pub fn id_field(self) -> &'static str {
+        match self {
+            ObjectKind::EventType => "name",
+            _ => "id",
+        }
+    }
+
+    /// The stored name of the kind, as in the API's paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Source => "sources",
+            ObjectKind::EventType => "event-types",
+            ObjectKind::Destination => "destinations",
+            ObjectKind::Flow => "flows",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ObjectKind> {
+        ObjectKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// One object with its spec as written (after `${ENV}` substitution for the file's). `Debug`
+/// leaves the spec out: it may hold secrets.
+#[derive(Clone, PartialEq)]
+pub struct ObjectSpec {
+    pub kind: ObjectKind,
+    pub id: String,
+    pub spec: Value,
+    /// SHA-256 (hex) of the spec's canonical JSON: equal digests, equal objects.
+    pub digest: String,
+    /// From the config file: read-only through the API.
+    pub provisioned: bool,
+    /// When an API object was created and last changed (milliseconds); `None` for the file's.
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+}
+
+impl ObjectSpec {
+    pub fn new(kind: ObjectKind, id: String, spec: Value, provisioned: bool) -> Self {
+        ObjectSpec {
+            kind,
+            digest: digest(&spec),
+            id,
+            spec,
+            provisioned,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ObjectSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ObjectSpec({} {}, digest {}, provisioned: {})",
+            self.kind.noun(),
+            self.id,
+            self.digest,
+            self.provisioned
+        )
+    }
+}
+
+/// The config file a running config came from, kept so that API objects can be checked
+/// together with it. `Debug` shows its name only: the text may hold secrets.
+pub struct FileLayer {
+    /// How errors name the file.
+    pub name: String,
+    /// The text after `${ENV}` substitution.
+    pub text: String,
+    /// Where `schema_file` paths start.
+    pub base: PathBuf,
+}
+
+impl std::fmt::Debug for FileLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileLayer({})", self.name)
+    }
+}
+
+/// Every object of a config by kind and id.
+pub type Objects = BTreeMap<(ObjectKind, String), ObjectSpec>;
+
+/// SHA-256 (hex) of the canonical JSON of `spec` (object keys sorted, no spaces).
+pub fn digest(spec: &Value) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(&canonical(spec)).unwrap_or_default();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, Value> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Fields that hold secrets, by name, wherever they are in a spec.
+const SECRET_FIELDS: [&str; 4] = ["secret", "client_secret", "password", "bearer"];
+/// Shown instead of a secret.
+pub const MASK: &str = "********";
+
+/// The spec with its secrets masked: `secret`, `client_secret`, `password`, `bearer`, an
+/// `api_key`'s `value`, and every value of a destination's `headers` (they often carry keys).
+pub fn masked(kind: ObjectKind, spec: &Value) -> Value {
+    let mut out = spec.clone();
+    mask(&mut out);
+    if kind == ObjectKind::Destination
+        && let Some(Value::Object(headers)) = out.get_mut("headers")
+    {
+        for v in headers.values_mut() {
+            *v = Value::String(MASK.into());
+        }
+    }
+    out
+}
+
+fn mask(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if SECRET_FIELDS.contains(&key.as_str()) && !v.is_object() {
+                    *v = Value::String(MASK.into());
+                } else if key == "api_key" {
+                    if let Some(inner) = v.get_mut("value") {
+                        *inner = Value::String(MASK.into());
+                    }
+                } else {
+                    mask(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn digest_ignores_key_order_and_masking_hides_every_secret() {
+        let a = json!({"id": "crm", "retry": {"initial": "1s", "max": "1h"}});
+        let b = json!({"retry": {"max": "1h", "initial": "1s"}, "id": "crm"});
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&json!({"id": "crm"})));
+        let spec = json!({
+            "id": "crm", "signing": {"secret": "whsec_x"}, "headers": {"x-api-key": "k"},
+            "steps": [{"http": {"auth": {"basic": {"username": "u", "password": "p"}}}},
+                      {"http": {"auth": {"api_key": {"header": "h", "value": "v"}}}}]
+        });
+        let shown = masked(ObjectKind::Destination, &spec).to_string();
+        for secret in ["whsec_x", "\"k\"", "\"p\"", "\"v\""] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("\"username\":\"u\""));
+    }
+}
