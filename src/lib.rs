@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod clock;

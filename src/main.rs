@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use ferry::telemetry::LogFormat;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +82,21 @@ enum Command {
     /// API tokens (client of the API; needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Make a running server's sources, event types, destinations and flows match a file:
+    /// prints the plan, then carries it out (client of the API).
+    Apply {
+        /// The config file whose objects to apply.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Also delete the objects made through the API that the file no longer has.
+        #[arg(long)]
+        prune: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure ingest and delivery throughput and latency on this machine.
     Bench(ferry::bench::BenchArgs),
     /// Print the OpenAPI document of the management API (what `/api/v1/openapi.json` serves).
@@ -144,6 +159,15 @@ enum EventsCommand {
         /// RFC 3339: received before.
         #[arg(long)]
         until: Option<String>,
+        /// pending, failed, succeeded or unrouted.
+        #[arg(long)]
+        status: Option<String>,
+        /// A jq expression on the payload (events for which it is true).
+        #[arg(long)]
+        jq: Option<String>,
+        /// `path=value` on the payload, e.g. `data.plan=pro`.
+        #[arg(long = "match")]
+        field_match: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[command(flatten)]
@@ -192,6 +216,25 @@ enum ReplayCommand {
         /// Use the flow's current definition even if it changed since the run started.
         #[arg(long)]
         use_current_flow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Retry every dead delivery matching the filter (see --dry-run).
+    Deliveries {
+        #[arg(long)]
+        destination: Option<String>,
+        /// RFC 3339: made at or after.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339: made before.
+        #[arg(long)]
+        until: Option<String>,
+        /// A part of the last error.
+        #[arg(long)]
+        error: Option<String>,
+        /// Count what would be retried, retry nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -280,6 +323,12 @@ fn main() -> std::process::ExitCode {
         Command::Replay(c) => runtime().and_then(|rt| rt.block_on(replay(c))),
         Command::Runs(c) => runtime().and_then(|rt| rt.block_on(runs(c))),
         Command::Tokens(c) => runtime().and_then(|rt| rt.block_on(tokens(c))),
+        Command::Apply {
+            file,
+            prune,
+            dry_run,
+            client: args,
+        } => runtime().and_then(|rt| rt.block_on(apply(&file, prune, dry_run, args))),
         Command::Bench(args) => ferry::bench::run(args).map_err(Into::into),
         Command::Openapi => {
             print!("{}", ferry::api::openapi::document());
@@ -495,6 +544,9 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
             event_type,
             since,
             until,
+            status,
+            jq,
+            field_match,
             limit,
             client: args,
         } => {
@@ -503,6 +555,9 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
                 ("type", event_type),
                 ("since", since),
                 ("until", until),
+                ("status", status),
+                ("jq", jq),
+                ("match", field_match),
                 ("limit", Some(limit.to_string())),
             ]);
             let v = client(&args)?
@@ -520,6 +575,7 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
                         ("ID", "/id"),
                         ("SOURCE", "/source"),
                         ("TYPE", "/event_type"),
+                        ("STATUS", "/status"),
                         ("RECEIVED", "/received_at")
                     ]
                 )
@@ -714,6 +770,37 @@ async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
             }
             (args, v)
         }
+        ReplayCommand::Deliveries {
+            destination,
+            since,
+            until,
+            error,
+            dry_run,
+            client: args,
+        } => {
+            let body = serde_json::json!({
+                "destination_id": destination, "since": since, "until": until, "error": error,
+                "dry_run": dry_run,
+            });
+            let v = client(&args)?
+                .call(Method::POST, "/api/v1/dead-letters/replay", Some(body))
+                .await?;
+            if !args.json {
+                if dry_run {
+                    println!(
+                        "{} dead deliveries match; nothing retried (without --dry-run they would be)",
+                        v["matched"]
+                    );
+                } else {
+                    println!(
+                        "{} dead deliveries matched; {} are pending again",
+                        v["matched"],
+                        v["delivery_ids"].as_array().map_or(0, Vec::len)
+                    );
+                }
+            }
+            (args, v)
+        }
         ReplayCommand::Runs {
             flow,
             since,
@@ -755,6 +842,35 @@ async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
     };
     if args.json {
         print_json(&v)?;
+    }
+    Ok(())
+}
+
+async fn apply(file: &Path, prune: bool, dry_run: bool, args: ClientArgs) -> anyhow::Result<()> {
+    let (wanted, notes) = ferry::apply::read_file(file, &|name| std::env::var(name).ok())?;
+    let client = client(&args)?;
+    let remote = ferry::apply::remote_objects(&client).await?;
+    let changes = ferry::apply::plan(&wanted, &remote, prune)?;
+    if !args.json {
+        for note in &notes {
+            eprintln!("note: {note}");
+        }
+        print!("{}", ferry::apply::render(&changes));
+    }
+    let done = if dry_run {
+        0
+    } else {
+        ferry::apply::execute(&client, &changes).await?
+    };
+    if args.json {
+        return print_json(
+            &serde_json::json!({"dry_run": dry_run, "changes": changes, "applied": done}),
+        );
+    }
+    if dry_run {
+        println!("dry run: nothing changed");
+    } else {
+        println!("applied {done} change(s)");
     }
     Ok(())
 }

@@ -281,7 +281,20 @@ pub struct EventQuery {
     /// Received before (RFC 3339).
     #[param(format = DateTime)]
     until: Option<String>,
+    /// `pending`, `failed`, `succeeded` or `unrouted` (see the event summary).
+    status: Option<String>,
+    /// A jq expression on the payload; events for which it is true (not `false` or `null`).
+    jq: Option<String>,
+    /// `path=value` on the payload, e.g. `data.plan=pro` or `data.items.0.qty=2`: the value is
+    /// JSON when it parses as JSON, a string otherwise.
+    #[serde(rename = "match")]
+    #[param(rename = "match")]
+    field_match: Option<String>,
 }
+
+/// Events a payload filter looks at for one page at most; past that the page ends early,
+/// with a `next` to go on from.
+const PAYLOAD_SCAN: usize = 5_000;
 
 /// `?limit=&after=` of the rejected log, whose cursors are numbers.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -294,7 +307,7 @@ pub struct RejectionQuery {
     after: Option<i64>,
 }
 
-/// `GET /api/v1/events?source=&type=&since=&until=`: newest first.
+/// `GET /api/v1/events?source=&type=&since=&until=&status=&jq=&match=`: newest first.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
     params(EventQuery),
     responses((status = 200, description = "OK", body = crate::api::openapi::EventPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
@@ -317,18 +330,122 @@ async fn list_events(
             })
             .transpose()
     };
+    let status = match q.status.as_deref() {
+        None | Some("pending" | "failed" | "succeeded" | "unrouted") => q.status.clone(),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("`status`: `{other}` is not one of pending, failed, succeeded, unrouted"),
+            ));
+        }
+    };
     let filter = crate::store::EventFilter {
         source: q.source.clone(),
         event_type: q.event_type.clone(),
         since: time("since", &q.since)?,
         until: time("until", &q.until)?,
+        status,
     };
     let after = q.after.clone().filter(|a| !a.is_empty());
-    let items = app
-        .store
-        .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
-        .await?;
-    Ok(page(items, limit, |e| e.id.clone()).into_response())
+    let Some(test) = payload_filter(q.jq.as_deref(), q.field_match.as_deref())? else {
+        let items = app
+            .store
+            .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
+            .await?;
+        return Ok(page(items, limit, |e| e.id.clone()).into_response());
+    };
+    // Scan newest first in batches, testing payloads in the sandbox, until the page is full
+    // or the scan budget is spent.
+    let test = std::sync::Arc::new(test);
+    let (mut found, mut scanned, mut cursor) = (Vec::new(), 0, after);
+    let mut next = None;
+    loop {
+        let (f, c) = (filter.clone(), cursor.clone());
+        let batch = app
+            .store
+            .read(move |conn| crate::store::events_with_payload(conn, &f, c.as_deref(), 200))
+            .await?;
+        let exhausted = batch.len() < 200;
+        scanned += batch.len();
+        let t = test.clone();
+        let tested = app
+            .sandbox
+            .run(move || {
+                batch
+                    .into_iter()
+                    .map(|(e, payload)| {
+                        let hit = t.truthy_of(&mut crate::engine::expr::Payload::new(&payload));
+                        (e, hit)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("the payload filter did not finish: {e}"),
+                )
+            })?;
+        for (event, hit) in tested {
+            cursor = Some(event.id.clone());
+            if hit.unwrap_or(false) {
+                found.push(event);
+                if found.len() == limit {
+                    next = cursor.clone();
+                    break;
+                }
+            }
+        }
+        if found.len() == limit || exhausted {
+            break;
+        }
+        if scanned >= PAYLOAD_SCAN {
+            next = cursor.clone();
+            break;
+        }
+    }
+    Ok(Json(json!({"data": found, "next": next})).into_response())
+}
+
+/// The payload filter of `?jq=` or `?match=path=value`, compiled; 400 when it does not compile.
+fn payload_filter(
+    jq: Option<&str>,
+    field_match: Option<&str>,
+) -> Result<Option<crate::engine::expr::Expr>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+    let code = match (jq, field_match) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err(bad("give `jq` or `match`, not both".into())),
+        (Some(code), None) => code.to_string(),
+        (None, Some(m)) => {
+            let Some((path, value)) = m.split_once('=') else {
+                return Err(bad(format!("`match`: `{m}` is not `path=value`")));
+            };
+            if path.is_empty() {
+                return Err(bad("`match`: the path is empty".into()));
+            }
+            let mut selector = String::from(".");
+            for part in path.split('.') {
+                match part.parse::<u32>() {
+                    Ok(n) => selector.push_str(&format!("[{n}]")),
+                    Err(_) => selector.push_str(&format!("[{}]", json!(part))),
+                }
+            }
+            let value: serde_json::Value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+            format!("{selector}? == {value}")
+        }
+    };
+    crate::engine::expr::Expr::compile(&code)
+        .map(Some)
+        .map_err(|e| {
+            bad(format!(
+                "`{}`: {e}",
+                if jq.is_some() { "jq" } else { "match" }
+            ))
+        })
 }
 
 #[utoipa::path(get, path = "/api/v1/rejections", tag = "rejections", security(("bearer" = [])),

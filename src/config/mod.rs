@@ -336,6 +336,23 @@ fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String
     Ok(())
 }
 
+/// `${NAME}` substitution alone, with every unset name reported by its line (`ferry apply`
+/// reads a file this way; the server checks what it is sent).
+pub fn substitute(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigErrors> {
+    let places = Places::new(file, text);
+    let mut errors = Vec::new();
+    let out = substitute_env(text, &places, env, &mut errors);
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 /// Replaces `${NAME}` with the environment's value; `$${` stands for a literal `${`.
 /// Comment lines are left alone.
 fn substitute_env(

@@ -208,6 +208,9 @@ pub struct EventSummary {
     pub source: String,
     pub event_type: String,
     pub received_at: String,
+    /// From its runs: `pending` (a run is running or waiting), `failed` (none pending, one
+    /// failed), `succeeded` (every run completed or was filtered), `unrouted` (no flow ran).
+    pub status: String,
 }
 
 /// Which events a list shows.
@@ -217,6 +220,8 @@ pub struct EventFilter {
     pub event_type: Option<String>,
     pub since: Option<Millis>,
     pub until: Option<Millis>,
+    /// One of the statuses of [`EventSummary::status`].
+    pub status: Option<String>,
 }
 
 /// Events, newest first; `before` is the id of the previous page's last event.
@@ -226,11 +231,43 @@ pub fn events(
     before: Option<&str>,
     limit: usize,
 ) -> Result<Vec<EventSummary>, StoreError> {
+    Ok(events_page(conn, filter, before, limit, false)?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect())
+}
+
+/// Like [`events`], each with its payload (for filters on the payload).
+pub fn events_with_payload(
+    conn: &Connection,
+    filter: &EventFilter,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(EventSummary, Vec<u8>)>, StoreError> {
+    events_page(conn, filter, before, limit, true)
+}
+
+fn events_page(
+    conn: &Connection,
+    filter: &EventFilter,
+    before: Option<&str>,
+    limit: usize,
+    with_payload: bool,
+) -> Result<Vec<(EventSummary, Vec<u8>)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, source, event_type, received_at FROM events
-         WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR event_type = ?2)
-           AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at < ?4)
-           AND (?5 IS NULL OR seq < (SELECT seq FROM events WHERE id = ?5))
+        "SELECT id, source, event_type, received_at, status, payload FROM (
+           SELECT e.seq, e.id, e.source, e.event_type, e.received_at,
+             CASE WHEN ?8 THEN e.payload ELSE x'' END AS payload,
+             CASE
+               WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id) THEN 'unrouted'
+               WHEN EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id AND r.status IN ('running', 'waiting')) THEN 'pending'
+               WHEN EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id AND r.status = 'failed') THEN 'failed'
+               ELSE 'succeeded' END AS status
+           FROM events e
+           WHERE (?1 IS NULL OR e.source = ?1) AND (?2 IS NULL OR e.event_type = ?2)
+             AND (?3 IS NULL OR e.received_at >= ?3) AND (?4 IS NULL OR e.received_at < ?4)
+             AND (?5 IS NULL OR e.seq < (SELECT seq FROM events WHERE id = ?5)))
+         WHERE (?7 IS NULL OR status = ?7)
          ORDER BY seq DESC LIMIT ?6",
     )?;
     let rows = stmt.query_map(
@@ -240,15 +277,21 @@ pub fn events(
             filter.since,
             filter.until,
             before,
-            limit as i64
+            limit as i64,
+            filter.status,
+            with_payload
         ],
         |r| {
-            Ok(EventSummary {
-                id: r.get(0)?,
-                source: r.get(1)?,
-                event_type: r.get(2)?,
-                received_at: rfc3339(r.get(3)?),
-            })
+            Ok((
+                EventSummary {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    event_type: r.get(2)?,
+                    received_at: rfc3339(r.get(3)?),
+                    status: r.get(4)?,
+                },
+                r.get(5)?,
+            ))
         },
     )?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -438,3 +438,139 @@ async fn a_destination_with_pending_deliveries_is_not_deleted_and_lists_page() {
     assert_eq!(r.status(), 202);
     let _: Value = r.json().await.unwrap();
 }
+
+fn ferry_apply(app: &TestApp, file: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("apply")
+        .arg("-f")
+        .arg(file)
+        .args(extra)
+        .args(["--url", &app.url(""), "--token", TOKEN])
+        .env_remove("FERRY_API_TOKEN")
+        .env("CRM_SECRET", SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_shows_its_plan_is_a_no_op_the_second_time_and_prunes() {
+    let crm = Receiver::start().await;
+    let app = spawn_app(&file_config(&crm)).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("order.json"),
+        r#"{"type": "object", "required": ["data"]}"#,
+    )
+    .unwrap();
+    let file = dir.path().join("objects.yaml");
+    let objects = format!(
+        r#"
+sources:
+  - {{ id: web, kind: webhook, verify: {{ scheme: none }} }}
+  - {{ id: legacy, kind: webhook, verify: {{ scheme: none }} }}
+event_types:
+  - {{ name: order.created, schema_file: order.json }}
+destinations:
+  - id: crm
+    kind: http
+    url: {}
+    signing: {{ secret: "${{CRM_SECRET}}" }}
+flows:
+  - id: web-orders
+    on: {{ source: web, event_types: [order.created] }}
+    steps:
+      - deliver: crm
+"#,
+        crm.url
+    );
+    std::fs::write(&file, &objects).unwrap();
+
+    let (ok, out, err) = ferry_apply(&app, &file, &["--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("+ source web\n") && out.contains("+ flow web-orders\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("5 to create, 0 to change, 0 to delete, 0 unchanged"),
+        "{out}"
+    );
+    let (_, flows) = app.api_get("/api/v1/flows").await;
+    assert_eq!(flows["data"], json!([]), "a dry run changes nothing");
+
+    let (ok, out, err) = ferry_apply(&app, &file, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("applied 5 change(s)"), "{out}");
+    let (_, et) = app.api_get("/api/v1/event-types/order.created").await;
+    assert_eq!(
+        et["spec"]["schema"]["required"],
+        json!(["data"]),
+        "the schema file is sent inline"
+    );
+    app.accept("/in/web", r#"{"type": "order.created", "data": {}}"#, &[])
+        .await;
+    crm.wait_for(1).await;
+    assert!(crm.requests()[0].headers.contains_key("webhook-signature"));
+
+    let (ok, out, err) = ferry_apply(&app, &file, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("0 to create, 0 to change, 0 to delete, 5 unchanged"),
+        "{out}"
+    );
+    assert!(out.contains("applied 0 change(s)"), "{out}");
+
+    // A changed flow and a source gone from the file: changed, and deleted only with --prune.
+    let changed = objects
+        .replace(
+            "  - { id: legacy, kind: webhook, verify: { scheme: none } }\n",
+            "",
+        )
+        .replace(
+            "      - deliver: crm",
+            "      - filter: '.data != null'\n      - deliver: crm",
+        );
+    std::fs::write(&file, &changed).unwrap();
+    let (ok, out, err) = ferry_apply(&app, &file, &["--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("~ flow web-orders (steps)"), "{out}");
+    assert!(!out.contains("- source legacy"), "{out}");
+    let (ok, out, err) = ferry_apply(&app, &file, &["--prune"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("- source legacy\n") && out.contains("1 to change, 1 to delete"),
+        "{out}"
+    );
+    let (status, _) = app.api_get("/api/v1/sources/legacy").await;
+    assert_eq!(status, 404);
+    let (ok, out, _) = ferry_apply(&app, &file, &["--prune"]);
+    assert!(
+        ok && out.contains("0 to create, 0 to change, 0 to delete, 4 unchanged"),
+        "{out}"
+    );
+
+    // The server's own file objects cannot be changed this way; a missing variable stops it.
+    std::fs::write(&file, "sources:\n  - { id: shop, kind: webhook, verify: { scheme: none }, event_type: { from: header, name: x-type } }\n").unwrap();
+    let (ok, _, err) = ferry_apply(&app, &file, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("source `shop` is in the server's config file"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "destinations:\n  - { id: d, kind: http, url: \"${NOT_SET_ANYWHERE}\" }\n",
+    )
+    .unwrap();
+    let (ok, _, err) = ferry_apply(&app, &file, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("objects.yaml:2: environment variable `NOT_SET_ANYWHERE` is not set"),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod config;
 mod crash;
+mod events;
 mod fanout;
 mod flows;
 mod idempotency;
