@@ -52,7 +52,7 @@ pub fn schemas(config: &Config) -> Vec<(String, String)> {
 /// `GET /api/v1/{kind}`: the objects of a kind by id, the file's and the API's.
 #[utoipa::path(get, path = "/api/v1/{kind}", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), Page),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObjectPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObjectPage), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list(
     kind: ObjectKind,
     app: AppState,
@@ -119,7 +119,7 @@ pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response
 #[utoipa::path(post, path = "/api/v1/{kind}", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path)),
     request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
-    responses((status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Response, ApiError> {
     let spec = spec_from_body(body)?;
     let id = match spec.get(kind.id_field()) {
@@ -144,7 +144,7 @@ pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Resp
 #[utoipa::path(put, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
     request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
-    responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::openapi::ConfigObject), (status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 409, description = "the config file has this object", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::openapi::ConfigObject), (status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn put(
     kind: ObjectKind,
     app: AppState,

@@ -47,7 +47,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/destinations/{id}/resume", post(operations::resume))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token));
     Router::new()
-        .nest("/api/v1", v1)
+        .nest("/api/v1", v1.fallback(unknown_route))
         .route("/healthz", get(healthz))
         .route("/metrics", get(operations::metrics))
         .route("/readyz", get(readyz))
@@ -282,6 +282,7 @@ pub struct EventQuery {
     #[param(format = DateTime)]
     until: Option<String>,
     /// `pending`, `failed`, `succeeded` or `unrouted` (see the event summary).
+    #[param(pattern = "^(pending|failed|succeeded|unrouted)?$")]
     status: Option<String>,
     /// A jq expression on the payload; events for which it is true (not `false` or `null`).
     jq: Option<String>,
@@ -330,8 +331,9 @@ async fn list_events(
             })
             .transpose()
     };
-    let status = match q.status.as_deref() {
-        None | Some("pending" | "failed" | "succeeded" | "unrouted") => q.status.clone(),
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s @ ("pending" | "failed" | "succeeded" | "unrouted")) => Some(s.to_string()),
         Some(other) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -348,7 +350,7 @@ async fn list_events(
         status,
     };
     let after = q.after.clone().filter(|a| !a.is_empty());
-    let Some(test) = payload_filter(q.jq.as_deref(), q.field_match.as_deref())? else {
+    let Some(test) = payload_filter(given(&q.jq), given(&q.field_match))? else {
         let items = app
             .store
             .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
@@ -407,6 +409,11 @@ async fn list_events(
         }
     }
     Ok(Json(json!({"data": found, "next": next})).into_response())
+}
+
+/// A query value that is there and not empty.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|s| !s.is_empty())
 }
 
 /// The payload filter of `?jq=` or `?match=path=value`, compiled; 400 when it does not compile.
@@ -470,6 +477,18 @@ async fn list_rejections(
         .read(move |c| crate::store::rejections(c, after, limit))
         .await?;
     Ok(page(items, limit, |r| r.id.clone()).into_response())
+}
+
+/// Any other path under `/api/v1`: the JSON error body, like every other answer.
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route is `{}`; the routes are in /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 /// The OpenAPI document (no token needed).

@@ -319,6 +319,14 @@ async fn the_api_refuses_what_the_file_refuses_and_never_changes_the_files_objec
         (404, Some("not_found"))
     );
 
+    // A kind that does not exist is a JSON 404 like every other.
+    let (status, e) = app.api_get("/api/v1/widgets").await;
+    assert_eq!(
+        (status.as_u16(), e["error"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
+
     // A read token may list but not change.
     let (_, read) = app
         .api_post_json("/api/v1/tokens", json!({"name": "r", "scope": "read"}))
