@@ -50,7 +50,7 @@ pub fn schemas(config: &Config) -> Vec<(String, String)> {
 }
 
 /// `GET /api/v1/{kind}`: the objects of a kind by id, the file's and the API's.
-#[utoipa::path(get, path = "/api/v1/{kind}", tag = "config", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/{kind}", operation_id = "list_config_objects", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), Page),
     responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObjectPage), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list(
@@ -87,7 +87,7 @@ pub async fn list(
 }
 
 /// `GET /api/v1/{kind}/{id}`: one object; an event type with every version of its schema.
-#[utoipa::path(get, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/{kind}/{id}", operation_id = "get_config_object", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
     responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObject), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response, ApiError> {
@@ -116,7 +116,7 @@ pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response
 }
 
 /// `POST /api/v1/{kind}`: a new object; its id is the spec's `id` (`name` for an event type).
-#[utoipa::path(post, path = "/api/v1/{kind}", tag = "config", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/{kind}", operation_id = "create_config_object", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path)),
     request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
     responses((status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
@@ -141,7 +141,7 @@ pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Resp
 
 /// `PUT /api/v1/{kind}/{id}`: creates or replaces the object; `id` in the body may be left
 /// out and must match the path when given.
-#[utoipa::path(put, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
+#[utoipa::path(put, path = "/api/v1/{kind}/{id}", operation_id = "put_config_object", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
     request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
     responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::openapi::ConfigObject), (status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
@@ -181,7 +181,7 @@ pub async fn put(
 }
 
 /// `DELETE /api/v1/{kind}/{id}`.
-#[utoipa::path(delete, path = "/api/v1/{kind}/{id}", tag = "config", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/{kind}/{id}", operation_id = "delete_config_object", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object, or a destination has pending deliveries, or a flow has unfinished runs", body = crate::api::openapi::ErrorBody), (status = 422, description = "other objects still refer to it; `details` says where", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn delete(kind: ObjectKind, app: AppState, id: String) -> Result<Response, ApiError> {

@@ -61,9 +61,16 @@ async fn the_committed_document_is_the_generated_one_and_is_served() {
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
-    // Every response has a description, and every reference resolves.
+    // Every response has a description, every operation id is unique, and every reference
+    // resolves.
+    let mut ids = std::collections::BTreeSet::new();
     for (path, ops) in paths {
         for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_string()),
+                "operationId {id} twice ({method} {path})"
+            );
             for (code, response) in op["responses"].as_object().unwrap() {
                 assert!(
                     response["description"].is_string(),
