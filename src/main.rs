@@ -183,6 +183,20 @@ enum EventsCommand {
 
 #[derive(Subcommand)]
 enum DeliveriesCommand {
+    /// Deliveries, newest first.
+    List {
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        /// pending, succeeded or dead.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// One delivery with every attempt.
     Show {
         id: String,
@@ -261,6 +275,20 @@ enum ReplayCommand {
 
 #[derive(Subcommand)]
 enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        /// running, waiting, completed, filtered or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// One run with each step's input, output, status and error.
     Show {
         id: String,
@@ -639,7 +667,32 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
 }
 
 async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
-    let DeliveriesCommand::Show { id, client: args } = command;
+    let (id, args) = match command {
+        DeliveriesCommand::Show { id, client } => (id, client),
+        DeliveriesCommand::List {
+            destination,
+            event,
+            status,
+            limit,
+            client: args,
+        } => {
+            let q = query(&[
+                ("destination", destination),
+                ("event_id", event),
+                ("status", status),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let columns = [
+                ("ID", "/id"),
+                ("EVENT", "/event_id"),
+                ("DESTINATION", "/destination_id"),
+                ("STATUS", "/status"),
+                ("ATTEMPTS", "/attempt_count"),
+                ("LAST ERROR", "/last_error"),
+            ];
+            return list(&args, &format!("/api/v1/deliveries?{q}"), &columns).await;
+        }
+    };
     let v = client(&args)?
         .call(Method::GET, &format!("/api/v1/deliveries/{id}"), None)
         .await?;
@@ -875,8 +928,44 @@ async fn apply(file: &Path, prune: bool, dry_run: bool, args: ClientArgs) -> any
     Ok(())
 }
 
+/// A list for people (a table) or scripts (`--json`).
+async fn list(args: &ClientArgs, path: &str, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+    let v = client(args)?.call(Method::GET, path, None).await?;
+    if args.json {
+        return print_json(&v);
+    }
+    let items = v["data"].as_array().cloned().unwrap_or_default();
+    print!("{}", table(&items, columns));
+    Ok(())
+}
+
 async fn runs(command: RunsCommand) -> anyhow::Result<()> {
-    let RunsCommand::Show { id, client: args } = command;
+    let (id, args) = match command {
+        RunsCommand::Show { id, client } => (id, client),
+        RunsCommand::List {
+            flow,
+            event,
+            status,
+            limit,
+            client: args,
+        } => {
+            let q = query(&[
+                ("flow", flow),
+                ("event_id", event),
+                ("status", status),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let columns = [
+                ("ID", "/id"),
+                ("EVENT", "/event_id"),
+                ("FLOW", "/flow_id"),
+                ("STATUS", "/status"),
+                ("STEP", "/step_index"),
+                ("ERROR", "/error"),
+            ];
+            return list(&args, &format!("/api/v1/runs?{q}"), &columns).await;
+        }
+    };
     let v = client(&args)?
         .call(Method::GET, &format!("/api/v1/runs/{id}"), None)
         .await?;

@@ -31,11 +31,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let v1 = v1
         .route("/events", get(list_events))
         .route("/events/{id}", get(get_event))
+        .route("/deliveries", get(list_deliveries))
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/retry", post(retry_delivery))
         .route("/dead-letters", get(list_dead_letters))
         .route("/dead-letters/replay", post(replay_dead_letters))
         .route("/rejections", get(list_rejections))
+        .route("/runs", get(runs::list_runs))
         .route("/runs/replay", post(replay_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/replay", post(replay_run))
@@ -210,6 +212,63 @@ async fn get_delivery(
     }
 }
 
+/// The filters of the deliveries list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    after: Option<String>,
+    destination: Option<String>,
+    event_id: Option<String>,
+    #[param(pattern = "^(pending|succeeded|dead)?$")]
+    status: Option<String>,
+}
+
+/// `GET /api/v1/deliveries?destination=&event_id=&status=`: newest first, without attempts.
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "deliveries", security(("bearer" = [])),
+    params(DeliveryQuery),
+    responses((status = 200, description = "OK", body = crate::api::openapi::DeliveryPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+async fn list_deliveries(
+    State(app): State<AppState>,
+    q: Result<Query<DeliveryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    let filter = crate::store::DeliveryFilter {
+        destination_id: given(&q.destination).map(str::to_string),
+        event_id: given(&q.event_id).map(str::to_string),
+        status: one_of(
+            "status",
+            given(&q.status),
+            &["pending", "succeeded", "dead"],
+        )?,
+    };
+    let after = given(&q.after).map(str::to_string);
+    let items = app
+        .store
+        .read(move |c| crate::store::deliveries(c, &filter, after.as_deref(), limit))
+        .await?;
+    Ok(page(items, limit, |d| d.id.clone()).into_response())
+}
+
+/// A query value that must be one of `allowed` when given.
+pub(super) fn one_of(
+    field: &str,
+    value: Option<&str>,
+    allowed: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if allowed.contains(&v) => Ok(Some(v.to_string())),
+        Some(v) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`{field}`: `{v}` is not one of {}", allowed.join(", ")),
+        )),
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 202, description = "accepted", body = crate::api::openapi::RetryAnswer), (status = 409, description = "not a dead letter", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 async fn retry_delivery(
@@ -331,17 +390,11 @@ async fn list_events(
             })
             .transpose()
     };
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s @ ("pending" | "failed" | "succeeded" | "unrouted")) => Some(s.to_string()),
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                format!("`status`: `{other}` is not one of pending, failed, succeeded, unrouted"),
-            ));
-        }
-    };
+    let status = one_of(
+        "status",
+        given(&q.status),
+        &["pending", "failed", "succeeded", "unrouted"],
+    )?;
     let filter = crate::store::EventFilter {
         source: q.source.clone(),
         event_type: q.event_type.clone(),
@@ -412,7 +465,7 @@ async fn list_events(
 }
 
 /// A query value that is there and not empty.
-fn given(value: &Option<String>) -> Option<&str> {
+pub(super) fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|s| !s.is_empty())
 }
 

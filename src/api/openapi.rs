@@ -16,10 +16,12 @@ use utoipa::{Modify, OpenApi, ToSchema};
     paths(
         super::list_events,
         super::get_event,
+        super::list_deliveries,
         super::get_delivery,
         super::retry_delivery,
         super::list_dead_letters,
         super::list_rejections,
+        super::runs::list_runs,
         super::runs::get_run,
         super::runs::replay_run,
         super::runs::replay_runs,
@@ -115,6 +117,20 @@ pub struct AlertPage {
     /// Each rule with `id`, `severity`, `when`, `notify`, `cooldown`, `state`, `since`,
     /// `subject`, `message`, `last_notice_at`.
     data: Vec<serde_json::Map<String, serde_json::Value>>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryPage {
+    data: Vec<crate::store::DeliveryView>,
+    next: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RunPage {
+    data: Vec<crate::store::RunSummary>,
     next: Option<String>,
 }
 

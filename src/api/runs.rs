@@ -333,6 +333,47 @@ pub async fn test_flow(
     Ok(Json(report).into_response())
 }
 
+/// The filters of the runs list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunQuery {
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    after: Option<String>,
+    flow: Option<String>,
+    event_id: Option<String>,
+    #[param(pattern = "^(running|waiting|completed|filtered|failed)?$")]
+    status: Option<String>,
+}
+
+/// `GET /api/v1/runs?flow=&event_id=&status=`: newest first, without their steps.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", security(("bearer" = [])),
+    params(RunQuery),
+    responses((status = 200, description = "OK", body = crate::api::openapi::RunPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+pub async fn list_runs(
+    State(app): State<AppState>,
+    q: Result<axum::extract::Query<RunQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use super::given;
+    let q = super::query(q)?;
+    let limit = super::check_limit(q.limit)?;
+    let filter = crate::store::RunFilter {
+        flow_id: given(&q.flow).map(str::to_string),
+        event_id: given(&q.event_id).map(str::to_string),
+        status: super::one_of(
+            "status",
+            given(&q.status),
+            &["running", "waiting", "completed", "filtered", "failed"],
+        )?,
+    };
+    let after = given(&q.after).map(str::to_string);
+    let items = app
+        .store
+        .read(move |c| crate::store::runs(c, &filter, after.as_deref(), limit))
+        .await?;
+    Ok(super::page(items, limit, |r| r.id.clone()).into_response())
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadReplay {

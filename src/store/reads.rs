@@ -365,3 +365,39 @@ pub fn ping(conn: &Connection) -> Result<(), StoreError> {
     conn.query_row("SELECT 1", [], |_| Ok(()))?;
     Ok(())
 }
+
+/// Which deliveries a list shows.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryFilter {
+    pub destination_id: Option<String>,
+    pub event_id: Option<String>,
+    /// `pending`, `succeeded` or `dead`.
+    pub status: Option<String>,
+}
+
+/// Deliveries, newest first (id order), without their attempts; `before` is the previous
+/// page's last id.
+pub fn deliveries(
+    conn: &Connection,
+    filter: &DeliveryFilter,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+         WHERE (?1 IS NULL OR destination_id = ?1) AND (?2 IS NULL OR event_id = ?2)
+           AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR id < ?4)
+         ORDER BY id DESC LIMIT ?5"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            filter.destination_id,
+            filter.event_id,
+            filter.status,
+            before,
+            limit as i64
+        ],
+        delivery_row,
+    )?;
+    rows.map(|r| finish_delivery(r?)).collect()
+}

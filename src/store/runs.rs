@@ -276,3 +276,38 @@ pub fn dead_letters(
     }
     Ok(out)
 }
+
+/// Which runs a list shows.
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub flow_id: Option<String>,
+    pub event_id: Option<String>,
+    /// `running`, `waiting`, `completed`, `filtered` or `failed`.
+    pub status: Option<String>,
+}
+
+/// Runs, newest first (id order); `before` is the previous page's last id.
+pub fn runs(
+    conn: &Connection,
+    filter: &RunFilter,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<RunSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM runs
+         WHERE (?1 IS NULL OR flow_id = ?1) AND (?2 IS NULL OR event_id = ?2)
+           AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR id < ?4)
+         ORDER BY id DESC LIMIT ?5"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            filter.flow_id,
+            filter.event_id,
+            filter.status,
+            before,
+            limit as i64
+        ],
+        summary_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

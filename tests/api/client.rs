@@ -78,6 +78,17 @@ flows: [ {{ id: to-crm, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }}
     let (ok, out, _) = ferry(&app, &["runs", "show", &run]);
     assert!(ok);
     assert!(out.contains("deliver") && out.contains("failed"), "{out}");
+    let (ok, out, _) = ferry(&app, &["runs", "list", "--status", "failed"]);
+    assert!(ok && out.starts_with("ID") && out.contains(&run), "{out}");
+    let (ok, out, _) = ferry(&app, &["deliveries", "list", "--status", "dead", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"][0]["id"], delivery.as_str());
+    let (ok, out, _) = ferry(
+        &app,
+        &["replay", "deliveries", "--destination", "crm", "--dry-run"],
+    );
+    assert!(ok && out.contains("1 dead deliveries match"), "{out}");
 
     crm.set_fallback(Reply::status(200));
     let (ok, out, err) = ferry(&app, &["replay", "delivery", &delivery]);
