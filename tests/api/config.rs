@@ -582,3 +582,40 @@ flows:
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_file_that_no_longer_fits_the_api_objects_stops_the_start_with_the_reason() {
+    let crm = Receiver::start().await;
+    let yaml = file_config(&crm);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ferry::clock::ManualClock::new(ferry::clock::system_now_ms());
+    let app = spawn_app_at(&yaml, dir.path(), clock.clone(), None).await;
+    let (status, _) = app
+        .api_post_json(
+            "/api/v1/destinations",
+            json!({"id": "crm", "kind": "http", "url": crm.url}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    drop(app);
+
+    // The file now defines `crm` too.
+    let clash = format!(
+        "{yaml}  - {{ id: crm, kind: http, url: \"{}\" }}\n",
+        crm.url
+    );
+    let config =
+        ferry::config::load_str(&clash, "ferry.yaml", std::path::Path::new("."), &|_| None)
+            .unwrap();
+    let mut options = ferry::app::ServeOptions::new(config, dir.path().to_path_buf());
+    options.api_token = Some(TOKEN.into());
+    options.clock = clock;
+    let error = match ferry::app::prepare(options).await {
+        Ok(_) => panic!("started with two definitions of `crm`"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("api (destination crm): the config file `ferry.yaml` defines this destination too; delete one of them"),
+        "{error}"
+    );
+}
