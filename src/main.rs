@@ -588,26 +588,14 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
                 ("match", field_match),
                 ("limit", Some(limit.to_string())),
             ]);
-            let v = client(&args)?
-                .call(Method::GET, &format!("/api/v1/events?{q}"), None)
-                .await?;
-            if args.json {
-                return print_json(&v);
-            }
-            let items = v["data"].as_array().cloned().unwrap_or_default();
-            print!(
-                "{}",
-                table(
-                    &items,
-                    &[
-                        ("ID", "/id"),
-                        ("SOURCE", "/source"),
-                        ("TYPE", "/event_type"),
-                        ("STATUS", "/status"),
-                        ("RECEIVED", "/received_at")
-                    ]
-                )
-            );
+            let columns = [
+                ("ID", "/id"),
+                ("SOURCE", "/source"),
+                ("TYPE", "/event_type"),
+                ("STATUS", "/status"),
+                ("RECEIVED", "/received_at"),
+            ];
+            list(&args, &format!("/api/v1/events?{q}"), &columns).await?;
         }
         EventsCommand::Show { id, client: args } => {
             let v = client(&args)?
@@ -1032,25 +1020,13 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
             println!("it is shown this once; Ferry keeps only its digest");
         }
         TokensCommand::List { client: args } => {
-            let v = client(&args)?
-                .call(Method::GET, "/api/v1/tokens", None)
-                .await?;
-            if args.json {
-                return print_json(&v);
-            }
-            let items = v["data"].as_array().cloned().unwrap_or_default();
-            print!(
-                "{}",
-                table(
-                    &items,
-                    &[
-                        ("ID", "/id"),
-                        ("NAME", "/name"),
-                        ("SCOPE", "/scope"),
-                        ("CREATED", "/created_at")
-                    ]
-                )
-            );
+            let columns = [
+                ("ID", "/id"),
+                ("NAME", "/name"),
+                ("SCOPE", "/scope"),
+                ("CREATED", "/created_at"),
+            ];
+            list(&args, "/api/v1/tokens", &columns).await?;
         }
         TokensCommand::Revoke { id, client: args } => {
             client(&args)?

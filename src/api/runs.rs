@@ -232,21 +232,13 @@ pub async fn replay_runs(
         until: parse_time("until", &q.until)?,
         error: q.error.clone(),
     };
-    let mut matched = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let (f, a) = (filter.clone(), after.clone());
-        let page = app
-            .store
-            .read(move |c| crate::store::failed_runs(c, &f, a.as_deref(), 500))
-            .await?;
-        let done = page.len() < 500;
-        after = page.last().map(|r| r.id.clone());
-        matched.extend(page.into_iter().map(|r| r.id));
-        if done {
-            break;
-        }
-    }
+    let matched = every_id(&app, move |c, after| {
+        Ok(crate::store::failed_runs(c, &filter, after, ID_PAGE)?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    })
+    .await?;
     if q.dry_run.unwrap_or(false) {
         return Ok(Json(json!({
             "dry_run": true,
@@ -333,6 +325,31 @@ pub async fn test_flow(
     Ok(Json(report).into_response())
 }
 
+/// How many ids a bulk replay reads from the store at a time.
+const ID_PAGE: usize = 500;
+
+/// Every id that a paged read yields (`page(conn, after)` answers up to [`ID_PAGE`] ids
+/// after `after`, in order).
+async fn every_id<F>(app: &AppState, page: F) -> Result<Vec<String>, ApiError>
+where
+    F: Fn(&rusqlite::Connection, Option<&str>) -> Result<Vec<String>, crate::store::StoreError>
+        + Send
+        + Sync
+        + 'static,
+{
+    let page = std::sync::Arc::new(page);
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let (read, after) = (page.clone(), all.last().cloned());
+        let ids = app.store.read(move |c| read(c, after.as_deref())).await?;
+        let done = ids.len() < ID_PAGE;
+        all.extend(ids);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
 /// The filters of the runs list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -400,21 +417,10 @@ pub async fn replay_dead_letters(
         until: parse_time("until", &q.until)?,
         error: q.error.clone(),
     };
-    let mut matched = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let (f, a) = (filter.clone(), after.clone());
-        let page = app
-            .store
-            .read(move |c| crate::store::dead_deliveries(c, &f, a.as_deref(), 500))
-            .await?;
-        let done = page.len() < 500;
-        after = page.last().cloned();
-        matched.extend(page);
-        if done {
-            break;
-        }
-    }
+    let matched = every_id(&app, move |c, after| {
+        crate::store::dead_deliveries(c, &filter, after, ID_PAGE)
+    })
+    .await?;
     if q.dry_run.unwrap_or(false) {
         return Ok(Json(json!({
             "dry_run": true,
