@@ -430,6 +430,19 @@ impl Store {
         })
     }
 
+    /// Sends a write and waits for its answer; waits for room in the queue.
+    async fn ask<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
         self.writer.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
@@ -465,17 +478,13 @@ impl Store {
         deliveries: Vec<NewDelivery>,
         attempt: Option<NewStepAttempt>,
     ) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::SaveRun {
-                save,
-                deliveries,
-                attempt,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::SaveRun {
+            save,
+            deliveries,
+            attempt,
+            reply,
+        })
+        .await
     }
 
     /// Pauses (`Some`) or resumes (`None`) a destination, durably.
@@ -484,80 +493,49 @@ impl Store {
         destination_id: &str,
         pause: Option<crate::deliver::circuit::Pause>,
     ) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::SetPaused {
-                destination_id: destination_id.to_string(),
-                pause,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::SetPaused {
+            destination_id: destination_id.to_string(),
+            pause,
+            reply,
+        })
+        .await
     }
 
     pub async fn save_alert(&self, state: AlertState) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::SaveAlert { state, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::SaveAlert { state, reply }).await
     }
 
     pub async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::CreateToken { token, reply })
+        self.ask(|reply| WriteOp::CreateToken { token, reply })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Commits a change of the API's config objects and event type schemas.
     pub async fn change_config(&self, change: ConfigChange) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::ConfigChange { change, reply })
+        self.ask(|reply| WriteOp::ConfigChange { change, reply })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Revokes a token; `Ok(false)` when there is no such live token.
     pub async fn revoke_token(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::RevokeToken {
-                id: id.to_string(),
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::RevokeToken {
+            id: id.to_string(),
+            now,
+            reply,
+        })
+        .await
     }
 
     /// Restarts a failed run as `replay` says.
     pub async fn replay_run(&self, replay: RunReplay) -> Result<ReplayOutcome, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::ReplayRun { replay, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::ReplayRun { replay, reply }).await
     }
 
     /// Records an attempt and the delivery's new state. Waits for room in the queue: an
     /// outcome is never dropped. When the delivery was the last one a waiting run needed and
     /// the run goes on to another step, answers that run's id.
     pub async fn record_attempt(&self, attempt: NewAttempt) -> Result<Option<Settled>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::Attempt { attempt, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::Attempt { attempt, reply }).await
     }
 
     /// Adds to the rejected log. Best effort: dropped when the write queue is full.
@@ -574,16 +552,12 @@ impl Store {
         delivery_id: &str,
         now: Millis,
     ) -> Result<Option<DeliveryJob>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::Retry {
-                delivery_id: delivery_id.to_string(),
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| WriteOp::Retry {
+            delivery_id: delivery_id.to_string(),
+            now,
+            reply,
+        })
+        .await
     }
 
     /// Runs `f` on a read connection, off the async threads.
