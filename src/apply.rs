@@ -44,6 +44,10 @@ pub struct Change {
     pub id: String,
     /// For an update: the top-level fields that differ (`secrets` when only masked values do).
     pub fields: Vec<String>,
+    /// For an update: each differing field as `- <server's value>` and `+ <file's value>`
+    /// lines (secrets masked, long values cut).
+    #[serde(skip)]
+    diff: Vec<String>,
     #[serde(skip)]
     spec: Option<Value>,
     #[serde(skip)]
@@ -159,18 +163,19 @@ pub fn plan(
 ) -> Result<Vec<Change>, ApplyError> {
     let mut changes = Vec::new();
     for ((kind, id), spec) in wanted {
-        let change = |action, fields| Change {
+        let change = |action, (fields, diff)| Change {
             action,
             kind: kind.as_str(),
             id: id.clone(),
             fields,
+            diff,
             spec: Some(spec.clone()),
             object_kind: Some(*kind),
         };
         match remote.get(&(*kind, id.clone())) {
-            None => changes.push(change("create", Vec::new())),
+            None => changes.push(change("create", Default::default())),
             Some(have) if have["digest"].as_str() == Some(digest(spec).as_str()) => {
-                changes.push(change("unchanged", Vec::new()))
+                changes.push(change("unchanged", Default::default()))
             }
             Some(have) if have["provisioned"] == Value::Bool(true) => {
                 return Err(ApplyError::Provisioned {
@@ -193,6 +198,7 @@ pub fn plan(
                     kind: kind.as_str(),
                     id: id.clone(),
                     fields: Vec::new(),
+                    diff: Vec::new(),
                     spec: None,
                     object_kind: Some(*kind),
                 });
@@ -202,7 +208,12 @@ pub fn plan(
     Ok(changes)
 }
 
-fn changed_fields(kind: ObjectKind, wanted: &Value, have_masked: &Value) -> Vec<String> {
+/// The top-level fields that differ, and `-`/`+` lines showing them.
+fn changed_fields(
+    kind: ObjectKind,
+    wanted: &Value,
+    have_masked: &Value,
+) -> (Vec<String>, Vec<String>) {
     let shown = masked(kind, wanted);
     let keys: std::collections::BTreeSet<&String> = shown
         .as_object()
@@ -210,15 +221,33 @@ fn changed_fields(kind: ObjectKind, wanted: &Value, have_masked: &Value) -> Vec<
         .flat_map(|m| m.keys())
         .chain(have_masked.as_object().into_iter().flat_map(|m| m.keys()))
         .collect();
-    let fields: Vec<String> = keys
-        .into_iter()
-        .filter(|k| shown.get(k.as_str()) != have_masked.get(k.as_str()))
-        .cloned()
-        .collect();
+    let mut fields = Vec::new();
+    let mut diff = Vec::new();
+    for key in keys {
+        let (old, new) = (have_masked.get(key.as_str()), shown.get(key.as_str()));
+        if old == new {
+            continue;
+        }
+        fields.push(key.clone());
+        if let Some(old) = old {
+            diff.push(format!("- {key}: {}", cut(old)));
+        }
+        if let Some(new) = new {
+            diff.push(format!("+ {key}: {}", cut(new)));
+        }
+    }
     if fields.is_empty() {
-        vec!["secrets".into()]
-    } else {
-        fields
+        fields.push("secrets".into());
+    }
+    (fields, diff)
+}
+
+/// A value as one line of at most 200 characters.
+fn cut(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
@@ -230,7 +259,12 @@ pub fn render(changes: &[Change]) -> String {
         let noun = c.object_kind.map_or(c.kind, |k| k.noun());
         let _ = match c.action {
             "create" => writeln!(out, "+ {noun} {}", c.id),
-            "update" => writeln!(out, "~ {noun} {} ({})", c.id, c.fields.join(", ")),
+            "update" => {
+                let _ = writeln!(out, "~ {noun} {} ({})", c.id, c.fields.join(", "));
+                c.diff
+                    .iter()
+                    .try_for_each(|line| writeln!(out, "    {line}"))
+            }
             "delete" => writeln!(out, "- {noun} {}", c.id),
             _ => writeln!(out, "= {noun} {}", c.id),
         };

@@ -547,6 +547,10 @@ flows:
     let (ok, out, err) = ferry_apply(&app, &file, &["--dry-run"]);
     assert!(ok, "{err}");
     assert!(out.contains("~ flow web-orders (steps)"), "{out}");
+    assert!(
+        out.contains("    - steps: [{\"deliver\":\"crm\"}]\n    + steps: [{\"filter\":\".data != null\"},{\"deliver\":\"crm\"}]\n"),
+        "{out}"
+    );
     assert!(!out.contains("- source legacy"), "{out}");
     let (ok, out, err) = ferry_apply(&app, &file, &["--prune"]);
     assert!(ok, "{err}");
