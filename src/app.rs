@@ -14,9 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// What every handler can reach. Cheap to clone: all fields are shared handles.
+/// What every handler can reach: one `Arc`, so that a request's copy is one counter bump
+/// rather than one per handle (axum clones the state for every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The shared handles behind [`AppState`].
+pub struct AppParts {
     /// The running config; `config_changes` serialises the API's changes to it.
     pub config: LiveConfig,
     pub config_changes: Arc<tokio::sync::Mutex<()>>,
@@ -169,7 +180,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         alive: alive_rx,
     })
     .await?;
-    Ok(AppState {
+    Ok(AppState(Arc::new(AppParts {
         config: live,
         config_changes: Arc::new(tokio::sync::Mutex::new(())),
         store,
@@ -182,7 +193,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         activity,
         alive: Arc::new(alive),
         alerts,
-    })
+    })))
 }
 
 pub fn router(state: AppState) -> Router {
