@@ -133,6 +133,20 @@ async fn require_token(State(app): State<AppState>, mut request: Request, next: 
     next.run(request).await
 }
 
+/// One item by id: `200` with it, or `404` naming `what`.
+pub(super) async fn one<T: serde::Serialize + Send + 'static>(
+    app: &AppState,
+    what: &str,
+    id: String,
+    read: fn(&rusqlite::Connection, &str) -> Result<Option<T>, crate::store::StoreError>,
+) -> Result<Response, ApiError> {
+    let key = id.clone();
+    match app.store.read(move |c| read(c, &key)).await? {
+        Some(item) => Ok(Json(item).into_response()),
+        None => Err(ApiError::not_found(what, &id)),
+    }
+}
+
 /// `?limit=&after=` of a list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -184,15 +198,7 @@ async fn get_event(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = id.clone();
-    match app
-        .store
-        .read(move |c| crate::store::event(c, &key))
-        .await?
-    {
-        Some(e) => Ok(Json(e).into_response()),
-        None => Err(ApiError::not_found("event", &id)),
-    }
+    one(&app, "event", id, crate::store::event).await
 }
 
 #[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
@@ -201,15 +207,7 @@ async fn get_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = id.clone();
-    match app
-        .store
-        .read(move |c| crate::store::delivery(c, &key))
-        .await?
-    {
-        Some(d) => Ok(Json(d).into_response()),
-        None => Err(ApiError::not_found("delivery", &id)),
-    }
+    one(&app, "delivery", id, crate::store::delivery).await
 }
 
 /// The filters of the deliveries list.

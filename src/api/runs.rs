@@ -18,15 +18,7 @@ pub async fn get_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = id.clone();
-    match app
-        .store
-        .read(move |c| crate::store::run_detail(c, &key))
-        .await?
-    {
-        Some(run) => Ok(Json(run).into_response()),
-        None => Err(ApiError::not_found("run", &id)),
-    }
+    super::one(&app, "run", id, crate::store::run_detail).await
 }
 
 #[derive(Debug, Default, Deserialize)]
