@@ -345,21 +345,27 @@ pub fn check_depth(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The offset where nesting first exceeds `max`, skipping the insides of strings.
+/// The offset where nesting first exceeds `max`, skipping the insides of strings (with
+/// `memchr`: most of a JSON body is string contents).
 fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Jump to the closing quote, stepping over escaped characters.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', bytes.get(i..)?) {
+                        Some(at) if bytes[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                        None => return None,
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -369,6 +375,7 @@ fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     None
 }
@@ -399,6 +406,25 @@ mod tests {
 
     fn v(s: &str) -> Value {
         parse_value(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert_eq!(too_deep(nested(3).as_bytes(), 3), None);
+        assert_eq!(too_deep(nested(4).as_bytes(), 3), Some(3));
+        // Brackets, quotes and escapes inside strings do not count.
+        let tricky =
+            serde_json::json!({"a": "[[[[{{{{", "b": "\"[[[[\\", "c": [["x\"]]]]"]]}).to_string();
+        assert_eq!(too_deep(tricky.as_bytes(), 3), None);
+        let inner = tricky.find("[[\"x").unwrap() + 1;
+        assert_eq!(too_deep(tricky.as_bytes(), 2), Some(inner), "{tricky}");
+        // A string cut off, or an escape at the very end, is not a panic.
+        for cut in [r#"{"a":"abc"#, r#"{"a":"abc\"#, "\"\\"] {
+            assert_eq!(too_deep(cut.as_bytes(), 1), None);
+        }
+        assert!(check_depth(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        assert!(check_depth(nested(MAX_JSON_DEPTH + 1).as_bytes()).is_err());
     }
 
     #[test]
