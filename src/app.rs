@@ -170,7 +170,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     ));
     let (alive, alive_rx) = tokio::sync::watch::channel(());
     let alerts = crate::alerts::start(crate::alerts::AlertParts {
-        config: config.clone(),
+        config: live.clone(),
         store: store.clone(),
         clock: options.clock.clone(),
         deliverer: deliverer.clone(),

@@ -1,5 +1,5 @@
 //! `ferry apply -f FILE`: makes a running server's API objects (sources, event types,
-//! destinations, flows) match a config file. It reads the file as `ferry serve` would (with
+//! destinations, flows, alert rules) match a config file. It reads the file as `ferry serve` would (with
 //! `${ENV}` from this process's environment, `schema_file`s read here and sent inline), asks
 //! the server for what it has, prints the plan (create, change, delete with `--prune`,
 //! unchanged), and then carries it out through `/api/v1/{kind}` in an order that keeps every
@@ -72,7 +72,7 @@ pub fn read_file(
     let tree: Value =
         serde_yaml::from_str(&substituted).map_err(|e| ApplyError::File(format!("{name}: {e}")))?;
     let mut notes = Vec::new();
-    for section in ["settings", "channels", "alerts"] {
+    for section in ["settings", "channels"] {
         if tree.get(section).is_some() {
             notes.push(format!(
                 "`{section}` is not applied through the API: it stays in the server's config file"

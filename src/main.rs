@@ -82,7 +82,7 @@ enum Command {
     /// API tokens (client of the API; needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Make a running server's sources, event types, destinations and flows match a file:
+    /// Make a running server's sources, event types, destinations, flows and alert rules match a file:
     /// prints the plan, then carries it out (client of the API).
     Apply {
         /// The config file whose objects to apply.

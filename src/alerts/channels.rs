@@ -31,6 +31,7 @@ pub fn notice(parts: &AlertParts, rule: &AlertRule, state: &AlertState) -> serde
 fn link(parts: &AlertParts, subject: &str) -> String {
     let base = parts
         .config
+        .get()
         .settings
         .public_url
         .as_ref()
@@ -60,8 +61,9 @@ fn headline(rule: &AlertRule, state: &AlertState) -> String {
 pub async fn notify(parts: &AlertParts, rule: &AlertRule, state: &AlertState, now: Millis) {
     let body = notice(parts, rule, state);
     let status = if state.firing { "firing" } else { "resolved" };
+    let config = parts.config.get();
     for channel_id in &rule.notify {
-        let Some(channel) = parts.config.channels.get(channel_id) else {
+        let Some(channel) = config.channels.get(channel_id) else {
             continue;
         };
         let sent = send(parts, channel, rule, state, &body, now).await;

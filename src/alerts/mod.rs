@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// When each source last accepted an event; kept by ingest, read by `source_silent` rules.
+/// Sources made through the API are added with [`SourceActivity::track`].
 pub struct SourceActivity {
-    last: HashMap<String, AtomicI64>,
+    last: arc_swap::ArcSwap<HashMap<String, Arc<AtomicI64>>>,
     /// Before any event, a source counts as silent since this time (the process start).
     started_at: Millis,
 }
@@ -33,29 +34,48 @@ impl SourceActivity {
     ) -> SourceActivity {
         let known: HashMap<String, Millis> = known.into_iter().collect();
         SourceActivity {
-            last: config
-                .sources
-                .keys()
-                .map(|id| {
-                    (
-                        id.clone(),
-                        AtomicI64::new(known.get(id).copied().unwrap_or(0)),
-                    )
-                })
-                .collect(),
+            last: arc_swap::ArcSwap::from_pointee(
+                config
+                    .sources
+                    .keys()
+                    .map(|id| {
+                        let at = known.get(id).copied().unwrap_or(0);
+                        (id.clone(), Arc::new(AtomicI64::new(at)))
+                    })
+                    .collect(),
+            ),
             started_at,
         }
     }
 
+    /// Starts tracking the sources of `config` that are new (silent since now).
+    pub fn track(&self, config: &Config, now: Millis) {
+        let current = self.last.load_full();
+        if config.sources.keys().all(|id| current.contains_key(id)) {
+            return;
+        }
+        let mut next = (*current).clone();
+        for id in config.sources.keys() {
+            next.entry(id.clone())
+                .or_insert_with(|| Arc::new(AtomicI64::new(now)));
+        }
+        self.last.store(Arc::new(next));
+    }
+
     pub fn seen(&self, source: &str, at: Millis) {
-        if let Some(last) = self.last.get(source) {
+        if let Some(last) = self.last.load().get(source) {
             last.fetch_max(at, Ordering::Relaxed);
         }
     }
 
     /// The last event's time, or the process start when there has been none.
     pub fn last(&self, source: &str) -> Millis {
-        match self.last.get(source).map(|l| l.load(Ordering::Relaxed)) {
+        match self
+            .last
+            .load()
+            .get(source)
+            .map(|l| l.load(Ordering::Relaxed))
+        {
             Some(t) if t > 0 => t,
             _ => self.started_at,
         }
@@ -74,7 +94,8 @@ pub struct Observation {
 
 /// Everything the evaluator reads.
 pub struct AlertParts {
-    pub config: Arc<Config>,
+    /// Read at every evaluation: rules made through the API count from the next one.
+    pub config: crate::config::LiveConfig,
     pub store: Store,
     pub clock: SharedClock,
     pub deliverer: Deliverer,
@@ -103,11 +124,8 @@ impl AlertsHandle {
     }
 }
 
-/// Starts the evaluator when the config has alert rules.
+/// Starts the evaluator (rules may come later through the API).
 pub async fn start(parts: AlertParts) -> Result<AlertsHandle, StoreError> {
-    if parts.config.alerts.is_empty() {
-        return Ok(AlertsHandle::default());
-    }
     let states: HashMap<String, AlertState> = parts
         .store
         .read(crate::store::alert_states)
@@ -125,7 +143,7 @@ async fn evaluate_forever(
     mut states: HashMap<String, AlertState>,
     mut asked: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
 ) {
-    let interval = parts.config.settings.alert_interval.as_millis() as i64;
+    let interval = parts.config.get().settings.alert_interval.as_millis() as i64;
     let mut next = parts.clock.now_ms() + interval;
     let mut alive = parts.alive.clone();
     loop {
@@ -146,8 +164,9 @@ async fn evaluate_forever(
 }
 
 async fn evaluate(parts: &AlertParts, states: &mut HashMap<String, AlertState>, now: Millis) {
+    let config = parts.config.get();
     {
-        for rule in &parts.config.alerts {
+        for rule in &config.alerts {
             let observed = match observe(parts, rule, now).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -167,7 +186,7 @@ async fn evaluate(parts: &AlertParts, states: &mut HashMap<String, AlertState>, 
                 states.insert(rule.id.clone(), state);
             }
         }
-        for rule in &parts.config.alerts {
+        for rule in &config.alerts {
             let firing = states.get(&rule.id).is_some_and(|s| s.firing);
             parts
                 .metrics

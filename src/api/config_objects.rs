@@ -1,4 +1,4 @@
-//! Config through the API: sources, event types, destinations and flows listed, read,
+//! Config through the API: sources, event types, destinations, flows and alert rules listed, read,
 //! created, replaced and deleted at `/api/v1/{kind}`. A change is checked with the config
 //! file's objects by the same code that checks the file (`config::build`), committed to the
 //! store, and then swapped in whole: ingest, the dispatcher and the run worker see the new
@@ -70,12 +70,8 @@ pub async fn list(
         .map(|(_, o)| o)
         .take(limit)
         .collect();
-    let health = if kind == ObjectKind::Destination {
-        let ids = objects.iter().map(|o| o.id.clone()).collect();
-        destination_health(&app, ids).await?
-    } else {
-        HashMap::new()
-    };
+    let ids = objects.iter().map(|o| o.id.clone()).collect();
+    let health = extras(&app, kind, ids).await?;
     let data: Vec<Value> = objects
         .iter()
         .map(|o| view(&config, o, health.get(&o.id)))
@@ -95,11 +91,7 @@ pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response
     let Some(object) = config.objects.get(&(kind, id.clone())) else {
         return Err(ApiError::not_found(kind.noun(), &id));
     };
-    let health = if kind == ObjectKind::Destination {
-        destination_health(&app, vec![id.clone()]).await?
-    } else {
-        HashMap::new()
-    };
+    let health = extras(&app, kind, vec![id.clone()]).await?;
     let mut shown = view(&config, object, health.get(&id));
     if kind == ObjectKind::EventType {
         let name = id.clone();
@@ -314,6 +306,7 @@ async fn change(
         .await?;
     app.config.replace(config.clone());
     app.deliverer.reconfigure(config.clone());
+    app.activity.track(&config, now);
     tracing::info!(
         kind = kind.noun(),
         id,
@@ -394,6 +387,48 @@ fn view(config: &Config, o: &ObjectSpec, health: Option<&Value>) -> Value {
         );
     }
     shown
+}
+
+/// What a kind shows besides its spec: a destination's health, an alert rule's state.
+async fn extras(
+    app: &AppState,
+    kind: ObjectKind,
+    ids: Vec<String>,
+) -> Result<HashMap<String, Value>, ApiError> {
+    match kind {
+        ObjectKind::Destination => destination_health(app, ids).await,
+        ObjectKind::Alert => alert_states(app, ids).await,
+        _ => Ok(HashMap::new()),
+    }
+}
+
+/// Each alert rule with its condition and state.
+async fn alert_states(
+    app: &AppState,
+    ids: Vec<String>,
+) -> Result<HashMap<String, Value>, ApiError> {
+    let states = app.store.read(crate::store::alert_states).await?;
+    let config = app.config.get();
+    Ok(config
+        .alerts
+        .iter()
+        .filter(|rule| ids.contains(&rule.id))
+        .map(|rule| {
+            let state = states.iter().find(|s| s.alert_id == rule.id);
+            let shown = json!({
+                "severity": rule.severity,
+                "when": rule.condition,
+                "notify": rule.notify,
+                "cooldown": humantime::format_duration(rule.cooldown).to_string(),
+                "state": if state.is_some_and(|s| s.firing) { "firing" } else { "ok" },
+                "since": state.map(|s| rfc3339(s.since)),
+                "subject": state.map(|s| s.subject.clone()),
+                "message": state.map(|s| s.message.clone()),
+                "last_notice_at": state.and_then(|s| s.last_notice_at).map(rfc3339),
+            });
+            (rule.id.clone(), shown)
+        })
+        .collect())
 }
 
 /// Each destination's URL, last hour of attempts, circuit and pause.

@@ -44,7 +44,6 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/flows/{id}/test", post(test_flow))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/alerts", get(operations::list_alerts))
         .route("/destinations/{id}/pause", post(operations::pause))
         .route("/destinations/{id}/resume", post(operations::resume))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token));

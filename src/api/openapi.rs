@@ -34,7 +34,6 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::config_objects::delete,
         super::operations::pause,
         super::operations::resume,
-        super::operations::list_alerts,
         super::tokens::create,
         super::tokens::list,
         super::tokens::revoke,
@@ -143,13 +142,15 @@ pub enum ObjectKindDoc {
     EventTypes,
     Destinations,
     Flows,
+    Alerts,
 }
 
 /// A config object: `kind`, `id`, `provisioned` (from the config file, read-only), `digest`
 /// (SHA-256 of the spec's canonical JSON), `created_at`, `updated_at` (null for the file's),
 /// `spec` (as written, secrets masked); a destination also has `url`, `last_hour`, `circuit`
-/// and `paused`; an event type `has_schema`, and `versions` when read alone; an answer to a
-/// change has `changed`.
+/// and `paused`; an event type `has_schema`, and `versions` when read alone; an alert rule
+/// `severity`, `when`, `notify`, `cooldown`, `state` (`firing` or `ok`), `since`, `subject`,
+/// `message` and `last_notice_at`; an answer to a change has `changed`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ConfigObject {

@@ -4,7 +4,6 @@
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::clock::rfc3339;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -57,34 +56,6 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         m.render(),
     )
         .into_response())
-}
-
-/// `GET /api/v1/alerts`: every rule with its condition and state.
-#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::AlertPage), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
-pub async fn list_alerts(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let states = app.store.read(crate::store::alert_states).await?;
-    let data: Vec<serde_json::Value> = app
-        .config
-        .get()
-        .alerts
-        .iter()
-        .map(|rule| {
-            let state = states.iter().find(|s| s.alert_id == rule.id);
-            json!({
-                "id": rule.id,
-                "severity": rule.severity,
-                "when": rule.condition,
-                "notify": rule.notify,
-                "cooldown": humantime::format_duration(rule.cooldown).to_string(),
-                "state": if state.is_some_and(|s| s.firing) { "firing" } else { "ok" },
-                "since": state.map(|s| rfc3339(s.since)),
-                "subject": state.map(|s| s.subject.clone()),
-                "message": state.map(|s| s.message.clone()),
-                "last_notice_at": state.and_then(|s| s.last_notice_at).map(rfc3339),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": data, "next": null })).into_response())
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

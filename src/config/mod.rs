@@ -332,6 +332,9 @@ fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String
             .destinations
             .push(serde_json::from_value(spec).map_err(shape)?),
         ObjectKind::Flow => raw.flows.push(serde_json::from_value(spec).map_err(shape)?),
+        ObjectKind::Alert => raw
+            .alerts
+            .push(serde_json::from_value(spec).map_err(shape)?),
     }
     Ok(())
 }

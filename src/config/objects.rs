@@ -15,14 +15,18 @@ pub enum ObjectKind {
     EventType,
     Destination,
     Flow,
+    /// Alert rules (their channels come from the config file only).
+    Alert,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 4] = [
+    /// In reference order: an object refers only to kinds before it.
+    pub const ALL: [ObjectKind; 5] = [
         ObjectKind::Source,
         ObjectKind::EventType,
         ObjectKind::Destination,
         ObjectKind::Flow,
+        ObjectKind::Alert,
     ];
 
     /// The top-level list of the config file that holds this kind.
@@ -32,6 +36,7 @@ impl ObjectKind {
             ObjectKind::EventType => "event_types",
             ObjectKind::Destination => "destinations",
             ObjectKind::Flow => "flows",
+            ObjectKind::Alert => "alerts",
         }
     }
 
@@ -42,6 +47,7 @@ impl ObjectKind {
             ObjectKind::EventType => "event type",
             ObjectKind::Destination => "destination",
             ObjectKind::Flow => "flow",
+            ObjectKind::Alert => "alert",
         }
     }
 
@@ -60,6 +66,7 @@ impl ObjectKind {
             ObjectKind::EventType => "event-types",
             ObjectKind::Destination => "destinations",
             ObjectKind::Flow => "flows",
+            ObjectKind::Alert => "alerts",
         }
     }
 

@@ -613,3 +613,72 @@ flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }} ]
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_alert_rule_made_through_the_api_watches_a_source_made_through_the_api() {
+    let ops = Receiver::start().await;
+    let app = spawn_app(&format!(
+        r#"
+settings: {{ allow_private_destinations: true, alert_interval: 1s }}
+channels: [ {{ id: ops, kind: webhook, url: "{}" }} ]
+"#,
+        ops.url
+    ))
+    .await;
+    let (status, e) = app
+        .api_post_json(
+            "/api/v1/sources",
+            json!({"id": "orders", "kind": "webhook", "verify": {"scheme": "none"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{e}");
+    let rule = json!({"id": "no-orders", "when": {"source_silent": {"source": "orders", "for": "2s"}}, "notify": ["ops"], "severity": "warning"});
+    let (status, e) = app.api_post_json("/api/v1/alerts", rule).await;
+    assert_eq!(status, 201, "{e}");
+    let (status, e) = app
+        .api_post_json("/api/v1/alerts", json!({"id": "bad", "when": {"source_silent": {"source": "ghost", "for": "2s"}}, "notify": ["nowhere"]}))
+        .await;
+    assert_eq!(
+        (status.as_u16(), e["error"].as_str()),
+        (422, Some("invalid_object")),
+        "{e}"
+    );
+    assert_eq!(
+        e["details"].as_array().unwrap().len(),
+        2,
+        "both references: {e}"
+    );
+
+    // Silent for longer than 2s since the source was made: one firing notice.
+    tick(&app).await;
+    assert_eq!(ops.count(), 0, "not silent long enough yet");
+    tick(&app).await;
+    tick(&app).await;
+    ops.wait_for(1).await;
+    assert_eq!(notices(&ops)[0]["state"], "firing", "{:?}", notices(&ops));
+    let (_, shown) = app.api_get("/api/v1/alerts/no-orders").await;
+    assert_eq!(
+        (shown["state"].as_str(), shown["provisioned"].as_bool()),
+        (Some("firing"), Some(false)),
+        "{shown}"
+    );
+
+    // An event on the source resolves it.
+    app.accept("/in/orders", r#"{"type":"order.created"}"#, &[])
+        .await;
+    tick(&app).await;
+    ops.wait_for(2).await;
+    assert_eq!(notices(&ops)[1]["state"], "resolved");
+    let (_, all) = app.api_get("/api/v1/alerts").await;
+    assert_eq!(all["data"][0]["state"], "ok", "{all}");
+
+    // A source an alert rule watches cannot be deleted.
+    let (status, e) = app
+        .api_send(reqwest::Method::DELETE, "/api/v1/sources/orders", None)
+        .await;
+    assert_eq!(
+        (status.as_u16(), e["error"].as_str()),
+        (422, Some("invalid_object")),
+        "{e}"
+    );
+}

@@ -53,7 +53,6 @@ async fn the_committed_document_is_the_generated_one_and_is_served() {
         "/api/v1/runs/replay",
         "/api/v1/flows/{id}/test",
         "/api/v1/destinations/{id}/pause",
-        "/api/v1/alerts",
         "/api/v1/{kind}",
         "/api/v1/{kind}/{id}",
         "/api/v1/tokens/{id}",
