@@ -114,7 +114,7 @@ async fn with_api_objects(
     store
         .change_config(crate::store::ConfigChange {
             object: None,
-            schemas: crate::api::config_objects::schemas(&config),
+            schemas: crate::api::config_objects::schemas(&config, None),
             now,
         })
         .await?;

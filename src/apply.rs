@@ -51,7 +51,7 @@ pub struct Change {
     #[serde(skip)]
     spec: Option<Value>,
     #[serde(skip)]
-    object_kind: Option<ObjectKind>,
+    object_kind: ObjectKind,
 }
 
 /// Objects by kind and id: specs from a file, or the API's views of them.
@@ -81,12 +81,7 @@ pub fn read_file(
     }
     let mut objects = BTreeMap::new();
     for kind in ObjectKind::ALL {
-        for item in tree
-            .get(kind.section())
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for item in crate::config::objects::items(&tree, kind) {
             let Some(id) = item.get(kind.id_field()).and_then(Value::as_str) else {
                 return Err(ApplyError::File(format!(
                     "{name}: a {} without `{}`",
@@ -98,21 +93,8 @@ pub fn read_file(
             if kind == ObjectKind::EventType
                 && let Some(file) = spec.get("schema_file").and_then(Value::as_str)
             {
-                let schema_path = base.join(file);
-                let schema_text = std::fs::read_to_string(&schema_path).map_err(|e| {
-                    ApplyError::File(format!(
-                        "{name} (event type {id}): cannot read `{}`: {e}",
-                        schema_path.display()
-                    ))
-                })?;
-                let schema: Value = serde_json::from_str(&schema_text)
-                    .or_else(|_| serde_yaml::from_str(&schema_text))
-                    .map_err(|e| {
-                        ApplyError::File(format!(
-                            "{name} (event type {id}): `{}` is not JSON: {e}",
-                            schema_path.display()
-                        ))
-                    })?;
+                let schema = crate::config::objects::read_schema_file(&base.join(file))
+                    .map_err(|e| ApplyError::File(format!("{name} (event type {id}): {e}")))?;
                 if let Value::Object(map) = &mut spec {
                     map.remove("schema_file");
                     map.insert("schema".into(), schema);
@@ -170,7 +152,7 @@ pub fn plan(
             fields,
             diff,
             spec: Some(spec.clone()),
-            object_kind: Some(*kind),
+            object_kind: *kind,
         };
         match remote.get(&(*kind, id.clone())) {
             None => changes.push(change("create", Default::default())),
@@ -200,7 +182,7 @@ pub fn plan(
                     fields: Vec::new(),
                     diff: Vec::new(),
                     spec: None,
-                    object_kind: Some(*kind),
+                    object_kind: *kind,
                 });
             }
         }
@@ -256,7 +238,7 @@ pub fn render(changes: &[Change]) -> String {
     let mut out = String::new();
     let count = |a: &str| changes.iter().filter(|c| c.action == a).count();
     for c in changes {
-        let noun = c.object_kind.map_or(c.kind, |k| k.noun());
+        let noun = c.object_kind.noun();
         let _ = match c.action {
             "create" => writeln!(out, "+ {noun} {}", c.id),
             "update" => {
@@ -297,7 +279,7 @@ pub async fn execute(client: &ApiClient, changes: &[Change]) -> Result<usize, Ap
         if let Err(source) = result {
             return Err(ApplyError::Refused {
                 done,
-                kind: c.object_kind.map_or(c.kind, |k| k.noun()),
+                kind: c.object_kind.noun(),
                 id: c.id.clone(),
                 source,
             });

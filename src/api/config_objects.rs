@@ -6,7 +6,7 @@
 //! listed with the others but refused (`409 provisioned`) for any change.
 
 use super::error::ApiError;
-use super::{Page, check_limit, query};
+use super::{Page, check_limit, given, page, query};
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::config::{Config, ObjectKind, ObjectSpec};
@@ -37,11 +37,13 @@ pub fn from_stored(stored: Vec<crate::store::StoredObject>) -> Vec<ObjectSpec> {
         .collect()
 }
 
-/// Every event type's schema, as canonical JSON text, for the schema versions.
-pub fn schemas(config: &Config) -> Vec<(String, String)> {
+/// The schemas of `config`'s event types (of `only` that one when given), as JSON text, for
+/// the schema versions.
+pub fn schemas(config: &Config, only: Option<&str>) -> Vec<(String, String)> {
     config
         .event_types
         .values()
+        .filter(|t| only.is_none_or(|name| t.name == name))
         .filter_map(|t| {
             let schema = t.schema.as_ref()?;
             Some((t.name.clone(), serde_json::to_string(schema).ok()?))
@@ -61,12 +63,12 @@ pub async fn list(
     let q = query(q)?;
     let limit = check_limit(q.limit)?;
     let config = app.config.get();
-    let after = q.after.filter(|a| !a.is_empty());
+    let after = given(&q.after);
     let objects: Vec<&ObjectSpec> = config
         .objects
         .range((kind, String::new())..)
         .take_while(|((k, _), _)| *k == kind)
-        .filter(|((_, id), _)| after.as_ref().is_none_or(|a| id > a))
+        .filter(|((_, id), _)| after.is_none_or(|a| id.as_str() > a))
         .map(|(_, o)| o)
         .take(limit)
         .collect();
@@ -76,10 +78,10 @@ pub async fn list(
         .iter()
         .map(|o| view(&config, o, health.get(&o.id)))
         .collect();
-    let next = (data.len() == limit)
-        .then(|| objects.last().map(|o| o.id.clone()))
-        .flatten();
-    Ok(Json(json!({"data": data, "next": next})).into_response())
+    Ok(page(data, limit, |v| {
+        v["id"].as_str().unwrap_or_default().to_string()
+    })
+    .into_response())
 }
 
 /// `GET /api/v1/{kind}/{id}`: one object; an event type with every version of its schema.
@@ -158,12 +160,12 @@ pub async fn put(
         }
     }
     let _one_at_a_time = app.config_changes.lock().await;
-    if let Some(o) = app.config.get().objects.get(&(kind, id.clone())) {
+    let config = app.config.get();
+    if let Some(o) = config.objects.get(&(kind, id.clone())) {
         if o.provisioned {
             return Err(exists(o));
         }
         if o.digest == crate::config::objects::digest(&spec) {
-            let config = app.config.get();
             let mut shown = view(&config, o, None);
             shown["changed"] = Value::Bool(false);
             return Ok(Json(shown).into_response());
@@ -300,7 +302,11 @@ async fn change(
                 id.to_string(),
                 spec.as_ref().map(Value::to_string),
             )),
-            schemas: schemas(&config),
+            // Only an event type's own change can make a new version of its schema.
+            schemas: match kind {
+                ObjectKind::EventType => schemas(&config, Some(id)),
+                _ => Vec::new(),
+            },
             now,
         })
         .await?;

@@ -178,7 +178,7 @@ fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Re
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
 }
 
-fn page<T: serde::Serialize>(
+pub(super) fn page<T: serde::Serialize>(
     items: Vec<T>,
     limit: usize,
     cursor: impl Fn(&T) -> String,

@@ -15,7 +15,7 @@ use raw::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,8 +261,7 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
     let tree: serde_json::Value = serde_yaml::from_str(&file.text).map_err(yaml_error)?;
     let mut objects = Objects::new();
     for kind in ObjectKind::ALL {
-        let items = tree.get(kind.section()).and_then(|v| v.as_array());
-        for spec in items.into_iter().flatten() {
+        for spec in objects::items(&tree, kind) {
             if let Some(id) = spec.get(kind.id_field()).and_then(|v| v.as_str()) {
                 objects.insert(
                     (kind, id.to_string()),
@@ -312,6 +311,9 @@ fn places_line(file: &str, line: usize) -> String {
 /// Reads an API object's spec as the file's entry of its kind would be read.
 fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String> {
     let spec = object.spec.clone();
+    if !spec.is_object() {
+        return Err("the spec is not a JSON object (its stored copy cannot be read)".into());
+    }
     let id_field = object.kind.id_field();
     if spec.get(id_field).and_then(|v| v.as_str()) != Some(object.id.as_str()) {
         return Err(format!("`{id_field}` must be `{}`", object.id));
@@ -697,31 +699,13 @@ impl Checker<'_> {
                 None
             }
             (Some(s), None) => Some(s),
-            (None, Some(file)) => {
-                let path: PathBuf = self.base.join(&file);
-                match std::fs::read_to_string(&path) {
-                    Err(e) => {
-                        self.error(
-                            place.to_string(),
-                            format!("`schema_file`: cannot read `{}`: {e}", path.display()),
-                        );
-                        None
-                    }
-                    Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                        Ok(v) => Some(v),
-                        Err(e) => match serde_yaml::from_str::<serde_json::Value>(&text) {
-                            Ok(v) => Some(v),
-                            Err(_) => {
-                                self.error(
-                                    place.to_string(),
-                                    format!("`schema_file`: `{}` is not JSON: {e}", path.display()),
-                                );
-                                None
-                            }
-                        },
-                    },
+            (None, Some(file)) => match objects::read_schema_file(&self.base.join(&file)) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.error(place.to_string(), format!("`schema_file`: {e}"));
+                    None
                 }
-            }
+            },
             (None, None) => None,
         };
         let validator = schema

@@ -135,6 +135,23 @@ impl std::fmt::Debug for FileLayer {
     }
 }
 
+/// The entries of `kind`'s top-level list in a config file read as JSON.
+pub fn items(tree: &Value, kind: ObjectKind) -> impl Iterator<Item = &Value> {
+    tree.get(kind.section())
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// Reads an event type's `schema_file`: JSON, or YAML that reads as JSON.
+pub fn read_schema_file(path: &std::path::Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    serde_json::from_str(&text).or_else(|e| {
+        serde_yaml::from_str(&text).map_err(|_| format!("`{}` is not JSON: {e}", path.display()))
+    })
+}
+
 /// Every object of a config by kind and id.
 pub type Objects = BTreeMap<(ObjectKind, String), ObjectSpec>;
 
