@@ -54,7 +54,7 @@ pub fn schemas(config: &Config, only: Option<&str>) -> Vec<(String, String)> {
 /// `GET /api/v1/{kind}`: the objects of a kind by id, the file's and the API's.
 #[utoipa::path(get, path = "/api/v1/{kind}", operation_id = "list_config_objects", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), Page),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObjectPage), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::api::openapi::ConfigObject>), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list(
     kind: ObjectKind,
     app: AppState,

@@ -225,7 +225,7 @@ pub struct DeliveryQuery {
 /// `GET /api/v1/deliveries?destination=&event_id=&status=`: newest first, without attempts.
 #[utoipa::path(get, path = "/api/v1/deliveries", tag = "deliveries", security(("bearer" = [])),
     params(DeliveryQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::DeliveryPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::DeliveryView>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn list_deliveries(
     State(app): State<AppState>,
     q: Result<Query<DeliveryQuery>, axum::extract::rejection::QueryRejection>,
@@ -305,7 +305,7 @@ async fn retry_delivery(
 
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", security(("bearer" = [])),
     params(Page),
-    responses((status = 200, description = "OK", body = crate::api::openapi::DeadLetterPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::DeadLetter>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn list_dead_letters(
     State(app): State<AppState>,
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -367,7 +367,7 @@ pub struct RejectionQuery {
 /// `GET /api/v1/events?source=&type=&since=&until=&status=&jq=&match=`: newest first.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
     params(EventQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::EventPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::EventSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn list_events(
     State(app): State<AppState>,
     q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
@@ -507,7 +507,7 @@ fn payload_filter(
 
 #[utoipa::path(get, path = "/api/v1/rejections", tag = "rejections", security(("bearer" = [])),
     params(RejectionQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::RejectionPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::RejectionView>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 async fn list_rejections(
     State(app): State<AppState>,
     q: Result<Query<RejectionQuery>, axum::extract::rejection::QueryRejection>,

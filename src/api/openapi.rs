@@ -82,54 +82,11 @@ pub struct Status {
     status: String,
 }
 
+/// A page of a list: `data`, and `next`, the cursor of the next page (null on the last).
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct EventPage {
-    data: Vec<crate::store::EventSummary>,
-    next: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct DeadLetterPage {
-    data: Vec<crate::store::DeadLetter>,
-    next: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct RejectionPage {
-    data: Vec<crate::store::RejectionView>,
-    next: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct TokenPage {
-    data: Vec<crate::store::TokenView>,
-    next: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AlertPage {
-    /// Each rule with `id`, `severity`, `when`, `notify`, `cooldown`, `state`, `since`,
-    /// `subject`, `message`, `last_notice_at`.
-    data: Vec<serde_json::Map<String, serde_json::Value>>,
-    next: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct DeliveryPage {
-    data: Vec<crate::store::DeliveryView>,
-    next: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct RunPage {
-    data: Vec<crate::store::RunSummary>,
+pub struct ListPage<T: ToSchema> {
+    data: Vec<T>,
     next: Option<String>,
 }
 
@@ -161,13 +118,6 @@ pub struct ConfigObject {
     created_at: Option<String>,
     updated_at: Option<String>,
     spec: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ConfigObjectPage {
-    data: Vec<ConfigObject>,
-    next: Option<String>,
 }
 
 #[derive(ToSchema)]

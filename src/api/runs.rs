@@ -358,7 +358,7 @@ pub struct RunQuery {
 /// `GET /api/v1/runs?flow=&event_id=&status=`: newest first, without their steps.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs", security(("bearer" = [])),
     params(RunQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::RunPage), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::RunSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list_runs(
     State(app): State<AppState>,
     q: Result<axum::extract::Query<RunQuery>, axum::extract::rejection::QueryRejection>,

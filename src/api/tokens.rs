@@ -87,7 +87,7 @@ pub async fn create(
 }
 
 /// `GET /api/v1/tokens`: the live tokens, without their values.
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::TokenPage), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::TokenView>), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
