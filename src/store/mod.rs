@@ -408,16 +408,11 @@ impl Store {
             .name("ferry-store-checkpoint".into())
             .spawn(move || writer::checkpointer(checkpoint_conn, wal_path, checkpoints_stopped))
             .map_err(spawn_failed)?;
-        let (to_syncer, batches) = std::sync::mpsc::channel();
         let wal = dir.join("ferry.db-wal");
-        std::thread::Builder::new()
-            .name("ferry-store-sync".into())
-            .spawn(move || writer::syncer(wal, batches))
-            .map_err(spawn_failed)?;
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
             .spawn(move || {
-                writer::run(conn, rx, options, stop_checkpoints, to_syncer);
+                writer::run(conn, rx, options, stop_checkpoints, wal);
                 drop(lock);
             })
             .map_err(spawn_failed)?;

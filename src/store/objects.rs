@@ -3,7 +3,7 @@
 
 use super::StoreError;
 use crate::clock::Millis;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 
 /// An object made through the API, as stored.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct SchemaVersion {
 }
 
 pub(super) fn apply_config_change(
-    tx: &Transaction,
+    tx: &Connection,
     change: &ConfigChange,
 ) -> Result<(), StoreError> {
     match &change.object {

@@ -1,7 +1,6 @@
-//! The store's threads. The writer takes every queued write, applies them in one transaction
-//! and commits without syncing; the syncer makes committed batches durable with one
-//! `fdatasync` of the WAL and only then answers the callers; the checkpointer copies the WAL
-//! into the database file off both their paths.
+//! The store's threads. The writer takes every queued write, applies them in one transaction,
+//! commits, makes the commit durable with one `fdatasync` of the WAL and only then answers the
+//! callers; the checkpointer copies the WAL into the database file off the writer's path.
 
 use super::*;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -93,193 +92,202 @@ pub(super) fn checkpointer(
     }
 }
 
+/// The transaction the writer holds open: the replies of the ops applied in it, waiting for
+/// its commit.
+struct OpenBatch {
+    replies: Vec<Reply>,
+    ops: usize,
+    rejections: usize,
+}
+
+/// Applies every write: takes every op queued (up to `max_batch`), applies them in one
+/// transaction, commits, syncs the WAL, and only then answers their callers (group commit).
+/// While the disk syncs, the next ops queue up, so under load one commit and one fsync cover
+/// every request that came during the previous sync. The thread parks when the queue is
+/// empty: on two cores, polling for the next op costs more than the wake-up it saves.
 pub(super) fn run(
-    mut conn: Connection,
+    conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
     options: StoreOptions,
     _checkpointer: std::sync::mpsc::Sender<()>,
-    to_syncer: std::sync::mpsc::Sender<Vec<Reply>>,
+    wal_path: std::path::PathBuf,
 ) {
-    let mut batch = Vec::with_capacity(options.max_batch);
-    let mut rejections_in_batch = 0usize;
+    let mut wal: Option<std::fs::File> = None;
     let mut stats = BatchStats::default();
-    while let Some(first) = recv_soon(&mut rx) {
-        batch.push(first);
-        while batch.len() < options.max_batch {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+    while let Some(first) = rx.blocking_recv() {
         let applying = std::time::Instant::now();
-        stats.ops += batch.len() as u64;
-        let mut replies = Vec::with_capacity(batch.len());
-        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot begin a write transaction");
-                let message = e.to_string();
-                for op in batch.drain(..) {
-                    fail_op(op, &message);
-                }
-                continue;
-            }
-        };
-        for op in batch.drain(..) {
-            match op {
-                WriteOp::Ingest {
-                    event,
-                    runs,
-                    deliveries,
-                    reply,
-                } => {
-                    let r = ingest(&tx, &event, &runs, &deliveries);
-                    replies.push(Reply::Ingest(reply, r));
-                }
-                WriteOp::Attempt { attempt, reply } => {
-                    let r = record_attempt(&tx, &attempt);
-                    replies.push(Reply::Attempt(reply, r));
-                }
-                WriteOp::Reject { rejection } => {
-                    if let Err(e) = reject(&tx, &rejection) {
-                        tracing::warn!(error = %e, "could not record a rejection");
-                    }
-                    rejections_in_batch += 1;
-                }
-                WriteOp::Retry {
-                    delivery_id,
-                    now,
-                    reply,
-                } => {
-                    let r = retry(&tx, &delivery_id, now);
-                    replies.push(Reply::Retry(reply, r));
-                }
-                WriteOp::SaveRun {
-                    save,
-                    deliveries,
-                    attempt,
-                    reply,
-                } => {
-                    let r = save_run(&tx, &save, &deliveries, attempt.as_ref());
-                    replies.push(Reply::SaveRun(reply, r));
-                }
-                WriteOp::ReplayRun { replay, reply } => {
-                    let r = replay_run(&tx, &replay);
-                    replies.push(Reply::ReplayRun(reply, r));
-                }
-                WriteOp::SetPaused {
-                    destination_id,
-                    pause,
-                    reply,
-                } => {
-                    let r = set_paused(&tx, &destination_id, pause.as_ref());
-                    replies.push(Reply::Done(reply, r));
-                }
-                WriteOp::SaveAlert { state, reply } => {
-                    let r = save_alert(&tx, &state);
-                    replies.push(Reply::Done(reply, r));
-                }
-                WriteOp::CreateToken { token, reply } => {
-                    let r = tx
-                        .prepare_cached("INSERT INTO api_tokens (id, name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-                        .and_then(|mut s| s.execute(params![token.id, token.name, token.scope, token.hash, token.created_at]))
-                        .map(|_| ())
-                        .map_err(StoreError::from);
-                    replies.push(Reply::Done(reply, r));
-                }
-                WriteOp::ConfigChange { change, reply } => {
-                    let r = super::objects::apply_config_change(&tx, &change);
-                    replies.push(Reply::Done(reply, r));
-                }
-                WriteOp::RevokeToken { id, now, reply } => {
-                    let r = tx
-                        .prepare_cached("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
-                        .and_then(|mut s| s.execute(params![id, now]))
-                        .map(|n| n > 0)
-                        .map_err(StoreError::from);
-                    replies.push(Reply::Changed(reply, r));
-                }
+        let mut open: Option<OpenBatch> = None;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            apply(&conn, op, &mut open);
+            if open.as_ref().is_none_or(|b| b.ops < options.max_batch) {
+                next = rx.try_recv().ok();
             }
         }
-        if rejections_in_batch > 0 {
-            rejections_in_batch = 0;
-            if let Err(e) = tx.execute(
-                "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?1",
-                params![options.rejected_log_size as i64],
-            ) {
-                tracing::warn!(error = %e, "could not prune the rejected log");
-            }
-        }
-        let committing = std::time::Instant::now();
-        stats.apply += committing - applying;
-        let committed = tx.commit();
-        stats.commit += committing.elapsed();
-        stats.batches += 1;
-        stats.maybe_report();
-        match committed {
-            // Committed but not yet on disk: the syncer answers once it is.
-            Ok(()) => {
-                if let Err(unsent) = to_syncer.send(replies) {
-                    unsent
-                        .0
-                        .into_iter()
-                        .for_each(|r| r.send(Some("the syncer has stopped")));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "a write transaction failed to commit");
-                let message = e.to_string();
-                replies.into_iter().for_each(|r| r.send(Some(&message)));
-            }
+        stats.apply += applying.elapsed();
+        if let Some(batch) = open {
+            commit(&conn, batch, &options, &mut stats, &mut wal, &wal_path);
         }
     }
-    // Every handle is gone: let the syncer answer the last batches, then close cleanly with a
-    // synced checkpoint.
-    drop(to_syncer);
+    // Every handle is gone: close cleanly with a synced checkpoint.
     let _ = conn.pragma_update(None, "synchronous", "FULL");
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-/// Makes committed batches durable: one `fdatasync` of the WAL covers every batch committed
-/// before it started, so while the disk syncs, the writer goes on committing the next ones.
-/// Only then are the callers answered. Ends when the writer drops its sender.
-pub(super) fn syncer(wal_path: std::path::PathBuf, batches: std::sync::mpsc::Receiver<Vec<Reply>>) {
-    let mut wal: Option<std::fs::File> = None;
-    let mut stats = (
-        std::time::Instant::now(),
-        0u64,
-        0u64,
-        std::time::Duration::ZERO,
-    );
-    while let Some(mut replies) = recv_soon_std(&batches) {
-        let mut committed = 1;
-        while let Ok(more) = batches.try_recv() {
-            replies.extend(more);
-            committed += 1;
+/// Applies one op in the open transaction, beginning one if none is open.
+fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
+    if open.is_none() {
+        if let Err(e) = tx.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            fail_op(op, &e.to_string());
+            return;
         }
-        let started = std::time::Instant::now();
-        let synced = sync_wal(&mut wal, &wal_path);
-        stats.1 += 1;
-        stats.2 += committed;
-        stats.3 += started.elapsed();
-        match synced {
-            Ok(()) => replies.into_iter().for_each(|r| r.send(None)),
-            Err(e) => {
-                tracing::error!(error = %e, path = %wal_path.display(), "cannot sync the WAL; the writes of these requests are not known to be on disk");
-                let message = format!("syncing the WAL failed: {e}");
-                replies.into_iter().for_each(|r| r.send(Some(&message)));
+        *open = Some(OpenBatch {
+            replies: Vec::new(),
+            ops: 0,
+            rejections: 0,
+        });
+    }
+    let Some(batch) = open.as_mut() else {
+        return;
+    };
+    batch.ops += 1;
+    let replies = &mut batch.replies;
+    match op {
+        WriteOp::Ingest {
+            event,
+            runs,
+            deliveries,
+            reply,
+        } => {
+            let r = ingest(tx, &event, &runs, &deliveries);
+            replies.push(Reply::Ingest(reply, r));
+        }
+        WriteOp::Attempt { attempt, reply } => {
+            let r = record_attempt(tx, &attempt);
+            replies.push(Reply::Attempt(reply, r));
+        }
+        WriteOp::Reject { rejection } => {
+            if let Err(e) = reject(tx, &rejection) {
+                tracing::warn!(error = %e, "could not record a rejection");
             }
+            batch.rejections += 1;
         }
-        if stats.0.elapsed() >= std::time::Duration::from_secs(5) {
-            tracing::debug!(
-                fsyncs = stats.1,
-                commits_per_fsync = format!("{:.1}", stats.2 as f64 / stats.1 as f64),
-                fsync_us = stats.3.as_micros() as u64 / stats.1,
-                "store syncer"
-            );
-            stats = (std::time::Instant::now(), 0, 0, std::time::Duration::ZERO);
+        WriteOp::Retry {
+            delivery_id,
+            now,
+            reply,
+        } => {
+            let r = retry(tx, &delivery_id, now);
+            replies.push(Reply::Retry(reply, r));
+        }
+        WriteOp::SaveRun {
+            save,
+            deliveries,
+            attempt,
+            reply,
+        } => {
+            let r = save_run(tx, &save, &deliveries, attempt.as_ref());
+            replies.push(Reply::SaveRun(reply, r));
+        }
+        WriteOp::ReplayRun { replay, reply } => {
+            let r = replay_run(tx, &replay);
+            replies.push(Reply::ReplayRun(reply, r));
+        }
+        WriteOp::SetPaused {
+            destination_id,
+            pause,
+            reply,
+        } => {
+            let r = set_paused(tx, &destination_id, pause.as_ref());
+            replies.push(Reply::Done(reply, r));
+        }
+        WriteOp::SaveAlert { state, reply } => {
+            let r = save_alert(tx, &state);
+            replies.push(Reply::Done(reply, r));
+        }
+        WriteOp::CreateToken { token, reply } => {
+            let r = tx
+                .prepare_cached("INSERT INTO api_tokens (id, name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .and_then(|mut s| s.execute(params![token.id, token.name, token.scope, token.hash, token.created_at]))
+                .map(|_| ())
+                .map_err(StoreError::from);
+            replies.push(Reply::Done(reply, r));
+        }
+        WriteOp::ConfigChange { change, reply } => {
+            let r = super::objects::apply_config_change(tx, &change);
+            replies.push(Reply::Done(reply, r));
+        }
+        WriteOp::RevokeToken { id, now, reply } => {
+            let r = tx
+                .prepare_cached(
+                    "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![id, now]))
+                .map(|n| n > 0)
+                .map_err(StoreError::from);
+            replies.push(Reply::Changed(reply, r));
         }
     }
+    // An error that made SQLite roll the transaction back (a full disk, an I/O error) took
+    // every op applied in it along: their callers are told, and the next op begins anew.
+    if tx.is_autocommit()
+        && let Some(lost) = open.take()
+    {
+        tracing::error!(ops = lost.ops, "a write transaction was rolled back by an error");
+        lost.replies
+            .into_iter()
+            .for_each(|r| r.send(Some("the write transaction was rolled back by an error")));
+    }
+}
+
+/// Commits the open transaction (the writer's connection has `synchronous=OFF`), syncs the
+/// WAL, and answers the batch's callers: with their results once the commit is on disk, or
+/// with the failure of the commit or the sync.
+fn commit(
+    conn: &Connection,
+    batch: OpenBatch,
+    options: &StoreOptions,
+    stats: &mut BatchStats,
+    wal: &mut Option<std::fs::File>,
+    wal_path: &std::path::Path,
+) {
+    if batch.rejections > 0
+        && let Err(e) = conn.execute(
+            "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?1",
+            params![options.rejected_log_size as i64],
+        )
+    {
+        tracing::warn!(error = %e, "could not prune the rejected log");
+    }
+    let committing = std::time::Instant::now();
+    let committed = conn.execute_batch("COMMIT");
+    let syncing = std::time::Instant::now();
+    stats.commit += syncing - committing;
+    stats.batches += 1;
+    stats.ops += batch.ops as u64;
+    let failure = match committed {
+        Ok(()) => match sync_wal(wal, wal_path) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, path = %wal_path.display(), "cannot sync the WAL; the writes of these requests are not known to be on disk");
+                Some(format!("syncing the WAL failed: {e}"))
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "a write transaction failed to commit");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Some(e.to_string())
+        }
+    };
+    stats.sync += syncing.elapsed();
+    batch
+        .replies
+        .into_iter()
+        .for_each(|r| r.send(failure.as_deref()));
+    stats.maybe_report();
 }
 
 fn sync_wal(wal: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
@@ -299,6 +307,7 @@ struct BatchStats {
     ops: u64,
     apply: std::time::Duration,
     commit: std::time::Duration,
+    sync: std::time::Duration,
 }
 
 impl Default for BatchStats {
@@ -309,6 +318,7 @@ impl Default for BatchStats {
             ops: 0,
             apply: Default::default(),
             commit: Default::default(),
+            sync: Default::default(),
         }
     }
 }
@@ -324,6 +334,7 @@ impl BatchStats {
             ops_per_batch = self.ops / self.batches,
             apply_us = per_batch(self.apply),
             commit_us = per_batch(self.commit),
+            fsync_us = per_batch(self.sync),
             busy_pct = ((self.apply + self.commit).as_secs_f64()
                 / self.since.elapsed().as_secs_f64()
                 * 100.0) as u64,
@@ -331,58 +342,6 @@ impl BatchStats {
         );
         *self = BatchStats::default();
     }
-}
-
-/// Under load the next op usually comes within microseconds. Parking the thread and being
-/// woken again costs far more than that on a virtual machine (a cross-CPU interrupt per wake),
-/// so both store threads look again for a short while, yielding the CPU, before they park.
-const POLL_BEFORE_PARKING: std::time::Duration = std::time::Duration::from_micros(100);
-
-enum Polled<T> {
-    Got(T),
-    Empty,
-    Closed,
-}
-
-/// Polls (yielding) for up to [`POLL_BEFORE_PARKING`], then parks in `park`.
-fn poll_then_park<T>(
-    mut poll: impl FnMut() -> Polled<T>,
-    park: impl FnOnce() -> Option<T>,
-) -> Option<T> {
-    let started = std::time::Instant::now();
-    while started.elapsed() < POLL_BEFORE_PARKING {
-        match poll() {
-            Polled::Got(item) => return Some(item),
-            Polled::Closed => return None,
-            Polled::Empty => std::thread::yield_now(),
-        }
-    }
-    park()
-}
-
-fn recv_soon(rx: &mut mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
-    use mpsc::error::TryRecvError;
-    let polled = poll_then_park(
-        || match rx.try_recv() {
-            Ok(op) => Polled::Got(op),
-            Err(TryRecvError::Empty) => Polled::Empty,
-            Err(TryRecvError::Disconnected) => Polled::Closed,
-        },
-        || None,
-    );
-    polled.or_else(|| rx.blocking_recv())
-}
-
-fn recv_soon_std<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
-    use std::sync::mpsc::TryRecvError;
-    poll_then_park(
-        || match rx.try_recv() {
-            Ok(item) => Polled::Got(item),
-            Err(TryRecvError::Empty) => Polled::Empty,
-            Err(TryRecvError::Disconnected) => Polled::Closed,
-        },
-        || rx.recv().ok(),
-    )
 }
 
 fn fail_op(op: WriteOp, message: &str) {
