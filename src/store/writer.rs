@@ -388,6 +388,10 @@ fn ingest(
             ))),
         };
     }
+    // An event no flow takes (the common case of a busy source) needs no other statement.
+    if runs.is_empty() && deliveries.is_empty() {
+        return Ok(IngestOutcome::Accepted);
+    }
     let mut run_stmt = tx.prepare_cached(
         "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error, failed_on, pending, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, CASE WHEN ?5 = 'failed' THEN 'step' END, ?13, ?12, ?12)",

@@ -61,6 +61,8 @@ flows:
         event["headers"].get("webhook-signature").is_none(),
         "signatures are not stored"
     );
+    assert_eq!(event["headers"]["content-type"], "application/json");
+    assert_eq!(event["headers"]["webhook-id"], "msg_1");
     let run = &event["runs"][0];
     assert_eq!(run["status"], "completed");
     let deliveries = run["deliveries"].as_array().unwrap();

@@ -124,8 +124,11 @@ impl TestApp {
     pub async fn accept(&self, path: &str, body: &str, headers: &[(&str, String)]) -> String {
         let response = self.post_json(path, body, headers).await;
         assert_eq!(response.status(), 202);
+        assert_eq!(response.headers()["content-type"], "application/json");
         let answer: serde_json::Value = response.json().await.unwrap();
-        answer["event_id"].as_str().unwrap().to_string()
+        let id = answer["event_id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("evt_") && id.len() == 30, "event id {id}");
+        id
     }
 
     pub async fn api_get(&self, path: &str) -> (StatusCode, serde_json::Value) {
