@@ -28,6 +28,11 @@ pub struct BenchArgs {
     /// Where the Ferry under test keeps its data (a fresh folder per phase is made inside).
     #[arg(long, default_value = "ferry-bench-data")]
     pub data: PathBuf,
+    /// Rounds of the ingest-only phase. Each round drives the bare handler, then Ferry, back to
+    /// back, and takes their ratio; the median of the rounds' ratios is reported, so a host
+    /// that speeds up or slows down between phases moves both sides of a ratio alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Which Ferry phases to run (the bare handler always runs: it is the baseline).
     #[arg(long, value_delimiter = ',', default_value = "ingest,fanout,latency")]
     pub phases: Vec<Phase>,
@@ -355,6 +360,29 @@ fn push_percentiles(
     }
 }
 
+/// One round of the ingest-only phase: the bare handler and Ferry, driven back to back.
+struct Round {
+    bare_rps: f64,
+    rps: f64,
+    bare_cpu_us: f64,
+    cpu_us: f64,
+}
+
+/// The median of some figures (the mean of the middle two for an even count); NaN for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
 fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     if sorted_us.is_empty() {
         return f64::NAN;
@@ -421,8 +449,6 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     let bare_cpu_us = cpu_per_request(cpu_before, bare.cpu_time(), bare_max.ok, warmup, measure);
     eprintln!("phase 2/6: bare handler, {} requests/s", args.rate);
     let bare_fixed = drive(bare.addr, c, warmup, measure, Some(args.rate), size, epoch).await;
-    let bare_rss = bare.peak_rss_mb();
-    bare.stop().await;
     if bare_max.ok == 0 {
         return Err(BenchError::NoSuccess("bare"));
     }
@@ -443,40 +469,73 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         &bare_max.latencies_us,
     );
 
-    let mut rss = vec![("bare handler", bare_rss)];
+    let mut ingest_rss = None;
     if args.phases.contains(&Phase::Ingest) {
-        eprintln!("phase 3/6: ferry, ingest only (no flow matches)");
         let ferry = start_ferry(&args.data.join("ingest"), &config(&receivers, false)).await?;
-        let cpu_before = ferry.cpu_time();
-        let ingest = drive(ferry.addr, c, warmup, measure, None, size, epoch).await;
-        let ingest_cpu_us =
-            cpu_per_request(cpu_before, ferry.cpu_time(), ingest.ok, warmup, measure);
-        let ingest_rss = ferry.peak_rss_mb();
+        let mut rounds: Vec<Round> = Vec::new();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for round in 0..args.rounds.max(1) {
+            // The first round's baseline is the bare phase just run.
+            let (bare_rps_now, bare_cpu_now) = if round == 0 {
+                (bare_rps, bare_cpu_us)
+            } else {
+                eprintln!("phase 3/6: round {}: bare handler, closed loop", round + 1);
+                let before = bare.cpu_time();
+                let load = drive(bare.addr, c, warmup, measure, None, size, epoch).await;
+                let cpu = cpu_per_request(before, bare.cpu_time(), load.ok, warmup, measure);
+                (load.ok as f64 / measure.as_secs_f64(), cpu)
+            };
+            eprintln!("phase 3/6: round {}: ferry, ingest only (no flow matches)", round + 1);
+            let before = ferry.cpu_time();
+            let ingest = drive(ferry.addr, c, warmup, measure, None, size, epoch).await;
+            let cpu = cpu_per_request(before, ferry.cpu_time(), ingest.ok, warmup, measure);
+            let rps = ingest.ok as f64 / measure.as_secs_f64();
+            eprintln!(
+                "  round {}: bare {bare_rps_now:.0} requests/s, ingest {rps:.0} events/s, ratio {:.2}; CPU {bare_cpu_now:.1} / {cpu:.1} us",
+                round + 1,
+                rps / bare_rps_now
+            );
+            rounds.push(Round {
+                bare_rps: bare_rps_now,
+                rps,
+                bare_cpu_us: bare_cpu_now,
+                cpu_us: cpu,
+            });
+            latencies.extend(ingest.latencies_us);
+            failed += ingest.failed;
+        }
+        ingest_rss = ferry.peak_rss_mb();
         ferry.stop().await;
-        let ingest_rps = ingest.ok as f64 / measure.as_secs_f64();
+        latencies.sort_unstable();
+        let n = rounds.len();
         rows.push(row(
             "ingest only",
-            "events/s",
-            ingest_rps,
+            format!("events/s (median of {n} rounds)"),
+            median(rounds.iter().map(|r| r.rps)),
             "",
-            Some(ingest_rps / bare_rps),
+            Some(median(rounds.iter().map(|r| r.rps / r.bare_rps))),
         ));
         rows.push(row(
             "ingest only",
-            "CPU per event",
-            ingest_cpu_us,
+            format!("CPU per event (median of {n} rounds)"),
+            median(rounds.iter().map(|r| r.cpu_us)),
             "us",
-            Some(ingest_cpu_us / bare_cpu_us),
+            Some(median(rounds.iter().map(|r| r.cpu_us / r.bare_cpu_us))),
         ));
         push_percentiles(
             &mut rows,
             "ingest only",
             "latency {} at max load",
-            &ingest.latencies_us,
+            &latencies,
             &bare_max.latencies_us,
         );
+        failures.push(("ingest", failed));
+    }
+    let mut rss = vec![("bare handler", bare.peak_rss_mb())];
+    bare.stop().await;
+    if args.phases.contains(&Phase::Ingest) {
         rss.push(("ingest only", ingest_rss));
-        failures.push(("ingest", ingest.failed));
     }
 
     if args.phases.contains(&Phase::Fanout) {
@@ -617,6 +676,14 @@ mod tests {
         assert_eq!(b.len(), 1024);
         assert_eq!(sent_us(&b), Some(123456));
         assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median([f64::NAN, 5.0].into_iter()), 5.0);
+        assert!(median(std::iter::empty()).is_nan());
     }
 
     #[test]
