@@ -486,7 +486,10 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
                 let cpu = cpu_per_request(before, bare.cpu_time(), load.ok, warmup, measure);
                 (load.ok as f64 / measure.as_secs_f64(), cpu)
             };
-            eprintln!("phase 3/6: round {}: ferry, ingest only (no flow matches)", round + 1);
+            eprintln!(
+                "phase 3/6: round {}: ferry, ingest only (no flow matches)",
+                round + 1
+            );
             let before = ferry.cpu_time();
             let ingest = drive(ferry.addr, c, warmup, measure, None, size, epoch).await;
             let cpu = cpu_per_request(before, ferry.cpu_time(), ingest.ok, warmup, measure);

@@ -403,12 +403,14 @@ impl Store {
             path: dir.display().to_string(),
             source,
         };
-        let wal_path = dir.join("ferry.db-wal");
+        let wal = dir.join("ferry.db-wal");
+        let checkpointer_wal = wal.clone();
         std::thread::Builder::new()
             .name("ferry-store-checkpoint".into())
-            .spawn(move || writer::checkpointer(checkpoint_conn, wal_path, checkpoints_stopped))
+            .spawn(move || {
+                writer::checkpointer(checkpoint_conn, checkpointer_wal, checkpoints_stopped)
+            })
             .map_err(spawn_failed)?;
-        let wal = dir.join("ferry.db-wal");
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
             .spawn(move || {

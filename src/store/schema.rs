@@ -148,8 +148,8 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 "#;
 
-/// `synchronous` is FULL everywhere but on the writer, which commits with OFF and leaves the
-/// fsync to its own `fdatasync` of the WAL after each commit (see `writer::run`): nothing is acknowledged before it.
+/// `synchronous` is FULL everywhere but on the writer, which commits with OFF and then
+/// `fdatasync`s the WAL itself (see `writer::run`): nothing is acknowledged before that.
 fn configure(conn: &Connection, synchronous: &str) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // Room for every statement the writer uses: rusqlite keeps 16 by default, and past that
@@ -190,7 +190,8 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     check_version(&conn)?;
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    // Committed pages are made durable by the writer's fdatasync of the WAL before anyone is answered.
+    // Committed pages are made durable by the writer's own fdatasync of the WAL before anyone
+    // is answered.
     conn.pragma_update(None, "synchronous", "OFF")?;
     // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
     conn.pragma_update(None, "cache_size", -16_384)?;

@@ -234,7 +234,10 @@ fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
     if tx.is_autocommit()
         && let Some(lost) = open.take()
     {
-        tracing::error!(ops = lost.ops, "a write transaction was rolled back by an error");
+        tracing::error!(
+            ops = lost.ops,
+            "a write transaction was rolled back by an error"
+        );
         lost.replies
             .into_iter()
             .for_each(|r| r.send(Some("the write transaction was rolled back by an error")));
@@ -291,13 +294,11 @@ fn commit(
 }
 
 fn sync_wal(wal: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
-    if wal.is_none() {
-        *wal = Some(std::fs::File::open(path)?);
-    }
-    match wal {
-        Some(file) => file.sync_data(),
-        None => Ok(()),
-    }
+    let file = match wal {
+        Some(file) => file,
+        None => wal.insert(std::fs::File::open(path)?),
+    };
+    file.sync_data()
 }
 
 /// Writer figures, logged at debug level every few seconds (`FERRY_LOG=ferry::store=debug`).
