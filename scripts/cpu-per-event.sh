@@ -8,7 +8,11 @@
 #   for r in 1 2 3; do scripts/cpu-per-event.sh old ./ferry-old; scripts/cpu-per-event.sh new ./target/release/ferry; done
 # Usage: cpu-per-event.sh NAME BIN [serve|bare]   (DUR=seconds, default 8; PORT, default 18080)
 set -euo pipefail
-name=$1 bin=$2 mode=${3:-serve}
+usage="usage: $0 NAME BIN [serve|bare]"
+name=${1:?$usage} bin=${2:?$usage} mode=${3:-serve}
+case "$mode" in serve | bare) ;; *) echo "$usage (not \"$mode\")" >&2; exit 2 ;; esac
+[ -x "$bin" ] || { echo "$0: $bin is not an executable Ferry binary" >&2; exit 2; }
+command -v wrk > /dev/null || { echo "$0: needs wrk (apt-get install wrk)" >&2; exit 2; }
 dur=${DUR:-8} port=${PORT:-18080}
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
