@@ -397,6 +397,7 @@ impl Store {
         let path = dir.join("ferry.db");
         let conn = schema::open_writer(&path)?;
         let checkpoint_conn = schema::open_checkpointer(&path)?;
+        let checkpoint_db = path.clone();
         let (tx, rx) = mpsc::channel(options.write_queue);
         let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
         let spawn_failed = |source| StoreError::DataDir {
@@ -404,11 +405,10 @@ impl Store {
             source,
         };
         let wal = dir.join("ferry.db-wal");
-        let checkpointer_wal = wal.clone();
         std::thread::Builder::new()
             .name("ferry-store-checkpoint".into())
             .spawn(move || {
-                writer::checkpointer(checkpoint_conn, checkpointer_wal, checkpoints_stopped)
+                writer::checkpointer(checkpoint_conn, checkpoint_db, checkpoints_stopped)
             })
             .map_err(spawn_failed)?;
         std::thread::Builder::new()

@@ -185,7 +185,7 @@ fn check_version(conn: &Connection) -> Result<(), StoreError> {
 }
 
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     configure(&conn, "FULL")?;
     check_version(&conn)?;
     conn.execute_batch(SCHEMA)?;
@@ -197,14 +197,25 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "cache_size", -16_384)?;
     // Checkpoints run on their own thread (see `writer::checkpointer`), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.busy_handler(Some(retry_soon))?;
     Ok(conn)
 }
 
 /// A connection for the checkpointer thread.
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     configure(&conn, "FULL")?;
+    conn.busy_handler(Some(retry_soon))?;
     Ok(conn)
+}
+
+/// The busy handler of the writer and the checkpointer, which wait on each other's locks:
+/// SQLite's default handler sleeps 1, 2, 5, 10 ms and longer between tries, so a lock held
+/// for a millisecond could stall every pending write for tens of them. This one tries again
+/// every 50 µs, for 10 s or more in all.
+fn retry_soon(tries: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_micros(50));
+    tries < 200_000
 }
 
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
