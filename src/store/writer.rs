@@ -63,9 +63,9 @@ fn answer<T>(
 }
 
 /// Copies committed WAL pages into the database file off the writer's path. Every
-/// [`CHECKPOINT_EVERY`] a PASSIVE checkpoint (it never blocks the writer) copies what is committed, and the database
-/// file is synced here: SQLite syncs it only after a checkpoint that copied the whole WAL,
-/// which under load only a RESTART does. Once the WAL holds more than
+/// [`CHECKPOINT_EVERY`] a PASSIVE checkpoint (it never blocks the writer) copies what is
+/// committed, and the database file is synced here when it copied anything: SQLite syncs it
+/// only after a checkpoint that copied the whole WAL, which under load only a RESTART does. Once the WAL holds more than
 /// [`schema::WAL_RESTART_BYTES`] of frames, a second PASSIVE copies what came meanwhile and a
 /// RESTART makes the next commit start the WAL over (a restarted WAL is overwritten, which
 /// syncs faster than a growing one). A RESTART holds off the writer while it copies and syncs
@@ -82,36 +82,47 @@ pub(super) fn checkpointer(
         .unwrap_or(4096);
     // A WAL frame is a page and its 24-byte header.
     let restart_frames = super::schema::WAL_RESTART_BYTES as i64 / (page_size + 24);
-    let mut db_file: Option<std::fs::File> = None;
-    let mut copy_and_sync = |conn: &Connection| {
-        let wal = checkpoint(conn, "PASSIVE")?;
-        let file = match &mut db_file {
-            Some(file) => file,
-            None => match std::fs::File::open(&db_path) {
-                Ok(file) => db_file.insert(file),
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %db_path.display(), "cannot open the database file to sync it after a checkpoint");
-                    return None;
-                }
-            },
-        };
-        if let Err(e) = file.sync_data() {
-            tracing::warn!(error = %e, path = %db_path.display(), "cannot sync the database file after a checkpoint");
-            return None;
-        }
-        Some(wal)
+    let mut db = DbFile {
+        path: db_path,
+        file: None,
+        synced_copied: 0,
     };
     loop {
         match stop.recv_timeout(CHECKPOINT_EVERY) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let Some(wal) = copy_and_sync(&conn) else {
+        let Some(wal) = db.copy_and_sync(&conn) else {
             continue;
         };
-        if wal.frames >= restart_frames && copy_and_sync(&conn).is_some() {
+        if wal.frames >= restart_frames && db.copy_and_sync(&conn).is_some() {
             checkpoint(&conn, "RESTART");
+            // The next commit starts the WAL over and its frames are counted from 0.
+            db.synced_copied = 0;
         }
+    }
+}
+
+/// The database file as the checkpointer syncs it.
+struct DbFile {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    /// The WAL frames copied into the file at its last sync: an idle WAL needs no sync.
+    synced_copied: i64,
+}
+
+impl DbFile {
+    /// A PASSIVE checkpoint, then a sync of the database file if it copied anything.
+    fn copy_and_sync(&mut self, conn: &Connection) -> Option<WalProgress> {
+        let wal = checkpoint(conn, "PASSIVE")?;
+        if wal.copied != self.synced_copied {
+            if let Err(e) = sync_file(&mut self.file, &self.path) {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot sync the database file after a checkpoint");
+                return None;
+            }
+            self.synced_copied = wal.copied;
+        }
+        Some(wal)
     }
 }
 
@@ -120,14 +131,18 @@ pub(super) fn checkpointer(
 /// ingest p99 under full load fell from 26 to 160 ms to 14 to 15 ms (docs/PERFORMANCE.md).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(60);
 
-/// What a checkpoint reports that the checkpointer uses: the frames in the WAL.
+/// What a checkpoint reports: the frames in the WAL and how many are in the database file.
 struct WalProgress {
     frames: i64,
+    copied: i64,
 }
 
 fn checkpoint(conn: &Connection, mode: &str) -> Option<WalProgress> {
     let progress = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok(WalProgress { frames: r.get(1)? })
+        Ok(WalProgress {
+            frames: r.get(1)?,
+            copied: r.get(2)?,
+        })
     });
     match progress {
         Ok(p) => Some(p),
@@ -316,7 +331,7 @@ fn commit(
     stats.batches += 1;
     stats.ops += batch.ops as u64;
     let failure = match committed {
-        Ok(()) => match sync_wal(wal, wal_path) {
+        Ok(()) => match sync_file(wal, wal_path) {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(error = %e, path = %wal_path.display(), "cannot sync the WAL; the writes of these requests are not known to be on disk");
@@ -339,10 +354,11 @@ fn commit(
     stats.maybe_report();
 }
 
-fn sync_wal(wal: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
-    let file = match wal {
+/// `fdatasync`s the file at `path`, opening it on first use.
+fn sync_file(file: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
+    let file = match file {
         Some(file) => file,
-        None => wal.insert(std::fs::File::open(path)?),
+        None => file.insert(std::fs::File::open(path)?),
     };
     file.sync_data()
 }
