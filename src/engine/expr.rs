@@ -4,6 +4,8 @@
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Native, Vars, data::JustLut};
 use jaq_json::Val;
+use serde::Deserialize as _;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::sync::Arc;
 
 type Program = jaq_core::compile::Filter<Native<JustLut<Val>>>;
@@ -120,7 +122,7 @@ impl Expr {
     /// a non-object on the way) runs the program, so the answer is always jq's.
     pub fn string_of(&self, payload: &mut Payload<'_>) -> Result<Option<String>, ExprError> {
         if let Some(path) = &self.field_path
-            && let Some(found) = read_field_path(payload.bytes, path)
+            && let Ok(Some(found)) = check_json(payload.bytes, Some(path))
         {
             return Ok(found);
         }
@@ -138,6 +140,11 @@ impl Expr {
             message,
         })?;
         self.truthy(value)
+    }
+
+    /// The field names when the program is a plain path such as `.data.type`.
+    pub fn field_path(&self) -> Option<&[String]> {
+        self.field_path.as_deref()
     }
 
     pub fn code(&self) -> &str {
@@ -297,31 +304,117 @@ fn field_path(code: &str) -> Option<Arc<[String]>> {
     names.iter().all(identifier).then(|| names.into())
 }
 
-/// Follows `path` through the raw JSON. `Some(Some(s))` for a string, `Some(None)` for null or
-/// a missing field (jq gives null), `None` when jq must decide (another kind of value, or a
-/// non-object on the way, where jq may raise an error).
-fn read_field_path(bytes: &[u8], path: &[String]) -> Option<Option<String>> {
-    use serde_json::value::RawValue;
-    let mut raw: &RawValue = serde_json::from_slice(bytes).ok()?;
-    for name in path {
-        let text = raw.get().trim_start();
-        if text.starts_with("null") {
-            return Some(None);
+/// Checks that `bytes` hold exactly one JSON value and, in the same pass, reads what the plain
+/// field `path` (see [`Expr::field_path`]) holds: `Some(Some(s))` for a string, `Some(None)` for
+/// null or a missing field (jq gives null), `None` when jq must decide (another kind of value,
+/// or a non-object on the way, where jq may raise an error) or when there is no path. Nothing
+/// but the string found is built.
+pub fn check_json(
+    bytes: &[u8],
+    path: Option<&[String]>,
+) -> Result<Option<Option<String>>, serde_json::Error> {
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let found = match path {
+        Some(path) => Seek { path }.deserialize(&mut reader)?,
+        None => {
+            IgnoredAny::deserialize(&mut reader)?;
+            Found::Other
         }
-        if !text.starts_with('{') {
-            return None;
-        }
-        let object: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-            serde_json::from_str(raw.get()).ok()?;
-        match object.get(name.as_str()) {
-            Some(inner) => raw = inner,
-            None => return Some(None),
-        }
+    };
+    reader.end()?;
+    Ok(match found {
+        Found::Text(s) => Some(Some(s)),
+        Found::Null => Some(None),
+        Found::Other => None,
+    })
+}
+
+/// What a field path leads to in a document.
+enum Found {
+    Text(String),
+    Null,
+    Other,
+}
+
+/// Walks a document, following `path` and skipping everything else (skipping still checks it).
+struct Seek<'p> {
+    path: &'p [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Seek<'_> {
+    type Value = Found;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+        d.deserialize_any(self)
     }
-    match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
-        serde_json::Value::String(s) => Some(Some(s)),
-        serde_json::Value::Null => Some(None),
-        _ => None,
+}
+
+impl<'de> Visitor<'de> for Seek<'_> {
+    type Value = Found;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Found, E> {
+        Ok(if self.path.is_empty() {
+            Found::Text(s.to_owned())
+        } else {
+            Found::Other
+        })
+    }
+    /// `null`, at the end of the path or on the way (`null.a` is null in jq).
+    fn visit_unit<E>(self) -> Result<Found, E> {
+        Ok(Found::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Found, E> {
+        Ok(Found::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Found, E> {
+        Ok(Found::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Found, E> {
+        Ok(Found::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
+        Ok(Found::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Found::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        let Some((name, rest)) = self.path.split_first() else {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(Found::Other);
+        };
+        // A missing field is null; of a repeated name the last one counts, as in jq.
+        let mut found = Found::Null;
+        while let Some(matched) = map.next_key_seed(KeyIs(name))? {
+            if matched {
+                found = map.next_value_seed(Seek { path: rest })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Reads an object key and tells whether it is the wanted name, without keeping it.
+struct KeyIs<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<bool, E> {
+        Ok(s == self.0)
     }
 }
 
@@ -519,6 +612,35 @@ mod tests {
         assert!(field_path(".a | .b").is_none());
         assert!(field_path(".\"a b\"").is_none());
         assert!(field_path(".").is_none());
+    }
+
+    #[test]
+    fn the_one_pass_check_refuses_what_the_parser_refuses() {
+        let path: Vec<String> = vec!["type".into()];
+        for bad in [
+            &br#"{"type":"a"} x"#[..],
+            br#"{"type":"a","b":[1,]}"#,
+            br#"{"b":{"c":tru},"type":"a"}"#,
+            br#"{"type":"a""#,
+            b"",
+        ] {
+            let ours = check_json(bad, Some(&path));
+            let parser = serde_json::from_slice::<serde_json::Value>(bad);
+            assert!(ours.is_err() && parser.is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let body = br#"{"b":{"type":"inner"},"type":"outer","c":[{"type":1}]}"#;
+        assert_eq!(check_json(body, Some(&path)).unwrap(), Some(Some("outer".into())));
+        assert_eq!(check_json(body, None).unwrap(), None);
+        assert_eq!(check_json(b"[1,2]", Some(&path)).unwrap(), None, "jq decides");
+        assert_eq!(check_json(b"null", Some(&path)).unwrap(), Some(None));
+        // Skipping values does not recurse: depth is `check_depth`'s to refuse, not this pass's.
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = format!(r#"{{"a":{},"type":"t"}}"#, nest(10 * MAX_JSON_DEPTH));
+        assert_eq!(
+            check_json(deep.as_bytes(), Some(&path)).unwrap(),
+            Some(Some("t".into()))
+        );
+        assert!(check_depth(deep.as_bytes()).is_err());
     }
 
     #[test]

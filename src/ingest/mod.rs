@@ -13,7 +13,8 @@ use crate::config::FieldRef;
 use crate::engine::expr;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
 use crate::telemetry::events;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,21 +43,38 @@ fn invalid_json(e: impl std::fmt::Display) -> ApiError {
 
 /// The request headers kept with an event, by name (of a repeated name, the last value): all
 /// but credentials, signatures and the header a generic HMAC source is signed in. Borrowed
-/// from the request, so nothing is copied before it is serialised.
-fn kept_headers<'a>(
-    headers: &'a HeaderMap,
-    verify: &crate::config::Verify,
-) -> std::collections::BTreeMap<&'a str, std::borrow::Cow<'a, str>> {
-    let signed_in = match verify {
-        crate::config::Verify::Hmac { header, .. } => Some(header.as_str()),
-        _ => None,
-    };
-    headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .filter(|(k, _)| !UNSTORED_HEADERS.contains(k) && signed_in != Some(*k))
-        .map(|(k, v)| (k, String::from_utf8_lossy(v.as_bytes())))
-        .collect()
+/// from the request and sorted by name, so nothing is copied before it is serialised.
+struct KeptHeaders<'a>(Vec<(&'a str, std::borrow::Cow<'a, str>)>);
+
+impl<'a> KeptHeaders<'a> {
+    fn of(headers: &'a HeaderMap, verify: &crate::config::Verify) -> KeptHeaders<'a> {
+        let signed_in = match verify {
+            crate::config::Verify::Hmac { header, .. } => Some(header.as_str()),
+            _ => None,
+        };
+        let mut kept: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .filter(|(k, _)| !UNSTORED_HEADERS.contains(k) && signed_in != Some(*k))
+            .map(|(k, v)| (k, String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        // A stable sort keeps a repeated name's values in order; the last one stays.
+        kept.sort_by(|a, b| a.0.cmp(b.0));
+        kept.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
+        KeptHeaders(kept)
+    }
+}
+
+impl serde::Serialize for KeptHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }
 
 /// Reads a value where the source says it is: a header, or a jq path in the body.
@@ -77,9 +95,12 @@ fn read_field(
 pub async fn receive(
     State(app): State<AppState>,
     Path(source_id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // The request taken whole: its headers are moved out, not copied as a `HeaderMap`
+    // extractor would.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let received_at = app.clock.now_ms();
     // One config for the whole request, even if the API changes it meanwhile.
     let config = app.config.get();
@@ -168,17 +189,27 @@ pub async fn receive(
             &bytes,
         );
     }
-    // Validating into `IgnoredAny` builds nothing; the depth check keeps a hostile body from
-    // exhausting the stack of the parsers that recurse. The full value is built only if an
-    // expression needs it.
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        return reject(invalid_json(e), &bytes);
-    }
+    // One pass checks the JSON, building nothing, and reads the event type when it is a plain
+    // field path; the depth check keeps a hostile body from exhausting the stack of the parsers
+    // that recurse (skipping a value does not recurse, so the first pass sets no depth limit).
+    // The full value is built only if an expression needs it.
+    let type_path = match &source.event_type {
+        FieldRef::Body(e) => e.field_path(),
+        FieldRef::Header(_) => None,
+    };
+    let type_in_body = match expr::check_json(&bytes, type_path) {
+        Ok(found) => found,
+        Err(e) => return reject(invalid_json(e), &bytes),
+    };
     if let Err(e) = expr::check_depth(&bytes) {
         return reject(invalid_json(e), &bytes);
     }
     let mut payload = expr::Payload::new(&bytes);
-    let event_type = match read_field(&source.event_type, &headers, &mut payload) {
+    let event_type = match type_in_body {
+        Some(found) => Ok(found),
+        None => read_field(&source.event_type, &headers, &mut payload),
+    };
+    let event_type = match event_type {
         Ok(t) => t,
         Err(err) => {
             return reject(
@@ -254,7 +285,7 @@ pub async fn receive(
         },
     };
     drop(payload);
-    let kept_headers = kept_headers(&headers, &source.verify);
+    let kept_headers = KeptHeaders::of(&headers, &source.verify);
     let event_id = crate::ids::event_id();
     let flows = crate::engine::matching_flows(&config, &source.id, &event_type);
     let plan = if flows.is_empty() {
@@ -381,5 +412,36 @@ pub async fn receive(
             );
             error.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_headers_are_sorted_keep_the_last_value_and_leave_out_secrets() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-b", "1"),
+            ("x-a", "first"),
+            ("authorization", "Bearer secret"),
+            ("x-sig", "signed"),
+            ("x-a", "second"),
+            ("x-a", "last"),
+        ] {
+            headers.append(
+                axum::http::HeaderName::from_static(name),
+                axum::http::HeaderValue::from_static(value),
+            );
+        }
+        let verify = crate::config::Verify::Hmac {
+            header: "x-sig".into(),
+            key: crate::config::Secret::new("k".into()),
+            encoding: crate::config::SignatureEncoding::Hex,
+            prefix: String::new(),
+        };
+        let json = serde_json::to_string(&KeptHeaders::of(&headers, &verify)).unwrap();
+        assert_eq!(json, r#"{"x-a":"last","x-b":"1"}"#);
     }
 }
