@@ -198,7 +198,11 @@ pub(super) fn run(
 /// Applies one op in the open transaction, beginning one if none is open.
 fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
     if open.is_none() {
-        if let Err(e) = tx.execute_batch("BEGIN IMMEDIATE") {
+        // Cached like every statement here: `execute_batch` would parse the SQL every time.
+        if let Err(e) = tx
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             tracing::error!(error = %e, "cannot begin a write transaction");
             fail_op(op, &e.to_string());
             return;
@@ -325,7 +329,10 @@ fn commit(
         tracing::warn!(error = %e, "could not prune the rejected log");
     }
     let committing = std::time::Instant::now();
-    let committed = conn.execute_batch("COMMIT");
+    let committed = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .map(drop);
     let syncing = std::time::Instant::now();
     stats.commit += syncing - committing;
     stats.batches += 1;
