@@ -52,12 +52,18 @@ impl<'a> KeptHeaders<'a> {
             crate::config::Verify::Hmac { header, .. } => Some(header.as_str()),
             _ => None,
         };
-        let mut kept: Vec<_> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .filter(|(k, _)| !UNSTORED_HEADERS.contains(k) && signed_in != Some(*k))
-            .map(|(k, v)| (k, String::from_utf8_lossy(v.as_bytes())))
-            .collect();
+        let mut kept = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let name = name.as_str();
+            if UNSTORED_HEADERS.contains(&name) || signed_in == Some(name) {
+                continue;
+            }
+            let value = match std::str::from_utf8(value.as_bytes()) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(value.as_bytes()),
+            };
+            kept.push((name, value));
+        }
         // A stable sort keeps a repeated name's values in order; the last one stays.
         kept.sort_by(|a, b| a.0.cmp(b.0));
         kept.dedup_by(|later, earlier| {

@@ -11,9 +11,7 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 
 /// A request reached `POST /in/{source}`; `source` is a configured id or `unknown`.
 pub fn event_received(m: &Metrics, source: &str) {
-    m.events_received
-        .get_or_create(&labels(&[("source", source)]))
-        .inc();
+    m.count_received(source);
 }
 
 /// An event was committed. `event_type` is a declared type or `other`.
@@ -26,12 +24,7 @@ pub fn event_accepted(
     deliveries: usize,
 ) {
     tracing::debug!(event_id, source, event_type, deliveries, "event accepted");
-    m.events_accepted
-        .get_or_create(&labels(&[
-            ("source", source),
-            ("event_type", event_type_label),
-        ]))
-        .inc();
+    m.count_accepted(source, event_type_label);
 }
 
 /// A request was refused; `code` is the error code of the answer (`invalid_signature`, ...).

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -27,6 +28,8 @@ fn time_buckets() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    /// Handles to the two counters every ingested event moves, by source (and event type).
+    ingest_counters: std::sync::RwLock<IngestCounters>,
     pub events_received: Family<Labels, Counter>,
     pub events_accepted: Family<Labels, Counter>,
     pub events_rejected: Family<Labels, Counter>,
@@ -44,6 +47,60 @@ pub struct Metrics {
     pub circuit_state: Family<Labels, Gauge>,
     pub destination_paused: Family<Labels, Gauge>,
     pub alert_firing: Family<Labels, Gauge>,
+}
+
+/// Handles to counters of `events_received` (by source) and `events_accepted` (by source, then
+/// event type), kept so that counting an event on the request path neither builds its labels
+/// nor hashes them in the family; a handle moves the same counter the family renders.
+#[derive(Default)]
+struct IngestCounters {
+    received: HashMap<String, Counter>,
+    accepted: HashMap<String, HashMap<String, Counter>>,
+}
+
+impl Metrics {
+    /// Counts a request to `POST /in/{source}`.
+    pub fn count_received(&self, source: &str) {
+        if let Ok(cache) = self.ingest_counters.read()
+            && let Some(counter) = cache.received.get(source)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .events_received
+            .get_or_create(&vec![("source", source.to_string())])
+            .clone();
+        counter.inc();
+        if let Ok(mut cache) = self.ingest_counters.write() {
+            cache.received.insert(source.to_string(), counter);
+        }
+    }
+
+    /// Counts an accepted event of `source` whose type label is `event_type`.
+    pub fn count_accepted(&self, source: &str, event_type: &str) {
+        if let Ok(cache) = self.ingest_counters.read()
+            && let Some(counter) = cache.accepted.get(source).and_then(|t| t.get(event_type))
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .events_accepted
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("event_type", event_type.to_string()),
+            ])
+            .clone();
+        counter.inc();
+        if let Ok(mut cache) = self.ingest_counters.write() {
+            cache
+                .accepted
+                .entry(source.to_string())
+                .or_default()
+                .insert(event_type.to_string(), counter);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -74,6 +131,7 @@ impl Metrics {
             destination_paused: Family::default(),
             alert_firing: Family::default(),
             registry: Registry::default(),
+            ingest_counters: Default::default(),
         };
         registry.register(
             "events_received",
