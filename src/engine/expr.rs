@@ -633,6 +633,16 @@ mod tests {
         assert_eq!(check_json(body, None).unwrap(), None);
         assert_eq!(check_json(b"[1,2]", Some(&path)).unwrap(), None, "jq decides");
         assert_eq!(check_json(b"null", Some(&path)).unwrap(), Some(None));
+        let escaped_key = br#"{"typ\u0065":"escaped key"}"#;
+        assert_eq!(
+            check_json(escaped_key, Some(&path)).unwrap(),
+            Some(Some("escaped key".into()))
+        );
+        let jq = Expr::compile(".type").unwrap();
+        assert_eq!(
+            jq.string(&parse_value(escaped_key).unwrap()).unwrap(),
+            Some("escaped key".into())
+        );
         // Skipping values does not recurse: depth is `check_depth`'s to refuse, not this pass's.
         let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         let deep = format!(r#"{{"a":{},"type":"t"}}"#, nest(10 * MAX_JSON_DEPTH));
