@@ -8,6 +8,8 @@
 #   for r in 1 2 3; do scripts/cpu-per-event.sh old ./ferry-old; scripts/cpu-per-event.sh new ./target/release/ferry; done
 # Usage: cpu-per-event.sh NAME BIN [serve|bare]   (DUR=seconds, default 8; PORT, default 18080)
 set -euo pipefail
+# shellcheck source=scripts/ingest-fixture.sh
+. "$(dirname "$0")/ingest-fixture.sh"
 usage="usage: $0 NAME BIN [serve|bare]"
 name=${1:?$usage} bin=${2:?$usage} mode=${3:-serve}
 case "$mode" in serve | bare) ;; *) echo "$usage (not \"$mode\")" >&2; exit 2 ;; esac
@@ -16,19 +18,8 @@ command -v wrk > /dev/null || { echo "$0: needs wrk (apt-get install wrk)" >&2; 
 dur=${DUR:-8} port=${PORT:-18080}
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/ferry.yaml" <<'EOF'
-settings: { allow_private_destinations: true }
-sources:
-  - { id: bench, kind: webhook, verify: { scheme: none } }
-  - { id: elsewhere, kind: webhook, verify: { scheme: none } }
-destinations:
-  - { id: d0, kind: http, url: "http://127.0.0.1:9/", concurrency: 64 }
-flows:
-  - { id: fan-out, on: { source: elsewhere }, steps: [ { deliver: [d0] } ] }
-EOF
-head='{"type":"bench.event","seq":1,"sent_us":1,"pad":"'
-pad=$(printf 'x%.0s' $(seq 1 $((1024 - ${#head} - 2))))
-printf 'wrk.method="POST"\nwrk.headers["content-type"]="application/json"\nwrk.body=[[%s%s"}]]\n' "$head" "$pad" > "$work/post.lua"
+ingest_fixture "$work"
+printf 'wrk.method="POST"\nwrk.headers["content-type"]="application/json"\nwrk.body=[[%s]]\n' "$(cat "$work/body.json")" > "$work/post.lua"
 if [ "$mode" = bare ]; then
   "$bin" bench-bare --listen "127.0.0.1:$port" > /dev/null 2>&1 &
 else

@@ -8,6 +8,8 @@
 # With `bare`, the same for the bare handler (`BIN bench-bare`), the bench's baseline.
 # Usage: instructions-per-event.sh BIN [serve|bare]   (N=events, default 2000; PORT, default 18190)
 set -euo pipefail
+# shellcheck source=scripts/ingest-fixture.sh
+. "$(dirname "$0")/ingest-fixture.sh"
 usage="usage: $0 BIN [serve|bare]"
 bin=${1:?$usage} mode=${2:-serve}
 case "$mode" in serve | bare) ;; *) echo "$usage (not \"$mode\")" >&2; exit 2 ;; esac
@@ -16,19 +18,7 @@ command -v valgrind > /dev/null || { echo "$0: needs valgrind" >&2; exit 2; }
 n=${N:-2000} port=${PORT:-18190}
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/ferry.yaml" <<'EOF'
-settings: { allow_private_destinations: true }
-sources:
-  - { id: bench, kind: webhook, verify: { scheme: none } }
-  - { id: elsewhere, kind: webhook, verify: { scheme: none } }
-destinations:
-  - { id: d0, kind: http, url: "http://127.0.0.1:9/", concurrency: 64 }
-flows:
-  - { id: fan-out, on: { source: elsewhere }, steps: [ { deliver: [d0] } ] }
-EOF
-head='{"type":"bench.event","seq":1,"sent_us":1,"pad":"'
-pad=$(printf 'x%.0s' $(seq 1 $((1024 - ${#head} - 2))))
-printf '%s%s"}' "$head" "$pad" > "$work/body.json"
+ingest_fixture "$work"
 if [ "$mode" = bare ]; then
   set -- bench-bare --listen "127.0.0.1:$port"
 else
