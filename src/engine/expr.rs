@@ -626,12 +626,23 @@ mod tests {
         ] {
             let ours = check_json(bad, Some(&path));
             let parser = serde_json::from_slice::<serde_json::Value>(bad);
-            assert!(ours.is_err() && parser.is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                ours.is_err() && parser.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let body = br#"{"b":{"type":"inner"},"type":"outer","c":[{"type":1}]}"#;
-        assert_eq!(check_json(body, Some(&path)).unwrap(), Some(Some("outer".into())));
+        assert_eq!(
+            check_json(body, Some(&path)).unwrap(),
+            Some(Some("outer".into()))
+        );
         assert_eq!(check_json(body, None).unwrap(), None);
-        assert_eq!(check_json(b"[1,2]", Some(&path)).unwrap(), None, "jq decides");
+        assert_eq!(
+            check_json(b"[1,2]", Some(&path)).unwrap(),
+            None,
+            "jq decides"
+        );
         assert_eq!(check_json(b"null", Some(&path)).unwrap(), Some(None));
         let escaped_key = br#"{"typ\u0065":"escaped key"}"#;
         assert_eq!(

@@ -10,6 +10,7 @@ mod objects;
 mod reads;
 mod runs;
 mod schema;
+mod wal_vfs;
 mod writer;
 
 use crate::clock::Millis;
@@ -404,7 +405,6 @@ impl Store {
             path: dir.display().to_string(),
             source,
         };
-        let wal = dir.join("ferry.db-wal");
         std::thread::Builder::new()
             .name("ferry-store-checkpoint".into())
             .spawn(move || {
@@ -414,7 +414,7 @@ impl Store {
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
             .spawn(move || {
-                writer::run(conn, rx, options, stop_checkpoints, wal);
+                writer::run(conn, rx, options, stop_checkpoints);
                 drop(lock);
             })
             .map_err(spawn_failed)?;

@@ -148,15 +148,15 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 "#;
 
-/// `synchronous` is FULL everywhere but on the writer, which commits with OFF and then
-/// `fdatasync`s the WAL itself (see `writer::run`): nothing is acknowledged before that.
-fn configure(conn: &Connection, synchronous: &str) -> Result<(), StoreError> {
+/// `synchronous` is FULL on every connection: a commit returns once the WAL is synced, and
+/// the writer answers nobody before (see `writer::run`).
+fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // Room for every statement the writer uses: rusqlite keeps 16 by default, and past that
     // statements are prepared again on every use.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(())
 }
@@ -184,15 +184,19 @@ fn check_version(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The writer's connection, through the VFS that writes a commit's WAL frames in one call
+/// and syncs them with one `fdatasync` (`wal_vfs`).
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = Connection::open(path)?;
-    configure(&conn, "FULL")?;
+    super::wal_vfs::register().map_err(StoreError::Write)?;
+    let mut conn = Connection::open_with_flags_and_vfs(
+        path,
+        rusqlite::OpenFlags::default(),
+        super::wal_vfs::NAME,
+    )?;
+    configure(&conn)?;
     check_version(&conn)?;
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    // Committed pages are made durable by the writer's own fdatasync of the WAL before anyone
-    // is answered.
-    conn.pragma_update(None, "synchronous", "OFF")?;
     // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
     conn.pragma_update(None, "cache_size", -16_384)?;
     // Checkpoints run on their own thread (see `writer::checkpointer`), not inside commits.
@@ -204,7 +208,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 /// A connection for the checkpointer thread.
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
-    configure(&conn, "FULL")?;
+    configure(&conn)?;
     conn.busy_handler(Some(retry_soon))?;
     Ok(conn)
 }

@@ -1,6 +1,7 @@
 //! The store's threads. The writer takes every queued write, applies them in one transaction,
-//! commits, makes the commit durable with one `fdatasync` of the WAL and only then answers the
-//! callers; the checkpointer copies the WAL into the database file off the writer's path.
+//! commits (the commit writes its WAL frames in one call and `fdatasync`s the WAL: see
+//! `wal_vfs`) and only then answers the callers; the checkpointer copies the WAL into the
+//! database file off the writer's path.
 
 use super::*;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -162,8 +163,8 @@ struct OpenBatch {
 }
 
 /// Applies every write: takes every op queued (up to `max_batch`), applies them in one
-/// transaction, commits, syncs the WAL, and only then answers their callers (group commit).
-/// While the disk syncs, the next ops queue up, so under load one commit and one fsync cover
+/// transaction, commits (which writes and syncs the WAL), and only then answers their callers
+/// (group commit). While the disk syncs, the next ops queue up, so under load one commit and one fsync cover
 /// every request that came during the previous sync. The thread parks when the queue is
 /// empty: on two cores, polling for the next op costs more than the wake-up it saves.
 pub(super) fn run(
@@ -171,9 +172,7 @@ pub(super) fn run(
     mut rx: mpsc::Receiver<WriteOp>,
     options: StoreOptions,
     _checkpointer: std::sync::mpsc::Sender<()>,
-    wal_path: std::path::PathBuf,
 ) {
-    let mut wal: Option<std::fs::File> = None;
     let mut stats = BatchStats::default();
     while let Some(first) = rx.blocking_recv() {
         let applying = std::time::Instant::now();
@@ -187,11 +186,10 @@ pub(super) fn run(
         }
         stats.apply += applying.elapsed();
         if let Some(batch) = open {
-            commit(&conn, batch, &options, &mut stats, &mut wal, &wal_path);
+            commit(&conn, batch, &options, &mut stats);
         }
     }
     // Every handle is gone: close cleanly with a synced checkpoint.
-    let _ = conn.pragma_update(None, "synchronous", "FULL");
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
@@ -309,17 +307,10 @@ fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
     }
 }
 
-/// Commits the open transaction (the writer's connection has `synchronous=OFF`), syncs the
-/// WAL, and answers the batch's callers: with their results once the commit is on disk, or
-/// with the failure of the commit or the sync.
-fn commit(
-    conn: &Connection,
-    batch: OpenBatch,
-    options: &StoreOptions,
-    stats: &mut BatchStats,
-    wal: &mut Option<std::fs::File>,
-    wal_path: &std::path::Path,
-) {
+/// Commits the open transaction and answers the batch's callers: with their results once the
+/// commit returned (its WAL frames are then written and synced: `synchronous=FULL` through
+/// `wal_vfs`), or with the failure of the commit, a failed sync included.
+fn commit(conn: &Connection, batch: OpenBatch, options: &StoreOptions, stats: &mut BatchStats) {
     if batch.rejections > 0
         && let Err(e) = conn.execute(
             "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?1",
@@ -333,27 +324,16 @@ fn commit(
         .prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))
         .map(drop);
-    let syncing = std::time::Instant::now();
-    stats.commit += syncing - committing;
+    stats.commit += committing.elapsed();
     stats.batches += 1;
     stats.ops += batch.ops as u64;
-    let failure = match committed {
-        Ok(()) => match sync_file(wal, wal_path) {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!(error = %e, path = %wal_path.display(), "cannot sync the WAL; the writes of these requests are not known to be on disk");
-                Some(format!("syncing the WAL failed: {e}"))
-            }
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "a write transaction failed to commit");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            Some(e.to_string())
+    let failure = committed.err().map(|e| {
+        tracing::error!(error = %e, "a write transaction failed to commit; its writes are not known to be on disk");
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
-    };
-    stats.sync += syncing.elapsed();
+        e.to_string()
+    });
     batch
         .replies
         .into_iter()
@@ -376,8 +356,8 @@ struct BatchStats {
     batches: u64,
     ops: u64,
     apply: std::time::Duration,
+    /// The commit, its WAL write and sync included.
     commit: std::time::Duration,
-    sync: std::time::Duration,
 }
 
 impl Default for BatchStats {
@@ -388,7 +368,6 @@ impl Default for BatchStats {
             ops: 0,
             apply: Default::default(),
             commit: Default::default(),
-            sync: Default::default(),
         }
     }
 }
@@ -403,8 +382,7 @@ impl BatchStats {
             batches = self.batches,
             ops_per_batch = self.ops / self.batches,
             apply_us = per_batch(self.apply),
-            commit_us = per_batch(self.commit),
-            fsync_us = per_batch(self.sync),
+            commit_and_sync_us = per_batch(self.commit),
             busy_pct = ((self.apply + self.commit).as_secs_f64()
                 / self.since.elapsed().as_secs_f64()
                 * 100.0) as u64,

@@ -1,0 +1,497 @@
+//! The SQLite VFS of the writer's connection: the platform's default VFS, except for the WAL.
+//! SQLite writes every WAL frame with two `pwrite`s (its 24-byte header, then the page), so a
+//! commit of 14 frames made 28 system calls; here the frames of a commit are gathered in memory
+//! and written with one call when SQLite syncs the WAL at the commit's end (`synchronous=FULL`),
+//! before it publishes the commit to other connections. Any other use of the WAL file (a read,
+//! its size, a truncation, closing it) first writes what is gathered, so the file is exactly
+//! what SQLite wrote whenever anyone can look. The sync is one `fdatasync` (SQLite's bundled
+//! build would `fsync`, which also writes the inode's times). The database file, the shared
+//! memory index and every other file are the default VFS's own, untouched.
+
+use rusqlite::ffi;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::path::PathBuf;
+
+/// The name the VFS is registered under.
+pub const NAME: &CStr = c"ferry-wal";
+
+/// Past this many gathered bytes (a very large transaction), they are written at once.
+const MAX_GATHERED: usize = 8 << 20;
+
+/// The most bytes handed to one write of the default VFS: the unix VFS masks a write's length
+/// to 17 bits (`nBuf & 0x1ffff`), so a longer one would be cut short. 31 pages.
+const MAX_CALL: usize = 0x1ffff & !0xfff;
+
+/// Registers the VFS with SQLite once per process (SQLite's list of VFSes is process-wide)
+/// and answers whether it is there to use.
+pub fn register() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            // SAFETY: `sqlite3_vfs_find` initialises SQLite and returns a VFS that lives as
+            // long as the process; the copy handed to SQLite is leaked, so it does too.
+            unsafe {
+                let inner = ffi::sqlite3_vfs_find(std::ptr::null());
+                if inner.is_null() {
+                    return Err("SQLite has no default VFS".into());
+                }
+                let mut base = std::ptr::read(inner);
+                base.szOsFile = (HEADER + (*inner).szOsFile as usize) as c_int;
+                base.zName = NAME.as_ptr();
+                base.pNext = std::ptr::null_mut();
+                base.xOpen = Some(open);
+                let vfs = Box::leak(Box::new(Vfs { base, inner }));
+                match ffi::sqlite3_vfs_register(&mut vfs.base, 0) {
+                    ffi::SQLITE_OK => Ok(()),
+                    rc => Err(format!("SQLite refused the WAL VFS (code {rc})")),
+                }
+            }
+        })
+        .clone()
+}
+
+/// What SQLite knows as the VFS, and the default VFS it hands everything to.
+#[repr(C)]
+struct Vfs {
+    base: ffi::sqlite3_vfs,
+    inner: *mut ffi::sqlite3_vfs,
+}
+
+/// An open WAL: SQLite sees `base`; the default VFS's file lives right after this header in
+/// the same allocation (SQLite allocates `szOsFile` bytes).
+#[repr(C)]
+struct WalFile {
+    base: ffi::sqlite3_file,
+    inner: *mut ffi::sqlite3_file,
+    gathered: Box<Gathered>,
+}
+
+/// Bytes written but not yet in the file: one run starting at `at`.
+struct Gathered {
+    bytes: Vec<u8>,
+    at: i64,
+    path: PathBuf,
+    /// Opened at the first sync: `fdatasync` of any descriptor of the file syncs it.
+    sync: Option<std::fs::File>,
+}
+
+/// The header's size, rounded up so the default VFS's file after it is 8-byte aligned.
+const HEADER: usize = std::mem::size_of::<WalFile>().div_ceil(8) * 8;
+
+unsafe extern "C" fn open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite passes the VFS registered above and `szOsFile` bytes at `file`.
+    unsafe {
+        let inner_vfs = (*(vfs as *mut Vfs)).inner;
+        let Some(inner_open) = (*inner_vfs).xOpen else {
+            (*file).pMethods = std::ptr::null();
+            return ffi::SQLITE_CANTOPEN;
+        };
+        if flags & ffi::SQLITE_OPEN_WAL == 0 || name.is_null() {
+            // Not the WAL: the default VFS's file itself, with nothing in between.
+            return inner_open(inner_vfs, name, file, flags, out_flags);
+        }
+        let inner = (file as *mut u8).add(HEADER) as *mut ffi::sqlite3_file;
+        let rc = inner_open(inner_vfs, name, inner, flags, out_flags);
+        if rc != ffi::SQLITE_OK {
+            // SQLite closes a file whose methods are set even when the open failed; the
+            // inner file is closed here instead, and this one is left without methods.
+            if !(*inner).pMethods.is_null()
+                && let Some(close) = (*(*inner).pMethods).xClose
+            {
+                close(inner);
+            }
+            (*file).pMethods = std::ptr::null();
+            return rc;
+        }
+        let path = PathBuf::from(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                CStr::from_ptr(name as *const c_char).to_bytes(),
+            ),
+        );
+        std::ptr::write(
+            file as *mut WalFile,
+            WalFile {
+                base: ffi::sqlite3_file { pMethods: &METHODS },
+                inner,
+                gathered: Box::new(Gathered {
+                    bytes: Vec::new(),
+                    at: 0,
+                    path,
+                    sync: None,
+                }),
+            },
+        );
+        ffi::SQLITE_OK
+    }
+}
+
+static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(close),
+    xRead: Some(read),
+    xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
+    xShmMap: Some(shm_map),
+    xShmLock: Some(shm_lock),
+    xShmBarrier: Some(shm_barrier),
+    xShmUnmap: Some(shm_unmap),
+    xFetch: Some(fetch),
+    xUnfetch: Some(unfetch),
+};
+
+/// The WAL behind a file SQLite passes to these methods.
+///
+/// # Safety
+/// `file` must be a file `open` made for a WAL and not yet closed.
+unsafe fn wal<'a>(file: *mut ffi::sqlite3_file) -> &'a mut WalFile {
+    unsafe { &mut *(file as *mut WalFile) }
+}
+
+/// The default VFS's methods of the file inside.
+unsafe fn inner_methods<'a>(f: &WalFile) -> &'a ffi::sqlite3_io_methods {
+    unsafe { &*(*f.inner).pMethods }
+}
+
+/// Writes what is gathered, in as few calls of the default VFS as it takes (one for a commit
+/// of up to 31 pages).
+unsafe fn flush(f: &mut WalFile) -> c_int {
+    let Some(write) = (unsafe { inner_methods(f) }).xWrite else {
+        return ffi::SQLITE_IOERR_WRITE;
+    };
+    let mut rc = ffi::SQLITE_OK;
+    let mut offset = f.gathered.at;
+    for chunk in f.gathered.bytes.chunks(MAX_CALL) {
+        // SAFETY: `chunk` is readable for its length, which fits in a c_int (MAX_CALL).
+        rc = unsafe {
+            write(
+                f.inner,
+                chunk.as_ptr() as *const c_void,
+                chunk.len() as c_int,
+                offset,
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            break;
+        }
+        offset += chunk.len() as i64;
+    }
+    // On failure SQLite fails the commit and writes its frames again in a later one.
+    f.gathered.bytes.clear();
+    rc
+}
+
+unsafe extern "C" fn write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite passes `amount` readable bytes at `buf`.
+    unsafe {
+        let f = wal(file);
+        let data = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
+        let g = &mut f.gathered;
+        let end = g.at + g.bytes.len() as i64;
+        if !g.bytes.is_empty() && offset >= g.at && offset + data.len() as i64 <= end {
+            // A frame rewritten within the same commit: change the gathered copy.
+            let from = (offset - g.at) as usize;
+            g.bytes[from..from + data.len()].copy_from_slice(data);
+            return ffi::SQLITE_OK;
+        }
+        if !g.bytes.is_empty() && offset != end {
+            let rc = flush(f);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
+        let g = &mut f.gathered;
+        if g.bytes.is_empty() {
+            g.at = offset;
+        }
+        g.bytes.extend_from_slice(data);
+        if g.bytes.len() >= MAX_GATHERED {
+            return flush(f);
+        }
+        ffi::SQLITE_OK
+    }
+}
+
+unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
+    unsafe {
+        let f = wal(file);
+        let rc = flush(f);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        let g = &mut f.gathered;
+        let handle = match &mut g.sync {
+            Some(handle) => handle,
+            None => match std::fs::File::open(&g.path) {
+                Ok(handle) => g.sync.insert(handle),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %g.path.display(), "cannot open the WAL to sync it");
+                    return ffi::SQLITE_IOERR_FSYNC;
+                }
+            },
+        };
+        match handle.sync_data() {
+            Ok(()) => ffi::SQLITE_OK,
+            Err(e) => {
+                tracing::error!(error = %e, path = %g.path.display(), "cannot sync the WAL");
+                ffi::SQLITE_IOERR_FSYNC
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    unsafe {
+        let f = wal(file);
+        let flushed = flush(f);
+        let closed = match inner_methods(f).xClose {
+            Some(close) => close(f.inner),
+            None => ffi::SQLITE_OK,
+        };
+        // SQLite frees the allocation after this; what the header owns is freed here.
+        std::ptr::drop_in_place(&mut f.gathered);
+        if flushed != ffi::SQLITE_OK {
+            flushed
+        } else {
+            closed
+        }
+    }
+}
+
+/// Forwards a call to the default VFS's file, after writing what is gathered.
+macro_rules! flushed_then {
+    ($file:ident, $method:ident ( $($arg:expr),* )) => {
+        unsafe {
+            let f = wal($file);
+            let rc = flush(f);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            match inner_methods(f).$method {
+                Some(method) => method(f.inner $(, $arg)*),
+                None => ffi::SQLITE_IOERR,
+            }
+        }
+    };
+}
+
+/// Forwards a call that does not look at the file's bytes to the default VFS's file.
+macro_rules! forwarded {
+    ($file:ident, $method:ident ( $($arg:expr),* ), $absent:expr) => {
+        unsafe {
+            let f = wal($file);
+            match inner_methods(f).$method {
+                Some(method) => method(f.inner $(, $arg)*),
+                None => $absent,
+            }
+        }
+    };
+}
+
+unsafe extern "C" fn read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    flushed_then!(file, xRead(buf, amount, offset))
+}
+
+unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    flushed_then!(file, xTruncate(size))
+}
+
+unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    flushed_then!(file, xFileSize(size))
+}
+
+unsafe extern "C" fn file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    flushed_then!(file, xFileControl(op, arg))
+}
+
+unsafe extern "C" fn fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    flushed_then!(file, xFetch(offset, amount, out))
+}
+
+unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, p: *mut c_void) -> c_int {
+    forwarded!(file, xUnfetch(offset, p), ffi::SQLITE_OK)
+}
+
+unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    forwarded!(file, xLock(level), ffi::SQLITE_OK)
+}
+
+unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    forwarded!(file, xUnlock(level), ffi::SQLITE_OK)
+}
+
+unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    forwarded!(file, xCheckReservedLock(out), ffi::SQLITE_OK)
+}
+
+unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+    forwarded!(file, xSectorSize(), 4096)
+}
+
+unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    forwarded!(file, xDeviceCharacteristics(), 0)
+}
+
+unsafe extern "C" fn shm_map(
+    file: *mut ffi::sqlite3_file,
+    page: c_int,
+    size: c_int,
+    extend: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    forwarded!(file, xShmMap(page, size, extend, out), ffi::SQLITE_IOERR)
+}
+
+unsafe extern "C" fn shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    forwarded!(file, xShmLock(offset, n, flags), ffi::SQLITE_IOERR)
+}
+
+unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
+    forwarded!(file, xShmBarrier(), ())
+}
+
+unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
+    forwarded!(file, xShmUnmap(delete), ffi::SQLITE_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::{Connection, OpenFlags};
+
+    fn writer(path: &std::path::Path) -> Connection {
+        register().unwrap();
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), NAME).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        // A small page cache, so a large transaction spills frames to the WAL before its commit
+        // and reads them back.
+        conn.pragma_update(None, "cache_size", 20).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+            .unwrap();
+        conn
+    }
+
+    fn body(n: i64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (n as usize * 31 + i) as u8).collect()
+    }
+
+    /// Commits of 1, 40 (more than one write of the default VFS) and 600 rows (spilled before
+    /// the commit), each checked from a connection of the default VFS right after it.
+    fn commit_batches(conn: &Connection, reader: &Connection) -> i64 {
+        let mut next = 0;
+        for rows in [1, 40, 600, 3] {
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            for _ in 0..rows {
+                conn.execute(
+                    "INSERT INTO t VALUES (?1, ?2)",
+                    rusqlite::params![next, body(next, 1500)],
+                )
+                .unwrap();
+                next += 1;
+            }
+            conn.execute_batch("COMMIT").unwrap();
+            let (count, last): (i64, Vec<u8>) = reader
+                .query_row(
+                    "SELECT COUNT(*), (SELECT body FROM t ORDER BY n DESC LIMIT 1) FROM t",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(count, next, "a reader sees every committed row");
+            assert_eq!(last, body(next - 1, 1500), "and the bytes of the last one");
+        }
+        next
+    }
+
+    #[test]
+    fn other_connections_see_each_commit_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = writer(&path);
+        let reader = Connection::open(&path).unwrap();
+        let rows = commit_batches(&conn, &reader);
+        // A checkpoint from the default VFS reads every frame back from the file.
+        reader
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let count: i64 = reader
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, rows);
+    }
+
+    #[test]
+    fn the_files_hold_every_commit_when_the_process_stops_without_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = writer(&path);
+        let reader = Connection::open(&path).unwrap();
+        let rows = commit_batches(&conn, &reader);
+        // What a crash leaves: the database and the WAL as they are on disk now, with the
+        // writer still open and nothing checkpointed. SQLite recovers from the WAL alone.
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["t.db", "t.db-wal"] {
+            std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+        }
+        let wal_len = std::fs::metadata(copy.path().join("t.db-wal"))
+            .unwrap()
+            .len();
+        assert!(
+            wal_len > 600 * 1500,
+            "the rows are in the WAL, not yet in the database file"
+        );
+        let recovered = Connection::open(copy.path().join("t.db")).unwrap();
+        let count: i64 = recovered
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, rows);
+        let mut rows_read = recovered.prepare("SELECT n, body FROM t").unwrap();
+        let rows_read = rows_read
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .unwrap();
+        for row in rows_read {
+            let (n, read) = row.unwrap();
+            assert!(read == body(n, 1500), "row {n} recovered with other bytes");
+        }
+        drop(conn);
+    }
+}
