@@ -3,8 +3,8 @@
 # the bench's ingest-only config (or `BIN bench-bare` with `bare`), drives it with wrk
 # (Debian's `wrk`: 2 threads, 64 keep-alive connections, 1 KiB JSON bodies) and prints
 # requests/s with the server's user and system CPU, context switches and disk writes per
-# request, read from /proc. CPU per request moves less than throughput on a shared host, so
-# A/B two builds by alternating them:
+# request, read from /proc, and each thread's run time per request. CPU per request moves less
+# than throughput on a shared host, so A/B two builds by alternating them:
 #   for r in 1 2 3; do scripts/cpu-per-event.sh old ./ferry-old; scripts/cpu-per-event.sh new ./target/release/ferry; done
 # Usage: cpu-per-event.sh NAME BIN [serve|bare]   (DUR=seconds, default 8; PORT, default 18080)
 set -euo pipefail
@@ -35,9 +35,16 @@ snapshot() {
   awk '/^write_bytes/{printf "%s ", $2}' "/proc/$pid/io"
   cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'
 }
+# Run time in ns per thread name, from the scheduler (exact, where tick-based user/sys are not).
+threads() {
+  for t in /proc/"$pid"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done |
+    awk '{r[$1] += $2} END {for (k in r) print k, r[k]}' | sort
+}
 read -r u1 s1 w1 c1 < <(snapshot)
+threads > "$work/threads.1"
 out=$(wrk -t2 -c64 -d"${dur}s" -s "$work/post.lua" "$url")
 read -r u2 s2 w2 c2 < <(snapshot)
+threads > "$work/threads.2"
 n=$(echo "$out" | awk '/requests in/{print $1}')
 rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
 ticks=$(getconf CLK_TCK)
@@ -45,3 +52,6 @@ awk -v n="$n" -v u=$((u2 - u1)) -v s=$((s2 - s1)) -v w=$((w2 - w1)) -v c=$((c2 -
   -v t="$ticks" -v name="$name" -v rps="$rps" 'BEGIN {
   printf "%-10s %8.0f req/s  user %5.1f us  sys %5.1f us  ctxsw %.2f/req  disk %.1f KiB/req\n",
     name, rps, u * 1e6 / t / n, s * 1e6 / t / n, c / n, w / n / 1024 }'
+# Where the CPU went, per thread (tokio workers, the store's writer and checkpointer).
+join "$work/threads.1" "$work/threads.2" | awk -v n="$n" '$3 > $2 {
+  printf "           %-16s %5.1f us/req\n", $1, ($3 - $2) / 1000 / n }'
