@@ -109,11 +109,7 @@ unsafe extern "C" fn open(
             (*file).pMethods = std::ptr::null();
             return rc;
         }
-        let path = PathBuf::from(
-            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
-                CStr::from_ptr(name as *const c_char).to_bytes(),
-            ),
-        );
+        let path = path_of(CStr::from_ptr(name as *const c_char).to_bytes());
         std::ptr::write(
             file as *mut WalFile,
             WalFile {
@@ -129,6 +125,17 @@ unsafe extern "C" fn open(
         );
         ffi::SQLITE_OK
     }
+}
+
+/// The WAL's path as SQLite names it (bytes on Unix; UTF-8 elsewhere).
+#[cfg(unix)]
+fn path_of(name: &[u8]) -> PathBuf {
+    PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name))
+}
+
+#[cfg(not(unix))]
+fn path_of(name: &[u8]) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(name).into_owned())
 }
 
 static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
