@@ -71,7 +71,8 @@ struct Gathered {
     bytes: Vec<u8>,
     at: i64,
     path: PathBuf,
-    /// Opened at the first sync: `fdatasync` of any descriptor of the file syncs it.
+    /// Opened at the first sync (`writer::sync_file`): `fdatasync` of any descriptor of the file
+    /// syncs it.
     sync: Option<std::fs::File>,
 }
 
@@ -245,17 +246,7 @@ unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int 
             return rc;
         }
         let g = &mut f.gathered;
-        let handle = match &mut g.sync {
-            Some(handle) => handle,
-            None => match std::fs::File::open(&g.path) {
-                Ok(handle) => g.sync.insert(handle),
-                Err(e) => {
-                    tracing::error!(error = %e, path = %g.path.display(), "cannot open the WAL to sync it");
-                    return ffi::SQLITE_IOERR_FSYNC;
-                }
-            },
-        };
-        match handle.sync_data() {
+        match super::writer::sync_file(&mut g.sync, &g.path) {
             Ok(()) => ffi::SQLITE_OK,
             Err(e) => {
                 tracing::error!(error = %e, path = %g.path.display(), "cannot sync the WAL");
@@ -449,13 +440,20 @@ mod tests {
         next
     }
 
-    #[test]
-    fn other_connections_see_each_commit_whole() {
+    /// A folder with a database written through the VFS by `commit_batches`: the folder, the
+    /// writer (still open), a reader of the default VFS and the rows committed.
+    fn committed() -> (tempfile::TempDir, Connection, Connection, i64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let conn = writer(&path);
         let reader = Connection::open(&path).unwrap();
         let rows = commit_batches(&conn, &reader);
+        (dir, conn, reader, rows)
+    }
+
+    #[test]
+    fn other_connections_see_each_commit_whole() {
+        let (_dir, _conn, reader, rows) = committed();
         // A checkpoint from the default VFS reads every frame back from the file.
         reader
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -468,11 +466,7 @@ mod tests {
 
     #[test]
     fn the_files_hold_every_commit_when_the_process_stops_without_closing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let conn = writer(&path);
-        let reader = Connection::open(&path).unwrap();
-        let rows = commit_batches(&conn, &reader);
+        let (dir, conn, _reader, rows) = committed();
         // What a crash leaves: the database and the WAL as they are on disk now, with the
         // writer still open and nothing checkpointed. SQLite recovers from the WAL alone.
         let copy = tempfile::tempdir().unwrap();

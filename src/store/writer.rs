@@ -164,8 +164,8 @@ struct OpenBatch {
 
 /// Applies every write: takes every op queued (up to `max_batch`), applies them in one
 /// transaction, commits (which writes and syncs the WAL), and only then answers their callers
-/// (group commit). While the disk syncs, the next ops queue up, so under load one commit and one fsync cover
-/// every request that came during the previous sync. The thread parks when the queue is
+/// (group commit). While the disk syncs, the next ops queue up, so under load one commit and
+/// one fsync cover every request that came during the previous sync. The thread parks when the queue is
 /// empty: on two cores, polling for the next op costs more than the wake-up it saves.
 pub(super) fn run(
     conn: Connection,
@@ -342,7 +342,10 @@ fn commit(conn: &Connection, batch: OpenBatch, options: &StoreOptions, stats: &m
 }
 
 /// `fdatasync`s the file at `path`, opening it on first use.
-fn sync_file(file: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn sync_file(
+    file: &mut Option<std::fs::File>,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
     let file = match file {
         Some(file) => file,
         None => file.insert(std::fs::File::open(path)?),
