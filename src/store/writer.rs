@@ -174,7 +174,17 @@ pub(super) fn run(
     _checkpointer: std::sync::mpsc::Sender<()>,
 ) {
     let mut stats = BatchStats::default();
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        // A wait for the first op of a batch is counted only when the queue was empty: under
+        // load, how often the writer idles while requests are elsewhere is what bounds ingest.
+        let waiting = rx.is_empty().then(std::time::Instant::now);
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        if let Some(since) = waiting {
+            stats.idle_waits += 1;
+            stats.idle += since.elapsed();
+        }
         let applying = std::time::Instant::now();
         let mut open: Option<OpenBatch> = None;
         let mut next = Some(first);
@@ -327,6 +337,7 @@ fn commit(conn: &Connection, batch: OpenBatch, options: &StoreOptions, stats: &m
     stats.commit += committing.elapsed();
     stats.batches += 1;
     stats.ops += batch.ops as u64;
+    stats.sizes.push(batch.ops.min(u32::MAX as usize) as u32);
     let failure = committed.err().map(|e| {
         tracing::error!(error = %e, "a write transaction failed to commit; its writes are not known to be on disk");
         if !conn.is_autocommit() {
@@ -354,6 +365,9 @@ pub(super) fn sync_file(
 }
 
 /// Writer figures, logged at debug level every few seconds (`FERRY_LOG=ferry::store=debug`).
+/// Besides the means, the spread of batch sizes and the writer's waits on an empty queue: a
+/// wide spread (many batches of a few ops beside batches of nearly every connection) and
+/// frequent waits are the signs of requests moving as a convoy (docs/PERFORMANCE.md).
 struct BatchStats {
     since: std::time::Instant,
     batches: u64,
@@ -361,6 +375,11 @@ struct BatchStats {
     apply: std::time::Duration,
     /// The commit, its WAL write and sync included.
     commit: std::time::Duration,
+    /// Ops in each batch of the period.
+    sizes: Vec<u32>,
+    /// Batches whose first op the writer waited for on an empty queue, and those waits.
+    idle_waits: u64,
+    idle: std::time::Duration,
 }
 
 impl Default for BatchStats {
@@ -371,6 +390,9 @@ impl Default for BatchStats {
             ops: 0,
             apply: Default::default(),
             commit: Default::default(),
+            sizes: Vec::new(),
+            idle_waits: 0,
+            idle: Default::default(),
         }
     }
 }
@@ -381,18 +403,37 @@ impl BatchStats {
             return;
         }
         let per_batch = |d: std::time::Duration| d.as_micros() as u64 / self.batches;
+        let [ops_p10, ops_p50, ops_p90] = percentiles(&mut self.sizes, [0.1, 0.5, 0.9]);
         tracing::debug!(
             batches = self.batches,
             ops_per_batch = self.ops / self.batches,
+            ops_p10,
+            ops_p50,
+            ops_p90,
             apply_us = per_batch(self.apply),
             commit_and_sync_us = per_batch(self.commit),
             busy_pct = ((self.apply + self.commit).as_secs_f64()
                 / self.since.elapsed().as_secs_f64()
                 * 100.0) as u64,
+            waited_pct = self.idle_waits * 100 / self.batches,
+            wait_us = self.idle.as_micros() as u64 / self.idle_waits.max(1),
             "store writer"
         );
         *self = BatchStats::default();
     }
+}
+
+/// The values at the given fractions (0 to 1) of `values` once sorted (nearest rank); 0 for
+/// an empty slice.
+fn percentiles<const N: usize>(values: &mut [u32], fractions: [f64; N]) -> [u32; N] {
+    values.sort_unstable();
+    fractions.map(|f| {
+        let last = values.len().saturating_sub(1);
+        values
+            .get(((last as f64) * f.clamp(0.0, 1.0)).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    })
 }
 
 fn fail_op(op: WriteOp, message: &str) {
@@ -753,4 +794,20 @@ fn retry(
     )?
     .execute(params![job.run_id, now])?;
     Ok(Some(job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentiles;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank_of_the_sorted_values() {
+        let mut sizes = vec![64, 1, 3, 20, 2, 1, 40, 18, 60, 1, 22];
+        assert_eq!(
+            percentiles(&mut sizes, [0.0, 0.1, 0.5, 0.9, 1.0]),
+            [1, 1, 18, 60, 64]
+        );
+        assert_eq!(percentiles(&mut [7], [0.1, 0.9]), [7, 7]);
+        assert_eq!(percentiles(&mut [], [0.5]), [0]);
+    }
 }
