@@ -800,6 +800,71 @@ fn retry(
 mod tests {
     use super::percentiles;
 
+    /// The checkpoint sequence number in the WAL's header: SQLite adds one each time the WAL
+    /// starts over.
+    fn wal_restarts(dir: &std::path::Path) -> u32 {
+        let header = std::fs::read(dir.join("ferry.db-wal")).unwrap_or_default();
+        header
+            .get(12..16)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_writes_and_keeps_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), Default::default()).unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; 1024]);
+        let ingest_some = |n: usize| {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (store, payload) = (store.clone(), payload.clone());
+                    tokio::spawn(async move {
+                        store
+                            .ingest(
+                                crate::store::NewEvent {
+                                    id: crate::ids::event_id(),
+                                    source: "s".into(),
+                                    event_type: "t".into(),
+                                    idempotency_key: None,
+                                    received_at: 0,
+                                    headers: "{}".into(),
+                                    payload,
+                                },
+                                Vec::new(),
+                                Vec::new(),
+                            )
+                            .await
+                    })
+                })
+                .collect();
+            async move {
+                for t in tasks {
+                    assert!(matches!(
+                        t.await.unwrap(),
+                        Ok(crate::store::IngestOutcome::Accepted)
+                    ));
+                }
+            }
+        };
+        ingest_some(1).await;
+        let first = wal_restarts(dir.path());
+        let mut sent = 1;
+        // The WAL starts over either when the writer finds it wholly checkpointed (between
+        // these rounds) or when the checkpointer RESTARTs it past 4 MiB: 64 events at a time
+        // until it has, then more; every acknowledged event must still be there. 40,000 events
+        // (some 80 MiB of WAL) without a new start fail the test.
+        while wal_restarts(dir.path()) == first {
+            assert!(sent < 40_000, "the WAL never started over");
+            ingest_some(64).await;
+            sent += 64;
+        }
+        ingest_some(64).await;
+        sent += 64;
+        let stored = store.read(crate::store::reads::count_events).await.unwrap();
+        assert_eq!(stored, sent as i64);
+    }
+
     #[test]
     fn percentiles_take_the_nearest_rank_of_the_sorted_values() {
         let mut sizes = vec![64, 1, 3, 20, 2, 1, 40, 18, 60, 1, 22];
