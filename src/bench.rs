@@ -384,11 +384,7 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
-    sorted_us[index] as f64 / 1000.0
+    crate::telemetry::nearest_rank(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
 }
 
 fn config(receivers: &[SocketAddr], fan_out: bool) -> String {

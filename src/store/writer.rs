@@ -335,9 +335,9 @@ fn commit(conn: &Connection, batch: OpenBatch, options: &StoreOptions, stats: &m
         .and_then(|mut s| s.execute([]))
         .map(drop);
     stats.commit += committing.elapsed();
-    stats.batches += 1;
-    stats.ops += batch.ops as u64;
-    stats.sizes.push(batch.ops.min(u32::MAX as usize) as u32);
+    stats
+        .sizes
+        .push(u32::try_from(batch.ops).unwrap_or(u32::MAX));
     let failure = committed.err().map(|e| {
         tracing::error!(error = %e, "a write transaction failed to commit; its writes are not known to be on disk");
         if !conn.is_autocommit() {
@@ -370,8 +370,6 @@ pub(super) fn sync_file(
 /// frequent waits are the signs of requests moving as a convoy (docs/PERFORMANCE.md).
 struct BatchStats {
     since: std::time::Instant,
-    batches: u64,
-    ops: u64,
     apply: std::time::Duration,
     /// The commit, its WAL write and sync included.
     commit: std::time::Duration,
@@ -386,8 +384,6 @@ impl Default for BatchStats {
     fn default() -> Self {
         BatchStats {
             since: std::time::Instant::now(),
-            batches: 0,
-            ops: 0,
             apply: Default::default(),
             commit: Default::default(),
             sizes: Vec::new(),
@@ -399,41 +395,31 @@ impl Default for BatchStats {
 
 impl BatchStats {
     fn maybe_report(&mut self) {
-        if self.since.elapsed() < std::time::Duration::from_secs(5) || self.batches == 0 {
+        let batches = self.sizes.len() as u64;
+        if self.since.elapsed() < std::time::Duration::from_secs(5) || batches == 0 {
             return;
         }
-        let per_batch = |d: std::time::Duration| d.as_micros() as u64 / self.batches;
-        let [ops_p10, ops_p50, ops_p90] = percentiles(&mut self.sizes, [0.1, 0.5, 0.9]);
+        let ops: u64 = self.sizes.iter().map(|&n| u64::from(n)).sum();
+        let per_batch = |d: std::time::Duration| d.as_micros() as u64 / batches;
+        self.sizes.sort_unstable();
+        let ops_at = |p| crate::telemetry::nearest_rank(&self.sizes, p).unwrap_or(0);
         tracing::debug!(
-            batches = self.batches,
-            ops_per_batch = self.ops / self.batches,
-            ops_p10,
-            ops_p50,
-            ops_p90,
+            batches,
+            ops_per_batch = ops / batches,
+            ops_p10 = ops_at(0.1),
+            ops_p50 = ops_at(0.5),
+            ops_p90 = ops_at(0.9),
             apply_us = per_batch(self.apply),
             commit_and_sync_us = per_batch(self.commit),
             busy_pct = ((self.apply + self.commit).as_secs_f64()
                 / self.since.elapsed().as_secs_f64()
                 * 100.0) as u64,
-            waited_pct = self.idle_waits * 100 / self.batches,
+            waited_pct = self.idle_waits * 100 / batches,
             wait_us = self.idle.as_micros() as u64 / self.idle_waits.max(1),
             "store writer"
         );
         *self = BatchStats::default();
     }
-}
-
-/// The values at the given fractions (0 to 1) of `values` once sorted (nearest rank); 0 for
-/// an empty slice.
-fn percentiles<const N: usize>(values: &mut [u32], fractions: [f64; N]) -> [u32; N] {
-    values.sort_unstable();
-    fractions.map(|f| {
-        let last = values.len().saturating_sub(1);
-        values
-            .get(((last as f64) * f.clamp(0.0, 1.0)).round() as usize)
-            .copied()
-            .unwrap_or(0)
-    })
 }
 
 fn fail_op(op: WriteOp, message: &str) {
@@ -798,15 +784,14 @@ fn retry(
 
 #[cfg(test)]
 mod tests {
-    use super::percentiles;
-
     /// The checkpoint sequence number in the WAL's header: SQLite adds one each time the WAL
     /// starts over.
     fn wal_restarts(dir: &std::path::Path) -> u32 {
-        let header = std::fs::read(dir.join("ferry.db-wal")).unwrap_or_default();
-        header
-            .get(12..16)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        use std::io::Read;
+        let mut header = [0u8; 16];
+        std::fs::File::open(dir.join("ferry.db-wal"))
+            .and_then(|mut f| f.read_exact(&mut header))
+            .map(|()| u32::from_be_bytes([header[12], header[13], header[14], header[15]]))
             .unwrap_or(0)
     }
 
@@ -863,16 +848,5 @@ mod tests {
         sent += 64;
         let stored = store.read(crate::store::reads::count_events).await.unwrap();
         assert_eq!(stored, sent as i64);
-    }
-
-    #[test]
-    fn percentiles_take_the_nearest_rank_of_the_sorted_values() {
-        let mut sizes = vec![64, 1, 3, 20, 2, 1, 40, 18, 60, 1, 22];
-        assert_eq!(
-            percentiles(&mut sizes, [0.0, 0.1, 0.5, 0.9, 1.0]),
-            [1, 1, 18, 60, 64]
-        );
-        assert_eq!(percentiles(&mut [7], [0.1, 0.9]), [7, 7]);
-        assert_eq!(percentiles(&mut [], [0.5]), [0]);
     }
 }

@@ -10,6 +10,15 @@ pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 
+/// The value at fraction `p` (0 to 1) of `sorted` (ascending), by nearest rank; `None` for no
+/// values. The percentiles of the bench and of the store writer's figures.
+pub fn nearest_rank(sorted: &[u32], p: f64) -> Option<u32> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted
+        .get(((last as f64) * p.clamp(0.0, 1.0)).round() as usize)
+        .copied()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Json,
@@ -35,4 +44,25 @@ pub fn init(format: LogFormat) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_rank;
+
+    #[test]
+    fn nearest_rank_takes_the_value_at_the_rounded_rank() {
+        let mut sizes = vec![64, 1, 3, 20, 2, 1, 40, 18, 60, 1, 22];
+        sizes.sort_unstable();
+        let at = |p| nearest_rank(&sizes, p);
+        assert_eq!(
+            [at(0.0), at(0.1), at(0.5), at(0.9), at(1.0)],
+            [Some(1), Some(1), Some(18), Some(60), Some(64)]
+        );
+        assert_eq!(
+            [nearest_rank(&[7], 0.1), nearest_rank(&[7], 0.9)],
+            [Some(7), Some(7)]
+        );
+        assert_eq!(nearest_rank(&[], 0.5), None);
+    }
 }
