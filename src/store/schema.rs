@@ -205,9 +205,15 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A connection for the checkpointer thread.
+/// A connection for the checkpointer thread, through the VFS that leaves out SQLite's
+/// redundant sync of the WAL and writes the copied pages in runs (`wal_vfs`).
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = Connection::open(path)?;
+    super::wal_vfs::register().map_err(StoreError::Write)?;
+    let mut conn = Connection::open_with_flags_and_vfs(
+        path,
+        rusqlite::OpenFlags::default(),
+        super::wal_vfs::CHECKPOINT_NAME,
+    )?;
     configure(&conn)?;
     conn.busy_handler(Some(retry_soon))?;
     Ok(conn)

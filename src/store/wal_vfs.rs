@@ -1,19 +1,41 @@
-//! The SQLite VFS of the writer's connection: the platform's default VFS, except for the WAL.
-//! SQLite writes every WAL frame with two `pwrite`s (its 24-byte header, then the page), so a
-//! commit of 14 frames made 28 system calls; here the frames of a commit are gathered in memory
-//! and written with one call when SQLite syncs the WAL at the commit's end (`synchronous=FULL`),
-//! before it publishes the commit to other connections. Any other use of the WAL file (a read,
-//! its size, a truncation, closing it) first writes what is gathered, so the file is exactly
-//! what SQLite wrote whenever anyone can look. The sync is one `fdatasync` (SQLite's bundled
-//! build would `fsync`, which also writes the inode's times). The database file, the shared
-//! memory index and every other file are the default VFS's own, untouched.
+//! The SQLite VFSes of the store's two connections that write: the platform's default VFS,
+//! except where named here.
+//!
+//! The writer's (`NAME`): SQLite writes every WAL frame with two `pwrite`s (its 24-byte header,
+//! then the page), so a commit of 14 frames made 28 system calls; here the frames of a commit
+//! are gathered in memory and written with one call when SQLite syncs the WAL at the commit's
+//! end (`synchronous=FULL`), before it publishes the commit to other connections. Any other use
+//! of the WAL file (a read, its size, a truncation, closing it) first writes what is gathered,
+//! so the file is exactly what SQLite wrote whenever anyone can look. The sync is one
+//! `fdatasync` (SQLite's bundled build would `fsync`, which also writes the inode's times).
+//!
+//! The checkpointer's (`CHECKPOINT_NAME`): SQLite begins every checkpoint with a sync of the
+//! WAL, which is redundant here: every frame a checkpoint can see was synced by the writer
+//! before its commit was published. So the WAL's sync does nothing when this connection wrote
+//! nothing to it (it never does; if it did, the sync would be real). The database file's writes
+//! (one page each, in page order) are gathered into runs of adjacent pages, each written with
+//! one call, and written before any other use of the file: SQLite tells the file when the copy
+//! is done (`SQLITE_FCNTL_CKPT_DONE`) before it lets readers rely on the copied pages. Its sync
+//! is an `fdatasync`.
+//!
+//! The shared memory index and every other file are the default VFS's own, untouched.
 
 use rusqlite::ffi;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::PathBuf;
 
-/// The name the VFS is registered under.
+/// The name the writer's VFS is registered under.
 pub const NAME: &CStr = c"ferry-wal";
+
+/// The name the checkpointer's VFS is registered under.
+pub const CHECKPOINT_NAME: &CStr = c"ferry-checkpoint";
+
+/// Whose connection a VFS serves, and so what it changes.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Writer,
+    Checkpointer,
+}
 
 /// Past this many gathered bytes (a very large transaction), they are written at once.
 const MAX_GATHERED: usize = 8 << 20;
@@ -22,32 +44,40 @@ const MAX_GATHERED: usize = 8 << 20;
 /// to 17 bits (`nBuf & 0x1ffff`), so a longer one would be cut short. 31 pages.
 const MAX_CALL: usize = 0x1ffff & !0xfff;
 
-/// Registers the VFS with SQLite once per process (SQLite's list of VFSes is process-wide)
-/// and answers whether it is there to use.
+/// Registers both VFSes with SQLite once per process (SQLite's list of VFSes is
+/// process-wide) and answers whether they are there to use.
 pub fn register() -> Result<(), String> {
     static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            // SAFETY: `sqlite3_vfs_find` initialises SQLite and returns a VFS that lives as
-            // long as the process; the copy handed to SQLite is leaked, so it does too.
-            unsafe {
-                let inner = ffi::sqlite3_vfs_find(std::ptr::null());
-                if inner.is_null() {
-                    return Err("SQLite has no default VFS".into());
-                }
-                let mut base = std::ptr::read(inner);
-                base.szOsFile = (HEADER + (*inner).szOsFile as usize) as c_int;
-                base.zName = NAME.as_ptr();
-                base.pNext = std::ptr::null_mut();
-                base.xOpen = Some(open);
-                let vfs = Box::leak(Box::new(Vfs { base, inner }));
-                match ffi::sqlite3_vfs_register(&mut vfs.base, 0) {
-                    ffi::SQLITE_OK => Ok(()),
-                    rc => Err(format!("SQLite refused the WAL VFS (code {rc})")),
-                }
-            }
+            register_as(NAME, Role::Writer)?;
+            register_as(CHECKPOINT_NAME, Role::Checkpointer)
         })
         .clone()
+}
+
+fn register_as(name: &'static CStr, role: Role) -> Result<(), String> {
+    // SAFETY: `sqlite3_vfs_find` initialises SQLite and returns a VFS that lives as long as
+    // the process; the copy handed to SQLite is leaked, so it does too.
+    unsafe {
+        let inner = ffi::sqlite3_vfs_find(std::ptr::null());
+        if inner.is_null() {
+            return Err("SQLite has no default VFS".into());
+        }
+        let mut base = std::ptr::read(inner);
+        base.szOsFile = (HEADER + (*inner).szOsFile as usize) as c_int;
+        base.zName = name.as_ptr();
+        base.pNext = std::ptr::null_mut();
+        base.xOpen = Some(open);
+        let vfs = Box::leak(Box::new(Vfs { base, inner, role }));
+        match ffi::sqlite3_vfs_register(&mut vfs.base, 0) {
+            ffi::SQLITE_OK => Ok(()),
+            rc => Err(format!(
+                "SQLite refused the VFS {} (code {rc})",
+                name.to_string_lossy()
+            )),
+        }
+    }
 }
 
 /// What SQLite knows as the VFS, and the default VFS it hands everything to.
@@ -55,10 +85,12 @@ pub fn register() -> Result<(), String> {
 struct Vfs {
     base: ffi::sqlite3_vfs,
     inner: *mut ffi::sqlite3_vfs,
+    role: Role,
 }
 
-/// An open WAL: SQLite sees `base`; the default VFS's file lives right after this header in
-/// the same allocation (SQLite allocates `szOsFile` bytes).
+/// A file whose writes are gathered (the writer's WAL; the checkpointer's WAL and database
+/// file): SQLite sees `base`; the default VFS's file lives right after this header in the same
+/// allocation (SQLite allocates `szOsFile` bytes).
 #[repr(C)]
 struct WalFile {
     base: ffi::sqlite3_file,
@@ -74,6 +106,19 @@ struct Gathered {
     /// Opened at the first sync (`writer::sync_file`): `fdatasync` of any descriptor of the file
     /// syncs it.
     sync: Option<std::fs::File>,
+    /// What a sync does.
+    on_sync: OnSync,
+    /// Whether anything was written through this file since its last sync.
+    written: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum OnSync {
+    /// Write what is gathered and `fdatasync`.
+    DataSync,
+    /// The checkpointer's WAL: write what is gathered, and `fdatasync` only if this connection
+    /// wrote to the WAL since its last sync (the writer synced every frame it can see).
+    WhenWritten,
 }
 
 /// The header's size, rounded up so the default VFS's file after it is 8-byte aligned.
@@ -93,8 +138,19 @@ unsafe extern "C" fn open(
             (*file).pMethods = std::ptr::null();
             return ffi::SQLITE_CANTOPEN;
         };
-        if flags & ffi::SQLITE_OPEN_WAL == 0 || name.is_null() {
-            // Not the WAL: the default VFS's file itself, with nothing in between.
+        let role = (*(vfs as *mut Vfs)).role;
+        let on_sync = if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            match role {
+                Role::Writer => OnSync::DataSync,
+                Role::Checkpointer => OnSync::WhenWritten,
+            }
+        } else if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && role == Role::Checkpointer {
+            OnSync::DataSync
+        } else {
+            // The default VFS's file itself, with nothing in between.
+            return inner_open(inner_vfs, name, file, flags, out_flags);
+        };
+        if name.is_null() {
             return inner_open(inner_vfs, name, file, flags, out_flags);
         }
         let inner = (file as *mut u8).add(HEADER) as *mut ffi::sqlite3_file;
@@ -121,6 +177,8 @@ unsafe extern "C" fn open(
                     at: 0,
                     path,
                     sync: None,
+                    on_sync,
+                    written: false,
                 }),
             },
         );
@@ -212,6 +270,7 @@ unsafe extern "C" fn write(
     unsafe {
         let f = wal(file);
         let data = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
+        f.gathered.written = true;
         let g = &mut f.gathered;
         let end = g.at + g.bytes.len() as i64;
         if !g.bytes.is_empty() && offset >= g.at && offset + data.len() as i64 <= end {
@@ -246,10 +305,16 @@ unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int 
             return rc;
         }
         let g = &mut f.gathered;
+        if g.on_sync == OnSync::WhenWritten && !g.written {
+            return ffi::SQLITE_OK;
+        }
         match super::writer::sync_file(&mut g.sync, &g.path) {
-            Ok(()) => ffi::SQLITE_OK,
+            Ok(()) => {
+                g.written = false;
+                ffi::SQLITE_OK
+            }
             Err(e) => {
-                tracing::error!(error = %e, path = %g.path.display(), "cannot sync the WAL");
+                tracing::error!(error = %e, path = %g.path.display(), "cannot sync a database file");
                 ffi::SQLITE_IOERR_FSYNC
             }
         }
@@ -462,6 +527,81 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, rows);
+    }
+
+    /// The rows of `t` read from `conn`, each checked byte for byte.
+    fn assert_rows(conn: &Connection, rows: i64, what: &str) {
+        let mut read = conn.prepare("SELECT n, body FROM t ORDER BY n").unwrap();
+        let read: Vec<(i64, Vec<u8>)> = read
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(read.len() as i64, rows, "{what}: every row");
+        for (n, body_read) in read {
+            assert!(
+                body_read == body(n, 1500),
+                "{what}: row {n} has other bytes"
+            );
+        }
+    }
+
+    /// Inserts `rows` rows of 1,500 bytes from `from` in one transaction.
+    fn insert(conn: &Connection, from: i64, rows: i64) {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for n in from..from + rows {
+            conn.execute(
+                "INSERT INTO t VALUES (?1, ?2)",
+                rusqlite::params![n, body(n, 1500)],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+
+    fn checkpoint(conn: &Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_through_the_checkpointers_vfs_puts_every_page_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = writer(&path);
+        let checkpointer =
+            Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), CHECKPOINT_NAME)
+                .unwrap();
+        checkpointer
+            .pragma_update(None, "synchronous", "FULL")
+            .unwrap();
+        insert(&conn, 0, 300);
+        // A reader holding its snapshot stops the checkpoint there: SQLite then neither
+        // truncates nor syncs the database file, and only the end of the copy writes what
+        // the VFS gathered before readers are told to read those pages from the file.
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN").unwrap();
+        assert_rows(&holder, 300, "the snapshot held");
+        insert(&conn, 300, 300);
+        let (frames, copied) = checkpoint(&checkpointer);
+        assert!(
+            copied > 0 && copied < frames,
+            "a partial checkpoint ({copied} of {frames} frames)"
+        );
+        let fresh = Connection::open(&path).unwrap();
+        assert_rows(&fresh, 600, "a reader after a partial checkpoint");
+        holder.execute_batch("COMMIT").unwrap();
+        let (frames, copied) = checkpoint(&checkpointer);
+        assert_eq!(copied, frames, "the checkpoint copied every frame");
+        let fresh = Connection::open(&path).unwrap();
+        assert_rows(&fresh, 600, "a reader after the whole WAL was copied");
+        // And the database file holds every row without the WAL beside it.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, copy.path().join("t.db")).unwrap();
+        let alone = Connection::open(copy.path().join("t.db")).unwrap();
+        assert_rows(&alone, 600, "the database file alone");
     }
 
     #[test]
