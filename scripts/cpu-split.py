@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Where the machine's CPU goes during `ferry bench --phases ingest --rounds 1`.
+
+Samples every thread of every process from /proc (run time from `schedstat`, context switches
+from `status`) for SECONDS in the middle of the bare handler's phase, then again in the middle
+of Ferry's ingest-only phase, and prints milliseconds of CPU per second and switches per second
+for each group: `bench` (the load generator), `bare` (the bare handler), `serve` (Ferry), and
+the kernel's own threads (kworker, ksoftirqd) by name. Divide by the round's requests/s (printed
+at the end) for CPU per request. The machine has 2 cores: 2000 ms/s is all of it.
+
+    scripts/cpu-split.py ./target/release/ferry [SECONDS]
+"""
+import collections
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+if len(sys.argv) < 2:
+    sys.exit(__doc__)
+ferry = os.path.realpath(sys.argv[1])
+seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
+duration = int(seconds + 3)
+work = tempfile.mkdtemp()
+log = open(os.path.join(work, "bench.txt"), "w")
+bench = subprocess.Popen(
+    [ferry, "bench", "--duration", str(duration), "--phases", "ingest", "--rounds", "1"],
+    cwd=work, stdout=log, stderr=subprocess.STDOUT)
+
+
+def snapshot():
+    """Run time (ns) and context switches of every thread, with its process and name."""
+    threads = {}
+    for task in glob.glob("/proc/[0-9]*/task/[0-9]*"):
+        try:
+            run_ns = int(open(task + "/schedstat").read().split()[0])
+            switches = sum(int(n) for n in re.findall(
+                r"ctxt_switches:\s+(\d+)", open(task + "/status").read()))
+            name = open(task + "/comm").read().strip()
+        except OSError:
+            continue
+        threads[task] = (task.split("/")[2], name, run_ns, switches)
+    return threads
+
+
+def group(pid, name, target):
+    """A readable group for a thread: the bench's processes by role, others by thread name."""
+    if pid == str(bench.pid):
+        who = "bench"
+    elif pid == target:
+        who = "serve"
+    else:
+        try:
+            args = open("/proc/%s/cmdline" % pid).read().split("\0")
+        except OSError:
+            args = []
+        who = "bare" if "bench-bare" in args else "other"
+    kind = re.sub(r"-?\d+$", "", re.sub(r"[/:].*", "", name))
+    return who + "/" + kind
+
+
+def report(title, target):
+    before = snapshot()
+    start = time.time()
+    time.sleep(seconds)
+    after = snapshot()
+    elapsed = time.time() - start
+    cpu, switches = collections.Counter(), collections.Counter()
+    for task, (pid, name, run_ns, sw) in after.items():
+        _, _, run0, sw0 = before.get(task, (pid, name, 0, 0))
+        key = group(pid, name, target)
+        cpu[key] += (run_ns - run0) / 1e6 / elapsed
+        switches[key] += (sw - sw0) / elapsed
+    print(title)
+    for key, ms in cpu.most_common():
+        if ms >= 3:
+            print("    %-32s %6.0f ms/s %8.0f switches/s" % (key, ms, switches[key]))
+    print("    %-32s %6.0f ms/s" % ("all", sum(cpu.values())))
+
+
+# The bare handler's closed-loop phase starts right away, after 1 s of warm-up.
+time.sleep(1.5)
+report("  bare handler phase:", None)
+serve = None
+while serve is None and bench.poll() is None:
+    found = subprocess.run(["pgrep", "-f", ferry + " serve"], capture_output=True, text=True)
+    serve = (found.stdout.split() or [None])[0]
+    time.sleep(0.05)
+time.sleep(1.5)
+report("  ferry ingest-only phase:", serve)
+bench.wait()
+print("".join(line for line in open(os.path.join(work, "bench.txt")) if "round 1:" in line), end="")
