@@ -187,12 +187,7 @@ fn check_version(conn: &Connection) -> Result<(), StoreError> {
 /// The writer's connection, through the VFS that writes a commit's WAL frames in one call
 /// and syncs them with one `fdatasync` (`wal_vfs`).
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    super::wal_vfs::register().map_err(StoreError::Write)?;
-    let mut conn = Connection::open_with_flags_and_vfs(
-        path,
-        rusqlite::OpenFlags::default(),
-        super::wal_vfs::NAME,
-    )?;
+    let mut conn = open_through(path, super::wal_vfs::NAME)?;
     configure(&conn)?;
     check_version(&conn)?;
     conn.execute_batch(SCHEMA)?;
@@ -208,15 +203,20 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 /// A connection for the checkpointer thread, through the VFS that leaves out SQLite's
 /// redundant sync of the WAL and writes the copied pages in runs (`wal_vfs`).
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
-    super::wal_vfs::register().map_err(StoreError::Write)?;
-    let mut conn = Connection::open_with_flags_and_vfs(
-        path,
-        rusqlite::OpenFlags::default(),
-        super::wal_vfs::CHECKPOINT_NAME,
-    )?;
+    let mut conn = open_through(path, super::wal_vfs::CHECKPOINT_NAME)?;
     configure(&conn)?;
     conn.busy_handler(Some(retry_soon))?;
     Ok(conn)
+}
+
+/// Opens the database through one of the store's VFSes (`wal_vfs`).
+fn open_through(path: &Path, vfs: &std::ffi::CStr) -> Result<Connection, StoreError> {
+    super::wal_vfs::register().map_err(StoreError::Write)?;
+    Ok(Connection::open_with_flags_and_vfs(
+        path,
+        rusqlite::OpenFlags::default(),
+        vfs,
+    )?)
 }
 
 /// The busy handler of the writer and the checkpointer, which wait on each other's locks:
