@@ -189,7 +189,11 @@ fn check_version(conn: &Connection) -> Result<(), StoreError> {
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = open_through(path, super::wal_vfs::NAME)?;
     configure(&conn)?;
+    // The first read recovers the WAL a previous process left, frames it wrote but died
+    // before syncing included. Synced here once, every frame a checkpoint can see has been
+    // synced, which is what lets the checkpointer skip SQLite's sync of the WAL (`wal_vfs`).
     check_version(&conn)?;
+    sync_leftover_wal(path)?;
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
@@ -207,6 +211,22 @@ pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     configure(&conn)?;
     conn.busy_handler(Some(retry_soon))?;
     Ok(conn)
+}
+
+/// `fdatasync`s the WAL beside the database at `path`, if there is one.
+fn sync_leftover_wal(path: &Path) -> Result<(), StoreError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    if !wal.exists() {
+        return Ok(());
+    }
+    super::writer::sync_file(&mut None, &wal).map_err(|e| {
+        StoreError::Write(format!(
+            "cannot sync the WAL left at {}: {e}",
+            wal.display()
+        ))
+    })
 }
 
 /// Opens the database through one of the store's VFSes (`wal_vfs`).

@@ -11,8 +11,9 @@
 //!
 //! The checkpointer's (`CHECKPOINT_NAME`): SQLite begins every checkpoint with a sync of the
 //! WAL, which is redundant here: every frame a checkpoint can see was synced by the writer
-//! before its commit was published. So the WAL's sync does nothing when this connection wrote
-//! nothing to it (it never does; if it did, the sync would be real). The database file's writes
+//! before its commit was published, and the WAL a previous process left is synced once when the
+//! writer opens (`schema::open_writer`). So the WAL's sync does nothing when this connection
+//! wrote nothing to it (it never does; if it did, the sync would be real). The database file's writes
 //! (one page each, in page order) are gathered into runs of adjacent pages, each written with
 //! one call, and written before any other use of the file: SQLite tells the file when the copy
 //! is done (`SQLITE_FCNTL_CKPT_DONE`) before it lets readers rely on the copied pages. Its sync
