@@ -218,15 +218,13 @@ fn sync_leftover_wal(path: &Path) -> Result<(), StoreError> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal = std::path::PathBuf::from(wal);
-    if !wal.exists() {
-        return Ok(());
-    }
-    super::writer::sync_file(&mut None, &wal).map_err(|e| {
-        StoreError::Write(format!(
+    match super::writer::sync_file(&mut None, &wal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Write(format!(
             "cannot sync the WAL left at {}: {e}",
             wal.display()
-        ))
-    })
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Opens the database through one of the store's VFSes (`wal_vfs`).

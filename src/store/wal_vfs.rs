@@ -93,7 +93,7 @@ struct Vfs {
 /// file): SQLite sees `base`; the default VFS's file lives right after this header in the same
 /// allocation (SQLite allocates `szOsFile` bytes).
 #[repr(C)]
-struct WalFile {
+struct GatheringFile {
     base: ffi::sqlite3_file,
     inner: *mut ffi::sqlite3_file,
     gathered: Box<Gathered>,
@@ -123,7 +123,7 @@ enum OnSync {
 }
 
 /// The header's size, rounded up so the default VFS's file after it is 8-byte aligned.
-const HEADER: usize = std::mem::size_of::<WalFile>().div_ceil(8) * 8;
+const HEADER: usize = std::mem::size_of::<GatheringFile>().div_ceil(8) * 8;
 
 unsafe extern "C" fn open(
     vfs: *mut ffi::sqlite3_vfs,
@@ -140,20 +140,19 @@ unsafe extern "C" fn open(
             return ffi::SQLITE_CANTOPEN;
         };
         let role = (*(vfs as *mut Vfs)).role;
-        let on_sync = if flags & ffi::SQLITE_OPEN_WAL != 0 {
-            match role {
-                Role::Writer => OnSync::DataSync,
-                Role::Checkpointer => OnSync::WhenWritten,
-            }
-        } else if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && role == Role::Checkpointer {
-            OnSync::DataSync
-        } else {
+        let wal = flags & ffi::SQLITE_OPEN_WAL != 0;
+        let main_db = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+        let on_sync = match role {
+            _ if name.is_null() => None,
+            Role::Writer if wal => Some(OnSync::DataSync),
+            Role::Checkpointer if wal => Some(OnSync::WhenWritten),
+            Role::Checkpointer if main_db => Some(OnSync::DataSync),
+            _ => None,
+        };
+        let Some(on_sync) = on_sync else {
             // The default VFS's file itself, with nothing in between.
             return inner_open(inner_vfs, name, file, flags, out_flags);
         };
-        if name.is_null() {
-            return inner_open(inner_vfs, name, file, flags, out_flags);
-        }
         let inner = (file as *mut u8).add(HEADER) as *mut ffi::sqlite3_file;
         let rc = inner_open(inner_vfs, name, inner, flags, out_flags);
         if rc != ffi::SQLITE_OK {
@@ -169,8 +168,8 @@ unsafe extern "C" fn open(
         }
         let path = path_of(CStr::from_ptr(name as *const c_char).to_bytes());
         std::ptr::write(
-            file as *mut WalFile,
-            WalFile {
+            file as *mut GatheringFile,
+            GatheringFile {
                 base: ffi::sqlite3_file { pMethods: &METHODS },
                 inner,
                 gathered: Box::new(Gathered {
@@ -220,22 +219,22 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(unfetch),
 };
 
-/// The WAL behind a file SQLite passes to these methods.
+/// The gathering file behind a file SQLite passes to these methods.
 ///
 /// # Safety
-/// `file` must be a file `open` made for a WAL and not yet closed.
-unsafe fn wal<'a>(file: *mut ffi::sqlite3_file) -> &'a mut WalFile {
-    unsafe { &mut *(file as *mut WalFile) }
+/// `file` must be a file `open` wrapped (it set these methods) and not yet closed.
+unsafe fn gathering<'a>(file: *mut ffi::sqlite3_file) -> &'a mut GatheringFile {
+    unsafe { &mut *(file as *mut GatheringFile) }
 }
 
 /// The default VFS's methods of the file inside.
-unsafe fn inner_methods<'a>(f: &WalFile) -> &'a ffi::sqlite3_io_methods {
+unsafe fn inner_methods<'a>(f: &GatheringFile) -> &'a ffi::sqlite3_io_methods {
     unsafe { &*(*f.inner).pMethods }
 }
 
 /// Writes what is gathered, in as few calls of the default VFS as it takes (one for a commit
 /// of up to 31 pages).
-unsafe fn flush(f: &mut WalFile) -> c_int {
+unsafe fn flush(f: &mut GatheringFile) -> c_int {
     let Some(write) = (unsafe { inner_methods(f) }).xWrite else {
         return ffi::SQLITE_IOERR_WRITE;
     };
@@ -269,7 +268,7 @@ unsafe extern "C" fn write(
 ) -> c_int {
     // SAFETY: SQLite passes `amount` readable bytes at `buf`.
     unsafe {
-        let f = wal(file);
+        let f = gathering(file);
         let data = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
         f.gathered.written = true;
         let g = &mut f.gathered;
@@ -300,7 +299,7 @@ unsafe extern "C" fn write(
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
     unsafe {
-        let f = wal(file);
+        let f = gathering(file);
         let rc = flush(f);
         if rc != ffi::SQLITE_OK {
             return rc;
@@ -324,7 +323,7 @@ unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int 
 
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
-        let f = wal(file);
+        let f = gathering(file);
         let flushed = flush(f);
         let closed = match inner_methods(f).xClose {
             Some(close) => close(f.inner),
@@ -344,7 +343,7 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
 macro_rules! flushed_then {
     ($file:ident, $method:ident ( $($arg:expr),* )) => {
         unsafe {
-            let f = wal($file);
+            let f = gathering($file);
             let rc = flush(f);
             if rc != ffi::SQLITE_OK {
                 return rc;
@@ -361,7 +360,7 @@ macro_rules! flushed_then {
 macro_rules! forwarded {
     ($file:ident, $method:ident ( $($arg:expr),* ), $absent:expr) => {
         unsafe {
-            let f = wal($file);
+            let f = gathering($file);
             match inner_methods(f).$method {
                 Some(method) => method(f.inner $(, $arg)*),
                 None => $absent,
