@@ -343,14 +343,22 @@ flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: [a, b] }} ] }} ]
     })
     .await;
     assert_eq!(b.count(), 3, "b's dead letters were not replayed");
-    let (_, dests) = app.api_get("/api/v1/destinations").await;
-    let a_health = dests["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == "a")
-        .unwrap()
-        .clone();
+    let a_health = || async {
+        let (_, dests) = app.api_get("/api/v1/destinations").await;
+        dests["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == "a")
+            .unwrap()
+            .clone()
+    };
+    // The receiver counts a request before Ferry records its attempt: wait for the records.
+    wait_until("a's replayed attempts recorded", || async {
+        a_health().await["last_hour"]["attempts"].as_u64() >= Some(6)
+    })
+    .await;
+    let a_health = a_health().await;
     assert_eq!(a_health["last_hour"]["attempts"], 6, "{a_health}");
     assert_eq!(a_health["last_hour"]["success_ratio"], 0.5, "{a_health}");
 }
