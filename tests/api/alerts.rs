@@ -402,6 +402,16 @@ flows: [ {{ id: f, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }} ]
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.clock.advance(Duration::from_secs(31));
     wait_evaluated(&app, "every event delivered", || async { crm.count() >= 7 }).await;
+    // The receiver counts a request before Ferry records its attempt: wait for the records.
+    wait_until("every delivery recorded", || async {
+        for event in &events {
+            if app.only_delivery(event).await["status"] != "succeeded" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     let (_, d) = app.api_get("/api/v1/destinations").await;
     assert_eq!(d["data"][0]["circuit"]["state"], "closed", "{d}");
     for (n, event) in events.iter().enumerate() {
