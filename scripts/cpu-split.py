@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Where the machine's CPU goes during `ferry bench --phases ingest --rounds 1`.
 
-Samples every thread of every process from /proc (run time from `schedstat`, context switches
-from `status`) for SECONDS in the middle of the bare handler's phase, then again in the middle
-of Ferry's ingest-only phase, and prints milliseconds of CPU per second and switches per second
-for each group: `bench` (the load generator), `bare` (the bare handler), `serve` (Ferry), and
+Samples every thread of every process from /proc (run time and time spent runnable but waiting
+for a CPU from `schedstat`, context switches from `status`) for SECONDS in the middle of the
+bare handler's phase, then again in the middle of Ferry's ingest-only phase, and prints, per
+second, milliseconds of CPU, milliseconds waiting for a CPU and switches for each group: `bench` (the load generator), `bare` (the bare handler), `serve` (Ferry), and
 the kernel's own threads (kworker, ksoftirqd) by name. Divide by the round's requests/s (printed
 at the end) for CPU per request. The machine has 2 cores: 2000 ms/s is all of it.
 
@@ -32,17 +32,18 @@ bench = subprocess.Popen(
 
 
 def snapshot():
-    """Run time (ns) and context switches of every thread, with its process and name."""
+    """Run time and run-queue wait (ns) and context switches of every thread, with its process
+    and name."""
     threads = {}
     for task in glob.glob("/proc/[0-9]*/task/[0-9]*"):
         try:
-            run_ns = int(open(task + "/schedstat").read().split()[0])
+            run_ns, wait_ns = (int(n) for n in open(task + "/schedstat").read().split()[:2])
             switches = sum(int(n) for n in re.findall(
                 r"ctxt_switches:\s+(\d+)", open(task + "/status").read()))
             name = open(task + "/comm").read().strip()
         except OSError:
             continue
-        threads[task] = (task.split("/")[2], name, run_ns, switches)
+        threads[task] = (task.split("/")[2], name, run_ns, wait_ns, switches)
     return threads
 
 
@@ -68,17 +69,19 @@ def report(title, target):
     time.sleep(seconds)
     after = snapshot()
     elapsed = time.time() - start
-    cpu, switches = collections.Counter(), collections.Counter()
-    for task, (pid, name, run_ns, sw) in after.items():
-        _, _, run0, sw0 = before.get(task, (pid, name, 0, 0))
+    cpu, waited, switches = collections.Counter(), collections.Counter(), collections.Counter()
+    for task, (pid, name, run_ns, wait_ns, sw) in after.items():
+        _, _, run0, wait0, sw0 = before.get(task, (pid, name, 0, 0, 0))
         key = group(pid, name, target)
         cpu[key] += (run_ns - run0) / 1e6 / elapsed
+        waited[key] += (wait_ns - wait0) / 1e6 / elapsed
         switches[key] += (sw - sw0) / elapsed
     print(title)
     for key, ms in cpu.most_common():
         if ms >= 3:
-            print("    %-32s %6.0f ms/s %8.0f switches/s" % (key, ms, switches[key]))
-    print("    %-32s %6.0f ms/s" % ("all", sum(cpu.values())))
+            print("    %-32s %6.0f ms/s %6.0f ms/s waiting %8.0f switches/s"
+                  % (key, ms, waited[key], switches[key]))
+    print("    %-32s %6.0f ms/s %6.0f ms/s waiting" % ("all", sum(cpu.values()), sum(waited.values())))
 
 
 # The bare handler's closed-loop phase starts right away, after 1 s of warm-up.
