@@ -4,31 +4,25 @@
 Samples every thread of every process from /proc (run time and time spent runnable but waiting
 for a CPU from `schedstat`, context switches from `status`) for SECONDS in the middle of the
 bare handler's phase, then again in the middle of Ferry's ingest-only phase, and prints, per
-second, milliseconds of CPU, milliseconds waiting for a CPU and switches for each group: `bench` (the load generator), `bare` (the bare handler), `serve` (Ferry), and
-the kernel's own threads (kworker, ksoftirqd) by name. Divide by the round's requests/s (printed
-at the end) for CPU per request. The machine has 2 cores: 2000 ms/s is all of it.
+second, milliseconds of CPU, milliseconds waiting for a CPU and switches for each group:
+`bench` (the load generator), `bare` (the bare handler), `serve` (Ferry), and the kernel's own
+threads (kworker, ksoftirqd) by name. Divide by the round's requests/s (printed at the end) for
+CPU per request. The machine has 2 cores: 2000 ms/s is all of it.
 
     scripts/cpu-split.py ./target/release/ferry [SECONDS]
 """
 import collections
 import glob
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
+
+from ingest_round import IngestRound
 
 if len(sys.argv) < 2:
     sys.exit(__doc__)
-ferry = os.path.realpath(sys.argv[1])
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
-duration = int(seconds + 3)
-work = tempfile.mkdtemp()
-log = open(os.path.join(work, "bench.txt"), "w")
-bench = subprocess.Popen(
-    [ferry, "bench", "--duration", str(duration), "--phases", "ingest", "--rounds", "1"],
-    cwd=work, stdout=log, stderr=subprocess.STDOUT)
+bench_round = IngestRound(sys.argv[1], seconds)
 
 
 def snapshot():
@@ -49,7 +43,7 @@ def snapshot():
 
 def group(pid, name, target):
     """A readable group for a thread: the bench's processes by role, others by thread name."""
-    if pid == str(bench.pid):
+    if pid == str(bench_round.bench.pid):
         who = "bench"
     elif pid == target:
         who = "serve"
@@ -87,12 +81,5 @@ def report(title, target):
 # The bare handler's closed-loop phase starts right away, after 1 s of warm-up.
 time.sleep(1.5)
 report("  bare handler phase:", None)
-serve = None
-while serve is None and bench.poll() is None:
-    found = subprocess.run(["pgrep", "-f", ferry + " serve"], capture_output=True, text=True)
-    serve = (found.stdout.split() or [None])[0]
-    time.sleep(0.05)
-time.sleep(1.5)
-report("  ferry ingest-only phase:", serve)
-bench.wait()
-print("".join(line for line in open(os.path.join(work, "bench.txt")) if "round 1:" in line), end="")
+report("  ferry ingest-only phase:", bench_round.wait_for_serve())
+bench_round.finish()

@@ -20,33 +20,20 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-import time
+
+from ingest_round import IngestRound
 
 if len(sys.argv) < 2:
     sys.exit(__doc__)
-ferry = os.path.realpath(sys.argv[1])
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
-work = tempfile.mkdtemp()
-log = open(os.path.join(work, "bench.txt"), "w")
-bench = subprocess.Popen(
-    [ferry, "bench", "--duration", str(int(seconds + 3)), "--phases", "ingest", "--rounds", "1"],
-    cwd=work, stdout=log, stderr=subprocess.STDOUT)
-
-# Ferry's `serve` is the process with the store's writer thread.
-serving = False
-while not serving and bench.poll() is None:
-    found = subprocess.run(["pgrep", "-f", ferry + " serve"], capture_output=True, text=True)
-    serving = bool(found.stdout.split())
-    time.sleep(0.05)
-time.sleep(1.5)
-data = os.path.join(work, "perf.data")
+bench_round = IngestRound(sys.argv[1], seconds)
+bench_round.wait_for_serve()
+data = os.path.join(bench_round.work, "perf.data")
 events = ["block:block_rq_issue", "block:block_rq_complete"] + [
     "syscalls:sys_%s_%s" % (edge, call) for edge in ("enter", "exit") for call in ("fdatasync", "fsync")]
 subprocess.run(["perf", "record", "-q", "-a", "-o", data]
                + [arg for e in events for arg in ("-e", e)] + ["--", "sleep", str(seconds)],
                check=True, stderr=subprocess.DEVNULL)
-bench.wait()
 trace = subprocess.run(["perf", "script", "-i", data, "-F", "comm,tid,time,event,trace"],
                        capture_output=True, text=True, check=True).stdout
 
@@ -125,4 +112,4 @@ for low, high in ((0, 300e-6), (300e-6, 800e-6), (800e-6, 2e-3), (2e-3, float("i
     overlapping = sum(any(a < s[1] and b > s[0] for a, b in syncs["checkpointer"]) for s in chosen)
     print("  %5.0f us and up: %5d syncs, %3.0f%% of the writer's sync time, %3d overlapping"
           % (low * 1e6, len(chosen), 100 * sum(e - s for s, e in chosen) / total, overlapping))
-print("".join(line for line in open(os.path.join(work, "bench.txt")) if "round 1:" in line), end="")
+bench_round.finish()
