@@ -13,6 +13,8 @@ import time
 class IngestRound:
     def __init__(self, ferry, seconds):
         self.ferry = os.path.realpath(ferry)
+        if not os.access(self.ferry, os.X_OK):
+            raise SystemExit("%s is not an executable Ferry binary" % ferry)
         self.work = tempfile.mkdtemp()
         self.log = os.path.join(self.work, "bench.txt")
         with open(self.log, "w") as log:

@@ -31,9 +31,15 @@ bench_round.wait_for_serve()
 data = os.path.join(bench_round.work, "perf.data")
 events = ["block:block_rq_issue", "block:block_rq_complete"] + [
     "syscalls:sys_%s_%s" % (edge, call) for edge in ("enter", "exit") for call in ("fdatasync", "fsync")]
-subprocess.run(["perf", "record", "-q", "-a", "-o", data]
-               + [arg for e in events for arg in ("-e", e)] + ["--", "sleep", str(seconds)],
-               check=True, stderr=subprocess.DEVNULL)
+try:
+    recorded = subprocess.run(["perf", "record", "-q", "-a", "-o", data]
+                              + [arg for e in events for arg in ("-e", e)]
+                              + ["--", "sleep", str(seconds)],
+                              capture_output=True, text=True)
+except FileNotFoundError:
+    sys.exit("perf is not installed (Debian: linux-perf)")
+if recorded.returncode != 0:
+    sys.exit("perf record failed (it needs root for tracepoints): " + recorded.stderr.strip())
 trace = subprocess.run(["perf", "script", "-i", data, "-F", "comm,tid,time,event,trace"],
                        capture_output=True, text=True, check=True).stdout
 
