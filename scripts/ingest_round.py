@@ -2,7 +2,8 @@
 scripts that measure the machine during it (`cpu-split.py`, `sync-breakdown.py`).
 
 The round drives the bare handler first (after 1 s of warm-up), then starts `ferry serve` and
-drives it; each phase lasts `seconds + 3` s, so a measurement of `seconds` fits in the middle.
+drives it, then the synced bare handler; each phase lasts `seconds + 3` s, so a measurement of
+`seconds` that starts 1.5 s after `ferry serve` appears falls inside Ferry's phase.
 """
 import os
 import subprocess
@@ -39,4 +40,4 @@ class IngestRound:
         """Waits for the bench and prints its round line (requests/s, events/s, ratio)."""
         self.bench.wait()
         with open(self.log) as log:
-            print("".join(line for line in log if "round 1:" in line), end="")
+            print("".join(line for line in log if line.startswith("  round 1:")), end="")

@@ -72,6 +72,94 @@ pub async fn serve_bare(listener: tokio::net::TcpListener) -> std::io::Result<()
     axum::serve(listener, app).await
 }
 
+/// The synced bare handler: the bare handler, except that every body is appended to a file
+/// in `dir` and only answered once that file is synced. One thread writes every body queued
+/// with one call and `fdatasync`s once per batch (group commit), as Ferry's store writer does,
+/// and overwrites the file from its start once it holds [`crate::store::WAL_RESTART_BYTES`],
+/// as Ferry's WAL is restarted. Nothing else: no parsing, no index, no database. Its
+/// throughput is what any design that acknowledges only what is on disk can reach on this
+/// machine's disk, so `ferry bench` reports Ferry's ingest against it as well as against the
+/// bare handler.
+pub async fn serve_bare_synced(
+    listener: tokio::net::TcpListener,
+    dir: &Path,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("appended");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    let (appends, queued) = tokio::sync::mpsc::channel::<Append>(4096);
+    std::thread::Builder::new()
+        .name("bench-appender".into())
+        .spawn(move || append_and_sync(file, queued))?;
+    let app = axum::Router::new()
+        .route(
+            "/in/{source}",
+            axum::routing::post(move |body: Bytes| {
+                let appends = appends.clone();
+                async move {
+                    let (done, synced) = tokio::sync::oneshot::channel();
+                    let outcome = match appends.send(Append { body, done }).await {
+                        Ok(()) => synced
+                            .await
+                            .unwrap_or_else(|_| Err("the appender has stopped".into())),
+                        Err(_) => Err("the appender has stopped".into()),
+                    };
+                    match outcome {
+                        Ok(()) => (
+                            axum::http::StatusCode::ACCEPTED,
+                            axum::Json(serde_json::json!({"event_id": "evt_bare"})),
+                        ),
+                        Err(error) => (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            axum::Json(serde_json::json!({"error": error})),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    axum::serve(listener, app).await
+}
+
+/// A body for the synced bare handler's appender, and where to say it is on disk.
+struct Append {
+    body: Bytes,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The synced bare handler's one writer: takes every body queued, writes them with one call,
+/// `fdatasync`s, then answers each. Ends when the handler is gone.
+fn append_and_sync(file: std::fs::File, mut queued: tokio::sync::mpsc::Receiver<Append>) {
+    use std::os::unix::fs::FileExt;
+    let mut at: u64 = 0;
+    let mut batch = Vec::new();
+    let mut waiting = Vec::new();
+    while let Some(first) = queued.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(append) = next.take() {
+            batch.extend_from_slice(&append.body);
+            waiting.push(append.done);
+            next = queued.try_recv().ok();
+        }
+        if at + batch.len() as u64 > crate::store::WAL_RESTART_BYTES {
+            at = 0;
+        }
+        let outcome = file
+            .write_all_at(&batch, at)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("cannot append to the synced bare handler's file: {e}"));
+        at += batch.len() as u64;
+        batch.clear();
+        for done in waiting.drain(..) {
+            let _ = done.send(outcome.clone());
+        }
+    }
+}
+
 struct Target {
     child: tokio::process::Child,
     addr: SocketAddr,
@@ -364,6 +452,8 @@ fn push_percentiles(
 struct Round {
     bare_rps: f64,
     rps: f64,
+    /// The synced bare handler's requests/s, driven right after Ferry.
+    synced_rps: f64,
     bare_cpu_us: f64,
     cpu_us: f64,
 }
@@ -468,9 +558,15 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     let mut ingest_rss = None;
     if args.phases.contains(&Phase::Ingest) {
         let ferry = start_ferry(&args.data.join("ingest"), &config(&receivers, false)).await?;
+        let synced = start_target(&[
+            "bench-bare".into(),
+            "--synced-in".into(),
+            args.data.join("synced-bare").display().to_string(),
+        ])
+        .await?;
         let mut rounds: Vec<Round> = Vec::new();
         let mut latencies = Vec::new();
-        let mut failed = 0;
+        let (mut failed, mut synced_failed) = (0, 0);
         for round in 0..args.rounds.max(1) {
             // The first round's baseline is the bare phase just run.
             let (bare_rps_now, bare_cpu_now) = if round == 0 {
@@ -491,13 +587,23 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             let cpu = cpu_per_request(before, ferry.cpu_time(), ingest.ok, warmup, measure);
             let rps = ingest.ok as f64 / measure.as_secs_f64();
             eprintln!(
-                "  round {}: bare {bare_rps_now:.0} requests/s, ingest {rps:.0} events/s, ratio {:.2}; CPU {bare_cpu_now:.1} / {cpu:.1} us",
+                "phase 3/6: round {}: synced bare handler (append and fdatasync only)",
+                round + 1
+            );
+            let synced_load = drive(synced.addr, c, warmup, measure, None, size, epoch).await;
+            synced_failed += synced_load.failed;
+            let synced_rps = synced_load.ok as f64 / measure.as_secs_f64();
+            eprintln!(
+                "  round {}: bare {bare_rps_now:.0} requests/s, ingest {rps:.0} events/s, ratio {:.2}; synced bare {synced_rps:.0} requests/s, {:.2} of bare, ingest {:.2} of it; CPU {bare_cpu_now:.1} / {cpu:.1} us",
                 round + 1,
-                rps / bare_rps_now
+                rps / bare_rps_now,
+                synced_rps / bare_rps_now,
+                rps / synced_rps,
             );
             rounds.push(Round {
                 bare_rps: bare_rps_now,
                 rps,
+                synced_rps,
                 bare_cpu_us: bare_cpu_now,
                 cpu_us: cpu,
             });
@@ -506,6 +612,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         }
         ingest_rss = ferry.peak_rss_mb();
         ferry.stop().await;
+        synced.stop().await;
         latencies.sort_unstable();
         let n = rounds.len();
         rows.push(row(
@@ -514,6 +621,20 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             median(rounds.iter().map(|r| r.rps)),
             "",
             Some(median(rounds.iter().map(|r| r.rps / r.bare_rps))),
+        ));
+        rows.push(row(
+            "synced bare handler",
+            format!("requests/s (median of {n} rounds)"),
+            median(rounds.iter().map(|r| r.synced_rps)),
+            "",
+            Some(median(rounds.iter().map(|r| r.synced_rps / r.bare_rps))),
+        ));
+        rows.push(row(
+            "ingest only",
+            format!("events/s per synced bare request/s (median of {n} rounds)"),
+            median(rounds.iter().map(|r| r.rps / r.synced_rps)),
+            "x",
+            None,
         ));
         rows.push(row(
             "ingest only",
@@ -530,6 +651,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             &bare_max.latencies_us,
         );
         failures.push(("ingest", failed));
+        failures.push(("synced bare", synced_failed));
     }
     let mut rss = vec![("bare handler", bare.peak_rss_mb())];
     bare.stop().await;
@@ -643,6 +765,8 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             format!("{:.1} µs", r.value)
         } else if r.unit == "ms" {
             format!("{:.2} ms", r.value)
+        } else if r.unit == "x" {
+            format!("{:.2}", r.value)
         } else if r.unit == "MB" {
             format!("{:.1} MB", r.value)
         } else {
@@ -675,6 +799,46 @@ mod tests {
         assert_eq!(b.len(), 1024);
         assert_eq!(sent_us(&b), Some(123456));
         assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_synced_bare_handler_answers_only_what_its_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let folder = dir.path().join("synced");
+        let server = tokio::spawn({
+            let folder = folder.clone();
+            async move { serve_bare_synced(listener, &folder).await }
+        });
+        let client = crate::deliver::http_client().unwrap();
+        let sends: Vec<_> = (0..20)
+            .map(|n| {
+                let (client, file) = (client.clone(), folder.join("appended"));
+                tokio::spawn(async move {
+                    let body = format!("{{\"n\":\"body-{n:02}\"}}");
+                    let answer = client
+                        .post(format!("http://{addr}/in/bench"))
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    // Answered means written: the file holds the body by then.
+                    let held = std::fs::read_to_string(file).unwrap();
+                    (answer.status().as_u16(), held.contains(&body))
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for send in sends {
+            answers.push(send.await.unwrap());
+        }
+        assert!(answers.iter().all(|&a| a == (202, true)), "{answers:?}");
+        let held = std::fs::read_to_string(folder.join("appended")).unwrap();
+        for n in 0..20 {
+            assert_eq!(held.matches(&format!("body-{n:02}")).count(), 1, "{held}");
+        }
+        server.abort();
     }
 
     #[test]

@@ -106,6 +106,9 @@ enum Command {
     BenchBare {
         #[arg(long)]
         listen: SocketAddr,
+        /// Append every body to a file in this folder and answer only once it is synced.
+        #[arg(long)]
+        synced_in: Option<PathBuf>,
     },
 }
 
@@ -362,11 +365,14 @@ fn main() -> std::process::ExitCode {
             print!("{}", ferry::api::openapi::document());
             Ok(())
         }
-        Command::BenchBare { listen } => runtime().and_then(|rt| {
+        Command::BenchBare { listen, synced_in } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 announce(listener.local_addr()?);
-                ferry::bench::serve_bare(listener).await
+                match synced_in {
+                    Some(dir) => ferry::bench::serve_bare_synced(listener, &dir).await,
+                    None => ferry::bench::serve_bare(listener).await,
+                }
             })
             .map_err(Into::into)
         }),

@@ -23,6 +23,7 @@ pub use health::*;
 pub use objects::*;
 pub use reads::*;
 pub use runs::*;
+pub use schema::WAL_RESTART_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
