@@ -615,34 +615,46 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         synced.stop().await;
         latencies.sort_unstable();
         let n = rounds.len();
-        rows.push(row(
-            "ingest only",
-            format!("events/s (median of {n} rounds)"),
-            median(rounds.iter().map(|r| r.rps)),
-            "",
-            Some(median(rounds.iter().map(|r| r.rps / r.bare_rps))),
-        ));
-        rows.push(row(
-            "synced bare handler",
-            format!("requests/s (median of {n} rounds)"),
-            median(rounds.iter().map(|r| r.synced_rps)),
-            "",
-            Some(median(rounds.iter().map(|r| r.synced_rps / r.bare_rps))),
-        ));
-        rows.push(row(
-            "ingest only",
-            format!("events/s per synced bare request/s (median of {n} rounds)"),
-            median(rounds.iter().map(|r| r.rps / r.synced_rps)),
-            "x",
-            None,
-        ));
-        rows.push(row(
-            "ingest only",
-            format!("CPU per event (median of {n} rounds)"),
-            median(rounds.iter().map(|r| r.cpu_us)),
-            "us",
-            Some(median(rounds.iter().map(|r| r.cpu_us / r.bare_cpu_us))),
-        ));
+        let over_rounds = |figure: fn(&Round) -> f64| median(rounds.iter().map(figure));
+        let medians = [
+            (
+                "ingest only",
+                "events/s",
+                "",
+                over_rounds(|r| r.rps),
+                Some(over_rounds(|r| r.rps / r.bare_rps)),
+            ),
+            (
+                "synced bare handler",
+                "requests/s",
+                "",
+                over_rounds(|r| r.synced_rps),
+                Some(over_rounds(|r| r.synced_rps / r.bare_rps)),
+            ),
+            (
+                "ingest only",
+                "events/s per synced bare request/s",
+                "x",
+                over_rounds(|r| r.rps / r.synced_rps),
+                None,
+            ),
+            (
+                "ingest only",
+                "CPU per event",
+                "us",
+                over_rounds(|r| r.cpu_us),
+                Some(over_rounds(|r| r.cpu_us / r.bare_cpu_us)),
+            ),
+        ];
+        for (shape, figure, unit, value, ratio) in medians {
+            rows.push(row(
+                shape,
+                format!("{figure} (median of {n} rounds)"),
+                value,
+                unit,
+                ratio,
+            ));
+        }
         push_percentiles(
             &mut rows,
             "ingest only",
