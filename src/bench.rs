@@ -1,5 +1,7 @@
-//! `ferry bench`: measures Ferry on this machine against a bare HTTP handler in the same run.
-//! Ferry and the bare handler each run as a child process (so their peak RSS is their own);
+//! `ferry bench`: measures Ferry on this machine against a bare HTTP handler in the same run,
+//! and its ingest also against a synced bare handler (append and `fdatasync` only: the disk's
+//! ceiling for anything that answers after a sync).
+//! Ferry and the bare handlers each run as a child process (so their peak RSS is their own);
 //! the load generator and the receivers run in this process, on loopback only. Every figure
 //! is reported with its ratio to the bare handler's, since these machines are shared and noisy.
 
