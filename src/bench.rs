@@ -58,73 +58,74 @@ pub enum BenchError {
 }
 
 /// The bare handler the figures are compared with: reads the body, answers 202.
-pub async fn serve_bare(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+///
+/// With `synced_in`, the synced bare handler: every body is also appended to a file in that
+/// folder and answered only once the file is synced. One thread writes every body queued with
+/// one call and `fdatasync`s once per batch (group commit), as Ferry's store writer does, and
+/// overwrites the file from its start once it holds [`crate::store::WAL_RESTART_BYTES`], as
+/// Ferry's WAL is restarted. Nothing else: no parsing, no index, no database. Its throughput
+/// is what a design that acknowledges only what is on disk can reach on this machine's disk,
+/// so `ferry bench` reports Ferry's ingest against it as well as against the bare handler.
+pub async fn serve_bare(
+    listener: tokio::net::TcpListener,
+    synced_in: Option<&Path>,
+) -> std::io::Result<()> {
+    let appender = synced_in.map(start_appender).transpose()?;
     let app = axum::Router::new()
         .route(
             "/in/{source}",
-            axum::routing::post(|body: Bytes| async move {
-                let _ = body.len();
-                (
-                    axum::http::StatusCode::ACCEPTED,
-                    axum::Json(serde_json::json!({"event_id": "evt_bare"})),
-                )
+            axum::routing::post(move |body: Bytes| {
+                let appender = appender.clone();
+                async move {
+                    if let Some(appender) = appender
+                        && let Err(error) = append(&appender, body).await
+                    {
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            axum::Json(serde_json::json!({ "error": error })),
+                        );
+                    }
+                    (
+                        axum::http::StatusCode::ACCEPTED,
+                        axum::Json(serde_json::json!({"event_id": "evt_bare"})),
+                    )
+                }
             }),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     axum::serve(listener, app).await
 }
 
-/// The synced bare handler: the bare handler, except that every body is appended to a file
-/// in `dir` and only answered once that file is synced. One thread writes every body queued
-/// with one call and `fdatasync`s once per batch (group commit), as Ferry's store writer does,
-/// and overwrites the file from its start once it holds [`crate::store::WAL_RESTART_BYTES`],
-/// as Ferry's WAL is restarted. Nothing else: no parsing, no index, no database. Its
-/// throughput is what any design that acknowledges only what is on disk can reach on this
-/// machine's disk, so `ferry bench` reports Ferry's ingest against it as well as against the
-/// bare handler.
-pub async fn serve_bare_synced(
-    listener: tokio::net::TcpListener,
-    dir: &Path,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// Starts the synced bare handler's appender on a fresh file `appended` in `dir`.
+fn start_appender(dir: &Path) -> std::io::Result<tokio::sync::mpsc::Sender<Append>> {
     let path = dir.join("appended");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)?;
+    let file = std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+        })
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
+        })?;
     let (appends, queued) = tokio::sync::mpsc::channel::<Append>(4096);
     std::thread::Builder::new()
         .name("bench-appender".into())
         .spawn(move || append_and_sync(file, queued))?;
-    let app = axum::Router::new()
-        .route(
-            "/in/{source}",
-            axum::routing::post(move |body: Bytes| {
-                let appends = appends.clone();
-                async move {
-                    let (done, synced) = tokio::sync::oneshot::channel();
-                    let outcome = match appends.send(Append { body, done }).await {
-                        Ok(()) => synced
-                            .await
-                            .unwrap_or_else(|_| Err("the appender has stopped".into())),
-                        Err(_) => Err("the appender has stopped".into()),
-                    };
-                    match outcome {
-                        Ok(()) => (
-                            axum::http::StatusCode::ACCEPTED,
-                            axum::Json(serde_json::json!({"event_id": "evt_bare"})),
-                        ),
-                        Err(error) => (
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            axum::Json(serde_json::json!({"error": error})),
-                        ),
-                    }
-                }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
-    axum::serve(listener, app).await
+    Ok(appends)
+}
+
+/// Hands `body` to the appender and waits until it is written and synced.
+async fn append(appender: &tokio::sync::mpsc::Sender<Append>, body: Bytes) -> Result<(), String> {
+    let (done, synced) = tokio::sync::oneshot::channel();
+    let stopped = || "the appender has stopped".to_string();
+    appender
+        .send(Append { body, done })
+        .await
+        .map_err(|_| stopped())?;
+    synced.await.unwrap_or_else(|_| Err(stopped()))
 }
 
 /// A body for the synced bare handler's appender, and where to say it is on disk.
@@ -823,7 +824,7 @@ mod tests {
         let folder = dir.path().join("synced");
         let server = tokio::spawn({
             let folder = folder.clone();
-            async move { serve_bare_synced(listener, &folder).await }
+            async move { serve_bare(listener, Some(&folder)).await }
         });
         let client = crate::deliver::http_client().unwrap();
         let sends: Vec<_> = (0..20)

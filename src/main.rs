@@ -369,10 +369,7 @@ fn main() -> std::process::ExitCode {
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 announce(listener.local_addr()?);
-                match synced_in {
-                    Some(dir) => ferry::bench::serve_bare_synced(listener, &dir).await,
-                    None => ferry::bench::serve_bare(listener).await,
-                }
+                ferry::bench::serve_bare(listener, synced_in.as_deref()).await
             })
             .map_err(Into::into)
         }),
