@@ -66,12 +66,12 @@ pub enum BenchError {
 /// Ferry's WAL is restarted. Nothing else: no parsing, no index, no database. Its throughput
 /// is what a design that acknowledges only what is on disk can reach on this machine's disk,
 /// so `ferry bench` reports Ferry's ingest against it as well as against the bare handler.
-pub async fn serve_bare(
-    listener: tokio::net::TcpListener,
-    synced_in: Option<&Path>,
-) -> std::io::Result<()> {
+///
+/// The synced handler's file is created here, so a folder it cannot use is an error before
+/// the caller announces the handler's address.
+pub fn bare_handler(synced_in: Option<&Path>) -> std::io::Result<axum::Router> {
     let appender = synced_in.map(start_appender).transpose()?;
-    let app = axum::Router::new()
+    Ok(axum::Router::new()
         .route(
             "/in/{source}",
             axum::routing::post(move |body: Bytes| {
@@ -92,8 +92,7 @@ pub async fn serve_bare(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
-    axum::serve(listener, app).await
+        .route("/healthz", axum::routing::get(|| async { "ok" })))
 }
 
 /// Starts the synced bare handler's appender on a fresh file `appended` in `dir`.
@@ -216,7 +215,12 @@ async fn start_target(args: &[String]) -> Result<Target, BenchError> {
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .map_err(|_| std::io::Error::other("the target did not announce its address in 30s"))??
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "`ferry {}` exited before announcing its address (its error is above)",
+                args.join(" ")
+            ))
+        })?;
     let addr: SocketAddr = line
         .rsplit("http://")
         .next()
@@ -822,10 +826,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let folder = dir.path().join("synced");
-        let server = tokio::spawn({
-            let folder = folder.clone();
-            async move { serve_bare(listener, Some(&folder)).await }
-        });
+        let handler = bare_handler(Some(&folder)).unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, handler).await });
         let client = crate::deliver::http_client().unwrap();
         let sends: Vec<_> = (0..20)
             .map(|n| {
@@ -854,6 +856,17 @@ mod tests {
             assert_eq!(held.matches(&format!("body-{n:02}")).count(), 1, "{held}");
         }
         server.abort();
+    }
+
+    #[test]
+    fn a_synced_folder_that_cannot_be_made_is_refused_with_its_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_folder = dir.path().join("plain-file");
+        std::fs::write(&not_a_folder, "x").unwrap();
+        let error = bare_handler(Some(&not_a_folder.join("synced"))).unwrap_err();
+        let message = error.to_string();
+        assert!(message.starts_with("cannot create "), "{message}");
+        assert!(message.contains("synced/appended"), "{message}");
     }
 
     #[test]

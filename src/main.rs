@@ -367,9 +367,10 @@ fn main() -> std::process::ExitCode {
         }
         Command::BenchBare { listen, synced_in } => runtime().and_then(|rt| {
             rt.block_on(async {
+                let handler = ferry::bench::bare_handler(synced_in.as_deref())?;
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 announce(listener.local_addr()?);
-                ferry::bench::serve_bare(listener, synced_in.as_deref()).await
+                axum::serve(listener, handler).await
             })
             .map_err(Into::into)
         }),
