@@ -7,9 +7,10 @@ commits batches of 1 to 60 events and reads back from the WAL which pages each c
 The fixed pages of a commit (page 1, interior pages, the index leaf, the last partial leaf)
 are what makes small batches dear in bytes (docs/PERFORMANCE.md). With
 `--without-id-index`, the `id` column is not UNIQUE: what an integer key derived from the
-event id would save.
+event id would save. `--page-size N` builds the database with pages of N bytes (default 4096,
+SQLite's default).
 
-    scripts/wal-frames-per-commit.py [--without-id-index]
+    scripts/wal-frames-per-commit.py [--without-id-index] [--page-size N]
 """
 import os
 import random
@@ -21,8 +22,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGE = 4096
-FRAME = PAGE + 24
 
 
 def events_schema():
@@ -49,13 +48,16 @@ def insert(db, n):
 
 
 def main():
+    args = sys.argv[1:]
+    page = int(args[args.index("--page-size") + 1]) if "--page-size" in args else 4096
+    frame = page + 24
     work = tempfile.mkdtemp()
     path = os.path.join(work, "events.db")
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA page_size = %d" % PAGE)
+    db.execute("PRAGMA page_size = %d" % page)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA wal_autocheckpoint = 0")
-    without_id_index = "--without-id-index" in sys.argv[1:]
+    without_id_index = "--without-id-index" in args
     for statement in events_schema():
         if without_id_index:
             statement = statement.replace("id TEXT NOT NULL UNIQUE", "id TEXT NOT NULL")
@@ -73,11 +75,11 @@ def main():
             db.execute("COMMIT")
         with open(path + "-wal", "rb") as f:
             frames = f.read()[32:]
-        pages = [struct.unpack(">I", frames[k * FRAME:k * FRAME + 4])[0]
-                 for k in range(len(frames) // FRAME)]
+        pages = [struct.unpack(">I", frames[k * frame:k * frame + 4])[0]
+                 for k in range(len(frames) // frame)]
         per_commit = len(pages) / commits
         print("%17d | %21.1f | %17.2f | %.0f%%" % (
-            batch, per_commit, per_commit * FRAME / batch / 1024, 100 * pages.count(1) / commits))
+            batch, per_commit, per_commit * frame / batch / 1024, 100 * pages.count(1) / commits))
 
 
 if __name__ == "__main__":
