@@ -771,6 +771,37 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             fixed.ok,
             e2e.len()
         );
+        // The disk's own tail at the same rate: a sync that stalls for tens of milliseconds
+        // (the host's doing) holds every acknowledgement of any durable store as long.
+        eprintln!(
+            "phase 6/6: synced bare handler (append and fdatasync only), {} requests/s",
+            args.rate
+        );
+        let synced = start_target(&[
+            "bench-bare".into(),
+            "--synced-in".into(),
+            args.data.join("synced-bare-fixed").display().to_string(),
+        ])
+        .await?;
+        let synced_fixed = drive(
+            synced.addr,
+            c,
+            warmup,
+            measure,
+            Some(args.rate),
+            size,
+            epoch,
+        )
+        .await;
+        synced.stop().await;
+        push_percentiles(
+            &mut rows,
+            "synced bare handler",
+            "latency {} at fixed rate",
+            &synced_fixed.latencies_us,
+            &bare_fixed.latencies_us,
+        );
+        failures.push(("synced bare at fixed rate", synced_fixed.failed));
     }
     for (shape, rss) in rss {
         rows.push(row(shape, "peak RSS", rss.unwrap_or(f64::NAN), "MB", None));
