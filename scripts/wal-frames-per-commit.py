@@ -12,6 +12,7 @@ SQLite's default).
 
     scripts/wal-frames-per-commit.py [--without-id-index] [--page-size N]
 """
+import argparse
 import os
 import random
 import re
@@ -48,8 +49,15 @@ def insert(db, n):
 
 
 def main():
-    args = sys.argv[1:]
-    page = int(args[args.index("--page-size") + 1]) if "--page-size" in args else 4096
+    parser = argparse.ArgumentParser(
+        description="WAL frames per commit of ingested events, by batch size.")
+    parser.add_argument("--without-id-index", action="store_true",
+                        help="build the `id` column without UNIQUE")
+    parser.add_argument("--page-size", type=int, default=4096,
+                        choices=[512 << k for k in range(8)], metavar="N",
+                        help="SQLite page size in bytes, a power of two from 512 to 65536 (default 4096)")
+    args = parser.parse_args()
+    page = args.page_size
     frame = page + 24
     work = tempfile.mkdtemp()
     path = os.path.join(work, "events.db")
@@ -57,9 +65,8 @@ def main():
     db.execute("PRAGMA page_size = %d" % page)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA wal_autocheckpoint = 0")
-    without_id_index = "--without-id-index" in args
     for statement in events_schema():
-        if without_id_index:
+        if args.without_id_index:
             statement = statement.replace("id TEXT NOT NULL UNIQUE", "id TEXT NOT NULL")
         db.execute(statement)
     db.execute("BEGIN")

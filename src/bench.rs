@@ -237,6 +237,16 @@ async fn start_target(args: &[String]) -> Result<Target, BenchError> {
     Err(BenchError::NotReady(addr))
 }
 
+/// Starts the synced bare handler (`ferry bench-bare --synced-in DIR`) on a file in `dir`.
+async fn start_synced_bare(dir: &Path) -> Result<Target, BenchError> {
+    start_target(&[
+        "bench-bare".into(),
+        "--synced-in".into(),
+        dir.display().to_string(),
+    ])
+    .await
+}
+
 async fn start_ferry(dir: &Path, yaml: &str) -> Result<Target, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
@@ -565,12 +575,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     let mut ingest_rss = None;
     if args.phases.contains(&Phase::Ingest) {
         let ferry = start_ferry(&args.data.join("ingest"), &config(&receivers, false)).await?;
-        let synced = start_target(&[
-            "bench-bare".into(),
-            "--synced-in".into(),
-            args.data.join("synced-bare").display().to_string(),
-        ])
-        .await?;
+        let synced = start_synced_bare(&args.data.join("synced-bare")).await?;
         let mut rounds: Vec<Round> = Vec::new();
         let mut latencies = Vec::new();
         let (mut failed, mut synced_failed) = (0, 0);
@@ -777,12 +782,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             "phase 6/6: synced bare handler (append and fdatasync only), {} requests/s",
             args.rate
         );
-        let synced = start_target(&[
-            "bench-bare".into(),
-            "--synced-in".into(),
-            args.data.join("synced-bare-fixed").display().to_string(),
-        ])
-        .await?;
+        let synced = start_synced_bare(&args.data.join("synced-bare-fixed")).await?;
         let synced_fixed = drive(
             synced.addr,
             c,
