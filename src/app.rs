@@ -6,7 +6,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
 use crate::deliver::runs::{RunWaker, RunWorkerParts};
 use crate::deliver::{Deliverer, DelivererOptions};
-use crate::engine::sandbox::Sandbox;
+use crate::engine::sandbox::{Sandbox, WorkerCommand};
 use crate::store::{Store, StoreOptions};
 use axum::Router;
 use axum::routing::post;
@@ -35,7 +35,7 @@ pub struct AppParts {
     pub deliverer: Deliverer,
     pub clock: SharedClock,
     pub api_token: Arc<str>,
-    /// Where flow expressions run, under a time limit.
+    /// Where every jq expression runs: the expression worker processes.
     pub sandbox: Sandbox,
     /// Wakes the run worker for a run that is due.
     pub runs: RunWaker,
@@ -56,8 +56,9 @@ pub struct ServeOptions {
     pub clock: SharedClock,
     pub deliverer: DelivererOptions,
     pub store: StoreOptions,
-    /// How long the pure steps of a run may take between two I/O steps.
-    pub expression_time_limit: std::time::Duration,
+    /// The program expression workers are started from; `None` is this binary
+    /// (`ferry expr-worker`). Tests, whose binary is not Ferry's, name Ferry's.
+    pub expression_worker: Option<WorkerCommand>,
 }
 
 impl ServeOptions {
@@ -73,7 +74,7 @@ impl ServeOptions {
             clock: Arc::new(crate::clock::SystemClock),
             deliverer: DelivererOptions::default(),
             store,
-            expression_time_limit: crate::engine::sandbox::DEFAULT_TIME_LIMIT,
+            expression_worker: None,
         }
     }
 }
@@ -95,6 +96,10 @@ pub enum ServeError {
     OpenTask(String),
     #[error("the objects made through the API no longer fit the config file:\n{0}")]
     ApiObjects(crate::config::ConfigErrors),
+    #[error("the expression workers: {0}")]
+    Expressions(String),
+    #[error("{0}")]
+    Config(crate::config::ConfigErrors),
 }
 
 /// The file's config merged with the objects made through the API, and every event type's
@@ -132,7 +137,20 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,
     };
+    let command = match options.expression_worker {
+        Some(c) => c,
+        None => WorkerCommand::current_exe().map_err(ServeError::Expressions)?,
+    };
+    let sandbox = Sandbox::new(command, options.config.settings.expressions.clone());
+    sandbox
+        .start()
+        .await
+        .map_err(|e| ServeError::Expressions(e.to_string()))?;
     let config = Arc::new(with_api_objects(&store, options.config, options.clock.now_ms()).await?);
+    sandbox
+        .check_config(&config)
+        .await
+        .map_err(ServeError::Config)?;
     let live = LiveConfig::new(config.clone());
     let client = crate::deliver::http_client()?;
     let (waker, wakes) = RunWaker::channel();
@@ -148,7 +166,6 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         metrics.clone(),
     )
     .await?;
-    let sandbox = Sandbox::new(options.expression_time_limit);
     crate::deliver::runs::start(RunWorkerParts {
         config: live.clone(),
         store: store.clone(),

@@ -258,7 +258,13 @@ mod tests {
             headers: serde_json::json!({}),
         });
         let flows = crate::engine::matching_flows(&config, "shop", "order.created");
-        let plan = crate::engine::plan(&flows, &event, &order, 0);
+        let plan = crate::engine::plan_with(
+            &mut crate::engine::jq::Programs::default(),
+            &flows,
+            &event,
+            &order,
+            0,
+        );
         let accounting = plan
             .deliveries
             .iter()

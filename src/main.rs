@@ -64,6 +64,16 @@ enum Command {
     /// Work with flows.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// An expression worker: started by the server, answers on standard input and output.
+    #[command(hide = true)]
+    ExprWorker {
+        /// Address space limit in bytes.
+        #[arg(long)]
+        memory_limit: u64,
+        /// CPU seconds one request may use.
+        #[arg(long)]
+        cpu_limit: u64,
+    },
     /// Events a running server received (client of the API).
     #[command(subcommand)]
     Events(EventsCommand),
@@ -329,7 +339,15 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     ferry::telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config } => runtime().and_then(|rt| rt.block_on(validate(&config))),
+        Command::ExprWorker {
+            memory_limit,
+            cpu_limit,
+        } => ferry::engine::sandbox::worker::main(ferry::engine::sandbox::worker::WorkerLimits {
+            memory_bytes: memory_limit,
+            cpu_seconds: cpu_limit,
+        })
+        .map_err(|e| anyhow::anyhow!(e)),
         Command::Serve {
             config,
             data,
@@ -391,8 +409,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn validate(path: &std::path::Path) -> anyhow::Result<()> {
-    match ferry::config::load_file(path) {
+/// Loads a config file and has its expressions compiled by an expression worker.
+async fn load_checked(path: &std::path::Path) -> Result<ferry::config::Config, String> {
+    let loaded = ferry::config::load_file(path);
+    let limits = match &loaded {
+        Ok(config) => config.settings.expressions.clone(),
+        Err(_) => ferry::engine::sandbox::Limits::default(),
+    };
+    let command = ferry::engine::sandbox::WorkerCommand::current_exe()?;
+    let sandbox = ferry::engine::sandbox::Sandbox::new(command, limits);
+    match loaded {
+        Ok(config) => {
+            sandbox
+                .check_config(&config)
+                .await
+                .map_err(|errors| errors.to_string())?;
+            Ok(config)
+        }
+        // Every error in one report: the expressions' too, though the rest is wrong.
+        Err(ferry::config::ConfigErrors(mut errors, sites)) => {
+            if let Err(more) = sandbox.check_sites(&sites).await {
+                errors.extend(more.0);
+            }
+            Err(ferry::config::ConfigErrors(errors, Vec::new()).to_string())
+        }
+    }
+}
+
+async fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    match load_checked(path).await {
         Ok(c) => {
             println!(
                 "{}: ok ({} sources, {} event types, {} destinations, {} flows)",
@@ -418,7 +463,7 @@ async fn flow_test(
     event_type: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let config = match ferry::config::load_file(config_path) {
+    let config = match load_checked(config_path).await {
         Ok(c) => std::sync::Arc::new(c),
         Err(errors) => {
             eprint!("{errors}");
@@ -455,10 +500,11 @@ async fn flow_test(
         headers: serde_json::json!({}),
     });
     let raw = bytes::Bytes::from(payload.to_string());
-    let sandbox = ferry::engine::sandbox::Sandbox::new(ferry::engine::sandbox::DEFAULT_TIME_LIMIT);
-    let report = sandbox
-        .run(move || ferry::engine::test_flow(&config, &flow, event, raw, now))
-        .await?;
+    let command =
+        ferry::engine::sandbox::WorkerCommand::current_exe().map_err(|e| anyhow::anyhow!(e))?;
+    let sandbox =
+        ferry::engine::sandbox::Sandbox::new(command, config.settings.expressions.clone());
+    let report = sandbox.test_flow(&config, &flow, event, raw, now).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -283,8 +283,7 @@ async fn change(
         api.push(object);
     }
     let file = current.file.clone();
-    // Checking reads `schema_file`s and compiles every expression and schema: off the async
-    // threads.
+    // Checking reads `schema_file`s and compiles every schema: off the async threads.
     let built = tokio::task::spawn_blocking(move || crate::config::build(&file, &api))
         .await
         .map_err(|e| {
@@ -295,6 +294,12 @@ async fn change(
             )
         })?;
     let config = Arc::new(built.map_err(|errors| invalid(kind, id, spec.is_none(), errors))?);
+    // Every expression compiles in a worker (identical ones once): the process that serves
+    // never parses jq.
+    app.sandbox
+        .check_config(&config)
+        .await
+        .map_err(|errors| invalid(kind, id, spec.is_none(), errors))?;
     app.store
         .change_config(crate::store::ConfigChange {
             object: Some((

@@ -63,6 +63,25 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::engine::sandbox::SandboxError> for ApiError {
+    /// Busy workers are overload (`503`, try again); an expression that overran its limits or
+    /// took its worker down is the request's own failure (`422`).
+    fn from(e: crate::engine::sandbox::SandboxError) -> Self {
+        match e {
+            crate::engine::sandbox::SandboxError::Busy(_)
+            | crate::engine::sandbox::SandboxError::Unavailable(_) => ApiError {
+                retry_after_secs: Some(1),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
+            },
+            other => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expression_failed",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.code, "message": self.message, "details": self.details});

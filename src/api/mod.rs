@@ -367,7 +367,7 @@ pub struct RejectionQuery {
 /// `GET /api/v1/events?source=&type=&since=&until=&status=&jq=&match=`: newest first.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
     params(EventQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::EventSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::EventSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 422, description = "the payload filter overran its limits or took its expression worker down", body = crate::api::openapi::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::openapi::ErrorBody)))]
 async fn list_events(
     State(app): State<AppState>,
     q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
@@ -400,7 +400,18 @@ async fn list_events(
         status,
     };
     let after = q.after.clone().filter(|a| !a.is_empty());
-    let Some(test) = payload_filter(given(&q.jq), given(&q.field_match))? else {
+    let filter_given = payload_filter(given(&q.jq), given(&q.field_match))?;
+    if let Some(expr) = &filter_given
+        && let Err(why) = app.sandbox.check(expr).await?
+    {
+        let which = if q.jq.is_some() { "jq" } else { "match" };
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`{which}`: {why}"),
+        ));
+    }
+    let Some(test) = filter_given else {
         let items = app
             .store
             .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
@@ -409,7 +420,6 @@ async fn list_events(
     };
     // Scan newest first in batches, testing payloads in the sandbox, until the page is full
     // or the scan budget is spent.
-    let test = std::sync::Arc::new(test);
     let (mut found, mut scanned, mut cursor) = (Vec::new(), 0, after);
     let mut next = None;
     loop {
@@ -420,26 +430,12 @@ async fn list_events(
             .await?;
         let exhausted = batch.len() < 200;
         scanned += batch.len();
-        let t = test.clone();
-        let tested = app
-            .sandbox
-            .run(move || {
-                batch
-                    .into_iter()
-                    .map(|(e, payload)| {
-                        let hit = t.truthy_of(&mut crate::engine::expr::Payload::new(&payload));
-                        (e, hit)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("the payload filter did not finish: {e}"),
-                )
-            })?;
+        let payloads: Vec<bytes::Bytes> = batch
+            .iter()
+            .map(|(_, p)| bytes::Bytes::copy_from_slice(p))
+            .collect();
+        let hits = app.sandbox.truthy_each(&test, &payloads).await?;
+        let tested = batch.into_iter().map(|(e, _)| e).zip(hits);
         for (event, hit) in tested {
             cursor = Some(event.id.clone());
             if hit.unwrap_or(false) {
@@ -495,7 +491,7 @@ fn payload_filter(
             format!("{selector}? == {value}")
         }
     };
-    crate::engine::expr::Expr::compile(&code)
+    crate::engine::expr::Expr::new(&code)
         .map(Some)
         .map_err(|e| {
             bad(format!(

@@ -273,7 +273,7 @@ pub struct FlowTest {
 /// `POST /api/v1/flows/{id}/test`: runs the flow on the given event without side effects.
 #[utoipa::path(post, path = "/api/v1/flows/{id}/test", tag = "flows", security(("bearer" = [])), params(("id" = String, Path)),
     request_body(content = crate::api::openapi::FlowTestDoc),
-    responses((status = 200, description = "OK", body = crate::api::openapi::TestReportDoc), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::openapi::TestReportDoc), (status = 422, description = "the body is not valid, or the flow's expressions overran their limits", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::openapi::ErrorBody)))]
 pub async fn test_flow(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -305,15 +305,8 @@ pub async fn test_flow(
     let (config, now) = (app.config.get(), app.clock.now_ms());
     let report = app
         .sandbox
-        .run(move || crate::engine::test_flow(&config, &flow, event, raw, now))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "expression_timeout",
-                e.to_string(),
-            )
-        })?;
+        .test_flow(&config, &flow, event, raw, now)
+        .await?;
     Ok(Json(report).into_response())
 }
 

@@ -75,6 +75,41 @@ pub struct Config {
     pub objects: Objects,
     /// The config file this config was built from.
     pub file: Arc<FileLayer>,
+    /// Every jq expression in the config with its place: whether they compile is asked of an
+    /// expression worker (`Sandbox::check_config`) before the config is used.
+    pub expressions: Vec<ExprSite>,
+}
+
+/// The expressions at `sites` that `check` (a worker's compile) refuses, as errors with their
+/// places.
+pub fn expression_errors(
+    sites: &[ExprSite],
+    mut check: impl FnMut(&Expr) -> Result<(), String>,
+) -> Result<(), ConfigErrors> {
+    let errors: Vec<ConfigError> = sites
+        .iter()
+        .filter_map(|site| {
+            let message = check(&site.expr).err()?;
+            Some(ConfigError {
+                place: site.place.clone(),
+                message: format!("`{}`: {message}", site.field),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors, Vec::new()))
+    }
+}
+
+/// A jq expression of the config and where it is written.
+#[derive(Debug, Clone)]
+pub struct ExprSite {
+    pub place: String,
+    /// The field, as errors name it (`filter`, `http.headers.accept`).
+    pub field: String,
+    pub expr: Expr,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +122,8 @@ pub struct Settings {
     pub public_url: Option<url::Url>,
     /// How often alert rules are evaluated.
     pub alert_interval: Duration,
+    /// The expression workers: how many, and the limits they run under.
+    pub expressions: crate::engine::sandbox::Limits,
 }
 
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
@@ -169,6 +206,9 @@ pub struct Flow {
     /// A hash of the flow's definition; a run remembers the version it started on.
     pub version: String,
     pub program: Program,
+    /// The program as the expression workers read it (JSON), and a digest of that text.
+    pub wire: Arc<str>,
+    pub wire_digest: u64,
 }
 
 /// One problem in a config file, with where it is.
@@ -184,9 +224,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every problem found in a config file.
+/// Every problem found in a config file; with them, the config's expressions, which a worker
+/// has not compiled yet (`Sandbox::check_sites`), so that one pass reports every error.
 #[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(pub Vec<ConfigError>, pub Vec<ExprSite>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -208,10 +249,13 @@ impl fmt::Display for ConfigErrors {
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            place: file.clone(),
-            message: format!("cannot read the file: {e}"),
-        }])
+        ConfigErrors(
+            vec![ConfigError {
+                place: file.clone(),
+                message: format!("cannot read the file: {e}"),
+            }],
+            Vec::new(),
+        )
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     load_str(&text, &file, &base, &|name| std::env::var(name).ok())
@@ -234,10 +278,10 @@ pub fn load_str(
     });
     match build(&layer, &[]) {
         Ok(config) if errors.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigErrors(errors)),
-        Err(ConfigErrors(more)) => {
+        Ok(config) => Err(ConfigErrors(errors, config.expressions)),
+        Err(ConfigErrors(more, sites)) => {
             errors.extend(more);
-            Err(ConfigErrors(errors))
+            Err(ConfigErrors(errors, sites))
         }
     }
 }
@@ -252,10 +296,13 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
             Some(loc) => places_line(&file.name, loc.line()),
             None => file.name.clone(),
         };
-        ConfigErrors(vec![ConfigError {
-            place,
-            message: e.to_string(),
-        }])
+        ConfigErrors(
+            vec![ConfigError {
+                place,
+                message: e.to_string(),
+            }],
+            Vec::new(),
+        )
     };
     let mut raw: RawConfig = serde_yaml::from_str(&file.text).map_err(yaml_error)?;
     let tree: serde_json::Value = serde_yaml::from_str(&file.text).map_err(yaml_error)?;
@@ -295,12 +342,13 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
         places: &places,
         base: &file.base,
         errors,
+        expressions: Vec::new(),
     };
     let config = checker.check(raw, objects, file.clone());
     if checker.errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(checker.errors))
+        Err(ConfigErrors(checker.errors, config.expressions))
     }
 }
 
@@ -354,7 +402,7 @@ pub fn substitute(
     if errors.is_empty() {
         Ok(out)
     } else {
-        Err(ConfigErrors(errors))
+        Err(ConfigErrors(errors, Vec::new()))
     }
 }
 
@@ -413,6 +461,7 @@ struct Checker<'a> {
     places: &'a Places,
     base: &'a Path,
     errors: Vec<ConfigError>,
+    expressions: Vec<ExprSite>,
 }
 
 impl Checker<'_> {
@@ -473,9 +522,37 @@ impl Checker<'_> {
         }
     }
 
+    /// An expression to be compiled by a worker with the rest (`Config::expressions`).
     fn expr(&mut self, place: &str, field: &str, code: &str) -> Option<Expr> {
-        match Expr::compile(code) {
-            Ok(e) => Some(e),
+        match Expr::new(code) {
+            Ok(e) => {
+                self.expressions.push(ExprSite {
+                    place: place.to_string(),
+                    field: field.to_string(),
+                    expr: e.clone(),
+                });
+                Some(e)
+            }
+            Err(e) => {
+                self.error(place.to_string(), format!("`{field}`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A `{{ jq }}` template; its placeholders are checked like expressions.
+    fn template(&mut self, place: &str, field: &str, text: &str) -> Option<Template> {
+        match Template::parse(text) {
+            Ok(t) => {
+                for e in t.exprs() {
+                    self.expressions.push(ExprSite {
+                        place: place.to_string(),
+                        field: field.to_string(),
+                        expr: e.clone(),
+                    });
+                }
+                Some(t)
+            }
             Err(e) => {
                 self.error(place.to_string(), format!("`{field}`: {e}"));
                 None
@@ -542,6 +619,7 @@ impl Checker<'_> {
             alerts,
             objects,
             file,
+            expressions: std::mem::take(&mut self.expressions),
         }
     }
 
@@ -574,6 +652,56 @@ impl Checker<'_> {
                 &raw.alert_interval,
                 Duration::from_secs(15),
             ),
+            expressions: self.expression_limits(&place, raw.expressions.unwrap_or_default()),
+        }
+    }
+
+    fn expression_limits(
+        &mut self,
+        place: &str,
+        raw: RawExpressions,
+    ) -> crate::engine::sandbox::Limits {
+        let default = crate::engine::sandbox::Limits::default();
+        let workers = raw.workers.unwrap_or(default.workers as u64);
+        if !(1..=64).contains(&workers) {
+            self.error(
+                place.to_string(),
+                format!("`expressions.workers`: {workers} is not between 1 and 64"),
+            );
+        }
+        let time = self.duration(
+            place,
+            "expressions.time_limit",
+            &raw.time_limit,
+            default.time,
+        );
+        if time.is_zero() || time > Duration::from_secs(300) {
+            self.error(
+                place.to_string(),
+                format!("`expressions.time_limit`: {time:?} is not between 1ms and 5m"),
+            );
+        }
+        let memory_mb = raw
+            .memory_limit_mb
+            .unwrap_or(default.memory_bytes / (1024 * 1024));
+        if !(64..=65_536).contains(&memory_mb) {
+            self.error(
+                place.to_string(),
+                format!("`expressions.memory_limit_mb`: {memory_mb} is not between 64 and 65536"),
+            );
+        }
+        let queue = raw.queue.unwrap_or(default.queue as u64);
+        if !(1..=1_000_000).contains(&queue) {
+            self.error(
+                place.to_string(),
+                format!("`expressions.queue`: {queue} is not between 1 and 1000000"),
+            );
+        }
+        crate::engine::sandbox::Limits {
+            workers: workers.clamp(1, 64) as usize,
+            time,
+            memory_bytes: memory_mb.clamp(64, 65_536) * 1024 * 1024,
+            queue: queue.clamp(1, 1_000_000) as usize,
         }
     }
 
@@ -675,7 +803,7 @@ impl Checker<'_> {
         };
         let event_type = match raw.event_type {
             Some(f) => self.field(place, "event_type", f)?,
-            None => FieldRef::Body(Expr::compile(".type").ok()?),
+            None => FieldRef::Body(Expr::new(".type").ok()?),
         };
         let idempotency_key = match raw.idempotency_key {
             Some(f) => Some(self.field(place, "idempotency_key", f)?),
@@ -916,14 +1044,18 @@ impl Checker<'_> {
             names: BTreeSet::new(),
         };
         self.steps(&mut builder, raw.steps, "", "/steps");
+        let program = Program {
+            instrs: builder.instrs,
+        };
+        let (wire, wire_digest) = crate::engine::sandbox::wire_program(&program);
         Some(Flow {
             id: raw.id,
             source: raw.on.source,
             event_types: raw.on.event_types.into_iter().collect(),
             version,
-            program: Program {
-                instrs: builder.instrs,
-            },
+            program,
+            wire,
+            wire_digest,
         })
     }
 
@@ -1110,13 +1242,7 @@ impl Checker<'_> {
     }
 
     fn http_step(&mut self, place: &str, raw: RawHttp, settings: &Settings) -> Option<HttpStep> {
-        let url = match Template::parse(&raw.url) {
-            Ok(t) => t,
-            Err(e) => {
-                self.error(place.to_string(), format!("`http.url`: {e}"));
-                return None;
-            }
-        };
+        let url = self.template(place, "http.url", &raw.url)?;
         // The host must be fixed in the file: placeholders may fill the path and query only.
         let prefix = url.literal_prefix();
         let host_fixed = prefix
@@ -1151,16 +1277,16 @@ impl Checker<'_> {
         let method = self.method(place, "http.method", raw.method.as_deref(), default);
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
-            match (
-                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
-                Template::parse(&value),
-            ) {
-                (Ok(n), Ok(t)) => headers.push((n, t)),
-                (Err(_), _) => self.error(
+            match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => {
+                    if let Some(t) = self.template(place, &format!("http.headers.{name}"), &value) {
+                        headers.push((n, t));
+                    }
+                }
+                Err(_) => self.error(
                     place.to_string(),
                     format!("`http.headers`: `{name}` is not a valid header name"),
                 ),
-                (_, Err(e)) => self.error(place.to_string(), format!("`http.headers.{name}`: {e}")),
             }
         }
         let auth = raw.auth.and_then(|a| self.auth(place, a, settings));
@@ -1173,6 +1299,7 @@ impl Checker<'_> {
             method,
             url,
             headers,
+            auth_label: auth.as_ref().map(Auth::label),
             auth,
             body,
             timeout,

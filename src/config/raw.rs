@@ -132,6 +132,17 @@ pub struct RawSettings {
     pub rejected_log_size: Option<u64>,
     pub public_url: Option<String>,
     pub alert_interval: Option<String>,
+    pub expressions: Option<RawExpressions>,
+}
+
+/// `settings.expressions`: the expression workers.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpressions {
+    pub workers: Option<u64>,
+    pub time_limit: Option<String>,
+    pub memory_limit_mb: Option<u64>,
+    pub queue: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,8 +7,21 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
+/// Loads `text` and compiles its expressions here, as a worker would, reporting every error.
 fn load(text: &str) -> Result<Config, ConfigErrors> {
-    load_str(text, "ferry.yaml", Path::new("."), &env)
+    let mut programs = crate::engine::jq::Programs::default();
+    match load_str(text, "ferry.yaml", Path::new("."), &env) {
+        Ok(config) => {
+            expression_errors(&config.expressions, |e| programs.check(e))?;
+            Ok(config)
+        }
+        Err(ConfigErrors(mut errors, sites)) => {
+            if let Err(more) = expression_errors(&sites, |e| programs.check(e)) {
+                errors.extend(more.0);
+            }
+            Err(ConfigErrors(errors, Vec::new()))
+        }
+    }
 }
 
 const GOOD: &str = r#"

@@ -1,7 +1,7 @@
 //! The run worker: moves flow runs on after their first stop. A run comes here when it is
 //! due (an `http` step to perform, a `delay` that has passed, its deliveries done, a replay);
-//! the worker performs the step, lets the engine run the pure steps that follow (in the
-//! sandbox), and commits the run's new state, the attempt and any new deliveries in one
+//! the worker performs the step, lets the engine run the pure steps that follow (in an
+//! expression worker), and commits the run's new state, the attempt and any new deliveries in one
 //! transaction before it lets the run go.
 //!
 //! **Invariant:** the store is the truth. Memory only holds which runs are due when; on start,
@@ -299,27 +299,13 @@ impl Worker {
         let start = match &instr.op {
             Op::Http(step) => {
                 let key = format!("{}-{pc}", row.id);
-                let (f, sandbox_ctx) = (flow.clone(), ctx);
-                let rendered = self
-                    .sandbox
-                    .run(move || {
-                        let mut c = sandbox_ctx;
-                        let r = match &f.program.instrs[pc].op {
-                            Op::Http(step) => engine::render_http(step, &mut c, key),
-                            _ => Err("not an http step".to_string()),
-                        };
-                        (c, r)
-                    })
-                    .await;
+                let rendered = self.sandbox.render_http(&flow, pc, &ctx, key).await;
                 let request = match rendered {
-                    Ok((c, Ok(request))) => {
-                        ctx = c;
-                        request
-                    }
-                    Ok((c, Err(e))) => {
+                    Ok(Ok(request)) => request,
+                    Ok(Err(e)) => {
                         let label = step_label(instr);
                         records.push(record(instr, pc, now, "failed", None, Some(e.clone())));
-                        return self.failed(row, records, format!("{label}: {e}"), Some(c));
+                        return self.failed(row, records, format!("{label}: {e}"), Some(ctx));
                     }
                     Err(e) => {
                         return self.failed(
@@ -416,15 +402,7 @@ impl Worker {
             // A pure step: the run resumes after its deliveries, or is replayed from here.
             _ => pc,
         };
-        let f = flow.clone();
-        let advanced = self
-            .sandbox
-            .run(move || {
-                let mut c = ctx;
-                let adv = engine::advance(&f.program, &mut c, start, now, None);
-                (c, adv)
-            })
-            .await;
+        let advanced = self.sandbox.advance(&flow, &ctx, start, now).await;
         match advanced {
             Ok((ctx, adv)) => {
                 records.extend(adv.records);

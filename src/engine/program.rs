@@ -1,21 +1,25 @@
 //! A flow's steps as the engine runs them: the tree of steps (branches hold step lists)
 //! flattened into one list of instructions with jumps. A run's position is then one number,
 //! the index of its current instruction, which is what the store keeps.
+//!
+//! A program is sent to the expression workers as JSON (`engine::sandbox`): everything but the
+//! credentials, retry policies and timeouts, which only the server uses.
 
 use super::expr::Expr;
 use super::template::Template;
 use crate::config::Secret;
 use crate::deliver::retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Program {
     pub instrs: Vec<Instr>,
 }
 
 /// One instruction: a step, or a jump that closes a branch case.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Instr {
     /// Where the step is in the flow, as a JSON pointer into the flow (`/steps/3/branch/0/steps/1`).
     pub path: String,
@@ -23,7 +27,7 @@ pub struct Instr {
     pub op: Op,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Op {
     Filter(Expr),
     Transform(Expr),
@@ -54,29 +58,86 @@ impl Op {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Target {
     pub destination_id: String,
     /// A jq program whose output is the body sent to this destination.
     pub body: Option<Expr>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Delay {
     For(Duration),
     /// A time from the event: an RFC 3339 string or unix seconds.
     Until(Expr),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct HttpStep {
+    #[serde(with = "method_text")]
     pub method: reqwest::Method,
     pub url: Template,
+    #[serde(with = "header_templates")]
     pub headers: Vec<(reqwest::header::HeaderName, Template)>,
+    /// Only the server holds credentials; a worker sees [`HttpStep::auth_label`].
+    #[serde(skip)]
     pub auth: Option<Auth>,
+    /// How `ferry flow test` names the authentication (`bearer token`), without its secret.
+    pub auth_label: Option<String>,
     pub body: Option<Expr>,
+    #[serde(skip)]
     pub timeout: Duration,
+    #[serde(skip)]
     pub retry: RetryPolicy,
+}
+
+impl Auth {
+    /// What `ferry flow test` shows instead of the credential.
+    pub fn label(&self) -> String {
+        match self {
+            Auth::Bearer(_) => "bearer token".to_string(),
+            Auth::Basic { username, .. } => format!("basic auth as {username}"),
+            Auth::ApiKey { header, .. } => format!("api key in {header}"),
+            Auth::OAuth2(o) => format!("oauth2 token from {}", o.token_url),
+        }
+    }
+}
+
+mod method_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &reqwest::Method, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<reqwest::Method, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+mod header_templates {
+    use super::Template;
+    use reqwest::header::HeaderName;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &[(HeaderName, Template)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(h.iter().map(|(n, t)| (n.as_str(), t)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(HeaderName, Template)>, D::Error> {
+        let pairs = Vec::<(String, Template)>::deserialize(d)?;
+        pairs
+            .into_iter()
+            .map(|(n, t)| {
+                HeaderName::from_bytes(n.as_bytes())
+                    .map(|n| (n, t))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]

@@ -1,8 +1,10 @@
 //! `{{ jq }}` placeholders in strings that take values from the run (an `http` step's URL and
-//! headers). Each placeholder is compiled once with the config; rendering runs them on the
-//! current payload with `$event` and `$steps` in scope.
+//! headers). The server splits a template into text and expressions (and has the expressions
+//! checked by a worker with the rest of the config); rendering runs them, in an expression
+//! worker, on the current payload with `$event` and `$steps` in scope.
 
-use super::expr::{Expr, ExprError, Scope, Value};
+use super::expr::Expr;
+use super::jq::{Programs, Scope, Value};
 
 #[derive(Debug, Clone)]
 enum Part {
@@ -27,8 +29,21 @@ pub enum Escape {
     UrlComponent,
 }
 
+impl serde::Serialize for Template {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Template {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Template, D::Error> {
+        let text = <std::borrow::Cow<str> as serde::Deserialize>::deserialize(d)?;
+        Template::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Template {
-    /// Compiles every placeholder of `text`. Errors name the placeholder.
+    /// Splits `text` into text and placeholders. Errors name the placeholder.
     pub fn parse(text: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut rest = text;
@@ -47,7 +62,7 @@ impl Template {
             if code.is_empty() {
                 return Err("an empty `{{ }}` placeholder".to_string());
             }
-            let expr = Expr::compile(code).map_err(|e| e.to_string())?;
+            let expr = Expr::new(code)?;
             parts.push(Part::Expr(expr));
             rest = &after[close + 2..];
         }
@@ -64,6 +79,14 @@ impl Template {
         &self.source
     }
 
+    /// The placeholders' expressions.
+    pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Expr(e) => Some(e),
+            Part::Text(_) => None,
+        })
+    }
+
     /// The text before the first placeholder.
     pub fn literal_prefix(&self) -> &str {
         match self.parts.first() {
@@ -76,16 +99,17 @@ impl Template {
     /// as the empty string, anything else as JSON.
     pub fn render(
         &self,
+        programs: &mut Programs,
         input: &Value,
         scope: &Scope,
         escape: Escape,
-    ) -> Result<String, ExprError> {
+    ) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Expr(e) => {
-                    let text = match e.first_in(input, scope)? {
+                    let text = match programs.first(e, input, scope)? {
                         None | Some(Value::Null) => String::new(),
                         Some(Value::TStr(s)) | Some(Value::BStr(s)) => {
                             String::from_utf8_lossy(&s).into_owned()
@@ -108,25 +132,26 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::jq::parse_value;
 
     #[test]
     fn renders_placeholders_with_escaping() {
         let t = Template::parse("https://crm.example/users?email={{ .email }}&n={{.n}}").unwrap();
         assert_eq!(t.literal_prefix(), "https://crm.example/users?email=");
-        let input = super::super::expr::parse_value(br#"{"email":"a+b@x.io","n":3}"#).unwrap();
+        let input = parse_value(br#"{"email":"a+b@x.io","n":3}"#).unwrap();
+        let mut p = Programs::default();
         assert_eq!(
-            t.render(&input, &Scope::default(), Escape::UrlComponent)
+            t.render(&mut p, &input, &Scope::default(), Escape::UrlComponent)
                 .unwrap(),
             "https://crm.example/users?email=a%2Bb%40x.io&n=3"
         );
         let h = Template::parse("Bearer {{ $steps.auth.body.token }}").unwrap();
         let scope = Scope {
             event: Value::Null,
-            steps: super::super::expr::parse_value(br#"{"auth":{"body":{"token":"t/1"}}}"#)
-                .unwrap(),
+            steps: parse_value(br#"{"auth":{"body":{"token":"t/1"}}}"#).unwrap(),
         };
         assert_eq!(
-            h.render(&input, &scope, Escape::None).unwrap(),
+            h.render(&mut p, &input, &scope, Escape::None).unwrap(),
             "Bearer t/1"
         );
         assert!(
@@ -134,11 +159,11 @@ mod tests {
                 .unwrap_err()
                 .contains("never closed")
         );
-        assert!(
-            Template::parse("x {{ .a + }}")
-                .unwrap_err()
-                .contains("does not compile")
-        );
+        let broken = Template::parse("x {{ .a + }}").unwrap();
+        let err = broken
+            .render(&mut p, &input, &scope, Escape::None)
+            .unwrap_err();
+        assert!(err.contains("does not compile"), "{err}");
         assert_eq!(Template::parse("plain").unwrap().literal_prefix(), "plain");
     }
 }

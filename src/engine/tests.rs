@@ -1,8 +1,35 @@
 use super::*;
+use crate::engine::jq::{Programs, parse_value};
+use crate::engine::program::Op;
+
+/// A config loaded and its expressions compiled here, as a worker would.
+fn checked(yaml: &str) -> Result<Config, crate::config::ConfigErrors> {
+    let mut programs = Programs::default();
+    match crate::config::load_str(yaml, "t.yaml", std::path::Path::new("."), &|_| None) {
+        Ok(config) => {
+            crate::config::expression_errors(&config.expressions, |e| programs.check(e))?;
+            Ok(config)
+        }
+        Err(crate::config::ConfigErrors(mut errors, sites)) => {
+            if let Err(more) = crate::config::expression_errors(&sites, |e| programs.check(e)) {
+                errors.extend(more.0);
+            }
+            Err(crate::config::ConfigErrors(errors, Vec::new()))
+        }
+    }
+}
 
 fn config(yaml: &str) -> Config {
-    crate::config::load_str(yaml, "t.yaml", std::path::Path::new("."), &|_| None)
-        .unwrap_or_else(|e| panic!("{e}"))
+    checked(yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Plans with expressions run in this process (the server uses the workers).
+fn plan(flows: &[Arc<Flow>], event: &Arc<EventInfo>, raw: &Bytes, now: Millis) -> Plan {
+    plan_with(&mut Programs::default(), flows, event, raw, now)
+}
+
+fn advance(program: &program::Program, ctx: &mut RunContext, start: usize, now: Millis) -> Advance {
+    run::advance(&mut Programs::default(), program, ctx, start, now, false)
 }
 
 fn event() -> Arc<EventInfo> {
@@ -110,7 +137,7 @@ fn advance_stops_at_a_delay_and_resumes_after_it() {
     let flow = &config.flows[2];
     let raw = Bytes::from_static(br#"{"plan":"pro","email":"a@x.io"}"#);
     let mut ctx = RunContext::new(event(), raw.clone());
-    let first = advance(&flow.program, &mut ctx, 0, 5_000, None);
+    let first = advance(&flow.program, &mut ctx, 0, 5_000);
     let Stop::Deliver {
         resume: Some(resume),
         ..
@@ -120,13 +147,13 @@ fn advance_stops_at_a_delay_and_resumes_after_it() {
     };
     let stored = ctx.to_stored();
     let mut ctx = RunContext::from_stored(event(), raw, stored.as_deref()).unwrap();
-    let second = advance(&flow.program, &mut ctx, resume, 5_000, None);
+    let second = advance(&flow.program, &mut ctx, resume, 5_000);
     assert!(
         matches!(second.stop, Stop::Wait(t) if t == 5_000 + 600_000),
         "{:?}",
         second.stop
     );
-    let third = advance(&flow.program, &mut ctx, second.pc + 1, 700_000, None);
+    let third = advance(&flow.program, &mut ctx, second.pc + 1, 700_000);
     let Stop::Deliver { deliveries, resume } = third.stop else {
         panic!("{:?}", third.stop)
     };
@@ -155,9 +182,7 @@ flows:
         http: { url: "http://127.0.0.1:1/u/{{ .id + }}" }
       - http: { url: "{{ .url }}" }
 "#;
-    let errors = crate::config::load_str(yaml, "t.yaml", std::path::Path::new("."), &|_| None)
-        .unwrap_err()
-        .to_string();
+    let errors = checked(yaml).unwrap_err().to_string();
     assert!(
         errors.contains(
             "t.yaml:6 (flow f), step 1: `transform`: jq expression `{a: .x` does not compile"
@@ -205,18 +230,23 @@ flows:
 "#;
     let config = config(yaml);
     let raw = Bytes::from_static(br#"{"email":"a+b@x.io"}"#);
-    let mut ctx = RunContext::new(event(), raw);
-    let dry = DryRun { config: &config };
-    let adv = advance(&config.flows[0].program, &mut ctx, 0, 0, Some(&dry));
+    let mut ctx = RunContext::new(event(), raw.clone());
+    let flow = &config.flows[0];
+    // What a worker runs: the program as it reads it from the wire, without credentials.
+    let wired: program::Program = serde_json::from_str(&flow.wire).unwrap();
+    let adv = run::advance(&mut Programs::default(), &wired, &mut ctx, 0, 0, true);
     assert!(matches!(adv.stop, Stop::Completed));
-    let shown = serde_json::to_string(&adv.records).unwrap();
+    assert!(!flow.wire.contains("s3cret"), "{}", flow.wire);
+    let report = test_report(&config, flow, &raw, adv);
+    assert_eq!(report.outcome, "completed");
+    let shown = serde_json::to_string(&report.steps).unwrap();
     assert!(!shown.contains("s3cret"), "{shown}");
-    let http = adv.records[0].request.as_ref().unwrap();
+    let http = report.steps[0]["request"].clone();
     assert_eq!(http["url"], "http://127.0.0.1:9/users?email=a%2Bb%40x.io");
     assert_eq!(http["headers"]["x-event"], "evt_1");
     assert_eq!(http["headers"]["authorization"], "(bearer token)");
-    assert_eq!(adv.records[1].status, "not_waited");
-    let deliver = &adv.records[2].request.as_ref().unwrap()[0];
+    assert_eq!(report.steps[1]["status"], "not_waited");
+    let deliver = &report.steps[2]["request"][0];
     assert_eq!(deliver["url"], "http://127.0.0.1:1/hook");
     assert_eq!(deliver["headers"]["x-team"], "ops");
     assert_eq!(deliver["body"], serde_json::json!({"email": "a+b@x.io"}));
@@ -252,7 +282,7 @@ flows:
     let program = &config.flows[0].program;
     let run = |payload: &'static [u8], now: Millis| {
         let mut ctx = RunContext::new(event(), Bytes::from_static(payload));
-        advance(program, &mut ctx, 0, now, None)
+        advance(program, &mut ctx, 0, now)
     };
     let at = run(br#"{"send_at":"2030-01-01T00:00:00Z"}"#, 0);
     assert!(
@@ -294,9 +324,9 @@ fn the_documented_jq_helpers_work() {
         (r#"now > 0"#, "true"),
         (r#".email | test("@x\\.io$")"#, "true"),
     ] {
-        let expr = expr::Expr::compile(code).unwrap_or_else(|e| panic!("{code}: {e}"));
-        let out = expr
-            .first(&input)
+        let expr = expr::Expr::new(code).unwrap_or_else(|e| panic!("{code}: {e}"));
+        let out = Programs::default()
+            .first(&expr, &input, &jq::Scope::default())
             .unwrap_or_else(|e| panic!("{code}: {e}"))
             .unwrap();
         assert_eq!(out.to_string(), expected, "{code}");
@@ -333,6 +363,8 @@ fn the_shop_examples_in_the_docs_load() {
         Some("secret".into())
     })
     .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    crate::config::expression_errors(&config.expressions, |e| Programs::default().check(e))
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     assert_eq!(config.flows.len(), 3);
     // The refund example takes the approval path for a large amount.
     let refund = config.flows.iter().find(|f| f.id == "refunds").unwrap();

@@ -11,6 +11,7 @@ use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::config::FieldRef;
 use crate::engine::expr;
+use crate::engine::sandbox::SandboxError;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
 use crate::telemetry::events;
 use axum::body::Bytes;
@@ -83,18 +84,34 @@ impl serde::Serialize for KeptHeaders<'_> {
     }
 }
 
-/// Reads a value where the source says it is: a header, or a jq path in the body.
-fn read_field(
+/// Reads a value where the source says it is: a header, or a jq path in the body. A plain
+/// field path is read from the raw JSON here; any other expression runs in a worker.
+///
+/// `Err` only when the expression workers are busy (the request is shed with `503`); an
+/// expression that failed or overran is `Ok(Err(why))`.
+async fn read_field(
+    sandbox: &crate::engine::sandbox::Sandbox,
     field: &FieldRef,
     headers: &HeaderMap,
-    payload: &mut expr::Payload<'_>,
-) -> Result<Option<String>, expr::ExprError> {
+    body: &[u8],
+) -> Result<Result<Option<String>, String>, SandboxError> {
     match field {
-        FieldRef::Header(name) => Ok(headers
+        FieldRef::Header(name) => Ok(Ok(headers
             .get(name.as_str())
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)),
-        FieldRef::Body(e) => e.string_of(payload),
+            .map(str::to_string))),
+        FieldRef::Body(e) => {
+            if let Some(path) = e.field_path()
+                && let Some(found) = expr::read_plain_path(body, path)
+            {
+                return Ok(Ok(found));
+            }
+            match sandbox.read(e, body).await {
+                Ok(read) => Ok(read),
+                Err(busy @ SandboxError::Busy(_)) => Err(busy),
+                Err(other) => Ok(Err(other.to_string())),
+            }
+        }
     }
 }
 
@@ -210,20 +227,31 @@ pub async fn receive(
     if let Err(e) = expr::check_depth(&bytes) {
         return reject(invalid_json(e), &bytes);
     }
-    let mut payload = expr::Payload::new(&bytes);
+    // Shedding load is not a refusal of the input: it is not written to the rejected log.
+    let shed = |busy: SandboxError| -> Response {
+        let error = ApiError::from(busy);
+        events::input_rejected(
+            &app.metrics,
+            &source_id,
+            source_label,
+            error.status.as_u16(),
+            error.code,
+            &error.message,
+        );
+        error.into_response()
+    };
     let event_type = match type_in_body {
         Some(found) => Ok(found),
-        None => read_field(&source.event_type, &headers, &mut payload),
+        None => match read_field(&app.sandbox, &source.event_type, &headers, &bytes).await {
+            Ok(read) => read,
+            Err(busy) => return shed(busy),
+        },
     };
     let event_type = match event_type {
         Ok(t) => t,
         Err(err) => {
             return reject(
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "missing_event_type",
-                    err.to_string(),
-                ),
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_event_type", err),
                 &bytes,
             );
         }
@@ -276,21 +304,21 @@ pub async fn receive(
     }
     let idempotency_key = match &source.idempotency_key {
         None => None,
-        Some(field) => match read_field(field, &headers, &mut payload) {
-            Ok(k) => k,
-            Err(err) => {
+        Some(field) => match read_field(&app.sandbox, field, &headers, &bytes).await {
+            Err(busy) => return shed(busy),
+            Ok(Ok(k)) => k,
+            Ok(Err(err)) => {
                 return reject(
                     ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "invalid_idempotency_key",
-                        err.to_string(),
+                        err,
                     ),
                     &bytes,
                 );
             }
         },
     };
-    drop(payload);
     let kept_headers = KeptHeaders::of(&headers, &source.verify);
     let event_id = crate::ids::event_id();
     let flows = crate::engine::matching_flows(&config, &source.id, &event_type);
@@ -307,15 +335,12 @@ pub async fn receive(
         if flows.iter().all(|f| f.program.is_trivial()) {
             crate::engine::plan(&flows, &info, &bytes, received_at)
         } else {
-            // Flows with expressions run in the sandbox, under its time limit.
-            let raw = bytes.clone();
-            let planned_flows = flows.clone();
-            match app
-                .sandbox
-                .run(move || crate::engine::plan(&planned_flows, &info, &raw, received_at))
-                .await
-            {
+            // Flows with expressions run in the expression workers, under their limits. Busy
+            // workers shed the event (nothing is stored); an expression that overran or took
+            // its worker down fails these runs, with the reason, and the event is kept.
+            match app.sandbox.plan(&flows, &info, &bytes, received_at).await {
                 Ok(plan) => plan,
+                Err(busy @ SandboxError::Busy(_)) => return shed(busy),
                 Err(e) => crate::engine::plan_failed(&flows, &e.to_string()),
             }
         }

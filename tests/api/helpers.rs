@@ -37,20 +37,6 @@ pub async fn spawn_app(yaml: &str) -> TestApp {
     .await
 }
 
-/// Like [`spawn_app`], with `tune` applied to the options.
-pub async fn spawn_app_with(yaml: &str, tune: impl FnOnce(&mut ServeOptions)) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    start(
-        yaml,
-        &path,
-        ManualClock::new(ferry::clock::system_now_ms()),
-        Some(dir),
-        tune,
-    )
-    .await
-}
-
 /// Starts Ferry on an existing data directory and clock (to restart on the same data).
 pub async fn spawn_app_at(
     yaml: &str,
@@ -59,6 +45,14 @@ pub async fn spawn_app_at(
     dir: Option<tempfile::TempDir>,
 ) -> TestApp {
     start(yaml, data, clock, dir, |_| {}).await
+}
+
+/// Expression workers are Ferry's binary: this test binary is not.
+pub fn expression_worker() -> ferry::engine::sandbox::WorkerCommand {
+    ferry::engine::sandbox::WorkerCommand {
+        program: env!("CARGO_BIN_EXE_ferry").into(),
+        args: vec!["expr-worker".into()],
+    }
 }
 
 async fn start(
@@ -71,6 +65,7 @@ async fn start(
     let config = ferry::config::load_str(yaml, "test.yaml", std::path::Path::new("."), &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));
     let mut options = ServeOptions::new(config, data.to_path_buf());
+    options.expression_worker = Some(expression_worker());
     options.api_token = Some(TOKEN.into());
     options.clock = clock.clone();
     options.deliverer.jitter_seed = Some(1);

@@ -11,6 +11,7 @@ mod crash;
 mod events;
 mod fanout;
 mod flows;
+mod hostile;
 mod idempotency;
 mod openapi;
 mod overload;

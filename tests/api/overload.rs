@@ -12,6 +12,7 @@ async fn a_full_write_queue_answers_503_and_loses_no_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = ServeOptions::new(config, dir.path().to_path_buf());
     options.api_token = Some(TOKEN.into());
+    options.expression_worker = Some(crate::helpers::expression_worker());
     options.store.write_queue = 1;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

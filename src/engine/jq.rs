@@ -1,0 +1,393 @@
+//! Compiling and running jq with the `jaq` crates. Owns the only contact with `jaq_core`.
+//!
+//! **Invariant:** this runs only inside an expression worker process (`engine::sandbox`), or in
+//! unit tests and fuzz targets: a hostile program may overflow a stack, allocate without bound
+//! or never finish, and only a process that can be killed and replaced may run it.
+
+use super::expr::Expr;
+use jaq_core::load::lex::StrPart;
+use jaq_core::load::parse::{BinaryOp, Pattern, Term};
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::path::{Part, Path};
+use jaq_core::{Compiler, Ctx, Native, Vars, data::JustLut};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use jaq_json::Val as Value;
+
+type Filter = jaq_core::compile::Filter<Native<JustLut<Value>>>;
+
+/// The variables an expression sees besides its input: `$event` and `$steps`.
+#[derive(Clone, Default)]
+pub struct Scope {
+    pub event: Value,
+    pub steps: Value,
+}
+
+/// jq words that can recurse or loop without bound: refused so that a flow's author learns at
+/// once, not when a worker is killed at its limit.
+const UNBOUNDED: [&str; 4] = ["def", "repeat", "while", "until"];
+
+/// jq builtins and variables that reach the process rather than the event: its environment
+/// (secrets), its standard input, its exit, its standard error.
+const PROCESS: [&str; 10] = [
+    "env",
+    "$ENV",
+    "input",
+    "inputs",
+    "halt",
+    "halt_error",
+    "debug",
+    "stderr",
+    "input_filename",
+    "$__prog_args",
+];
+
+/// Compiles `code`: parses it, refuses the words above wherever they are in the parsed program
+/// (string interpolations included), and compiles it with Ferry's globals `$event` and `$steps`.
+pub fn compile(code: &str) -> Result<Filter, String> {
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs());
+    let funs = jaq_core::funs()
+        .chain(jaq_std::funs())
+        .chain(jaq_json::funs());
+    let tokens = jaq_core::load::Lexer::new(code).lex().map_err(|errs| {
+        errs.into_iter()
+            .map(|(expect, at)| format!("expected {} at {}", expect.as_str(), position(code, at)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let term = jaq_core::load::Parser::new(&tokens)
+        .parse(|p| p.term())
+        .map_err(|errs| {
+            errs.into_iter()
+                .map(|(expect, found)| {
+                    let at = jaq_core::load::lex::Token::opt_as_str(found, code);
+                    format!("expected {} at {}", expect.as_str(), position(code, at))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    if let Some(word) = refused_in(&term) {
+        let why = if UNBOUNDED.contains(&word) {
+            "it can recurse or loop without bound"
+        } else {
+            "expressions see the event and the run, not the process (its environment, its input, its logs)"
+        };
+        return Err(format!(
+            "`{word}` is not allowed in Ferry expressions: {why}"
+        ));
+    }
+    let loader = Loader::new(defs);
+    let arena = Arena::default();
+    let modules = loader
+        .load(&arena, File { code, path: () })
+        .map_err(|errs| {
+            let mut parts = Vec::new();
+            for (_file, err) in errs {
+                match err {
+                    jaq_core::load::Error::Io(items) => parts.extend(
+                        items
+                            .into_iter()
+                            .map(|(path, msg)| format!("cannot load `{path}`: {msg}")),
+                    ),
+                    jaq_core::load::Error::Lex(items) => {
+                        parts.extend(items.into_iter().map(|(expect, at)| {
+                            format!("expected {} at {}", expect.as_str(), position(code, at))
+                        }))
+                    }
+                    jaq_core::load::Error::Parse(items) => {
+                        parts.extend(items.into_iter().map(|(expect, at)| {
+                            format!("expected {} at {}", expect.as_str(), position(code, at))
+                        }))
+                    }
+                }
+            }
+            parts.join("; ")
+        })?;
+    Compiler::default()
+        .with_funs(funs)
+        .with_global_vars(["$event", "$steps"])
+        .compile(modules)
+        .map_err(|errs| {
+            errs.into_iter()
+                .flat_map(|(_file, undefined)| undefined)
+                .map(|(name, kind)| {
+                    format!(
+                        "undefined {} `{name}` at {}",
+                        kind.as_str(),
+                        position(code, name)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+/// The first refused word that `term` defines, calls or reads.
+fn refused_in<'s>(term: &Term<&'s str>) -> Option<&'static str> {
+    let word = |name: &str| {
+        UNBOUNDED
+            .iter()
+            .chain(&PROCESS)
+            .find(|w| **w == name)
+            .copied()
+    };
+    let all = |terms: &mut dyn Iterator<Item = &Term<&'s str>>| {
+        for t in terms {
+            if let Some(w) = refused_in(t) {
+                return Some(w);
+            }
+        }
+        None
+    };
+    match term {
+        Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) => None,
+        Term::Var(name) => word(name),
+        Term::Str(_, parts) => all(&mut parts.iter().filter_map(|p| match p {
+            StrPart::Term(t) => Some(t),
+            _ => None,
+        })),
+        Term::Arr(inner) => inner.as_deref().and_then(refused_in),
+        Term::Obj(entries) => all(&mut entries
+            .iter()
+            .flat_map(|(k, v)| std::iter::once(k).chain(v.as_ref()))),
+        Term::Neg(t) | Term::Label(_, t) => refused_in(t),
+        Term::BinOp(l, op, r) => {
+            let pattern = match op {
+                BinaryOp::Pipe(Some(p)) => refused_in_pattern(p),
+                _ => None,
+            };
+            pattern.or_else(|| refused_in(l)).or_else(|| refused_in(r))
+        }
+        Term::Fold(_, xs, pattern, args) => refused_in(xs)
+            .or_else(|| refused_in_pattern(pattern))
+            .or_else(|| all(&mut args.iter())),
+        Term::TryCatch(t, catch) => refused_in(t).or_else(|| catch.as_deref().and_then(refused_in)),
+        Term::IfThenElse(cases, otherwise) => all(&mut cases
+            .iter()
+            .flat_map(|(c, t)| [c, t])
+            .chain(otherwise.as_deref())),
+        Term::Def(..) => Some("def"),
+        Term::Call(name, args) => word(name).or_else(|| all(&mut args.iter())),
+        Term::Path(t, Path(parts)) => refused_in(t).or_else(|| {
+            all(&mut parts.iter().flat_map(|(part, _)| match part {
+                Part::Index(i) => vec![i],
+                Part::Range(a, b) => a.iter().chain(b.iter()).collect(),
+            }))
+        }),
+    }
+}
+
+fn refused_in_pattern(pattern: &Pattern<&str>) -> Option<&'static str> {
+    match pattern {
+        Pattern::Var(_) => None,
+        Pattern::Arr(ps) => ps.iter().find_map(refused_in_pattern),
+        Pattern::Obj(entries) => entries
+            .iter()
+            .find_map(|(k, p)| refused_in(k).or_else(|| refused_in_pattern(p))),
+    }
+}
+
+/// Compiled programs of one worker, by their code: an expression is compiled the first time it
+/// runs and reused after (a failed compile is remembered too).
+#[derive(Default)]
+pub struct Programs {
+    compiled: HashMap<Arc<str>, Result<Arc<Filter>, String>>,
+    /// Set in the server process, which must never compile or run jq.
+    refuse: bool,
+}
+
+/// Most programs a worker keeps; past it the cache starts again (flows are compiled again on
+/// their next run).
+const MAX_PROGRAMS: usize = 100_000;
+
+impl Programs {
+    /// Programs that refuse to compile anything: for the server's own use of
+    /// `run::advance` on flows without expressions.
+    pub fn refusing() -> Programs {
+        Programs {
+            compiled: HashMap::new(),
+            refuse: true,
+        }
+    }
+
+    fn get(&mut self, expr: &Expr) -> Result<Arc<Filter>, String> {
+        if self.refuse {
+            return Err(format!(
+                "jq expression `{}` cannot run here: expressions run only in the expression workers",
+                expr.code()
+            ));
+        }
+        if let Some(found) = self.compiled.get(expr.code()) {
+            return found.clone();
+        }
+        if self.compiled.len() >= MAX_PROGRAMS {
+            self.compiled.clear();
+        }
+        let made = compile(expr.code())
+            .map(Arc::new)
+            .map_err(|m| format!("jq expression `{}` does not compile: {m}", expr.code()));
+        self.compiled.insert(expr.code_arc(), made.clone());
+        made
+    }
+
+    /// Compiles `code` and says what is wrong with it, if anything.
+    pub fn check(&mut self, expr: &Expr) -> Result<(), String> {
+        self.get(expr).map(|_| ())
+    }
+
+    /// The first output of `expr` run on `input` with `scope`'s variables; `None` when it yields
+    /// nothing.
+    pub fn first(
+        &mut self,
+        expr: &Expr,
+        input: &Value,
+        scope: &Scope,
+    ) -> Result<Option<Value>, String> {
+        let program = self.get(expr)?;
+        let vars = Vars::new([scope.event.clone(), scope.steps.clone()]);
+        let ctx = Ctx::<JustLut<Value>>::new(&program.lut, vars);
+        let mut outputs = program.id.run((ctx, input.clone()));
+        match outputs.next() {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(exn)) => {
+                let message = match exn.get_err() {
+                    Ok(err) => err.to_string(),
+                    Err(_) => "the program called `halt`, which is not allowed here".to_string(),
+                };
+                Err(format!("jq expression `{}` failed: {message}", expr.code()))
+            }
+        }
+    }
+
+    /// jq truthiness of the first output: anything but `false` and `null` is true; no output
+    /// is false.
+    pub fn truthy(&mut self, expr: &Expr, input: &Value) -> Result<bool, String> {
+        Ok(truthy(self.first(expr, input, &Scope::default())?.as_ref()))
+    }
+
+    /// The first output as a string: strings as they are, numbers and booleans printed; null
+    /// or no output is `None`.
+    pub fn string(&mut self, expr: &Expr, input: &Value) -> Result<Option<String>, String> {
+        Ok(match self.first(expr, input, &Scope::default())? {
+            None | Some(Value::Null) => None,
+            Some(Value::TStr(s)) | Some(Value::BStr(s)) => {
+                Some(String::from_utf8_lossy(&s).into_owned())
+            }
+            Some(other) => Some(other.to_string()),
+        })
+    }
+}
+
+/// jq truthiness: anything but `false` and `null`; no output is false.
+pub fn truthy(v: Option<&Value>) -> bool {
+    matches!(v, Some(v) if !matches!(v, Value::Null | Value::Bool(false)))
+}
+
+/// Parses JSON bytes into an expression input, refusing nesting deeper than
+/// [`super::expr::MAX_JSON_DEPTH`] before parsing.
+pub fn parse_value(bytes: &[u8]) -> Result<Value, String> {
+    super::expr::check_depth(bytes)?;
+    jaq_json::read::parse_single(bytes).map_err(|e| e.to_string())
+}
+
+fn position(code: &str, at: &str) -> String {
+    let start = code.as_ptr() as usize;
+    let here = at.as_ptr() as usize;
+    if here >= start && here <= start + code.len() {
+        let offset = here - start;
+        if offset >= code.len() {
+            "the end".to_string()
+        } else {
+            format!("character {}", offset + 1)
+        }
+    } else {
+        "an unknown position".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Value {
+        parse_value(s.as_bytes()).unwrap()
+    }
+
+    fn run(code: &str, input: &str) -> Result<Option<Value>, String> {
+        Programs::default().first(&Expr::new(code).unwrap(), &v(input), &Scope::default())
+    }
+
+    #[test]
+    fn filters_and_paths() {
+        let mut p = Programs::default();
+        let e = Expr::new(r#".data.plan != "free""#).unwrap();
+        assert!(p.truthy(&e, &v(r#"{"data":{"plan":"pro"}}"#)).unwrap());
+        assert!(!p.truthy(&e, &v(r#"{"data":{"plan":"free"}}"#)).unwrap());
+        let path = Expr::new(".event").unwrap();
+        let got = p.string(&path, &v(r#"{"event":"user.created"}"#)).unwrap();
+        assert_eq!(got.as_deref(), Some("user.created"));
+        assert_eq!(
+            p.string(&path, &v(r#"{"event":7}"#)).unwrap().as_deref(),
+            Some("7")
+        );
+        assert_eq!(p.string(&path, &v("{}")).unwrap(), None);
+        assert!(compile("map(select(.a > 1)) | length").is_ok());
+    }
+
+    #[test]
+    fn compile_errors_say_where() {
+        let err = compile(".a | ").err().unwrap();
+        assert!(err.contains("expected"), "{err}");
+        let err = compile("nosuchfn(1)").err().unwrap();
+        assert!(err.contains("undefined filter `nosuchfn`"), "{err}");
+        assert!(err.contains("character 1"), "{err}");
+    }
+
+    #[test]
+    fn refused_words_are_found_in_the_parsed_program_wherever_they_hide() {
+        for (code, word) in [
+            ("def f: f; f", "def"),
+            ("[repeat(.)]", "repeat"),
+            ("env.HOME", "env"),
+            ("$ENV.HOME", "$ENV"),
+            (".x | debug", "debug"),
+            (r#""\(def f: f; f)""#, "def"),
+            (r#""a\("b\(env | keys)")""#, "env"),
+            (r#"{a: "\(input)"}"#, "input"),
+            (r#"if . then 1 else ("\($ENV)") end"#, "$ENV"),
+            (".[\"\\(env)\"]", "env"),
+            ("reduce (env | .[]) as $x (0; .)", "env"),
+            ("try error catch (halt_error)", "halt_error"),
+            (". as [$a, {b: $c}] | until(false; .)", "until"),
+            ("-(env | length)", "env"),
+        ] {
+            let err = compile(code).err().unwrap();
+            assert!(
+                err.contains(&format!("`{word}` is not allowed")),
+                "{code}: {err}"
+            );
+        }
+        // Words inside strings, object keys and field names are fine.
+        for code in [
+            r#""def \"until\" env""#,
+            "{until: .env, debug: 1}",
+            ".repeat.while",
+            r#"{"env": 1} | .env"#,
+        ] {
+            if let Err(e) = compile(code) {
+                panic!("{code}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn runtime_errors_are_values_not_panics() {
+        let err = run(".a + 1", r#"{"a":"x"}"#).unwrap_err();
+        assert!(err.contains("failed"), "{err}");
+        assert!(run(r#"error("boom")"#, "1").unwrap_err().contains("boom"));
+    }
+}

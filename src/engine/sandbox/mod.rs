@@ -1,0 +1,567 @@
+//! Where expressions run: a pool of expression worker processes (`ferry expr-worker`), apart
+//! from the server. A hostile expression can overflow a worker's stack, exhaust its memory
+//! limit or spin until its time limit; the worker is then killed (or dies) and replaced, and
+//! the one request that did it gets a [`SandboxError`], while the server goes on.
+//!
+//! Each worker starts with a cleared environment and limits its own address space and CPU
+//! time (`worker.rs`); the server holds its wall-clock time limit per request and kills it at
+//! the limit. Requests wait for a free worker in a bounded queue. The server sends a flow's
+//! program with each request as JSON; a worker compiles each program and expression once.
+//!
+//! **Invariant:** nothing in the server process compiles or runs jq; everything that does goes
+//! through [`Sandbox`].
+
+pub mod protocol;
+pub mod worker;
+
+use crate::clock::Millis;
+use crate::config::{Config, ConfigError, ConfigErrors, ExprSite, Flow};
+use crate::engine::expr::Expr;
+use crate::engine::program::{Op, Program};
+use crate::engine::{Advance, EventInfo, HttpRequest, Plan, RunContext, TestReport};
+use bytes::Bytes;
+use protocol::{Context, ProgramRef, Ran, Request, Response};
+use serde_json::value::RawValue;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SandboxError {
+    #[error("the expressions ran longer than their limit of {0:?} and were stopped")]
+    TimedOut(Duration),
+    #[error("the expression worker ended while running them: {0}")]
+    Crashed(String),
+    #[error("the expression workers are busy: {0} requests are already waiting")]
+    Busy(usize),
+    #[error("the expression worker refused the request: {0}")]
+    Refused(String),
+    #[error("cannot start an expression worker: {0}")]
+    Unavailable(String),
+}
+
+/// How many workers, and the limits each request and worker runs under
+/// (`settings.expressions` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub workers: usize,
+    /// Wall-clock time of one request (all the pure steps of a run between two I/O steps,
+    /// or one batch of payloads for a filter).
+    pub time: Duration,
+    /// Address space of one worker, in bytes.
+    pub memory_bytes: u64,
+    /// Requests that may wait for a free worker; past that, requests are refused at once.
+    pub queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            workers: 2,
+            time: Duration::from_secs(1),
+            memory_bytes: 512 * 1024 * 1024,
+            queue: 1024,
+        }
+    }
+}
+
+/// The program a worker is started from, and its arguments before the limits.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl WorkerCommand {
+    /// This very binary, as `ferry expr-worker`.
+    pub fn current_exe() -> Result<WorkerCommand, String> {
+        let program = std::env::current_exe().map_err(|e| {
+            format!("cannot find Ferry's own binary to start expression workers: {e}")
+        })?;
+        Ok(WorkerCommand {
+            program,
+            args: vec!["expr-worker".into()],
+        })
+    }
+}
+
+/// A cheap handle to the pool.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    command: WorkerCommand,
+    limits: Limits,
+    // A std mutex: it is held only to push or pop a worker, never across an await.
+    idle: Mutex<Vec<Worker>>,
+    slots: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    replaced: AtomicUsize,
+}
+
+struct Worker {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+}
+
+/// Longest wait for a free worker before a request is refused as busy.
+const QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+impl Sandbox {
+    /// A pool that starts its workers from `command` as they are first needed.
+    pub fn new(command: WorkerCommand, limits: Limits) -> Sandbox {
+        let workers = limits.workers.max(1);
+        Sandbox {
+            inner: Arc::new(Inner {
+                command,
+                slots: tokio::sync::Semaphore::new(workers),
+                limits,
+                idle: Mutex::new(Vec::new()),
+                waiting: AtomicUsize::new(0),
+                replaced: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Workers killed or lost and replaced since the start.
+    pub fn replaced(&self) -> usize {
+        self.inner.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Starts one worker now, so that a command fails at once when workers cannot start.
+    pub async fn start(&self) -> Result<(), SandboxError> {
+        let worker = self.inner.spawn()?;
+        self.inner.put_back(worker);
+        Ok(())
+    }
+
+    /// Compiles `expr` in a worker: `Ok(Err(why))` when it does not compile.
+    pub async fn check(&self, expr: &Expr) -> Result<Result<(), String>, SandboxError> {
+        match self.call(&Request::Check(vec![expr.clone()])).await? {
+            Response::Checked(mut r) if r.len() == 1 => Ok(r.remove(0)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Compiles every expression of `config` in a worker; errors name their place.
+    pub async fn check_config(&self, config: &Config) -> Result<(), ConfigErrors> {
+        self.check_sites(&config.expressions).await
+    }
+
+    /// Compiles the expressions at `sites` in a worker (identical ones once); errors name
+    /// their place.
+    pub async fn check_sites(&self, sites: &[ExprSite]) -> Result<(), ConfigErrors> {
+        if sites.is_empty() {
+            return Ok(());
+        }
+        let mut unique: Vec<Expr> = sites.iter().map(|s| s.expr.clone()).collect();
+        unique.sort_by(|a, b| a.code().cmp(b.code()));
+        unique.dedup();
+        let checked = match self.call(&Request::Check(unique.clone())).await {
+            Ok(Response::Checked(results)) if results.len() == unique.len() => results,
+            Ok(_) => {
+                return Err(ConfigErrors(
+                    vec![ConfigError {
+                        place: "expressions".into(),
+                        message: "the expression worker gave an answer of the wrong kind".into(),
+                    }],
+                    Vec::new(),
+                ));
+            }
+            Err(e) => {
+                // One expression took the worker down: check them one by one to name it.
+                return self.check_one_by_one(sites, e).await;
+            }
+        };
+        crate::config::expression_errors(sites, |expr| {
+            match unique.binary_search_by(|e| e.code().cmp(expr.code())) {
+                Ok(i) => checked.get(i).cloned().unwrap_or(Ok(())),
+                Err(_) => Ok(()),
+            }
+        })
+    }
+
+    async fn check_one_by_one(
+        &self,
+        sites: &[ExprSite],
+        first: SandboxError,
+    ) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for site in sites {
+            let message = match self.call(&Request::Check(vec![site.expr.clone()])).await {
+                Ok(Response::Checked(r)) => match r.into_iter().next() {
+                    Some(Ok(())) => continue,
+                    Some(Err(m)) => m,
+                    None => "the expression worker gave no answer".into(),
+                },
+                Ok(_) => "the expression worker gave an answer of the wrong kind".into(),
+                Err(e) => e.to_string(),
+            };
+            errors.push(ConfigError {
+                place: site.place.clone(),
+                message: format!("`{}`: {message}", site.field),
+            });
+        }
+        if errors.is_empty() {
+            errors.push(ConfigError {
+                place: "expressions".into(),
+                message: first.to_string(),
+            });
+        }
+        Err(ConfigErrors(errors, Vec::new()))
+    }
+
+    /// The runs a new event starts in `flows`: their first steps run in one request.
+    pub async fn plan(
+        &self,
+        flows: &[Arc<Flow>],
+        event: &Arc<EventInfo>,
+        raw: &Bytes,
+        now: Millis,
+    ) -> Result<Plan, SandboxError> {
+        let ctx = RunContext::new(event.clone(), raw.clone());
+        let context = wire_context(&ctx)?;
+        let programs = flows
+            .iter()
+            .map(|f| program_ref(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let request = Request::Plan {
+            programs,
+            context,
+            now,
+        };
+        match self.call(&request).await? {
+            Response::Planned(ran) if ran.len() == flows.len() => {
+                let ran = ran
+                    .into_iter()
+                    .map(|r| {
+                        let (advance, ctx) = ctx_after(&ctx, r);
+                        (advance, ctx.to_stored())
+                    })
+                    .collect();
+                Ok(crate::engine::plan_rows(flows, ran, now))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A run's pure steps from `start`, and the context they leave.
+    pub async fn advance(
+        &self,
+        flow: &Flow,
+        ctx: &RunContext,
+        start: usize,
+        now: Millis,
+    ) -> Result<(RunContext, Advance), SandboxError> {
+        self.advance_with(flow, ctx, start, now, false).await
+    }
+
+    async fn advance_with(
+        &self,
+        flow: &Flow,
+        ctx: &RunContext,
+        start: usize,
+        now: Millis,
+        dry: bool,
+    ) -> Result<(RunContext, Advance), SandboxError> {
+        if flow.program.is_trivial() && !dry {
+            // Nothing here runs jq: no need for a worker.
+            let mut after = ctx.clone();
+            let mut refusing = crate::engine::jq::Programs::refusing();
+            let advance = crate::engine::run::advance(
+                &mut refusing,
+                &flow.program,
+                &mut after,
+                start,
+                now,
+                false,
+            );
+            return Ok((after, advance));
+        }
+        let request = Request::Advance {
+            program: program_ref(flow)?,
+            context: wire_context(ctx)?,
+            start,
+            now,
+            dry,
+        };
+        match self.call(&request).await? {
+            Response::Advanced(ran) => {
+                let (advance, after) = ctx_after(ctx, ran);
+                Ok((after, advance))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The request of the `http` step at `pc`, or why it cannot be made.
+    pub async fn render_http(
+        &self,
+        flow: &Flow,
+        pc: usize,
+        ctx: &RunContext,
+        idempotency_key: String,
+    ) -> Result<Result<HttpRequest, String>, SandboxError> {
+        let Some(Op::Http(step)) = flow.program.instrs.get(pc).map(|i| &i.op) else {
+            return Ok(Err(format!("instruction {pc} is not an http step")));
+        };
+        let request = Request::RenderHttp {
+            program: program_ref(flow)?,
+            context: wire_context(ctx)?,
+            pc,
+        };
+        match self.call(&request).await? {
+            Response::Rendered(rendered) => {
+                Ok(rendered.and_then(|r| HttpRequest::from_rendered(step, r, idempotency_key)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `ferry flow test`: the flow run on an event without side effects.
+    pub async fn test_flow(
+        &self,
+        config: &Config,
+        flow: &Flow,
+        event: Arc<EventInfo>,
+        raw: Bytes,
+        now: Millis,
+    ) -> Result<TestReport, SandboxError> {
+        let ctx = RunContext::new(event, raw.clone());
+        let (_, advance) = self.advance_with(flow, &ctx, 0, now, true).await?;
+        Ok(crate::engine::test_report(config, flow, &raw, advance))
+    }
+
+    /// jq truthiness of `expr` on each payload (JSON), in one request.
+    pub async fn truthy_each(
+        &self,
+        expr: &Expr,
+        payloads: &[Bytes],
+    ) -> Result<Vec<Result<bool, String>>, SandboxError> {
+        let raw = payloads
+            .iter()
+            .map(|p| raw_json(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let request = Request::Truthy {
+            expr: expr.clone(),
+            payloads: raw,
+        };
+        match self.call(&request).await? {
+            Response::Truthy(results) if results.len() == payloads.len() => Ok(results),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `expr`'s first output on `payload` as a string (`None` for null or no output).
+    pub async fn read(
+        &self,
+        expr: &Expr,
+        payload: &[u8],
+    ) -> Result<Result<Option<String>, String>, SandboxError> {
+        let request = Request::Read {
+            expr: expr.clone(),
+            payload: raw_json(payload)?,
+        };
+        match self.call(&request).await? {
+            Response::Read(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request` to a free worker and waits for its answer, within the limits.
+    async fn call(&self, request: &Request<'_>) -> Result<Response, SandboxError> {
+        let message = protocol::frame(request).map_err(SandboxError::Refused)?;
+        let inner = &self.inner;
+        let queued = inner.waiting.fetch_add(1, Ordering::AcqRel);
+        if queued >= inner.limits.queue {
+            inner.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(SandboxError::Busy(queued));
+        }
+        let permit = tokio::time::timeout(QUEUE_WAIT, inner.slots.acquire()).await;
+        inner.waiting.fetch_sub(1, Ordering::AcqRel);
+        let _permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(SandboxError::Unavailable("the pool is closed".into())),
+            Err(_) => return Err(SandboxError::Busy(inner.waiting.load(Ordering::Relaxed))),
+        };
+        let popped = inner.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut worker = match popped {
+            Some(w) => w,
+            None => inner.spawn()?,
+        };
+        match tokio::time::timeout(inner.limits.time, exchange(&mut worker, &message)).await {
+            Ok(Ok(answer)) => {
+                inner.put_back(worker);
+                match serde_json::from_slice::<Response>(&answer) {
+                    Ok(Response::Refused(why)) => Err(SandboxError::Refused(why)),
+                    Ok(response) => Ok(response),
+                    Err(e) => Err(SandboxError::Refused(format!(
+                        "cannot read the worker's answer: {e}"
+                    ))),
+                }
+            }
+            Ok(Err(_)) => Err(SandboxError::Crashed(inner.lost(worker).await)),
+            Err(_) => {
+                inner.kill(worker, "its time limit passed");
+                Err(SandboxError::TimedOut(inner.limits.time))
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn spawn(&self) -> Result<Worker, SandboxError> {
+        let mut child = tokio::process::Command::new(&self.command.program)
+            .args(&self.command.args)
+            .arg("--memory-limit")
+            .arg(self.limits.memory_bytes.to_string())
+            .arg("--cpu-limit")
+            .arg(self.limits.time.as_secs().saturating_add(1).to_string())
+            .env_clear()
+            // The allocator reserves 1 GiB of address space at a time by default; smaller
+            // steps keep the memory limit about values, not reservations.
+            .env("MIMALLOC_ARENA_RESERVE", "32MiB")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                SandboxError::Unavailable(format!("{}: {e}", self.command.program.display()))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(SandboxError::Unavailable(
+                "the worker's pipes were not opened".into(),
+            ));
+        };
+        Ok(Worker {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn put_back(&self, worker: Worker) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(worker);
+    }
+
+    /// Kills a worker that overran; its replacement starts when next needed.
+    fn kill(&self, mut worker: Worker, why: &str) {
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            reason = why,
+            "expression worker killed; a new one takes its place"
+        );
+        let _ = worker.child.start_kill();
+        tokio::spawn(async move {
+            let _ = worker.child.wait().await;
+        });
+    }
+
+    /// A worker that stopped answering: waits briefly for it to end and says how it ended.
+    async fn lost(&self, mut worker: Worker) -> String {
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+        let _ = worker.child.start_kill();
+        let status = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
+        let why = match status {
+            Ok(Ok(status)) => describe_exit(status, self.limits.memory_bytes),
+            _ => "it stopped answering".to_string(),
+        };
+        tracing::warn!(reason = %why, "expression worker lost; a new one takes its place");
+        why
+    }
+}
+
+/// Writes one message and reads the answer.
+async fn exchange(worker: &mut Worker, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    worker.stdin.write_all(message).await?;
+    worker.stdin.flush().await?;
+    let mut header = [0u8; 4];
+    worker.stdout.read_exact(&mut header).await?;
+    let len = protocol::announced_length(header).map_err(std::io::Error::other)?;
+    let mut answer = vec![0u8; len];
+    worker.stdout.read_exact(&mut answer).await?;
+    Ok(answer)
+}
+
+fn describe_exit(status: std::process::ExitStatus, memory: u64) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(libc::SIGSEGV) | Some(libc::SIGBUS) => {
+            "it crashed, most likely from nesting or recursion too deep for its stack".into()
+        }
+        Some(libc::SIGABRT) => format!(
+            "it aborted, most likely because an allocation passed its memory limit of {} MiB",
+            memory / (1024 * 1024)
+        ),
+        Some(libc::SIGXCPU) => "it used up its CPU time limit".into(),
+        Some(libc::SIGKILL) => "it was killed".into(),
+        Some(n) => format!("it ended on signal {n}"),
+        None => format!("it exited with {status}"),
+    }
+}
+
+fn unexpected(response: Response) -> SandboxError {
+    match response {
+        Response::Refused(why) => SandboxError::Refused(why),
+        _ => SandboxError::Refused("the worker gave an answer of the wrong kind".into()),
+    }
+}
+
+/// JSON bytes as a raw value to embed in a message.
+fn raw_json(bytes: &[u8]) -> Result<&RawValue, SandboxError> {
+    serde_json::from_slice::<&RawValue>(bytes)
+        .map_err(|e| SandboxError::Refused(format!("the payload is not JSON: {e}")))
+}
+
+fn program_ref(flow: &Flow) -> Result<ProgramRef<'_>, SandboxError> {
+    Ok(ProgramRef {
+        digest: flow.wire_digest,
+        program: raw_json(flow.wire.as_bytes())?,
+    })
+}
+
+fn wire_context(ctx: &RunContext) -> Result<Context<'_>, SandboxError> {
+    Ok(Context {
+        event: (**ctx.event()).clone(),
+        raw: raw_json(ctx.raw())?,
+        payload: match ctx.transformed_payload() {
+            Some(p) => Some(raw_json(p)?),
+            None => None,
+        },
+        steps: ctx.steps().clone(),
+    })
+}
+
+/// The context a worker's run left, over the event the server holds.
+fn ctx_after(before: &RunContext, ran: Ran) -> (Advance, RunContext) {
+    let mut ctx = RunContext::new(before.event().clone(), before.raw().clone());
+    if let Some(p) = ran.payload {
+        ctx.set_payload(p);
+    }
+    for (name, output) in ran.steps {
+        ctx.set_step_output(&name, output);
+    }
+    (ran.advance, ctx)
+}
+
+/// A flow's program as the JSON a worker reads, and a digest of that text.
+pub fn wire_program(program: &Program) -> (Arc<str>, u64) {
+    use std::hash::{Hash, Hasher};
+    let text = serde_json::to_string(program).unwrap_or_else(|_| "null".into());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    (text.into(), hasher.finish())
+}

@@ -1,0 +1,401 @@
+//! Hostile expressions against a real `ferry serve` child process: with a `read` token through
+//! the events filter, and with an admin token in flows and source paths. Each one gets a clear
+//! error; afterwards the same process (same PID) answers at once and flows with expressions
+//! still run. The server's own memory stays small while workers blow up.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The server's resident memory, from `/proc`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The server's RSS must stay under this while workers run hostile programs (it idles at
+/// about 40 MiB in a debug build; a worker that grows is another process).
+const SERVER_RSS_BOUND_KIB: u64 = 200 * 1024;
+
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    pid: u32,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(yaml: &str) -> (Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ferry.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let data = dir.path().join("data");
+        let args = [
+            "serve".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ];
+        let (child, base) = spawn_serve(
+            &args,
+            &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
+            std::process::Stdio::null(),
+        )
+        .await;
+        let pid = child.id().unwrap();
+        let server = Server {
+            child,
+            base,
+            pid,
+            http: client(),
+        };
+        (server, dir)
+    }
+
+    async fn token(&self, scope: &str) -> String {
+        let made: Value = self
+            .http
+            .post(format!("{}/api/v1/tokens", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": scope, "scope": scope}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        made["token"].as_str().unwrap().to_string()
+    }
+
+    /// Same PID, still running, and `/healthz` answers within a second.
+    async fn assert_alive(&mut self, after: &str) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the server exited after {after}"
+        );
+        assert_eq!(self.child.id(), Some(self.pid));
+        let started = Instant::now();
+        let health = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.http.get(format!("{}/healthz", self.base)).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("/healthz did not answer after {after}"))
+        .unwrap();
+        assert_eq!(health.status(), 200, "after {after}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?} after {after}",
+            started.elapsed()
+        );
+    }
+
+    async fn events_filter(&self, token: &str, jq: &str) -> (u16, Value) {
+        let query: String = url::form_urlencoded::byte_serialize(jq.as_bytes()).collect();
+        let r = self
+            .http
+            .get(format!("{}/api/v1/events?jq={query}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+const HOSTILE_CONFIG: &str = r#"
+settings:
+  allow_private_destinations: true
+  expressions: { workers: 2, time_limit: 500ms, memory_limit_mb: 128 }
+sources: [ { id: shop, kind: webhook, verify: { scheme: none } } ]
+destinations: [ { id: out, kind: http, url: "RECEIVER" } ]
+flows:
+  - id: shaped
+    on: { source: shop }
+    steps:
+      - filter: '.plan != "free"'
+      - transform: '{who: .email, plan}'
+      - deliver: out
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_tokens_hostile_filters_get_errors_and_the_server_goes_on() {
+    let receiver = Receiver::start().await;
+    let (mut server, _dir) =
+        Server::start(&HOSTILE_CONFIG.replace("RECEIVER", &receiver.url)).await;
+    let read = server.token("read").await;
+    for n in 0..3 {
+        let r = server
+            .http
+            .post(format!("{}/in/shop", server.base))
+            .body(json!({"type": "t", "plan": "pro", "email": format!("u{n}@x.io")}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let deep = format!("{}1{}", "(".repeat(7000), ")".repeat(7000));
+    let deep_array = format!("{}1{}", "[".repeat(7000), "]".repeat(7000));
+    let too_long = format!(".a == \"{}\"", "x".repeat(20_000));
+    // (program, the statuses that are a clear answer for it, words the message must hold)
+    let cases: Vec<(&str, &[u16], &str)> = vec![
+        (&deep, &[200, 422], ""),
+        (&deep_array, &[200, 422], ""),
+        (&too_long, &[400], "the limit is 16384"),
+        (r#""x" * 100000000000000"#, &[422], "memory limit"),
+        (r#"[range(1e8)] | length"#, &[422], ""),
+        (r#""\(def f: f; f)""#, &[400], "`def` is not allowed"),
+        (
+            r#""\(env | tostring | .[0:1])""#,
+            &[400],
+            "`env` is not allowed",
+        ),
+        (
+            r#""a\("b\($ENV.FERRY_API_TOKEN)")""#,
+            &[400],
+            "`$ENV` is not allowed",
+        ),
+        (r#"[.[] | input]"#, &[400], "`input` is not allowed"),
+        (r#"last(range(1e18))"#, &[422], "longer than their limit"),
+        (r#"[limit(1e9; range(1e18))] | length"#, &[422], ""),
+        (
+            r#"reduce range(200000) as $i (0; [.]) | tojson | length"#,
+            &[200, 422],
+            "",
+        ),
+        (r#"("[" * 1000000) | fromjson"#, &[200, 422], ""),
+        (
+            r#""[" * 100000 + "]" * 100000 | fromjson | length"#,
+            &[200, 422],
+            "",
+        ),
+        (r#"9223372036854775807 + 1 > 0"#, &[200], ""),
+        (r#"pow(2; 100000) > 0"#, &[200], ""),
+        (r#"(-9223372036854775808) * -1 | . > 0"#, &[200], ""),
+        (r#"[range(0; 1e300; 1e299)] | length > 0"#, &[200], ""),
+        (r#".a["\u0000\ud800"] == 1"#, &[200, 400], ""),
+    ];
+    for (program, statuses, words) in &cases {
+        let shown: String = program.chars().take(60).collect();
+        let before = rss_kib(server.pid);
+        let (status, body) = server.events_filter(&read, program).await;
+        assert!(statuses.contains(&status), "`{shown}`: {status} {body}");
+        if status != 200 {
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains(words), "`{shown}`: {body}");
+            assert!(
+                ["invalid_query", "expression_failed"].contains(&body["error"].as_str().unwrap()),
+                "`{shown}`: {body}"
+            );
+        }
+        let after = rss_kib(server.pid);
+        assert!(
+            after < SERVER_RSS_BOUND_KIB,
+            "`{shown}`: the server grew from {before} to {after} KiB"
+        );
+        server.assert_alive(&shown).await;
+    }
+    // Invalid UTF-8 and a huge limit in the query are refused, not a crash.
+    for query in [
+        "jq=%FF%FE",
+        "limit=99999999999999999999999",
+        "jq=.a&limit=-1",
+    ] {
+        let r = server
+            .http
+            .get(format!("{}/api/v1/events?{query}", server.base))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        server.assert_alive(query).await;
+    }
+    // A good filter still finds the events, and the flow with expressions still runs.
+    let (status, found) = server.events_filter(&read, r#".plan == "pro""#).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["data"].as_array().unwrap().len(), 3, "{found}");
+    let r = server
+        .http
+        .post(format!("{}/in/shop", server.base))
+        .body(r#"{"type":"t","plan":"pro","email":"last@x.io"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    receiver.wait_for(4).await;
+    let bodies: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(
+        bodies.contains(&json!({"who": "last@x.io", "plan": "pro"})),
+        "{bodies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_flows_and_source_paths_fail_their_runs_not_the_server() {
+    let receiver = Receiver::start().await;
+    let (mut server, _dir) =
+        Server::start(&HOSTILE_CONFIG.replace("RECEIVER", &receiver.url)).await;
+    let admin = |path: &str, body: Value| {
+        server
+            .http
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    // Refused words hidden in interpolation are refused when the flow is made.
+    let r = admin(
+        "/api/v1/flows",
+        json!({"id": "sneaky", "on": {"source": "shop"}, "steps": [{"transform": "\"\\(def f: f; f)\""}, {"deliver": "out"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.to_string().contains("`def` is not allowed"), "{body}");
+    // Flows that compile but blow up at run time: memory, time, stack.
+    for (id, transform) in [
+        ("bloat", r#""x" * 100000000000000"#),
+        ("spin", "last(range(1e18))"),
+        ("deep", r#"reduce range(1000000) as $i (0; [.]) | tojson"#),
+    ] {
+        let r = admin(
+            "/api/v1/sources",
+            json!({"id": id, "kind": "webhook", "verify": {"scheme": "none"}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let r = admin(
+            "/api/v1/flows",
+            json!({"id": id, "on": {"source": id}, "steps": [{"transform": transform}, {"deliver": "out"}]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    // A source whose event type is read by a spinning expression.
+    let r = admin(
+        "/api/v1/sources",
+        json!({"id": "stuck", "kind": "webhook", "verify": {"scheme": "none"}, "event_type": {"from": "body", "path": "last(range(1e18)) | tostring"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let started = Instant::now();
+    let r = server
+        .http
+        .post(format!("{}/in/stuck", server.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than their limit"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.assert_alive("a spinning source path").await;
+
+    for id in ["bloat", "spin", "deep"] {
+        let r = server
+            .http
+            .post(format!("{}/in/{id}", server.base))
+            .body(json!({"type": "t", "plan": "pro"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{id}");
+        let event: Value = r.json().await.unwrap();
+        let event_id = event["event_id"].as_str().unwrap().to_string();
+        let runs: Value = server
+            .http
+            .get(format!("{}/api/v1/runs?event_id={event_id}", server.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let run = runs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["flow_id"] == id)
+            .unwrap_or_else(|| panic!("{runs}"));
+        assert_eq!(run["status"], "failed", "{run}");
+        assert!(
+            run["error"].as_str().unwrap().contains("expression"),
+            "{run}"
+        );
+        assert!(rss_kib(server.pid) < SERVER_RSS_BOUND_KIB);
+        server.assert_alive(id).await;
+    }
+    // The ordinary flow still runs, at once.
+    let r = server
+        .http
+        .post(format!("{}/in/shop", server.base))
+        .body(r#"{"type":"t","plan":"pro","email":"ok@x.io"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    receiver.wait_for(1).await;
+    let first: Value = serde_json::from_slice(&receiver.requests()[0].body).unwrap();
+    assert_eq!(first, json!({"who": "ok@x.io", "plan": "pro"}));
+}
+
+#[tokio::test]
+async fn validate_reports_hostile_expressions_without_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    let deep = format!("{}1{}", "(".repeat(7000), ")".repeat(7000));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+sources:
+  - {{ id: a, kind: webhook, verify: {{ scheme: none }}, event_type: {{ from: body, path: '"\(def f: f; f)"' }} }}
+  - {{ id: b, kind: webhook, verify: {{ scheme: none }}, event_type: {{ from: body, path: '{deep}' }} }}
+flows:
+  - id: f
+    on: {{ source: nope }}
+    steps: [ {{ filter: '"\(env.HOME)"' }} ]
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("(source a): `event_type`: jq expression"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`def` is not allowed"), "{stderr}");
+    assert!(stderr.contains("`env` is not allowed"), "{stderr}");
+    // The structural error and the expression errors come in one report.
+    assert!(stderr.contains("no source has the id `nope`"), "{stderr}");
+    assert!(!stderr.contains("(source b)"), "{stderr}");
+}
