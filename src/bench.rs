@@ -36,14 +36,28 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Which Ferry phases to run (the bare handler always runs: it is the baseline).
-    #[arg(long, value_delimiter = ',', default_value = "ingest,fanout,latency")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,fanout,flow,latency"
+    )]
     pub phases: Vec<Phase>,
+    /// Another Ferry binary (an earlier build) to drive in the `flow` phase too, right after
+    /// this one, so that the two are compared in the same run.
+    #[arg(long)]
+    pub compare_with: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
+    /// Ingest only: no flow matches.
     Ingest,
+    /// A flow that only delivers, to 3 destinations.
     Fanout,
+    /// A flow with a filter, a transform and a fan-out to 3: its expressions run in the
+    /// expression workers.
+    Flow,
+    /// The fan-out flow at a fixed rate, for latency.
     Latency,
 }
 
@@ -195,8 +209,12 @@ impl Target {
 
 /// Starts `ferry ARGS --listen 127.0.0.1:0` and reads the address it announces on stdout.
 async fn start_target(args: &[String]) -> Result<Target, BenchError> {
+    start_target_from(&std::env::current_exe()?, args).await
+}
+
+async fn start_target_from(program: &Path, args: &[String]) -> Result<Target, BenchError> {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .env(
@@ -248,18 +266,74 @@ async fn start_synced_bare(dir: &Path) -> Result<Target, BenchError> {
 }
 
 async fn start_ferry(dir: &Path, yaml: &str) -> Result<Target, BenchError> {
+    start_ferry_from(&std::env::current_exe()?, dir, yaml).await
+}
+
+async fn start_ferry_from(program: &Path, dir: &Path, yaml: &str) -> Result<Target, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let config = dir.join("ferry.yaml");
     std::fs::write(&config, yaml)?;
-    start_target(&[
-        "serve".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--data".into(),
-        dir.join("data").display().to_string(),
-    ])
+    start_target_from(
+        program,
+        &[
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--data".into(),
+            dir.join("data").display().to_string(),
+        ],
+    )
     .await
+}
+
+/// What a closed-loop phase with deliveries measured.
+struct DeliveryRun {
+    events_per_s: f64,
+    deliveries_per_s: f64,
+    failed: u64,
+    rss: Option<f64>,
+}
+
+/// Drives `ferry` as fast as it answers and counts what the receivers get in the measured
+/// window; stops `ferry` after.
+async fn deliveries_closed_loop(
+    ferry: Target,
+    stats: &Arc<Deliveries>,
+    connections: usize,
+    warmup: Duration,
+    measure: Duration,
+    size: usize,
+    epoch: Instant,
+) -> DeliveryRun {
+    stats.count.store(0, Ordering::Relaxed);
+    let recorder = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            stats.count.store(0, Ordering::Relaxed);
+            stats.recording.store(true, Ordering::Relaxed);
+            tokio::time::sleep(measure).await;
+            stats.recording.store(false, Ordering::Relaxed);
+            stats.count.load(Ordering::Relaxed)
+        })
+    };
+    stats.recording.store(true, Ordering::Relaxed);
+    let load = drive(ferry.addr, connections, warmup, measure, None, size, epoch).await;
+    let delivered = recorder.await.unwrap_or(0);
+    let rss = ferry.peak_rss_mb();
+    ferry.stop().await;
+    stats
+        .latencies_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    DeliveryRun {
+        events_per_s: load.ok as f64 / measure.as_secs_f64(),
+        deliveries_per_s: delivered as f64 / measure.as_secs_f64(),
+        failed: load.failed,
+        rss,
+    }
 }
 
 /// Counts what the receivers got, and ingest-to-delivery latency from the `sent_us` stamp.
@@ -494,7 +568,18 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     crate::telemetry::nearest_rank(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
 }
 
-fn config(receivers: &[SocketAddr], fan_out: bool) -> String {
+/// What the bench's flow does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// No flow matches the events.
+    IngestOnly,
+    /// Deliver to every receiver.
+    FanOut,
+    /// Filter, transform, then deliver to every receiver.
+    Expressions,
+}
+
+fn config(receivers: &[SocketAddr], shape: Shape) -> String {
     let mut yaml = String::from(
         "settings: { allow_private_destinations: true }\nsources:\n  - { id: bench, kind: webhook, verify: { scheme: none } }\n  - { id: elsewhere, kind: webhook, verify: { scheme: none } }\n",
     );
@@ -505,8 +590,21 @@ fn config(receivers: &[SocketAddr], fan_out: bool) -> String {
         ));
     }
     let names: Vec<String> = (0..receivers.len()).map(|i| format!("d{i}")).collect();
-    let source = if fan_out { "bench" } else { "elsewhere" };
-    yaml.push_str(&format!("flows:\n  - {{ id: fan-out, on: {{ source: {source} }}, steps: [ {{ deliver: [{}] }} ] }}\n", names.join(", ")));
+    let source = if shape == Shape::IngestOnly {
+        "elsewhere"
+    } else {
+        "bench"
+    };
+    // The transform keeps `sent_us`, which the receivers read for latency.
+    let pure = if shape == Shape::Expressions {
+        r#"{ filter: '.seq >= 0 and .type == "bench.event"' }, { transform: '{seq, sent_us, kind: .type, pad}' }, "#
+    } else {
+        ""
+    };
+    yaml.push_str(&format!(
+        "flows:\n  - {{ id: fan-out, on: {{ source: {source} }}, steps: [ {pure}{{ deliver: [{}] }} ] }}\n",
+        names.join(", ")
+    ));
     yaml
 }
 
@@ -545,12 +643,12 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     let mut rows = Vec::new();
     let mut failures: Vec<(&str, u64)> = Vec::new();
 
-    eprintln!("phase 1/6: bare handler, closed loop");
+    eprintln!("phase 1/7: bare handler, closed loop");
     let bare = start_target(&["bench-bare".into()]).await?;
     let cpu_before = bare.cpu_time();
     let bare_max = drive(bare.addr, c, warmup, measure, None, size, epoch).await;
     let bare_cpu_us = cpu_per_request(cpu_before, bare.cpu_time(), bare_max.ok, warmup, measure);
-    eprintln!("phase 2/6: bare handler, {} requests/s", args.rate);
+    eprintln!("phase 2/7: bare handler, {} requests/s", args.rate);
     let bare_fixed = drive(bare.addr, c, warmup, measure, Some(args.rate), size, epoch).await;
     if bare_max.ok == 0 {
         return Err(BenchError::NoSuccess("bare"));
@@ -574,7 +672,11 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
 
     let mut ingest_rss = None;
     if args.phases.contains(&Phase::Ingest) {
-        let ferry = start_ferry(&args.data.join("ingest"), &config(&receivers, false)).await?;
+        let ferry = start_ferry(
+            &args.data.join("ingest"),
+            &config(&receivers, Shape::IngestOnly),
+        )
+        .await?;
         let synced = start_synced_bare(&args.data.join("synced-bare")).await?;
         let mut rounds: Vec<Round> = Vec::new();
         let mut latencies = Vec::new();
@@ -584,14 +686,14 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             let (bare_rps_now, bare_cpu_now) = if round == 0 {
                 (bare_rps, bare_cpu_us)
             } else {
-                eprintln!("phase 3/6: round {}: bare handler, closed loop", round + 1);
+                eprintln!("phase 3/7: round {}: bare handler, closed loop", round + 1);
                 let before = bare.cpu_time();
                 let load = drive(bare.addr, c, warmup, measure, None, size, epoch).await;
                 let cpu = cpu_per_request(before, bare.cpu_time(), load.ok, warmup, measure);
                 (load.ok as f64 / measure.as_secs_f64(), cpu)
             };
             eprintln!(
-                "phase 3/6: round {}: ferry, ingest only (no flow matches)",
+                "phase 3/7: round {}: ferry, ingest only (no flow matches)",
                 round + 1
             );
             let before = ferry.cpu_time();
@@ -599,7 +701,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             let cpu = cpu_per_request(before, ferry.cpu_time(), ingest.ok, warmup, measure);
             let rps = ingest.ok as f64 / measure.as_secs_f64();
             eprintln!(
-                "phase 3/6: round {}: synced bare handler (append and fdatasync only)",
+                "phase 3/7: round {}: synced bare handler (append and fdatasync only)",
                 round + 1
             );
             let synced_load = drive(synced.addr, c, warmup, measure, None, size, epoch).await;
@@ -684,53 +786,77 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     }
 
     if args.phases.contains(&Phase::Fanout) {
-        eprintln!("phase 4/6: ferry, fan-out to 3, closed loop");
-        let ferry = start_ferry(&args.data.join("fanout"), &config(&receivers, true)).await?;
-        stats.count.store(0, Ordering::Relaxed);
-        let recorder = {
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(warmup).await;
-                stats.count.store(0, Ordering::Relaxed);
-                stats.recording.store(true, Ordering::Relaxed);
-                tokio::time::sleep(measure).await;
-                stats.recording.store(false, Ordering::Relaxed);
-                stats.count.load(Ordering::Relaxed)
-            })
-        };
-        stats.recording.store(true, Ordering::Relaxed);
-        let fanout = drive(ferry.addr, c, warmup, measure, None, size, epoch).await;
-        let delivered = recorder.await.unwrap_or(0);
-        let fanout_rss = ferry.peak_rss_mb();
-        ferry.stop().await;
-        stats
-            .latencies_us
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let fanout_eps = fanout.ok as f64 / measure.as_secs_f64();
-        let dps = delivered as f64 / measure.as_secs_f64();
+        eprintln!("phase 4/7: ferry, fan-out to 3, closed loop");
+        let ferry = start_ferry(
+            &args.data.join("fanout"),
+            &config(&receivers, Shape::FanOut),
+        )
+        .await?;
+        let run = deliveries_closed_loop(ferry, &stats, c, warmup, measure, size, epoch).await;
         rows.push(row(
             "fan-out to 3",
             "events/s ingested",
-            fanout_eps,
+            run.events_per_s,
             "",
-            Some(fanout_eps / bare_rps),
+            Some(run.events_per_s / bare_rps),
         ));
         rows.push(row(
             "fan-out to 3",
             "deliveries/s",
-            dps,
+            run.deliveries_per_s,
             "",
-            Some(dps / bare_rps),
+            Some(run.deliveries_per_s / bare_rps),
         ));
-        rss.push(("fan-out to 3", fanout_rss));
-        failures.push(("fan-out", fanout.failed));
+        rss.push(("fan-out to 3", run.rss));
+        failures.push(("fan-out", run.failed));
+    }
+
+    if args.phases.contains(&Phase::Flow) {
+        let shape = "filter, transform, fan-out to 3";
+        eprintln!("phase 5/7: ferry, {shape}, closed loop");
+        let yaml = config(&receivers, Shape::Expressions);
+        let ferry = start_ferry(&args.data.join("flow"), &yaml).await?;
+        let ours = deliveries_closed_loop(ferry, &stats, c, warmup, measure, size, epoch).await;
+        rows.push(row(
+            shape,
+            "deliveries/s",
+            ours.deliveries_per_s,
+            "",
+            Some(ours.deliveries_per_s / bare_rps),
+        ));
+        rss.push((shape, ours.rss));
+        failures.push(("flow", ours.failed));
+        if let Some(other) = &args.compare_with {
+            eprintln!("phase 5/7: {}, {shape}, closed loop", other.display());
+            let ferry = start_ferry_from(other, &args.data.join("flow-other"), &yaml).await?;
+            let theirs =
+                deliveries_closed_loop(ferry, &stats, c, warmup, measure, size, epoch).await;
+            rows.push(row(
+                "the same, --compare-with build",
+                "deliveries/s",
+                theirs.deliveries_per_s,
+                "",
+                Some(theirs.deliveries_per_s / bare_rps),
+            ));
+            rows.push(row(
+                "this build / --compare-with build",
+                "deliveries/s",
+                ours.deliveries_per_s / theirs.deliveries_per_s,
+                "x",
+                None,
+            ));
+            rss.push(("the same, --compare-with build", theirs.rss));
+            failures.push(("flow, --compare-with build", theirs.failed));
+        }
     }
 
     if args.phases.contains(&Phase::Latency) {
-        eprintln!("phase 5/6: ferry, fan-out to 3 at {} events/s", args.rate);
-        let ferry = start_ferry(&args.data.join("latency"), &config(&receivers, true)).await?;
+        eprintln!("phase 6/7: ferry, fan-out to 3 at {} events/s", args.rate);
+        let ferry = start_ferry(
+            &args.data.join("latency"),
+            &config(&receivers, Shape::FanOut),
+        )
+        .await?;
         stats.recording.store(false, Ordering::Relaxed);
         let recorder = {
             let stats = stats.clone();
@@ -779,7 +905,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         // The disk's own tail at the same rate: a sync that stalls for tens of milliseconds
         // (the host's doing) holds every acknowledgement of any durable store as long.
         eprintln!(
-            "phase 6/6: synced bare handler (append and fdatasync only), {} requests/s",
+            "phase 7/7: synced bare handler (append and fdatasync only), {} requests/s",
             args.rate
         );
         let synced = start_synced_bare(&args.data.join("synced-bare-fixed")).await?;
