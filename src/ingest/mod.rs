@@ -135,7 +135,7 @@ pub async fn receive(
         "unknown"
     };
     events::event_received(&app.metrics, source_label);
-    let reject = |error: ApiError, body: &[u8]| -> Response {
+    let count_refusal = |error: &ApiError| {
         events::input_rejected(
             &app.metrics,
             &source_id,
@@ -143,7 +143,10 @@ pub async fn receive(
             error.status.as_u16(),
             error.code,
             &error.message,
-        );
+        )
+    };
+    let reject = |error: ApiError, body: &[u8]| -> Response {
+        count_refusal(&error);
         app.store.record_rejection(Rejection {
             source: source_id.clone(),
             received_at,
@@ -230,14 +233,7 @@ pub async fn receive(
     // Shedding load is not a refusal of the input: it is not written to the rejected log.
     let shed = |busy: SandboxError| -> Response {
         let error = ApiError::from(busy);
-        events::input_rejected(
-            &app.metrics,
-            &source_id,
-            source_label,
-            error.status.as_u16(),
-            error.code,
-            &error.message,
-        );
+        count_refusal(&error);
         error.into_response()
     };
     let event_type = match type_in_body {

@@ -12,19 +12,7 @@ async fn start_ferry(
     config: &std::path::Path,
     data: &std::path::Path,
 ) -> (tokio::process::Child, String) {
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    spawn_serve(
-        &args,
-        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
-        std::process::Stdio::inherit(),
-    )
-    .await
+    serve_config(config, data, std::process::Stdio::inherit()).await
 }
 
 /// Event numbers seen by a receiver, with how often each arrived.

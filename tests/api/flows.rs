@@ -623,15 +623,7 @@ flows:
     )
     .unwrap();
     let data = dir.path().join("data");
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    let env = [("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")];
-    let (mut child, base) = spawn_serve(&args, &env, std::process::Stdio::inherit()).await;
+    let (mut child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     let http = client();
     let answer: serde_json::Value = http
         .post(format!("{base}/in/shop"))
@@ -670,7 +662,7 @@ flows:
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let (_child, base) = spawn_serve(&args, &env, std::process::Stdio::inherit()).await;
+    let (_child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     receiver.wait_for(1).await;
     assert_eq!(
         body_of(&receiver.requests()[0]),
@@ -681,15 +673,8 @@ flows:
         1,
         "the completed call is not repeated"
     );
-    let run: serde_json::Value = http
-        .get(format!("{base}/api/v1/runs/{run_id}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{base}/api/v1/runs/{run_id}");
+    let run = admin_call(&http, reqwest::Method::GET, url, None).await;
     let statuses: Vec<_> = run["steps"]
         .as_array()
         .unwrap()

@@ -258,6 +258,28 @@ impl TestApp {
 
 /// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it
 /// announced on stdout (the child picks its own port, so no two tests can race for one).
+/// `ferry serve --config CONFIG --data DATA` as a child process, with the test token and
+/// error-level logs.
+pub async fn serve_config(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    let args = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    spawn_serve(
+        &args,
+        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
+        stderr,
+    )
+    .await
+}
+
 pub async fn spawn_serve(
     args: &[&std::ffi::OsStr],
     envs: &[(&str, &str)],
@@ -297,6 +319,20 @@ pub async fn spawn_serve(
     })
     .await;
     (child, base)
+}
+
+/// A management API call with the admin token to a server at `url`; the JSON answer.
+pub async fn admin_call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let mut request = http.request(method, url).bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// A plain HTTP client for tests (reqwest is built without a default TLS provider).

@@ -34,19 +34,7 @@ impl Server {
         let config = dir.path().join("ferry.yaml");
         std::fs::write(&config, yaml).unwrap();
         let data = dir.path().join("data");
-        let args = [
-            "serve".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-        ];
-        let (child, base) = spawn_serve(
-            &args,
-            &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
-            std::process::Stdio::null(),
-        )
-        .await;
+        let (child, base) = serve_config(&config, &data, std::process::Stdio::null()).await;
         let pid = child.id().unwrap();
         let server = Server {
             child,
@@ -58,17 +46,9 @@ impl Server {
     }
 
     async fn token(&self, scope: &str) -> String {
-        let made: Value = self
-            .http
-            .post(format!("{}/api/v1/tokens", self.base))
-            .bearer_auth(TOKEN)
-            .json(&json!({"name": scope, "scope": scope}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json!({"name": scope, "scope": scope});
+        let url = format!("{}/api/v1/tokens", self.base);
+        let made = admin_call(&self.http, reqwest::Method::POST, url, Some(&body)).await;
         made["token"].as_str().unwrap().to_string()
     }
 
@@ -93,6 +73,20 @@ impl Server {
             "/healthz took {:?} after {after}",
             started.elapsed()
         );
+    }
+
+    /// Posts an event to `/in/{source}` and expects `202`; the event's id.
+    async fn ingest(&self, source: &str, body: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/in/{source}", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{source}");
+        let answer: Value = r.json().await.unwrap();
+        answer["event_id"].as_str().unwrap().to_string()
     }
 
     async fn events_filter(&self, token: &str, jq: &str) -> (u16, Value) {
@@ -131,14 +125,8 @@ async fn a_read_tokens_hostile_filters_get_errors_and_the_server_goes_on() {
         Server::start(&HOSTILE_CONFIG.replace("RECEIVER", &receiver.url)).await;
     let read = server.token("read").await;
     for n in 0..3 {
-        let r = server
-            .http
-            .post(format!("{}/in/shop", server.base))
-            .body(json!({"type": "t", "plan": "pro", "email": format!("u{n}@x.io")}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        let body = json!({"type": "t", "plan": "pro", "email": format!("u{n}@x.io")});
+        server.ingest("shop", &body.to_string()).await;
     }
     let deep = format!("{}1{}", "(".repeat(7000), ")".repeat(7000));
     let deep_array = format!("{}1{}", "[".repeat(7000), "]".repeat(7000));
@@ -221,14 +209,9 @@ async fn a_read_tokens_hostile_filters_get_errors_and_the_server_goes_on() {
     let (status, found) = server.events_filter(&read, r#".plan == "pro""#).await;
     assert_eq!(status, 200, "{found}");
     assert_eq!(found["data"].as_array().unwrap().len(), 3, "{found}");
-    let r = server
-        .http
-        .post(format!("{}/in/shop", server.base))
-        .body(r#"{"type":"t","plan":"pro","email":"last@x.io"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    server
+        .ingest("shop", r#"{"type":"t","plan":"pro","email":"last@x.io"}"#)
+        .await;
     receiver.wait_for(4).await;
     let bodies: Vec<Value> = receiver
         .requests()
@@ -314,26 +297,11 @@ async fn hostile_flows_and_source_paths_fail_their_runs_not_the_server() {
     server.assert_alive("a spinning source path").await;
 
     for id in ["bloat", "spin", "deep"] {
-        let r = server
-            .http
-            .post(format!("{}/in/{id}", server.base))
-            .body(json!({"type": "t", "plan": "pro"}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{id}");
-        let event: Value = r.json().await.unwrap();
-        let event_id = event["event_id"].as_str().unwrap().to_string();
-        let runs: Value = server
-            .http
-            .get(format!("{}/api/v1/runs?event_id={event_id}", server.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let event_id = server
+            .ingest(id, &json!({"type": "t", "plan": "pro"}).to_string())
+            .await;
+        let url = format!("{}/api/v1/runs?event_id={event_id}", server.base);
+        let runs = admin_call(&server.http, reqwest::Method::GET, url, None).await;
         let run = runs["data"]
             .as_array()
             .unwrap()
@@ -349,14 +317,9 @@ async fn hostile_flows_and_source_paths_fail_their_runs_not_the_server() {
         server.assert_alive(id).await;
     }
     // The ordinary flow still runs, at once.
-    let r = server
-        .http
-        .post(format!("{}/in/shop", server.base))
-        .body(r#"{"type":"t","plan":"pro","email":"ok@x.io"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    server
+        .ingest("shop", r#"{"type":"t","plan":"pro","email":"ok@x.io"}"#)
+        .await;
     receiver.wait_for(1).await;
     let first: Value = serde_json::from_slice(&receiver.requests()[0].body).unwrap();
     assert_eq!(first, json!({"who": "ok@x.io", "plan": "pro"}));
@@ -398,4 +361,40 @@ flows:
     // The structural error and the expression errors come in one report.
     assert!(stderr.contains("no source has the id `nope`"), "{stderr}");
     assert!(!stderr.contains("(source b)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_killed_workers_are_replaced() {
+    use ferry::engine::expr::Expr;
+    use ferry::engine::sandbox::{Limits, Sandbox, SandboxError};
+    let limit = Duration::from_millis(300);
+    let sandbox = Sandbox::new(
+        expression_worker(),
+        Limits {
+            workers: 1,
+            time: limit,
+            memory_bytes: 128 * 1024 * 1024,
+            queue: 1,
+        },
+    );
+    let spin = Expr::new("last(range(1e18)) > 0").unwrap();
+    let payload = [bytes::Bytes::from_static(b"{}")];
+    // One runs on the only worker, one waits in the queue, the third is refused at once.
+    let (first, second, third) = tokio::join!(
+        sandbox.truthy_each(&spin, &payload),
+        sandbox.truthy_each(&spin, &payload),
+        sandbox.truthy_each(&spin, &payload),
+    );
+    assert_eq!(first, Err(SandboxError::TimedOut(limit)));
+    assert_eq!(second, Err(SandboxError::TimedOut(limit)));
+    assert!(matches!(third, Err(SandboxError::Busy(1))), "{third:?}");
+    assert_eq!(sandbox.replaced(), 2);
+    // The replacement answers ordinary work.
+    let plain = Expr::new(".a == 1").unwrap();
+    let answers = sandbox
+        .truthy_each(&plain, &[bytes::Bytes::from_static(br#"{"a":1}"#)])
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![Ok(true)]);
+    assert_eq!(sandbox.replaced(), 2);
 }

@@ -109,6 +109,9 @@ struct Worker {
     stdout: tokio::process::ChildStdout,
 }
 
+/// Most payload bytes in one request of [`Sandbox::truthy_each`].
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 /// Longest wait for a free worker before a request is refused as busy.
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
 
@@ -341,24 +344,41 @@ impl Sandbox {
         Ok(crate::engine::test_report(config, flow, &raw, advance))
     }
 
-    /// jq truthiness of `expr` on each payload (JSON), in one request.
+    /// jq truthiness of `expr` on each payload (JSON): as few requests as fit
+    /// [`BATCH_BYTES`] each.
     pub async fn truthy_each(
         &self,
         expr: &Expr,
         payloads: &[Bytes],
     ) -> Result<Vec<Result<bool, String>>, SandboxError> {
-        let raw = payloads
-            .iter()
-            .map(|p| raw_json(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let request = Request::Truthy {
-            expr: expr.clone(),
-            payloads: raw,
-        };
-        match self.call(&request).await? {
-            Response::Truthy(results) if results.len() == payloads.len() => Ok(results),
-            other => Err(unexpected(other)),
+        let mut results = Vec::with_capacity(payloads.len());
+        let mut rest = payloads;
+        while !rest.is_empty() {
+            let mut size = 0;
+            let take = rest
+                .iter()
+                .take_while(|p| {
+                    size += p.len();
+                    size <= BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            let (batch, after) = rest.split_at(take);
+            rest = after;
+            let raw = batch
+                .iter()
+                .map(|p| raw_json(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let request = Request::Truthy {
+                expr: expr.clone(),
+                payloads: raw,
+            };
+            match self.call(&request).await? {
+                Response::Truthy(r) if r.len() == batch.len() => results.extend(r),
+                other => return Err(unexpected(other)),
+            }
         }
+        Ok(results)
     }
 
     /// `expr`'s first output on `payload` as a string (`None` for null or no output).

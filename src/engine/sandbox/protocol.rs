@@ -9,8 +9,12 @@ use crate::engine::{Advance, EventInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Largest message either side accepts.
-pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Largest message either side accepts: what a worker answers is bounded by it before the
+/// server allocates room for it.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Longest string a worker answers for a source's event type or idempotency key.
+pub const MAX_READ: usize = 64 * 1024;
 
 /// A flow's program as JSON, with a digest of that text so that a worker compiles each program
 /// once (`Flow::wire`).

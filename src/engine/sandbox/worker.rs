@@ -3,7 +3,9 @@
 //! standard output, one at a time, until its input closes. All jq compiling and running in
 //! Ferry happens here.
 
-use super::protocol::{Context, ProgramRef, Ran, Request, Response, announced_length, frame};
+use super::protocol::{
+    Context, MAX_READ, ProgramRef, Ran, Request, Response, announced_length, frame,
+};
 use crate::engine::jq::{Programs, parse_value};
 use crate::engine::program::Program;
 use crate::engine::{EventInfo, RunContext, run};
@@ -131,10 +133,7 @@ impl Worker {
                 now,
                 dry,
             } => {
-                let (program, mut ctx) = match self
-                    .program(&program)
-                    .and_then(|p| Ok((p, run_context(&context)?)))
-                {
+                let (program, mut ctx) = match self.program_and_context(&program, &context) {
                     Ok(both) => both,
                     Err(e) => return Response::Refused(e),
                 };
@@ -146,10 +145,7 @@ impl Worker {
                 context,
                 pc,
             } => {
-                let (program, mut ctx) = match self
-                    .program(&program)
-                    .and_then(|p| Ok((p, run_context(&context)?)))
-                {
+                let (program, mut ctx) = match self.program_and_context(&program, &context) {
                     Ok(both) => both,
                     Err(e) => return Response::Refused(e),
                 };
@@ -172,9 +168,25 @@ impl Worker {
             ),
             Request::Read { expr, payload } => Response::Read(
                 parse_value(payload.get().as_bytes())
-                    .and_then(|value| self.programs.string(&expr, &value)),
+                    .and_then(|value| self.programs.string(&expr, &value))
+                    .and_then(|read| match read {
+                        Some(s) if s.len() > MAX_READ => Err(format!(
+                            "jq expression `{}` gave {} bytes; the limit is {MAX_READ}",
+                            expr.code(),
+                            s.len()
+                        )),
+                        other => Ok(other),
+                    }),
             ),
         }
+    }
+
+    fn program_and_context(
+        &mut self,
+        program: &ProgramRef<'_>,
+        context: &Context<'_>,
+    ) -> Result<(Arc<Program>, RunContext), String> {
+        Ok((self.program(program)?, run_context(context)?))
     }
 
     /// The program `r` names, read from its text the first time.
