@@ -189,6 +189,12 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
     }
 }
 
+/// How long a run waits when the expression workers are busy, in milliseconds.
+const OVERLOAD_RETRY_MS: i64 = 1_000;
+/// How often the pure steps after a performed step are tried again on busy workers before the
+/// run fails (it can be replayed).
+const OVERLOAD_RETRIES: usize = 10;
+
 /// What a step of the worker decided, before it is saved.
 struct Outcome {
     /// `None` keeps the stored context.
@@ -275,6 +281,27 @@ impl Worker {
         }
     }
 
+    /// The `http` step at `pc` is tried again shortly, nothing sent: the expression workers
+    /// had no room to fill in its request.
+    fn later(
+        &self,
+        ctx: RunContext,
+        records: Vec<StepRecord>,
+        pc: usize,
+        step_attempts: u32,
+        now: Millis,
+        why: &crate::engine::sandbox::SandboxError,
+    ) -> Outcome {
+        tracing::warn!(error = %why, "a run waits for the expression workers");
+        Outcome {
+            ctx: Some(ctx),
+            records,
+            state: engine::Stop::Wait(now + OVERLOAD_RETRY_MS).into_state(pc, now),
+            step_attempts,
+            attempt: None,
+        }
+    }
+
     /// Performs the step at the run's `pc` and runs on to the next stop.
     async fn run_step(
         &self,
@@ -306,6 +333,9 @@ impl Worker {
                         let label = step_label(instr);
                         records.push(record(instr, pc, now, "failed", None, Some(e.clone())));
                         return self.failed(row, records, format!("{label}: {e}"), Some(ctx));
+                    }
+                    Err(busy) if busy.is_overload() => {
+                        return self.later(ctx, records, pc, step_attempts, now, &busy);
                     }
                     Err(e) => {
                         return self.failed(
@@ -402,7 +432,20 @@ impl Worker {
             // A pure step: the run resumes after its deliveries, or is replayed from here.
             _ => pc,
         };
-        let advanced = self.sandbox.advance(&flow, &ctx, start, now).await;
+        // Busy workers are waited for here: the step before may have made a call whose answer
+        // is only in `ctx`, and resuming at `start` later would skip a `delay` there.
+        let mut advanced = self.sandbox.advance(&flow, &ctx, start, now).await;
+        for _ in 0..OVERLOAD_RETRIES {
+            match &advanced {
+                Err(busy) if busy.is_overload() => {
+                    tracing::warn!(error = %busy, run_id = %row.id, "a run waits for the expression workers");
+                    tokio::time::sleep(std::time::Duration::from_millis(OVERLOAD_RETRY_MS as u64))
+                        .await;
+                    advanced = self.sandbox.advance(&flow, &ctx, start, now).await;
+                }
+                _ => break,
+            }
+        }
         match advanced {
             Ok((ctx, adv)) => {
                 records.extend(adv.records);

@@ -108,7 +108,7 @@ async fn read_field(
             }
             match sandbox.read(e, body).await {
                 Ok(read) => Ok(read),
-                Err(busy @ SandboxError::Busy(_)) => Err(busy),
+                Err(busy) if busy.is_overload() => Err(busy),
                 Err(other) => Ok(Err(other.to_string())),
             }
         }
@@ -336,7 +336,7 @@ pub async fn receive(
             // its worker down fails these runs, with the reason, and the event is kept.
             match app.sandbox.plan(&flows, &info, &bytes, received_at).await {
                 Ok(plan) => plan,
-                Err(busy @ SandboxError::Busy(_)) => return shed(busy),
+                Err(busy) if busy.is_overload() => return shed(busy),
                 Err(e) => crate::engine::plan_failed(&flows, &e.to_string()),
             }
         }

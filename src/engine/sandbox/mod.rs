@@ -42,6 +42,14 @@ pub enum SandboxError {
     Unavailable(String),
 }
 
+impl SandboxError {
+    /// The workers could not take the request (busy, or none could start): the work is to be
+    /// tried again later, not failed.
+    pub fn is_overload(&self) -> bool {
+        matches!(self, SandboxError::Busy(_) | SandboxError::Unavailable(_))
+    }
+}
+
 /// How many workers, and the limits each request and worker runs under
 /// (`settings.expressions` in the config).
 #[derive(Debug, Clone, PartialEq, Eq)]
