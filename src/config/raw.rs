@@ -132,6 +132,26 @@ pub struct RawSettings {
     pub rejected_log_size: Option<u64>,
     pub public_url: Option<String>,
     pub alert_interval: Option<String>,
+    #[serde(default)]
+    pub memory: RawMemory,
+    #[serde(default)]
+    pub connections: RawConnections,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    pub ingest_bytes: Option<u64>,
+    pub delivery_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    pub max: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
