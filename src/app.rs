@@ -46,6 +46,8 @@ pub struct AppParts {
     /// last clone of the state, and so this sender, is dropped.
     pub alive: Arc<tokio::sync::watch::Sender<()>>,
     pub alerts: crate::alerts::AlertsHandle,
+    /// Bytes of request bodies ingest holds (`settings.memory.ingest_bytes`).
+    pub ingest_budget: Arc<crate::memory::Budget>,
 }
 
 pub struct ServeOptions {
@@ -193,6 +195,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         activity,
         alive: Arc::new(alive),
         alerts,
+        ingest_budget: crate::memory::Budget::new(config.settings.memory.ingest_bytes),
     })))
 }
 
