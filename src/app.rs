@@ -68,12 +68,16 @@ impl ServeOptions {
             rejected_log_size: config.settings.rejected_log_size,
             ..StoreOptions::default()
         };
+        let deliverer = DelivererOptions {
+            payload_bytes: config.settings.memory.delivery_bytes,
+            ..DelivererOptions::default()
+        };
         ServeOptions {
             config,
             data_dir,
             api_token: None,
             clock: Arc::new(crate::clock::SystemClock),
-            deliverer: DelivererOptions::default(),
+            deliverer,
             store,
             expression_time_limit: crate::engine::sandbox::DEFAULT_TIME_LIMIT,
         }

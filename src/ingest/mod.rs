@@ -533,9 +533,7 @@ pub async fn receive(
                     error.as_deref(),
                 );
             }
-            for job in jobs {
-                app.deliverer.submit(job);
-            }
+            app.deliverer.submit(jobs);
             for (run_id, at) in due_runs {
                 app.runs.wake(run_id, at);
             }
