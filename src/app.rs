@@ -95,8 +95,6 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
-    #[error("serving HTTP failed: {0}")]
-    Serve(std::io::Error),
     #[error("opening the store did not finish: {0}")]
     OpenTask(String),
     #[error("the objects made through the API no longer fit the config file:\n{0}")]
@@ -216,10 +214,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    let limits = state.config.get().settings.connections.clone();
+    crate::server::serve(listener, router(state), limits, shutdown).await;
+    Ok(())
 }
 
 pub async fn run(

@@ -112,6 +112,7 @@ enum BodyRefusal {
         rest: Body,
         read: u64,
     },
+    TimedOut(String),
     Unreadable(String),
 }
 
@@ -126,7 +127,13 @@ async fn read_body(
     let mut joined = BytesMut::new();
     let mut read = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyRefusal::Unreadable(e.to_string()))?;
+        let frame = frame.map_err(|e| {
+            if crate::server::BodyTimedOut::caused(&e) {
+                BodyRefusal::TimedOut(e.to_string())
+            } else {
+                BodyRefusal::Unreadable(e.to_string())
+            }
+        })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -314,6 +321,12 @@ pub async fn receive(
             let refused = reject(too_large(), b"");
             drain(rest, &headers, declared.map(|n| n.saturating_sub(read))).await;
             return refused;
+        }
+        Err(BodyRefusal::TimedOut(e)) => {
+            return reject(
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e),
+                b"",
+            );
         }
         Err(BodyRefusal::Unreadable(e)) => {
             return reject(
