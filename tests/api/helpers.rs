@@ -304,6 +304,27 @@ pub async fn spawn_serve(
     (child, base)
 }
 
+/// Starts `ferry serve --config CONFIG --data DATA` as a child process, with the API token
+/// [`TOKEN`] and only errors logged; returns it with its base URL.
+pub async fn serve_child(
+    config: &std::path::Path,
+    data: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    let args = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    spawn_serve(
+        &args,
+        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
+        std::process::Stdio::inherit(),
+    )
+    .await
+}
+
 /// A plain HTTP client for tests (reqwest is built without a default TLS provider).
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

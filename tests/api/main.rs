@@ -12,6 +12,7 @@ mod events;
 mod fanout;
 mod flows;
 mod idempotency;
+mod limits;
 mod openapi;
 mod overload;
 mod retries;
