@@ -244,7 +244,7 @@ pub async fn receive(
         "unknown"
     };
     events::event_received(&app.metrics, source_label);
-    let reject = |error: ApiError, body: &[u8]| -> Response {
+    let count_refusal = |error: &ApiError| {
         events::input_rejected(
             &app.metrics,
             &source_id,
@@ -252,7 +252,10 @@ pub async fn receive(
             error.status.as_u16(),
             error.code,
             &error.message,
-        );
+        )
+    };
+    let reject = |error: ApiError, body: &[u8]| -> Response {
+        count_refusal(&error);
         app.store.record_rejection(Rejection {
             source: source_id.clone(),
             received_at,
@@ -302,15 +305,9 @@ pub async fn receive(
         .ingest_budget
         .try_take(declared.map_or(limit, |n| n as usize))
     else {
+        // Shedding load is not a refusal of the input: it is not written to the rejected log.
         let error = short_of_memory(app.ingest_budget.limit());
-        events::input_rejected(
-            &app.metrics,
-            &source_id,
-            source_label,
-            error.status.as_u16(),
-            error.code,
-            &error.message,
-        );
+        count_refusal(&error);
         drain(body, &headers, declared).await;
         return error.into_response();
     };
@@ -475,14 +472,7 @@ pub async fn receive(
     // with the event's body.
     if !share.try_grow(plan_bytes(&plan)) {
         let error = short_of_memory(app.ingest_budget.limit());
-        events::input_rejected(
-            &app.metrics,
-            &source.id,
-            source_label,
-            error.status.as_u16(),
-            error.code,
-            &error.message,
-        );
+        count_refusal(&error);
         return error.into_response();
     }
     let jobs: Vec<DeliveryJob> = plan
