@@ -8,6 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+async fn start_ferry(
+    config: &std::path::Path,
+    data: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    serve_config(config, data, std::process::Stdio::inherit()).await
+}
+
 /// Event numbers seen by a receiver, with how often each arrived.
 fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
     let mut seen = HashMap::new();
@@ -48,7 +55,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     )
     .unwrap();
     let data = dir.path().join("data");
-    let (mut child, base) = serve_child(&config, &data).await;
+    let (mut child, base) = start_ferry(&config, &data).await;
 
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let next = Arc::new(AtomicU64::new(0));
@@ -91,7 +98,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     assert!(acked.len() >= acked_before_kill);
     let delivered_before_restart = quick.count();
 
-    let (mut child, _) = serve_child(&config, &data).await;
+    let (mut child, _) = start_ferry(&config, &data).await;
     for receiver in [&quick, &slow, &flaky] {
         wait_until(
             &format!("every acknowledged event at {}", receiver.url),

@@ -625,15 +625,7 @@ flows:
     )
     .unwrap();
     let data = dir.path().join("data");
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    let env = [("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")];
-    let (mut child, base) = spawn_serve(&args, &env, std::process::Stdio::inherit()).await;
+    let (mut child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     let http = client();
     let answer: serde_json::Value = http
         .post(format!("{base}/in/shop"))
@@ -672,7 +664,7 @@ flows:
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let (_child, base) = spawn_serve(&args, &env, std::process::Stdio::inherit()).await;
+    let (_child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     receiver.wait_for(1).await;
     assert_eq!(
         body_of(&receiver.requests()[0]),

@@ -261,6 +261,28 @@ impl TestApp {
     }
 }
 
+/// `ferry serve --config CONFIG --data DATA` as a child process, with the test token and
+/// error-level logs.
+pub async fn serve_config(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    let args = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    spawn_serve(
+        &args,
+        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
+        stderr,
+    )
+    .await
+}
+
 /// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it
 /// announced on stdout (the child picks its own port, so no two tests can race for one).
 pub async fn spawn_serve(
@@ -302,27 +324,6 @@ pub async fn spawn_serve(
     })
     .await;
     (child, base)
-}
-
-/// Starts `ferry serve --config CONFIG --data DATA` as a child process, with the API token
-/// [`TOKEN`] and only errors logged; returns it with its base URL.
-pub async fn serve_child(
-    config: &std::path::Path,
-    data: &std::path::Path,
-) -> (tokio::process::Child, String) {
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    spawn_serve(
-        &args,
-        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
-        std::process::Stdio::inherit(),
-    )
-    .await
 }
 
 /// A plain HTTP client for tests (reqwest is built without a default TLS provider).

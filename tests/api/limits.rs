@@ -73,11 +73,35 @@ async fn silent_receiver() -> String {
     format!("http://{addr}/hook")
 }
 
-/// Writes `yaml` as the config and starts `ferry serve` on it.
-async fn serve_yaml(dir: &tempfile::TempDir, yaml: &str) -> (tokio::process::Child, String) {
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    serve_child(&config, &dir.path().join("data")).await
+/// `ferry serve` on `yaml`, in a data directory of its own.
+struct Served {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(yaml: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ferry.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let data = dir.path().join("data");
+        let (child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
+        Served {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// `host:port`, for raw sockets.
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,11 +115,8 @@ async fn memory_stays_within_its_budgets_when_a_destination_never_answers() {
     // about 200 MiB over its start.
     const MARGIN: u64 = 96 * MIB;
     let url = silent_receiver().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (child, base) = serve_yaml(
-        &dir,
-        &format!(
-            r#"
+    let ferry = Served::start(&format!(
+        r#"
 settings:
   allow_private_destinations: true
   memory: {{ ingest_bytes: {INGEST}, delivery_bytes: {DELIVERY} }}
@@ -103,10 +124,9 @@ sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
 destinations: [ {{ id: never, kind: http, url: "{url}", timeout: 60s, concurrency: 8 }} ]
 flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [never] }} ] }} ]
 "#
-        ),
-    )
+    ))
     .await;
-    let pid = child.id().unwrap();
+    let (pid, base) = (ferry.pid(), ferry.base.clone());
     let before = vm_rss(pid);
     let rss = RssPeak::start(pid);
 
@@ -184,7 +204,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [never] }} ] }} ]
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    drop(child);
+    drop(ferry);
 }
 
 /// Sends `bytes` on a new connection to `addr` and leaves it open.
@@ -216,9 +236,7 @@ async fn read_until_closed(mut socket: TcpStream, within: Duration) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_cut_off_while_normal_requests_are_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let (child, base) = serve_yaml(
-        &dir,
+    let ferry = Served::start(
         r#"
 settings:
   connections: { header_read_timeout: 1s, body_read_timeout: 1s, idle_timeout: 1s }
@@ -226,7 +244,7 @@ sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
 "#,
     )
     .await;
-    let addr = base.trim_start_matches("http://").to_string();
+    let (base, addr) = (ferry.base.clone(), ferry.addr());
     // 300 slow senders: a third stop in the middle of the head, a third send a head and a
     // tenth of the body they promised, a third open a connection and send nothing.
     let mut heads = Vec::new();
@@ -279,26 +297,22 @@ sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
         .unwrap();
     let answer = String::from_utf8_lossy(&read_until_closed(idle, cut).await).to_string();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    drop(child);
+    drop(ferry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_without_memory_while_open_ones_work() {
     const MAX: usize = 16;
-    let dir = tempfile::tempdir().unwrap();
-    let (child, base) = serve_yaml(
-        &dir,
-        &format!(
-            r#"
+    let ferry = Served::start(&format!(
+        r#"
 settings:
   connections: {{ max: {MAX}, header_read_timeout: 3s, idle_timeout: 30s }}
 sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
 "#
-        ),
-    )
+    ))
     .await;
-    let addr = base.trim_start_matches("http://").to_string();
-    let pid = child.id().unwrap();
+    let (base, addr) = (ferry.base.clone(), ferry.addr());
+    let pid = ferry.pid();
     // One connection that works all along, kept alive.
     let mut working = TcpStream::connect(&addr).await.unwrap();
     let ask_health = async |socket: &mut TcpStream| {
@@ -359,21 +373,19 @@ sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
     .expect("a new connection is answered within 5 s once slots free up")
     .unwrap();
     assert_eq!(r.status(), 200);
-    drop(child);
+    drop(ferry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reads_the_413_of_a_body_over_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let (child, base) = serve_yaml(
-        &dir,
+    let ferry = Served::start(
         r#"
 settings: { max_body_size: 65536 }
 sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
 "#,
     )
     .await;
-    let addr = base.trim_start_matches("http://").to_string();
+    let (base, addr) = (ferry.base.clone(), ferry.addr());
     let big = format!(r#"{{"type":"t","pad":"{}"}}"#, "x".repeat(600_000));
     // A client that sends it all and then reads: the answer is there.
     let r = client()
@@ -413,5 +425,5 @@ sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("payload_too_large"), "{answer}");
     }
-    drop(child);
+    drop(ferry);
 }
