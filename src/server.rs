@@ -135,6 +135,7 @@ async fn serve_connection(
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .max_header_size(MAX_HEAD_SIZE)
         .max_buf_size(MAX_HEAD_SIZE)
         .serve_connection(io, service);
     tokio::pin!(conn);

@@ -1,7 +1,8 @@
 //! Limits, against a real `ferry serve` child process: memory stays within its byte budgets
 //! when a destination never answers (and ingest sheds with `503` + `Retry-After`), half-sent
 //! requests are cut off by the timeouts while normal ones are answered, connections past the
-//! cap wait without costing memory, and a body over the limit gets a `413` the client reads.
+//! cap wait without costing memory, and a body over the limit gets a `413` the client reads
+//! (a head over 64 KiB, a `431`).
 
 use crate::helpers::*;
 use std::sync::Arc;
@@ -397,6 +398,15 @@ sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
     assert_eq!(r.status(), 413);
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["error"], "payload_too_large");
+    // A head over 64 KiB is refused too.
+    let r = client()
+        .post(format!("{base}/in/s"))
+        .header("x-filler", "f".repeat(70_000))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
     // The same from a raw socket, with the length declared and without (chunked, found too
     // large while it is read): every byte is written before the answer is read.
     let mut chunked = String::new();
