@@ -46,6 +46,8 @@ pub struct AppParts {
     /// last clone of the state, and so this sender, is dropped.
     pub alive: Arc<tokio::sync::watch::Sender<()>>,
     pub alerts: crate::alerts::AlertsHandle,
+    /// Bytes of request bodies ingest holds (`settings.memory.ingest_bytes`).
+    pub ingest_budget: Arc<crate::memory::Budget>,
 }
 
 pub struct ServeOptions {
@@ -67,12 +69,16 @@ impl ServeOptions {
             rejected_log_size: config.settings.rejected_log_size,
             ..StoreOptions::default()
         };
+        let deliverer = DelivererOptions {
+            payload_bytes: config.settings.memory.delivery_bytes,
+            ..DelivererOptions::default()
+        };
         ServeOptions {
             config,
             data_dir,
             api_token: None,
             clock: Arc::new(crate::clock::SystemClock),
-            deliverer: DelivererOptions::default(),
+            deliverer,
             store,
             expression_worker: None,
         }
@@ -90,8 +96,6 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
-    #[error("serving HTTP failed: {0}")]
-    Serve(std::io::Error),
     #[error("opening the store did not finish: {0}")]
     OpenTask(String),
     #[error("the objects made through the API no longer fit the config file:\n{0}")]
@@ -210,6 +214,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         activity,
         alive: Arc::new(alive),
         alerts,
+        ingest_budget: crate::memory::Budget::new(config.settings.memory.ingest_bytes),
     })))
 }
 
@@ -226,10 +231,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    let limits = state.config.get().settings.connections.clone();
+    crate::server::serve(listener, router(state), limits, shutdown).await;
+    Ok(())
 }
 
 pub async fn run(

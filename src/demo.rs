@@ -183,12 +183,10 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
     let mut options = ServeOptions::new(config, data.clone());
     let token = "demo-token".to_string();
     options.api_token = Some(token.clone());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| DemoError::Listen {
-            addr: listen.to_string(),
-            source,
-        })?;
+    let listener = crate::server::bind(listen).map_err(|source| DemoError::Listen {
+        addr: listen.to_string(),
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| DemoError::Listen {
         addr: listen.to_string(),
         source,

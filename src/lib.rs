@@ -1,7 +1,8 @@
 //! Ferry: a self-hosted integration engine. The modules follow the path of an event:
 //! `ingest` (receive, verify, validate) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
-//! `app` (wiring), `cli` (client output), `demo` and `bench`. See ARCHITECTURE.md.
+//! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets),
+//! `cli` (client output), `demo` and `bench`. See ARCHITECTURE.md.
 
 pub mod alerts;
 pub mod api;
@@ -16,5 +17,7 @@ pub mod demo;
 pub mod engine;
 pub mod ids;
 pub mod ingest;
+pub mod memory;
+pub mod server;
 pub mod store;
 pub mod telemetry;

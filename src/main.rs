@@ -550,9 +550,8 @@ async fn serve(
     } else {
         format!("in {}", ferry::app::token_path(&data).display())
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        ferry::server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let state = ferry::app::prepare(options).await?;
     let addr = listener
         .local_addr()

@@ -124,9 +124,39 @@ pub struct Settings {
     pub alert_interval: Duration,
     /// The expression workers: how many, and the limits they run under.
     pub expressions: crate::engine::sandbox::Limits,
+    pub memory: MemoryLimits,
+    pub connections: ConnectionLimits,
+}
+
+/// How many bytes of payloads memory may hold (`settings.memory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Bodies of requests to `/in/{source}` being read, checked and committed; past this,
+    /// ingest answers `503`.
+    pub ingest_bytes: usize,
+    /// Bodies held for deliveries; past this they stay in the store until their attempt.
+    pub delivery_bytes: usize,
+}
+
+/// What one client connection may take (`settings.connections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections served at once; past this, new ones wait to be accepted.
+    pub max: usize,
+    /// From a connection's first byte of a request (or its opening) to the end of the head.
+    pub header_read_timeout: Duration,
+    /// From the end of a request's head to the end of its body.
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may stay without a request.
+    pub idle_timeout: Duration,
 }
 
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+pub const DEFAULT_INGEST_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_DELIVERY_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The largest `connections.max` accepted.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 pub const DEFAULT_REJECTED_LOG_SIZE: usize = 10_000;
 
 #[derive(Debug)]
@@ -635,12 +665,15 @@ impl Checker<'_> {
                 None
             }
         });
+        let max_body_size = raw
+            .max_body_size
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MAX_BODY_SIZE);
+        let memory = self.memory(&place, raw.memory, max_body_size);
+        let connections = self.connections(&place, raw.connections);
         Settings {
             allow_private_destinations: raw.allow_private_destinations,
-            max_body_size: raw
-                .max_body_size
-                .map(|n| n as usize)
-                .unwrap_or(DEFAULT_MAX_BODY_SIZE),
+            max_body_size,
             rejected_log_size: raw
                 .rejected_log_size
                 .map(|n| n as usize)
@@ -653,6 +686,8 @@ impl Checker<'_> {
                 Duration::from_secs(15),
             ),
             expressions: self.expression_limits(&place, raw.expressions.unwrap_or_default()),
+            memory,
+            connections,
         }
     }
 
@@ -702,6 +737,58 @@ impl Checker<'_> {
             time,
             memory_bytes: memory_mb.clamp(64, 65_536) * 1024 * 1024,
             queue: queue.clamp(1, 1_000_000) as usize,
+        }
+    }
+
+    /// `settings.memory`: each budget must hold at least one body of `max_body_size`.
+    fn memory(&mut self, place: &str, raw: RawMemory, max_body_size: usize) -> MemoryLimits {
+        let mut budget = |field: &str, given: Option<u64>, default: usize| match given {
+            None => default.max(max_body_size),
+            Some(n) if (n as usize) < max_body_size => {
+                self.error(
+                    place.to_string(),
+                    format!("`memory.{field}`: {n} is smaller than `max_body_size` ({max_body_size}); it must hold at least one body"),
+                );
+                default.max(max_body_size)
+            }
+            Some(n) => n as usize,
+        };
+        MemoryLimits {
+            ingest_bytes: budget("ingest_bytes", raw.ingest_bytes, DEFAULT_INGEST_BYTES),
+            delivery_bytes: budget("delivery_bytes", raw.delivery_bytes, DEFAULT_DELIVERY_BYTES),
+        }
+    }
+
+    /// `settings.connections`: a cap of at least one and timeouts longer than zero.
+    fn connections(&mut self, place: &str, raw: RawConnections) -> ConnectionLimits {
+        let max = match raw.max {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if n == 0 || n > MAX_CONNECTIONS_LIMIT as u64 => {
+                self.error(
+                    place.to_string(),
+                    format!("`connections.max`: {n} is not between 1 and {MAX_CONNECTIONS_LIMIT}"),
+                );
+                DEFAULT_MAX_CONNECTIONS
+            }
+            Some(n) => n as usize,
+        };
+        let mut timeout = |field: &str, given: &Option<String>, default: u64| {
+            let default = Duration::from_secs(default);
+            let d = self.duration(place, &format!("connections.{field}"), given, default);
+            if d.is_zero() {
+                self.error(
+                    place.to_string(),
+                    format!("`connections.{field}` must be longer than 0"),
+                );
+                return default;
+            }
+            d
+        };
+        ConnectionLimits {
+            max,
+            header_read_timeout: timeout("header_read_timeout", &raw.header_read_timeout, 10),
+            body_read_timeout: timeout("body_read_timeout", &raw.body_read_timeout, 30),
+            idle_timeout: timeout("idle_timeout", &raw.idle_timeout, 60),
         }
     }
 

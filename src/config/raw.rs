@@ -133,6 +133,10 @@ pub struct RawSettings {
     pub public_url: Option<String>,
     pub alert_interval: Option<String>,
     pub expressions: Option<RawExpressions>,
+    #[serde(default)]
+    pub memory: RawMemory,
+    #[serde(default)]
+    pub connections: RawConnections,
 }
 
 /// `settings.expressions`: the expression workers.
@@ -143,6 +147,22 @@ pub struct RawExpressions {
     pub time_limit: Option<String>,
     pub memory_limit_mb: Option<u64>,
     pub queue: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    pub ingest_bytes: Option<u64>,
+    pub delivery_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    pub max: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

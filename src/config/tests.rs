@@ -174,3 +174,62 @@ fn env_substitution_keeps_escapes_and_comments() {
     );
     assert!(errs.is_empty());
 }
+
+#[test]
+fn memory_and_connection_limits_have_defaults_and_are_checked() {
+    let c = load("sources: []").unwrap();
+    assert_eq!(
+        c.settings.memory,
+        MemoryLimits {
+            ingest_bytes: 64 << 20,
+            delivery_bytes: 64 << 20
+        }
+    );
+    assert_eq!(
+        c.settings.connections,
+        ConnectionLimits {
+            max: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    );
+    let c = load(
+        "settings:\n  max_body_size: 1000\n  memory: { ingest_bytes: 5000, delivery_bytes: 1000 }\n  connections: { max: 8, header_read_timeout: 2s, body_read_timeout: 500ms, idle_timeout: 1m }\n",
+    )
+    .unwrap();
+    assert_eq!(c.settings.memory.ingest_bytes, 5000);
+    assert_eq!(c.settings.memory.delivery_bytes, 1000);
+    assert_eq!(c.settings.connections.max, 8);
+    assert_eq!(
+        c.settings.connections.body_read_timeout,
+        Duration::from_millis(500)
+    );
+    let errs = load(
+        "sources: []\nsettings:\n  max_body_size: 1000\n  memory: { ingest_bytes: 999 }\n  connections: { max: 0, idle_timeout: 0s, body_read_timeout: soon }\n",
+    )
+    .unwrap_err()
+    .0;
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(
+        has("ferry.yaml:2: `memory.ingest_bytes`: 999 is smaller than `max_body_size` (1000)"),
+        "{text:#?}"
+    );
+    assert!(
+        has("ferry.yaml:2: `connections.max`: 0 is not between 1 and 1000000"),
+        "{text:#?}"
+    );
+    assert!(
+        has("ferry.yaml:2: `connections.idle_timeout` must be longer than 0"),
+        "{text:#?}"
+    );
+    assert!(
+        has("ferry.yaml:2: `connections.body_read_timeout`: `soon` is not a duration"),
+        "{text:#?}"
+    );
+    assert!(
+        load("settings: { memory: { spare_bytes: 1 } }").is_err(),
+        "unknown fields are refused"
+    );
+}

@@ -5,8 +5,12 @@
 //! attempt's outcome is committed before the job is rescheduled or let go.
 //!
 //! **Invariant:** the store is the truth. Memory holds at most `memory_jobs` jobs; when more
-//! are pending, the rest stay in the store and are loaded as room frees up. Nothing here is
-//! lost by a crash: on start, every pending delivery is loaded again.
+//! are pending, the rest stay in the store and are loaded as room frees up. Their bodies are
+//! bounded in bytes (`payload_bytes`): half of it for the bodies handed over with new jobs
+//! (a job whose body does not fit goes without it, and only on its way to its first attempt:
+//! a job that waits drops its body), half for the bodies read back from the store when an
+//! attempt starts (an attempt waits until its body fits). Nothing here is lost by a crash: on
+//! start, every pending delivery is loaded again.
 
 pub mod attempt;
 pub mod circuit;
@@ -17,7 +21,9 @@ pub mod signing;
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, Destination};
+use crate::memory::Budget;
 use crate::store::{AttemptNext, DeliveryJob, NewAttempt, Store};
+use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +37,9 @@ pub struct DelivererOptions {
     pub memory_jobs: usize,
     /// New jobs waiting to be taken in by the dispatcher.
     pub new_job_queue: usize,
+    /// Bytes of bodies held for jobs (`settings.memory.delivery_bytes`): half for the bodies
+    /// handed over with new jobs, half for the bodies read back from the store for attempts.
+    pub payload_bytes: usize,
     /// Seed for retry jitter; `None` seeds from the operating system.
     pub jitter_seed: Option<u64>,
 }
@@ -40,6 +49,7 @@ impl Default for DelivererOptions {
         DelivererOptions {
             memory_jobs: 50_000,
             new_job_queue: 16_384,
+            payload_bytes: crate::config::DEFAULT_DELIVERY_BYTES,
             jitter_seed: None,
         }
     }
@@ -71,6 +81,8 @@ pub struct Deliverer {
     new_jobs: mpsc::Sender<DeliveryJob>,
     control: mpsc::UnboundedSender<Control>,
     spilled: Arc<AtomicBool>,
+    /// The bodies handed over with new jobs, on their way to their first attempt.
+    handed_over: Arc<Budget>,
     breakers: Breakers,
     store: Store,
     clock: SharedClock,
@@ -96,6 +108,8 @@ struct AttemptContext {
     runs: runs::RunWaker,
     breakers: Breakers,
     metrics: Arc<crate::telemetry::Metrics>,
+    /// The bodies read back from the store for attempts.
+    read_back: Arc<Budget>,
 }
 
 /// The HTTP client every delivery uses: connection reuse, no redirects followed, no
@@ -161,6 +175,7 @@ impl Deliverer {
             runs,
             breakers: breakers.clone(),
             metrics,
+            read_back: Budget::new(options.payload_bytes - options.payload_bytes / 2),
         });
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "resuming pending deliveries");
@@ -182,6 +197,7 @@ impl Deliverer {
             new_jobs: new_tx,
             control: control_tx,
             spilled,
+            handed_over: Budget::new(options.payload_bytes / 2),
             breakers,
             store,
             clock,
@@ -272,11 +288,28 @@ impl Deliverer {
         Ok(changed)
     }
 
-    /// Hands over a freshly committed job. Never waits: when the dispatcher is behind, the job
-    /// stays in the store and is loaded later.
-    pub fn submit(&self, job: DeliveryJob) {
-        if self.new_jobs.try_send(job).is_err() {
-            self.spilled.store(true, Ordering::Relaxed);
+    /// Hands over freshly committed jobs. Never waits: when the dispatcher is behind, a job
+    /// stays in the store and is loaded later. A job keeps its body only if it fits in the
+    /// budget for handed-over bodies (jobs sharing one body, an event fanned out, count it
+    /// once); otherwise its attempt reads it from the store.
+    pub fn submit(&self, jobs: Vec<DeliveryJob>) {
+        // (the body as given, the same body holding its share of the budget)
+        let mut held: Vec<(Bytes, Bytes)> = Vec::new();
+        for mut job in jobs {
+            job.payload = job.payload.and_then(|body| {
+                let same = |(given, _): &&(Bytes, Bytes)| {
+                    given.as_ptr() == body.as_ptr() && given.len() == body.len()
+                };
+                if let Some((_, counted)) = held.iter().find(same) {
+                    return Some(counted.clone());
+                }
+                let counted = self.handed_over.try_take(body.len())?.attach(body.clone());
+                held.push((body, counted.clone()));
+                Some(counted)
+            });
+            if self.new_jobs.try_send(job).is_err() {
+                self.spilled.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -372,7 +405,9 @@ impl Dispatcher {
                     Some(Control::Done(id)) => {
                         self.known.remove(&id);
                     }
-                    Some(Control::Hold(job, until)) => {
+                    Some(Control::Hold(mut job, until)) => {
+                        // A job that waits leaves its body in the store.
+                        job.payload = None;
                         self.seq += 1;
                         self.waiting.push(Reverse(Waiting { due: until, seq: self.seq, job, held: true }));
                     }
@@ -416,10 +451,12 @@ impl Dispatcher {
         }
     }
 
-    fn place(&mut self, job: DeliveryJob) {
+    fn place(&mut self, mut job: DeliveryJob) {
         if job.due_at <= self.clock.now_ms() {
             self.route(job);
         } else {
+            // A job that waits leaves its body in the store.
+            job.payload = None;
             self.seq += 1;
             self.waiting.push(Reverse(Waiting {
                 due: job.due_at,
@@ -514,6 +551,32 @@ async fn destination_loop(
     }
 }
 
+/// Reads a delivery's body back from the store once it fits in the budget for bodies read
+/// back; the body holds its share until it is sent.
+async fn read_payload(
+    ctx: &AttemptContext,
+    delivery_id: &str,
+) -> Result<Option<Bytes>, crate::store::StoreError> {
+    let id = delivery_id.to_string();
+    let Some(size) = ctx
+        .store
+        .read(move |c| crate::store::delivery_payload_size(c, &id))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut share = ctx.read_back.take(size).await;
+    let id = delivery_id.to_string();
+    let payload = ctx
+        .store
+        .read(move |c| crate::store::delivery_payload(c, &id))
+        .await?;
+    Ok(payload.map(|p| {
+        share.shrink_to(p.len());
+        share.attach(p)
+    }))
+}
+
 /// Runs one attempt. `slot` is the destination's concurrency slot: it limits requests in
 /// flight to the receiver, so it is given back as soon as the response is read, before the
 /// outcome is recorded.
@@ -525,27 +588,20 @@ async fn run_attempt(
 ) {
     let payload = match job.payload.take() {
         Some(p) => p,
-        None => {
-            let delivery_id = job.id.clone();
-            match ctx
-                .store
-                .read(move |c| crate::store::delivery_payload(c, &delivery_id))
-                .await
-            {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
-                    let _ = ctx.control.send(Control::Done(job.id));
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(delivery_id = %job.id, error = %e, "cannot read the payload; trying again in 1s");
-                    job.due_at = ctx.clock.now_ms() + 1000;
-                    let _ = ctx.control.send(Control::Schedule(job));
-                    return;
-                }
+        None => match read_payload(ctx, &job.id).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
+                let _ = ctx.control.send(Control::Done(job.id));
+                return;
             }
-        }
+            Err(e) => {
+                tracing::warn!(delivery_id = %job.id, error = %e, "cannot read the payload; trying again in 1s");
+                job.due_at = ctx.clock.now_ms() + 1000;
+                let _ = ctx.control.send(Control::Schedule(job));
+                return;
+            }
+        },
     };
     let started_at = ctx.clock.now_ms();
     let result = attempt::send(

@@ -525,9 +525,7 @@ impl Worker {
                 tracing::debug!(run_id = %row.id, event_id = %row.event_id, flow_id = %row.flow_id, status, step = out.state.pc, "run advanced")
             }
         }
-        for job in jobs {
-            self.deliverer.submit(job);
-        }
+        self.deliverer.submit(jobs);
         match out.state.status {
             "running" => out.state.next_at,
             _ => None,

@@ -14,11 +14,13 @@ use crate::engine::expr;
 use crate::engine::sandbox::SandboxError;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
 use crate::telemetry::events;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde_json::json;
 
 /// How much of a refused body the rejected log keeps.
@@ -115,6 +117,130 @@ async fn read_field(
     }
 }
 
+/// How much of a refused body is read and thrown away, at most, so that a client still
+/// sending it reads the answer rather than a reset connection; and for how long at most.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Why a body was not read whole.
+enum BodyRefusal {
+    /// Over the limit after `read` bytes; `rest` is the part not read.
+    TooLarge {
+        rest: Body,
+        read: u64,
+    },
+    TimedOut(String),
+    Unreadable(String),
+}
+
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes. A body that arrives
+/// in one piece is kept as it is, without a copy.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, BodyRefusal> {
+    let mut single: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if crate::server::BodyTimedOut::caused(&e) {
+                BodyRefusal::TimedOut(e.to_string())
+            } else {
+                BodyRefusal::Unreadable(e.to_string())
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        read += data.len();
+        if read > limit {
+            return Err(BodyRefusal::TooLarge {
+                rest: body,
+                read: read as u64,
+            });
+        }
+        match single.take() {
+            None if joined.is_empty() => single = Some(data),
+            first => {
+                if let Some(first) = first {
+                    let expected = declared.map_or(0, |n| n as usize).min(limit);
+                    joined.reserve(expected.max(first.len() + data.len()));
+                    joined.extend_from_slice(&first);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(single.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Reads and throws away what is left of a refused body, up to [`DRAIN_LIMIT`] for at most
+/// [`DRAIN_TIME`], so that the client reads the answer. Nothing is read from a client that
+/// waits for `100 Continue` (it has sent no body), nor when more than the limit is left (the
+/// connection closes on it whatever is read).
+async fn drain(mut body: Body, headers: &HeaderMap, left: Option<u64>) {
+    let expects_continue = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue || left.is_some_and(|n| n > DRAIN_LIMIT) {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The `503` of a request that does not fit in `settings.memory.ingest_bytes`.
+fn short_of_memory(budget: usize) -> ApiError {
+    ApiError {
+        message: format!(
+            "Ferry is overloaded: the request bodies it holds would pass `settings.memory.ingest_bytes` ({budget} bytes); try again shortly"
+        ),
+        ..ApiError::overloaded()
+    }
+}
+
+/// What a plan adds to the event's write: bodies made by transforms, run contexts and step
+/// records.
+fn plan_bytes(plan: &crate::engine::Plan) -> usize {
+    let deliveries: usize = plan
+        .deliveries
+        .iter()
+        .map(|d| d.body.as_ref().map_or(0, |b| b.len()))
+        .sum();
+    let runs: usize = plan
+        .runs
+        .iter()
+        .map(|r| r.context.as_ref().map_or(0, |c| c.len()) + r.steps.len())
+        .sum();
+    deliveries + runs
+}
+
+/// The start of a refused body for the rejected log, counted in the ingest budget until the
+/// writer has stored it; left out when the budget is full.
+fn kept_body(budget: &std::sync::Arc<crate::memory::Budget>, body: &[u8]) -> Bytes {
+    let kept = &body[..body.len().min(REJECTED_BODY_LIMIT)];
+    if kept.is_empty() {
+        return Bytes::new();
+    }
+    match budget.try_take(kept.len()) {
+        Some(share) => share.attach(Bytes::copy_from_slice(kept)),
+        None => Bytes::new(),
+    }
+}
+
 pub async fn receive(
     State(app): State<AppState>,
     Path(source_id): Path<String>,
@@ -161,7 +287,7 @@ pub async fn receive(
                     serde_json::Value::Array(error.details.clone())
                 )
             },
-            body: body[..body.len().min(REJECTED_BODY_LIMIT)].to_vec(),
+            body: kept_body(&app.ingest_budget, body),
         });
         error.into_response()
     };
@@ -179,7 +305,7 @@ pub async fn receive(
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {limit} bytes"),
+            format!("the body is larger than {limit} bytes (`settings.max_body_size`)"),
         )
     };
     let declared = headers
@@ -187,28 +313,47 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return reject(too_large(), b"");
+        let refused = reject(too_large(), b"");
+        drain(body, &headers, declared).await;
+        return refused;
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+    // The body's bytes are counted from before it is read until the writer is done with it.
+    let Some(mut share) = app
+        .ingest_budget
+        .try_take(declared.map_or(limit, |n| n as usize))
+    else {
+        // Shedding load is not a refusal of the input: it is not written to the rejected log.
+        let error = short_of_memory(app.ingest_budget.limit());
+        count_refusal(&error);
+        drain(body, &headers, declared).await;
+        return error.into_response();
+    };
+    let bytes = match read_body(body, limit, declared).await {
         Ok(b) => b,
-        Err(e) => {
-            let is_length = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            return if is_length {
-                reject(too_large(), b"")
-            } else {
-                reject(
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "unreadable_body",
-                        format!("the body could not be read: {e}"),
-                    ),
-                    b"",
-                )
-            };
+        Err(BodyRefusal::TooLarge { rest, read }) => {
+            drop(share);
+            let refused = reject(too_large(), b"");
+            drain(rest, &headers, declared.map(|n| n.saturating_sub(read))).await;
+            return refused;
+        }
+        Err(BodyRefusal::TimedOut(e)) => {
+            return reject(
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e),
+                b"",
+            );
+        }
+        Err(BodyRefusal::Unreadable(e)) => {
+            return reject(
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    format!("the body could not be read: {e}"),
+                ),
+                b"",
+            );
         }
     };
+    share.shrink_to(bytes.len());
     if let Err(refused) = verify::check(&source.verify, &headers, &bytes, received_at) {
         return reject(
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", refused.0),
@@ -341,6 +486,13 @@ pub async fn receive(
             }
         }
     };
+    // What the plan adds to the write (bodies made by transforms, run contexts) is counted
+    // with the event's body.
+    if !share.try_grow(plan_bytes(&plan)) {
+        let error = short_of_memory(app.ingest_budget.limit());
+        count_refusal(&error);
+        return error.into_response();
+    }
     let jobs: Vec<DeliveryJob> = plan
         .deliveries
         .iter()
@@ -374,7 +526,7 @@ pub async fn receive(
         received_at,
         // A map of strings always serialises.
         headers: serde_json::to_string(&kept_headers).unwrap_or_default(),
-        payload: bytes.clone(),
+        payload: share.attach(bytes.clone()),
     };
     match app.store.ingest(event, plan.runs, plan.deliveries).await {
         Ok(IngestOutcome::Accepted) => {
@@ -402,9 +554,7 @@ pub async fn receive(
                     error.as_deref(),
                 );
             }
-            for job in jobs {
-                app.deliverer.submit(job);
-            }
+            app.deliverer.submit(jobs);
             for (run_id, at) in due_runs {
                 app.runs.wake(run_id, at);
             }

@@ -225,7 +225,9 @@ pub struct Rejection {
     pub status: u16,
     pub error: String,
     pub reason: String,
-    pub body: Vec<u8>,
+    /// The start of the refused body (shared, so that a caller can count its memory until
+    /// the writer is done with it).
+    pub body: Bytes,
 }
 
 pub(crate) enum WriteOp {

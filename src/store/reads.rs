@@ -361,6 +361,21 @@ pub fn delivery_payload(conn: &Connection, delivery_id: &str) -> Result<Option<B
         .map(Bytes::from))
 }
 
+/// The size in bytes of what a delivery sends, read without reading the body itself.
+pub fn delivery_payload_size(
+    conn: &Connection,
+    delivery_id: &str,
+) -> Result<Option<usize>, StoreError> {
+    // `length` straight on a column reads the size from the record, not the blob.
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(length(d.body), length(e.payload)) FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+        )?
+        .query_row(params![delivery_id], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|n| n.max(0) as usize))
+}
+
 pub fn ping(conn: &Connection) -> Result<(), StoreError> {
     conn.query_row("SELECT 1", [], |_| Ok(()))?;
     Ok(())

@@ -750,7 +750,7 @@ fn replay_run(tx: &Connection, r: &RunReplay) -> Result<ReplayOutcome, StoreErro
 
 fn reject(tx: &Connection, r: &Rejection) -> Result<(), StoreError> {
     tx.prepare_cached("INSERT INTO rejections (source, received_at, status, error, reason, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![r.source, r.received_at, r.status, r.error, r.reason, r.body])?;
+        .execute(params![r.source, r.received_at, r.status, r.error, r.reason, &r.body[..]])?;
     Ok(())
 }
 

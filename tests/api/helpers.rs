@@ -256,8 +256,6 @@ impl TestApp {
     }
 }
 
-/// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it
-/// announced on stdout (the child picks its own port, so no two tests can race for one).
 /// `ferry serve --config CONFIG --data DATA` as a child process, with the test token and
 /// error-level logs.
 pub async fn serve_config(
@@ -280,6 +278,8 @@ pub async fn serve_config(
     .await
 }
 
+/// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it
+/// announced on stdout (the child picks its own port, so no two tests can race for one).
 pub async fn spawn_serve(
     args: &[&std::ffi::OsStr],
     envs: &[(&str, &str)],

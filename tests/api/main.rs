@@ -13,6 +13,7 @@ mod fanout;
 mod flows;
 mod hostile;
 mod idempotency;
+mod limits;
 mod openapi;
 mod overload;
 mod retries;
