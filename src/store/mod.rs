@@ -10,6 +10,9 @@ mod objects;
 mod reads;
 mod runs;
 mod schema;
+#[cfg(test)]
+#[path = "../../tests/api/tmpfs.rs"]
+mod tmpfs;
 mod wal_vfs;
 mod writer;
 
