@@ -202,6 +202,10 @@ struct Outcome {
 impl Worker {
     /// Works on one run. Answers when the run wants to be looked at again.
     async fn step(&self, run_id: &str) -> Option<Millis> {
+        // A step's outcome could not be saved: the run waits, and no request goes out.
+        if self.store.unwritable().is_some() {
+            return Some(self.clock.now_ms() + 1000);
+        }
         let id = run_id.to_string();
         let row = match self
             .store
