@@ -603,10 +603,9 @@ async fn sigkill_mid_run_resumes_at_the_right_step_without_repeating_the_call() 
     let api = Api::start().await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = config_file(
+        dir.path(),
+        &format!(
             r#"
 settings: {{ allow_private_destinations: true }}
 sources: [ {{ id: shop, kind: webhook, verify: {{ scheme: none }} }} ]
@@ -622,18 +621,9 @@ flows:
 "#,
             receiver.url, api.base
         ),
-    )
-    .unwrap();
+    );
     let data = dir.path().join("data");
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    let env = [("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")];
-    let (mut child, base) = spawn_serve(&args, &env, std::process::Stdio::inherit()).await;
+    let (mut child, base) = serve_data(&config, &data).await;
     let http = client();
     let answer: serde_json::Value = http
         .post(format!("{base}/in/shop"))
@@ -672,7 +662,7 @@ flows:
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let (_child, base) = spawn_serve(&args, &env, std::process::Stdio::inherit()).await;
+    let (_child, base) = serve_data(&config, &data).await;
     receiver.wait_for(1).await;
     assert_eq!(
         body_of(&receiver.requests()[0]),
