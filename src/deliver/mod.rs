@@ -2,7 +2,9 @@
 //! jobs this process owns (due now, or waiting for a retry time on the injected clock) and
 //! hands due ones to one queue per destination; each destination runs at most `concurrency`
 //! attempts at once, so a slow or failing destination never holds up the others. Every
-//! attempt's outcome is committed before the job is rescheduled or let go.
+//! attempt's outcome is committed before the job is rescheduled or let go; an outcome the store
+//! could not commit leaves the delivery as it was, and the job is attempted again. While the
+//! store cannot write, nothing is sent.
 //!
 //! **Invariant:** the store is the truth. Memory holds at most `memory_jobs` jobs; when more
 //! are pending, the rest stay in the store and are loaded as room frees up. Nothing here is

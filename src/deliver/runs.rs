@@ -2,7 +2,7 @@
 //! due (an `http` step to perform, a `delay` that has passed, its deliveries done, a replay);
 //! the worker performs the step, lets the engine run the pure steps that follow (in the
 //! sandbox), and commits the run's new state, the attempt and any new deliveries in one
-//! transaction before it lets the run go.
+//! transaction before it lets the run go. While the store cannot write, runs wait.
 //!
 //! **Invariant:** the store is the truth. Memory only holds which runs are due when; on start,
 //! every run in the `running` state is loaded again, so a crash resumes each run at the step
