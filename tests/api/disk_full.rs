@@ -176,15 +176,17 @@ alerts: [ {{ id: disk, when: {{ store_unwritable: {{}} }}, notify: [ops] }} ]
 
     // 1. Full, then freed: Ferry says so everywhere, and writes again on its own.
     let filler = fill_until_refused(&disk, &answers).await;
-    let (status, body) = get(&first_base, "/readyz").await;
-    assert_eq!(status, 503, "/readyz while the disk is full: {body}");
-    assert!(body.contains("store_unwritable"), "{body}");
-    let (_, metrics) = get(&first_base, "/metrics").await;
-    assert!(
-        metrics.contains("ferry_store_writable 0"),
-        "the gauge says the store cannot write"
-    );
-    assert!(!metrics.contains("ferry_store_failed_writes_total 0\n"));
+    wait_until("/readyz says the store cannot write", || async {
+        let (status, body) = get(&first_base, "/readyz").await;
+        status == 503 && body.contains("store_unwritable") && body.contains("No space left")
+    })
+    .await;
+    wait_until("the metrics say the store cannot write", || async {
+        let (_, metrics) = get(&first_base, "/metrics").await;
+        metrics.contains("ferry_store_writable 0")
+            && !metrics.contains("ferry_store_failed_writes_total 0\n")
+    })
+    .await;
     let notices = |state: &'static str| {
         let alerts = alerts.clone();
         async move {
