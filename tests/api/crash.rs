@@ -3,10 +3,27 @@
 //! duplicates are allowed (and counted), losses are not.
 
 use crate::helpers::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+async fn start_ferry(
+    config: &std::path::Path,
+    data: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    serve_config(config, data, std::process::Stdio::inherit()).await
+}
+
+/// Event numbers seen by a receiver, with how often each arrived.
+fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for r in receiver.requests() {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        *seen.entry(v["n"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_event() {
@@ -20,9 +37,10 @@ async fn sigkill_loses_no_acknowledged_event() {
     let flaky = Receiver::start().await;
     flaky.script((0..40).map(|i| Reply::status(if i % 2 == 0 { 503 } else { 200 })));
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(
-        dir.path(),
-        &format!(
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
             r#"
 settings: {{ allow_private_destinations: true }}
 sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
@@ -34,9 +52,10 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
 "#,
             quick.url, slow.url, flaky.url
         ),
-    );
+    )
+    .unwrap();
     let data = dir.path().join("data");
-    let (mut child, base) = serve_data(&config, &data).await;
+    let (mut child, base) = start_ferry(&config, &data).await;
 
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let next = Arc::new(AtomicU64::new(0));
@@ -79,7 +98,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     assert!(acked.len() >= acked_before_kill);
     let delivered_before_restart = quick.count();
 
-    let (mut child, _) = serve_data(&config, &data).await;
+    let (mut child, _) = start_ferry(&config, &data).await;
     for receiver in [&quick, &slow, &flaky] {
         wait_until(
             &format!("every acknowledged event at {}", receiver.url),

@@ -122,6 +122,12 @@ fn check_files(data: &Path, acked: &HashSet<u64>, when: &str) {
     );
 }
 
+/// The `"n"` of an event's JSON body.
+fn number(r: &Recorded) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["n"].as_u64().unwrap()
+}
+
 async fn get(base: &str, path: &str) -> (u16, String) {
     let r = client().get(format!("{base}{path}")).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
@@ -151,9 +157,10 @@ async fn a_full_disk_refuses_with_503_corrupts_nothing_and_loses_no_acknowledged
     let receiver = Receiver::start().await;
     let alerts = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(
-        dir.path(),
-        &format!(
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
             r#"
 settings: {{ allow_private_destinations: true, alert_interval: 200ms }}
 sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
@@ -164,10 +171,12 @@ alerts: [ {{ id: disk, when: {{ store_unwritable: {{}} }}, notify: [ops] }} ]
 "#,
             receiver.url, alerts.url
         ),
-    );
+    )
+    .unwrap();
     let disk = Tmpfs::mount("64m");
     let data = disk.path().join("data");
-    let (mut child, first_base) = serve_data(&config, &data).await;
+    let (mut child, first_base) =
+        serve_config(&config, &data, std::process::Stdio::inherit()).await;
     let base = Arc::new(Mutex::new(first_base.clone()));
     let answers = Arc::new(Mutex::new(Answers::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,7 +228,7 @@ alerts: [ {{ id: disk, when: {{ store_unwritable: {{}} }}, notify: [ops] }} ]
     let acked = answers.lock().unwrap().acked.clone();
     check_files(&data, &acked, "after a kill on the full disk");
     std::fs::remove_file(disk.path().join("filler")).unwrap();
-    let (mut child, restarted) = serve_data(&config, &data).await;
+    let (mut child, restarted) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     *base.lock().unwrap() = restarted;
     wait_acked_more(&answers, 100, "events acknowledged after the restart").await;
 
@@ -229,7 +238,7 @@ alerts: [ {{ id: disk, when: {{ store_unwritable: {{}} }}, notify: [ops] }} ]
     child.kill().await.unwrap();
     let acked = answers.lock().unwrap().acked.clone();
     check_files(&data, &acked, "after a kill right after the disk was freed");
-    let (mut child, restarted) = serve_data(&config, &data).await;
+    let (mut child, restarted) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     *base.lock().unwrap() = restarted;
     wait_acked_more(
         &answers,
@@ -244,8 +253,8 @@ alerts: [ {{ id: disk, when: {{ store_unwritable: {{}} }}, notify: [ops] }} ]
     }
     let answers = std::mem::take(&mut *answers.lock().unwrap());
     wait_until("every acknowledged event at the receiver", || async {
-        let seen = tally(&receiver);
-        answers.acked.iter().all(|n| seen.contains_key(n))
+        let seen: HashSet<u64> = receiver.requests().iter().map(number).collect();
+        answers.acked.is_subset(&seen)
     })
     .await;
     child.kill().await.unwrap();

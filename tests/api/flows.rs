@@ -603,9 +603,10 @@ async fn sigkill_mid_run_resumes_at_the_right_step_without_repeating_the_call() 
     let api = Api::start().await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(
-        dir.path(),
-        &format!(
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
             r#"
 settings: {{ allow_private_destinations: true }}
 sources: [ {{ id: shop, kind: webhook, verify: {{ scheme: none }} }} ]
@@ -621,9 +622,10 @@ flows:
 "#,
             receiver.url, api.base
         ),
-    );
+    )
+    .unwrap();
     let data = dir.path().join("data");
-    let (mut child, base) = serve_data(&config, &data).await;
+    let (mut child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     let http = client();
     let answer: serde_json::Value = http
         .post(format!("{base}/in/shop"))
@@ -662,7 +664,7 @@ flows:
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let (_child, base) = serve_data(&config, &data).await;
+    let (_child, base) = serve_config(&config, &data, std::process::Stdio::inherit()).await;
     receiver.wait_for(1).await;
     assert_eq!(
         body_of(&receiver.requests()[0]),

@@ -261,6 +261,28 @@ impl TestApp {
     }
 }
 
+/// `ferry serve --config CONFIG --data DATA` as a child process, with the test token and
+/// error-level logs.
+pub async fn serve_config(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    let args = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    spawn_serve(
+        &args,
+        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
+        stderr,
+    )
+    .await
+}
+
 /// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it
 /// announced on stdout (the child picks its own port, so no two tests can race for one).
 pub async fn spawn_serve(
@@ -302,43 +324,6 @@ pub async fn spawn_serve(
     })
     .await;
     (child, base)
-}
-
-/// Writes `yaml` to `ferry.yaml` in `dir`, for a `ferry serve` child process.
-pub fn config_file(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
-    let path = dir.join("ferry.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-/// `ferry serve --config CONFIG --data DATA` as a child process, logging errors only.
-pub async fn serve_data(
-    config: &std::path::Path,
-    data: &std::path::Path,
-) -> (tokio::process::Child, String) {
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    spawn_serve(
-        &args,
-        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
-        std::process::Stdio::inherit(),
-    )
-    .await
-}
-
-/// The event numbers (`"n"` of each JSON body) a receiver got, with how often each arrived.
-pub fn tally(receiver: &Receiver) -> std::collections::HashMap<u64, usize> {
-    let mut seen = std::collections::HashMap::new();
-    for r in receiver.requests() {
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        *seen.entry(v["n"].as_u64().unwrap()).or_insert(0) += 1;
-    }
-    seen
 }
 
 /// A plain HTTP client for tests (reqwest is built without a default TLS provider).
