@@ -154,14 +154,9 @@ async fn wait_acked_more(answers: &Mutex<Answers>, more: usize, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_with_503_corrupts_nothing_and_loses_no_acknowledged_event() {
-    let receiver = Receiver::start().await;
-    let alerts = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let (receiver, alerts) = (Receiver::start().await, Receiver::start().await);
+    let yaml = format!(
+        r#"
 settings: {{ allow_private_destinations: true, alert_interval: 200ms }}
 sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
 destinations: [ {{ id: d, kind: http, url: "{}" }} ]
@@ -169,10 +164,12 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: d }} ] }} ]
 channels: [ {{ id: ops, kind: webhook, url: "{}" }} ]
 alerts: [ {{ id: disk, when: {{ store_unwritable: {{}} }}, notify: [ops] }} ]
 "#,
-            receiver.url, alerts.url
-        ),
-    )
-    .unwrap();
+        receiver.url, alerts.url
+    );
+    // The config stays off the small file system.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(&config, yaml).unwrap();
     let disk = Tmpfs::mount("64m");
     let data = disk.path().join("data");
     let (mut child, first_base) =
