@@ -133,10 +133,13 @@ async fn with_api_objects(
 /// Opens the store, resumes pending deliveries and returns the state to serve.
 pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     // Opening does blocking file I/O (and may wait for the data directory's lock).
-    let (dir, store_options) = (options.data_dir.clone(), options.store);
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_options))
-        .await
-        .map_err(|e| ServeError::OpenTask(e.to_string()))??;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let (dir, store_options, store_metrics) =
+        (options.data_dir.clone(), options.store, metrics.clone());
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&dir, store_options, store_metrics))
+            .await
+            .map_err(|e| ServeError::OpenTask(e.to_string()))??;
     let api_token = match options.api_token {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,
@@ -159,7 +162,6 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     let client = crate::deliver::http_client()?;
     let (waker, wakes) = RunWaker::channel();
     let jitter_seed = options.deliverer.jitter_seed;
-    let metrics = Arc::new(crate::telemetry::Metrics::new());
     let deliverer = Deliverer::start(
         config.clone(),
         store.clone(),

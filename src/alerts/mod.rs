@@ -1,5 +1,6 @@
 //! Alerts: evaluates each rule of the config every `settings.alert_interval` (on the injected
-//! clock) against the store, the deliverer's circuits and the sources' activity; when a rule
+//! clock) against the store (its rows, and whether it can write), the deliverer's circuits and
+//! the sources' activity; when a rule
 //! starts or stops firing, sends a notice to its channels (`channels.rs`) and stores its state,
 //! so that a restart neither repeats a notice nor forgets that a rule was firing.
 //!
@@ -86,7 +87,7 @@ impl SourceActivity {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub firing: bool,
-    /// `destination crm`, `source shop`, `dead letters`, `backlog`.
+    /// `destination crm`, `source shop`, `dead letters`, `backlog`, `store`.
     pub subject: String,
     /// What is wrong (or, when not firing, how things stand).
     pub message: String,
@@ -411,6 +412,17 @@ async fn observe(
                     .map(|(id, p)| format!("`{id}` is paused ({}): {}", p.by, p.reason))
                     .collect::<Vec<_>>()
                     .join("; "),
+            }
+        }
+        Condition::StoreUnwritable {} => {
+            let unwritable = store.unwritable();
+            Observation {
+                firing: unwritable.is_some(),
+                subject: "store".to_string(),
+                message: unwritable.map_or_else(
+                    || "the store writes".to_string(),
+                    |u| format!("{}; ingest answers 503", u.describe()),
+                ),
             }
         }
     })

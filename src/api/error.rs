@@ -45,12 +45,33 @@ impl ApiError {
             )
         }
     }
+
+    /// The store cannot write (a full disk, an I/O error): the write was not made and is worth
+    /// sending again later. What failed is in the log and at `/readyz`, not told to callers.
+    pub fn store_unwritable() -> Self {
+        ApiError {
+            retry_after_secs: Some(STORE_RETRY_AFTER_SECS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unwritable",
+                "Ferry cannot write to its store right now; nothing was written. Try again later",
+            )
+        }
+    }
 }
+
+/// The `Retry-After` of a `store_unwritable` answer: the writer tries a write every second,
+/// and a disk takes longer than that to get room back.
+pub const STORE_RETRY_AFTER_SECS: u64 = 5;
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::Overloaded => ApiError::overloaded(),
+            // The store's writer logged what failed, once for the whole batch.
+            crate::store::StoreError::Unwritable(_) | crate::store::StoreError::Write(_) => {
+                ApiError::store_unwritable()
+            }
             other => {
                 tracing::error!(error = %other, "store error while answering a request");
                 ApiError::new(

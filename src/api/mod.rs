@@ -551,8 +551,15 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK", body = crate::api::openapi::Status), (status = 503, description = "not ready", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK", body = crate::api::openapi::Status), (status = 503, description = "not ready: the store is not reachable (`not_ready`) or cannot write (`store_unwritable`, with what failed and since when)", body = crate::api::openapi::ErrorBody)))]
 async fn readyz(State(app): State<AppState>) -> Response {
+    if let Some(unwritable) = app.store.unwritable() {
+        return ApiError {
+            message: unwritable.describe(),
+            ..ApiError::store_unwritable()
+        }
+        .into_response();
+    }
     match app.store.read(crate::store::ping).await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => ApiError::new(

@@ -40,6 +40,8 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
     m.oldest_due_age
         .set(oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0));
     m.failed_runs.set(failed_runs);
+    m.store_writable
+        .set(i64::from(app.store.unwritable().is_none()));
     for (id, health) in app.deliverer.health() {
         m.circuit_state
             .get_or_create(&label(&id))

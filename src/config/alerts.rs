@@ -120,6 +120,8 @@ pub enum Condition {
     DestinationPaused {
         destination: Option<String>,
     },
+    /// The store cannot write (a full disk, an I/O error).
+    StoreUnwritable {},
 }
 
 /// Durations in API answers, as people write them in the config (`5m`).
@@ -330,12 +332,13 @@ impl Checker<'_> {
             w.backlog_age.is_some(),
             w.delivery_latency.is_some(),
             w.destination_paused.is_some(),
+            w.store_unwritable.is_some(),
         ]
         .iter()
         .filter(|s| **s)
         .count();
         if set != 1 {
-            self.error(place.to_string(), "`when` takes exactly one of destination_failing, failure_ratio, dead_letters, source_silent, backlog_age, delivery_latency, destination_paused");
+            self.error(place.to_string(), "`when` takes exactly one of destination_failing, failure_ratio, dead_letters, source_silent, backlog_age, delivery_latency, destination_paused, store_unwritable");
             return None;
         }
         let destination = |c: &mut Self, id: &str| {
@@ -435,6 +438,9 @@ impl Checker<'_> {
                 p99_above,
                 window,
             });
+        }
+        if w.store_unwritable.is_some() {
+            return Some(Condition::StoreUnwritable {});
         }
         let p = w.destination_paused.unwrap_or_default();
         if let Some(id) = &p.destination {

@@ -69,6 +69,7 @@ pub struct RawCondition {
     pub backlog_age: Option<RawBacklog>,
     pub delivery_latency: Option<RawLatency>,
     pub destination_paused: Option<RawPaused>,
+    pub store_unwritable: Option<RawStoreUnwritable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,11 @@ pub struct RawLatency {
 pub struct RawPaused {
     pub destination: Option<String>,
 }
+
+/// `store_unwritable: {}`: no settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreUnwritable {}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

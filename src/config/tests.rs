@@ -142,6 +142,28 @@ fn yaml_shape_errors_name_the_line() {
 }
 
 #[test]
+fn store_unwritable_takes_no_settings() {
+    let rule = |when: &str| {
+        format!(
+            "channels: [ {{ id: ops, kind: webhook, url: \"http://127.0.0.1:9/a\" }} ]\nsettings: {{ allow_private_destinations: true }}\nalerts: [ {{ id: disk, when: {when}, notify: [ops] }} ]\n"
+        )
+    };
+    let config = load(&rule("{ store_unwritable: {} }")).unwrap();
+    assert!(matches!(
+        config.alerts[0].condition,
+        Condition::StoreUnwritable {}
+    ));
+    let errs = load(&rule("{ store_unwritable: { for: 30s } }"))
+        .unwrap_err()
+        .0;
+    assert!(
+        errs[0].message.contains("unknown field `for`"),
+        "{:?}",
+        errs[0]
+    );
+}
+
+#[test]
 fn private_hosts_are_recognised() {
     for (u, private) in [
         ("http://localhost:1/", true),

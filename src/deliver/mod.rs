@@ -2,7 +2,9 @@
 //! jobs this process owns (due now, or waiting for a retry time on the injected clock) and
 //! hands due ones to one queue per destination; each destination runs at most `concurrency`
 //! attempts at once, so a slow or failing destination never holds up the others. Every
-//! attempt's outcome is committed before the job is rescheduled or let go.
+//! attempt's outcome is committed before the job is rescheduled or let go; an outcome the store
+//! could not commit leaves the delivery as it was, and the job is attempted again. While the
+//! store cannot write, nothing is sent.
 //!
 //! **Invariant:** the store is the truth. Memory holds at most `memory_jobs` jobs; when more
 //! are pending, the rest stay in the store and are loaded as room frees up. Their bodies are
@@ -524,6 +526,9 @@ impl Dispatcher {
     }
 }
 
+/// How long a delivery waits when the store cannot write, before it is looked at again.
+const STORE_WAIT_MS: Millis = 1000;
+
 async fn destination_loop(
     dest: Arc<Destination>,
     mut jobs: mpsc::UnboundedReceiver<DeliveryJob>,
@@ -537,6 +542,14 @@ async fn destination_loop(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        // An outcome the store cannot record would be sent again later anyway: nothing goes
+        // out while it cannot write, and no attempt is spent.
+        if ctx.store.unwritable().is_some() {
+            drop(slot);
+            let until = ctx.clock.now_ms() + STORE_WAIT_MS;
+            let _ = ctx.control.send(Control::Hold(job, until));
+            continue;
+        }
         let (admit, change) = breaker.admit(ctx.clock.now_ms());
         if let Some((from, to)) = change {
             crate::telemetry::events::circuit_changed(&dest.id, from, to, 0);
@@ -701,7 +714,14 @@ async fn run_attempt(
         ),
         Ok(None) => {}
         Err(e) => {
-            tracing::error!(delivery_id = %job.id, error = %e, "could not record the attempt; the delivery stays pending in the store")
+            // The store still has the delivery as it was before this attempt: it is attempted
+            // again (at least once, as after a crash), counted from the store's attempts.
+            tracing::error!(delivery_id = %job.id, event_id = %job.event_id, error = %e, "could not record the attempt; the delivery stays pending and is attempted again once the store writes");
+            let _ = ctx.control.send(Control::Schedule(DeliveryJob {
+                due_at: finished_at + STORE_WAIT_MS,
+                ..job
+            }));
+            return;
         }
     }
     let _ = ctx.control.send(match next {

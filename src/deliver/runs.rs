@@ -1,8 +1,8 @@
 //! The run worker: moves flow runs on after their first stop. A run comes here when it is
 //! due (an `http` step to perform, a `delay` that has passed, its deliveries done, a replay);
 //! the worker performs the step, lets the engine run the pure steps that follow (in an
-//! expression worker), and commits the run's new state, the attempt and any new deliveries in one
-//! transaction before it lets the run go.
+//! expression worker), and commits the run's new state, the attempt and any new deliveries in
+//! one transaction before it lets the run go. While the store cannot write, runs wait.
 //!
 //! **Invariant:** the store is the truth. Memory only holds which runs are due when; on start,
 //! every run in the `running` state is loaded again, so a crash resumes each run at the step
@@ -208,6 +208,10 @@ struct Outcome {
 impl Worker {
     /// Works on one run. Answers when the run wants to be looked at again.
     async fn step(&self, run_id: &str) -> Option<Millis> {
+        // A step's outcome could not be saved: the run waits, and no request goes out.
+        if self.store.unwritable().is_some() {
+            return Some(self.clock.now_ms() + 1000);
+        }
         let id = run_id.to_string();
         let row = match self
             .store

@@ -2,15 +2,22 @@
 //! rejected log live in one SQLite file (WAL). All writes go through one writer thread that
 //! commits whatever has queued up in one transaction (group commit), then answers each caller;
 //! so a caller that gets `Ok` knows its rows are on disk. Reads use their own connections.
+//! When a write fails (a full disk, an I/O error), nothing of its transaction is acknowledged
+//! and the store says it cannot write (`Store::unwritable`) until a write commits again.
 //!
 //! The store knows nothing of HTTP, flows or scheduling: it takes rows and gives rows.
 
+mod checkpointer;
 mod health;
 mod objects;
 mod reads;
 mod runs;
 mod schema;
+#[cfg(test)]
+#[path = "../../tests/api/tmpfs.rs"]
+mod tmpfs;
 mod wal_vfs;
+mod writable;
 mod writer;
 
 use crate::clock::Millis;
@@ -24,6 +31,7 @@ pub use objects::*;
 pub use reads::*;
 pub use runs::*;
 pub use schema::WAL_RESTART_BYTES;
+pub use writable::Unwritable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +50,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the write was not made durable: {0}")]
     Write(String),
+    /// A write asked for while the store cannot write (`Store::unwritable` says why).
+    #[error("the store cannot write: {0}")]
+    Unwritable(String),
     #[error("the data directory `{0}` is in use by another Ferry process")]
     InUse(String),
 }
@@ -346,6 +357,7 @@ impl Default for StoreOptions {
 pub struct Store {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
+    writability: Arc<writable::Writability>,
 }
 
 struct ReadPool {
@@ -391,8 +403,13 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
 
 impl Store {
     /// Opens (creating if needed) `ferry.db` in `dir` and starts the writer thread. The thread
-    /// ends when every handle is dropped.
-    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+    /// ends when every handle is dropped. The store's threads report failed writes and
+    /// checkpoints to `metrics` (through `telemetry::events`).
+    pub fn open(
+        dir: &Path,
+        options: StoreOptions,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
@@ -401,7 +418,17 @@ impl Store {
         let path = dir.join("ferry.db");
         let conn = schema::open_writer(&path)?;
         let checkpoint_conn = schema::open_checkpointer(&path)?;
-        let checkpoint_db = path.clone();
+        let writability = Arc::new(writable::Writability::default());
+        let checkpointer = checkpointer::Checkpointer {
+            db_path: path.clone(),
+            writability: writability.clone(),
+            metrics: metrics.clone(),
+        };
+        let writer_context = writer::WriterContext {
+            path: path.clone(),
+            writability: writability.clone(),
+            metrics,
+        };
         let (tx, rx) = mpsc::channel(options.write_queue);
         let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
         let spawn_failed = |source| StoreError::DataDir {
@@ -410,14 +437,12 @@ impl Store {
         };
         std::thread::Builder::new()
             .name("ferry-store-checkpoint".into())
-            .spawn(move || {
-                writer::checkpointer(checkpoint_conn, checkpoint_db, checkpoints_stopped)
-            })
+            .spawn(move || checkpointer.run(checkpoint_conn, checkpoints_stopped))
             .map_err(spawn_failed)?;
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
             .spawn(move || {
-                writer::run(conn, rx, options, stop_checkpoints);
+                writer::run(conn, rx, options, writer_context, stop_checkpoints);
                 drop(lock);
             })
             .map_err(spawn_failed)?;
@@ -427,7 +452,22 @@ impl Store {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            writability,
         })
+    }
+
+    /// Why the store cannot write, while it cannot: a write failed (a full disk, an I/O error)
+    /// and none has committed since. Writes asked for meanwhile are refused at once.
+    pub fn unwritable(&self) -> Option<Unwritable> {
+        self.writability.get()
+    }
+
+    /// `Unwritable` while the store cannot write (checked before a write is queued).
+    fn check_writable(&self) -> Result<(), StoreError> {
+        match self.writability.get() {
+            Some(u) => Err(StoreError::Unwritable(u.reason)),
+            None => Ok(()),
+        }
     }
 
     /// Sends a write and waits for its answer; waits for room in the queue.
@@ -435,6 +475,7 @@ impl Store {
         &self,
         op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
     ) -> Result<T, StoreError> {
+        self.check_writable()?;
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(op(reply))
@@ -444,6 +485,7 @@ impl Store {
     }
 
     fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.check_writable()?;
         self.writer.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
@@ -452,7 +494,7 @@ impl Store {
 
     /// Commits an event with its runs and deliveries in one transaction, or reports the
     /// earlier event with the same idempotency key. Fails fast with `Overloaded` when the
-    /// write queue is full.
+    /// write queue is full, and with `Unwritable` while the store cannot write.
     pub async fn ingest(
         &self,
         event: NewEvent,
@@ -538,10 +580,11 @@ impl Store {
         self.ask(|reply| WriteOp::Attempt { attempt, reply }).await
     }
 
-    /// Adds to the rejected log. Best effort: dropped when the write queue is full.
+    /// Adds to the rejected log. Best effort: dropped when the write queue is full or the
+    /// store cannot write.
     pub fn record_rejection(&self, rejection: Rejection) {
-        if self.submit(WriteOp::Reject { rejection }).is_err() {
-            tracing::warn!("rejected log entry dropped: the write queue is full");
+        if let Err(e) = self.submit(WriteOp::Reject { rejection }) {
+            tracing::warn!(error = %e, "rejected log entry dropped");
         }
     }
 

@@ -137,6 +137,13 @@ CREATE TABLE IF NOT EXISTS alert_states (
     notified INTEGER NOT NULL DEFAULT 0
 );
 
+-- One row the writer rewrites to find out whether the disk takes writes again after a write
+-- failed (`writer::probe`).
+CREATE TABLE IF NOT EXISTS store_probe (
+    id INTEGER PRIMARY KEY,
+    pad BLOB NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -169,7 +176,8 @@ pub const WAL_RESTART_BYTES: u64 = 4 * 1024 * 1024;
 /// directory written by another version is refused with a clear error.
 const SCHEMA_VERSION: i64 = 2;
 
-fn check_version(conn: &Connection) -> Result<(), StoreError> {
+/// Answers the version found (0 for a new database).
+fn check_version(conn: &Connection) -> Result<i64, StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let tables: i64 = conn.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
@@ -181,31 +189,41 @@ fn check_version(conn: &Connection) -> Result<(), StoreError> {
             "the data was written with schema version {version}; this Ferry reads version {SCHEMA_VERSION} and has no migration for it yet: start with a new data directory"
         )));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The writer's connection, through the VFS that writes a commit's WAL frames in one call
-/// and syncs them with one `fdatasync` (`wal_vfs`).
+/// and syncs them with one `fdatasync` (`wal_vfs`), with the schema in place.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = open_through(path, super::wal_vfs::NAME)?;
-    configure(&conn)?;
+    let conn = connect_writer(path)?;
     // The first read recovers the WAL a previous process left, frames it wrote but died
     // before syncing included. Synced here once, every frame a checkpoint can see has been
     // synced, which is what lets the checkpointer skip SQLite's sync of the WAL (`wal_vfs`).
-    check_version(&conn)?;
+    let version = check_version(&conn)?;
     sync_leftover_wal(path)?;
     conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    // Written only when it changes, so that a store on a full disk still opens.
+    if version != SCHEMA_VERSION {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    Ok(conn)
+}
+
+/// A writer's connection to a database whose schema is in place: the writer opens a new one
+/// after a write failed (`writer::recover`).
+pub fn connect_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = open_through(path, super::wal_vfs::NAME)?;
+    configure(&conn)?;
     // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
     conn.pragma_update(None, "cache_size", -16_384)?;
-    // Checkpoints run on their own thread (see `writer::checkpointer`), not inside commits.
+    // Checkpoints run on their own thread (see `checkpointer`), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.busy_handler(Some(retry_soon))?;
     Ok(conn)
 }
 
 /// A connection for the checkpointer thread, through the VFS that leaves out SQLite's
-/// redundant sync of the WAL and writes the copied pages in runs (`wal_vfs`).
+/// redundant sync of the WAL (`wal_vfs`).
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = open_through(path, super::wal_vfs::CHECKPOINT_NAME)?;
     configure(&conn)?;

@@ -13,11 +13,20 @@
 //! WAL, which is redundant here: every frame a checkpoint can see was synced by the writer
 //! before its commit was published, and the WAL a previous process left is synced once when the
 //! writer opens (`schema::open_writer`). So the WAL's sync does nothing when this connection
-//! wrote nothing to it (it never does; if it did, the sync would be real). The database file's writes
-//! (one page each, in page order) are gathered into runs of adjacent pages, each written with
-//! one call, and written before any other use of the file: SQLite tells the file when the copy
-//! is done (`SQLITE_FCNTL_CKPT_DONE`) before it lets readers rely on the copied pages. Its sync
-//! is an `fdatasync`.
+//! wrote nothing to it (it never does; if it did, the sync would be real). The database file's
+//! writes go to the default VFS at once, one page a call, as SQLite makes them: gathered into
+//! runs, the last run's failure could only be reported at the end of the copy
+//! (`SQLITE_FCNTL_CKPT_DONE`), whose answer SQLite ignores before it tells readers to read the
+//! copied pages from the file. Its sync is an `fdatasync`.
+//!
+//! **Failures reach SQLite as the default VFS reports them.** A write the default VFS cuts
+//! short is `SQLITE_FULL`, a failed one `SQLITE_IOERR_WRITE`, a failed sync
+//! `SQLITE_IOERR_FSYNC`. A gathered write that fails when it is finally written, and any failed
+//! sync, leaves the file failed: every later write, read and sync through it answers that
+//! failure, so SQLite fails the commit and no later sync can pass for one that covers the lost
+//! bytes (after a failed `fdatasync`, Linux may drop the pages it could not write and report
+//! success the next time). Only a new connection (the writer opens one: `writer::run`) writes
+//! again. What failed, and where, is kept for the thread that made the call ([`take_failure`]).
 //!
 //! The shared memory index and every other file are the default VFS's own, untouched.
 
@@ -44,6 +53,22 @@ const MAX_GATHERED: usize = 8 << 20;
 /// The most bytes handed to one write of the default VFS: the unix VFS masks a write's length
 /// to 17 bits (`nBuf & 0x1ffff`), so a longer one would be cut short. 31 pages.
 const MAX_CALL: usize = 0x1ffff & !0xfff;
+
+thread_local! {
+    /// The last failure of a file of these VFSes on this thread, described for people.
+    static LAST_FAILURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the last failed write or sync through these VFSes on this thread was, and where (the
+/// file, the offset, the system's error), if one failed since the last call. The writer and the
+/// checkpointer each own their connection's thread, so this is the failure of their last call.
+pub fn take_failure() -> Option<String> {
+    LAST_FAILURE.with(|f| f.borrow_mut().take())
+}
+
+fn note_failure(what: String) {
+    LAST_FAILURE.with(|f| *f.borrow_mut() = Some(what));
+}
 
 /// Registers both VFSes with SQLite once per process (SQLite's list of VFSes is
 /// process-wide) and answers whether they are there to use.
@@ -89,18 +114,21 @@ struct Vfs {
     role: Role,
 }
 
-/// A file whose writes are gathered (the writer's WAL; the checkpointer's WAL and database
-/// file): SQLite sees `base`; the default VFS's file lives right after this header in the same
+/// A file these VFSes change (the writer's WAL; the checkpointer's WAL and database file):
+/// SQLite sees `base`; the default VFS's file lives right after this header in the same
 /// allocation (SQLite allocates `szOsFile` bytes).
 #[repr(C)]
-struct GatheringFile {
+struct WrappedFile {
     base: ffi::sqlite3_file,
     inner: *mut ffi::sqlite3_file,
-    gathered: Box<Gathered>,
+    state: Box<FileState>,
 }
 
-/// Bytes written but not yet in the file: one run starting at `at`.
-struct Gathered {
+/// What a wrapped file keeps beside the default VFS's file.
+struct FileState {
+    /// Whether writes are gathered until the next sync (the writer's WAL) or passed on at once.
+    gather: bool,
+    /// Bytes written but not yet in the file: one run starting at `at`.
     bytes: Vec<u8>,
     at: i64,
     path: PathBuf,
@@ -111,19 +139,22 @@ struct Gathered {
     on_sync: OnSync,
     /// Whether anything was written through this file since its last sync.
     written: bool,
+    /// `SQLITE_OK`, or the failure every later write, read and sync answers: a gathered write
+    /// that could not be written, or a sync that failed.
+    failed: c_int,
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum OnSync {
     /// Write what is gathered and `fdatasync`.
     DataSync,
-    /// The checkpointer's WAL: write what is gathered, and `fdatasync` only if this connection
-    /// wrote to the WAL since its last sync (the writer synced every frame it can see).
+    /// The checkpointer's WAL: `fdatasync` only if this connection wrote to the WAL since its
+    /// last sync (the writer synced every frame it can see).
     WhenWritten,
 }
 
 /// The header's size, rounded up so the default VFS's file after it is 8-byte aligned.
-const HEADER: usize = std::mem::size_of::<GatheringFile>().div_ceil(8) * 8;
+const HEADER: usize = std::mem::size_of::<WrappedFile>().div_ceil(8) * 8;
 
 unsafe extern "C" fn open(
     vfs: *mut ffi::sqlite3_vfs,
@@ -142,14 +173,14 @@ unsafe extern "C" fn open(
         let role = (*(vfs as *mut Vfs)).role;
         let wal = flags & ffi::SQLITE_OPEN_WAL != 0;
         let main_db = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
-        let on_sync = match role {
+        let wrapped = match role {
             _ if name.is_null() => None,
-            Role::Writer if wal => Some(OnSync::DataSync),
-            Role::Checkpointer if wal => Some(OnSync::WhenWritten),
-            Role::Checkpointer if main_db => Some(OnSync::DataSync),
+            Role::Writer if wal => Some((true, OnSync::DataSync)),
+            Role::Checkpointer if wal => Some((false, OnSync::WhenWritten)),
+            Role::Checkpointer if main_db => Some((false, OnSync::DataSync)),
             _ => None,
         };
-        let Some(on_sync) = on_sync else {
+        let Some((gather, on_sync)) = wrapped else {
             // The default VFS's file itself, with nothing in between.
             return inner_open(inner_vfs, name, file, flags, out_flags);
         };
@@ -168,17 +199,19 @@ unsafe extern "C" fn open(
         }
         let path = path_of(CStr::from_ptr(name as *const c_char).to_bytes());
         std::ptr::write(
-            file as *mut GatheringFile,
-            GatheringFile {
+            file as *mut WrappedFile,
+            WrappedFile {
                 base: ffi::sqlite3_file { pMethods: &METHODS },
                 inner,
-                gathered: Box::new(Gathered {
+                state: Box::new(FileState {
+                    gather,
                     bytes: Vec::new(),
                     at: 0,
                     path,
                     sync: None,
                     on_sync,
                     written: false,
+                    failed: ffi::SQLITE_OK,
                 }),
             },
         );
@@ -219,45 +252,74 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(unfetch),
 };
 
-/// The gathering file behind a file SQLite passes to these methods.
+/// The wrapped file behind a file SQLite passes to these methods.
 ///
 /// # Safety
 /// `file` must be a file `open` wrapped (it set these methods) and not yet closed.
-unsafe fn gathering<'a>(file: *mut ffi::sqlite3_file) -> &'a mut GatheringFile {
-    unsafe { &mut *(file as *mut GatheringFile) }
+unsafe fn wrapped<'a>(file: *mut ffi::sqlite3_file) -> &'a mut WrappedFile {
+    unsafe { &mut *(file as *mut WrappedFile) }
 }
 
 /// The default VFS's methods of the file inside.
-unsafe fn inner_methods<'a>(f: &GatheringFile) -> &'a ffi::sqlite3_io_methods {
+unsafe fn inner_methods<'a>(f: &WrappedFile) -> &'a ffi::sqlite3_io_methods {
     unsafe { &*(*f.inner).pMethods }
 }
 
-/// Writes what is gathered, in as few calls of the default VFS as it takes (one for a commit
-/// of up to 31 pages).
-unsafe fn flush(f: &mut GatheringFile) -> c_int {
-    let Some(write) = (unsafe { inner_methods(f) }).xWrite else {
-        return ffi::SQLITE_IOERR_WRITE;
-    };
-    let mut rc = ffi::SQLITE_OK;
-    let mut offset = f.gathered.at;
-    for chunk in f.gathered.bytes.chunks(MAX_CALL) {
-        // SAFETY: `chunk` is readable for its length, which fits in a c_int (MAX_CALL).
-        rc = unsafe {
+/// One write of the default VFS; a failure is described for [`take_failure`].
+///
+/// # Safety
+/// `data` must fit in a `c_int` (at most [`MAX_CALL`] bytes when the file is the unix VFS's).
+unsafe fn write_through(f: &mut WrappedFile, data: &[u8], offset: i64) -> c_int {
+    let rc = match (unsafe { inner_methods(f) }).xWrite {
+        // SAFETY: `data` is readable for its length.
+        Some(write) => unsafe {
             write(
                 f.inner,
-                chunk.as_ptr() as *const c_void,
-                chunk.len() as c_int,
+                data.as_ptr() as *const c_void,
+                data.len() as c_int,
                 offset,
             )
+        },
+        None => ffi::SQLITE_IOERR_WRITE,
+    };
+    if rc != ffi::SQLITE_OK {
+        // Read at once: the default VFS made no other system call after the failed one.
+        let os = std::io::Error::last_os_error();
+        let why = match rc & 0xff {
+            ffi::SQLITE_FULL => format!("the disk is full (the write was cut short; {os})"),
+            _ => format!("{os} (SQLite code {rc})"),
         };
+        note_failure(format!(
+            "cannot write {} bytes to {} at offset {offset}: {why}",
+            data.len(),
+            f.state.path.display()
+        ));
+    }
+    rc
+}
+
+/// Writes what is gathered, in as few calls of the default VFS as it takes (one for a commit
+/// of up to 31 pages). A failure leaves the file failed: SQLite was told those writes were
+/// done, and only a failed sync can tell it otherwise.
+unsafe fn flush(f: &mut WrappedFile) -> c_int {
+    if f.state.failed != ffi::SQLITE_OK {
+        return f.state.failed;
+    }
+    let bytes = std::mem::take(&mut f.state.bytes);
+    let mut offset = f.state.at;
+    for chunk in bytes.chunks(MAX_CALL) {
+        // SAFETY: a chunk is at most MAX_CALL bytes.
+        let rc = unsafe { write_through(f, chunk, offset) };
         if rc != ffi::SQLITE_OK {
-            break;
+            f.state.failed = rc;
+            return rc;
         }
         offset += chunk.len() as i64;
     }
-    // On failure SQLite fails the commit and writes its frames again in a later one.
-    f.gathered.bytes.clear();
-    rc
+    // The allocation is kept for the next commit's frames.
+    f.state.bytes = bytes;
+    f.state.bytes.clear();
+    ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn write(
@@ -268,10 +330,16 @@ unsafe extern "C" fn write(
 ) -> c_int {
     // SAFETY: SQLite passes `amount` readable bytes at `buf`.
     unsafe {
-        let f = gathering(file);
+        let f = wrapped(file);
+        if f.state.failed != ffi::SQLITE_OK {
+            return f.state.failed;
+        }
         let data = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
-        f.gathered.written = true;
-        let g = &mut f.gathered;
+        f.state.written = true;
+        if !f.state.gather {
+            return write_through(f, data, offset);
+        }
+        let g = &mut f.state;
         let end = g.at + g.bytes.len() as i64;
         if !g.bytes.is_empty() && offset >= g.at && offset + data.len() as i64 <= end {
             // A frame rewritten within the same commit: change the gathered copy.
@@ -285,7 +353,7 @@ unsafe extern "C" fn write(
                 return rc;
             }
         }
-        let g = &mut f.gathered;
+        let g = &mut f.state;
         if g.bytes.is_empty() {
             g.at = offset;
         }
@@ -299,38 +367,52 @@ unsafe extern "C" fn write(
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
     unsafe {
-        let f = gathering(file);
+        let f = wrapped(file);
         let rc = flush(f);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
-        let g = &mut f.gathered;
+        let g = &mut f.state;
         if g.on_sync == OnSync::WhenWritten && !g.written {
             return ffi::SQLITE_OK;
         }
-        match super::writer::sync_file(&mut g.sync, &g.path) {
+        match synced(g) {
             Ok(()) => {
                 g.written = false;
                 ffi::SQLITE_OK
             }
             Err(e) => {
-                tracing::error!(error = %e, path = %g.path.display(), "cannot sync a database file");
+                note_failure(format!("cannot sync {}: {e}", g.path.display()));
+                g.failed = ffi::SQLITE_IOERR_FSYNC;
                 ffi::SQLITE_IOERR_FSYNC
             }
         }
     }
 }
 
+/// `fdatasync`s the file (and, in the tests, fails when asked to).
+fn synced(g: &mut FileState) -> std::io::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_SYNCS.get() {
+        return Err(std::io::Error::other("a sync failure injected by a test"));
+    }
+    super::writer::sync_file(&mut g.sync, &g.path)
+}
+
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
-        let f = gathering(file);
-        let flushed = flush(f);
+        let f = wrapped(file);
+        // Bytes of a failed file are dropped: SQLite rolled back the commit they belonged to.
+        let flushed = match f.state.failed {
+            ffi::SQLITE_OK => flush(f),
+            _ => ffi::SQLITE_OK,
+        };
         let closed = match inner_methods(f).xClose {
             Some(close) => close(f.inner),
             None => ffi::SQLITE_OK,
         };
         // SQLite frees the allocation after this; what the header owns is freed here.
-        std::ptr::drop_in_place(&mut f.gathered);
+        std::ptr::drop_in_place(&mut f.state);
         if flushed != ffi::SQLITE_OK {
             flushed
         } else {
@@ -343,7 +425,7 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
 macro_rules! flushed_then {
     ($file:ident, $method:ident ( $($arg:expr),* )) => {
         unsafe {
-            let f = gathering($file);
+            let f = wrapped($file);
             let rc = flush(f);
             if rc != ffi::SQLITE_OK {
                 return rc;
@@ -360,7 +442,7 @@ macro_rules! flushed_then {
 macro_rules! forwarded {
     ($file:ident, $method:ident ( $($arg:expr),* ), $absent:expr) => {
         unsafe {
-            let f = gathering($file);
+            let f = wrapped($file);
             match inner_methods(f).$method {
                 Some(method) => method(f.inner $(, $arg)*),
                 None => $absent,
@@ -386,12 +468,22 @@ unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> 
     flushed_then!(file, xFileSize(size))
 }
 
+/// Writes what is gathered first, but answers the file control whatever that write did: SQLite
+/// ignores the answer of some file controls (hints), and a failed write leaves the file failed,
+/// which the commit's sync reports.
 unsafe extern "C" fn file_control(
     file: *mut ffi::sqlite3_file,
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    flushed_then!(file, xFileControl(op, arg))
+    unsafe {
+        let f = wrapped(file);
+        flush(f);
+        match inner_methods(f).xFileControl {
+            Some(method) => method(f.inner, op, arg),
+            None => ffi::SQLITE_NOTFOUND,
+        }
+    }
 }
 
 unsafe extern "C" fn fetch(
@@ -457,9 +549,16 @@ unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tmpfs::Tmpfs;
     use rusqlite::{Connection, OpenFlags};
 
-    fn writer(path: &std::path::Path) -> Connection {
+    thread_local! {
+        /// Set by a test: every sync through these VFSes on its thread fails.
+        pub(super) static FAIL_SYNCS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A connection through the writer's VFS, configured as the store's writer is.
+    fn connect(path: &std::path::Path) -> Connection {
         register().unwrap();
         let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), NAME).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
@@ -468,6 +567,19 @@ mod tests {
         // A small page cache, so a large transaction spills frames to the WAL before its commit
         // and reads them back.
         conn.pragma_update(None, "cache_size", 20).unwrap();
+        conn
+    }
+
+    /// A connection through the checkpointer's VFS, as the store's checkpointer has.
+    fn checkpointer(path: &std::path::Path) -> Connection {
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), CHECKPOINT_NAME)
+            .unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn
+    }
+
+    fn writer(path: &std::path::Path) -> Connection {
+        let conn = connect(path);
         conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, body BLOB NOT NULL)")
             .unwrap();
         conn
@@ -571,16 +683,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let conn = writer(&path);
-        let checkpointer =
-            Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), CHECKPOINT_NAME)
-                .unwrap();
-        checkpointer
-            .pragma_update(None, "synchronous", "FULL")
-            .unwrap();
+        let checkpointer = checkpointer(&path);
         insert(&conn, 0, 300);
         // A reader holding its snapshot stops the checkpoint there: SQLite then neither
-        // truncates nor syncs the database file, and only the end of the copy writes what
-        // the VFS gathered before readers are told to read those pages from the file.
+        // truncates nor syncs the database file before readers are told to read the copied
+        // pages from it.
         let holder = Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN").unwrap();
         assert_rows(&holder, 300, "the snapshot held");
@@ -634,5 +741,166 @@ mod tests {
             assert!(read == body(n, 1500), "row {n} recovered with other bytes");
         }
         drop(conn);
+    }
+
+    /// Whether `e` is SQLite's `code` (its primary code: `SQLITE_FULL`, `SQLITE_IOERR`).
+    fn is_code(e: &rusqlite::Error, code: rusqlite::ErrorCode) -> bool {
+        e.sqlite_error_code() == Some(code)
+    }
+
+    fn integrity(conn: &Connection) -> String {
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Inserts `rows` rows from `from` in one transaction, answering the first error.
+    fn try_insert(conn: &Connection, from: i64, rows: i64) -> rusqlite::Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let inserted = (from..from + rows).try_for_each(|n| {
+            conn.execute(
+                "INSERT INTO t VALUES (?1, ?2)",
+                rusqlite::params![n, body(n, 1500)],
+            )
+            .map(drop)
+        });
+        let done = inserted.and_then(|()| conn.execute_batch("COMMIT"));
+        if done.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        done
+    }
+
+    /// The database and WAL at `dir`, as a crash would leave them, opened from a copy.
+    fn recovered(dir: &std::path::Path) -> (tempfile::TempDir, Connection) {
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["t.db", "t.db-wal"] {
+            if dir.join(name).exists() {
+                std::fs::copy(dir.join(name), copy.path().join(name)).unwrap();
+            }
+        }
+        let conn = Connection::open(copy.path().join("t.db")).unwrap();
+        (copy, conn)
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_commit_with_sqlite_full_and_the_file_stays_failed() {
+        let disk = Tmpfs::mount("1m");
+        let ballast = disk.path().join("ballast");
+        std::fs::write(&ballast, vec![0u8; 128 * 1024]).unwrap();
+        let path = disk.path().join("t.db");
+        let conn = writer(&path);
+        let reader = Connection::open(&path).unwrap();
+        // Commits of 10 rows (about 15 KB) until one does not fit.
+        let mut committed = 0;
+        let failure = loop {
+            match try_insert(&conn, committed, 10) {
+                Ok(()) => committed += 10,
+                Err(e) => break e,
+            }
+            assert!(committed < 2_000, "a 1 MiB file system never filled up");
+        };
+        assert!(committed > 0, "the first commits fit");
+        assert!(
+            is_code(&failure, rusqlite::ErrorCode::DiskFull),
+            "the commit fails as the default VFS fails it: SQLITE_FULL, not {failure}"
+        );
+        let described = take_failure().expect("the failure is described");
+        assert!(
+            described.contains("t.db-wal") && described.contains("disk is full"),
+            "{described}"
+        );
+        assert_rows(&reader, committed, "a reader after the failed commit");
+        assert_eq!(integrity(&reader), "ok");
+        // The WAL this connection could not write stays failed, even with room again.
+        std::fs::remove_file(&ballast).unwrap();
+        let again = try_insert(&conn, committed, 1).expect_err("the failed WAL file refuses");
+        assert!(is_code(&again, rusqlite::ErrorCode::DiskFull), "{again}");
+        // What a crash leaves now holds every commit and nothing of the failed one.
+        let (_copy, after_crash) = recovered(disk.path());
+        assert_rows(&after_crash, committed, "the files after the failure");
+        assert_eq!(integrity(&after_crash), "ok");
+        // A new connection writes.
+        drop(conn);
+        let conn = connect(&path);
+        insert(&conn, committed, 10);
+        assert_rows(
+            &reader,
+            committed + 10,
+            "a reader after a new connection's commit",
+        );
+        assert_eq!(integrity(&reader), "ok");
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_grow_the_database_file_fails_and_readers_keep_the_wal() {
+        let disk = Tmpfs::mount("2m");
+        let path = disk.path().join("t.db");
+        let conn = writer(&path);
+        let checkpointer = checkpointer(&path);
+        insert(&conn, 0, 200);
+        // A reader holding its snapshot makes the checkpoint stop part way, where SQLite
+        // neither truncates nor syncs the database file: the end of the copy is the last
+        // moment a failed write can be told.
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN").unwrap();
+        assert_rows(&holder, 200, "the snapshot held");
+        insert(&conn, 200, 100);
+        let filler = disk.fill("filler");
+        let failed = checkpointer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+            .expect_err("a checkpoint that cannot write the database file fails");
+        assert!(
+            is_code(&failed, rusqlite::ErrorCode::DiskFull),
+            "SQLITE_FULL, not {failed}"
+        );
+        let described = take_failure().expect("the failure is described");
+        assert!(described.contains("t.db "), "{described}");
+        holder.execute_batch("COMMIT").unwrap();
+        // Readers still find every page in the WAL, not half-copied ones in the file.
+        let fresh = Connection::open(&path).unwrap();
+        assert_rows(&fresh, 300, "a reader after the failed checkpoint");
+        assert_eq!(integrity(&fresh), "ok");
+        let (_copy, after_crash) = recovered(disk.path());
+        assert_rows(&after_crash, 300, "the files after the failed checkpoint");
+        // With room again, the checkpoint copies everything and the file alone holds it.
+        std::fs::remove_file(&filler).unwrap();
+        let (frames, copied) = checkpoint(&checkpointer);
+        assert_eq!(copied, frames, "the checkpoint copied every frame");
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, copy.path().join("t.db")).unwrap();
+        let alone = Connection::open(copy.path().join("t.db")).unwrap();
+        assert_rows(&alone, 300, "the database file alone");
+        assert_eq!(integrity(&alone), "ok");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_the_commit_and_no_later_sync_passes_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = writer(&path);
+        let reader = Connection::open(&path).unwrap();
+        insert(&conn, 0, 10);
+        FAIL_SYNCS.set(true);
+        let failed = try_insert(&conn, 10, 10).expect_err("the sync fails");
+        FAIL_SYNCS.set(false);
+        assert_eq!(
+            failed.sqlite_error().map(|e| e.extended_code),
+            Some(ffi::SQLITE_IOERR_FSYNC),
+            "{failed}"
+        );
+        let described = take_failure().expect("the failure is described");
+        assert!(described.starts_with("cannot sync") && described.contains("t.db-wal"));
+        // The disk syncs again, but this WAL file does not pretend the lost writes are there.
+        let again = try_insert(&conn, 10, 10).expect_err("the failed WAL file refuses");
+        assert!(
+            is_code(&again, rusqlite::ErrorCode::SystemIoFailure),
+            "{again}"
+        );
+        assert_rows(&reader, 10, "a reader after the failed sync");
+        drop(conn);
+        let conn = connect(&path);
+        insert(&conn, 10, 10);
+        assert_rows(&reader, 20, "a reader after a new connection's commit");
+        assert_eq!(integrity(&reader), "ok");
     }
 }

@@ -1,10 +1,15 @@
-//! The store's threads. The writer takes every queued write, applies them in one transaction,
-//! commits (the commit writes its WAL frames in one call and `fdatasync`s the WAL: see
-//! `wal_vfs`) and only then answers the callers; the checkpointer copies the WAL into the
-//! database file off the writer's path.
+//! The writer thread. It takes every queued write, applies them in one transaction, commits
+//! (the commit writes its WAL frames in one call and `fdatasync`s the WAL: see `wal_vfs`) and
+//! only then answers the callers. A transaction that fails because the disk could not take it
+//! (full, an I/O error) is rolled back and every caller of its batch is told; the store then
+//! cannot write (`writable`) until a small write on a new connection commits, tried every
+//! second, and writes asked for meanwhile are refused at once.
 
+use super::writable::Writability;
 use super::*;
+use crate::telemetry::{Metrics, events};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::time::{Duration, Instant};
 
 pub(super) enum Reply {
     Ingest(
@@ -50,6 +55,18 @@ impl Reply {
             Reply::Changed(tx, r) => answer(tx, r, commit_failed),
         }
     }
+
+    /// The op's own error, if it failed.
+    fn error(&self) -> Option<&StoreError> {
+        match self {
+            Reply::Ingest(_, r) => r.as_ref().err(),
+            Reply::Attempt(_, r) => r.as_ref().err(),
+            Reply::Retry(_, r) => r.as_ref().err(),
+            Reply::SaveRun(_, r) | Reply::Changed(_, r) => r.as_ref().err(),
+            Reply::ReplayRun(_, r) => r.as_ref().err(),
+            Reply::Done(_, r) => r.as_ref().err(),
+        }
+    }
 }
 
 fn answer<T>(
@@ -63,97 +80,6 @@ fn answer<T>(
     });
 }
 
-/// Copies committed WAL pages into the database file off the writer's path. Every
-/// [`CHECKPOINT_EVERY`] a PASSIVE checkpoint (it never blocks the writer) copies what is
-/// committed, and the database file is synced here when it copied anything: SQLite syncs it
-/// only after a checkpoint that copied the whole WAL, which under load only a RESTART does. Once the WAL holds more than
-/// [`schema::WAL_RESTART_BYTES`] of frames, a second PASSIVE copies what came meanwhile and a
-/// RESTART makes the next commit start the WAL over (a restarted WAL is overwritten, which
-/// syncs faster than a growing one). A RESTART holds off the writer while it copies and syncs
-/// what is left, so it must find little: left to SQLite, its sync took every page the passive
-/// checkpoints had copied since the last one, and stalled every write for 25 to 35 ms four
-/// times a second on a slow disk. Ends when the writer drops `stop`.
-pub(super) fn checkpointer(
-    conn: Connection,
-    db_path: std::path::PathBuf,
-    stop: std::sync::mpsc::Receiver<()>,
-) {
-    let page_size: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .unwrap_or(4096);
-    // A WAL frame is a page and its 24-byte header.
-    let restart_frames = super::schema::WAL_RESTART_BYTES as i64 / (page_size + 24);
-    let mut db = DbFile {
-        path: db_path,
-        file: None,
-        synced_copied: 0,
-    };
-    loop {
-        match stop.recv_timeout(CHECKPOINT_EVERY) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        let Some(wal) = db.copy_and_sync(&conn) else {
-            continue;
-        };
-        if wal.frames >= restart_frames && db.copy_and_sync(&conn).is_some() {
-            checkpoint(&conn, "RESTART");
-            // The next commit starts the WAL over and its frames are counted from 0.
-            db.synced_copied = 0;
-        }
-    }
-}
-
-/// The database file as the checkpointer syncs it.
-struct DbFile {
-    path: std::path::PathBuf,
-    file: Option<std::fs::File>,
-    /// The WAL frames copied into the file at its last sync: an idle WAL needs no sync.
-    synced_copied: i64,
-}
-
-impl DbFile {
-    /// A PASSIVE checkpoint, then a sync of the database file if it copied anything.
-    fn copy_and_sync(&mut self, conn: &Connection) -> Option<WalProgress> {
-        let wal = checkpoint(conn, "PASSIVE")?;
-        if wal.copied != self.synced_copied {
-            if let Err(e) = sync_file(&mut self.file, &self.path) {
-                tracing::warn!(error = %e, path = %self.path.display(), "cannot sync the database file after a checkpoint");
-                return None;
-            }
-            self.synced_copied = wal.copied;
-        }
-        Some(wal)
-    }
-}
-
-/// How often the checkpointer copies and syncs. Each sync of the database file shares the disk
-/// with the writer's WAL syncs; at 60 ms instead of 250 ms each is a quarter the size, and the
-/// ingest p99 under full load fell from 26 to 160 ms to 14 to 15 ms (docs/PERFORMANCE.md).
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(60);
-
-/// What a checkpoint reports: the frames in the WAL and how many are in the database file.
-struct WalProgress {
-    frames: i64,
-    copied: i64,
-}
-
-fn checkpoint(conn: &Connection, mode: &str) -> Option<WalProgress> {
-    let progress = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok(WalProgress {
-            frames: r.get(1)?,
-            copied: r.get(2)?,
-        })
-    });
-    match progress {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!(error = %e, mode, "WAL checkpoint failed");
-            None
-        }
-    }
-}
-
 /// The transaction the writer holds open: the replies of the ops applied in it, waiting for
 /// its commit.
 struct OpenBatch {
@@ -162,22 +88,54 @@ struct OpenBatch {
     rejections: usize,
 }
 
+/// What the writer thread needs besides its connection and queue.
+pub(super) struct WriterContext {
+    pub path: PathBuf,
+    pub writability: Arc<Writability>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A transaction the disk could not take: what failed and where, and how many writes of it
+/// were answered with the failure.
+struct Failed {
+    reason: String,
+    writes: usize,
+}
+
 /// Applies every write: takes every op queued (up to `max_batch`), applies them in one
 /// transaction, commits (which writes and syncs the WAL), and only then answers their callers
 /// (group commit). While the disk syncs, the next ops queue up, so under load one commit and
 /// one fsync cover every request that came during the previous sync. The thread parks when the queue is
 /// empty: on two cores, polling for the next op costs more than the wake-up it saves.
+///
+/// When the disk cannot take a transaction, its connection is dropped (its WAL file stays
+/// failed: `wal_vfs`) and [`recover`] runs until a write commits on a new one.
 pub(super) fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
     options: StoreOptions,
+    ctx: WriterContext,
     _checkpointer: std::sync::mpsc::Sender<()>,
 ) {
     let mut stats = BatchStats::default();
+    let mut conn = Some(conn);
     loop {
+        // Set by a failure here, or by the checkpointer when writes must stop until restart.
+        if ctx.writability.is_failing() {
+            conn = None;
+        }
+        let Some(live) = conn.as_ref() else {
+            match recover(&mut rx, &ctx) {
+                Some(fresh) => {
+                    conn = Some(fresh);
+                    continue;
+                }
+                None => return,
+            }
+        };
         // A wait for the first op of a batch is counted only when the queue was empty: under
         // load, how often the writer idles while requests are elsewhere is what bounds ingest.
-        let waiting = rx.is_empty().then(std::time::Instant::now);
+        let waiting = rx.is_empty().then(Instant::now);
         let Some(first) = rx.blocking_recv() else {
             break;
         };
@@ -185,35 +143,150 @@ pub(super) fn run(
             stats.idle_waits += 1;
             stats.idle += since.elapsed();
         }
-        let applying = std::time::Instant::now();
+        let applying = Instant::now();
         let mut open: Option<OpenBatch> = None;
         let mut next = Some(first);
+        let mut failed = None;
         while let Some(op) = next.take() {
-            apply(&conn, op, &mut open);
-            if open.as_ref().is_none_or(|b| b.ops < options.max_batch) {
+            failed = apply(live, op, &mut open, &ctx.path);
+            if failed.is_none() && open.as_ref().is_none_or(|b| b.ops < options.max_batch) {
                 next = rx.try_recv().ok();
             }
         }
         stats.apply += applying.elapsed();
-        if let Some(batch) = open {
-            commit(&conn, batch, &options, &mut stats);
+        if failed.is_none()
+            && let Some(batch) = open
+        {
+            failed = commit(live, batch, &options, &mut stats, &ctx.path);
+        }
+        if let Some(f) = failed {
+            events::store_write_failed(&ctx.metrics, &f.reason, f.writes);
+            if ctx.writability.failed(f.reason.clone()) {
+                events::store_unwritable(&f.reason);
+            }
+            conn = None;
         }
     }
     // Every handle is gone: close cleanly with a synced checkpoint.
-    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    if let Some(conn) = conn {
+        let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    }
 }
 
-/// Applies one op in the open transaction, beginning one if none is open.
-fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
+/// How often the writer tries a write while the store cannot write.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// While the store cannot write: refuses every queued write at once, and every
+/// [`PROBE_EVERY`] tries a small write on a new connection. Answers that connection once its
+/// write commits (the store can write again), or `None` when every handle is gone. A stop
+/// until restart is never probed.
+fn recover(rx: &mut mpsc::Receiver<WriteOp>, ctx: &WriterContext) -> Option<Connection> {
+    let mut next_probe = Instant::now() + PROBE_EVERY;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(op) => refuse(op, || {
+                    StoreError::Unwritable(
+                        ctx.writability
+                            .get()
+                            .map_or_else(|| "a write failed".to_string(), |u| u.reason),
+                    )
+                }),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            }
+        }
+        let now = Instant::now();
+        if now < next_probe {
+            std::thread::sleep((next_probe - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        next_probe = now + PROBE_EVERY;
+        if ctx.writability.get().is_some_and(|u| u.until_restart) {
+            continue;
+        }
+        match probe(&ctx.path) {
+            Ok(conn) => {
+                if let Some(down) = ctx.writability.restored() {
+                    events::store_writable_again(down);
+                    return Some(conn);
+                }
+            }
+            Err(reason) => {
+                events::store_probe_failed(&ctx.metrics, &reason);
+                ctx.writability.failed(reason);
+            }
+        }
+    }
+}
+
+/// A new writer connection, if a write of some 64 KiB commits through it.
+fn probe(path: &Path) -> Result<Connection, String> {
+    let conn = schema::connect_writer(path)
+        .map_err(|e| format!("cannot open the store at {}: {e}", path.display()))?;
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT OR REPLACE INTO store_probe (id, pad) VALUES (1, zeroblob(65536));
+         COMMIT",
+    )
+    .map_err(|e| describe_failure(&e, path))?;
+    Ok(conn)
+}
+
+/// What failed and where: SQLite's error, and what the VFS saw (the file, the offset, the
+/// system's error) when the failure was one of its files'.
+fn describe_failure(e: &rusqlite::Error, path: &Path) -> String {
+    match super::wal_vfs::take_failure() {
+        Some(detail) => format!("{e}: {detail}"),
+        None => format!("{e} (the store at {})", path.display()),
+    }
+}
+
+/// When `e` says the disk could not take a write (full, an I/O error, a read-only or missing
+/// file), rather than that the op itself was wrong: what failed and where.
+fn storage_failure(e: &StoreError, path: &Path) -> Option<String> {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    let StoreError::Sqlite(e) = e else {
+        return None;
+    };
+    matches!(
+        e.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | CannotOpen | ReadOnly)
+    )
+    .then(|| describe_failure(e, path))
+}
+
+/// Rolls back what is left of a failed transaction and answers every caller of its batch
+/// with `reason`: nothing of it was acknowledged.
+fn fail_batch(conn: &Connection, batch: OpenBatch, reason: &str) -> usize {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    batch.replies.into_iter().for_each(|r| r.send(Some(reason)));
+    batch.ops
+}
+
+/// Applies one op in the open transaction, beginning one if none is open. Answers the failure
+/// when the disk could not take it (the transaction is then rolled back and its callers told).
+fn apply(
+    tx: &Connection,
+    op: WriteOp,
+    open: &mut Option<OpenBatch>,
+    path: &Path,
+) -> Option<Failed> {
     if open.is_none() {
         // Cached like every statement here: `execute_batch` would parse the SQL every time.
         if let Err(e) = tx
             .prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]))
         {
+            let e = StoreError::from(e);
+            let failed = storage_failure(&e, path);
             tracing::error!(error = %e, "cannot begin a write transaction");
-            fail_op(op, &e.to_string());
-            return;
+            refuse(op, || {
+                StoreError::Write(format!("cannot begin a transaction: {e}"))
+            });
+            return failed.map(|reason| Failed { reason, writes: 1 });
         }
         *open = Some(OpenBatch {
             replies: Vec::new(),
@@ -221,11 +294,10 @@ fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
             rejections: 0,
         });
     }
-    let Some(batch) = open.as_mut() else {
-        return;
-    };
+    let batch = open.as_mut()?;
     batch.ops += 1;
     let replies = &mut batch.replies;
+    let mut rejected = None;
     match op {
         WriteOp::Ingest {
             event,
@@ -243,6 +315,7 @@ fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
         WriteOp::Reject { rejection } => {
             if let Err(e) = reject(tx, &rejection) {
                 tracing::warn!(error = %e, "could not record a rejection");
+                rejected = Some(e);
             }
             batch.rejections += 1;
         }
@@ -302,34 +375,52 @@ fn apply(tx: &Connection, op: WriteOp, open: &mut Option<OpenBatch>) {
             replies.push(Reply::Changed(reply, r));
         }
     }
-    // An error that made SQLite roll the transaction back (a full disk, an I/O error) took
-    // every op applied in it along: their callers are told, and the next op begins anew.
-    if tx.is_autocommit()
-        && let Some(lost) = open.take()
-    {
-        tracing::error!(
-            ops = lost.ops,
-            "a write transaction was rolled back by an error"
-        );
-        lost.replies
-            .into_iter()
-            .for_each(|r| r.send(Some("the write transaction was rolled back by an error")));
+    let storage = rejected
+        .as_ref()
+        .or_else(|| batch.replies.last().and_then(Reply::error))
+        .and_then(|e| storage_failure(e, path));
+    // An error of the disk takes every op applied in the transaction along (SQLite may have
+    // rolled it back already): their callers are told, and the next op begins anew.
+    if storage.is_none() && !tx.is_autocommit() {
+        return None;
     }
+    let from_disk = storage.is_some();
+    let lost = open.take()?;
+    let reason =
+        storage.unwrap_or_else(|| "the write transaction was rolled back by an error".into());
+    let writes = fail_batch(tx, lost, &reason);
+    if !from_disk {
+        // Rolled back by SQLite for another reason than the disk: the store still writes.
+        tracing::error!(ops = writes, reason, "a write transaction was rolled back");
+    }
+    from_disk.then_some(Failed { reason, writes })
 }
 
 /// Commits the open transaction and answers the batch's callers: with their results once the
 /// commit returned (its WAL frames are then written and synced: `synchronous=FULL` through
-/// `wal_vfs`), or with the failure of the commit, a failed sync included.
-fn commit(conn: &Connection, batch: OpenBatch, options: &StoreOptions, stats: &mut BatchStats) {
+/// `wal_vfs`), or with the failure of the commit, a failed sync included. Answers the failure
+/// when the disk could not take the commit.
+fn commit(
+    conn: &Connection,
+    batch: OpenBatch,
+    options: &StoreOptions,
+    stats: &mut BatchStats,
+    path: &Path,
+) -> Option<Failed> {
     if batch.rejections > 0
         && let Err(e) = conn.execute(
             "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?1",
             params![options.rejected_log_size as i64],
         )
     {
+        let e = StoreError::from(e);
+        if let Some(reason) = storage_failure(&e, path) {
+            let writes = fail_batch(conn, batch, &reason);
+            return Some(Failed { reason, writes });
+        }
         tracing::warn!(error = %e, "could not prune the rejected log");
     }
-    let committing = std::time::Instant::now();
+    let committing = Instant::now();
     let committed = conn
         .prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))
@@ -338,18 +429,23 @@ fn commit(conn: &Connection, batch: OpenBatch, options: &StoreOptions, stats: &m
     stats
         .sizes
         .push(u32::try_from(batch.ops).unwrap_or(u32::MAX));
-    let failure = committed.err().map(|e| {
-        tracing::error!(error = %e, "a write transaction failed to commit; its writes are not known to be on disk");
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        e.to_string()
-    });
-    batch
-        .replies
-        .into_iter()
-        .for_each(|r| r.send(failure.as_deref()));
     stats.maybe_report();
+    let Err(e) = committed else {
+        batch.replies.into_iter().for_each(|r| r.send(None));
+        return None;
+    };
+    let e = StoreError::from(e);
+    match storage_failure(&e, path) {
+        Some(reason) => {
+            let writes = fail_batch(conn, batch, &reason);
+            Some(Failed { reason, writes })
+        }
+        None => {
+            tracing::error!(error = %e, "a write transaction failed to commit; nothing of it was acknowledged");
+            fail_batch(conn, batch, &e.to_string());
+            None
+        }
+    }
 }
 
 /// `fdatasync`s the file at `path`, opening it on first use.
@@ -422,21 +518,20 @@ impl BatchStats {
     }
 }
 
-fn fail_op(op: WriteOp, message: &str) {
-    let message = format!("cannot begin a transaction: {message}");
+/// Answers an op without applying it, with the error `error` makes.
+fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
+    let e = error();
     match op {
-        WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
-        WriteOp::Attempt { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
-        WriteOp::Retry { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
-        WriteOp::SaveRun { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
-        WriteOp::ReplayRun { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
-        WriteOp::RevokeToken { reply, .. } => answer(reply, Err(StoreError::Write(message)), None),
+        WriteOp::Ingest { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::Attempt { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::Retry { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::SaveRun { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::ReplayRun { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::RevokeToken { reply, .. } => answer(reply, Err(e), None),
         WriteOp::SetPaused { reply, .. }
         | WriteOp::SaveAlert { reply, .. }
         | WriteOp::CreateToken { reply, .. }
-        | WriteOp::ConfigChange { reply, .. } => {
-            answer(reply, Err(StoreError::Write(message)), None)
-        }
+        | WriteOp::ConfigChange { reply, .. } => answer(reply, Err(e), None),
         WriteOp::Reject { .. } => {}
     }
 }
@@ -798,28 +893,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_writes_and_keeps_every_event() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path(), Default::default()).unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), Default::default(), Default::default()).unwrap();
         let payload = bytes::Bytes::from(vec![b'x'; 1024]);
         let ingest_some = |n: usize| {
             let tasks: Vec<_> = (0..n)
                 .map(|_| {
                     let (store, payload) = (store.clone(), payload.clone());
                     tokio::spawn(async move {
-                        store
-                            .ingest(
-                                crate::store::NewEvent {
-                                    id: crate::ids::event_id(),
-                                    source: "s".into(),
-                                    event_type: "t".into(),
-                                    idempotency_key: None,
-                                    received_at: 0,
-                                    headers: "{}".into(),
-                                    payload,
-                                },
-                                Vec::new(),
-                                Vec::new(),
-                            )
-                            .await
+                        store.ingest(event(&payload), Vec::new(), Vec::new()).await
                     })
                 })
                 .collect();
@@ -848,5 +930,97 @@ mod tests {
         sent += 64;
         let stored = store.read(crate::store::reads::count_events).await.unwrap();
         assert_eq!(stored, sent as i64);
+    }
+
+    fn event(payload: &bytes::Bytes) -> crate::store::NewEvent {
+        crate::store::NewEvent {
+            id: crate::ids::event_id(),
+            source: "s".into(),
+            event_type: "t".into(),
+            idempotency_key: None,
+            received_at: 0,
+            headers: "{}".into(),
+            payload: payload.clone(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_writes_until_one_commits_again_and_keeps_every_acknowledged_one() {
+        use crate::store::StoreError;
+        let disk = crate::store::tmpfs::Tmpfs::mount("4m");
+        // Freed later: room for the checkpointer to copy the whole WAL into the database file,
+        // and for the writer's probe.
+        let ballast = disk.path().join("ballast");
+        std::fs::write(&ballast, vec![0u8; 2 << 20]).unwrap();
+        let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+        let store = crate::store::Store::open(
+            &disk.path().join("data"),
+            Default::default(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; 8 * 1024]);
+        // Rounds of 16 events at once until the disk refuses some.
+        let mut acked = 0;
+        let refused = loop {
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let (store, event) = (store.clone(), event(&payload));
+                    tokio::spawn(async move { store.ingest(event, Vec::new(), Vec::new()).await })
+                })
+                .collect();
+            let mut refused = None;
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(_) => acked += 1,
+                    Err(e) => refused = Some(e),
+                }
+            }
+            if let Some(e) = refused {
+                break e;
+            }
+            assert!(acked < 2_000, "a 4 MiB file system never filled up");
+        };
+        assert!(
+            matches!(refused, StoreError::Write(_) | StoreError::Unwritable(_)),
+            "{refused}"
+        );
+        let unwritable = store.unwritable().expect("the store says it cannot write");
+        assert!(
+            unwritable.reason.contains("ferry.db") && !unwritable.until_restart,
+            "{}",
+            unwritable.reason
+        );
+        assert!(matches!(
+            store.ingest(event(&payload), Vec::new(), Vec::new()).await,
+            Err(StoreError::Unwritable(_))
+        ));
+        assert!(metrics.store_failed_writes.get() >= 1);
+        // With room again, a probe commits and writes are taken again.
+        std::fs::remove_file(&ballast).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some(u) = store.unwritable() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store never wrote again: {}",
+                u.reason
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store
+            .ingest(event(&payload), Vec::new(), Vec::new())
+            .await
+            .unwrap();
+        let stored = store.read(crate::store::reads::count_events).await.unwrap();
+        assert_eq!(
+            stored,
+            acked + 1,
+            "every acknowledged event, and no refused one"
+        );
+        let integrity: String = store
+            .read(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
     }
 }

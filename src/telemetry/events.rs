@@ -267,3 +267,65 @@ pub fn alert_notice(
         ]))
         .inc();
 }
+
+/// A store transaction failed because the disk could not take it (full, an I/O error): it was
+/// rolled back and its `writes` callers were answered with the failure (nothing of it was
+/// acknowledged).
+pub fn store_write_failed(m: &Metrics, reason: &str, writes: usize) {
+    tracing::error!(
+        reason,
+        writes,
+        "a store write failed; it was rolled back and nothing of it was acknowledged"
+    );
+    m.store_failed_writes.inc();
+}
+
+/// The store cannot write from now on: the first failure of an outage.
+pub fn store_unwritable(reason: &str) {
+    tracing::error!(
+        reason,
+        "the store cannot write: ingest answers 503 and /readyz is not ready until a write commits again; Ferry tries one every second"
+    );
+}
+
+/// The writer's write, tried while the store cannot write, failed again.
+pub fn store_probe_failed(m: &Metrics, reason: &str) {
+    tracing::debug!(reason, "the store still cannot write");
+    m.store_failed_writes.inc();
+}
+
+/// A write committed after the store could not write for `down`.
+pub fn store_writable_again(down: std::time::Duration) {
+    tracing::warn!(
+        down_ms = down.as_millis() as u64,
+        "the store writes again; ingest takes events"
+    );
+}
+
+/// A checkpoint failed (it is tried again every second); `first` of a series is a warning,
+/// the repeats are counted and logged at debug level.
+pub fn store_checkpoint_failed(m: &Metrics, reason: &str, first: bool) {
+    if first {
+        tracing::warn!(
+            reason,
+            "a checkpoint failed; the WAL keeps every commit and Ferry tries again every second"
+        );
+    } else {
+        tracing::debug!(reason, "a checkpoint failed again");
+    }
+    m.store_failed_checkpoints.inc();
+}
+
+/// Checkpoints work again after `failures` in a row.
+pub fn store_checkpoints_resumed(failures: u64) {
+    tracing::info!(failures, "checkpoints work again");
+}
+
+/// A sync of the database file failed: writes stop until Ferry restarts.
+pub fn store_writes_stopped(m: &Metrics, reason: &str) {
+    tracing::error!(
+        reason,
+        "a sync of the database file failed: the store takes no write until Ferry restarts (at start, SQLite copies the WAL into the file again; nothing committed is lost)"
+    );
+    m.store_failed_checkpoints.inc();
+}

@@ -1,8 +1,8 @@
 //! The Prometheus metrics: one registry per running Ferry (passed explicitly, never global),
 //! rendered in the text format at `GET /metrics`. Counters and histograms move as things
 //! happen (through `telemetry::events`); gauges that describe the store (queue depth, oldest
-//! due job, dead letters) or the deliverer (circuit state, pauses) and the alerts are set when
-//! the metrics are scraped.
+//! due job, dead letters, whether it can write) or the deliverer (circuit state, pauses) are
+//! set when the metrics are scraped, and the alerts' at each evaluation.
 //!
 //! Label values are bounded: sources, destinations, flows and event types come from the
 //! config (an unknown source is `unknown`, an undeclared event type `other`), reasons and
@@ -47,6 +47,9 @@ pub struct Metrics {
     pub circuit_state: Family<Labels, Gauge>,
     pub destination_paused: Family<Labels, Gauge>,
     pub alert_firing: Family<Labels, Gauge>,
+    pub store_writable: Gauge,
+    pub store_failed_writes: Counter,
+    pub store_failed_checkpoints: Counter,
 }
 
 /// Handles to counters of `events_received` (by source) and `events_accepted` (by source, then
@@ -130,6 +133,9 @@ impl Metrics {
             circuit_state: Family::default(),
             destination_paused: Family::default(),
             alert_firing: Family::default(),
+            store_writable: Gauge::default(),
+            store_failed_writes: Counter::default(),
+            store_failed_checkpoints: Counter::default(),
             registry: Registry::default(),
             ingest_counters: Default::default(),
         };
@@ -220,6 +226,21 @@ impl Metrics {
             "alert_firing",
             "1 when the alert rule is firing, by alert and severity",
             m.alert_firing.clone(),
+        );
+        registry.register(
+            "store_writable",
+            "1 while the store takes writes; 0 after a write failed (a full disk, an I/O error) until one commits again",
+            m.store_writable.clone(),
+        );
+        registry.register(
+            "store_failed_writes",
+            "Store transactions the disk could not take, the writer's probes while it cannot write included",
+            m.store_failed_writes.clone(),
+        );
+        registry.register(
+            "store_failed_checkpoints",
+            "Checkpoints (copies of the WAL into the database file) that failed",
+            m.store_failed_checkpoints.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -2,12 +2,14 @@
 //! its own SQLite directory and real HTTP receivers.
 
 mod helpers;
+mod tmpfs;
 
 mod alerts;
 mod cli;
 mod client;
 mod config;
 mod crash;
+mod disk_full;
 mod events;
 mod fanout;
 mod flows;
