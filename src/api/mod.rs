@@ -430,12 +430,12 @@ async fn list_events(
             .await?;
         let exhausted = batch.len() < 200;
         scanned += batch.len();
-        let payloads: Vec<bytes::Bytes> = batch
-            .iter()
-            .map(|(_, p)| bytes::Bytes::copy_from_slice(p))
-            .collect();
+        let (events, payloads): (Vec<_>, Vec<bytes::Bytes>) = batch
+            .into_iter()
+            .map(|(e, p)| (e, bytes::Bytes::from(p)))
+            .unzip();
         let hits = app.sandbox.truthy_each(&test, &payloads).await?;
-        let tested = batch.into_iter().map(|(e, _)| e).zip(hits);
+        let tested = events.into_iter().zip(hits);
         for (event, hit) in tested {
             cursor = Some(event.id.clone());
             if hit.unwrap_or(false) {

@@ -462,11 +462,12 @@ impl Worker {
                 }
             }
             Err(e) => {
+                // The step's own outcome (an http answer) is in `ctx`: kept with the failure.
                 let mut out = self.failed(
                     row,
                     records,
                     format!("after step {}: {e}", instr.path),
-                    None,
+                    Some(ctx),
                 );
                 out.attempt = attempt;
                 out

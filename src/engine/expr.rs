@@ -102,6 +102,13 @@ pub fn check_json(
     bytes: &[u8],
     path: Option<&[String]>,
 ) -> Result<Option<Option<String>>, serde_json::Error> {
+    // Strict JSON is UTF-8 throughout; skipping a string's contents does not check that.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     let mut reader = serde_json::Deserializer::from_slice(bytes);
     let found = match path {
         Some(path) => Seek { path }.deserialize(&mut reader)?,

@@ -30,7 +30,7 @@ const UNBOUNDED: [&str; 4] = ["def", "repeat", "while", "until"];
 
 /// jq builtins and variables that reach the process rather than the event: its environment
 /// (secrets), its standard input, its exit, its standard error.
-const PROCESS: [&str; 10] = [
+const PROCESS: [&str; 12] = [
     "env",
     "$ENV",
     "input",
@@ -39,6 +39,8 @@ const PROCESS: [&str; 10] = [
     "halt_error",
     "debug",
     "stderr",
+    "debug_empty",
+    "stderr_empty",
     "input_filename",
     "$__prog_args",
 ];
@@ -200,8 +202,8 @@ pub struct Programs {
 }
 
 /// Most programs a worker keeps; past it the cache starts again (flows are compiled again on
-/// their next run).
-const MAX_PROGRAMS: usize = 100_000;
+/// their next run). Each holds the standard library's table, so the count stays small.
+const MAX_PROGRAMS: usize = 2_000;
 
 impl Programs {
     /// Programs that refuse to compile anything: for the server's own use of
@@ -355,6 +357,8 @@ mod tests {
             ("env.HOME", "env"),
             ("$ENV.HOME", "$ENV"),
             (".x | debug", "debug"),
+            (r#"("forged" | stderr_empty)"#, "stderr_empty"),
+            ("debug_empty", "debug_empty"),
             (r#""\(def f: f; f)""#, "def"),
             (r#""a\("b\(env | keys)")""#, "env"),
             (r#"{a: "\(input)"}"#, "input"),

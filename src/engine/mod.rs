@@ -188,7 +188,9 @@ pub struct PlannedDelivery {
     pub body: Option<Bytes>,
 }
 
-/// JSON text held as bytes, written into a message as JSON (not as a string of it).
+/// JSON text held as bytes, written into a message as JSON (not as a string of it): `Some`
+/// as a one-element array, so that a JSON `null` is still `Some(b"null")`, and `None` as
+/// `null`.
 pub(crate) mod json_bytes {
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -197,15 +199,14 @@ pub(crate) mod json_bytes {
     pub fn serialize<S: Serializer>(b: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
         match b {
             None => s.serialize_none(),
-            Some(b) => serde_json::from_slice::<&RawValue>(b)
-                .map_err(serde::ser::Error::custom)?
+            Some(b) => [serde_json::from_slice::<&RawValue>(b).map_err(serde::ser::Error::custom)?]
                 .serialize(s),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
-        let raw = Option::<Box<RawValue>>::deserialize(d)?;
-        Ok(raw.map(|r| Bytes::copy_from_slice(r.get().as_bytes())))
+        let raw = Option::<[Box<RawValue>; 1]>::deserialize(d)?;
+        Ok(raw.map(|[r]| Bytes::copy_from_slice(r.get().as_bytes())))
     }
 }
 
@@ -261,6 +262,21 @@ impl HttpRequest {
         rendered: run::Rendered,
         idempotency_key: String,
     ) -> Result<HttpRequest, String> {
+        // A worker runs untrusted code: what it answers is checked like input.
+        if !rendered.url.starts_with(step.url.literal_prefix()) {
+            return Err(format!(
+                "url `{}` does not start with the step's fixed `{}`",
+                rendered.url,
+                step.url.literal_prefix()
+            ));
+        }
+        if rendered.headers.len() != step.headers.len() {
+            return Err(format!(
+                "{} header values for {} headers",
+                rendered.headers.len(),
+                step.headers.len()
+            ));
+        }
         let url = url::Url::parse(&rendered.url)
             .map_err(|e| format!("url `{}` is not a URL ({e})", rendered.url))?;
         let mut headers = Vec::with_capacity(step.headers.len());
@@ -485,8 +501,13 @@ pub fn test_report(config: &Config, flow: &Flow, raw: &Bytes, adv: Advance) -> T
             let previews = planned
                 .into_iter()
                 .map(|mut d| {
-                    let to = d["destination"].as_str().unwrap_or_default().to_string();
-                    delivery_preview(config, &to, d["body"].take())
+                    let to = d
+                        .get("destination")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let body = d.get_mut("body").map(serde_json::Value::take);
+                    delivery_preview(config, &to, body.unwrap_or_default())
                 })
                 .collect();
             record.request = Some(serde_json::Value::Array(previews));

@@ -373,6 +373,11 @@ fn render(run: &mut Running<'_, '_>, step: &HttpStep) -> Result<Rendered, String
         let text = template
             .render(run.programs, &input, &scope, Escape::None)
             .map_err(|e| format!("header `{name}`: {e}"))?;
+        if reqwest::header::HeaderValue::from_str(&text).is_err() {
+            return Err(format!(
+                "header `{name}`: `{text}` is not a valid header value"
+            ));
+        }
         headers.push(text);
     }
     let body = match &step.body {

@@ -86,6 +86,19 @@ impl serde::Serialize for KeptHeaders<'_> {
     }
 }
 
+/// A value read from a body by a plain path, refused past the length an expression worker
+/// would answer (`protocol::MAX_READ`), so that both ways agree.
+fn bounded(found: Option<String>, code: &str) -> Result<Option<String>, String> {
+    use crate::engine::sandbox::protocol::MAX_READ;
+    match found {
+        Some(s) if s.len() > MAX_READ => Err(format!(
+            "jq expression `{code}` gave {} bytes; the limit is {MAX_READ}",
+            s.len()
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Reads a value where the source says it is: a header, or a jq path in the body. A plain
 /// field path is read from the raw JSON here; any other expression runs in a worker.
 ///
@@ -106,7 +119,7 @@ async fn read_field(
             if let Some(path) = e.field_path()
                 && let Some(found) = expr::read_plain_path(body, path)
             {
-                return Ok(Ok(found));
+                return Ok(bounded(found, e.code()));
             }
             match sandbox.read(e, body).await {
                 Ok(read) => Ok(read),
@@ -382,7 +395,13 @@ pub async fn receive(
         error.into_response()
     };
     let event_type = match type_in_body {
-        Some(found) => Ok(found),
+        Some(found) => bounded(
+            found,
+            match &source.event_type {
+                FieldRef::Body(e) => e.code(),
+                FieldRef::Header(name) => name,
+            },
+        ),
         None => match read_field(&app.sandbox, &source.event_type, &headers, &bytes).await {
             Ok(read) => read,
             Err(busy) => return shed(busy),

@@ -397,4 +397,69 @@ async fn a_full_queue_refuses_at_once_and_killed_workers_are_replaced() {
         .unwrap();
     assert_eq!(answers, vec![Ok(true)]);
     assert_eq!(sandbox.replaced(), 2);
+    // A caller that gives up while waiting in the queue leaves no place taken behind it.
+    let spinning = {
+        let (sandbox, spin) = (sandbox.clone(), spin.clone());
+        tokio::spawn(async move { sandbox.truthy_each(&spin, &payload).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let given_up = {
+        let (sandbox, spin) = (sandbox.clone(), spin.clone());
+        tokio::spawn(async move {
+            let payload = [bytes::Bytes::from_static(b"{}")];
+            sandbox.truthy_each(&spin, &payload).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    given_up.abort();
+    let _ = spinning.await;
+    let answers = sandbox
+        .truthy_each(&plain, &[bytes::Bytes::from_static(br#"{"a":1}"#)])
+        .await;
+    assert_eq!(answers, Ok(vec![Ok(true)]), "the queue is free again");
+}
+
+#[tokio::test]
+async fn a_null_body_or_payload_stays_null_and_invalid_utf8_is_refused() {
+    let receiver = Receiver::start().await;
+    let yaml = format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: shop, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: out, kind: http, url: "{}" }} ]
+flows:
+  - id: nulls
+    on: {{ source: shop }}
+    steps:
+      - deliver: {{ to: out, body: '.missing' }}
+      - transform: 'null'
+      - deliver: out
+"#,
+        receiver.url
+    );
+    let app = spawn_app(&yaml).await;
+    app.accept("/in/shop", r#"{"type":"t","secret":"not for out"}"#, &[])
+        .await;
+    receiver.wait_for(2).await;
+    let bodies: Vec<Vec<u8>> = receiver
+        .requests()
+        .into_iter()
+        .map(|r| r.body.to_vec())
+        .collect();
+    // Both the `body` expression's null and the transformed null payload are sent as `null`,
+    // never as the event.
+    assert_eq!(bodies, vec![b"null".to_vec(), b"null".to_vec()]);
+    let r = app
+        .http
+        .post(app.url("/in/shop"))
+        .body(b"{\"type\":\"t\",\"note\":\"\xff\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("UTF-8"),
+        "{body}"
+    );
 }

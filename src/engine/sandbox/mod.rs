@@ -117,6 +117,9 @@ struct Worker {
     stdout: tokio::process::ChildStdout,
 }
 
+/// Time for compiling a config's expressions, which may be thousands.
+const CHECK_TIME: Duration = Duration::from_secs(120);
+
 /// Most payload bytes in one request of [`Sandbox::truthy_each`].
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -177,7 +180,10 @@ impl Sandbox {
         let mut unique: Vec<Expr> = sites.iter().map(|s| s.expr.clone()).collect();
         unique.sort_by(|a, b| a.code().cmp(b.code()));
         unique.dedup();
-        let checked = match self.call(&Request::Check(unique.clone())).await {
+        let checked = match self
+            .call_within(&Request::Check(unique.clone()), CHECK_TIME)
+            .await
+        {
             Ok(Response::Checked(results)) if results.len() == unique.len() => results,
             Ok(_) => {
                 return Err(ConfigErrors(
@@ -208,7 +214,8 @@ impl Sandbox {
     ) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         for site in sites {
-            let message = match self.call(&Request::Check(vec![site.expr.clone()])).await {
+            let request = Request::Check(vec![site.expr.clone()]);
+            let message = match self.call_within(&request, CHECK_TIME).await {
                 Ok(Response::Checked(r)) => match r.into_iter().next() {
                     Some(Ok(())) => continue,
                     Some(Err(m)) => m,
@@ -223,10 +230,9 @@ impl Sandbox {
             });
         }
         if errors.is_empty() {
-            errors.push(ConfigError {
-                place: "expressions".into(),
-                message: first.to_string(),
-            });
+            // Each compiles on its own: the batch failed for another reason (a busy pool).
+            tracing::warn!(error = %first, "checking the expressions together failed; one by one they pass");
+            return Ok(());
         }
         Err(ConfigErrors(errors, Vec::new()))
     }
@@ -373,17 +379,31 @@ impl Sandbox {
                 .max(1);
             let (batch, after) = rest.split_at(take);
             rest = after;
-            let raw = batch
+            // A payload that cannot travel is that payload's error, not the batch's.
+            let checked: Vec<Result<&RawValue, SandboxError>> =
+                batch.iter().map(|p| raw_json(p)).collect();
+            let raw: Vec<&RawValue> = checked
                 .iter()
-                .map(|p| raw_json(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let request = Request::Truthy {
-                expr: expr.clone(),
-                payloads: raw,
+                .filter_map(|c| c.as_ref().ok().copied())
+                .collect();
+            let answers = if raw.is_empty() {
+                Vec::new()
+            } else {
+                let request = Request::Truthy {
+                    expr: expr.clone(),
+                    payloads: raw.clone(),
+                };
+                match self.call(&request).await? {
+                    Response::Truthy(r) if r.len() == raw.len() => r,
+                    other => return Err(unexpected(other)),
+                }
             };
-            match self.call(&request).await? {
-                Response::Truthy(r) if r.len() == batch.len() => results.extend(r),
-                other => return Err(unexpected(other)),
+            let mut answers = answers.into_iter();
+            for c in checked {
+                results.push(match c {
+                    Ok(_) => answers.next().unwrap_or(Ok(false)),
+                    Err(e) => Err(e.to_string()),
+                });
             }
         }
         Ok(results)
@@ -407,26 +427,35 @@ impl Sandbox {
 
     /// Sends `request` to a free worker and waits for its answer, within the limits.
     async fn call(&self, request: &Request<'_>) -> Result<Response, SandboxError> {
-        let message = protocol::frame(request).map_err(SandboxError::Refused)?;
+        self.call_within(request, self.inner.limits.time).await
+    }
+
+    /// [`Sandbox::call`] with its own time limit.
+    async fn call_within(
+        &self,
+        request: &Request<'_>,
+        limit: Duration,
+    ) -> Result<Response, SandboxError> {
         let inner = &self.inner;
-        let queued = inner.waiting.fetch_add(1, Ordering::AcqRel);
-        if queued >= inner.limits.queue {
-            inner.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(SandboxError::Busy(queued));
+        let waiting = Waiting::enter(&inner.waiting);
+        if waiting.ahead >= inner.limits.queue {
+            return Err(SandboxError::Busy(waiting.ahead));
         }
         let permit = tokio::time::timeout(QUEUE_WAIT, inner.slots.acquire()).await;
-        inner.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         let _permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(SandboxError::Unavailable("the pool is closed".into())),
             Err(_) => return Err(SandboxError::Busy(inner.waiting.load(Ordering::Relaxed))),
         };
+        // Framed once a worker is free, so that waiting requests hold no copy of their payloads.
+        let message = protocol::frame(request).map_err(SandboxError::Refused)?;
         let popped = inner.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut worker = match popped {
             Some(w) => w,
             None => inner.spawn()?,
         };
-        match tokio::time::timeout(inner.limits.time, exchange(&mut worker, &message)).await {
+        match tokio::time::timeout(limit, exchange(&mut worker, &message)).await {
             Ok(Ok(answer)) => {
                 inner.put_back(worker);
                 match serde_json::from_slice::<Response>(&answer) {
@@ -440,7 +469,7 @@ impl Sandbox {
             Ok(Err(_)) => Err(SandboxError::Crashed(inner.lost(worker).await)),
             Err(_) => {
                 inner.kill(worker, "its time limit passed");
-                Err(SandboxError::TimedOut(inner.limits.time))
+                Err(SandboxError::TimedOut(limit))
             }
         }
     }
@@ -458,6 +487,7 @@ impl Inner {
             // The allocator reserves 1 GiB of address space at a time by default; smaller
             // steps keep the memory limit about values, not reservations.
             .env("MIMALLOC_ARENA_RESERVE", "32MiB")
+            .envs(std::env::var_os("TZ").map(|tz| ("TZ", tz)))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -512,6 +542,27 @@ impl Inner {
     }
 }
 
+/// A request counted as waiting for a worker, until it is dropped (also when its future is
+/// dropped while it waits).
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// Requests that were waiting before this one.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Waiting<'a> {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Waiting { count, ahead }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Writes one message and reads the answer.
 async fn exchange(worker: &mut Worker, message: &[u8]) -> std::io::Result<Vec<u8>> {
     worker.stdin.write_all(message).await?;
@@ -531,7 +582,7 @@ fn describe_exit(status: std::process::ExitStatus, memory: u64) -> String {
             "it crashed, most likely from nesting or recursion too deep for its stack".into()
         }
         Some(libc::SIGABRT) => format!(
-            "it aborted, most likely because an allocation passed its memory limit of {} MiB",
+            "it aborted: an allocation passed its memory limit of {} MiB, or a recursion overflowed its stack",
             memory / (1024 * 1024)
         ),
         Some(libc::SIGXCPU) => "it used up its CPU time limit".into(),
@@ -566,7 +617,7 @@ fn wire_context(ctx: &RunContext) -> Result<Context<'_>, SandboxError> {
         event: (**ctx.event()).clone(),
         raw: raw_json(ctx.raw())?,
         payload: match ctx.transformed_payload() {
-            Some(p) => Some(raw_json(p)?),
+            Some(p) => Some([raw_json(p)?]),
             None => None,
         },
         steps: ctx.steps().clone(),

@@ -31,8 +31,9 @@ pub struct Context<'a> {
     pub event: EventInfo,
     #[serde(borrow)]
     pub raw: &'a RawValue,
+    /// The transformed payload, as a one-element array (a `null` payload is not "none").
     #[serde(borrow, default)]
-    pub payload: Option<&'a RawValue>,
+    pub payload: Option<[&'a RawValue; 1]>,
     #[serde(default)]
     pub steps: serde_json::Map<String, serde_json::Value>,
 }

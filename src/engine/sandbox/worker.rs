@@ -211,7 +211,7 @@ impl Worker {
 fn run_context(c: &Context<'_>) -> Result<RunContext, String> {
     let event: Arc<EventInfo> = Arc::new(c.event.clone());
     let mut ctx = RunContext::new(event, Bytes::copy_from_slice(c.raw.get().as_bytes()));
-    if let Some(p) = c.payload {
+    if let Some([p]) = c.payload {
         ctx.set_payload(Bytes::copy_from_slice(p.get().as_bytes()));
     }
     for (name, output) in &c.steps {
