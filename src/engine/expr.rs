@@ -207,8 +207,9 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
     }
 }
 
-/// The deepest nesting of arrays and objects accepted (serde_json's own limit).
-pub const MAX_JSON_DEPTH: usize = 128;
+/// The deepest nesting of arrays and objects accepted: serde_json's own limit (it refuses a
+/// 128th level), so that what ingest accepts, the schema check and the API can parse.
+pub const MAX_JSON_DEPTH: usize = 127;
 
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`] (one pass over the bytes).
 pub fn check_depth(bytes: &[u8]) -> Result<(), String> {
@@ -277,6 +278,10 @@ mod tests {
         }
         assert!(check_depth(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
         assert!(check_depth(nested(MAX_JSON_DEPTH + 1).as_bytes()).is_err());
+        // The limit is serde_json's: what passes here, it parses.
+        let parse = |n| serde_json::from_str::<serde_json::Value>(&nested(n));
+        assert!(parse(MAX_JSON_DEPTH).is_ok());
+        assert!(parse(MAX_JSON_DEPTH + 1).is_err());
     }
 
     #[test]
@@ -365,9 +370,13 @@ mod tests {
         assert!(
             parse_value(deep.as_bytes())
                 .unwrap_err()
-                .contains("nested deeper than 128")
+                .contains(&format!("nested deeper than {MAX_JSON_DEPTH}"))
         );
-        let ok = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
         assert!(parse_value(ok.as_bytes()).is_ok());
         let in_string = format!(r#"{{"a":"{}"}}"#, "[".repeat(1000));
         assert!(
