@@ -115,6 +115,20 @@ async fn read_field(
     }
 }
 
+/// Where the JSON `bytes` break `validator`'s schema, as the refusal's details list them
+/// (a JSON pointer and a message each). Schema validation needs serde_json values: the body is
+/// parsed here, only when a schema applies.
+pub(crate) fn schema_violations(
+    validator: &jsonschema::Validator,
+    bytes: &[u8],
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)?;
+    Ok(validator
+        .iter_errors(&json)
+        .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+        .collect())
+}
+
 pub async fn receive(
     State(app): State<AppState>,
     Path(source_id): Path<String>,
@@ -275,17 +289,10 @@ pub async fn receive(
         .get(&event_type)
         .and_then(|t| t.validator.as_ref())
     {
-        // Schema validation needs serde_json values; parse only when a schema applies.
-        let json: serde_json::Value = match serde_json::from_slice(&bytes) {
+        let violations = match schema_violations(validator, &bytes) {
             Ok(v) => v,
-            Err(e) => {
-                return reject(invalid_json(e), &bytes);
-            }
+            Err(e) => return reject(invalid_json(e), &bytes),
         };
-        let violations: Vec<serde_json::Value> = validator
-            .iter_errors(&json)
-            .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
-            .collect();
         if !violations.is_empty() {
             let n = violations.len();
             return reject(
