@@ -226,10 +226,13 @@ pub async fn receive(
             &bytes,
         );
     }
-    // One pass checks the JSON, building nothing, and reads the event type when it is a plain
-    // field path; the depth check keeps a hostile body from exhausting the stack of the parsers
-    // that recurse (skipping a value does not recurse, so the first pass sets no depth limit).
-    // The full value is built only if an expression needs it.
+    // A count of brackets refuses nesting past the limit of every parser that reads the body
+    // later; then one pass checks the JSON as serde_json parses it, building nothing, and reads
+    // the event type when it is a plain field path. The full value is built only if an
+    // expression needs it.
+    if let Err(e) = expr::check_depth(&bytes) {
+        return reject(invalid_json(e), &bytes);
+    }
     let type_path = match &source.event_type {
         FieldRef::Body(e) => e.field_path(),
         FieldRef::Header(_) => None,
@@ -238,9 +241,6 @@ pub async fn receive(
         Ok(found) => found,
         Err(e) => return reject(invalid_json(e), &bytes),
     };
-    if let Err(e) = expr::check_depth(&bytes) {
-        return reject(invalid_json(e), &bytes);
-    }
     // Shedding load is not a refusal of the input: it is not written to the rejected log.
     let shed = |busy: SandboxError| -> Response {
         let error = ApiError::from(busy);
