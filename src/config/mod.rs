@@ -419,6 +419,17 @@ fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String
     Ok(())
 }
 
+/// Compiles an event type's JSON Schema (draft 2020-12; the crate's network features are off,
+/// so a remote `$ref` is refused, never fetched), or says why it cannot.
+pub(crate) fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::draft202012::new(schema).map_err(|e| {
+        format!(
+            "the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`",
+            e.schema_path()
+        )
+    })
+}
+
 /// `${NAME}` substitution alone, with every unset name reported by its line (`ferry apply`
 /// reads a file this way; the server checks what it is sent).
 pub fn substitute(
@@ -923,21 +934,13 @@ impl Checker<'_> {
             },
             (None, None) => None,
         };
-        let validator = schema
-            .as_ref()
-            .and_then(|s| match jsonschema::draft202012::new(s) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.error(
-                        place.to_string(),
-                        format!(
-                            "the schema is not a valid JSON Schema (draft 2020-12): {e} at `{}`",
-                            e.schema_path()
-                        ),
-                    );
-                    None
-                }
-            });
+        let validator = schema.as_ref().and_then(|s| match compile_schema(s) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(place.to_string(), message);
+                None
+            }
+        });
         EventType {
             name: raw.name,
             schema,

@@ -73,8 +73,9 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    let skew = now_secs - ts;
-    if skew.abs() > tolerance_secs {
+    // Saturating: a timestamp as far from now as an i64 allows is stale, not an overflow.
+    let skew = now_secs.saturating_sub(ts);
+    if skew.unsigned_abs() > tolerance_secs.max(0).unsigned_abs() {
         return Err(VerifyError::StaleTimestamp(skew));
     }
     let expected = mac(key, id, ts, body);
@@ -152,6 +153,31 @@ mod tests {
             verify(&key, None, Some("1"), Some(&sig), b"", 1, 300),
             Err(VerifyError::MissingHeader("webhook-id"))
         );
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_i64_are_stale_not_an_overflow() {
+        let key = decode_secret(SECRET).unwrap();
+        for (ts, now) in [
+            (i64::MIN, 1_700_000_000),
+            (i64::MAX, -1),
+            (i64::MAX, i64::MIN),
+        ] {
+            let sig = sign(&key, "msg_1", ts, b"");
+            let got = verify(
+                &key,
+                Some("msg_1"),
+                Some(&ts.to_string()),
+                Some(&sig),
+                b"",
+                now,
+                300,
+            );
+            assert!(
+                matches!(got, Err(VerifyError::StaleTimestamp(_))),
+                "{ts} at {now}: {got:?}"
+            );
+        }
     }
 
     #[test]

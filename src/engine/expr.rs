@@ -6,7 +6,7 @@
 //! Also the one-pass JSON checks ingest uses on raw bodies.
 
 use serde::Deserialize as _;
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use std::sync::Arc;
 
 /// A jq program's code. Cheap to clone; serialised as its code.
@@ -97,7 +97,10 @@ pub fn read_plain_path(bytes: &[u8], path: &[String]) -> Option<Option<String>> 
 /// field `path` (see [`Expr::field_path`]) holds: `Some(Some(s))` for a string, `Some(None)` for
 /// null or a missing field (jq gives null), `None` when jq must decide (another kind of value,
 /// or a non-object on the way, where jq may raise an error) or when there is no path. Nothing
-/// but the string found is built.
+/// but the string found is built; everything else is walked as serde_json walks a value it
+/// builds (numbers parsed, strings decoded), so this refuses what `serde_json::from_slice`
+/// refuses: a number out of range, a string that is not UTF-8 or holds a lone surrogate, and
+/// nesting past serde_json's limit ([`MAX_JSON_DEPTH`]).
 pub fn check_json(
     bytes: &[u8],
     path: Option<&[String]>,
@@ -113,7 +116,7 @@ pub fn check_json(
     let found = match path {
         Some(path) => Seek { path }.deserialize(&mut reader)?,
         None => {
-            IgnoredAny::deserialize(&mut reader)?;
+            Valid::deserialize(&mut reader)?;
             Found::Other
         }
     };
@@ -132,7 +135,7 @@ enum Found {
     Other,
 }
 
-/// Walks a document, following `path` and skipping everything else (skipping still checks it).
+/// Walks a document, following `path` and checking everything else without keeping it.
 struct Seek<'p> {
     path: &'p [String],
 }
@@ -173,12 +176,12 @@ impl<'de> Visitor<'de> for Seek<'_> {
         Ok(Found::Other)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Valid>()?.is_some() {}
         Ok(Found::Other)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
         let Some((name, rest)) = self.path.split_first() else {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<Valid, Valid>()?.is_some() {}
             return Ok(Found::Other);
         };
         // A missing field is null; of a repeated name the last one counts, as in jq.
@@ -187,10 +190,54 @@ impl<'de> Visitor<'de> for Seek<'_> {
             if matched {
                 found = map.next_value_seed(Seek { path: rest })?;
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Valid>()?;
             }
         }
         Ok(found)
+    }
+}
+
+/// A JSON value checked and dropped as it is read. serde_json skips an `IgnoredAny` with less
+/// care than it builds a value (no number range, no UTF-8 or surrogate check in strings, no
+/// depth limit): this is read as a value is, with `deserialize_any`.
+struct Valid;
+
+impl<'de> serde::Deserialize<'de> for Valid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Valid, D::Error> {
+        d.deserialize_any(Valid)
+    }
+}
+
+impl<'de> Visitor<'de> for Valid {
+    type Value = Valid;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
+        while seq.next_element::<Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
+        while map.next_entry::<Valid, Valid>()?.is_some() {}
+        Ok(Valid)
     }
 }
 
@@ -214,8 +261,9 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
     }
 }
 
-/// The deepest nesting of arrays and objects accepted (serde_json's own limit).
-pub const MAX_JSON_DEPTH: usize = 128;
+/// The deepest nesting of arrays and objects accepted: serde_json's own limit (it refuses a
+/// 128th level), so that what ingest accepts, the schema check and the API can parse.
+pub const MAX_JSON_DEPTH: usize = 127;
 
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`] (one pass over the bytes).
 pub fn check_depth(bytes: &[u8]) -> Result<(), String> {
@@ -284,6 +332,10 @@ mod tests {
         }
         assert!(check_depth(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
         assert!(check_depth(nested(MAX_JSON_DEPTH + 1).as_bytes()).is_err());
+        // The limit is serde_json's: what passes here, it parses.
+        let parse = |n| serde_json::from_str::<serde_json::Value>(&nested(n));
+        assert!(parse(MAX_JSON_DEPTH).is_ok());
+        assert!(parse(MAX_JSON_DEPTH + 1).is_err());
     }
 
     #[test]
@@ -323,6 +375,10 @@ mod tests {
             br#"{"b":{"c":tru},"type":"a"}"#,
             br#"{"type":"a""#,
             b"",
+            // In values skipped on the way: not UTF-8, a lone surrogate, a number out of range.
+            b"{\"type\":\"a\",\"b\":\"\xc0\"}",
+            br#"{"b":["\ud800"],"type":"a"}"#,
+            br#"{"type":"a","b":{"c":1e400}}"#,
         ] {
             let ours = check_json(bad, Some(&path));
             let parser = serde_json::from_slice::<serde_json::Value>(bad);
@@ -356,14 +412,19 @@ mod tests {
                 .unwrap(),
             Some("escaped key".into())
         );
-        // Skipping values does not recurse: depth is `check_depth`'s to refuse, not this pass's.
-        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        let deep = format!(r#"{{"a":{},"type":"t"}}"#, nest(10 * MAX_JSON_DEPTH));
+        // A surrogate pair is one character.
+        let pair = br#"{"e":"\ud83d\ude00","type":"\u00e9"}"#;
         assert_eq!(
-            check_json(deep.as_bytes(), Some(&path)).unwrap(),
-            Some(Some("t".into()))
+            check_json(pair, Some(&path)).unwrap(),
+            Some(Some("é".into()))
         );
-        assert!(check_depth(deep.as_bytes()).is_err());
+        // Nesting stops where serde_json stops (`check_depth` says so first, in fewer steps).
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = |n| format!(r#"{{"a":{},"type":"t"}}"#, nest(n));
+        assert!(check_json(deep(MAX_JSON_DEPTH - 1).as_bytes(), Some(&path)).is_ok());
+        assert!(check_json(deep(MAX_JSON_DEPTH).as_bytes(), Some(&path)).is_err());
+        assert!(check_json(nest(10 * MAX_JSON_DEPTH).as_bytes(), None).is_err());
+        assert!(check_depth(deep(MAX_JSON_DEPTH).as_bytes()).is_err());
     }
 
     #[test]
@@ -372,9 +433,13 @@ mod tests {
         assert!(
             parse_value(deep.as_bytes())
                 .unwrap_err()
-                .contains("nested deeper than 128")
+                .contains(&format!("nested deeper than {MAX_JSON_DEPTH}"))
         );
-        let ok = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
         assert!(parse_value(ok.as_bytes()).is_ok());
         let in_string = format!(r#"{{"a":"{}"}}"#, "[".repeat(1000));
         assert!(

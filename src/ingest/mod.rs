@@ -254,6 +254,20 @@ fn kept_body(budget: &std::sync::Arc<crate::memory::Budget>, body: &[u8]) -> Byt
     }
 }
 
+/// Where the JSON `bytes` break `validator`'s schema, as the refusal's details list them
+/// (a JSON pointer and a message each). Schema validation needs serde_json values: the body is
+/// parsed here, only when a schema applies.
+pub(crate) fn schema_violations(
+    validator: &jsonschema::Validator,
+    bytes: &[u8],
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)?;
+    Ok(validator
+        .iter_errors(&json)
+        .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+        .collect())
+}
+
 pub async fn receive(
     State(app): State<AppState>,
     Path(source_id): Path<String>,
@@ -373,10 +387,13 @@ pub async fn receive(
             &bytes,
         );
     }
-    // One pass checks the JSON, building nothing, and reads the event type when it is a plain
-    // field path; the depth check keeps a hostile body from exhausting the stack of the parsers
-    // that recurse (skipping a value does not recurse, so the first pass sets no depth limit).
-    // The full value is built only if an expression needs it.
+    // A count of brackets refuses nesting past the limit of every parser that reads the body
+    // later; then one pass checks the JSON as serde_json parses it, building nothing, and reads
+    // the event type when it is a plain field path. The full value is built only if an
+    // expression needs it.
+    if let Err(e) = expr::check_depth(&bytes) {
+        return reject(invalid_json(e), &bytes);
+    }
     let type_path = match &source.event_type {
         FieldRef::Body(e) => e.field_path(),
         FieldRef::Header(_) => None,
@@ -385,9 +402,6 @@ pub async fn receive(
         Ok(found) => found,
         Err(e) => return reject(invalid_json(e), &bytes),
     };
-    if let Err(e) = expr::check_depth(&bytes) {
-        return reject(invalid_json(e), &bytes);
-    }
     // Shedding load is not a refusal of the input: it is not written to the rejected log.
     let shed = |busy: SandboxError| -> Response {
         let error = ApiError::from(busy);
@@ -435,17 +449,10 @@ pub async fn receive(
         .get(&event_type)
         .and_then(|t| t.validator.as_ref())
     {
-        // Schema validation needs serde_json values; parse only when a schema applies.
-        let json: serde_json::Value = match serde_json::from_slice(&bytes) {
+        let violations = match schema_violations(validator, &bytes) {
             Ok(v) => v,
-            Err(e) => {
-                return reject(invalid_json(e), &bytes);
-            }
+            Err(e) => return reject(invalid_json(e), &bytes),
         };
-        let violations: Vec<serde_json::Value> = validator
-            .iter_errors(&json)
-            .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
-            .collect();
         if !violations.is_empty() {
             let n = violations.len();
             return reject(

@@ -30,7 +30,8 @@ pub fn check(
                 h("webhook-signature"),
                 body,
                 now_ms.div_euclid(1000),
-                tolerance.as_secs() as i64,
+                // A tolerance past i64's seconds (the config allows it) is no limit.
+                i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX),
             )
             .map_err(|e| Refused(e.to_string()))
         }
@@ -89,6 +90,22 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::config::Secret;
+
+    #[test]
+    fn a_tolerance_past_i64_seconds_is_no_limit() {
+        let key = crate::deliver::signing::decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap();
+        let scheme = Verify::StandardWebhooks {
+            key: Secret::new(key.clone()),
+            tolerance: std::time::Duration::from_secs(u64::MAX),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", "msg_1".parse().unwrap());
+        headers.insert("webhook-timestamp", "5".parse().unwrap());
+        let signature = crate::deliver::signing::sign(&key, "msg_1", 5, b"{}");
+        headers.insert("webhook-signature", signature.parse().unwrap());
+        assert!(check(&scheme, &headers, b"{}", 1_700_000_000_000).is_ok());
+    }
 
     #[test]
     fn generic_hmac_hex_with_prefix() {

@@ -229,7 +229,7 @@ async fn deeply_nested_json_is_refused_and_the_server_lives_on() {
         e["message"]
             .as_str()
             .unwrap()
-            .contains("nested deeper than 128 levels"),
+            .contains("nested deeper than 127 levels"),
         "{e}"
     );
     let fine = r#"{"ok":true}"#;
