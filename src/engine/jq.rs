@@ -1,7 +1,7 @@
 //! Compiling and running jq with the `jaq` crates. Owns the only contact with `jaq_core`.
 //!
 //! **Invariant:** this runs only inside an expression worker process (`engine::sandbox`), or in
-//! unit tests and fuzz targets: a hostile program may overflow a stack, allocate without bound
+//! tests: a hostile program may overflow a stack, allocate without bound
 //! or never finish, and only a process that can be killed and replaced may run it.
 
 use super::expr::Expr;

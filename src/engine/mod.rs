@@ -404,7 +404,7 @@ pub fn plan(flows: &[Arc<Flow>], event: &Arc<EventInfo>, raw: &Bytes, now: Milli
 }
 
 /// [`plan`] with `programs` to run expressions: in the server only with
-/// [`jq::Programs::refusing`]; tests and fuzz targets give real ones.
+/// [`jq::Programs::refusing`]; tests give real ones.
 pub fn plan_with(
     programs: &mut jq::Programs,
     flows: &[Arc<Flow>],
