@@ -45,22 +45,16 @@ fn expression_corpus() {
     replay("expression", |data| expressions.run(data));
 }
 
+/// The targets that need no expression worker; a failure names the file, and so the target.
 #[test]
-fn ingest_corpus() {
-    replay("ingest", fuzzing::ingest);
-}
-
-#[test]
-fn config_corpus() {
-    replay("config", fuzzing::config);
-}
-
-#[test]
-fn signatures_corpus() {
-    replay("signatures", fuzzing::signatures);
-}
-
-#[test]
-fn schema_corpus() {
-    replay("schema", fuzzing::schema);
+fn ingest_config_signatures_and_schema_corpora() {
+    let targets: [(&str, fn(&[u8])); 4] = [
+        ("ingest", fuzzing::ingest),
+        ("config", fuzzing::config),
+        ("signatures", fuzzing::signatures),
+        ("schema", fuzzing::schema),
+    ];
+    for (target, run) in targets {
+        replay(target, run);
+    }
 }
