@@ -2,7 +2,8 @@
 //! `ingest` (receive, verify, validate) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
 //! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets),
-//! `cli` (client output), `demo` and `bench`. See ARCHITECTURE.md.
+//! `cli` (client output), `demo` and `bench`; `fuzzing` holds the fuzz targets' entry points.
+//! See ARCHITECTURE.md.
 
 pub mod alerts;
 pub mod api;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod engine;
+pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod memory;

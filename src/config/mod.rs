@@ -430,6 +430,15 @@ pub(crate) fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::V
     })
 }
 
+/// Whether checking `text` (after `${NAME}` substitution with `env`) reads a `schema_file`
+/// from disk. The config fuzz target skips such texts: it checks text, not the files it names
+/// (`/dev/zero` would be read until memory runs out).
+pub(crate) fn names_schema_file(text: &str, env: &dyn Fn(&str) -> Option<String>) -> bool {
+    let text = substitute_env(text, &Places::new("", text), env, &mut Vec::new());
+    serde_yaml::from_str::<RawConfig>(&text)
+        .is_ok_and(|raw| raw.event_types.iter().any(|t| t.schema_file.is_some()))
+}
+
 /// `${NAME}` substitution alone, with every unset name reported by its line (`ferry apply`
 /// reads a file this way; the server checks what it is sent).
 pub fn substitute(

@@ -1,8 +1,9 @@
 //! Compiling and running jq with the `jaq` crates. Owns the only contact with `jaq_core`.
 //!
 //! **Invariant:** this runs only inside an expression worker process (`engine::sandbox`), or in
-//! tests: a hostile program may overflow a stack, allocate without bound
-//! or never finish, and only a process that can be killed and replaced may run it.
+//! tests and the fuzz targets (which only compile): a hostile program may overflow a stack,
+//! allocate without bound or never finish, and only a process that can be killed and replaced
+//! may run it.
 
 use super::expr::Expr;
 use jaq_core::load::lex::StrPart;

@@ -27,7 +27,7 @@ use serde_json::json;
 const REJECTED_BODY_LIMIT: usize = 64 * 1024;
 
 /// Headers that are never stored with an event: credentials and signatures.
-const UNSTORED_HEADERS: &[&str] = &[
+pub(crate) const UNSTORED_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -47,10 +47,10 @@ fn invalid_json(e: impl std::fmt::Display) -> ApiError {
 /// The request headers kept with an event, by name (of a repeated name, the last value): all
 /// but credentials, signatures and the header a generic HMAC source is signed in. Borrowed
 /// from the request and sorted by name, so nothing is copied before it is serialised.
-struct KeptHeaders<'a>(Vec<(&'a str, std::borrow::Cow<'a, str>)>);
+pub(crate) struct KeptHeaders<'a>(pub(crate) Vec<(&'a str, std::borrow::Cow<'a, str>)>);
 
 impl<'a> KeptHeaders<'a> {
-    fn of(headers: &'a HeaderMap, verify: &crate::config::Verify) -> KeptHeaders<'a> {
+    pub(crate) fn of(headers: &'a HeaderMap, verify: &crate::config::Verify) -> KeptHeaders<'a> {
         let signed_in = match verify {
             crate::config::Verify::Hmac { header, .. } => Some(header.as_str()),
             _ => None,

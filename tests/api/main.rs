@@ -13,6 +13,7 @@ mod disk_full;
 mod events;
 mod fanout;
 mod flows;
+mod fuzz_corpus;
 mod hostile;
 mod idempotency;
 mod limits;

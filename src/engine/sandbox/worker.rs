@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 /// The stack of the thread that runs expressions: deep enough for ordinary jq, and a hostile
 /// program that overflows it ends this process only.
-const STACK_SIZE: usize = 64 * 1024 * 1024;
+pub(crate) const STACK_SIZE: usize = 64 * 1024 * 1024;
 
 /// Limits the worker puts on itself before it reads anything.
 #[derive(Debug, Clone, Copy)]
