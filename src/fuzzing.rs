@@ -9,7 +9,7 @@
 
 use crate::config::{self, ConfigErrors, Secret, SignatureEncoding, Verify};
 use crate::deliver::signing;
-use crate::engine::expr::{self, Expr, MAX_EXPRESSION_SIZE};
+use crate::engine::expr::{Expr, MAX_EXPRESSION_SIZE};
 use crate::engine::jq;
 use crate::engine::sandbox::{Limits, Sandbox, SandboxError, WorkerCommand};
 use crate::ingest::{self, KeptHeaders, UNSTORED_HEADERS, verify};
@@ -108,7 +108,7 @@ impl Expressions {
         let (code, payload) = split_nul(data);
         let code = String::from_utf8_lossy(code);
         let payload = payload
-            .filter(|p| expr::check_json(p, None).is_ok())
+            .filter(|p| crate::json::check_json(p, None).is_ok())
             .unwrap_or(PAYLOAD);
         let expr = match Expr::new(&code) {
             Ok(e) => e,
@@ -189,14 +189,16 @@ pub fn ingest(data: &[u8]) {
         2 => None,
         _ => Some(vec!["a".into(), "b".into(), "c".into()]),
     };
-    let depth = expr::check_depth(body);
-    let checked = expr::check_json(body, type_path.as_deref());
-    // The one pass that builds nothing refuses what the full parser refuses.
+    let depth = crate::json::check_depth(body);
+    let checked = crate::json::check_json(body, type_path.as_deref());
+    // The one pass that builds nothing refuses what the full parser refuses, and a key
+    // repeated in an object, which the parser lets through (the last one wins).
     let parsed = serde_json::from_slice::<Value>(body);
+    let repeated = parsed.is_ok() && repeats_a_key(body);
     assert_eq!(
         checked.is_ok(),
-        parsed.is_ok(),
-        "one pass {checked:?}, parser {parsed:?}"
+        parsed.is_ok() && !repeated,
+        "one pass {checked:?}, parser {parsed:?}, a key repeated: {repeated}"
     );
     let (Ok(()), Ok(found), Ok(value)) = (depth, checked, parsed) else {
         return;
@@ -264,7 +266,57 @@ fn request(data: &[u8], lines: usize) -> (HeaderMap, &[u8]) {
     (headers, rest)
 }
 
-/// What jq gives for the plain field path `path` on `value`, in `expr::read_plain_path`'s
+/// Whether an object of `body` (JSON that serde_json parses) holds a key twice: read again with
+/// every object's keys kept in a set.
+fn repeats_a_key(body: &[u8]) -> bool {
+    struct Unique;
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !keys.insert(key) {
+                    return Err(serde::de::Error::custom("repeated"));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    serde_json::from_slice::<Unique>(body).is_err()
+}
+
+/// What jq gives for the plain field path `path` on `value`, in `json::read_plain_path`'s
 /// terms: `Some(Some(s))` a string, `Some(None)` null or missing, `None` anything else.
 fn plain_path_in(value: &Value, path: &[String]) -> Option<Option<String>> {
     let mut here = value;

@@ -1,5 +1,5 @@
 //! Ferry: a self-hosted integration engine. The modules follow the path of an event:
-//! `ingest` (receive, verify, validate) → `engine` (flows decide what happens) → `store`
+//! `ingest` (receive, verify, validate; `json` is the strict JSON it accepts) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
 //! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets),
 //! `cli` (client output), `demo` and `bench`; `fuzzing` holds the fuzz targets' entry points.
@@ -19,6 +19,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
+pub mod json;
 pub mod memory;
 pub mod server;
 pub mod store;

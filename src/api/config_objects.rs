@@ -213,7 +213,7 @@ pub async fn delete(kind: ObjectKind, app: AppState, id: String) -> Result<Respo
 }
 
 fn spec_from_body(body: &[u8]) -> Result<Value, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
+    match crate::json::parse::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

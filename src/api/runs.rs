@@ -36,7 +36,7 @@ pub(super) fn optional_json<T: Default + serde::de::DeserializeOwned>(
     if body.is_empty() || body == b"null" {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
+    crate::json::parse(body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
@@ -282,7 +282,7 @@ pub async fn test_flow(
     let Some(flow) = app.config.get().flows.iter().find(|f| f.id == id).cloned() else {
         return Err(ApiError::not_found("flow", &id));
     };
-    let test: FlowTest = serde_json::from_slice(&body).map_err(|e| {
+    let test: FlowTest = crate::json::parse(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",

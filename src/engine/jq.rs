@@ -291,9 +291,9 @@ pub fn truthy(v: Option<&Value>) -> bool {
 }
 
 /// Parses JSON bytes into an expression input, refusing nesting deeper than
-/// [`super::expr::MAX_JSON_DEPTH`] before parsing.
+/// [`crate::json::MAX_JSON_DEPTH`] before parsing.
 pub fn parse_value(bytes: &[u8]) -> Result<Value, String> {
-    super::expr::check_depth(bytes)?;
+    crate::json::check_depth(bytes)?;
     jaq_json::read::parse_single(bytes).map_err(|e| e.to_string())
 }
 
