@@ -10,7 +10,6 @@ pub mod verify;
 use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::config::FieldRef;
-use crate::engine::expr;
 use crate::engine::sandbox::SandboxError;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
 use crate::telemetry::events;
@@ -40,7 +39,7 @@ fn invalid_json(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_json",
-        format!("the body is not JSON: {e}"),
+        format!("the body is not strict JSON: {e}"),
     )
 }
 
@@ -86,15 +85,23 @@ impl serde::Serialize for KeptHeaders<'_> {
     }
 }
 
+/// Why a source's event type or idempotency key could not be read from a request.
+enum FieldError {
+    /// A header holds a byte that is not visible ASCII: the request is malformed (`400`).
+    NotText(String),
+    /// The expression failed, overran, or gave too much (`422`).
+    Failed(String),
+}
+
 /// A value read from a body by a plain path, refused past the length an expression worker
 /// would answer (`protocol::MAX_READ`), so that both ways agree.
-fn bounded(found: Option<String>, code: &str) -> Result<Option<String>, String> {
+fn bounded(found: Option<String>, code: &str) -> Result<Option<String>, FieldError> {
     use crate::engine::sandbox::protocol::MAX_READ;
     match found {
-        Some(s) if s.len() > MAX_READ => Err(format!(
+        Some(s) if s.len() > MAX_READ => Err(FieldError::Failed(format!(
             "jq expression `{code}` gave {} bytes; the limit is {MAX_READ}",
             s.len()
-        )),
+        ))),
         other => Ok(other),
     }
 }
@@ -102,29 +109,32 @@ fn bounded(found: Option<String>, code: &str) -> Result<Option<String>, String> 
 /// Reads a value where the source says it is: a header, or a jq path in the body. A plain
 /// field path is read from the raw JSON here; any other expression runs in a worker.
 ///
-/// `Err` only when the expression workers are busy (the request is shed with `503`); an
-/// expression that failed or overran is `Ok(Err(why))`.
+/// `Err` only when the expression workers are busy (the request is shed with `503`); a header
+/// that is not text, or an expression that failed or overran, is `Ok(Err(why))`.
 async fn read_field(
     sandbox: &crate::engine::sandbox::Sandbox,
     field: &FieldRef,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Result<Option<String>, String>, SandboxError> {
+) -> Result<Result<Option<String>, FieldError>, SandboxError> {
     match field {
-        FieldRef::Header(name) => Ok(Ok(headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string))),
+        FieldRef::Header(name) => Ok(match headers.get(name.as_str()).map(|v| v.to_str()) {
+            None => Ok(None),
+            Some(Ok(text)) => Ok(Some(text.to_string())),
+            Some(Err(_)) => Err(FieldError::NotText(format!(
+                "header `{name}` holds a byte that is not visible ASCII (only 0x20 to 0x7E and tab are read)"
+            ))),
+        }),
         FieldRef::Body(e) => {
             if let Some(path) = e.field_path()
-                && let Some(found) = expr::read_plain_path(body, path)
+                && let Some(found) = crate::json::read_plain_path(body, path)
             {
                 return Ok(bounded(found, e.code()));
             }
             match sandbox.read(e, body).await {
-                Ok(read) => Ok(read),
+                Ok(read) => Ok(read.map_err(FieldError::Failed)),
                 Err(busy) if busy.is_overload() => Err(busy),
-                Err(other) => Ok(Err(other.to_string())),
+                Err(other) => Ok(Err(FieldError::Failed(other.to_string()))),
             }
         }
     }
@@ -391,14 +401,14 @@ pub async fn receive(
     // later; then one pass checks the JSON as serde_json parses it, building nothing, and reads
     // the event type when it is a plain field path. The full value is built only if an
     // expression needs it.
-    if let Err(e) = expr::check_depth(&bytes) {
+    if let Err(e) = crate::json::check_depth(&bytes) {
         return reject(invalid_json(e), &bytes);
     }
     let type_path = match &source.event_type {
         FieldRef::Body(e) => e.field_path(),
         FieldRef::Header(_) => None,
     };
-    let type_in_body = match expr::check_json(&bytes, type_path) {
+    let type_in_body = match crate::json::check_json(&bytes, type_path) {
         Ok(found) => found,
         Err(e) => return reject(invalid_json(e), &bytes),
     };
@@ -423,7 +433,13 @@ pub async fn receive(
     };
     let event_type = match event_type {
         Ok(t) => t,
-        Err(err) => {
+        Err(FieldError::NotText(err)) => {
+            return reject(
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_event_type", err),
+                &bytes,
+            );
+        }
+        Err(FieldError::Failed(err)) => {
             return reject(
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_event_type", err),
                 &bytes,
@@ -475,12 +491,12 @@ pub async fn receive(
             Err(busy) => return shed(busy),
             Ok(Ok(k)) => k,
             Ok(Err(err)) => {
+                let (status, why) = match err {
+                    FieldError::NotText(why) => (StatusCode::BAD_REQUEST, why),
+                    FieldError::Failed(why) => (StatusCode::UNPROCESSABLE_ENTITY, why),
+                };
                 return reject(
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_idempotency_key",
-                        err,
-                    ),
+                    ApiError::new(status, "invalid_idempotency_key", why),
                     &bytes,
                 );
             }
