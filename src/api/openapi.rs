@@ -235,7 +235,13 @@ pub struct PauseAnswer {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct NewTokenDoc {
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    /// The id rule of every object: letters, digits, `-`, `_` and `.`, beginning with a
+    /// letter or a digit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
     name: String,
     scope: TokenScope,
 }

@@ -39,7 +39,7 @@ pub async fn create(
     admin_only(scope)?;
     let invalid =
         |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", message);
-    let body: NewTokenBody = serde_json::from_slice(&body).map_err(|e| {
+    let body: NewTokenBody = crate::json::parse(&body).map_err(|e| {
         invalid(format!(
             "the body must be {{\"name\": ..., \"scope\": \"admin\" | \"read\"}}: {e}"
         ))
@@ -50,8 +50,8 @@ pub async fn create(
             body.scope
         )));
     }
-    if body.name.trim().is_empty() || body.name.chars().count() > 200 {
-        return Err(invalid("`name` must be 1 to 200 characters".into()));
+    if !crate::config::valid_id(&body.name) {
+        return Err(invalid(format!("`name` {}", crate::config::ID_RULE)));
     }
     use sha2::Digest;
     let token = crate::ids::random_token("fry_").map_err(|e| {

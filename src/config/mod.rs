@@ -523,11 +523,13 @@ impl Checker<'_> {
     }
 
     fn check_id(&mut self, place: &str, id: &str) {
+        self.check_name(place, "id", id);
+    }
+
+    /// Checks an object's id (or an event type's `name`) against [`ID_RULE`].
+    fn check_name(&mut self, place: &str, field: &str, id: &str) {
         if !valid_id(id) {
-            self.error(
-                place.to_string(),
-                "`id` must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
-            );
+            self.error(place.to_string(), format!("`{field}` {ID_RULE}"));
         }
     }
 
@@ -628,6 +630,7 @@ impl Checker<'_> {
             let place = self
                 .places
                 .object_named("event_types", "event type", "name", &t.name);
+            self.check_name(&place, "name", &t.name);
             let et = self.event_type(&place, t);
             if event_types.insert(et.name.clone(), Arc::new(et)).is_some() {
                 self.error(place, "an event type with this name is already defined");
@@ -648,6 +651,7 @@ impl Checker<'_> {
         let mut flow_ids = BTreeSet::new();
         for f in raw.flows {
             let place = self.places.object("flows", "flow", &f.id);
+            self.check_id(&place, &f.id);
             if !flow_ids.insert(f.id.clone()) {
                 self.error(place.clone(), "a flow with this id is already defined");
             }
@@ -1482,9 +1486,16 @@ fn flow_version(raw: &RawFlow) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
+/// The one rule for the ids of every object (sources, event types, destinations, flows,
+/// channels, alert rules) and the names of API tokens: they appear in URLs, file names, logs
+/// and metrics labels, so nothing there needs escaping, and `.`, `..` or a leading `-` cannot be
+/// taken for something else.
+pub const ID_RULE: &str = "must be 1 to 64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`, beginning with a letter or a digit";
+
+/// Whether `id` keeps [`ID_RULE`].
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= 64
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

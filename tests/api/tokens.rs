@@ -10,7 +10,7 @@ async fn tokens_have_scopes_are_stored_hashed_and_can_be_revoked() {
     let (status, admin) = app
         .api_post_json(
             "/api/v1/tokens",
-            json!({"name": "deploy bot", "scope": "admin"}),
+            json!({"name": "deploy-bot", "scope": "admin"}),
         )
         .await;
     assert_eq!(status, 201, "{admin}");
@@ -74,7 +74,7 @@ async fn tokens_have_scopes_are_stored_hashed_and_can_be_revoked() {
     let (_, list) = app.api_get("/api/v1/tokens").await;
     let listed = list.to_string();
     assert!(
-        listed.contains("dashboard") && listed.contains("deploy bot"),
+        listed.contains("dashboard") && listed.contains("deploy-bot"),
         "{listed}"
     );
     assert!(
