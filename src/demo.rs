@@ -172,7 +172,14 @@ fn demo_config(
     )
 }
 
-pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoError> {
+/// Runs the demo until Ctrl-C. `api_token` is the API's token when the caller has one (from
+/// `FERRY_API_TOKEN`): it is used and never printed; without one the demo's token is
+/// `demo-token`, printed in the examples.
+pub async fn run(
+    listen: SocketAddr,
+    data: Option<PathBuf>,
+    api_token: Option<String>,
+) -> Result<(), DemoError> {
     let fulfillment = start_receiver("fulfillment", 0).await?;
     let crm = start_receiver("crm", 3).await?;
     let accounting = start_receiver("accounting", 0).await?;
@@ -181,8 +188,16 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
     let data = data
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
     let mut options = ServeOptions::new(config, data.clone());
-    let token = "demo-token".to_string();
-    options.api_token = Some(token.clone());
+    let (token, token_note) = match api_token {
+        Some(given) => {
+            options.api_token = Some(given);
+            ("$FERRY_API_TOKEN".to_string(), "from FERRY_API_TOKEN")
+        }
+        None => {
+            options.api_token = Some("demo-token".to_string());
+            ("demo-token".to_string(), "demo-token")
+        }
+    };
     let listener = crate::server::bind(listen).map_err(|source| DemoError::Listen {
         addr: listen.to_string(),
         source,
@@ -194,7 +209,7 @@ pub async fn run(listen: SocketAddr, data: Option<PathBuf>) -> Result<(), DemoEr
     let state = crate::app::prepare(options).await?;
     println!(
         r#"
-Ferry demo on http://{addr}  (data in {data}; API token: {token})
+Ferry demo on http://{addr}  (data in {data}; API token: {token_note})
 Three receivers stand in for the shop's systems: fulfillment, crm (fails every third request) and accounting.
 A fourth, `alerts`, gets Ferry's alert notices (crm failing more than 20% of the time, dead letters).
 
@@ -210,12 +225,12 @@ Send something malformed (refused with 422 and every violation listed):
   curl -sS http://{addr}/in/shop -H 'content-type: application/json' -d '{{"type":"order.created","data":{{"total":-1}}}}'
 
 Look at what happened (an event lists its runs; a run shows each step's input and output):
-  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/events/<event_id>
-  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/runs/<run_id>
-  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/dead-letters
-  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/rejections
-  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/destinations     # circuits and pauses
-  curl -sS -H 'authorization: Bearer {token}' http://{addr}/api/v1/alerts
+  curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/events/<event_id>
+  curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/runs/<run_id>
+  curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/dead-letters
+  curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/rejections
+  curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/destinations     # circuits and pauses
+  curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/alerts
   curl -sS http://{addr}/metrics
 Stop with Ctrl-C.
 "#,

@@ -355,7 +355,10 @@ fn main() -> std::process::ExitCode {
             listen,
         } => runtime().and_then(|rt| rt.block_on(serve(config, data, database_url, listen))),
         Command::Demo { listen, data } => runtime().and_then(|rt| {
-            rt.block_on(ferry::demo::run(listen, data))
+            let token = std::env::var("FERRY_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            rt.block_on(ferry::demo::run(listen, data, token))
                 .map_err(Into::into)
         }),
         Command::Flow(FlowCommand::Test {
