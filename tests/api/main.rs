@@ -20,5 +20,6 @@ mod limits;
 mod openapi;
 mod overload;
 mod retries;
+mod strict_input;
 mod tokens;
 mod validation;
