@@ -463,3 +463,168 @@ flows:
         "{body}"
     );
 }
+
+/// The processes whose parent is `pid` (the expression workers of a server).
+fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: comm may hold spaces, so read after the last `)`.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_expression_reaches_the_environment_whatever_its_spelling() {
+    let receiver = Receiver::start().await;
+    let (mut server, _dir) =
+        Server::start(&HOSTILE_CONFIG.replace("RECEIVER", &receiver.url)).await;
+    let read = server.token("read").await;
+    server
+        .ingest(
+            "shop",
+            &json!({"type": "t", "plan": "pro", "email": "a@x.io"}).to_string(),
+        )
+        .await;
+    // The admin token is in the server's environment (FERRY_API_TOKEN); each spelling is tried
+    // as it is and as a guess of the token's first character, right and wrong: the answers
+    // must not differ, so nothing is learnt one character at a time.
+    let spellings = [
+        "env",
+        "$ENV",
+        "env.FERRY_API_TOKEN",
+        "$ENV.FERRY_API_TOKEN",
+        r#""\(env)""#,
+        r#""\($ENV.FERRY_API_TOKEN)""#,
+        r#""a\("b\("c\(env.FERRY_API_TOKEN)")")""#,
+        r#"@base64 "\(env)""#,
+        "{k: env}",
+        "{(env.FERRY_API_TOKEN): 1}",
+        ".[env.FERRY_API_TOKEN]",
+        "if true then env else 1 end",
+        "try env catch 1",
+        "env?",
+        "[env][0]",
+        "reduce env as $e (0; 1)",
+        "env as $e | $e",
+        "label $out | env",
+        "$ENV | keys",
+        ".a // env",
+        r#"."\(env)""#,
+        "..|env",
+        "ltrimstr($ENV.HOME)",
+        "input_filename",
+        "[inputs]",
+    ];
+    let first = &TOKEN[..1];
+    for spelling in spellings {
+        let mut answers = Vec::new();
+        for guess in [first, "#"] {
+            let probe = format!(
+                r#"({spelling}) | tostring | startswith("{guess}") | if . then 1 else 0 end"#
+            );
+            for program in [spelling.to_string(), probe] {
+                let (status, body) = server.events_filter(&read, &program).await;
+                assert_eq!(status, 400, "`{program}`: {body}");
+                assert_eq!(body["error"], "invalid_query", "`{program}`: {body}");
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("is not allowed"),
+                    "`{program}`: {body}"
+                );
+                let text = body.to_string();
+                assert!(!text.contains(TOKEN), "`{program}`: {body}");
+                // The program is quoted in the message: the guess in it is not an answer.
+                answers.push(text.replace(&format!(r#"startswith(\"{guess}\")"#), "GUESS"));
+            }
+        }
+        assert_eq!(
+            answers[1], answers[3],
+            "`{spelling}`: a right and a wrong guess differ"
+        );
+    }
+    // `?match=` takes a field path and a value, not a program: these are field names.
+    for m in ["env=1", "$ENV.FERRY_API_TOKEN=x", "a=\\(env)"] {
+        let query: String = url::form_urlencoded::byte_serialize(m.as_bytes()).collect();
+        let r = server
+            .http
+            .get(format!("{}/api/v1/events?match={query}", server.base))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{m}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["data"], json!([]), "{m}");
+    }
+    // An admin cannot put them in a flow, a source path or a template either.
+    let refused = [
+        (
+            "flows",
+            json!({"id": "leak", "on": {"source": "shop"}, "steps": [{"transform": r#""\(env)""#}]}),
+        ),
+        (
+            "flows",
+            json!({"id": "leak", "on": {"source": "shop"}, "steps": [{"filter": r#"$ENV.FERRY_API_TOKEN | startswith("t")"#}]}),
+        ),
+        (
+            "sources",
+            json!({"id": "leak", "kind": "webhook", "verify": {"scheme": "none"}, "event_type": {"from": "body", "path": "env.FERRY_API_TOKEN"}}),
+        ),
+        (
+            "flows",
+            json!({"id": "leak", "on": {"source": "shop"}, "steps": [{"http": {"url": "http://127.0.0.1:9/{{ $ENV.FERRY_API_TOKEN }}"}}]}),
+        ),
+    ];
+    for (kind, spec) in refused {
+        let url = format!("{}/api/v1/{kind}", server.base);
+        let r = server
+            .http
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 422, "{spec}: {body}");
+        assert!(
+            body.to_string().contains("is not allowed"),
+            "{spec}: {body}"
+        );
+    }
+    // Defence in depth: the workers that run expressions have no environment to give.
+    let workers = children(server.pid);
+    assert!(!workers.is_empty(), "the filters above started workers");
+    for worker in workers {
+        let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap_or_default();
+        let names: Vec<String> = environ
+            .split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                String::from_utf8_lossy(v.split(|&b| b == b'=').next().unwrap_or(v)).into_owned()
+            })
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n == "TZ" || n == "MIMALLOC_ARENA_RESERVE"),
+            "worker {worker} has {names:?}"
+        );
+        assert!(!String::from_utf8_lossy(&environ).contains(TOKEN));
+    }
+    server.assert_alive("the environment probes").await;
+}
