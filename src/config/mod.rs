@@ -542,15 +542,13 @@ impl Checker<'_> {
     ) -> Duration {
         match value {
             None => default,
-            Some(text) => {
-                match humantime::parse_duration(text) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.error(place.to_string(), format!("`{field}`: `{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"));
-                        default
-                    }
+            Some(text) => match parse_duration(text) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(place.to_string(), format!("`{field}`: {e}"));
+                    default
                 }
-            }
+            },
         }
     }
 
@@ -1289,10 +1287,13 @@ impl Checker<'_> {
                 }
             } else if let Some(delay) = step.delay {
                 let op = match delay {
-                    RawDelay::For(text) => match humantime::parse_duration(&text) {
+                    RawDelay::For(text) => match parse_duration(&text) {
                         Ok(d) => Some(Delay::For(d)),
                         Err(e) => {
-                            self.error(step_place.clone(), format!("`delay`: `{text}` is not a duration ({e}); write e.g. 10m, or `{{until: <jq>}}`"));
+                            self.error(
+                                step_place.clone(),
+                                format!("`delay`: {e}, or `{{until: <jq>}}`"),
+                            );
                             None
                         }
                     },
@@ -1484,6 +1485,22 @@ fn flow_version(raw: &RawFlow) -> String {
     let bytes = serde_json::to_vec(raw).unwrap_or_default();
     let digest = sha2::Sha256::digest(&bytes);
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The longest duration the config takes (`100y`, years of 365.25 days as humantime counts
+/// them): every duration becomes milliseconds added to or taken from a time, and this keeps
+/// those sums far inside an `i64`.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A duration as the config writes it (`30s`, `5m`, `1h 30m`), at most [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(format!("`{text}` is longer than the limit of 100 years")),
+        Err(e) => Err(format!(
+            "`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"
+        )),
+    }
 }
 
 /// The one rule for the ids of every object (sources, event types, destinations, flows,

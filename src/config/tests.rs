@@ -255,3 +255,41 @@ fn memory_and_connection_limits_have_defaults_and_are_checked() {
         "unknown fields are refused"
     );
 }
+
+#[test]
+fn durations_past_a_hundred_years_are_refused_everywhere() {
+    // Each becomes milliseconds added to a time: past the limit the sum could leave an i64.
+    let huge = "600000000y";
+    for yaml in [
+        format!("settings: {{ alert_interval: {huge} }}"),
+        format!("settings: {{ connections: {{ idle_timeout: {huge} }} }}"),
+        format!(
+            "settings: {{ allow_private_destinations: true }}\ndestinations: [ {{ id: d, kind: http, url: \"http://127.0.0.1:9/\", retry: {{ max: {huge} }} }} ]"
+        ),
+        format!(
+            "sources: [ {{ id: s, kind: webhook, verify: {{ scheme: standard-webhooks, secret: \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", tolerance: {huge} }} }} ]"
+        ),
+        format!(
+            "sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]\nflows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ delay: {huge} }} ] }} ]"
+        ),
+        format!(
+            "settings: {{ allow_private_destinations: true }}\nchannels: [ {{ id: ops, kind: webhook, url: \"http://127.0.0.1:9/\" }} ]\nalerts: [ {{ id: a, when: {{ failure_ratio: {{ destination: d, above: 0.5, window: {huge} }} }}, notify: [ops] }} ]\ndestinations: [ {{ id: d, kind: http, url: \"http://127.0.0.1:9/\" }} ]"
+        ),
+        format!(
+            "settings: {{ allow_private_destinations: true }}\nchannels: [ {{ id: ops, kind: webhook, url: \"http://127.0.0.1:9/\" }} ]\nalerts: [ {{ id: a, cooldown: {huge}, when: {{ dead_letters: {{ above: 0 }} }}, notify: [ops] }} ]"
+        ),
+    ] {
+        let errs = load(&yaml).expect_err(&yaml).0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("is longer than the limit of 100 years")),
+            "{yaml}\n{text:#?}"
+        );
+    }
+    assert_eq!(
+        super::parse_duration("100y").map(|d| d.as_secs() / 86400),
+        Ok(36525),
+        "humantime's year is 365.25 days: 100y is within the limit"
+    );
+}
