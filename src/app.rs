@@ -4,6 +4,7 @@
 
 use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
+use crate::deliver::egress::EgressClient;
 use crate::deliver::runs::{RunWaker, RunWorkerParts};
 use crate::deliver::{Deliverer, DelivererOptions};
 use crate::engine::sandbox::{Sandbox, WorkerCommand};
@@ -159,7 +160,8 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         .await
         .map_err(ServeError::Config)?;
     let live = LiveConfig::new(config.clone());
-    let client = crate::deliver::http_client()?;
+    // Settings come from the config file only: the egress policy is fixed for the process.
+    let client = EgressClient::new(config.settings.egress.clone())?;
     let (waker, wakes) = RunWaker::channel();
     let jitter_seed = options.deliverer.jitter_seed;
     let deliverer = Deliverer::start(
@@ -199,7 +201,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         deliverer: deliverer.clone(),
         activity: activity.clone(),
         metrics: metrics.clone(),
-        client: crate::deliver::http_client()?,
+        client: EgressClient::new(config.settings.egress.clone())?,
         alive: alive_rx,
     })
     .await?;

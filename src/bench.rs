@@ -985,7 +985,8 @@ mod tests {
         let folder = dir.path().join("synced");
         let handler = bare_handler(Some(&folder)).unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, handler).await });
-        let client = crate::deliver::http_client().unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
         let sends: Vec<_> = (0..20)
             .map(|n| {
                 let (client, file) = (client.clone(), folder.join("appended"));

@@ -95,12 +95,22 @@ pub struct ApiClient {
     http: reqwest::Client,
 }
 
+/// The client for Ferry's own API, at the address a person gives: not an outbound request of
+/// the engine, so not under the egress guard; redirects are not followed.
+fn api_http_client() -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+}
+
 impl ApiClient {
     pub fn new(base: &str, token: Option<String>) -> Result<ApiClient, ClientError> {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(ClientError::NoToken)?;
-        let http = crate::deliver::http_client().map_err(|e| ClientError::Unreachable {
+        let http = api_http_client().map_err(|e| ClientError::Unreachable {
             url: base.to_string(),
             reason: e.to_string(),
         })?;

@@ -5,6 +5,8 @@
 use super::AlertParts;
 use crate::clock::{Millis, rfc3339};
 use crate::config::{AlertRule, Channel, ChannelKind, SmtpTls};
+use crate::deliver::attempt::refused_text;
+use crate::deliver::egress::{EgressPolicy, ResolveError};
 use crate::store::AlertState;
 use std::time::Duration;
 
@@ -90,7 +92,8 @@ async fn send(
             let payload = body.to_string();
             let mut request = parts
                 .client
-                .post(url.clone())
+                .request(reqwest::Method::POST, url)
+                .map_err(|refused| refused_text(&refused))?
                 .timeout(Duration::from_secs(10))
                 .header(reqwest::header::CONTENT_TYPE, "application/json");
             if let Some(key) = signing {
@@ -112,7 +115,11 @@ async fn send(
             check(request.body(payload).send().await)
         }
         ChannelKind::Slack { url } => {
-            let url = String::from_utf8_lossy(url.expose()).into_owned();
+            // The URL is a credential: errors are reported without it.
+            let url = std::str::from_utf8(url.expose())
+                .ok()
+                .and_then(|u| url::Url::parse(u).ok())
+                .ok_or("the Slack URL is not a URL")?;
             let text = format!(
                 "*{}*\n{}\nSince {} · <{}|Open in Ferry>",
                 headline(rule, state),
@@ -122,14 +129,15 @@ async fn send(
             );
             let request = parts
                 .client
-                .post(url)
+                .request(reqwest::Method::POST, &url)
+                .map_err(|refused| refused_text(&refused))?
                 .timeout(Duration::from_secs(10))
                 .json(&serde_json::json!({ "text": text }));
-            // The URL is a credential: errors are reported without it.
             check(request.send().await.map_err(|e| e.without_url()))
         }
         ChannelKind::Email { smtp, from, to } => {
             send_email(
+                parts.client.policy(),
                 smtp,
                 from,
                 to,
@@ -162,13 +170,18 @@ fn check(result: Result<reqwest::Response, reqwest::Error>) -> Result<(), String
     }
 }
 
+/// Sends one email. The SMTP host is resolved and checked by the egress guard here, and the
+/// connection goes to the first address that passed (TLS still verifies the host's name), so
+/// the address lettre connects to is the one that was checked.
 async fn send_email(
+    egress: &EgressPolicy,
     smtp: &crate::config::Smtp,
     from: &str,
     to: &[String],
     subject: &str,
     text: &str,
 ) -> Result<(), String> {
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
     let mut message = Message::builder()
         .from(from.parse().map_err(|e| format!("from `{from}`: {e}"))?)
@@ -181,13 +194,23 @@ async fn send_email(
     let message = message
         .body(text.to_string())
         .map_err(|e| format!("cannot build the email: {e}"))?;
-    let builder = match smtp.tls {
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-            .map_err(|e| format!("SMTP {}: {e}", smtp.host))?,
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-            .map_err(|e| format!("SMTP {}: {e}", smtp.host))?,
+    let failed = |e: &dyn std::fmt::Display| format!("SMTP {}:{}: {e}", smtp.host, smtp.port);
+    let address = match egress.resolve(&smtp.host, smtp.port).await {
+        Ok(addresses) => addresses
+            .first()
+            .map(|a| a.ip())
+            .ok_or_else(|| failed(&"the host resolves to no address"))?,
+        Err(ResolveError::Refused(refused)) => return Err(failed(&refused_text(&refused))),
+        Err(e) => return Err(failed(&e)),
     };
+    let tls = |name: &str| TlsParameters::new(name.to_string()).map_err(|e| failed(&e));
+    let tls = match smtp.tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::StartTls => Tls::Required(tls(&smtp.host)?),
+        SmtpTls::Tls => Tls::Wrapper(tls(&smtp.host)?),
+    };
+    let builder =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string()).tls(tls);
     let mut builder = builder
         .port(smtp.port)
         .timeout(Some(Duration::from_secs(20)));

@@ -3,7 +3,7 @@
 //! be http(s).
 
 use super::raw::{RawAlert, RawChannel, RawCondition};
-use super::{Checker, Destination, Secret, Settings, Source, private_host};
+use super::{Checker, Destination, Secret, Settings, Source};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,11 +159,7 @@ impl Checker<'_> {
                             continue;
                         }
                     };
-                    if !settings.allow_private_destinations
-                        && let Some(why) = private_host(&url)
-                    {
-                        self.error(place.clone(), format!("`url`: {why}; refused unless `settings.allow_private_destinations: true`"));
-                    }
+                    self.egress_url(&place, "url", &url, settings);
                     if c.kind == "slack" {
                         if c.signing.is_some() {
                             self.error(
@@ -209,6 +205,20 @@ impl Checker<'_> {
                         SmtpTls::StartTls => 587,
                         SmtpTls::Tls => 465,
                     });
+                    match crate::deliver::egress::parse_host(&smtp.host) {
+                        None => self.error(
+                            place.clone(),
+                            format!(
+                                "`smtp.host`: `{}` is not a host name or an IP address",
+                                smtp.host
+                            ),
+                        ),
+                        Some(host) => {
+                            if let Err(refused) = settings.egress.check_host(&host) {
+                                self.error(place.clone(), format!("`smtp.host`: {refused}"));
+                            }
+                        }
+                    }
                     let Some(from) = c.from else {
                         self.error(place, "`from` is required for an email channel");
                         continue;

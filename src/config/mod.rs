@@ -7,6 +7,7 @@ pub mod objects;
 mod places;
 mod raw;
 
+use crate::deliver::egress::{AllowEntry, EgressPolicy, MAX_ALLOW_ENTRIES};
 use crate::deliver::retry::RetryPolicy;
 use crate::engine::expr::Expr;
 use crate::engine::program::{Auth, Delay, HttpStep, Instr, OAuth2, Op, Program, Target};
@@ -14,7 +15,6 @@ use crate::engine::template::Template;
 use raw::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +114,8 @@ pub struct ExprSite {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub allow_private_destinations: bool,
+    /// What outbound requests may reach (`allow_private_destinations`, `egress.allow`).
+    pub egress: Arc<EgressPolicy>,
     /// Largest accepted ingest body, in bytes.
     pub max_body_size: usize,
     /// How many refused inputs the rejected log keeps (oldest dropped first).
@@ -693,8 +694,9 @@ impl Checker<'_> {
             .unwrap_or(DEFAULT_MAX_BODY_SIZE);
         let memory = self.memory(&place, raw.memory, max_body_size);
         let connections = self.connections(&place, raw.connections);
+        let egress = self.egress(&place, raw.allow_private_destinations, raw.egress);
         Settings {
-            allow_private_destinations: raw.allow_private_destinations,
+            egress: Arc::new(egress),
             max_body_size,
             rejected_log_size: raw
                 .rejected_log_size
@@ -811,6 +813,49 @@ impl Checker<'_> {
             header_read_timeout: timeout("header_read_timeout", &raw.header_read_timeout, 10),
             body_read_timeout: timeout("body_read_timeout", &raw.body_read_timeout, 30),
             idle_timeout: timeout("idle_timeout", &raw.idle_timeout, 60),
+        }
+    }
+
+    /// `settings.egress.allow`: at most `MAX_ALLOW_ENTRIES` networks, addresses and host names;
+    /// the first ten bad entries are reported one by one.
+    fn egress(&mut self, place: &str, allow_private: bool, raw: RawEgress) -> EgressPolicy {
+        if raw.allow.len() > MAX_ALLOW_ENTRIES {
+            self.error(
+                place.to_string(),
+                format!(
+                    "`egress.allow` lists {} entries; at most {MAX_ALLOW_ENTRIES} are accepted (name networks rather than single addresses)",
+                    raw.allow.len()
+                ),
+            );
+            return EgressPolicy::new(allow_private, []);
+        }
+        let mut entries = Vec::new();
+        let mut bad = 0;
+        for (index, text) in raw.allow.iter().enumerate() {
+            match AllowEntry::parse(text) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    bad += 1;
+                    if bad <= 10 {
+                        self.error(place.to_string(), format!("`egress.allow[{index}]`: {e}"));
+                    }
+                }
+            }
+        }
+        if bad > 10 {
+            self.error(
+                place.to_string(),
+                format!("`egress.allow`: {} more entries are not valid", bad - 10),
+            );
+        }
+        EgressPolicy::new(allow_private, entries)
+    }
+
+    /// A URL's host and user info as the egress guard sees them before DNS (IP literals,
+    /// `localhost`); `field` names it in the error.
+    fn egress_url(&mut self, place: &str, field: &str, url: &url::Url, settings: &Settings) {
+        if let Err(refused) = settings.egress.check_url(url) {
+            self.error(place.to_string(), format!("`{field}`: {refused}"));
         }
     }
 
@@ -1010,14 +1055,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if !settings.allow_private_destinations
-            && let Some(why) = private_host(&url)
-        {
-            self.error(
-                    place.to_string(),
-                    format!("`url`: {why}; sending there is refused unless `settings.allow_private_destinations: true`"),
-                );
-        }
+        self.egress_url(place, "url", &url, settings);
         let method = self.method(place, "method", raw.method.as_deref(), "POST");
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
@@ -1357,11 +1395,7 @@ impl Checker<'_> {
         } else {
             match url::Url::parse(prefix) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
-                    if !settings.allow_private_destinations
-                        && let Some(why) = private_host(&u)
-                    {
-                        self.error(place.to_string(), format!("`http.url`: {why}; calling it is refused unless `settings.allow_private_destinations: true`"));
-                    }
+                    self.egress_url(place, "http.url", &u, settings);
                 }
                 Ok(u) => {
                     self.error(
@@ -1455,11 +1489,12 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if !settings.allow_private_destinations
-            && let Some(why) = private_host(&token_url)
-        {
-            self.error(place.to_string(), format!("`http.auth.oauth2_client_credentials.token_url`: {why}; refused unless `settings.allow_private_destinations: true`"));
-        }
+        self.egress_url(
+            place,
+            "http.auth.oauth2_client_credentials.token_url",
+            &token_url,
+            settings,
+        );
         Some(Auth::OAuth2(Arc::new(OAuth2 {
             token_url,
             client_id: o.client_id,
@@ -1516,45 +1551,6 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// Why a URL's host is private, when it is: `localhost`, or a loopback, private, link-local,
-/// unspecified or unique-local IP literal.
-pub fn private_host(url: &url::Url) -> Option<String> {
-    match url.host()? {
-        url::Host::Domain(d) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            (d == "localhost" || d.ends_with(".localhost"))
-                .then(|| format!("host `{d}` is this machine"))
-        }
-        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(ip))
-            .then(|| format!("address {ip} is loopback, private or link-local")),
-        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(ip))
-            .then(|| format!("address {ip} is loopback, private or link-local")),
-    }
-}
-
-pub fn is_private_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_ip(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 #[cfg(test)]

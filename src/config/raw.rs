@@ -143,6 +143,17 @@ pub struct RawSettings {
     pub memory: RawMemory,
     #[serde(default)]
     pub connections: RawConnections,
+    #[serde(default)]
+    pub egress: RawEgress,
+}
+
+/// `settings.egress`: what outbound requests may reach besides public addresses.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Networks (CIDR), addresses and exact host names.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// `settings.expressions`: the expression workers.

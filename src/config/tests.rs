@@ -163,25 +163,178 @@ fn store_unwritable_takes_no_settings() {
     );
 }
 
+/// The error messages of a config that must not load.
+fn errors(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => panic!("the config loaded:\n{text}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
 #[test]
-fn private_hosts_are_recognised() {
-    for (u, private) in [
-        ("http://localhost:1/", true),
-        ("http://127.0.0.1/", true),
-        ("http://10.1.2.3/", true),
-        ("http://192.168.0.1/", true),
-        ("http://169.254.169.254/", true),
-        ("http://[::1]/", true),
-        ("http://[fd00::1]/", true),
-        ("http://[::ffff:127.0.0.1]/", true),
-        ("https://example.com/", false),
-        ("http://8.8.8.8/", false),
+fn special_hosts_and_user_info_are_refused_in_every_url_field() {
+    let yaml = |url: &str| {
+        format!(
+            r#"
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: d, kind: http, url: "{url}" }} ]
+flows:
+  - id: f
+    on: {{ source: s }}
+    steps:
+      - http: {{ url: "{url}", auth: {{ oauth2_client_credentials: {{ token_url: "{url}", client_id: c, client_secret: x }} }} }}
+channels:
+  - {{ id: w, kind: webhook, url: "{url}" }}
+  - {{ id: sl, kind: slack, url: "{url}" }}
+"#
+        )
+    };
+    for (url, why) in [
+        ("http://127.0.0.1@evil.test/x", "the URL has user info"),
+        (
+            "https://user:hunter2@hooks.example/x",
+            "the URL has user info",
+        ),
+        ("http://localhost:9/x", "host `localhost` is this machine"),
+        (
+            "http://127.0.0.1:9/x",
+            "address 127.0.0.1 is loopback (127.0.0.0/8)",
+        ),
+        ("http://100.64.0.1/x", "(100.64.0.0/10)"),
+        ("http://198.18.0.1/x", "benchmarking (198.18.0.0/15)"),
+        ("http://224.0.0.1/x", "multicast (224.0.0.0/4)"),
+        ("http://240.0.0.1/x", "reserved (240.0.0.0/4)"),
+        ("http://[64:ff9b::7f00:1]/x", "a NAT64 address"),
+        ("http://[2002:7f00:1::]/x", "a 6to4 address"),
+        ("http://[::ffff:10.0.0.1]/x", "IPv4-mapped"),
     ] {
-        assert_eq!(
-            private_host(&url::Url::parse(u).unwrap()).is_some(),
-            private,
-            "{u}"
+        let text = errors(&yaml(url)).join("\n");
+        for field in [
+            "(destination d): `url`: ",
+            "(flow f), step 1: `http.url`: ",
+            "(flow f), step 1: `http.auth.oauth2_client_credentials.token_url`: ",
+            "(channel w): `url`: ",
+            "(channel sl): `url`: ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.contains(field) && l.contains(why)),
+                "{url}: no `{field}` error with `{why}` in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("hunter2"),
+            "a password is never echoed:\n{text}"
         );
+    }
+    let text = errors(&format!(
+        "{}  - {{ id: m, kind: email, smtp: {{ host: \"::1\", tls: none }}, from: a@b.example, to: [c@d.example] }}\n",
+        yaml("http://8.8.8.8/x")
+    ));
+    assert_eq!(
+        text,
+        vec!["ferry.yaml (channel m): `smtp.host`: address ::1 is loopback (::1/128); allow it by naming the host or its network in `settings.egress.allow`, or with `settings.allow_private_destinations: true`".to_string()],
+    );
+}
+
+#[test]
+fn the_allow_list_applies_at_config_check() {
+    let yaml = |settings: &str| {
+        format!(
+            r#"
+settings: {settings}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: a, kind: http, url: "http://10.1.2.3:8080/x" }}
+  - {{ id: b, kind: http, url: "http://[::1]/x" }}
+  - {{ id: c, kind: http, url: "http://localhost/x" }}
+  - {{ id: d, kind: http, url: "http://hooks.internal.example/x" }}
+channels:
+  - {{ id: m, kind: email, smtp: {{ host: 10.1.2.9, tls: none }}, from: a@b.example, to: [c@d.example] }}
+"#
+        )
+    };
+    let c = load(&yaml(
+        r#"{ egress: { allow: ["10.1.2.0/24", "::1/128", localhost] } }"#,
+    ))
+    .unwrap();
+    assert!(!c.settings.egress.allows_private());
+    let text = errors(&yaml(
+        r#"{ egress: { allow: ["10.1.2.0/25", "hooks.internal.example"] } }"#,
+    ));
+    assert_eq!(text.len(), 2, "{text:#?}");
+    assert!(
+        text[0].contains("(destination b): `url`: address ::1 is loopback"),
+        "{text:#?}"
+    );
+    assert!(
+        text[1].contains("(destination c): `url`: host `localhost` is this machine"),
+        "{text:#?}"
+    );
+    assert_eq!(errors(&yaml("{}")).len(), 4);
+    // `allow_private_destinations` still allows every one of them.
+    load(&yaml("{ allow_private_destinations: true }")).unwrap();
+    // But never user info.
+    let text = errors(
+        &yaml("{ allow_private_destinations: true }")
+            .replace("http://10.1.2.3", "http://127.0.0.1@10.1.2.3"),
+    );
+    assert_eq!(text.len(), 1, "{text:#?}");
+    assert!(
+        text[0].contains("(destination a): `url`: the URL has user info"),
+        "{text:#?}"
+    );
+}
+
+#[test]
+fn bad_allow_lists_are_refused_with_their_place_and_entry() {
+    let text = errors(
+        "settings:\n  egress:\n    allow: [\"10.0.0.0/999\", \"garbage!\", \"10.1.2.3/24\", \"*.example\", \"\", ok.example, \"::1/129\"]\n",
+    );
+    assert_eq!(
+        text,
+        vec![
+            "ferry.yaml:1: `egress.allow[0]`: `10.0.0.0/999`: the prefix length `/999` is not a whole number from 0 to 32",
+            "ferry.yaml:1: `egress.allow[1]`: `garbage!` is not a network, an IP address or a host name (a label has letters, digits, `-` and `_` only); write e.g. 10.1.2.0/24, ::1 or hooks.internal.example, without a scheme, port or path",
+            "ferry.yaml:1: `egress.allow[2]`: `10.1.2.3/24` has address bits set after its prefix; the network is `10.1.2.0/24`",
+            "ferry.yaml:1: `egress.allow[3]`: `*.example`: wildcards are not supported; name each host, or give its network",
+            "ferry.yaml:1: `egress.allow[4]`: an empty entry",
+            "ferry.yaml:1: `egress.allow[6]`: `::1/129`: the prefix length `/129` is not a whole number from 0 to 128",
+        ]
+    );
+    // Too many entries: one error, not one per entry.
+    let many: Vec<String> = (0..1025)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let text = errors(&format!(
+        "settings: {{ egress: {{ allow: [{}] }} }}\n",
+        many.join(", ")
+    ));
+    assert_eq!(
+        text,
+        vec![
+            "ferry.yaml:1: `egress.allow` lists 1025 entries; at most 1024 are accepted (name networks rather than single addresses)"
+        ]
+    );
+    // Many bad entries: ten, then a count.
+    let bad: Vec<String> = (0..50).map(|i| format!("\"bad entry {i}\"")).collect();
+    let text = errors(&format!(
+        "settings: {{ egress: {{ allow: [{}] }} }}\n",
+        bad.join(", ")
+    ));
+    assert_eq!(text.len(), 11, "{text:#?}");
+    assert_eq!(
+        text[10],
+        "ferry.yaml:1: `egress.allow`: 40 more entries are not valid"
+    );
+    // Shapes that are not a list of strings, and unknown fields.
+    for shape in [
+        "settings: { egress: { allow: 10.0.0.0/8 } }",
+        "settings: { egress: { allow: [[1]] } }",
+        "settings: { egress: { allow: [{a: 1}] } }",
+        "settings: { egress: { deny: [] } }",
+        "settings: { egress: [] }",
+    ] {
+        assert_eq!(errors(shape).len(), 1, "{shape}");
     }
 }
 

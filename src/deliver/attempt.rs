@@ -1,6 +1,7 @@
 //! One attempt at one delivery: build the request (signature headers included), send it,
 //! read a bounded part of the answer, and classify the outcome as DESIGN.md says.
 
+use super::egress::{EgressClient, Refused};
 use crate::config::Destination;
 use bytes::Bytes;
 use std::time::Duration;
@@ -11,7 +12,8 @@ pub const MAX_RECORDED_BODY: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
-    /// Worth trying again (408, 425, 429, 5xx, 3xx, timeouts, connection errors).
+    /// Worth trying again (408, 425, 429, 5xx, 3xx, timeouts, connection errors, a refusal by
+    /// the egress guard).
     Retryable,
     /// Another 4xx: the receiver refused this request for good.
     Permanent,
@@ -47,18 +49,47 @@ pub struct AttemptResult {
     pub duration: Duration,
 }
 
+impl AttemptResult {
+    /// An attempt that got no response. Retried, like a connection error: a refusal by the
+    /// egress guard too, since DNS answers change and a config can be fixed while the
+    /// delivery waits; after its retries, the delivery is a dead letter with the reason.
+    fn failed(error: String, started: std::time::Instant) -> AttemptResult {
+        AttemptResult {
+            outcome: Outcome::Retryable,
+            status_code: None,
+            response_headers: None,
+            response_body: None,
+            retry_after: None,
+            error: Some(error),
+            duration: started.elapsed(),
+        }
+    }
+
+    fn refused(refused: &Refused, started: std::time::Instant) -> AttemptResult {
+        AttemptResult::failed(refused_text(refused), started)
+    }
+}
+
+/// How a request the egress guard refused is told in attempt logs and step records.
+pub(crate) fn refused_text(refused: &Refused) -> String {
+    format!("refused by the egress guard: {refused}")
+}
+
 /// Sends one attempt. `delivery_id` is the `webhook-id` (the same on every retry);
 /// `timestamp` the unix seconds of this attempt.
 pub async fn send(
-    client: &reqwest::Client,
+    client: &EgressClient,
     dest: &Destination,
     delivery_id: &str,
     timestamp: i64,
     body: Bytes,
 ) -> AttemptResult {
     let started = std::time::Instant::now();
-    let mut request = client
-        .request(dest.method.clone(), dest.url.clone())
+    let request = match client.request(dest.method.clone(), &dest.url) {
+        Ok(r) => r,
+        Err(refused) => return AttemptResult::refused(&refused, started),
+    };
+    let mut request = request
         .timeout(dest.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(
@@ -79,17 +110,7 @@ pub async fn send(
     }
     let response = match request.body(body).send().await {
         Ok(r) => r,
-        Err(e) => {
-            return AttemptResult {
-                outcome: Outcome::Retryable,
-                status_code: None,
-                response_headers: None,
-                response_body: None,
-                retry_after: None,
-                error: Some(describe_error(&e)),
-                duration: started.elapsed(),
-            };
-        }
+        Err(e) => return AttemptResult::failed(describe_error(&e), started),
     };
     let status = response.status().as_u16();
     let headers = headers_json(response.headers());
@@ -157,6 +178,9 @@ pub(crate) fn headers_json(
 }
 
 pub(crate) fn describe_error(e: &reqwest::Error) -> String {
+    if let Some(refused) = super::egress::refusal_in(e) {
+        return refused_text(refused);
+    }
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -2,7 +2,10 @@
 //! credentials with a shared token cache), the `Idempotency-Key` header, one attempt, and the
 //! response as later steps see it (`{status, headers, body}`).
 
-use super::attempt::{Outcome, classify, describe_error, headers_json, read_bounded, retry_after};
+use super::attempt::{
+    Outcome, classify, describe_error, headers_json, read_bounded, refused_text, retry_after,
+};
+use super::egress::EgressClient;
 use crate::clock::Millis;
 use crate::engine::HttpRequest;
 use crate::engine::program::{Auth, HttpStep, OAuth2};
@@ -34,7 +37,7 @@ impl TokenCache {
     /// A valid token; `stale` is a token the API just refused, which must not be given again.
     async fn token(
         &self,
-        client: &reqwest::Client,
+        client: &EgressClient,
         oauth: &OAuth2,
         now: Millis,
         stale: Option<&str>,
@@ -66,7 +69,7 @@ impl TokenCache {
 }
 
 async fn fetch_token(
-    client: &reqwest::Client,
+    client: &EgressClient,
     oauth: &OAuth2,
     now: Millis,
 ) -> Result<CachedToken, String> {
@@ -80,7 +83,14 @@ async fn fetch_token(
     };
     let secret = String::from_utf8_lossy(oauth.client_secret.expose()).into_owned();
     let response = client
-        .post(oauth.token_url.clone())
+        .request(reqwest::Method::POST, &oauth.token_url)
+        .map_err(|refused| {
+            format!(
+                "token request to {}: {}",
+                oauth.token_url,
+                refused_text(&refused)
+            )
+        })?
         .timeout(Duration::from_secs(30))
         .basic_auth(&oauth.client_id, Some(secret))
         .header(
@@ -168,7 +178,7 @@ impl StepResponse {
 /// Sends one attempt of `step`. With OAuth2, a 401 answer refreshes the token once and sends
 /// again within the same attempt.
 pub async fn perform(
-    client: &reqwest::Client,
+    client: &EgressClient,
     tokens: &TokenCache,
     step: &HttpStep,
     request: &HttpRequest,
@@ -177,13 +187,16 @@ pub async fn perform(
     let started = std::time::Instant::now();
     let mut stale: Option<String> = None;
     loop {
-        let mut builder = client
-            .request(request.method.clone(), request.url.clone())
-            .timeout(step.timeout)
-            .header(
-                reqwest::header::USER_AGENT,
-                concat!("Ferry/", env!("CARGO_PKG_VERSION")),
-            );
+        let builder = match client.request(request.method.clone(), &request.url) {
+            Ok(b) => b,
+            Err(refused) => {
+                return StepResponse::failed(refused_text(&refused), Outcome::Retryable, started);
+            }
+        };
+        let mut builder = builder.timeout(step.timeout).header(
+            reqwest::header::USER_AGENT,
+            concat!("Ferry/", env!("CARGO_PKG_VERSION")),
+        );
         let mut has_key = false;
         let mut has_type = false;
         for (name, value) in &request.headers {

@@ -16,6 +16,7 @@
 
 pub mod attempt;
 pub mod circuit;
+pub mod egress;
 pub mod http_step;
 pub mod retry;
 pub mod runs;
@@ -102,7 +103,7 @@ pub enum PauseError {
 struct AttemptContext {
     store: Store,
     clock: SharedClock,
-    client: reqwest::Client,
+    client: egress::EgressClient,
     control: mpsc::UnboundedSender<Control>,
     // A std mutex: held for one random draw, never across an await.
     rng: Mutex<fastrand::Rng>,
@@ -114,19 +115,6 @@ struct AttemptContext {
     read_back: Arc<Budget>,
 }
 
-/// The HTTP client every delivery uses: connection reuse, no redirects followed, no
-/// environment proxies.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(256)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .build()
-}
-
 impl Deliverer {
     /// Starts the dispatcher and one queue per destination, after loading the pending jobs
     /// from the store.
@@ -134,7 +122,7 @@ impl Deliverer {
         config: Arc<Config>,
         store: Store,
         clock: SharedClock,
-        client: reqwest::Client,
+        client: egress::EgressClient,
         options: DelivererOptions,
         runs: runs::RunWaker,
         metrics: Arc<crate::telemetry::Metrics>,

@@ -285,7 +285,6 @@ pub async fn spawn_serve(
     envs: &[(&str, &str)],
     stderr: std::process::Stdio,
 ) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
     command
         .args(args)
@@ -294,6 +293,17 @@ pub async fn spawn_serve(
     for (k, v) in envs {
         command.env(k, v);
     }
+    spawn_announced(command, stderr).await
+}
+
+/// Starts `command`, a `ferry serve` (perhaps behind a wrapper such as `unshare`) that
+/// listens on port 0, and returns the child with the address it announced on stdout once it
+/// is ready.
+pub async fn spawn_announced(
+    mut command: tokio::process::Command,
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
     let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
@@ -385,6 +395,7 @@ impl Reply {
 /// A real HTTP receiver on a random port. Answers from its script, then with `fallback`.
 #[derive(Clone)]
 pub struct Receiver {
+    pub addr: SocketAddr,
     pub url: String,
     requests: Arc<Mutex<Vec<Recorded>>>,
     script: Arc<Mutex<VecDeque<Reply>>>,
@@ -397,9 +408,16 @@ impl Receiver {
     }
 
     pub async fn start_with(fallback: Reply) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1", fallback).await
+    }
+
+    /// A receiver on a random port of `ip` (`::1`, `127.0.0.2`).
+    pub async fn start_at(ip: &str, fallback: Reply) -> Receiver {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let r = Receiver {
+            addr,
             url: format!("http://{addr}/hook"),
             requests: Arc::default(),
             script: Arc::default(),

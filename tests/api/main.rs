@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod crash;
 mod disk_full;
+mod egress;
 mod events;
 mod fanout;
 mod flows;
