@@ -163,7 +163,12 @@ pub async fn put(
 
 /// Puts back the stored secrets that `spec` gives as the mask (what a read shows): writing back
 /// an object as read keeps its secrets. A mask with no stored secret behind it is refused.
-fn unmask(kind: ObjectKind, id: &str, spec: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+fn unmask(
+    kind: ObjectKind,
+    id: &str,
+    spec: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     let missing = crate::secrets::fields::restore_masked(kind, spec, old);
     if missing.is_empty() {
         return Ok(());

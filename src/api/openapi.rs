@@ -146,7 +146,10 @@ impl ToSchema for ConfigSpec {}
 pub struct SourceSpec;
 impl utoipa::PartialSchema for SourceSpec {
     fn schema() -> RefOr<Schema> {
-        holder_schema(Holder::Source, "a source (the fields that hold secrets; the rest as the config file writes it)")
+        holder_schema(
+            Holder::Source,
+            "a source (the fields that hold secrets; the rest as the config file writes it)",
+        )
     }
 }
 impl ToSchema for SourceSpec {}
@@ -155,7 +158,10 @@ impl ToSchema for SourceSpec {}
 pub struct DestinationSpec;
 impl utoipa::PartialSchema for DestinationSpec {
     fn schema() -> RefOr<Schema> {
-        holder_schema(Holder::Destination, "a destination (the fields that hold secrets; the rest as the config file writes it)")
+        holder_schema(
+            Holder::Destination,
+            "a destination (the fields that hold secrets; the rest as the config file writes it)",
+        )
     }
 }
 impl ToSchema for DestinationSpec {}
@@ -164,7 +170,10 @@ impl ToSchema for DestinationSpec {}
 pub struct HttpStepSpec;
 impl utoipa::PartialSchema for HttpStepSpec {
     fn schema() -> RefOr<Schema> {
-        holder_schema(Holder::HttpStep, "an http step (the fields that hold secrets; the rest as the config file writes it)")
+        holder_schema(
+            Holder::HttpStep,
+            "an http step (the fields that hold secrets; the rest as the config file writes it)",
+        )
     }
 }
 impl ToSchema for HttpStepSpec {}
@@ -194,13 +203,18 @@ fn holder_schema(holder: Holder, about: &str) -> RefOr<Schema> {
     for field in FIELDS.iter().filter(|f| f.holder == holder) {
         let leaf = match field.how {
             How::Whole => json!({"type": "string", "writeOnly": true, "description": field.about}),
-            How::Headers => json!({"type": "object", "additionalProperties": {"type": "string"}, "description": field.about}),
+            How::Headers => {
+                json!({"type": "object", "additionalProperties": {"type": "string"}, "description": field.about})
+            }
             How::Url => json!({"type": "string", "description": field.about}),
         };
         insert(&mut root, field.path, leaf);
     }
     if holder != Holder::Source {
-        for (name, what) in [(SECRET_HEADERS, "header names"), (SECRET_QUERY_PARAMS, "query parameter names")] {
+        for (name, what) in [
+            (SECRET_HEADERS, "header names"),
+            (SECRET_QUERY_PARAMS, "query parameter names"),
+        ] {
             root["properties"][name] = json!({"type": "array", "items": {"type": "string"}, "description": format!("more {what} whose values are secrets")});
         }
     }
@@ -218,7 +232,8 @@ fn insert(node: &mut serde_json::Value, path: &[&str], leaf: serde_json::Value) 
         return;
     }
     if !properties[*first].is_object() {
-        properties[*first] = json!({"type": "object", "additionalProperties": true, "properties": {}});
+        properties[*first] =
+            json!({"type": "object", "additionalProperties": true, "properties": {}});
     }
     insert(&mut properties[*first], rest, leaf);
 }

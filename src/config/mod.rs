@@ -1371,7 +1371,8 @@ impl Checker<'_> {
         let host_fixed = prefix
             .split_once("://")
             .is_some_and(|(_, rest)| rest.contains(['/', '?']) || prefix.len() == raw.url.len());
-        let shown_url = crate::secrets::url::shown(&raw.url, &lower_case(raw.secret_query_params.clone()));
+        let shown_url =
+            crate::secrets::url::shown(&raw.url, &lower_case(raw.secret_query_params.clone()));
         if !host_fixed {
             self.error(place.to_string(), format!("`http.url`: `{shown_url}` must start with a fixed `http(s)://host/`; placeholders may fill the path and query, not the host"));
         } else {

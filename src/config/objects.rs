@@ -195,7 +195,8 @@ mod tests {
         let b = json!({"retry": {"max": "1h", "initial": "1s"}, "id": "crm"});
         assert_eq!(digest(&a), digest(&b));
         assert_ne!(digest(&a), digest(&json!({"id": "crm"})));
-        let spec = json!({"id": "crm", "signing": {"secret": "whsec_x"}, "headers": {"x-api-key": "k"}});
+        let spec =
+            json!({"id": "crm", "signing": {"secret": "whsec_x"}, "headers": {"x-api-key": "k"}});
         let shown = masked(ObjectKind::Destination, &spec).to_string();
         let flow = json!({"id": "f", "steps": [
             {"http": {"url": "https://a.example/", "auth": {"basic": {"username": "u", "password": "p"}}}},

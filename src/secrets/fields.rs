@@ -410,10 +410,24 @@ mod tests {
         ] {
             assert!(is_secret_header(name), "{name}");
         }
-        for name in ["accept", "content-type", "idempotency-key", "x-tenant", "keys"] {
+        for name in [
+            "accept",
+            "content-type",
+            "idempotency-key",
+            "x-tenant",
+            "keys",
+        ] {
             assert!(!is_secret_header(name), "{name}");
         }
-        for name in ["key", "TOKEN", "api_key", "sig", "signature", "access_token", "x-amz-signature"] {
+        for name in [
+            "key",
+            "TOKEN",
+            "api_key",
+            "sig",
+            "signature",
+            "access_token",
+            "x-amz-signature",
+        ] {
             assert!(is_secret_query_param(name), "{name}");
         }
         for name in ["page", "q", "keyword", "monkey_business"] {

@@ -231,7 +231,10 @@ pub(super) fn find_key(
             std::fs::rename(&next_path, &path)
                 .and_then(|()| sync_dir(dir))
                 .map_err(|source| key_file_error(&path, source))?;
-            tracing::info!(key_id = next.id(), "finished an interrupted key rotation: the new key is in the key file");
+            tracing::info!(
+                key_id = next.id(),
+                "finished an interrupted key rotation: the new key is in the key file"
+            );
             return Ok((next, KeyOrigin::File(path)));
         }
         // The rotation did not commit: the store is under the key file's key.

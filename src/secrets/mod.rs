@@ -63,7 +63,10 @@ mod tests {
             ),
             "invalid type: a string, expected struct RawSigning at line 3"
         );
-        assert_eq!(super::without_quoted_values("unknown field `x`"), "unknown field `x`");
+        assert_eq!(
+            super::without_quoted_values("unknown field `x`"),
+            "unknown field `x`"
+        );
         assert_eq!(super::without_quoted_values(r#"string "open"#), "a string");
     }
 }

@@ -69,11 +69,10 @@ pub async fn rotate(
 ) -> Result<Rotated, RotateError> {
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let owned = dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || {
-        Store::open(&owned, StoreOptions::default(), metrics)
-    })
-    .await
-    .map_err(|e| RotateError::Task(e.to_string()))??;
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&owned, StoreOptions::default(), metrics))
+            .await
+            .map_err(|e| RotateError::Task(e.to_string()))??;
     let stored = store.read(crate::store::api_objects).await?;
     let objects = keys::read_stored(stored);
     let (old, origin) = keys::find_key(dir, env_key, &objects)?;

@@ -159,9 +159,7 @@ pub enum OpenError {
     Damaged(String),
     #[error("it was sealed under key {stored}, not under key {given}")]
     OtherKey { stored: String, given: String },
-    #[error(
-        "it does not open under key {0}: the value was changed, or moved from another place"
-    )]
+    #[error("it does not open under key {0}: the value was changed, or moved from another place")]
     DoesNotOpen(String),
 }
 
@@ -270,7 +268,11 @@ mod tests {
         let sealed = seal(&key, "whsec_abc", SITE).unwrap();
         assert!(sealed.starts_with(&format!("sealed:v1:{}:", key.id())));
         assert!(!sealed.contains("whsec_abc"));
-        assert_ne!(sealed, seal(&key, "whsec_abc", SITE).unwrap(), "a fresh nonce each time");
+        assert_ne!(
+            sealed,
+            seal(&key, "whsec_abc", SITE).unwrap(),
+            "a fresh nonce each time"
+        );
         assert_eq!(open(&key, &sealed, SITE).unwrap(), "whsec_abc");
 
         let moved = Site {
@@ -282,15 +284,24 @@ mod tests {
             Err(OpenError::DoesNotOpen(key.id().into()))
         );
         let other = SecretKey::generate().unwrap();
-        assert!(matches!(open(&other, &sealed, SITE), Err(OpenError::OtherKey { .. })));
+        assert!(matches!(
+            open(&other, &sealed, SITE),
+            Err(OpenError::OtherKey { .. })
+        ));
         // The same id with other bytes (a forged id) still does not open.
         let forged = sealed.replace(key.id(), other.id());
-        assert!(matches!(open(&other, &forged, SITE), Err(OpenError::DoesNotOpen(_))));
+        assert!(matches!(
+            open(&other, &forged, SITE),
+            Err(OpenError::DoesNotOpen(_))
+        ));
         let mut flipped = sealed.clone().into_bytes();
         let last = flipped.len() - 10;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
-        assert!(matches!(open(&key, &flipped, SITE), Err(OpenError::DoesNotOpen(_))));
+        assert!(matches!(
+            open(&key, &flipped, SITE),
+            Err(OpenError::DoesNotOpen(_))
+        ));
         for bad in [
             "whsec_plain".to_string(),
             "sealed:v9:zz".to_string(),

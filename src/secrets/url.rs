@@ -220,11 +220,20 @@ mod tests {
     #[test]
     fn masks_query_secrets_and_passwords_and_nothing_else() {
         let cases = [
-            ("https://a.example/p?key=abc&page=2", "https://a.example/p?key=********&page=2"),
+            (
+                "https://a.example/p?key=abc&page=2",
+                "https://a.example/p?key=********&page=2",
+            ),
             ("https://u:pw@a.example/p", "https://u:********@a.example/p"),
             ("https://u@a.example/p?x=1", "https://u@a.example/p?x=1"),
-            ("https://a.example/{{ .a }}?api%5Fkey=s#frag", "https://a.example/{{ .a }}?api%5Fkey=********#frag"),
-            ("https://a.example/?q={{ .a + \"&token=x\" }}&sig=1", "https://a.example/?q={{ .a + \"&token=x\" }}&sig=********"),
+            (
+                "https://a.example/{{ .a }}?api%5Fkey=s#frag",
+                "https://a.example/{{ .a }}?api%5Fkey=********#frag",
+            ),
+            (
+                "https://a.example/?q={{ .a + \"&token=x\" }}&sig=1",
+                "https://a.example/?q={{ .a + \"&token=x\" }}&sig=********",
+            ),
             ("https://a.example/?token", "https://a.example/?token"),
         ];
         for (text, want) in cases {
@@ -245,6 +254,13 @@ mod tests {
             unmasked(sent, old, &[]).as_deref(),
             Some("https://u:pw@a.example/q?key=k1&key=new&page=3")
         );
-        assert_eq!(unmasked("https://a.example/?token=********", "https://a.example/", &[]), None);
+        assert_eq!(
+            unmasked(
+                "https://a.example/?token=********",
+                "https://a.example/",
+                &[]
+            ),
+            None
+        );
     }
 }

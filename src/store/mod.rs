@@ -440,12 +440,10 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     options.create(true).truncate(false).write(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options
-        .open(&path)
-        .map_err(|source| StoreError::DataDir {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let file = options.open(&path).map_err(|source| StoreError::DataDir {
+        path: path.display().to_string(),
+        source,
+    })?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
         match file.try_lock() {

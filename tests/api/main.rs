@@ -20,5 +20,6 @@ mod limits;
 mod openapi;
 mod overload;
 mod retries;
+mod secrets;
 mod tokens;
 mod validation;
