@@ -66,7 +66,7 @@ pub const FIELDS: &[Field] = &[
         holder: Holder::Destination,
         path: &["headers"],
         how: How::Headers,
-        about: "header values; a secret header's value (named like authorization, cookie, *-key, *-token, *-secret, *-signature, *-password, or listed in `secret_headers`) is write-only",
+        about: "header values; a secret header's value (named like authorization, cookie, *-key, *-token, *-secret, *-password, *signature*, or listed in `secret_headers`) is write-only",
     },
     Field {
         holder: Holder::Destination,
@@ -153,24 +153,21 @@ const PUBLIC_HEADER_NAMES: [&str; 1] = ["idempotency-key"];
 
 /// Whether a header of this name carries a secret (case does not matter): `authorization`,
 /// `proxy-authorization`, `cookie`, `set-cookie`, names ending in `-key`, `-token`, `-secret`
-/// or `-password` (or with `_`), except `idempotency-key`, and names with `signature` in them. Allocates
-/// nothing: ingest asks it for every header of every event.
+/// or `-password` (or with `_`), except `idempotency-key`, and names with `signature` in them.
+/// Ingest asks it for every header of every event: a lower-case name (as `http` gives them) is
+/// checked without allocating.
 pub fn is_secret_header(name: &str) -> bool {
-    let eq = |n: &str| name.eq_ignore_ascii_case(n);
-    if PUBLIC_HEADER_NAMES.iter().any(|n| eq(n)) {
-        return false;
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return is_secret_lower_case_header(&name.to_ascii_lowercase());
     }
-    SECRET_HEADER_NAMES.iter().any(|n| eq(n))
-        || SECRET_HEADER_ENDINGS
-            .iter()
-            .any(|end| ends_with_ignore_case(name, end))
-        || contains_ignore_case(name, "signature")
+    is_secret_lower_case_header(name)
 }
 
-fn contains_ignore_case(text: &str, part: &str) -> bool {
-    text.as_bytes()
-        .windows(part.len())
-        .any(|w| w.eq_ignore_ascii_case(part.as_bytes()))
+fn is_secret_lower_case_header(name: &str) -> bool {
+    !PUBLIC_HEADER_NAMES.contains(&name)
+        && (SECRET_HEADER_NAMES.contains(&name)
+            || SECRET_HEADER_ENDINGS.iter().any(|end| name.ends_with(end))
+            || name.contains("signature"))
 }
 
 /// Query parameter names that hold secrets whole.

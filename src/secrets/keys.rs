@@ -76,18 +76,8 @@ pub enum UnlockError {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "the secret key does not open the stored secrets: {kind} `{id}`, field `{pointer}`: {why} ({origin} is key {key_id}){hint}"
-    )]
-    WrongKey {
-        kind: &'static str,
-        id: String,
-        pointer: String,
-        why: OpenError,
-        origin: KeyOrigin,
-        key_id: String,
-        hint: &'static str,
-    },
+    #[error("the secret key does not open the stored secrets: {0}")]
+    WrongKey(Box<WrongKey>),
     #[error(
         "the stored secrets are sealed under key {stored}, and there is no key: {KEY_ENV} is not set and `{path}` does not exist; restore the key file from a backup, or set {KEY_ENV} to the key they were sealed under"
     )]
@@ -101,6 +91,28 @@ pub enum UnlockError {
         id: String,
         pointer: String,
     },
+}
+
+/// A stored secret that the key in use does not open: where it is, and why.
+#[derive(Debug)]
+pub struct WrongKey {
+    pub kind: &'static str,
+    pub id: String,
+    pub pointer: String,
+    pub why: OpenError,
+    pub origin: KeyOrigin,
+    pub key_id: String,
+    pub hint: &'static str,
+}
+
+impl std::fmt::Display for WrongKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} `{}`, field `{}`: {} ({} is key {}){}",
+            self.kind, self.id, self.pointer, self.why, self.origin, self.key_id, self.hint
+        )
+    }
 }
 
 /// Seals the secrets of objects written through the API under the key in use. Cheap to clone.
@@ -298,7 +310,8 @@ pub(super) fn open_all(
                     id: &o.stored.id,
                     pointer,
                 };
-                *text = seal::open(key, text, site).map_err(|why| UnlockError::WrongKey {
+                *text = seal::open(key, text, site).map_err(|why| {
+                    UnlockError::WrongKey(Box::new(WrongKey {
                     kind: o.kind.noun(),
                     id: o.stored.id.clone(),
                     pointer: pointer.clone(),
@@ -314,6 +327,7 @@ pub(super) fn open_all(
                     why,
                     origin: origin.clone(),
                     key_id: key.id().to_string(),
+                    }))
                 })?;
             }
             Ok(spec)
