@@ -48,7 +48,8 @@ fn expression_corpus() {
 /// The targets that need no expression worker; a failure names the file, and so the target.
 #[test]
 fn ingest_config_signatures_and_schema_corpora() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 4] = [
         ("ingest", fuzzing::ingest),
         ("config", fuzzing::config),
         ("signatures", fuzzing::signatures),
