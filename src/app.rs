@@ -1,6 +1,6 @@
-//! Wiring: builds the shared state (config, store, deliverer, clock, API token) and serves
-//! every route on one listener. `run(listener, options, shutdown)` is the seam that `main`,
-//! the demo, the benchmark and the tests all start Ferry through.
+//! Wiring: builds the shared state (config, store, deliverer, clock, API token, the key of the
+//! stored secrets) and serves every route on one listener. `run(listener, options, shutdown)`
+//! is the seam that `main`, the demo, the benchmark and the tests all start Ferry through.
 
 use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
@@ -49,6 +49,8 @@ pub struct AppParts {
     pub alerts: crate::alerts::AlertsHandle,
     /// Bytes of request bodies ingest holds (`settings.memory.ingest_bytes`).
     pub ingest_budget: Arc<crate::memory::Budget>,
+    /// Seals the secrets of objects written through the API before they are stored.
+    pub sealer: crate::secrets::Sealer,
 }
 
 pub struct ServeOptions {
@@ -56,6 +58,9 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// The API token; when `None`, one is read from (or created in) the data directory.
     pub api_token: Option<String>,
+    /// The key that seals the stored secrets (`FERRY_SECRET_KEY`); when `None`, the key file
+    /// of the data directory (made at the first start).
+    pub secret_key: Option<crate::secrets::SecretKey>,
     pub clock: SharedClock,
     pub deliverer: DelivererOptions,
     pub store: StoreOptions,
@@ -78,6 +83,7 @@ impl ServeOptions {
             config,
             data_dir,
             api_token: None,
+            secret_key: None,
             clock: Arc::new(crate::clock::SystemClock),
             deliverer,
             store,
@@ -99,6 +105,8 @@ pub enum ServeError {
     },
     #[error("opening the store did not finish: {0}")]
     OpenTask(String),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::UnlockError),
     #[error("the objects made through the API no longer fit the config file:\n{0}")]
     ApiObjects(crate::config::ConfigErrors),
     #[error("the expression workers: {0}")]
@@ -107,18 +115,25 @@ pub enum ServeError {
     Config(crate::config::ConfigErrors),
 }
 
-/// The file's config merged with the objects made through the API, and every event type's
-/// schema recorded as a version when it is new.
+/// The file's config merged with the objects made through the API (their secrets opened
+/// with the key, which is found or made here), and every event type's schema recorded as a
+/// version when it is new.
 async fn with_api_objects(
     store: &Store,
+    data_dir: &Path,
+    secret_key: Option<crate::secrets::SecretKey>,
     file_config: Config,
     now: i64,
-) -> Result<Config, ServeError> {
+) -> Result<(Config, crate::secrets::Sealer), ServeError> {
     let stored = store.read(crate::store::api_objects).await?;
-    let config = if stored.is_empty() {
+    let dir = data_dir.to_path_buf();
+    let (sealer, objects) =
+        tokio::task::spawn_blocking(move || crate::secrets::unlock(&dir, secret_key, stored))
+            .await
+            .map_err(|e| ServeError::OpenTask(e.to_string()))??;
+    let config = if objects.is_empty() {
         file_config
     } else {
-        let objects = crate::api::config_objects::from_stored(stored);
         crate::config::build(&file_config.file, &objects).map_err(ServeError::ApiObjects)?
     };
     store
@@ -128,7 +143,7 @@ async fn with_api_objects(
             now,
         })
         .await?;
-    Ok(config)
+    Ok((config, sealer))
 }
 
 /// Opens the store, resumes pending deliveries and returns the state to serve.
@@ -154,7 +169,15 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         .start()
         .await
         .map_err(|e| ServeError::Expressions(e.to_string()))?;
-    let config = Arc::new(with_api_objects(&store, options.config, options.clock.now_ms()).await?);
+    let (config, sealer) = with_api_objects(
+        &store,
+        &options.data_dir,
+        options.secret_key,
+        options.config,
+        options.clock.now_ms(),
+    )
+    .await?;
+    let config = Arc::new(config);
     sandbox
         .check_config(&config)
         .await
@@ -219,6 +242,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         alive: Arc::new(alive),
         alerts,
         ingest_budget: crate::memory::Budget::new(config.settings.memory.ingest_bytes),
+        sealer,
     })))
 }
 

@@ -2,7 +2,8 @@
 //! `ingest` (receive, verify, validate; `json` is the strict JSON it accepts) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
 //! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets),
-//! `cli` (client output), `demo` and `bench`; `fuzzing` holds the fuzz targets' entry points.
+//! `secrets` (which fields are secret, sealing them at rest, the key), `cli` (client output),
+//! `demo` and `bench`; `fuzzing` holds the fuzz targets' entry points.
 //! See ARCHITECTURE.md.
 
 pub mod alerts;
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod ingest;
 pub mod json;
 pub mod memory;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -111,6 +111,9 @@ enum Command {
     Bench(ferry::bench::BenchArgs),
     /// Print the OpenAPI document of the management API (what `/api/v1/openapi.json` serves).
     Openapi,
+    /// The stored secrets (offline: Ferry must not be running on the data directory).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// The bare handler `ferry bench` compares with (reads the body, answers 202).
     #[command(hide = true)]
     BenchBare {
@@ -119,6 +122,19 @@ enum Command {
         /// Append every body to a file in this folder and answer only once it is synced.
         #[arg(long)]
         synced_in: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored secret again under a new key. The old key is FERRY_SECRET_KEY, or the
+    /// data directory's key file. The new key is FERRY_NEW_SECRET_KEY (32 bytes in base64);
+    /// with a key file it may be left out, and a random one replaces the key file. With
+    /// FERRY_SECRET_KEY, set it to the new key afterwards.
+    Rotate {
+        /// The data directory.
+        #[arg(long, env = "FERRY_DATA", default_value = "ferry-data")]
+        data: PathBuf,
     },
 }
 
@@ -382,6 +398,9 @@ fn main() -> std::process::ExitCode {
             client: args,
         } => runtime().and_then(|rt| rt.block_on(apply(&file, prune, dry_run, args))),
         Command::Bench(args) => ferry::bench::run(args).map_err(Into::into),
+        Command::Secrets(SecretsCommand::Rotate { data }) => {
+            runtime().and_then(|rt| rt.block_on(rotate_secrets(&data)))
+        }
         Command::Openapi => {
             print!("{}", ferry::api::openapi::document());
             Ok(())
@@ -545,6 +564,7 @@ async fn serve(
         }
     };
     let mut options = ferry::app::ServeOptions::new(config, data.clone());
+    options.secret_key = ferry::secrets::key_from_env(ferry::secrets::KEY_ENV)?;
     options.api_token = std::env::var("FERRY_API_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -563,6 +583,25 @@ async fn serve(
     tracing::info!(%addr, data = %data.display(), "ferry is serving; the API token is {token_note}");
     ferry::app::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `ferry secrets rotate`: every stored secret sealed under a new key.
+async fn rotate_secrets(data: &Path) -> anyhow::Result<()> {
+    use ferry::secrets::{KEY_ENV, NEW_KEY_ENV, key_from_env};
+    let old = key_from_env(KEY_ENV)?;
+    let new = key_from_env(NEW_KEY_ENV)?;
+    let done = ferry::secrets::rotate::rotate(data, old, new)
+        .await
+        .with_context(|| format!("the secrets in {} were not rotated", data.display()))?;
+    println!(
+        "sealed {} secret(s) of {} object(s) under key {} (they were under key {})",
+        done.secrets, done.objects, done.new_key_id, done.old_key_id
+    );
+    match done.key_file {
+        Some(path) => println!("{} holds the new key; back it up", path.display()),
+        None => println!("set {KEY_ENV} to the new key ({NEW_KEY_ENV}) before Ferry starts again"),
+    }
     Ok(())
 }
 

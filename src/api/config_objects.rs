@@ -3,7 +3,8 @@
 //! file's objects by the same code that checks the file (`config::build`), committed to the
 //! store, and then swapped in whole: ingest, the dispatcher and the run worker see the new
 //! config from their next event on. Objects from the config file are provisioned: they are
-//! listed with the others but refused (`409 provisioned`) for any change.
+//! listed with the others but refused (`409 provisioned`) for any change. Secrets are shown
+//! masked; a masked value written back keeps the stored secret; the store gets them sealed.
 
 use super::error::ApiError;
 use super::{Page, check_limit, given, page, query};
@@ -17,25 +18,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The stored API objects as specs (an unreadable one keeps a `null` spec, which the config
-/// check then reports with its place).
-pub fn from_stored(stored: Vec<crate::store::StoredObject>) -> Vec<ObjectSpec> {
-    stored
-        .into_iter()
-        .filter_map(|o| {
-            let Some(kind) = ObjectKind::parse(&o.kind) else {
-                tracing::warn!(kind = %o.kind, id = %o.id, "stored config object of an unknown kind; left out");
-                return None;
-            };
-            let spec = serde_json::from_str(&o.spec).unwrap_or(Value::Null);
-            let mut object = ObjectSpec::new(kind, o.id, spec, false);
-            object.created_at = Some(o.created_at);
-            object.updated_at = Some(o.updated_at);
-            Some(object)
-        })
-        .collect()
-}
 
 /// The schemas of `config`'s event types (of `only` that one when given), as JSON text, for
 /// the schema versions.
@@ -112,7 +94,7 @@ pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response
 /// `POST /api/v1/{kind}`: a new object; its id is the spec's `id` (`name` for an event type).
 #[utoipa::path(post, path = "/api/v1/{kind}", operation_id = "create_config_object", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path)),
-    request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
+    request_body(content = crate::api::openapi::ConfigSpec, description = "the object as the config file writes it; secrets are write-only (`********` keeps the stored secret)"),
     responses((status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Response, ApiError> {
     let spec = spec_from_body(body)?;
@@ -130,6 +112,8 @@ pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Resp
     if let Some(o) = app.config.get().objects.get(&(kind, id.clone())) {
         return Err(exists(o));
     }
+    let mut spec = spec;
+    unmask(kind, &id, &mut spec, None)?;
     change(&app, kind, &id, Some(spec)).await
 }
 
@@ -137,7 +121,7 @@ pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Resp
 /// out and must match the path when given.
 #[utoipa::path(put, path = "/api/v1/{kind}/{id}", operation_id = "put_config_object", tag = "config", security(("bearer" = [])),
     params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
-    request_body(content = serde_json::Map<String, Value>, description = "the object as the config file writes it"),
+    request_body(content = crate::api::openapi::ConfigSpec, description = "the object as the config file writes it; secrets are write-only (`********` keeps the stored secret)"),
     responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::openapi::ConfigObject), (status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn put(
     kind: ObjectKind,
@@ -165,13 +149,40 @@ pub async fn put(
         if o.provisioned {
             return Err(exists(o));
         }
+        unmask(kind, &id, &mut spec, Some(&o.spec))?;
         if o.digest == crate::config::objects::digest(&spec) {
             let mut shown = view(&config, o, None);
             shown["changed"] = Value::Bool(false);
             return Ok(Json(shown).into_response());
         }
+    } else {
+        unmask(kind, &id, &mut spec, None)?;
     }
     change(&app, kind, &id, Some(spec)).await
+}
+
+/// Puts back the stored secrets that `spec` gives as the mask (what a read shows): writing back
+/// an object as read keeps its secrets. A mask with no stored secret behind it is refused.
+fn unmask(
+    kind: ObjectKind,
+    id: &str,
+    spec: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let missing = crate::secrets::fields::restore_masked(kind, spec, old);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_object",
+        format!(
+            "{} `{id}`: `{}` is the mask `{}`, and there is no stored secret for it to keep; give the secret itself",
+            kind.noun(),
+            missing.join("`, `"),
+            crate::secrets::MASK
+        ),
+    ))
 }
 
 /// `DELETE /api/v1/{kind}/{id}`.
@@ -300,13 +311,21 @@ async fn change(
         .check_config(&config)
         .await
         .map_err(|errors| invalid(kind, id, spec.is_none(), errors))?;
+    // The store keeps the spec with its secrets sealed.
+    let stored = match &spec {
+        Some(s) => Some(
+            app.sealer
+                .seal_spec(kind, id, s)
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
     app.store
         .change_config(crate::store::ConfigChange {
-            object: Some((
-                kind.as_str().to_string(),
-                id.to_string(),
-                spec.as_ref().map(Value::to_string),
-            )),
+            object: Some((kind.as_str().to_string(), id.to_string(), stored)),
             // Only an event type's own change can make a new version of its schema.
             schemas: match kind {
                 ObjectKind::EventType => schemas(&config, Some(id)),
@@ -465,7 +484,7 @@ async fn destination_health(
             let dest = config.destinations.get(&id)?;
             let h = health.get(&id)?;
             let shown = json!({
-                "url": dest.url.as_str(),
+                "url": dest.shown_url(),
                 "last_hour": {
                     "attempts": total,
                     "failed": failed,

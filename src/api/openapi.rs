@@ -3,7 +3,10 @@
 //! `docs/openapi.json` (a test fails when the two differ). The types here only describe JSON
 //! that handlers build directly.
 
+use crate::secrets::fields::{FIELDS, Holder, How, SECRET_HEADERS, SECRET_QUERY_PARAMS};
+use serde_json::json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, schema::Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 #[derive(OpenApi)]
@@ -41,7 +44,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::readyz,
         super::operations::metrics,
     ),
-    components(schemas(ObjectKindDoc)),
+    components(schemas(ObjectKindDoc, ConfigSpec, SourceSpec, DestinationSpec, FlowSpec, HttpStepSpec)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -117,7 +120,127 @@ pub struct ConfigObject {
     digest: String,
     created_at: Option<String>,
     updated_at: Option<String>,
-    spec: serde_json::Map<String, serde_json::Value>,
+    spec: ConfigSpec,
+}
+
+/// A config object's spec as the config file writes it. Its secrets (`secrets::fields`) are
+/// write-only: accepted on write, shown as `********` on every read; the mask written back on
+/// `PUT` keeps the stored secret.
+pub struct ConfigSpec;
+
+impl utoipa::PartialSchema for ConfigSpec {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, Ref};
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name("SourceSpec"))
+            .item(Ref::from_schema_name("DestinationSpec"))
+            .item(Ref::from_schema_name("FlowSpec"))
+            .item(from_json(json!({"type": "object", "additionalProperties": true, "description": "an event type or an alert rule"})))
+            .description(Some("the object as the config file writes it; secrets are write-only (shown as `********`; `********` written back keeps the stored secret)"))
+            .into()
+    }
+}
+impl ToSchema for ConfigSpec {}
+
+/// A source's spec: its secret fields.
+pub struct SourceSpec;
+impl utoipa::PartialSchema for SourceSpec {
+    fn schema() -> RefOr<Schema> {
+        holder_schema(
+            Holder::Source,
+            "a source (the fields that hold secrets; the rest as the config file writes it)",
+        )
+    }
+}
+impl ToSchema for SourceSpec {}
+
+/// A destination's spec: its secret fields.
+pub struct DestinationSpec;
+impl utoipa::PartialSchema for DestinationSpec {
+    fn schema() -> RefOr<Schema> {
+        holder_schema(
+            Holder::Destination,
+            "a destination (the fields that hold secrets; the rest as the config file writes it)",
+        )
+    }
+}
+impl ToSchema for DestinationSpec {}
+
+/// An `http` step's secret fields.
+pub struct HttpStepSpec;
+impl utoipa::PartialSchema for HttpStepSpec {
+    fn schema() -> RefOr<Schema> {
+        holder_schema(
+            Holder::HttpStep,
+            "an http step (the fields that hold secrets; the rest as the config file writes it)",
+        )
+    }
+}
+impl ToSchema for HttpStepSpec {}
+
+/// A flow's spec: the `http` steps hold its secrets.
+pub struct FlowSpec;
+impl utoipa::PartialSchema for FlowSpec {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "type": "object",
+            "additionalProperties": true,
+            "description": "a flow; its http steps (in `steps`, and in the step lists of `branch` cases) hold its secrets",
+            "properties": {"steps": {"type": "array", "items": {
+                "type": "object",
+                "additionalProperties": true,
+                "properties": {"http": {"$ref": "#/components/schemas/HttpStepSpec"}}
+            }}}
+        }))
+    }
+}
+impl ToSchema for FlowSpec {}
+
+/// The schema of a holder's secret fields, from the one list (`secrets::fields::FIELDS`): an
+/// object that may have other properties, whole secrets `writeOnly`.
+fn holder_schema(holder: Holder, about: &str) -> RefOr<Schema> {
+    let mut root = json!({"type": "object", "additionalProperties": true, "description": about, "properties": {}});
+    for field in FIELDS.iter().filter(|f| f.holder == holder) {
+        let leaf = match field.how {
+            How::Whole => json!({"type": "string", "writeOnly": true, "description": field.about}),
+            How::Headers => {
+                json!({"type": "object", "additionalProperties": {"type": "string"}, "description": field.about})
+            }
+            How::Url => json!({"type": "string", "description": field.about}),
+        };
+        insert(&mut root, field.path, leaf);
+    }
+    if holder != Holder::Source {
+        for (name, what) in [
+            (SECRET_HEADERS, "header names"),
+            (SECRET_QUERY_PARAMS, "query parameter names"),
+        ] {
+            root["properties"][name] = json!({"type": "array", "items": {"type": "string"}, "description": format!("more {what} whose values are secrets")});
+        }
+    }
+    from_json(root)
+}
+
+/// Puts `leaf` at `path` under `node`'s properties, making the objects on the way.
+fn insert(node: &mut serde_json::Value, path: &[&str], leaf: serde_json::Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let properties = &mut node["properties"];
+    if rest.is_empty() {
+        properties[*first] = leaf;
+        return;
+    }
+    if !properties[*first].is_object() {
+        properties[*first] =
+            json!({"type": "object", "additionalProperties": true, "properties": {}});
+    }
+    insert(&mut properties[*first], rest, leaf);
+}
+
+/// A schema written as JSON (an object schema: utoipa reads one from JSON as it writes it).
+fn from_json(value: serde_json::Value) -> RefOr<Schema> {
+    serde_json::from_value(value).unwrap_or_default()
 }
 
 #[derive(ToSchema)]

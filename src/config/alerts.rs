@@ -154,7 +154,11 @@ impl Checker<'_> {
                         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
                         _ => {
                             // The URL of a Slack channel is a credential: do not echo it.
-                            let shown = if c.kind == "slack" { "(hidden)" } else { text };
+                            let shown = if c.kind == "slack" {
+                                "(hidden)".to_string()
+                            } else {
+                                crate::secrets::url::shown(text, &[])
+                            };
                             self.error(place, format!("`url`: `{shown}` is not an http(s) URL"));
                             continue;
                         }

@@ -226,6 +226,26 @@ pub struct Destination {
     pub retry: RetryPolicy,
     pub concurrency: usize,
     pub breaker: crate::deliver::circuit::BreakerConfig,
+    /// Header and query parameter names (lower case) whose values are secrets besides the
+    /// names `secrets::fields` knows.
+    pub secret_headers: Vec<String>,
+    pub secret_query_params: Vec<String>,
+}
+
+impl Destination {
+    /// Whether the value of the destination's header `name` is a secret.
+    pub fn secret_header(&self, name: &str) -> bool {
+        crate::secrets::is_secret_header(name)
+            || self
+                .secret_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// The URL as reads and errors show it: its secret parts masked.
+    pub fn shown_url(&self) -> String {
+        crate::secrets::url::shown(self.url.as_str(), &self.secret_query_params)
+    }
 }
 
 #[derive(Debug)]
@@ -330,7 +350,8 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
         ConfigErrors(
             vec![ConfigError {
                 place,
-                message: e.to_string(),
+                // A value in the wrong place may be a secret: the message does not quote it.
+                message: crate::secrets::without_quoted_values(&e.to_string()),
             }],
             Vec::new(),
         )
@@ -397,7 +418,7 @@ fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String
     if spec.get(id_field).and_then(|v| v.as_str()) != Some(object.id.as_str()) {
         return Err(format!("`{id_field}` must be `{}`", object.id));
     }
-    let shape = |e: serde_json::Error| e.to_string();
+    let shape = |e: serde_json::Error| crate::secrets::without_quoted_values(&e.to_string());
     match object.kind {
         ObjectKind::Source => raw
             .sources
@@ -1048,9 +1069,10 @@ impl Checker<'_> {
                 return None;
             }
             Err(e) => {
+                let shown = crate::secrets::url::shown(&url_text, &raw.secret_query_params);
                 self.error(
                     place.to_string(),
-                    format!("`url`: `{url_text}` is not a URL ({e})"),
+                    format!("`url`: `{shown}` is not a URL ({e})"),
                 );
                 return None;
             }
@@ -1097,6 +1119,8 @@ impl Checker<'_> {
             retry,
             concurrency: concurrency.max(1) as usize,
             breaker,
+            secret_headers: lower_case(raw.secret_headers),
+            secret_query_params: lower_case(raw.secret_query_params),
         })
     }
 
@@ -1390,8 +1414,10 @@ impl Checker<'_> {
         let host_fixed = prefix
             .split_once("://")
             .is_some_and(|(_, rest)| rest.contains(['/', '?']) || prefix.len() == raw.url.len());
+        let shown_url =
+            crate::secrets::url::shown(&raw.url, &lower_case(raw.secret_query_params.clone()));
         if !host_fixed {
-            self.error(place.to_string(), format!("`http.url`: `{}` must start with a fixed `http(s)://host/`; placeholders may fill the path and query, not the host", raw.url));
+            self.error(place.to_string(), format!("`http.url`: `{shown_url}` must start with a fixed `http(s)://host/`; placeholders may fill the path and query, not the host"));
         } else {
             match url::Url::parse(prefix) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
@@ -1406,7 +1432,7 @@ impl Checker<'_> {
                 Err(e) => {
                     self.error(
                         place.to_string(),
-                        format!("`http.url`: `{}` is not a URL ({e})", raw.url),
+                        format!("`http.url`: `{shown_url}` is not a URL ({e})"),
                     );
                 }
             }
@@ -1440,6 +1466,8 @@ impl Checker<'_> {
             auth_label: auth.as_ref().map(Auth::label),
             auth,
             body,
+            secret_headers: lower_case(raw.secret_headers),
+            secret_query_params: lower_case(raw.secret_query_params),
             timeout,
             retry,
         })
@@ -1485,7 +1513,8 @@ impl Checker<'_> {
         let token_url = match url::Url::parse(&o.token_url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
             _ => {
-                self.error(place.to_string(), format!("`http.auth.oauth2_client_credentials.token_url`: `{}` is not an http(s) URL", o.token_url));
+                let shown = crate::secrets::url::shown(&o.token_url, &[]);
+                self.error(place.to_string(), format!("`http.auth.oauth2_client_credentials.token_url`: `{shown}` is not an http(s) URL"));
                 return None;
             }
         };
@@ -1520,6 +1549,11 @@ fn flow_version(raw: &RawFlow) -> String {
     let bytes = serde_json::to_vec(raw).unwrap_or_default();
     let digest = sha2::Sha256::digest(&bytes);
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names as `secrets` compares them: lower case.
+fn lower_case(names: Vec<String>) -> Vec<String> {
+    names.into_iter().map(|n| n.to_ascii_lowercase()).collect()
 }
 
 /// The longest duration the config takes (`100y`, years of 365.25 days as humantime counts

@@ -177,44 +177,11 @@ fn canonical(value: &Value) -> Value {
     }
 }
 
-/// Fields that hold secrets, by name, wherever they are in a spec.
-const SECRET_FIELDS: [&str; 4] = ["secret", "client_secret", "password", "bearer"];
-/// Shown instead of a secret.
-pub const MASK: &str = "********";
+pub use crate::secrets::MASK;
 
-/// The spec with its secrets masked: `secret`, `client_secret`, `password`, `bearer`, an
-/// `api_key`'s `value`, and every value of a destination's `headers` (they often carry keys).
+/// The spec with its secrets masked, as every read shows it (`secrets::fields` says which).
 pub fn masked(kind: ObjectKind, spec: &Value) -> Value {
-    let mut out = spec.clone();
-    mask(&mut out);
-    if kind == ObjectKind::Destination
-        && let Some(Value::Object(headers)) = out.get_mut("headers")
-    {
-        for v in headers.values_mut() {
-            *v = Value::String(MASK.into());
-        }
-    }
-    out
-}
-
-fn mask(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if SECRET_FIELDS.contains(&key.as_str()) && !v.is_object() {
-                    *v = Value::String(MASK.into());
-                } else if key == "api_key" {
-                    if let Some(inner) = v.get_mut("value") {
-                        *inner = Value::String(MASK.into());
-                    }
-                } else {
-                    mask(v);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(mask),
-        _ => {}
-    }
+    crate::secrets::fields::masked(kind, spec)
 }
 
 #[cfg(test)]
@@ -228,12 +195,13 @@ mod tests {
         let b = json!({"retry": {"max": "1h", "initial": "1s"}, "id": "crm"});
         assert_eq!(digest(&a), digest(&b));
         assert_ne!(digest(&a), digest(&json!({"id": "crm"})));
-        let spec = json!({
-            "id": "crm", "signing": {"secret": "whsec_x"}, "headers": {"x-api-key": "k"},
-            "steps": [{"http": {"auth": {"basic": {"username": "u", "password": "p"}}}},
-                      {"http": {"auth": {"api_key": {"header": "h", "value": "v"}}}}]
-        });
+        let spec =
+            json!({"id": "crm", "signing": {"secret": "whsec_x"}, "headers": {"x-api-key": "k"}});
         let shown = masked(ObjectKind::Destination, &spec).to_string();
+        let flow = json!({"id": "f", "steps": [
+            {"http": {"url": "https://a.example/", "auth": {"basic": {"username": "u", "password": "p"}}}},
+            {"http": {"url": "https://a.example/", "auth": {"api_key": {"header": "h", "value": "v"}}}}]});
+        let shown = shown + &masked(ObjectKind::Flow, &flow).to_string();
         for secret in ["whsec_x", "\"k\"", "\"p\"", "\"v\""] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }

@@ -247,6 +247,12 @@ pub struct RawDestination {
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
     pub concurrency: Option<u32>,
+    /// More header names whose values are secrets (`secrets::fields`).
+    #[serde(default)]
+    pub secret_headers: Vec<String>,
+    /// More query parameter names whose values are secrets.
+    #[serde(default)]
+    pub secret_query_params: Vec<String>,
     pub circuit_breaker: Option<RawBreaker>,
 }
 
@@ -335,6 +341,12 @@ pub struct RawHttp {
     pub body: Option<String>,
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
+    /// More header names whose values are secrets (`secrets::fields`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
+    /// More query parameter names whose values are secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_query_params: Vec<String>,
 }
 
 /// `auth` of an http step: exactly one of these is set.

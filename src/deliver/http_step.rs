@@ -104,7 +104,7 @@ async fn fetch_token(
         .map_err(|e| {
             format!(
                 "token request to {}: {}",
-                oauth.token_url,
+                crate::secrets::url::shown(oauth.token_url.as_str(), &[]),
                 describe_error(&e)
             )
         })?;
@@ -113,7 +113,7 @@ async fn fetch_token(
     if !(200..300).contains(&status) {
         return Err(format!(
             "token request to {} answered HTTP {status}",
-            oauth.token_url
+            crate::secrets::url::shown(oauth.token_url.as_str(), &[])
         ));
     }
     #[derive(serde::Deserialize)]
@@ -122,9 +122,10 @@ async fn fetch_token(
         expires_in: Option<i64>,
     }
     let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+        let e = crate::secrets::without_quoted_values(&e.to_string());
         format!(
             "token response from {} is not an OAuth2 token ({e})",
-            oauth.token_url
+            crate::secrets::url::shown(oauth.token_url.as_str(), &[])
         )
     })?;
     Ok(CachedToken {

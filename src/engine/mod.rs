@@ -263,11 +263,12 @@ impl HttpRequest {
         idempotency_key: String,
     ) -> Result<HttpRequest, String> {
         // A worker runs untrusted code: what it answers is checked like input.
+        let shown = |url: &str| crate::secrets::url::shown(url, &step.secret_query_params);
         if !rendered.url.starts_with(step.url.literal_prefix()) {
             return Err(format!(
                 "url `{}` does not start with the step's fixed `{}`",
-                rendered.url,
-                step.url.literal_prefix()
+                shown(&rendered.url),
+                shown(step.url.literal_prefix())
             ));
         }
         if rendered.headers.len() != step.headers.len() {
@@ -278,11 +279,17 @@ impl HttpRequest {
             ));
         }
         let url = url::Url::parse(&rendered.url)
-            .map_err(|e| format!("url `{}` is not a URL ({e})", rendered.url))?;
+            .map_err(|e| format!("url `{}` is not a URL ({e})", shown(&rendered.url)))?;
         let mut headers = Vec::with_capacity(step.headers.len());
         for ((name, _), text) in step.headers.iter().zip(rendered.headers) {
-            let value = reqwest::header::HeaderValue::from_str(&text)
-                .map_err(|_| format!("header `{name}`: `{text}` is not a valid header value"))?;
+            let value = reqwest::header::HeaderValue::from_str(&text).map_err(|_| {
+                let text = if step.secret_header(name.as_str()) {
+                    crate::secrets::MASK
+                } else {
+                    &text
+                };
+                format!("header `{name}`: `{text}` is not a valid header value")
+            })?;
             headers.push((name.clone(), value));
         }
         Ok(HttpRequest {
@@ -307,10 +314,12 @@ fn delivery_preview(
     let mut headers = serde_json::Map::new();
     headers.insert("content-type".into(), "application/json".into());
     for (n, v) in &dest.headers {
-        headers.insert(
-            n.as_str().to_string(),
-            String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-        );
+        let shown = if dest.secret_header(n.as_str()) {
+            crate::secrets::MASK.to_string()
+        } else {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        };
+        headers.insert(n.as_str().to_string(), shown.into());
     }
     if dest.signing.is_some() {
         for h in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
@@ -320,7 +329,7 @@ fn delivery_preview(
     serde_json::json!({
         "destination": destination_id,
         "method": dest.method.as_str(),
-        "url": dest.url.as_str(),
+        "url": dest.shown_url(),
         "headers": headers,
         "body": body,
     })

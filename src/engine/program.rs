@@ -85,10 +85,27 @@ pub struct HttpStep {
     /// How `ferry flow test` names the authentication (`bearer token`), without its secret.
     pub auth_label: Option<String>,
     pub body: Option<Expr>,
+    /// Header and query parameter names (lower case) whose values are secrets besides the
+    /// names `secrets::fields` knows: shown masked by `ferry flow test` and in errors.
+    #[serde(default)]
+    pub secret_headers: Vec<String>,
+    #[serde(default)]
+    pub secret_query_params: Vec<String>,
     #[serde(skip)]
     pub timeout: Duration,
     #[serde(skip)]
     pub retry: RetryPolicy,
+}
+
+impl HttpStep {
+    /// Whether the value of the step's header `name` is a secret.
+    pub fn secret_header(&self, name: &str) -> bool {
+        crate::secrets::is_secret_header(name)
+            || self
+                .secret_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
 }
 
 impl Auth {
@@ -98,7 +115,10 @@ impl Auth {
             Auth::Bearer(_) => "bearer token".to_string(),
             Auth::Basic { username, .. } => format!("basic auth as {username}"),
             Auth::ApiKey { header, .. } => format!("api key in {header}"),
-            Auth::OAuth2(o) => format!("oauth2 token from {}", o.token_url),
+            Auth::OAuth2(o) => format!(
+                "oauth2 token from {}",
+                crate::secrets::url::shown(o.token_url.as_str(), &[])
+            ),
         }
     }
 }

@@ -324,11 +324,17 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// The request as `ferry flow test` shows it; credentials are named, not shown.
+    /// The request as `ferry flow test` shows it; credentials are named, not shown, and
+    /// secret header values and URL parts are masked.
     fn preview(&self, step: &HttpStep, idempotency_key: String) -> serde_json::Value {
         let mut headers = serde_json::Map::new();
         for ((name, _), value) in step.headers.iter().zip(&self.headers) {
-            headers.insert(name.as_str().to_string(), value.clone().into());
+            let shown = if step.secret_header(name.as_str()) {
+                crate::secrets::MASK
+            } else {
+                value
+            };
+            headers.insert(name.as_str().to_string(), shown.into());
         }
         headers.insert("idempotency-key".into(), idempotency_key.into());
         if let Some(label) = &step.auth_label {
@@ -336,7 +342,7 @@ impl Rendered {
         }
         serde_json::json!({
             "method": step.method.as_str(),
-            "url": self.url,
+            "url": crate::secrets::url::shown(&self.url, &step.secret_query_params),
             "headers": headers,
             "body": self.body.as_ref().map(|b| serde_json::from_slice::<serde_json::Value>(b).unwrap_or(serde_json::Value::Null)),
         })
@@ -366,7 +372,8 @@ fn render(run: &mut Running<'_, '_>, step: &HttpStep) -> Result<Rendered, String
         .render(run.programs, &input, &scope, Escape::UrlComponent)
         .map_err(|e| format!("url: {e}"))?;
     if let Err(e) = url::Url::parse(&url) {
-        return Err(format!("url `{url}` is not a URL ({e})"));
+        let shown = crate::secrets::url::shown(&url, &step.secret_query_params);
+        return Err(format!("url `{shown}` is not a URL ({e})"));
     }
     let mut headers = Vec::with_capacity(step.headers.len());
     for (name, template) in &step.headers {
@@ -374,8 +381,13 @@ fn render(run: &mut Running<'_, '_>, step: &HttpStep) -> Result<Rendered, String
             .render(run.programs, &input, &scope, Escape::None)
             .map_err(|e| format!("header `{name}`: {e}"))?;
         if reqwest::header::HeaderValue::from_str(&text).is_err() {
+            let shown = if step.secret_header(name.as_str()) {
+                crate::secrets::MASK
+            } else {
+                &text
+            };
             return Err(format!(
-                "header `{name}`: `{text}` is not a valid header value"
+                "header `{name}`: `{shown}` is not a valid header value"
             ));
         }
         headers.push(text);

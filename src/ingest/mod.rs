@@ -44,7 +44,8 @@ fn invalid_json(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The request headers kept with an event, by name (of a repeated name, the last value): all
-/// but credentials, signatures and the header a generic HMAC source is signed in. Borrowed
+/// but credentials, signatures, the header a generic HMAC source is signed in, and every
+/// header `secrets::is_secret_header` names. Borrowed
 /// from the request and sorted by name, so nothing is copied before it is serialised.
 pub(crate) struct KeptHeaders<'a>(pub(crate) Vec<(&'a str, std::borrow::Cow<'a, str>)>);
 
@@ -57,7 +58,10 @@ impl<'a> KeptHeaders<'a> {
         let mut kept = Vec::with_capacity(headers.len());
         for (name, value) in headers {
             let name = name.as_str();
-            if UNSTORED_HEADERS.contains(&name) || signed_in == Some(name) {
+            if UNSTORED_HEADERS.contains(&name)
+                || signed_in == Some(name)
+                || crate::secrets::is_secret_header(name)
+            {
                 continue;
             }
             let value = match std::str::from_utf8(value.as_bytes()) {
@@ -646,6 +650,7 @@ mod tests {
             ("x-a", "first"),
             ("authorization", "Bearer secret"),
             ("x-sig", "signed"),
+            ("x-api-key", "key"),
             ("x-a", "second"),
             ("x-a", "last"),
         ] {

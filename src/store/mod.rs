@@ -293,6 +293,11 @@ pub(crate) enum WriteOp {
         change: ConfigChange,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Config objects whose secrets were sealed again (`ferry secrets rotate`): all or none.
+    Reseal {
+        updates: Vec<Resealed>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// An API token to keep: its SHA-256, never the token itself.
@@ -366,21 +371,79 @@ struct ReadPool {
     idle: Mutex<Vec<rusqlite::Connection>>,
 }
 
+/// Makes the data directory (mode 0700) with its parents: only Ferry's user may list it or
+/// reach its files. An existing one that others may read is set to 0700 when it holds nothing
+/// but Ferry's files; one that holds other files too (`--data .`) keeps its mode, with a warning.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        if std::fs::metadata(dir)?.permissions().mode() & 0o077 == 0 {
+            return Ok(());
+        }
+        let mut only_ferrys = true;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            only_ferrys &= ["ferry.db", "ferry.lock", "api-token", "secret.key"]
+                .iter()
+                .any(|own| name.starts_with(own));
+        }
+        if only_ferrys {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        } else {
+            tracing::warn!(dir = %dir.display(), "the data directory is open to other users and holds other files than Ferry's; its mode is left as it is: make it 0700 (chmod 700)");
+        }
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)?;
+    Ok(())
+}
+
+/// Creates the database file `db` with mode 0600 when it does not exist (SQLite gives its WAL
+/// and shared memory files the database file's mode), and sets every file already in the data
+/// directory (a database, WAL or key file of an earlier start) to 0600.
+fn make_files_private(dir: &Path, db: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(db)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, db);
+    Ok(())
+}
+
 /// Takes the data directory's lock file (an OS file lock, released when the process ends, even
 /// by SIGKILL). A second process on the same data would own every pending delivery too and
 /// send each one twice. Waits up to 3 s so a process restarting on the same directory (or a
 /// test restarting in-process) can take over from one that is stopping.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = dir.join("ferry.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StoreError::DataDir {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(|source| StoreError::DataDir {
+        path: path.display().to_string(),
+        source,
+    })?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
         match file.try_lock() {
@@ -410,12 +473,14 @@ impl Store {
         options: StoreOptions,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        let dir_error = |source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
-        })?;
+        };
+        make_private_dir(dir).map_err(dir_error)?;
         let lock = lock_data_dir(dir)?;
         let path = dir.join("ferry.db");
+        make_files_private(dir, &path).map_err(dir_error)?;
         let conn = schema::open_writer(&path)?;
         let checkpoint_conn = schema::open_checkpointer(&path)?;
         let writability = Arc::new(writable::Writability::default());
@@ -556,6 +621,12 @@ impl Store {
     pub async fn change_config(&self, change: ConfigChange) -> Result<(), StoreError> {
         self.ask(|reply| WriteOp::ConfigChange { change, reply })
             .await
+    }
+
+    /// Replaces the specs of config objects with their secrets sealed again, all in one
+    /// transaction, or none when one of them is no longer as read.
+    pub async fn reseal(&self, updates: Vec<Resealed>) -> Result<(), StoreError> {
+        self.ask(|reply| WriteOp::Reseal { updates, reply }).await
     }
 
     /// Revokes a token; `Ok(false)` when there is no such live token.

@@ -77,6 +77,49 @@ pub(super) fn apply_config_change(
     Ok(())
 }
 
+/// A config object's spec with its secrets sealed again (`ferry secrets rotate`).
+#[derive(Debug)]
+pub struct Resealed {
+    /// As in the API's paths.
+    pub kind: String,
+    pub id: String,
+    /// The spec as it was read: the update applies only while it is still stored.
+    pub old: String,
+    pub new: String,
+}
+
+/// Writes every resealed spec, inside a savepoint of the writer's transaction: all of them,
+/// or none when one is no longer stored as read.
+pub(super) fn reseal(tx: &Connection, updates: &[Resealed]) -> Result<(), StoreError> {
+    tx.prepare_cached("SAVEPOINT reseal")?.execute([])?;
+    let written = updates.iter().try_for_each(|u| {
+        let changed = tx
+            .prepare_cached(
+                "UPDATE config_objects SET spec = ?3 WHERE kind = ?1 AND id = ?2 AND spec = ?4",
+            )?
+            .execute(params![u.kind, u.id, u.new, u.old])?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "{} `{}` changed while its secrets were sealed again; nothing was written",
+                u.kind, u.id
+            )))
+        }
+    });
+    match written {
+        Ok(()) => {
+            tx.prepare_cached("RELEASE reseal")?.execute([])?;
+            Ok(())
+        }
+        Err(e) => {
+            tx.prepare_cached("ROLLBACK TO reseal")?.execute([])?;
+            tx.prepare_cached("RELEASE reseal")?.execute([])?;
+            Err(e)
+        }
+    }
+}
+
 /// Every object made through the API.
 pub fn api_objects(conn: &Connection) -> Result<Vec<StoredObject>, StoreError> {
     let mut stmt = conn.prepare_cached(

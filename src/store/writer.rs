@@ -364,6 +364,10 @@ fn apply(
             let r = super::objects::apply_config_change(tx, &change);
             replies.push(Reply::Done(reply, r));
         }
+        WriteOp::Reseal { updates, reply } => {
+            let r = super::objects::reseal(tx, &updates);
+            replies.push(Reply::Done(reply, r));
+        }
         WriteOp::RevokeToken { id, now, reply } => {
             let r = tx
                 .prepare_cached(
@@ -531,7 +535,8 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
         WriteOp::SetPaused { reply, .. }
         | WriteOp::SaveAlert { reply, .. }
         | WriteOp::CreateToken { reply, .. }
-        | WriteOp::ConfigChange { reply, .. } => answer(reply, Err(e), None),
+        | WriteOp::ConfigChange { reply, .. }
+        | WriteOp::Reseal { reply, .. } => answer(reply, Err(e), None),
         WriteOp::Reject { .. } => {}
     }
 }

@@ -22,5 +22,6 @@ mod openapi;
 mod overload;
 mod retries;
 mod strict_input;
+mod secrets;
 mod tokens;
 mod validation;
