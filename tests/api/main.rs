@@ -21,7 +21,7 @@ mod limits;
 mod openapi;
 mod overload;
 mod retries;
-mod strict_input;
 mod secrets;
+mod strict_input;
 mod tokens;
 mod validation;
