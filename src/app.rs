@@ -49,6 +49,8 @@ pub struct AppParts {
     pub alerts: crate::alerts::AlertsHandle,
     /// Bytes of request bodies ingest holds (`settings.memory.ingest_bytes`).
     pub ingest_budget: Arc<crate::memory::Budget>,
+    /// The retention pruner (`crate::retention`).
+    pub pruner: crate::retention::PrunerHandle,
 }
 
 pub struct ServeOptions {
@@ -205,6 +207,13 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         alive: alive_rx,
     })
     .await?;
+    let pruner = crate::retention::start(crate::retention::RetentionParts {
+        store: store.clone(),
+        clock: options.clock.clone(),
+        metrics: metrics.clone(),
+        limits: config.settings.retention.clone(),
+        alive: alive.subscribe(),
+    });
     Ok(AppState(Arc::new(AppParts {
         config: live,
         config_changes: Arc::new(tokio::sync::Mutex::new(())),
@@ -219,6 +228,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         alive: Arc::new(alive),
         alerts,
         ingest_budget: crate::memory::Budget::new(config.settings.memory.ingest_bytes),
+        pruner,
     })))
 }
 
