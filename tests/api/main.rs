@@ -20,6 +20,7 @@ mod idempotency;
 mod limits;
 mod openapi;
 mod overload;
+mod retention;
 mod retries;
 mod strict_input;
 mod tokens;
