@@ -194,8 +194,7 @@ impl Pruner {
                 Ok(r) => r,
                 Err(e) => {
                     // Not examined: still waiting.
-                    self.waiting
-                        .extend(&waiting[n * EVENTS_PER_BATCH..]);
+                    self.waiting.extend(&waiting[n * EVENTS_PER_BATCH..]);
                     return Err(e);
                 }
             };

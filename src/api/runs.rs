@@ -160,9 +160,7 @@ async fn replay(
             "not_failed",
             format!("run `{run_id}` is {status}; only a failed run can be replayed"),
         )),
-        ReplayOutcome::PayloadExpired => {
-            Err(ApiError::payload_expired(&format!("run `{run_id}`")))
-        }
+        ReplayOutcome::PayloadExpired => Err(ApiError::payload_expired(&format!("run `{run_id}`"))),
         ReplayOutcome::Resumed {
             deliveries,
             run_due,

@@ -516,7 +516,10 @@ fn hostile_retention_settings_are_refused_with_clear_errors() {
             "`retention`: `7` is not a duration (time unit needed",
         ),
         ("settings: { retention: [1d] }", "invalid type: sequence"),
-        ("settings: { retention_days: 7 }", "unknown field `retention_days`"),
+        (
+            "settings: { retention_days: 7 }",
+            "unknown field `retention_days`",
+        ),
     ];
     for (yaml, expected) in cases {
         let text = errors(yaml);

@@ -228,7 +228,11 @@ fn run_ids(tx: &Connection, event_id: &str) -> Result<Vec<String>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn remove_event(tx: &Connection, event_id: &str, report: &mut PruneReport) -> Result<(), StoreError> {
+fn remove_event(
+    tx: &Connection,
+    event_id: &str,
+    report: &mut PruneReport,
+) -> Result<(), StoreError> {
     let mut attempts = tx
         .prepare_cached(
             "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
@@ -261,8 +265,10 @@ fn remove_event(tx: &Connection, event_id: &str, report: &mut PruneReport) -> Re
 fn drop_bodies(tx: &Connection, event_id: &str, now: Millis) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE events SET payload = x'', payload_expired_at = ?2 WHERE id = ?1")?
         .execute(params![event_id, now])?;
-    tx.prepare_cached("UPDATE deliveries SET body = NULL WHERE event_id = ?1 AND body IS NOT NULL")?
-        .execute(params![event_id])?;
+    tx.prepare_cached(
+        "UPDATE deliveries SET body = NULL WHERE event_id = ?1 AND body IS NOT NULL",
+    )?
+    .execute(params![event_id])?;
     tx.prepare_cached(
         "UPDATE attempts SET response_body = NULL
          WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1) AND response_body IS NOT NULL",
@@ -410,7 +416,10 @@ mod tests {
             assert!(from.as_str() <= inside && inside < to.as_str(), "{inside}");
         }
         for outside in ["run_01ABCD/0", "run_01AB/0", "run_01ABC", "del_01ABC"] {
-            assert!(!(from.as_str() <= outside && outside < to.as_str()), "{outside}");
+            assert!(
+                !(from.as_str() <= outside && outside < to.as_str()),
+                "{outside}"
+            );
         }
     }
 }

@@ -164,7 +164,17 @@ pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreErro
             Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, bool>(7)?))
         })
         .optional()?;
-    let Some((id, source, event_type, idempotency_key, received_at, headers, payload, payload_expired)) = row else {
+    let Some((
+        id,
+        source,
+        event_type,
+        idempotency_key,
+        received_at,
+        headers,
+        payload,
+        payload_expired,
+    )) = row
+    else {
         return Ok(None);
     };
     let mut runs = Vec::new();

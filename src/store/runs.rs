@@ -100,7 +100,8 @@ pub struct RunDetail {
 }
 
 /// A run's columns; the last says whether its event's payload expired.
-const SUMMARY_COLUMNS: &str = "id, event_id, flow_id, flow_version, status, pc, error, created_at, updated_at,
+const SUMMARY_COLUMNS: &str =
+    "id, event_id, flow_id, flow_version, status, pc, error, created_at, updated_at,
     (SELECT e.payload_expired_at IS NOT NULL FROM events e WHERE e.id = runs.event_id)";
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {

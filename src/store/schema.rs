@@ -16,8 +16,10 @@ CREATE TABLE IF NOT EXISTS events (
     headers TEXT NOT NULL,
     payload BLOB NOT NULL,
     -- When the pruner dropped the bodies of the event, its runs, deliveries and attempts
-    -- (`settings.payload_retention`); `payload` is then empty. Written only by the pruner, so
-    -- ingest never touches it. A data directory of version 2 has it added by `migrate`.
+    -- (`settings.payload_retention`), after which `payload` is empty. Written only by the
+    -- pruner, so ingest never touches it. A data directory of version 2 has it added by
+    -- `migrate`. (No semicolons in these comments: scripts/wal-frames-per-commit.py cuts the
+    -- statement at the first one.)
     payload_expired_at INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_idempotency ON events(source, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -218,7 +220,9 @@ fn migrate(conn: &Connection, version: i64) -> Result<(), StoreError> {
     )
     .map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
-        StoreError::Write(format!("cannot migrate the store from schema version 2 to 3: {e}"))
+        StoreError::Write(format!(
+            "cannot migrate the store from schema version 2 to 3: {e}"
+        ))
     })?;
     tracing::info!("the store was migrated from schema version 2 to 3");
     Ok(())

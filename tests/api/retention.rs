@@ -46,7 +46,11 @@ async fn count(app: &TestApp, table: &'static str) -> i64 {
 async fn prune(app: &TestApp) -> ferry::telemetry::events::Pruned {
     app.state.pruner.prune_now().await.unwrap();
     let m = &app.state.metrics;
-    let pruned = |what: &str| m.pruned.get_or_create(&vec![("what", what.to_string())]).get();
+    let pruned = |what: &str| {
+        m.pruned
+            .get_or_create(&vec![("what", what.to_string())])
+            .get()
+    };
     ferry::telemetry::events::Pruned {
         events: pruned("events"),
         runs: pruned("runs"),
@@ -111,7 +115,10 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     assert_eq!(delivery["status"], "succeeded");
     assert_eq!(delivery["payload_expired"], true);
     let attempt = &delivery["attempts"][0];
-    assert_eq!(attempt["status_code"], 200, "the outcome stays: {attempt:#}");
+    assert_eq!(
+        attempt["status_code"], 200,
+        "the outcome stays: {attempt:#}"
+    );
     assert_eq!(attempt["response_body"], serde_json::Value::Null);
     let (_, run) = app.api_get(&format!("/api/v1/runs/{good_run}")).await;
     assert_eq!(run["payload_expired"], true);
@@ -123,7 +130,10 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
         assert_eq!(step["input"], serde_json::Value::Null, "{step:#}");
         assert!(step["status"].is_string() && step["started_at"].is_string());
     }
-    assert_eq!(steps[1]["attempts"][0]["response_body"], serde_json::Value::Null);
+    assert_eq!(
+        steps[1]["attempts"][0]["response_body"],
+        serde_json::Value::Null
+    );
     assert!(
         !run.to_string().contains("secret") && !event.to_string().contains("SECRET"),
         "no body is left: {run:#} {event:#}"
@@ -141,7 +151,10 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     assert_eq!(listed(&good)["payload_expired"], true);
     assert_eq!(listed(&slow)["payload_expired"], false);
     let (_, pending) = app.api_get(&format!("/api/v1/events/{slow}")).await;
-    assert_eq!(pending["payload"]["msg"], "secret", "pending work stays whole");
+    assert_eq!(
+        pending["payload"]["msg"], "secret",
+        "pending work stays whole"
+    );
     assert_eq!(pending["payload_expired"], false);
 
     // A dead letter whose payload expired cannot be sent again, nor its run replayed.
@@ -169,7 +182,13 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     app.clock.advance(DAY);
     let done = prune(&app).await;
     assert_eq!(
-        (done.events, done.runs, done.deliveries, done.attempts, done.rejections),
+        (
+            done.events,
+            done.runs,
+            done.deliveries,
+            done.attempts,
+            done.rejections
+        ),
         (1, 1, 1, 2, 1),
         "{done:?}"
     );
@@ -182,7 +201,9 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     }
     assert_eq!(count(&app, "attempts").await, 1, "only the dead letter's");
     assert_eq!(count(&app, "rejections").await, 0);
-    let (status, dead) = app.api_get(&format!("/api/v1/deliveries/{bad_delivery}")).await;
+    let (status, dead) = app
+        .api_get(&format!("/api/v1/deliveries/{bad_delivery}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(dead["status"], "dead");
     let (_, pending) = app.api_get(&format!("/api/v1/events/{slow}")).await;
@@ -289,7 +310,10 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b, c] }} ] }} ]
         "free pages were given back: {pruned:?}"
     );
     let space = app.state.store.read(ferry::store::space).await.unwrap();
-    assert!(space.incremental, "a new data directory is auto_vacuum = INCREMENTAL");
+    assert!(
+        space.incremental,
+        "a new data directory is auto_vacuum = INCREMENTAL"
+    );
 }
 
 /// Makes a data directory as Ferry made them before retention (schema version 2, the schema
@@ -370,7 +394,8 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b] }} ] }} ]
     // New events go in and out as on a new data directory.
     let new = app.accept("/in/s", r#"{"type":"t","n":2}"#, &[]).await;
     ok.wait_for(4).await;
-    app.wait_run(&app.run_of(&new, "f").await, "completed").await;
+    app.wait_run(&app.run_of(&new, "f").await, "completed")
+        .await;
     let (version, integrity, space) = app
         .state
         .store
