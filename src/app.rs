@@ -51,6 +51,8 @@ pub struct AppParts {
     pub ingest_budget: Arc<crate::memory::Budget>,
     /// Seals the secrets of objects written through the API before they are stored.
     pub sealer: crate::secrets::Sealer,
+    /// The retention pruner (`crate::retention`).
+    pub pruner: crate::retention::PrunerHandle,
 }
 
 pub struct ServeOptions {
@@ -228,6 +230,13 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         alive: alive_rx,
     })
     .await?;
+    let pruner = crate::retention::start(crate::retention::RetentionParts {
+        store: store.clone(),
+        clock: options.clock.clone(),
+        metrics: metrics.clone(),
+        limits: config.settings.retention.clone(),
+        alive: alive.subscribe(),
+    });
     Ok(AppState(Arc::new(AppParts {
         config: live,
         config_changes: Arc::new(tokio::sync::Mutex::new(())),
@@ -243,6 +252,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         alerts,
         ingest_budget: crate::memory::Budget::new(config.settings.memory.ingest_bytes),
         sealer,
+        pruner,
     })))
 }
 

@@ -1,7 +1,7 @@
 //! Ferry: a self-hosted integration engine. The modules follow the path of an event:
 //! `ingest` (receive, verify, validate; `json` is the strict JSON it accepts) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
-//! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets),
+//! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets), `retention` (the pruner),
 //! `secrets` (which fields are secret, sealing them at rest, the key), `cli` (client output),
 //! `demo` and `bench`; `fuzzing` holds the fuzz targets' entry points.
 //! See ARCHITECTURE.md.
@@ -22,6 +22,7 @@ pub mod ids;
 pub mod ingest;
 pub mod json;
 pub mod memory;
+pub mod retention;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -35,6 +35,17 @@ impl ApiError {
             format!("no {what} has the id `{id}`"),
         )
     }
+    /// `409 payload_expired`: `what` (`delivery `del_...``, `run `run_...``) cannot be sent
+    /// or run again because `settings.payload_retention` dropped its bodies.
+    pub fn payload_expired(what: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "payload_expired",
+            format!(
+                "the payload of {what} has expired (settings.payload_retention): there is nothing left to send, so it cannot be replayed; the record of what happened is kept"
+            ),
+        )
+    }
     pub fn overloaded() -> Self {
         ApiError {
             retry_after_secs: Some(1),

@@ -267,7 +267,7 @@ pub(super) fn one_of(
 }
 
 #[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 202, description = "accepted", body = crate::api::openapi::RetryAnswer), (status = 409, description = "not a dead letter", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 202, description = "accepted", body = crate::api::openapi::RetryAnswer), (status = 409, description = "not a dead letter (`not_dead`), or its payload expired (`payload_expired`)", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 async fn retry_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -290,6 +290,9 @@ async fn retry_delivery(
                 .await?
             {
                 None => Err(ApiError::not_found("delivery", &id)),
+                Some(d) if d.status == crate::store::DeliveryStatus::Dead && d.payload_expired => {
+                    Err(ApiError::payload_expired(&format!("delivery `{id}`")))
+                }
                 Some(d) => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "not_dead",

@@ -47,7 +47,7 @@ pub(super) fn optional_json<T: Default + serde::de::DeserializeOwned>(
 
 #[utoipa::path(post, path = "/api/v1/runs/{id}/replay", tag = "runs", security(("bearer" = [])), params(("id" = String, Path)),
     request_body(content = Option<crate::api::openapi::ReplayOptionsDoc>, description = "optional"),
-    responses((status = 202, description = "accepted", body = crate::api::openapi::ReplayAnswer), (status = 409, description = "not failed, or the flow or step changed or is gone", body = crate::api::openapi::ErrorBody), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 202, description = "accepted", body = crate::api::openapi::ReplayAnswer), (status = 409, description = "not failed, its payload expired (`payload_expired`), or the flow or step changed or is gone", body = crate::api::openapi::ErrorBody), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
 pub async fn replay_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -82,6 +82,9 @@ async fn replay(
                 row.status
             ),
         ));
+    }
+    if row.payload_expired {
+        return Err(ApiError::payload_expired(&format!("run `{run_id}`")));
     }
     let Some(flow) = app
         .config
@@ -157,6 +160,7 @@ async fn replay(
             "not_failed",
             format!("run `{run_id}` is {status}; only a failed run can be replayed"),
         )),
+        ReplayOutcome::PayloadExpired => Err(ApiError::payload_expired(&format!("run `{run_id}`"))),
         ReplayOutcome::Resumed {
             deliveries,
             run_due,

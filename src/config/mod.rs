@@ -127,7 +127,27 @@ pub struct Settings {
     pub expressions: crate::engine::sandbox::Limits,
     pub memory: MemoryLimits,
     pub connections: ConnectionLimits,
+    /// How long finished work, dead letters and bodies are kept.
+    pub retention: RetentionLimits,
 }
+
+/// How long the store keeps things (`settings.retention`, `payload_retention`,
+/// `dead_letter_retention`). Pending work is kept whatever its age.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionLimits {
+    /// Finished events with their runs, deliveries and attempts, and the rejected log.
+    pub finished: Duration,
+    /// Events with a dead letter (a dead delivery or a failed run): at least `finished`.
+    pub dead_letters: Duration,
+    /// Bodies (payloads, contexts, step outputs, delivery bodies, response bodies): at most
+    /// `finished`; `None` keeps them as long as their records.
+    pub payloads: Option<Duration>,
+}
+
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest retention of any kind: the pruner looks every minute.
+pub const MIN_RETENTION: Duration = Duration::from_secs(60);
 
 /// How many bytes of payloads memory may hold (`settings.memory`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -699,6 +719,7 @@ impl Checker<'_> {
 
     fn settings(&mut self, raw: RawSettings) -> Settings {
         let place = self.places.section("settings");
+        let retention = self.retention(&place, &raw);
         let public_url = raw.public_url.and_then(|u| match url::Url::parse(&u) {
             Ok(u) => Some(u),
             Err(e) => {
@@ -733,6 +754,65 @@ impl Checker<'_> {
             expressions: self.expression_limits(&place, raw.expressions.unwrap_or_default()),
             memory,
             connections,
+            retention,
+        }
+    }
+
+    /// `settings.retention`, `payload_retention` and `dead_letter_retention`: each at least
+    /// [`MIN_RETENTION`]; bodies kept no longer than their records, dead letters no shorter
+    /// than finished work.
+    fn retention(&mut self, place: &str, raw: &RawSettings) -> RetentionLimits {
+        let mut limit = |field: &str, given: &Option<String>, default: Duration| {
+            let d = self.duration(place, field, given, default);
+            if given.is_some() && d < MIN_RETENTION {
+                self.error(
+                    place.to_string(),
+                    format!(
+                        "`{field}`: `{}` is shorter than the least retention, 1m",
+                        given.as_deref().unwrap_or_default()
+                    ),
+                );
+                return default;
+            }
+            d
+        };
+        let finished = limit("retention", &raw.retention, DEFAULT_RETENTION);
+        let dead_letters = limit(
+            "dead_letter_retention",
+            &raw.dead_letter_retention,
+            DEFAULT_DEAD_LETTER_RETENTION.max(finished),
+        );
+        let payloads = raw
+            .payload_retention
+            .as_ref()
+            .map(|_| limit("payload_retention", &raw.payload_retention, finished));
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if let Some(p) = payloads
+            && p > finished
+        {
+            self.error(
+                place.to_string(),
+                format!(
+                    "`payload_retention` ({}) is longer than `retention` ({}): bodies cannot outlive the records they belong to",
+                    show(p),
+                    show(finished)
+                ),
+            );
+        }
+        if dead_letters < finished {
+            self.error(
+                place.to_string(),
+                format!(
+                    "`dead_letter_retention` ({}) is shorter than `retention` ({}): dead letters are kept at least as long as finished work",
+                    show(dead_letters),
+                    show(finished)
+                ),
+            );
+        }
+        RetentionLimits {
+            finished,
+            dead_letters: dead_letters.max(finished),
+            payloads: payloads.map(|p| p.min(finished)),
         }
     }
 

@@ -138,6 +138,12 @@ pub struct RawSettings {
     pub rejected_log_size: Option<u64>,
     pub public_url: Option<String>,
     pub alert_interval: Option<String>,
+    /// How long finished events are kept (with their runs, deliveries and attempts).
+    pub retention: Option<String>,
+    /// How long bodies are kept, at most `retention`.
+    pub payload_retention: Option<String>,
+    /// How long events with dead letters are kept, at least `retention`.
+    pub dead_letter_retention: Option<String>,
     pub expressions: Option<RawExpressions>,
     #[serde(default)]
     pub memory: RawMemory,

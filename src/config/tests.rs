@@ -446,3 +446,86 @@ fn durations_past_a_hundred_years_are_refused_everywhere() {
         "humantime's year is 365.25 days: 100y is within the limit"
     );
 }
+
+#[test]
+fn retention_has_defaults_and_takes_shorter_limits_for_bodies_and_longer_for_dead_letters() {
+    let c = load("sources: []").unwrap();
+    assert_eq!(
+        c.settings.retention,
+        RetentionLimits {
+            finished: Duration::from_secs(7 * 86400),
+            dead_letters: Duration::from_secs(30 * 86400),
+            payloads: None,
+        }
+    );
+    let c = load("settings: { retention: 2d, payload_retention: 12h, dead_letter_retention: 90d }")
+        .unwrap();
+    assert_eq!(
+        c.settings.retention,
+        RetentionLimits {
+            finished: Duration::from_secs(2 * 86400),
+            dead_letters: Duration::from_secs(90 * 86400),
+            payloads: Some(Duration::from_secs(12 * 3600)),
+        }
+    );
+    // A retention past the default dead-letter limit carries that limit along.
+    let c = load("settings: { retention: 60d }").unwrap();
+    assert_eq!(
+        c.settings.retention.dead_letters,
+        Duration::from_secs(60 * 86400)
+    );
+}
+
+#[test]
+fn hostile_retention_settings_are_refused_with_clear_errors() {
+    let cases = [
+        (
+            "settings: { retention: 600000000y }",
+            "`retention`: `600000000y` is longer than the limit of 100 years",
+        ),
+        (
+            "settings: { payload_retention: 0s }",
+            "`payload_retention`: `0s` is shorter than the least retention, 1m",
+        ),
+        (
+            "settings: { retention: 59s }",
+            "`retention`: `59s` is shorter than the least retention, 1m",
+        ),
+        (
+            "settings: { retention: -1d }",
+            "`retention`: `-1d` is not a duration",
+        ),
+        (
+            "settings: { dead_letter_retention: forever }",
+            "`dead_letter_retention`: `forever` is not a duration",
+        ),
+        (
+            "settings: { retention: \"\" }",
+            "`retention`: `` is not a duration",
+        ),
+        (
+            "settings: { retention: 1d, payload_retention: 2d }",
+            "`payload_retention` (2days) is longer than `retention` (1day): bodies cannot outlive the records they belong to",
+        ),
+        (
+            "settings: { retention: 10d, dead_letter_retention: 9d }",
+            "`dead_letter_retention` (9days) is shorter than `retention` (10days): dead letters are kept at least as long as finished work",
+        ),
+        (
+            "settings: { retention: 7 }",
+            "`retention`: `7` is not a duration (time unit needed",
+        ),
+        ("settings: { retention: [1d] }", "invalid type: sequence"),
+        (
+            "settings: { retention_days: 7 }",
+            "unknown field `retention_days`",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let text = errors(yaml);
+        assert!(
+            text.iter().any(|t| t.contains(expected)),
+            "{yaml}: expected {expected:?} in {text:#?}"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 mod checkpointer;
 mod health;
 mod objects;
+mod prune;
 mod reads;
 mod runs;
 mod schema;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use health::*;
 pub use objects::*;
+pub use prune::{PruneCutoffs, PruneReport, PruneScope, Space, oldest_event, space};
 pub use reads::*;
 pub use runs::*;
 pub use schema::WAL_RESTART_BYTES;
@@ -169,6 +171,8 @@ pub enum ReplayOutcome {
     NotFound,
     /// The run is not failed; its status.
     NotFailed(String),
+    /// The run's event lost its bodies to `settings.payload_retention`: nothing to run on.
+    PayloadExpired,
     /// Dead deliveries put back (the run waits for them), or the run is due now.
     Resumed {
         deliveries: Vec<DeliveryJob>,
@@ -296,6 +300,23 @@ pub(crate) enum WriteOp {
     /// Config objects whose secrets were sealed again (`ferry secrets rotate`): all or none.
     Reseal {
         updates: Vec<Resealed>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Retention (`prune`): one small batch of events.
+    PruneEvents {
+        scope: PruneScope,
+        cutoffs: PruneCutoffs,
+        reply: oneshot::Sender<Result<PruneReport, StoreError>>,
+    },
+    /// Retention: up to `max` entries of the rejected log received before `before`.
+    PruneRejections {
+        before: Millis,
+        max: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Gives up to `pages` free pages back to the file system.
+    Vacuum {
+        pages: u32,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }

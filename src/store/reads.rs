@@ -14,7 +14,11 @@ pub struct EventView {
     pub idempotency_key: Option<String>,
     pub received_at: String,
     pub headers: serde_json::Value,
+    /// The event's payload; `null` once it expired (`payload_expired`).
     pub payload: serde_json::Value,
+    /// The bodies of this event, its runs, deliveries and attempts were dropped after
+    /// `settings.payload_retention`; the record of what happened stays.
+    pub payload_expired: bool,
     pub runs: Vec<RunView>,
 }
 
@@ -40,6 +44,8 @@ pub struct DeliveryView {
     pub created_at: String,
     pub updated_at: String,
     pub last_error: Option<String>,
+    /// Its body (and its event's payload) expired: it cannot be sent again.
+    pub payload_expired: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
 }
@@ -52,7 +58,8 @@ pub struct AttemptView {
     pub outcome: String,
     pub status_code: Option<i64>,
     pub response_headers: Option<serde_json::Value>,
-    /// The first 64 KiB of the response body, as text (lossy UTF-8).
+    /// The first 64 KiB of the response body, as text (lossy UTF-8); `null` once the
+    /// payload expired.
     pub response_body: Option<String>,
     pub error: Option<String>,
 }
@@ -73,7 +80,9 @@ fn json_or_string(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
-const DELIVERY_COLUMNS: &str = "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error";
+/// A delivery's columns; the last says whether its event's payload expired.
+const DELIVERY_COLUMNS: &str = "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error,
+    (SELECT e.payload_expired_at IS NOT NULL FROM events e WHERE e.id = deliveries.event_id)";
 
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryView, String)> {
     let status: String = r.get(4)?;
@@ -90,6 +99,7 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryView, String
             created_at: rfc3339(r.get(7)?),
             updated_at: rfc3339(r.get(8)?),
             last_error: r.get(9)?,
+            payload_expired: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
             attempts: None,
         },
         status,
@@ -149,12 +159,22 @@ pub fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryView>, Sto
 
 pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreError> {
     let row = conn
-        .prepare_cached("SELECT id, source, event_type, idempotency_key, received_at, headers, payload FROM events WHERE id = ?1")?
+        .prepare_cached("SELECT id, source, event_type, idempotency_key, received_at, headers, payload, payload_expired_at IS NOT NULL FROM events WHERE id = ?1")?
         .query_row(params![id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?))
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, bool>(7)?))
         })
         .optional()?;
-    let Some((id, source, event_type, idempotency_key, received_at, headers, payload)) = row else {
+    let Some((
+        id,
+        source,
+        event_type,
+        idempotency_key,
+        received_at,
+        headers,
+        payload,
+        payload_expired,
+    )) = row
+    else {
         return Ok(None);
     };
     let mut runs = Vec::new();
@@ -194,9 +214,14 @@ pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreErro
         idempotency_key,
         received_at: rfc3339(received_at),
         headers: json_or_string(headers),
-        payload: serde_json::from_slice(&payload).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
-        }),
+        payload: if payload_expired {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&payload).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
+            })
+        },
+        payload_expired,
         runs,
     }))
 }
@@ -211,6 +236,8 @@ pub struct EventSummary {
     /// From its runs: `pending` (a run is running or waiting), `failed` (none pending, one
     /// failed), `succeeded` (every run completed or was filtered), `unrouted` (no flow ran).
     pub status: String,
+    /// Its bodies were dropped after `settings.payload_retention`.
+    pub payload_expired: bool,
 }
 
 /// Which events a list shows.
@@ -255,8 +282,8 @@ fn events_page(
     with_payload: bool,
 ) -> Result<Vec<(EventSummary, Vec<u8>)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, source, event_type, received_at, status, payload FROM (
-           SELECT e.seq, e.id, e.source, e.event_type, e.received_at,
+        "SELECT id, source, event_type, received_at, status, payload, expired FROM (
+           SELECT e.seq, e.id, e.source, e.event_type, e.received_at, e.payload_expired_at IS NOT NULL AS expired,
              CASE WHEN ?8 THEN e.payload ELSE x'' END AS payload,
              CASE
                WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id) THEN 'unrouted'
@@ -289,6 +316,7 @@ fn events_page(
                     event_type: r.get(2)?,
                     received_at: rfc3339(r.get(3)?),
                     status: r.get(4)?,
+                    payload_expired: r.get(6)?,
                 },
                 r.get(5)?,
             ))

@@ -26,13 +26,16 @@ pub struct RunRow {
     pub context: Option<String>,
     pub steps: String,
     pub error: Option<String>,
+    /// The event's bodies expired (`settings.payload_retention`): `payload` is empty.
+    pub payload_expired: bool,
 }
 
 pub fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT r.id, r.event_id, e.event_type, e.source, e.received_at, e.headers, e.payload, r.flow_id, r.flow_version,
-                    r.status, r.pc, r.resume_pc, r.step_attempts, r.context, r.steps, r.error, r.next_at
+                    r.status, r.pc, r.resume_pc, r.step_attempts, r.context, r.steps, r.error, r.next_at,
+                    e.payload_expired_at IS NOT NULL
              FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?1",
         )?
         .query_row(params![id], |r| {
@@ -54,6 +57,7 @@ pub fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError
                 context: r.get(13)?,
                 steps: r.get(14)?,
                 error: r.get(15)?,
+                payload_expired: r.get(17)?,
             })
         })
         .optional()?)
@@ -80,6 +84,9 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Its event's bodies were dropped after `settings.payload_retention`: the steps show no
+    /// input or output, and the run cannot be replayed.
+    pub payload_expired: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -92,8 +99,10 @@ pub struct RunDetail {
     pub steps: Vec<serde_json::Value>,
 }
 
+/// A run's columns; the last says whether its event's payload expired.
 const SUMMARY_COLUMNS: &str =
-    "id, event_id, flow_id, flow_version, status, pc, error, created_at, updated_at";
+    "id, event_id, flow_id, flow_version, status, pc, error, created_at, updated_at,
+    (SELECT e.payload_expired_at IS NOT NULL FROM events e WHERE e.id = runs.event_id)";
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     Ok(RunSummary {
@@ -106,6 +115,7 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
         error: r.get(6)?,
         created_at: rfc3339(r.get(7)?),
         updated_at: rfc3339(r.get(8)?),
+        payload_expired: r.get::<_, Option<bool>>(9)?.unwrap_or(false),
     })
 }
 
@@ -129,6 +139,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail>, Stor
         .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let records: Vec<serde_json::Value> = serde_json::from_str(&steps)
         .map_err(|e| StoreError::Corrupt(format!("run {id}: step records: {e}")))?;
+    // An expired payload is empty, which reads as `null` like any other that does not parse.
     let mut input: serde_json::Value =
         serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
     let mut shown = Vec::with_capacity(records.len());

@@ -14,7 +14,13 @@ CREATE TABLE IF NOT EXISTS events (
     idempotency_key TEXT,
     received_at INTEGER NOT NULL,
     headers TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    -- When the pruner dropped the bodies of the event, its runs, deliveries and attempts
+    -- (`settings.payload_retention`), after which `payload` is empty. Written only by the
+    -- pruner, so ingest never touches it. A data directory of version 2 has it added by
+    -- `migrate`. (No semicolons in these comments: scripts/wal-frames-per-commit.py cuts the
+    -- statement at the first one.)
+    payload_expired_at INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_idempotency ON events(source, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
@@ -172,54 +178,137 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 /// from its start, and overwriting a file costs a cheaper fsync than growing it.
 pub const WAL_RESTART_BYTES: u64 = 4 * 1024 * 1024;
 
-/// The schema's version, kept in SQLite's `user_version`. There are no migrations yet: a data
-/// directory written by another version is refused with a clear error.
-const SCHEMA_VERSION: i64 = 2;
+/// The schema's version, kept in SQLite's `user_version`. A data directory of version 2
+/// (before retention) is migrated when the writer opens it ([`migrate`]); any other version is
+/// refused with a clear error.
+const SCHEMA_VERSION: i64 = 3;
+
+/// The oldest version [`migrate`] brings up to [`SCHEMA_VERSION`].
+const OLDEST_MIGRATED: i64 = 2;
 
 /// Answers the version found (0 for a new database).
 fn check_version(conn: &Connection) -> Result<i64, StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let tables: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
-        [],
-        |r| r.get(0),
-    )?;
-    if tables > 0 && version != SCHEMA_VERSION {
+    let tables = table_count(conn)?;
+    if tables > 0 && !(OLDEST_MIGRATED..=SCHEMA_VERSION).contains(&version) {
         return Err(StoreError::Corrupt(format!(
-            "the data was written with schema version {version}; this Ferry reads version {SCHEMA_VERSION} and has no migration for it yet: start with a new data directory"
+            "the data was written with schema version {version}; this Ferry reads versions {OLDEST_MIGRATED} to {SCHEMA_VERSION} and has no migration for it: start with a new data directory"
         )));
     }
     Ok(version)
 }
 
+fn table_count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Brings a database of version 2 to version 3 in one transaction: the column that marks an
+/// expired payload. Nothing else changes, so every pending delivery and run stays as it was.
+fn migrate(conn: &Connection, version: i64) -> Result<(), StoreError> {
+    if version != 2 {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE events ADD COLUMN payload_expired_at INTEGER;
+         PRAGMA user_version = 3;
+         COMMIT",
+    )
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Write(format!(
+            "cannot migrate the store from schema version 2 to 3: {e}"
+        ))
+    })?;
+    tracing::info!("the store was migrated from schema version 2 to 3");
+    Ok(())
+}
+
+/// SQLite's `auto_vacuum` setting: 2 is INCREMENTAL.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+
+/// Whether the database frees pages back to the file system on `PRAGMA incremental_vacuum`.
+pub fn auto_vacuum_incremental(conn: &Connection) -> Result<bool, StoreError> {
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    Ok(mode == AUTO_VACUUM_INCREMENTAL)
+}
+
+/// A database made before Ferry set `auto_vacuum = INCREMENTAL` (which a database takes only
+/// while it has no table) is rewritten whole by `VACUUM` in that mode: it needs free room of
+/// about twice the database (a copy in the temporary directory, then every page through the
+/// WAL) and takes as long as writing the file twice. It runs at start, before anything is
+/// served, until it has succeeded once. When it fails (a full disk), nothing changed: the
+/// store keeps working without giving pages back to the file system (pruned pages are still
+/// reused), the failure is logged, and the next start tries again. Answers the connection to
+/// go on with: a new one after a failure, since a failed write leaves the old one's WAL file
+/// failed (`wal_vfs`).
+fn convert_to_incremental(conn: Connection, path: &Path) -> Result<Connection, StoreError> {
+    if auto_vacuum_incremental(&conn)? {
+        return Ok(conn);
+    }
+    tracing::info!(path = %path.display(), "rewriting the store with auto_vacuum = INCREMENTAL (once; it takes as long as writing the file twice)");
+    let started = std::time::Instant::now();
+    match conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM") {
+        Ok(()) => {
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "the store now gives pruned pages back to the file system"
+            );
+            Ok(conn)
+        }
+        Err(e) => {
+            let detail = super::wal_vfs::take_failure().map_or(String::new(), |d| format!(": {d}"));
+            tracing::warn!(error = %e, detail, "cannot rewrite the store with auto_vacuum = INCREMENTAL; it keeps working without giving pages back to the file system, and the next start tries again");
+            drop(conn);
+            connect_writer(path)
+        }
+    }
+}
+
 /// The writer's connection, through the VFS that writes a commit's WAL frames in one call
 /// and syncs them with one `fdatasync` (`wal_vfs`), with the schema in place.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = connect_writer(path)?;
+    let mut conn = open_through(path, super::wal_vfs::NAME)?;
+    if table_count(&conn)? == 0 {
+        // A new file takes `auto_vacuum` only before its first table, and before WAL mode is
+        // set (that writes the file's header).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
+    set_up_writer(&mut conn)?;
     // The first read recovers the WAL a previous process left, frames it wrote but died
     // before syncing included. Synced here once, every frame a checkpoint can see has been
     // synced, which is what lets the checkpointer skip SQLite's sync of the WAL (`wal_vfs`).
     let version = check_version(&conn)?;
     sync_leftover_wal(path)?;
+    migrate(&conn, version)?;
     conn.execute_batch(SCHEMA)?;
     // Written only when it changes, so that a store on a full disk still opens.
-    if version != SCHEMA_VERSION {
+    if version != SCHEMA_VERSION && version != OLDEST_MIGRATED {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
-    Ok(conn)
+    convert_to_incremental(conn, path)
 }
 
 /// A writer's connection to a database whose schema is in place: the writer opens a new one
 /// after a write failed (`writer::recover`).
 pub fn connect_writer(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = open_through(path, super::wal_vfs::NAME)?;
-    configure(&conn)?;
+    set_up_writer(&mut conn)?;
+    Ok(conn)
+}
+
+fn set_up_writer(conn: &mut Connection) -> Result<(), StoreError> {
+    configure(conn)?;
     // 16 MiB of page cache for the writer, so hot index pages are not read back from the OS.
     conn.pragma_update(None, "cache_size", -16_384)?;
     // Checkpoints run on their own thread (see `checkpointer`), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.busy_handler(Some(retry_soon))?;
-    Ok(conn)
+    Ok(())
 }
 
 /// A connection for the checkpointer thread, through the VFS that leaves out SQLite's

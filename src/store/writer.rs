@@ -40,6 +40,14 @@ pub(super) enum Reply {
         oneshot::Sender<Result<Option<DeliveryJob>, StoreError>>,
         Result<Option<DeliveryJob>, StoreError>,
     ),
+    Pruned(
+        oneshot::Sender<Result<PruneReport, StoreError>>,
+        Result<PruneReport, StoreError>,
+    ),
+    Count(
+        oneshot::Sender<Result<usize, StoreError>>,
+        Result<usize, StoreError>,
+    ),
 }
 
 impl Reply {
@@ -53,6 +61,8 @@ impl Reply {
             Reply::ReplayRun(tx, r) => answer(tx, r, commit_failed),
             Reply::Done(tx, r) => answer(tx, r, commit_failed),
             Reply::Changed(tx, r) => answer(tx, r, commit_failed),
+            Reply::Pruned(tx, r) => answer(tx, r, commit_failed),
+            Reply::Count(tx, r) => answer(tx, r, commit_failed),
         }
     }
 
@@ -65,6 +75,8 @@ impl Reply {
             Reply::SaveRun(_, r) | Reply::Changed(_, r) => r.as_ref().err(),
             Reply::ReplayRun(_, r) => r.as_ref().err(),
             Reply::Done(_, r) => r.as_ref().err(),
+            Reply::Pruned(_, r) => r.as_ref().err(),
+            Reply::Count(_, r) => r.as_ref().err(),
         }
     }
 }
@@ -368,6 +380,22 @@ fn apply(
             let r = super::objects::reseal(tx, &updates);
             replies.push(Reply::Done(reply, r));
         }
+        WriteOp::PruneEvents {
+            scope,
+            cutoffs,
+            reply,
+        } => {
+            let r = super::prune::prune_events(tx, &scope, &cutoffs);
+            replies.push(Reply::Pruned(reply, r));
+        }
+        WriteOp::PruneRejections { before, max, reply } => {
+            let r = super::prune::prune_rejections(tx, before, max);
+            replies.push(Reply::Count(reply, r));
+        }
+        WriteOp::Vacuum { pages, reply } => {
+            let r = super::prune::incremental_vacuum(tx, pages);
+            replies.push(Reply::Done(reply, r));
+        }
         WriteOp::RevokeToken { id, now, reply } => {
             let r = tx
                 .prepare_cached(
@@ -536,7 +564,10 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
         | WriteOp::SaveAlert { reply, .. }
         | WriteOp::CreateToken { reply, .. }
         | WriteOp::ConfigChange { reply, .. }
-        | WriteOp::Reseal { reply, .. } => answer(reply, Err(e), None),
+        | WriteOp::Reseal { reply, .. }
+        | WriteOp::Vacuum { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::PruneEvents { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::PruneRejections { reply, .. } => answer(reply, Err(e), None),
         WriteOp::Reject { .. } => {}
     }
 }
@@ -792,15 +823,22 @@ fn save_alert(tx: &Connection, a: &AlertState) -> Result<(), StoreError> {
 }
 
 fn replay_run(tx: &Connection, r: &RunReplay) -> Result<ReplayOutcome, StoreError> {
-    let run: Option<(String, String)> = tx
-        .prepare_cached("SELECT status, event_id FROM runs WHERE id = ?1")?
-        .query_row(params![r.run_id], |row| Ok((row.get(0)?, row.get(1)?)))
+    let run: Option<(String, String, bool)> = tx
+        .prepare_cached(
+            "SELECT r.status, r.event_id, e.payload_expired_at IS NOT NULL FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?1",
+        )?
+        .query_row(params![r.run_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
-    let Some((status, event_id)) = run else {
+    let Some((status, event_id, payload_expired)) = run else {
         return Ok(ReplayOutcome::NotFound);
     };
     if status != "failed" {
         return Ok(ReplayOutcome::NotFailed(status));
+    }
+    if payload_expired {
+        return Ok(ReplayOutcome::PayloadExpired);
     }
     let mut jobs = Vec::new();
     if r.retry_dead_deliveries {
@@ -862,7 +900,9 @@ fn retry(
     let job = tx
         .prepare_cached(
             "UPDATE deliveries SET status = 'pending', round_attempts = 0, next_attempt_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND status = 'dead' RETURNING id, event_id, destination_id, run_id, created_at",
+             WHERE id = ?1 AND status = 'dead'
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = deliveries.event_id AND e.payload_expired_at IS NOT NULL)
+             RETURNING id, event_id, destination_id, run_id, created_at",
         )?
         .query_row(params![delivery_id, now], |r| {
             Ok(DeliveryJob { id: r.get(0)?, event_id: r.get(1)?, run_id: r.get(3)?, destination_id: r.get(2)?, created_at: r.get(4)?, round_attempts: 0, due_at: now, payload: None })

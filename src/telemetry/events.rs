@@ -329,3 +329,64 @@ pub fn store_writes_stopped(m: &Metrics, reason: &str) {
     );
     m.store_failed_checkpoints.inc();
 }
+
+/// What one retention pass removed and dropped (`crate::retention`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub runs: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+    /// Events whose bodies were dropped.
+    pub payloads: u64,
+    pub rejections: u64,
+    /// Free pages given back to the file system.
+    pub vacuumed_pages: u64,
+}
+
+/// A retention pass ended: its counts, the age of the oldest event kept, and the free pages
+/// left in the database file.
+pub fn retention_pass(m: &Metrics, p: &Pruned, oldest_age_ms: Option<Millis>, free_pages: i64) {
+    let counts = [
+        ("events", p.events),
+        ("runs", p.runs),
+        ("deliveries", p.deliveries),
+        ("attempts", p.attempts),
+        ("payloads", p.payloads),
+        ("rejections", p.rejections),
+    ];
+    for (what, n) in counts {
+        // Every label exists from the first pass, so a rate of zero reads as zero.
+        m.pruned.get_or_create(&labels(&[("what", what)])).inc_by(n);
+    }
+    m.vacuumed_pages.inc_by(p.vacuumed_pages);
+    m.oldest_event_age
+        .set(oldest_age_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1000.0));
+    m.store_free_pages.set(free_pages);
+    let level = p.events + p.payloads + p.rejections + p.vacuumed_pages;
+    if level > 0 {
+        tracing::info!(
+            events = p.events,
+            runs = p.runs,
+            deliveries = p.deliveries,
+            attempts = p.attempts,
+            payloads = p.payloads,
+            rejections = p.rejections,
+            vacuumed_pages = p.vacuumed_pages,
+            free_pages,
+            "retention pass"
+        );
+    } else {
+        tracing::debug!(free_pages, "retention pass: nothing to prune");
+    }
+}
+
+/// A retention pass stopped on a store error; what it did before stays done, and the next
+/// pass tries again.
+pub fn retention_failed(m: &Metrics, error: &str) {
+    tracing::warn!(
+        error,
+        "a retention pass stopped on a store error; the next pass tries again"
+    );
+    m.prune_failures.inc();
+}

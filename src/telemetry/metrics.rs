@@ -50,6 +50,11 @@ pub struct Metrics {
     pub store_writable: Gauge,
     pub store_failed_writes: Counter,
     pub store_failed_checkpoints: Counter,
+    pub pruned: Family<Labels, Counter>,
+    pub prune_failures: Counter,
+    pub oldest_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub store_free_pages: Gauge,
+    pub vacuumed_pages: Counter,
 }
 
 /// Handles to counters of `events_received` (by source) and `events_accepted` (by source, then
@@ -136,6 +141,11 @@ impl Metrics {
             store_writable: Gauge::default(),
             store_failed_writes: Counter::default(),
             store_failed_checkpoints: Counter::default(),
+            pruned: Family::default(),
+            prune_failures: Counter::default(),
+            oldest_event_age: Gauge::default(),
+            store_free_pages: Gauge::default(),
+            vacuumed_pages: Counter::default(),
             registry: Registry::default(),
             ingest_counters: Default::default(),
         };
@@ -241,6 +251,32 @@ impl Metrics {
             "store_failed_checkpoints",
             "Checkpoints (copies of the WAL into the database file) that failed",
             m.store_failed_checkpoints.clone(),
+        );
+        registry.register(
+            "pruned",
+            "Rows removed by retention, by what (events, runs, deliveries, attempts, rejections), and events whose bodies were dropped (payloads)",
+            m.pruned.clone(),
+        );
+        registry.register(
+            "prune_failures",
+            "Retention passes that stopped on a store error (tried again at the next pass)",
+            m.prune_failures.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_event_age",
+            "Age of the oldest event the store keeps, after the last retention pass",
+            Unit::Seconds,
+            m.oldest_event_age.clone(),
+        );
+        registry.register(
+            "store_free_pages",
+            "Free pages in the database file after the last retention pass (reused by new rows)",
+            m.store_free_pages.clone(),
+        );
+        registry.register(
+            "vacuumed_pages",
+            "Free pages given back to the file system by incremental vacuum",
+            m.vacuumed_pages.clone(),
         );
         Metrics { registry, ..m }
     }

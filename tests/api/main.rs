@@ -20,6 +20,7 @@ mod idempotency;
 mod limits;
 mod openapi;
 mod overload;
+mod retention;
 mod retries;
 mod secrets;
 mod strict_input;
