@@ -177,10 +177,10 @@ fn unmask(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_object",
         format!(
-            "{} `{id}`: `{}` is the mask `{}`, and there is no stored secret for it to keep; give the secret itself",
+            "{} `{id}`: a secret written as the mask `{}` is kept only where one is stored and still goes to the same receiver: {}",
             kind.noun(),
-            missing.join("`, `"),
-            crate::secrets::MASK
+            crate::secrets::MASK,
+            missing.join("; ")
         ),
     ))
 }

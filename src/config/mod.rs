@@ -594,6 +594,29 @@ impl Checker<'_> {
         }
     }
 
+    /// [`Self::duration`], refused below `min`.
+    fn duration_at_least(
+        &mut self,
+        place: &str,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let d = self.duration(place, field, value, default);
+        if d < min {
+            self.error(
+                place.to_string(),
+                format!(
+                    "`{field}` must be at least {}",
+                    humantime::format_duration(min)
+                ),
+            );
+            return default;
+        }
+        d
+    }
+
     fn method(
         &mut self,
         place: &str,
@@ -745,11 +768,13 @@ impl Checker<'_> {
                 .map(|n| n as usize)
                 .unwrap_or(DEFAULT_REJECTED_LOG_SIZE),
             public_url,
-            alert_interval: self.duration(
+            // Each interval wakes the evaluator: `0s` would spin a core.
+            alert_interval: self.duration_at_least(
                 &place,
                 "alert_interval",
                 &raw.alert_interval,
                 Duration::from_secs(15),
+                Duration::from_millis(100),
             ),
             expressions: self.expression_limits(&place, raw.expressions.unwrap_or_default()),
             memory,
@@ -1182,7 +1207,13 @@ impl Checker<'_> {
                     }
                 },
             );
-        let timeout = self.duration(place, "timeout", &raw.timeout, Duration::from_secs(30));
+        let timeout = self.duration_at_least(
+            place,
+            "timeout",
+            &raw.timeout,
+            Duration::from_secs(30),
+            Duration::from_millis(1),
+        );
         let retry = self.retry(place, raw.retry.unwrap_or_default());
         let breaker = self.breaker(place, raw.circuit_breaker.unwrap_or_default());
         let concurrency = raw.concurrency.unwrap_or(32);

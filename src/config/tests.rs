@@ -529,3 +529,26 @@ fn hostile_retention_settings_are_refused_with_clear_errors() {
         );
     }
 }
+
+#[test]
+fn an_alert_interval_or_a_timeout_of_zero_is_refused() {
+    for (yaml, want) in [
+        (
+            "settings: { alert_interval: 0s }",
+            "`alert_interval` must be at least 100ms",
+        ),
+        (
+            "settings: { alert_interval: 99ms }",
+            "`alert_interval` must be at least 100ms",
+        ),
+        (
+            "settings: { allow_private_destinations: true }\ndestinations: [ { id: d, kind: http, url: \"http://127.0.0.1:9/\", timeout: 0s } ]",
+            "`timeout` must be at least 1ms",
+        ),
+    ] {
+        let errs = load(yaml).expect_err(yaml).0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(text.iter().any(|t| t.contains(want)), "{yaml}\n{text:#?}");
+    }
+    assert!(load("settings: { alert_interval: 100ms }").is_ok());
+}

@@ -91,8 +91,9 @@ impl serde::Serialize for KeptHeaders<'_> {
 
 /// Why a source's event type or idempotency key could not be read from a request.
 enum FieldError {
-    /// A header holds a byte that is not visible ASCII: the request is malformed (`400`).
-    NotText(String),
+    /// The header is given more than once, or holds a byte that is not visible ASCII: the
+    /// request is malformed (`400`).
+    Malformed(String),
     /// The expression failed, overran, or gave too much (`422`).
     Failed(String),
 }
@@ -122,13 +123,23 @@ async fn read_field(
     body: &[u8],
 ) -> Result<Result<Option<String>, FieldError>, SandboxError> {
     match field {
-        FieldRef::Header(name) => Ok(match headers.get(name.as_str()).map(|v| v.to_str()) {
-            None => Ok(None),
-            Some(Ok(text)) => Ok(Some(text.to_string())),
-            Some(Err(_)) => Err(FieldError::NotText(format!(
-                "header `{name}` holds a byte that is not visible ASCII (only 0x20 to 0x7E and tab are read)"
-            ))),
-        }),
+        FieldRef::Header(name) => {
+            let mut values = headers.get_all(name.as_str()).iter();
+            let first = values.next();
+            if values.next().is_some() {
+                // Which one counts is what a receiver and Ferry could disagree on.
+                return Ok(Err(FieldError::Malformed(format!(
+                    "header `{name}` is given more than once"
+                ))));
+            }
+            Ok(match first.map(|v| v.to_str()) {
+                None => Ok(None),
+                Some(Ok(text)) => Ok(Some(text.to_string())),
+                Some(Err(_)) => Err(FieldError::Malformed(format!(
+                    "header `{name}` holds a byte that is not visible ASCII (only 0x20 to 0x7E and tab are read)"
+                ))),
+            })
+        }
         FieldRef::Body(e) => {
             if let Some(path) = e.field_path()
                 && let Some(found) = crate::json::read_plain_path(body, path)
@@ -437,7 +448,7 @@ pub async fn receive(
     };
     let event_type = match event_type {
         Ok(t) => t,
-        Err(FieldError::NotText(err)) => {
+        Err(FieldError::Malformed(err)) => {
             return reject(
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_event_type", err),
                 &bytes,
@@ -493,10 +504,11 @@ pub async fn receive(
         None => None,
         Some(field) => match read_field(&app.sandbox, field, &headers, &bytes).await {
             Err(busy) => return shed(busy),
-            Ok(Ok(k)) => k,
+            // An empty key is no key: it must not make every later keyless event a duplicate.
+            Ok(Ok(k)) => k.filter(|k| !k.is_empty()),
             Ok(Err(err)) => {
                 let (status, why) = match err {
-                    FieldError::NotText(why) => (StatusCode::BAD_REQUEST, why),
+                    FieldError::Malformed(why) => (StatusCode::BAD_REQUEST, why),
                     FieldError::Failed(why) => (StatusCode::UNPROCESSABLE_ENTITY, why),
                 };
                 return reject(

@@ -148,6 +148,21 @@ const SECRET_HEADER_NAMES: [&str; 9] = [
     "password",
     "signature",
 ];
+/// Header and query parameter names with any of these in them hold secrets (`x-apikey`,
+/// `x-auth`, `authentication`, `x-session-id`, `credentials`, `hapikey`): a credential missed is
+/// a leak, a header masked for nothing is only less to read.
+const SECRET_NAME_PARTS: [&str; 9] = [
+    "auth",
+    "token",
+    "secret",
+    "passw",
+    "passwd",
+    "session",
+    "credential",
+    "apikey",
+    "signature",
+];
+
 /// Names that end like a secret but are not one.
 const PUBLIC_HEADER_NAMES: [&str; 1] = ["idempotency-key"];
 
@@ -167,7 +182,7 @@ fn is_secret_lower_case_header(name: &str) -> bool {
     !PUBLIC_HEADER_NAMES.contains(&name)
         && (SECRET_HEADER_NAMES.contains(&name)
             || SECRET_HEADER_ENDINGS.iter().any(|end| name.ends_with(end))
-            || name.contains("signature"))
+            || SECRET_NAME_PARTS.iter().any(|part| name.contains(part)))
 }
 
 /// Query parameter names that hold secrets whole.
@@ -205,17 +220,10 @@ const SECRET_PARAM_ENDINGS: [&str; 10] = [
 /// `key`, `token`, `secret`, `sig`, `signature`, `password`, `auth`, `code`, `api_key` and
 /// names ending like `_key`, `_token`, `_secret`, `_signature`, `_password` (or with `-`).
 pub fn is_secret_query_param(name: &str) -> bool {
-    SECRET_PARAM_NAMES
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n))
-        || SECRET_PARAM_ENDINGS
-            .iter()
-            .any(|end| ends_with_ignore_case(name, end))
-}
-
-fn ends_with_ignore_case(text: &str, end: &str) -> bool {
-    text.len() >= end.len()
-        && text.as_bytes()[text.len() - end.len()..].eq_ignore_ascii_case(end.as_bytes())
+    let lower = name.to_ascii_lowercase();
+    SECRET_PARAM_NAMES.contains(&lower.as_str())
+        || SECRET_PARAM_ENDINGS.iter().any(|end| lower.ends_with(end))
+        || SECRET_NAME_PARTS.iter().any(|part| lower.contains(part))
 }
 
 /// A secret's place in a spec.
@@ -360,32 +368,130 @@ pub fn masked(kind: ObjectKind, spec: &Value) -> Value {
 }
 
 /// Puts back, in a spec sent to replace `old`, the secrets it gives as the mask (what a read
-/// showed): the whole value, or a URL's masked parts, from `old` at the same place. Answers the
-/// places whose mask has nothing to stand for (no `old`, or nothing there).
+/// showed): the whole value, or a URL's masked parts, from `old` at the same place. Answers,
+/// for each mask that cannot be kept, why: there is nothing stored behind it; the URL the
+/// secret is sent to (the nearest `url` or `token_url` above it) now goes to another scheme,
+/// host or port, so keeping it would hand the stored secret to a new receiver; or the mask is
+/// where no secret is kept at all.
 pub fn restore_masked(kind: ObjectKind, spec: &mut Value, old: Option<&Value>) -> Vec<String> {
-    let mut missing = Vec::new();
-    for place in places(kind, spec) {
+    let mut refused = Vec::new();
+    let new_spec = spec.clone();
+    let secret_places = places(kind, spec);
+    for place in &secret_places {
         let before = old
             .and_then(|o| o.pointer(&place.pointer))
             .and_then(Value::as_str);
         let Some(Value::String(text)) = spec.pointer_mut(&place.pointer) else {
             continue;
         };
+        let masked = match &place.kind {
+            PlaceKind::Whole => text == MASK,
+            PlaceKind::Url(params) => url::has_mask(text, params),
+        };
+        if !masked {
+            continue;
+        }
+        let Some(before) = before else {
+            refused.push(format!(
+                "`{}` is the mask, and there is no stored secret for it to keep",
+                place.pointer
+            ));
+            continue;
+        };
+        if let Some(moved) = moved_receiver(&new_spec, old, &place.pointer) {
+            refused.push(format!(
+                "`{}` is the mask, but the secret would now go to {moved}; give the secret itself",
+                place.pointer
+            ));
+            continue;
+        }
         match &place.kind {
-            PlaceKind::Whole if text == MASK => match before {
-                Some(b) => *text = b.to_string(),
-                None => missing.push(place.pointer.clone()),
+            PlaceKind::Whole => *text = before.to_string(),
+            PlaceKind::Url(params) => match url::unmasked(text, before, params) {
+                Some(full) => *text = full,
+                None => refused.push(format!(
+                    "`{}` is the mask, and there is no stored secret for it to keep",
+                    place.pointer
+                )),
             },
-            PlaceKind::Url(params) if url::has_mask(text, params) => {
-                match before.and_then(|b| url::unmasked(text, b, params)) {
-                    Some(full) => *text = full,
-                    None => missing.push(place.pointer.clone()),
-                }
-            }
-            _ => {}
         }
     }
-    missing
+    let secret_pointers: Vec<&str> = secret_places.iter().map(|p| p.pointer.as_str()).collect();
+    let mut stray = Vec::new();
+    masks_outside(spec, String::new(), &secret_pointers, &mut stray);
+    refused.extend(stray.into_iter().map(|pointer| {
+        format!("`{pointer}` holds the mask where no secret is kept; write the value itself")
+    }));
+    refused
+}
+
+/// Where the secret at `pointer` would now be sent, when that is not where `old` sent it: the
+/// nearest `url` or `token_url` in an object above it (or in the same object), compared by
+/// scheme, host and port.
+fn moved_receiver(new: &Value, old: Option<&Value>, pointer: &str) -> Option<String> {
+    let old = old?;
+    let mut parent = pointer;
+    loop {
+        parent = &parent[..parent.rfind('/')?];
+        for field in ["url", "token_url"] {
+            let at = format!("{parent}/{field}");
+            if let Some(Value::String(now)) = new.pointer(&at) {
+                let then = old.pointer(&at).and_then(Value::as_str).unwrap_or_default();
+                let (a, b) = (origin(now), origin(then));
+                return (a != b).then(|| format!("`{a}` (`{at}`; it went to `{b}`)"));
+            }
+        }
+    }
+}
+
+/// A URL's scheme, host and port as text (`https://crm.example:443`); for a URL with
+/// placeholders that does not parse, its text up to the path.
+fn origin(text: &str) -> String {
+    match ::url::Url::parse(text) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => {
+            let after = text.find("://").map_or(0, |i| i + 3);
+            let end = text[after..]
+                .find(['/', '?', '#'])
+                .map_or(text.len(), |i| after + i);
+            text[..end].to_ascii_lowercase()
+        }
+    }
+}
+
+/// The pointers of strings that hold the mask (whole, as a query value or as a password) at
+/// places that are not secret.
+fn masks_outside(value: &Value, pointer: String, secret: &[&str], out: &mut Vec<String>) {
+    match value {
+        Value::String(text) => {
+            let holds = text == MASK
+                || text.contains(&format!("={MASK}"))
+                || text.contains(&format!(":{MASK}@"));
+            if holds && !secret.contains(&pointer.as_str()) {
+                out.push(if pointer.is_empty() {
+                    "/".into()
+                } else {
+                    pointer
+                });
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                masks_outside(item, format!("{pointer}/{i}"), secret, out);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                masks_outside(item, format!("{pointer}/{}", escape(key)), secret, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +510,12 @@ mod tests {
             "x-hub-signature-256",
             "x_client_password",
             "apikey",
+            "x-apikey",
+            "x-auth",
+            "Authentication",
+            "credentials",
+            "x-passwd",
+            "x-session",
         ] {
             assert!(is_secret_header(name), "{name}");
         }
@@ -424,6 +536,9 @@ mod tests {
             "signature",
             "access_token",
             "x-amz-signature",
+            "hapikey",
+            "session_id",
+            "oauth_verifier",
         ] {
             assert!(is_secret_query_param(name), "{name}");
         }
@@ -472,9 +587,56 @@ mod tests {
         assert_eq!(sent["headers"]["x-api-key"], "k2");
         assert_eq!(sent["url"], "https://r.example/h?key=k1&page=3");
         let mut new = json!({"id": "crm", "signing": {"secret": MASK}});
-        assert_eq!(
-            restore_masked(ObjectKind::Destination, &mut new, None),
-            ["/signing/secret"]
+        let refused = restore_masked(ObjectKind::Destination, &mut new, None);
+        assert!(
+            refused.len() == 1 && refused[0].contains("`/signing/secret`"),
+            "{refused:?}"
         );
+    }
+
+    #[test]
+    fn a_mask_is_not_kept_when_its_secret_would_go_elsewhere_or_where_none_is_kept() {
+        let old = json!({"id": "crm", "url": "https://r.example/h?token=t1",
+                         "headers": {"authorization": "Bearer b1", "x-tenant": "acme"},
+                         "signing": {"secret": "whsec_old"}});
+        // Another host: every kept secret of the destination is refused, each with why.
+        let mut sent = masked(ObjectKind::Destination, &old);
+        sent["url"] = json!("https://attacker.example/steal?token=********");
+        let refused = restore_masked(ObjectKind::Destination, &mut sent, Some(&old));
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(
+            refused.iter().all(|r| r.contains("attacker.example")),
+            "{refused:?}"
+        );
+        // Another scheme or port is another receiver too; another path is not.
+        for (url, moved) in [
+            ("http://r.example/h?token=********", true),
+            ("https://r.example:8443/h?token=********", true),
+            ("https://r.example/other?token=********", false),
+            ("https://R.example:443/h?token=********", false),
+        ] {
+            let mut sent = masked(ObjectKind::Destination, &old);
+            sent["url"] = json!(url);
+            let refused = restore_masked(ObjectKind::Destination, &mut sent, Some(&old));
+            assert_eq!(!refused.is_empty(), moved, "{url}: {refused:?}");
+        }
+        // An http step's secrets follow the step's own URL, placeholders and all.
+        let flow = |url: &str, auth: &str| json!({"id": "f", "steps": [{"http": {"url": url, "auth": {"bearer": auth}}}]});
+        let old_flow = flow("https://api.example/u/{{ .id }}", "tok");
+        let mut same = flow("https://api.example/v2/{{ .id }}", MASK);
+        assert!(restore_masked(ObjectKind::Flow, &mut same, Some(&old_flow)).is_empty());
+        assert_eq!(same["steps"][0]["http"]["auth"]["bearer"], "tok");
+        let mut moved = flow("https://evil.example/{{ .id }}", MASK);
+        assert_eq!(
+            restore_masked(ObjectKind::Flow, &mut moved, Some(&old_flow)).len(),
+            1
+        );
+        // The mask where no secret is kept is refused, not stored as text.
+        let mut stray = masked(ObjectKind::Destination, &old);
+        stray["headers"]["x-tenant"] = json!(MASK);
+        stray["headers"]["x-new"] = json!(MASK);
+        let refused = restore_masked(ObjectKind::Destination, &mut stray, Some(&old));
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].contains("no secret is kept"), "{refused:?}");
     }
 }

@@ -176,7 +176,36 @@ async fn repeated_keys_bad_bytes_and_extreme_timestamps_are_refused_and_the_serv
         (400, Some("invalid_event_type")),
         "{e}"
     );
+    // A header given twice: which one counts is what a receiver could read otherwise.
+    for (path, name, code) in [
+        ("/in/plain", "idempotency-key", "invalid_idempotency_key"),
+        ("/in/typed", "x-event-type", "invalid_event_type"),
+    ] {
+        let (status, e) = post_raw(
+            &app,
+            path,
+            br#"{"type":"t"}"#.to_vec(),
+            &[(name, b"a"), (name, b"b")],
+        )
+        .await;
+        assert_eq!((status, e["error"].as_str()), (400, Some(code)), "{e}");
+        assert!(message(&e).contains("more than once"), "{e}");
+    }
     assert_eq!(app.event_count().await, 0, "nothing refused is stored");
+    // An empty key is no key: two such events are two events, not a duplicate.
+    for n in 0..2 {
+        let body = format!(r#"{{"type":"t","empty_key":{n}}}"#);
+        let (status, e) = post_raw(
+            &app,
+            "/in/plain",
+            body.into_bytes(),
+            &[("idempotency-key", b"")],
+        )
+        .await;
+        assert_eq!(status, 202, "{e}");
+        assert!(e.get("duplicate").is_none(), "{e}");
+    }
+    receiver.wait_for(2).await;
 
     // API bodies are strict too.
     for (path, body) in [
@@ -218,8 +247,8 @@ async fn repeated_keys_bad_bytes_and_extreme_timestamps_are_refused_and_the_serv
     )
     .await;
     assert_eq!(status, 202);
-    receiver.wait_for(1).await;
-    assert_eq!(app.event_count().await, 1);
+    receiver.wait_for(3).await;
+    assert_eq!(app.event_count().await, 3);
 }
 
 async fn error_of(r: reqwest::Response) -> (u16, Value) {
