@@ -182,7 +182,21 @@ fn is_secret_lower_case_header(name: &str) -> bool {
     !PUBLIC_HEADER_NAMES.contains(&name)
         && (SECRET_HEADER_NAMES.contains(&name)
             || SECRET_HEADER_ENDINGS.iter().any(|end| name.ends_with(end))
-            || SECRET_NAME_PARTS.iter().any(|part| name.contains(part)))
+            || has_secret_part(name))
+}
+
+/// Whether a lower-case `name` has one of [`SECRET_NAME_PARTS`] in it. Ingest asks this of
+/// every header of every event: a part is compared only where the name has its first two
+/// bytes, so a name such as `content-type` costs a few byte compares (`str::contains` for
+/// each part cost more than the rest of the header check; callgrind, docs/PERFORMANCE.md).
+fn has_secret_part(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.windows(2).enumerate().any(|(at, pair)| {
+        SECRET_NAME_PARTS.iter().any(|part| {
+            let p = part.as_bytes();
+            p[0] == pair[0] && p[1] == pair[1] && bytes[at..].starts_with(p)
+        })
+    })
 }
 
 /// Query parameter names that hold secrets whole.
@@ -223,7 +237,7 @@ pub fn is_secret_query_param(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     SECRET_PARAM_NAMES.contains(&lower.as_str())
         || SECRET_PARAM_ENDINGS.iter().any(|end| lower.ends_with(end))
-        || SECRET_NAME_PARTS.iter().any(|part| lower.contains(part))
+        || has_secret_part(&lower)
 }
 
 /// A secret's place in a spec.
