@@ -1595,7 +1595,22 @@ impl Checker<'_> {
             self.error(place.to_string(), "`http.auth` takes exactly one of bearer, basic, api_key, oauth2_client_credentials");
             return None;
         }
+        // A secret sent in a header must be one a header can carry: refused here, by its field
+        // and never quoted, rather than failing every attempt later.
+        let header_safe = |this: &mut Self, field: &str, value: &str| {
+            let fits = reqwest::header::HeaderValue::from_str(value).is_ok();
+            if !fits {
+                this.error(
+                    place.to_string(),
+                    format!("`{field}` holds a character a header cannot carry (a control character such as a line break, or a byte that is not visible ASCII)"),
+                );
+            }
+            fits
+        };
         if let Some(token) = raw.bearer {
+            if !header_safe(self, "http.auth.bearer", &token) {
+                return None;
+            }
             return Some(Auth::Bearer(Secret::new(token.into_bytes())));
         }
         if let Some(b) = raw.basic {
@@ -1615,6 +1630,9 @@ impl Checker<'_> {
                 );
                 return None;
             };
+            if !header_safe(self, "http.auth.api_key.value", &k.value) {
+                return None;
+            }
             return Some(Auth::ApiKey {
                 header,
                 value: Secret::new(k.value.into_bytes()),

@@ -552,3 +552,30 @@ fn an_alert_interval_or_a_timeout_of_zero_is_refused() {
     }
     assert!(load("settings: { alert_interval: 100ms }").is_ok());
 }
+
+#[test]
+fn a_header_secret_a_header_cannot_carry_is_refused_without_quoting_it() {
+    for (auth, field) in [
+        (
+            "{ bearer: \"zz-tok\\r\\nx-injected: 1\" }",
+            "http.auth.bearer",
+        ),
+        (
+            "{ api_key: { header: x-api-key, value: \"zz-tok\\n\" } }",
+            "http.auth.api_key.value",
+        ),
+    ] {
+        let yaml = format!(
+            "settings: {{ allow_private_destinations: true }}\nsources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]\nflows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ http: {{ url: \"http://127.0.0.1:9/\", auth: {auth} }} }} ] }} ]"
+        );
+        let errs = load(&yaml).expect_err(&yaml).0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains(&format!(
+                "`{field}` holds a character a header cannot carry"
+            ))),
+            "{yaml}\n{text:#?}"
+        );
+        assert!(text.iter().all(|t| !t.contains("zz-tok")), "{text:#?}");
+    }
+}
