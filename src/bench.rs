@@ -4,6 +4,8 @@
 //! Ferry and the bare handlers each run as a child process (so their peak RSS is their own);
 //! the load generator and the receivers run in this process, on loopback only. Every figure
 //! is reported with its ratio to the bare handler's, since these machines are shared and noisy.
+//! Each Ferry phase has a data directory of its own, and reports what it left on disk and what
+//! its commits wrote to the WAL per event acknowledged ([`Storage`]).
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -30,6 +32,10 @@ pub struct BenchArgs {
     /// Where the Ferry under test keeps its data (a fresh folder per phase is made inside).
     #[arg(long, default_value = "ferry-bench-data")]
     pub data: PathBuf,
+    /// Keep the data folder after the run (each phase's `ferry.db` is in `PHASE/data/`), to
+    /// look at where the bytes went; by default it is removed.
+    #[arg(long)]
+    pub keep_data: bool,
     /// Rounds of the ingest-only phase. Each round drives the bare handler, then Ferry, back to
     /// back, and takes their ratio; the median of the rounds' ratios is reported, so a host
     /// that speeds up or slows down between phases moves both sides of a ratio alike.
@@ -179,6 +185,8 @@ fn append_and_sync(file: std::fs::File, mut queued: tokio::sync::mpsc::Receiver<
 struct Target {
     child: tokio::process::Child,
     addr: SocketAddr,
+    /// A Ferry's data directory (`None` for the bare handlers).
+    data: Option<PathBuf>,
 }
 
 impl Target {
@@ -248,7 +256,11 @@ async fn start_target_from(program: &Path, args: &[String]) -> Result<Target, Be
         })?;
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(Target { child, addr });
+            return Ok(Target {
+                child,
+                addr,
+                data: None,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -274,17 +286,22 @@ async fn start_ferry_from(program: &Path, dir: &Path, yaml: &str) -> Result<Targ
     std::fs::create_dir_all(dir)?;
     let config = dir.join("ferry.yaml");
     std::fs::write(&config, yaml)?;
-    start_target_from(
+    let data = dir.join("data");
+    let target = start_target_from(
         program,
         &[
             "serve".into(),
             "--config".into(),
             config.display().to_string(),
             "--data".into(),
-            dir.join("data").display().to_string(),
+            data.display().to_string(),
         ],
     )
-    .await
+    .await?;
+    Ok(Target {
+        data: Some(data),
+        ..target
+    })
 }
 
 /// What a closed-loop phase with deliveries measured.
@@ -293,10 +310,11 @@ struct DeliveryRun {
     deliveries_per_s: f64,
     failed: u64,
     rss: Option<f64>,
+    storage: Storage,
 }
 
 /// Drives `ferry` as fast as it answers and counts what the receivers get in the measured
-/// window; stops `ferry` after.
+/// window; once every event's run has ended, measures what it stored; stops `ferry` after.
 async fn deliveries_closed_loop(
     ferry: Target,
     stats: &Arc<Deliveries>,
@@ -322,6 +340,7 @@ async fn deliveries_closed_loop(
     let load = drive(ferry.addr, connections, warmup, measure, None, size, epoch).await;
     let delivered = recorder.await.unwrap_or(0);
     let rss = ferry.peak_rss_mb();
+    let storage = Storage::measure(&ferry, load.acked, load.acked).await;
     ferry.stop().await;
     stats
         .latencies_us
@@ -333,7 +352,160 @@ async fn deliveries_closed_loop(
         deliveries_per_s: delivered as f64 / measure.as_secs_f64(),
         failed: load.failed,
         rss,
+        storage,
     }
+}
+
+/// What a phase's Ferry stored: the database and its WAL after the phase, and what its commits
+/// wrote to the WAL, for the events it acknowledged (warm-up included: its events are stored
+/// too). The WAL counts in the bytes on disk: it is disk the store holds, and what was
+/// committed since the last checkpoint is only there. It does not grow with the events (the
+/// checkpointer starts it over past [`crate::store::WAL_RESTART_BYTES`]), so over a short
+/// phase it weighs more per event than over a long one; `db_bytes` is the database alone.
+struct Storage {
+    acked: u64,
+    db_bytes: u64,
+    wal_file_bytes: u64,
+    /// From `ferry_store_wal_written_bytes_total`; `None` when `/metrics` did not say.
+    wal_written: Option<u64>,
+    /// Whether every run had ended and no delivery was pending when it was measured.
+    settled: bool,
+}
+
+/// How long a phase's Ferry is given, after its load, to end the runs of the events it took.
+const SETTLE_FOR: Duration = Duration::from_secs(120);
+
+impl Storage {
+    /// Waits until `ferry` has ended `runs` runs and has no pending delivery (or [`SETTLE_FOR`]
+    /// has passed), so that every event's attempts and run states are stored, then reads the
+    /// WAL counter and the sizes of the files in its data directory.
+    async fn measure(ferry: &Target, acked: u64, runs: u64) -> Storage {
+        let addr = ferry.addr;
+        let deadline = Instant::now() + SETTLE_FOR;
+        let mut settled = false;
+        let mut metrics = fetch_metrics(addr).await;
+        while let Some(text) = &metrics {
+            let ended = metric_sum(text, "ferry_runs_total").unwrap_or(0.0);
+            let pending = metric_sum(text, "ferry_queue_depth").unwrap_or(0.0);
+            settled = ended >= runs as f64 && pending == 0.0;
+            if settled || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            metrics = fetch_metrics(addr).await;
+        }
+        if !settled {
+            eprintln!(
+                "  storage: measured before every run had ended (after {}s, or /metrics did not answer)",
+                SETTLE_FOR.as_secs()
+            );
+        }
+        let size = |name: &str| {
+            ferry
+                .data
+                .as_ref()
+                .and_then(|data| std::fs::metadata(data.join(name)).ok())
+                .map_or(0, |m| m.len())
+        };
+        let storage = Storage {
+            acked,
+            db_bytes: size("ferry.db"),
+            wal_file_bytes: size("ferry.db-wal"),
+            wal_written: metrics
+                .as_deref()
+                .and_then(|t| metric_sum(t, "ferry_store_wal_written_bytes_total"))
+                .map(|b| b as u64),
+            settled,
+        };
+        eprintln!(
+            "  storage: {} events acknowledged; ferry.db {:.1} MB ({:.0} B per event), ferry.db-wal {:.1} MB; WAL written {}",
+            storage.acked,
+            storage.db_bytes as f64 / 1e6,
+            storage.db_bytes as f64 / storage.acked as f64,
+            storage.wal_file_bytes as f64 / 1e6,
+            storage
+                .wal_written
+                .map_or("unknown".to_string(), |b| format!(
+                    "{:.1} MB",
+                    b as f64 / 1e6
+                )),
+        );
+        storage
+    }
+
+    /// Bytes of `ferry.db` and `ferry.db-wal` per event acknowledged.
+    fn on_disk_per_event(&self) -> f64 {
+        (self.db_bytes + self.wal_file_bytes) as f64 / self.acked as f64
+    }
+
+    /// Bytes written to the WAL per event acknowledged.
+    fn wal_written_per_event(&self) -> f64 {
+        self.wal_written
+            .map_or(f64::NAN, |b| b as f64 / self.acked as f64)
+    }
+
+    /// The two rows of `shape`.
+    fn rows(&self, shape: &'static str) -> [Row; 2] {
+        let unsettled = if self.settled {
+            ""
+        } else {
+            ", runs not all ended"
+        };
+        [
+            row(
+                shape,
+                format!("bytes on disk per event (ferry.db + WAL){unsettled}"),
+                self.on_disk_per_event(),
+                "B",
+                None,
+            ),
+            row(
+                shape,
+                format!("WAL bytes written per event{unsettled}"),
+                self.wal_written_per_event(),
+                "B",
+                None,
+            ),
+        ]
+    }
+}
+
+/// `GET /metrics` of the Ferry at `addr`; `None` when it does not answer with a page.
+async fn fetch_metrics(addr: SocketAddr) -> Option<String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/metrics")
+        .header("host", "bench")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(body.to_vec()).ok()
+}
+
+/// The sum of every series of the metric `name` in a Prometheus text page; `None` when it has
+/// none.
+fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or(series);
+        if metric == name
+            && let Ok(v) = value.parse::<f64>()
+        {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
 }
 
 /// Counts what the receivers got, and ingest-to-delivery latency from the `sent_us` stamp.
@@ -395,7 +567,10 @@ fn body(seq: u64, sent_us: u64, size: usize) -> Bytes {
 
 #[derive(Default)]
 struct Load {
+    /// Successful requests in the measured window.
     ok: u64,
+    /// Successful requests, the warm-up's included.
+    acked: u64,
     failed: u64,
     latencies_us: Vec<u32>,
 }
@@ -460,6 +635,7 @@ async fn drive(
                     }
                     Err(_) => false,
                 };
+                load.acked += u64::from(good);
                 if sent >= measure_from {
                     if good {
                         load.ok += 1;
@@ -476,6 +652,7 @@ async fn drive(
     for t in tasks {
         if let Ok(l) = t.await {
             total.ok += l.ok;
+            total.acked += l.acked;
             total.failed += l.failed;
             total.latencies_us.extend(l.latencies_us);
         }
@@ -672,11 +849,9 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
 
     let mut ingest_rss = None;
     if args.phases.contains(&Phase::Ingest) {
-        let ferry = start_ferry(
-            &args.data.join("ingest"),
-            &config(&receivers, Shape::IngestOnly),
-        )
-        .await?;
+        let dir = args.data.join("ingest");
+        let ferry = start_ferry(&dir, &config(&receivers, Shape::IngestOnly)).await?;
+        let mut acked = 0;
         let synced = start_synced_bare(&args.data.join("synced-bare")).await?;
         let mut rounds: Vec<Round> = Vec::new();
         let mut latencies = Vec::new();
@@ -723,8 +898,10 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             });
             latencies.extend(ingest.latencies_us);
             failed += ingest.failed;
+            acked += ingest.acked;
         }
         ingest_rss = ferry.peak_rss_mb();
+        let storage = Storage::measure(&ferry, acked, 0).await;
         ferry.stop().await;
         synced.stop().await;
         latencies.sort_unstable();
@@ -769,6 +946,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
                 ratio,
             ));
         }
+        rows.extend(storage.rows("ingest only"));
         push_percentiles(
             &mut rows,
             "ingest only",
@@ -787,11 +965,8 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
 
     if args.phases.contains(&Phase::Fanout) {
         eprintln!("phase 4/7: ferry, fan-out to 3, closed loop");
-        let ferry = start_ferry(
-            &args.data.join("fanout"),
-            &config(&receivers, Shape::FanOut),
-        )
-        .await?;
+        let dir = args.data.join("fanout");
+        let ferry = start_ferry(&dir, &config(&receivers, Shape::FanOut)).await?;
         let run = deliveries_closed_loop(ferry, &stats, c, warmup, measure, size, epoch).await;
         rows.push(row(
             "fan-out to 3",
@@ -807,6 +982,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             "",
             Some(run.deliveries_per_s / bare_rps),
         ));
+        rows.extend(run.storage.rows("fan-out to 3"));
         rss.push(("fan-out to 3", run.rss));
         failures.push(("fan-out", run.failed));
     }
@@ -815,7 +991,8 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         let shape = "filter, transform, fan-out to 3";
         eprintln!("phase 5/7: ferry, {shape}, closed loop");
         let yaml = config(&receivers, Shape::Expressions);
-        let ferry = start_ferry(&args.data.join("flow"), &yaml).await?;
+        let dir = args.data.join("flow");
+        let ferry = start_ferry(&dir, &yaml).await?;
         let ours = deliveries_closed_loop(ferry, &stats, c, warmup, measure, size, epoch).await;
         rows.push(row(
             shape,
@@ -824,11 +1001,13 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             "",
             Some(ours.deliveries_per_s / bare_rps),
         ));
+        rows.extend(ours.storage.rows(shape));
         rss.push((shape, ours.rss));
         failures.push(("flow", ours.failed));
         if let Some(other) = &args.compare_with {
             eprintln!("phase 5/7: {}, {shape}, closed loop", other.display());
-            let ferry = start_ferry_from(other, &args.data.join("flow-other"), &yaml).await?;
+            let dir = args.data.join("flow-other");
+            let ferry = start_ferry_from(other, &dir, &yaml).await?;
             let theirs =
                 deliveries_closed_loop(ferry, &stats, c, warmup, measure, size, epoch).await;
             rows.push(row(
@@ -838,6 +1017,7 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
                 "",
                 Some(theirs.deliveries_per_s / bare_rps),
             ));
+            rows.extend(theirs.storage.rows("the same, --compare-with build"));
             rows.push(row(
                 "this build / --compare-with build",
                 "deliveries/s",
@@ -945,6 +1125,10 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
             format!("{:.2}", r.value)
         } else if r.unit == "MB" {
             format!("{:.1} MB", r.value)
+        } else if r.unit == "B" && r.value.is_nan() {
+            "unknown".to_string()
+        } else if r.unit == "B" {
+            format!("{:.0} B", r.value)
         } else {
             format!("{:.0}", r.value)
         };
@@ -961,7 +1145,11 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
         .map(|(name, n)| format!("{name} {n}"))
         .collect();
     println!("failed requests: {}", failures.join(", "));
-    let _ = std::fs::remove_dir_all(&args.data);
+    if args.keep_data {
+        println!("data kept in {}", args.data.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&args.data);
+    }
     Ok(())
 }
 
@@ -1025,6 +1213,22 @@ mod tests {
         let message = error.to_string();
         assert!(message.starts_with("cannot create "), "{message}");
         assert!(message.contains("synced/appended"), "{message}");
+    }
+
+    #[test]
+    fn a_metric_is_summed_over_its_series_and_only_its_own() {
+        let page = "# HELP ferry_queue_depth Pending deliveries\n\
+            # TYPE ferry_queue_depth gauge\n\
+            ferry_queue_depth{destination=\"d0\"} 2\n\
+            ferry_queue_depth{destination=\"d1\"} 3\n\
+            ferry_queue_depth_other 100\n\
+            ferry_store_wal_written_bytes_total 123456\n";
+        assert_eq!(metric_sum(page, "ferry_queue_depth"), Some(5.0));
+        assert_eq!(
+            metric_sum(page, "ferry_store_wal_written_bytes_total"),
+            Some(123456.0)
+        );
+        assert_eq!(metric_sum(page, "ferry_runs_total"), None);
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //! success the next time). Only a new connection (the writer opens one: `writer::run`) writes
 //! again. What failed, and where, is kept for the thread that made the call ([`take_failure`]).
 //!
+//! The bytes the writer's WAL received (frames with their headers, as written) are counted for
+//! the thread that wrote them ([`take_wal_written`]); the writer adds them to a metric.
+//!
 //! The shared memory index and every other file are the default VFS's own, untouched.
 
 use rusqlite::ffi;
@@ -68,6 +71,17 @@ pub fn take_failure() -> Option<String> {
 
 fn note_failure(what: String) {
     LAST_FAILURE.with(|f| *f.borrow_mut() = Some(what));
+}
+
+thread_local! {
+    /// Bytes written to the writer's WAL on this thread since the last [`take_wal_written`].
+    static WAL_WRITTEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The bytes written to the writer's WAL by this thread since the last call (the writer owns
+/// its connection's thread, so these are its commits' frames, headers included).
+pub fn take_wal_written() -> u64 {
+    WAL_WRITTEN.with(|w| w.replace(0))
 }
 
 /// Registers both VFSes with SQLite once per process (SQLite's list of VFSes is
@@ -316,6 +330,7 @@ unsafe fn flush(f: &mut WrappedFile) -> c_int {
         }
         offset += chunk.len() as i64;
     }
+    WAL_WRITTEN.with(|w| w.set(w.get() + bytes.len() as u64));
     // The allocation is kept for the next commit's frames.
     f.state.bytes = bytes;
     f.state.bytes.clear();

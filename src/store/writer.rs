@@ -3,7 +3,8 @@
 //! only then answers the callers. A transaction that fails because the disk could not take it
 //! (full, an I/O error) is rolled back and every caller of its batch is told; the store then
 //! cannot write (`writable`) until a small write on a new connection commits, tried every
-//! second, and writes asked for meanwhile are refused at once.
+//! second, and writes asked for meanwhile are refused at once. The bytes its commits wrote to
+//! the WAL go to `ferry_store_wal_written_bytes_total`.
 
 use super::writable::Writability;
 use super::*;
@@ -169,7 +170,7 @@ pub(super) fn run(
         if failed.is_none()
             && let Some(batch) = open
         {
-            failed = commit(live, batch, &options, &mut stats, &ctx.path);
+            failed = commit(live, batch, &options, &mut stats, &ctx);
         }
         if let Some(f) = failed {
             events::store_write_failed(&ctx.metrics, &f.reason, f.writes);
@@ -431,14 +432,15 @@ fn apply(
 /// Commits the open transaction and answers the batch's callers: with their results once the
 /// commit returned (its WAL frames are then written and synced: `synchronous=FULL` through
 /// `wal_vfs`), or with the failure of the commit, a failed sync included. Answers the failure
-/// when the disk could not take the commit.
+/// when the disk could not take the commit. The bytes written to the WAL are counted first.
 fn commit(
     conn: &Connection,
     batch: OpenBatch,
     options: &StoreOptions,
     stats: &mut BatchStats,
-    path: &Path,
+    ctx: &WriterContext,
 ) -> Option<Failed> {
+    let path = ctx.path.as_path();
     if batch.rejections > 0
         && let Err(e) = conn.execute(
             "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?1",
@@ -458,6 +460,8 @@ fn commit(
         .and_then(|mut s| s.execute([]))
         .map(drop);
     stats.commit += committing.elapsed();
+    // Counted before the callers are answered, so that a caller sees its commit's bytes.
+    events::store_wal_written(&ctx.metrics, super::wal_vfs::take_wal_written());
     stats
         .sizes
         .push(u32::try_from(batch.ops).unwrap_or(u32::MAX));
@@ -975,6 +979,32 @@ mod tests {
         sent += 64;
         let stored = store.read(crate::store::reads::count_events).await.unwrap();
         assert_eq!(stored, sent as i64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bytes_written_to_the_wal_are_counted_by_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+        let store =
+            crate::store::Store::open(dir.path(), Default::default(), metrics.clone()).unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; 8 * 1024]);
+        let mut before = metrics.store_wal_written.get();
+        for _ in 0..3 {
+            store
+                .ingest(event(&payload), Vec::new(), Vec::new())
+                .await
+                .unwrap();
+            // Counted once the commit is answered: at least the payload's pages, each with
+            // its frame header, and not more than a few pages besides.
+            let now = metrics.store_wal_written.get();
+            let written = now - before;
+            assert!(
+                (8 * 1024 + 2 * 24..=8 * (4096 + 24)).contains(&written),
+                "{written} bytes"
+            );
+            assert_eq!(written % (4096 + 24), 0, "whole frames: {written}");
+            before = now;
+        }
     }
 
     fn event(payload: &bytes::Bytes) -> crate::store::NewEvent {

@@ -316,6 +316,12 @@ pub fn store_checkpoint_failed(m: &Metrics, reason: &str, first: bool) {
     m.store_failed_checkpoints.inc();
 }
 
+/// A commit of the store's writer wrote `bytes` to the WAL. No log line: there is one commit
+/// per batch of writes, and the writer logs its batches' figures at debug level.
+pub fn store_wal_written(m: &Metrics, bytes: u64) {
+    m.store_wal_written.inc_by(bytes);
+}
+
 /// Checkpoints work again after `failures` in a row.
 pub fn store_checkpoints_resumed(failures: u64) {
     tracing::info!(failures, "checkpoints work again");

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub store_writable: Gauge,
     pub store_failed_writes: Counter,
     pub store_failed_checkpoints: Counter,
+    pub store_wal_written: Counter,
     pub pruned: Family<Labels, Counter>,
     pub prune_failures: Counter,
     pub oldest_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -141,6 +142,7 @@ impl Metrics {
             store_writable: Gauge::default(),
             store_failed_writes: Counter::default(),
             store_failed_checkpoints: Counter::default(),
+            store_wal_written: Counter::default(),
             pruned: Family::default(),
             prune_failures: Counter::default(),
             oldest_event_age: Gauge::default(),
@@ -251,6 +253,12 @@ impl Metrics {
             "store_failed_checkpoints",
             "Checkpoints (copies of the WAL into the database file) that failed",
             m.store_failed_checkpoints.clone(),
+        );
+        registry.register_with_unit(
+            "store_wal_written",
+            "Bytes the store's writer wrote to the WAL (its commits' frames, headers included)",
+            Unit::Bytes,
+            m.store_wal_written.clone(),
         );
         registry.register(
             "pruned",

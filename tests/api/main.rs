@@ -5,6 +5,7 @@ mod helpers;
 mod tmpfs;
 
 mod alerts;
+mod bench;
 mod cli;
 mod client;
 mod config;
