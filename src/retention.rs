@@ -30,8 +30,8 @@ const VACUUM_STEP: u32 = 256;
 /// Free pages always left for new rows: a quarter of the pages in use, and at least this.
 const MIN_FREE_PAGES_KEPT: i64 = 256;
 /// Events remembered between passes because their bodies may go later (pending, or active
-/// too recently). Past this, the scan for bodies stops at the first one it cannot remember and
-/// starts there next time.
+/// too recently). Past this, the scan for bodies goes on without remembering more, and the next
+/// pass starts again at the first one it could not remember.
 const MAX_WAITING: usize = 10_000;
 
 /// Everything the pruner needs.
@@ -202,6 +202,10 @@ impl Pruner {
             self.waiting.extend(report.waiting);
         }
         let mut after = self.bodies_cursor.max(examined);
+        // The first waiting event the full set could not remember: the next pass starts there.
+        // The scan goes on past it, so that bodies due behind a backlog of pending work (a
+        // paused destination) still go.
+        let mut resume_at: Option<i64> = None;
         loop {
             let scope = PruneScope::After {
                 seq: after,
@@ -213,14 +217,13 @@ impl Pruner {
             add(done, &report);
             for seq in &report.waiting {
                 if self.waiting.len() >= MAX_WAITING {
-                    // Start from this one next time.
-                    self.bodies_cursor = seq - 1;
-                    return Ok(());
+                    resume_at.get_or_insert(seq - 1);
+                } else {
+                    self.waiting.insert(*seq);
                 }
-                self.waiting.insert(*seq);
             }
             after = report.last_seq.unwrap_or(after);
-            self.bodies_cursor = after;
+            self.bodies_cursor = resume_at.unwrap_or(after);
             if report.reached_end {
                 return Ok(());
             }

@@ -27,6 +27,10 @@ pub struct PruneCutoffs {
     pub payloads: Option<Millis>,
 }
 
+/// How far past now an event's arrival time may be and still count as now: beyond it, the
+/// clock was ahead when the event came (see `prune_in_savepoint`).
+const FUTURE_SLACK: Millis = 60_000;
+
 /// Which events one batch examines.
 #[derive(Debug, Clone)]
 pub enum PruneScope {
@@ -113,9 +117,13 @@ fn prune_in_savepoint(
             bodies_only,
         } => {
             let events = events_after(tx, *seq, *max)?;
-            let young = events
-                .iter()
-                .position(|e| e.received_at >= *received_before);
+            // Arrival order is time order, so the scan ends at the first event received after
+            // the cutoff; except an event stamped in the future (received while the clock ran
+            // ahead, then corrected), which is passed over: it must not hold back every event
+            // behind it until the clock catches up.
+            let young = events.iter().position(|e| {
+                e.received_at >= *received_before && e.received_at <= cutoffs.now + FUTURE_SLACK
+            });
             report.reached_end = young.is_some() || events.len() < *max;
             let events = match young {
                 Some(n) => events.into_iter().take(n).collect(),
@@ -407,6 +415,51 @@ mod tests {
             ])
         );
         assert_eq!(super::steps_without_bodies("not json"), "[]");
+    }
+
+    #[test]
+    fn an_event_stamped_in_the_future_does_not_hold_back_the_events_behind_it() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::store::schema::SCHEMA).unwrap();
+        let now = 10_000_000;
+        // Finished events (no runs, no deliveries) an hour old, but the second was received
+        // while the clock was a day ahead.
+        for (seq, at) in [
+            (1, now - 3_600_000),
+            (2, now + 86_400_000),
+            (3, now - 3_600_000),
+            (4, now - 3_600_000),
+        ] {
+            conn.execute(
+                "INSERT INTO events (seq, id, source, event_type, received_at, headers, payload) VALUES (?1, ?2, 's', 't', ?3, '{}', x'7b7d')",
+                rusqlite::params![seq, format!("evt_{seq}"), at],
+            )
+            .unwrap();
+        }
+        let cutoffs = super::PruneCutoffs {
+            now,
+            finished: now - 60_000,
+            dead: now - 60_000,
+            payloads: None,
+        };
+        let scope = super::PruneScope::After {
+            seq: 0,
+            received_before: cutoffs.finished,
+            max: 128,
+            bodies_only: false,
+        };
+        conn.execute_batch("BEGIN").unwrap();
+        let report = super::prune_events(&conn, &scope, &cutoffs).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        let left: Vec<i64> = conn
+            .prepare("SELECT seq FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, [2], "{report:?}");
+        assert_eq!(report.events, 3);
     }
 
     #[test]

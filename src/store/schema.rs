@@ -4,7 +4,7 @@ use super::StoreError;
 use rusqlite::Connection;
 use std::path::Path;
 
-const SCHEMA: &str = r#"
+pub(super) const SCHEMA: &str = r#"
 -- A rowid table: payloads are large rows, which WITHOUT ROWID tables store poorly.
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
