@@ -258,13 +258,37 @@ fn convert_to_incremental(conn: Connection, path: &Path) -> Result<Connection, S
                 seconds = started.elapsed().as_secs_f64(),
                 "the store now gives pruned pages back to the file system"
             );
+            truncate_wal(&conn);
             Ok(conn)
         }
         Err(e) => {
             let detail = super::wal_vfs::take_failure().map_or(String::new(), |d| format!(": {d}"));
             tracing::warn!(error = %e, detail, "cannot rewrite the store with auto_vacuum = INCREMENTAL; it keeps working without giving pages back to the file system, and the next start tries again");
             drop(conn);
-            connect_writer(path)
+            let conn = connect_writer(path)?;
+            truncate_wal(&conn);
+            Ok(conn)
+        }
+    }
+}
+
+/// Copies the WAL into the database file and empties it. The rewrite sent every page through
+/// the WAL, and Ferry's checkpointer starts a WAL over rather than shrinking it, so without this
+/// a rewritten store kept a WAL as large as itself until the next clean stop; a failed rewrite
+/// left the frames it wrote on a disk that was already short of room. Nothing else runs yet.
+/// A failure here is logged: the store is as good as before, only larger on disk.
+fn truncate_wal(conn: &Connection) {
+    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    match result {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!(
+            "the WAL could not be emptied after the rewrite (busy); it is reused as it is"
+        ),
+        Err(e) => {
+            let detail = super::wal_vfs::take_failure().map_or(String::new(), |d| format!(": {d}"));
+            tracing::warn!(error = %e, detail, "the WAL could not be emptied after the rewrite; it is reused as it is");
         }
     }
 }

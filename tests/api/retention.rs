@@ -350,6 +350,17 @@ fn version_2_data_dir(dir: &std::path::Path, now: i64) -> (String, String) {
         rusqlite::params![ferry::ids::event_id(), now - 1000],
     )
     .unwrap();
+    // Two megabytes that the rewrite copies through the WAL.
+    conn.execute_batch("CREATE TABLE padding (b BLOB)").unwrap();
+    for _ in 0..32 {
+        conn.execute(
+            "INSERT INTO padding VALUES (?1)",
+            rusqlite::params![vec![7u8; 64 * 1024]],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap();
@@ -408,4 +419,10 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b] }} ] }} ]
         .unwrap();
     assert_eq!((version, integrity.as_str()), (3, "ok"));
     assert!(space.incremental, "auto_vacuum is now INCREMENTAL");
+    // The rewrite's copy of every page does not stay in the WAL.
+    let wal = std::fs::metadata(dir.path().join("ferry.db-wal")).map_or(0, |m| m.len());
+    assert!(
+        wal < 1024 * 1024,
+        "the WAL kept {wal} bytes after the rewrite"
+    );
 }
