@@ -75,6 +75,7 @@ pub fn start(parts: RetentionParts) -> PrunerHandle {
         parts,
         bodies_cursor: 0,
         waiting: BTreeSet::new(),
+        max_waiting: MAX_WAITING,
     };
     tokio::spawn(pruner.run(rx));
     PrunerHandle { now: Some(tx) }
@@ -87,6 +88,8 @@ struct Pruner {
     bodies_cursor: i64,
     /// Events whose bodies may go later, by `seq`.
     waiting: BTreeSet<i64>,
+    /// [`MAX_WAITING`] (smaller in tests).
+    max_waiting: usize,
 }
 
 impl Pruner {
@@ -216,7 +219,7 @@ impl Pruner {
             let report = self.parts.store.prune_events(scope, *cutoffs).await?;
             add(done, &report);
             for seq in &report.waiting {
-                if self.waiting.len() >= MAX_WAITING {
+                if self.waiting.len() >= self.max_waiting {
                     resume_at.get_or_insert(seq - 1);
                 } else {
                     self.waiting.insert(*seq);
@@ -297,6 +300,85 @@ mod tests {
             payloads: None,
         };
         assert!(cutoffs(&longest, 0).finished < 0);
+    }
+
+    /// Bodies due behind more waiting events than the pruner remembers still go in the same
+    /// pass (the scan went no further than the first one it could not remember).
+    #[tokio::test]
+    async fn bodies_due_behind_a_backlog_larger_than_the_waiting_set_still_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(dir.path(), Default::default(), metrics.clone()).unwrap();
+        let now: Millis = 100_000_000;
+        let event = |n: i64| crate::store::NewEvent {
+            id: crate::ids::event_id(),
+            source: "s".into(),
+            event_type: "t".into(),
+            idempotency_key: None,
+            received_at: now - 3_600_000 + n,
+            headers: "{}".into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+        };
+        // Twenty events with a pending delivery (a paused destination), then five finished.
+        for n in 0..20 {
+            let run = crate::ids::run_id();
+            let runs = vec![crate::store::NewRun {
+                id: run.clone(),
+                flow_id: "f".into(),
+                flow_version: "v".into(),
+                status: "waiting",
+                pc: 0,
+                resume_pc: None,
+                next_at: None,
+                error: None,
+                context: None,
+                steps: "[]".into(),
+            }];
+            let deliveries = vec![crate::store::NewDelivery {
+                id: crate::ids::delivery_id(),
+                run_id: run,
+                destination_id: "paused".into(),
+                body: None,
+            }];
+            store.ingest(event(n), runs, deliveries).await.unwrap();
+        }
+        for n in 20..25 {
+            store
+                .ingest(event(n), Vec::new(), Vec::new())
+                .await
+                .unwrap();
+        }
+        let (_alive, alive) = tokio::sync::watch::channel(());
+        let mut pruner = Pruner {
+            parts: RetentionParts {
+                store: store.clone(),
+                clock: crate::clock::ManualClock::new(now),
+                metrics,
+                limits: RetentionLimits {
+                    finished: Duration::from_secs(86_400),
+                    dead_letters: Duration::from_secs(86_400),
+                    payloads: Some(Duration::from_secs(60)),
+                },
+                alive,
+            },
+            bodies_cursor: 0,
+            waiting: BTreeSet::new(),
+            max_waiting: 8,
+        };
+        let limits = pruner.parts.limits.clone();
+        let c = cutoffs(&limits, now);
+        let mut done = Pruned::default();
+        pruner
+            .drop_old_bodies(&c, c.payloads.unwrap(), 0, &mut done)
+            .await
+            .unwrap();
+        assert_eq!(
+            done.payloads, 5,
+            "the five finished events behind the backlog"
+        );
+        assert_eq!(pruner.waiting.len(), 8);
+        // The next pass starts at the first waiting event it could not remember.
+        assert!(pruner.bodies_cursor < 20, "{}", pruner.bodies_cursor);
     }
 
     #[test]
