@@ -255,11 +255,7 @@ pub struct Destination {
 impl Destination {
     /// Whether the value of the destination's header `name` is a secret.
     pub fn secret_header(&self, name: &str) -> bool {
-        crate::secrets::is_secret_header(name)
-            || self
-                .secret_headers
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name))
+        crate::secrets::fields::is_secret_header_or_listed(name, &self.secret_headers)
     }
 
     /// The URL as reads and errors show it: its secret parts masked.

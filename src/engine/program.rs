@@ -100,11 +100,7 @@ pub struct HttpStep {
 impl HttpStep {
     /// Whether the value of the step's header `name` is a secret.
     pub fn secret_header(&self, name: &str) -> bool {
-        crate::secrets::is_secret_header(name)
-            || self
-                .secret_headers
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name))
+        crate::secrets::fields::is_secret_header_or_listed(name, &self.secret_headers)
     }
 }
 

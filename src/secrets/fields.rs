@@ -178,6 +178,12 @@ pub fn is_secret_header(name: &str) -> bool {
     is_secret_lower_case_header(name)
 }
 
+/// Whether a header of this name carries a secret by the rule, or is one of `listed` (an
+/// object's `secret_headers`).
+pub fn is_secret_header_or_listed(name: &str, listed: &[String]) -> bool {
+    is_secret_header(name) || listed.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 fn is_secret_lower_case_header(name: &str) -> bool {
     !PUBLIC_HEADER_NAMES.contains(&name)
         && (SECRET_HEADER_NAMES.contains(&name)
