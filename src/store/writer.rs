@@ -161,7 +161,7 @@ pub(super) fn run(
         let mut next = Some(first);
         let mut failed = None;
         while let Some(op) = next.take() {
-            failed = apply(live, op, &mut open, &ctx.path);
+            failed = apply(live, op, &mut open, &ctx);
             if failed.is_none() && open.as_ref().is_none_or(|b| b.ops < options.max_batch) {
                 next = rx.try_recv().ok();
             }
@@ -173,10 +173,8 @@ pub(super) fn run(
             failed = commit(live, batch, &options, &mut stats, &ctx);
         }
         if let Some(f) = failed {
-            events::store_write_failed(&ctx.metrics, &f.reason, f.writes);
-            if ctx.writability.failed(f.reason.clone()) {
-                events::store_unwritable(&f.reason);
-            }
+            // Counted, logged and marked before its callers were answered (`disk_failed`).
+            tracing::debug!(reason = %f.reason, writes = f.writes, "the writer drops its connection after a failed write");
             conn = None;
         }
     }
@@ -270,13 +268,33 @@ fn storage_failure(e: &StoreError, path: &Path) -> Option<String> {
 }
 
 /// Rolls back what is left of a failed transaction and answers every caller of its batch
-/// with `reason`: nothing of it was acknowledged.
-fn fail_batch(conn: &Connection, batch: OpenBatch, reason: &str) -> usize {
+/// with `reason`: nothing of it was acknowledged. When the disk failed (`disk`), that is
+/// counted, logged and the store says it cannot write before any caller hears of the failure,
+/// so that what a caller reads next (`/readyz`, `Store::unwritable`, the metrics) agrees with
+/// the error it got.
+fn fail_batch(
+    conn: &Connection,
+    batch: OpenBatch,
+    reason: &str,
+    disk: Option<&WriterContext>,
+) -> usize {
     if !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
+    if let Some(ctx) = disk {
+        disk_failed(ctx, reason, batch.ops);
+    }
     batch.replies.into_iter().for_each(|r| r.send(Some(reason)));
     batch.ops
+}
+
+/// A write of `writes` ops failed on the disk: counted and logged, and the store cannot write
+/// from now (logged when it could until now).
+fn disk_failed(ctx: &WriterContext, reason: &str, writes: usize) {
+    events::store_write_failed(&ctx.metrics, reason, writes);
+    if ctx.writability.failed(reason.to_string()) {
+        events::store_unwritable(reason);
+    }
 }
 
 /// Applies one op in the open transaction, beginning one if none is open. Answers the failure
@@ -285,8 +303,9 @@ fn apply(
     tx: &Connection,
     op: WriteOp,
     open: &mut Option<OpenBatch>,
-    path: &Path,
+    ctx: &WriterContext,
 ) -> Option<Failed> {
+    let path = ctx.path.as_path();
     if open.is_none() {
         // Cached like every statement here: `execute_batch` would parse the SQL every time.
         if let Err(e) = tx
@@ -296,6 +315,9 @@ fn apply(
             let e = StoreError::from(e);
             let failed = storage_failure(&e, path);
             tracing::error!(error = %e, "cannot begin a write transaction");
+            if let Some(reason) = &failed {
+                disk_failed(ctx, reason, 1);
+            }
             refuse(op, || {
                 StoreError::Write(format!("cannot begin a transaction: {e}"))
             });
@@ -421,7 +443,7 @@ fn apply(
     let lost = open.take()?;
     let reason =
         storage.unwrap_or_else(|| "the write transaction was rolled back by an error".into());
-    let writes = fail_batch(tx, lost, &reason);
+    let writes = fail_batch(tx, lost, &reason, from_disk.then_some(ctx));
     if !from_disk {
         // Rolled back by SQLite for another reason than the disk: the store still writes.
         tracing::error!(ops = writes, reason, "a write transaction was rolled back");
@@ -449,7 +471,7 @@ fn commit(
     {
         let e = StoreError::from(e);
         if let Some(reason) = storage_failure(&e, path) {
-            let writes = fail_batch(conn, batch, &reason);
+            let writes = fail_batch(conn, batch, &reason, Some(ctx));
             return Some(Failed { reason, writes });
         }
         tracing::warn!(error = %e, "could not prune the rejected log");
@@ -473,12 +495,12 @@ fn commit(
     let e = StoreError::from(e);
     match storage_failure(&e, path) {
         Some(reason) => {
-            let writes = fail_batch(conn, batch, &reason);
+            let writes = fail_batch(conn, batch, &reason, Some(ctx));
             Some(Failed { reason, writes })
         }
         None => {
             tracing::error!(error = %e, "a write transaction failed to commit; nothing of it was acknowledged");
-            fail_batch(conn, batch, &e.to_string());
+            fail_batch(conn, batch, &e.to_string(), None);
             None
         }
     }
