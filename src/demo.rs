@@ -273,6 +273,7 @@ mod tests {
         let flows = crate::engine::matching_flows(&config, "shop", "order.created");
         let plan = crate::engine::plan_with(
             &mut crate::engine::jq::Programs::default(),
+            &crate::store::BodyIds::starting_at(1),
             &flows,
             &event,
             &order,
@@ -284,7 +285,7 @@ mod tests {
             .find(|d| d.destination_id == "accounting")
             .unwrap();
         assert_eq!(
-            accounting.body.as_deref(),
+            accounting.body.as_ref().map(|b| &b.data[..]),
             Some(&br#"{"invoice":"o-1","amount":42.5,"currency":"EUR","at":"1970-01-01T00:00:00.000Z"}"#[..])
         );
         assert!(crate::deliver::signing::decode_secret(DEMO_SECRET).is_ok());

@@ -332,6 +332,8 @@ mod tests {
                 next_at: None,
                 error: None,
                 context: None,
+                payload_body: None,
+                bodies: Vec::new(),
                 steps: "[]".into(),
             }];
             let deliveries = vec![crate::store::NewDelivery {

@@ -249,7 +249,12 @@ impl Worker {
             received_at: row.received_at,
             headers: serde_json::from_str(&row.headers).unwrap_or_default(),
         });
-        let ctx = RunContext::from_stored(event, row.payload.clone(), row.context.as_deref());
+        let ctx = RunContext::from_stored(
+            event,
+            row.payload.clone(),
+            row.payload_body.clone(),
+            row.context.as_deref(),
+        );
         let outcome = match (flow, ctx) {
             (None, _) => self.failed(&row, records, format!("flow `{}` is no longer in the config", row.flow_id), None),
             (Some(flow), _) if flow.version != row.flow_version => self.failed(
@@ -477,8 +482,23 @@ impl Worker {
 
     /// Commits the outcome; then hands new deliveries to the deliverer. Answers when the run
     /// is due again.
-    async fn save(&self, row: &RunRow, out: Outcome, now: Millis) -> Option<Millis> {
-        let deliveries = engine::delivery_rows(&row.id, out.state.deliveries);
+    async fn save(&self, row: &RunRow, mut out: Outcome, now: Millis) -> Option<Millis> {
+        let planned = std::mem::take(&mut out.state.deliveries);
+        let (kept, context, payload_body) = match &mut out.ctx {
+            Some(ctx) => {
+                let ids = self.store.body_ids();
+                let kept = engine::keep_bodies(ids, &row.id, ctx, &mut out.records, planned);
+                (kept, ctx.to_stored(), ctx.payload_body())
+            }
+            // The run failed outside its context (a failed run asks for no delivery, and its
+            // steps made nothing new): the stored context stays as it was.
+            None => (
+                engine::KeptBodies::default(),
+                row.context.clone(),
+                row.payload_body.as_ref().map(|b| b.id),
+            ),
+        };
+        let deliveries = kept.deliveries;
         let jobs: Vec<DeliveryJob> = deliveries
             .iter()
             .map(|d| DeliveryJob {
@@ -489,7 +509,11 @@ impl Worker {
                 created_at: now,
                 round_attempts: 0,
                 due_at: now,
-                payload: Some(d.body.clone().unwrap_or_else(|| row.payload.clone())),
+                payload: Some(
+                    d.body
+                        .as_ref()
+                        .map_or_else(|| row.payload.clone(), |b| b.data.clone()),
+                ),
             })
             .collect();
         let save = RunSave {
@@ -502,10 +526,9 @@ impl Worker {
             next_at: out.state.next_at,
             step_attempts: out.step_attempts,
             error: out.state.error.clone(),
-            context: match &out.ctx {
-                Some(ctx) => ctx.to_stored(),
-                None => row.context.clone(),
-            },
+            context,
+            payload_body,
+            bodies: kept.new,
             steps: serde_json::to_string(&out.records).unwrap_or_else(|_| "[]".into()),
             now: self.clock.now_ms(),
         };
@@ -547,17 +570,10 @@ fn record(
     error: Option<String>,
 ) -> StepRecord {
     StepRecord {
-        index: pc,
-        path: instr.path.clone(),
-        name: instr.name.clone(),
-        kind: instr.op.kind().to_string(),
         status: status.to_string(),
         output,
         error,
-        started_at: now,
-        duration_ms: 0.0,
-        deliveries: Vec::new(),
-        request: None,
+        ..StepRecord::new(instr, pc, now)
     }
 }
 

@@ -20,10 +20,9 @@ pub mod template;
 
 use crate::clock::{Millis, rfc3339};
 use crate::config::{Config, Flow};
-use crate::store::{NewDelivery, NewRun};
+use crate::store::{Body, BodyIds, NewDelivery, NewRun};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Largest output an expression may produce (a transformed payload, a body), in bytes.
@@ -61,14 +60,14 @@ pub struct RunContext {
     raw: Bytes,
     /// The payload as JSON text, once a transform has replaced the event's.
     payload: Option<Bytes>,
+    /// The id of `payload` in the store's bodies, while it is the one stored.
+    payload_body: Option<i64>,
     steps: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A run's context as stored: only what differs from the event.
+/// A run's context as stored: the outputs of named steps (the payload is a body of its own).
 #[derive(Serialize, Deserialize, Default)]
-struct StoredContext<'a> {
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a RawValue>,
+struct StoredContext {
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     steps: serde_json::Map<String, serde_json::Value>,
 }
@@ -79,42 +78,47 @@ impl RunContext {
             event,
             raw,
             payload: None,
+            payload_body: None,
             steps: serde_json::Map::new(),
         }
     }
 
-    /// A context as [`RunContext::to_stored`] saved it, over its event's payload.
+    /// A context as stored: its payload's body (when a transform replaced the event's) and
+    /// what [`RunContext::to_stored`] saved.
     pub fn from_stored(
         event: Arc<EventInfo>,
         raw: Bytes,
+        payload: Option<Body>,
         stored: Option<&str>,
     ) -> Result<RunContext, String> {
         let mut ctx = RunContext::new(event, raw);
+        if let Some(body) = payload {
+            ctx.payload = Some(body.data);
+            ctx.payload_body = Some(body.id);
+        }
         if let Some(text) = stored {
             let s: StoredContext =
                 serde_json::from_str(text).map_err(|e| format!("stored run context: {e}"))?;
-            ctx.payload = s
-                .payload
-                .map(|p| Bytes::copy_from_slice(p.get().as_bytes()));
             ctx.steps = s.steps;
         }
         Ok(ctx)
     }
 
-    /// `None` when the context is just the event (nothing transformed, no step outputs).
+    /// The outputs of named steps as stored; `None` when there are none.
     pub fn to_stored(&self) -> Option<String> {
-        if self.payload.is_none() && self.steps.is_empty() {
+        if self.steps.is_empty() {
             return None;
         }
-        let payload = match &self.payload {
-            Some(p) => Some(serde_json::from_slice::<&RawValue>(p).ok()?),
-            None => None,
-        };
         serde_json::to_string(&StoredContext {
-            payload,
             steps: self.steps.clone(),
         })
         .ok()
+    }
+
+    /// The id of the payload's body, once [`keep_bodies`] has given it one (`None` while the
+    /// payload is the event's).
+    pub fn payload_body(&self) -> Option<i64> {
+        self.payload_body
     }
 
     pub fn event(&self) -> &Arc<EventInfo> {
@@ -136,8 +140,12 @@ impl RunContext {
         self.payload.as_ref()
     }
 
-    /// Replaces the payload (a transform's output, as JSON text).
+    /// Replaces the payload (a transform's output, as JSON text). The same bytes again keep
+    /// the body they are stored as.
     pub fn set_payload(&mut self, json: Bytes) {
+        if self.payload.as_ref() != Some(&json) {
+            self.payload_body = None;
+        }
         self.payload = Some(json);
     }
 
@@ -167,15 +175,50 @@ pub struct StepRecord {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// A transform's output (JSON text), until [`keep_bodies`] stores it as a body; the
+    /// stored record names that body instead (`output_body`), which reads show as `output`.
+    #[serde(default, with = "json_bytes", skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_body: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub started_at: Millis,
+    /// Kept to the microsecond: a float's full digits (`0.007305000000000001`) cost a stored
+    /// run a few dozen bytes a step and say nothing more.
+    #[serde(serialize_with = "to_the_microsecond")]
     pub duration_ms: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<String>,
     /// The request a step sends, shown by `ferry flow test` (credentials masked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<serde_json::Value>,
+}
+
+impl StepRecord {
+    /// The record of the instruction at `pc`, started at `now`: `succeeded` with nothing
+    /// else until the step says more.
+    pub fn new(instr: &program::Instr, pc: usize, now: Millis) -> StepRecord {
+        StepRecord {
+            index: pc,
+            path: instr.path.clone(),
+            name: instr.name.clone(),
+            kind: instr.op.kind().to_string(),
+            status: "succeeded".to_string(),
+            output: None,
+            payload: None,
+            output_body: None,
+            error: None,
+            started_at: now,
+            duration_ms: 0.0,
+            deliveries: Vec::new(),
+            request: None,
+        }
+    }
+}
+
+fn to_the_microsecond<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((ms * 1000.0).round() / 1000.0)
 }
 
 /// A delivery a `deliver` step asks for.
@@ -374,17 +417,87 @@ impl Stop {
     }
 }
 
-/// Turns planned deliveries into rows for the store.
-pub fn delivery_rows(run_id: &str, planned: Vec<PlannedDelivery>) -> Vec<NewDelivery> {
-    planned
+/// What a run's step made, ready to store: its deliveries (each naming its body) and the
+/// bodies not stored before.
+#[derive(Default)]
+pub struct KeptBodies {
+    pub deliveries: Vec<NewDelivery>,
+    pub new: Vec<Body>,
+}
+
+/// Gives every body a run's steps made an id in the store's bodies, each distinct body once:
+/// the run's payload (kept in `ctx`), the outputs of transforms (their records then name the
+/// body), and the bodies of the deliveries `planned` (three deliveries of one step that send
+/// the transformed payload share its body; a per-destination body that differs is a body of
+/// its own). Bodies are told apart by their bytes, so a payload that went through an
+/// expression worker and came back is still the one already stored.
+pub fn keep_bodies(
+    ids: &BodyIds,
+    run_id: &str,
+    ctx: &mut RunContext,
+    records: &mut [StepRecord],
+    planned: Vec<PlannedDelivery>,
+) -> KeptBodies {
+    let stored = match (ctx.payload_body, &ctx.payload) {
+        (Some(id), Some(data)) => Some(Body {
+            id,
+            data: data.clone(),
+        }),
+        _ => None,
+    };
+    let mut kept = BodySet {
+        ids,
+        stored,
+        new: Vec::new(),
+    };
+    if let Some(payload) = &ctx.payload {
+        ctx.payload_body = Some(kept.keep(payload).id);
+    }
+    for record in records.iter_mut() {
+        if let Some(payload) = record.payload.take() {
+            record.output_body = Some(kept.keep(&payload).id);
+        }
+    }
+    let deliveries = planned
         .into_iter()
         .map(|d| NewDelivery {
             id: d.id,
             run_id: run_id.to_string(),
             destination_id: d.destination_id,
-            body: d.body,
+            body: d.body.map(|b| kept.keep(&b)),
         })
-        .collect()
+        .collect();
+    KeptBodies {
+        deliveries,
+        new: kept.new,
+    }
+}
+
+/// The bodies of one save, each distinct one once.
+struct BodySet<'a> {
+    ids: &'a BodyIds,
+    /// The run's payload as stored before this save.
+    stored: Option<Body>,
+    new: Vec<Body>,
+}
+
+impl BodySet<'_> {
+    fn keep(&mut self, data: &Bytes) -> Body {
+        let known = self
+            .stored
+            .iter()
+            .chain(&self.new)
+            .find(|b| b.data == *data);
+        if let Some(body) = known {
+            return body.clone();
+        }
+        let body = Body {
+            id: self.ids.next(),
+            data: data.clone(),
+        };
+        self.new.push(body.clone());
+        body
+    }
 }
 
 /// What one event starts: a run per matching flow, and what those runs asked for.
@@ -408,14 +521,21 @@ pub fn matching_flows(config: &Config, source: &str, event_type: &str) -> Vec<Ar
 
 /// Plans a new event's runs of flows that run no expression (`Program::is_trivial`), here
 /// and now: nothing in them needs an expression worker.
-pub fn plan(flows: &[Arc<Flow>], event: &Arc<EventInfo>, raw: &Bytes, now: Millis) -> Plan {
-    plan_with(&mut jq::Programs::refusing(), flows, event, raw, now)
+pub fn plan(
+    ids: &BodyIds,
+    flows: &[Arc<Flow>],
+    event: &Arc<EventInfo>,
+    raw: &Bytes,
+    now: Millis,
+) -> Plan {
+    plan_with(&mut jq::Programs::refusing(), ids, flows, event, raw, now)
 }
 
 /// [`plan`] with `programs` to run expressions: in the server only with
 /// [`jq::Programs::refusing`]; tests give real ones.
 pub fn plan_with(
     programs: &mut jq::Programs,
+    ids: &BodyIds,
     flows: &[Arc<Flow>],
     event: &Arc<EventInfo>,
     raw: &Bytes,
@@ -426,21 +546,26 @@ pub fn plan_with(
         .map(|flow| {
             let mut ctx = RunContext::new(event.clone(), raw.clone());
             let adv = run::advance(programs, &flow.program, &mut ctx, 0, now, false);
-            (adv, ctx.to_stored())
+            (adv, ctx)
         })
         .collect();
-    plan_rows(flows, ran, now)
+    plan_rows(ids, flows, ran, now)
 }
 
 /// The rows that store a new event's runs: one per flow, from each flow's first
 /// [`run::advance`] and the context it left.
-pub fn plan_rows(flows: &[Arc<Flow>], ran: Vec<(Advance, Option<String>)>, now: Millis) -> Plan {
+pub fn plan_rows(
+    ids: &BodyIds,
+    flows: &[Arc<Flow>],
+    ran: Vec<(Advance, RunContext)>,
+    now: Millis,
+) -> Plan {
     let mut plan = Plan::default();
-    for (flow, (adv, context)) in flows.iter().zip(ran) {
+    for (flow, (mut adv, mut ctx)) in flows.iter().zip(ran) {
         let run_id = crate::ids::run_id();
         let state = adv.stop.into_state(adv.pc, now);
-        plan.deliveries
-            .extend(delivery_rows(&run_id, state.deliveries));
+        let kept = keep_bodies(ids, &run_id, &mut ctx, &mut adv.records, state.deliveries);
+        plan.deliveries.extend(kept.deliveries);
         plan.runs.push(NewRun {
             id: run_id,
             flow_id: flow.id.clone(),
@@ -450,7 +575,9 @@ pub fn plan_rows(flows: &[Arc<Flow>], ran: Vec<(Advance, Option<String>)>, now: 
             resume_pc: state.resume_pc,
             next_at: state.next_at,
             error: state.error,
-            context,
+            context: ctx.to_stored(),
+            payload_body: ctx.payload_body(),
+            bodies: kept.new,
             steps: serde_json::to_string(&adv.records).unwrap_or_else(|_| "[]".into()),
         });
     }
@@ -472,6 +599,8 @@ pub fn plan_failed(flows: &[Arc<Flow>], error: &str) -> Plan {
                 next_at: None,
                 error: Some(error.to_string()),
                 context: None,
+                payload_body: None,
+                bodies: Vec::new(),
                 steps: "[]".into(),
             })
             .collect(),
@@ -504,6 +633,9 @@ pub fn test_report(config: &Config, flow: &Flow, raw: &Bytes, adv: Advance) -> T
     let mut steps = Vec::with_capacity(adv.records.len());
     for mut record in adv.records {
         let transformed = record.kind == "transform" && record.status == "succeeded";
+        if let Some(payload) = record.payload.take() {
+            record.output = serde_json::from_slice(&payload).ok();
+        }
         if record.kind == "deliver"
             && let Some(serde_json::Value::Array(planned)) = record.request.take()
         {

@@ -58,13 +58,13 @@ impl Running<'_, '_> {
         json_text(&value)
     }
 
-    fn transform(&mut self, expr: &Expr) -> Result<serde_json::Value, String> {
+    /// Replaces the payload with the expression's output; answers it as JSON text.
+    fn transform(&mut self, expr: &Expr) -> Result<Bytes, String> {
         let text = self.eval_json(expr)?;
         let value = parse_value(&text)?;
-        let output = serde_json::from_slice(&text).map_err(|e| format!("output: {e}"))?;
         self.payload = Some(value);
-        self.ctx.set_payload(text);
-        Ok(output)
+        self.ctx.set_payload(text.clone());
+        Ok(text)
     }
 }
 
@@ -114,19 +114,7 @@ pub fn advance(
         pc = at;
         let instr = &program.instrs[pc];
         let started = Instant::now();
-        let mut record = StepRecord {
-            index: pc,
-            path: instr.path.clone(),
-            name: instr.name.clone(),
-            kind: instr.op.kind().to_string(),
-            status: "succeeded".to_string(),
-            output: None,
-            error: None,
-            started_at: now,
-            duration_ms: 0.0,
-            deliveries: Vec::new(),
-            request: None,
-        };
+        let mut record = StepRecord::new(instr, pc, now);
         let fail = |mut record: StepRecord, mut records: Vec<StepRecord>, message: String| {
             let error = format!("{}: {message}", step_label(instr));
             record.status = "failed".to_string();
@@ -161,7 +149,7 @@ pub fn advance(
                 Err(m) => return fail(record, records, m),
             },
             Op::Transform(e) => match run.transform(e) {
-                Ok(output) => record.output = Some(output),
+                Ok(output) => record.payload = Some(output),
                 Err(m) => return fail(record, records, m),
             },
             Op::Branch {

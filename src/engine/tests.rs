@@ -25,7 +25,14 @@ fn config(yaml: &str) -> Config {
 
 /// Plans with expressions run in this process (the server uses the workers).
 fn plan(flows: &[Arc<Flow>], event: &Arc<EventInfo>, raw: &Bytes, now: Millis) -> Plan {
-    plan_with(&mut Programs::default(), flows, event, raw, now)
+    plan_with(
+        &mut Programs::default(),
+        &BodyIds::starting_at(1),
+        flows,
+        event,
+        raw,
+        now,
+    )
 }
 
 fn advance(program: &program::Program, ctx: &mut RunContext, start: usize, now: Millis) -> Advance {
@@ -96,7 +103,12 @@ fn plan_filters_transforms_branches_and_fans_out() {
     let bodies: Vec<_> = p
         .deliveries
         .iter()
-        .map(|d| (d.destination_id.as_str(), d.body.clone()))
+        .map(|d| {
+            (
+                d.destination_id.as_str(),
+                d.body.as_ref().map(|b| b.data.clone()),
+            )
+        })
         .collect();
     assert_eq!(bodies.len(), 3);
     assert_eq!(bodies[0], ("a", None));
@@ -112,8 +124,11 @@ fn plan_filters_transforms_branches_and_fans_out() {
         program.instrs[shaped.resume_pc.unwrap()].op,
         Op::Delay(_)
     ));
-    let ctx = shaped.context.as_deref().unwrap();
-    assert!(ctx.contains(r#""region":"eu""#), "{ctx}");
+    // Its payload is the transform's output, stored as a body of the run.
+    let payload = shaped.payload_body.unwrap();
+    let body = shaped.bodies.iter().find(|b| b.id == payload).unwrap();
+    let text = std::str::from_utf8(&body.data).unwrap();
+    assert!(text.contains(r#""region":"eu""#), "{text}");
     let free = Bytes::from_static(br#"{"plan":"free","email":"f@x.io"}"#);
     let p = plan(&config.flows, &event(), &free, 5_000);
     assert_eq!(p.runs[0].status, "filtered");
@@ -124,7 +139,8 @@ fn plan_filters_transforms_branches_and_fans_out() {
         .filter(|d| d.destination_id == "b")
         .collect();
     assert_eq!(to_b.len(), 1);
-    let body: serde_json::Value = serde_json::from_slice(to_b[0].body.as_ref().unwrap()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&to_b[0].body.as_ref().unwrap().data).unwrap();
     assert_eq!(
         body,
         serde_json::json!({"email": "f@x.io", "tier": "free", "region": "eu"})
@@ -146,7 +162,11 @@ fn advance_stops_at_a_delay_and_resumes_after_it() {
         panic!("{:?}", first.stop)
     };
     let stored = ctx.to_stored();
-    let mut ctx = RunContext::from_stored(event(), raw, stored.as_deref()).unwrap();
+    let payload = ctx.transformed_payload().map(|data| Body {
+        id: 1,
+        data: data.clone(),
+    });
+    let mut ctx = RunContext::from_stored(event(), raw, payload, stored.as_deref()).unwrap();
     let second = advance(&flow.program, &mut ctx, resume, 5_000);
     assert!(
         matches!(second.stop, Stop::Wait(t) if t == 5_000 + 600_000),
@@ -372,4 +392,85 @@ fn the_shop_examples_in_the_docs_load() {
     let p = plan(std::slice::from_ref(refund), &event(), &raw, 0);
     assert_eq!(p.deliveries.len(), 1);
     assert_eq!(p.deliveries[0].destination_id, "finance-approvals");
+}
+
+/// Each body once: the transform's output is the run's payload, its record's output and the
+/// body of the three deliveries that send it; a per-destination body is one of its own; a
+/// payload stored before is not stored again.
+#[test]
+fn a_step_s_bodies_are_kept_once_each() {
+    let config = config(
+        r#"
+settings: { allow_private_destinations: true }
+sources: [{ id: shop, kind: webhook, verify: { scheme: none } }]
+destinations:
+  - { id: a, kind: http, url: "http://127.0.0.1:1/" }
+  - { id: b, kind: http, url: "http://127.0.0.1:2/" }
+  - { id: c, kind: http, url: "http://127.0.0.1:3/" }
+  - { id: d, kind: http, url: "http://127.0.0.1:4/" }
+flows:
+  - id: fan
+    on: { source: shop }
+    steps:
+      - transform: '{order: .id}'
+      - deliver: [a, b, c, { to: d, body: '{only: "d"}' }]
+"#,
+    );
+    let raw = Bytes::from_static(br#"{"id":7}"#);
+    let ids = BodyIds::starting_at(40);
+    let p = plan_with(
+        &mut Programs::default(),
+        &ids,
+        &config.flows,
+        &event(),
+        &raw,
+        0,
+    );
+    let run = &p.runs[0];
+    assert_eq!(
+        run.bodies.len(),
+        2,
+        "the transformed payload and the per-destination body"
+    );
+    let shared = run.payload_body.unwrap();
+    let (same, own): (Vec<_>, Vec<_>) = p
+        .deliveries
+        .iter()
+        .map(|d| d.body.as_ref().unwrap().id)
+        .partition(|id| *id == shared);
+    assert_eq!(same.len(), 3);
+    assert_eq!(own.len(), 1);
+    assert_ne!(own[0], shared);
+    let data = |id: i64| run.bodies.iter().find(|b| b.id == id).unwrap().data.clone();
+    assert_eq!(&data(shared)[..], br#"{"order":7}"#);
+    assert_eq!(&data(own[0])[..], br#"{"only":"d"}"#);
+    let records: Vec<StepRecord> = serde_json::from_str(&run.steps).unwrap();
+    assert_eq!(
+        records[0].output_body,
+        Some(shared),
+        "the transform names its body"
+    );
+    assert!(records[0].payload.is_none() && records[0].output.is_none());
+    assert!(
+        !run.steps.contains("order"),
+        "no body inline: {}",
+        run.steps
+    );
+
+    // Resumed from the store with the same payload, the run stores nothing again.
+    let stored = Body {
+        id: shared,
+        data: data(shared),
+    };
+    let mut ctx = RunContext::from_stored(event(), raw, Some(stored), None).unwrap();
+    ctx.set_payload(Bytes::from_static(br#"{"order":7}"#));
+    let planned = vec![PlannedDelivery {
+        id: "dlv_1".into(),
+        destination_id: "b".into(),
+        body: ctx.transformed_payload().cloned(),
+    }];
+    let kept = keep_bodies(&ids, "run_1", &mut ctx, &mut [], planned);
+    assert!(kept.new.is_empty());
+    assert_eq!(kept.deliveries[0].body.as_ref().unwrap().id, shared);
+    assert_eq!(ctx.payload_body(), Some(shared));
 }

@@ -250,20 +250,16 @@ fn short_of_memory(budget: usize) -> ApiError {
     }
 }
 
-/// What a plan adds to the event's write: bodies made by transforms, run contexts and step
-/// records.
+/// What a plan adds to the event's write: bodies made by transforms (each once), run
+/// contexts and step records.
 fn plan_bytes(plan: &crate::engine::Plan) -> usize {
-    let deliveries: usize = plan
-        .deliveries
+    plan.runs
         .iter()
-        .map(|d| d.body.as_ref().map_or(0, |b| b.len()))
-        .sum();
-    let runs: usize = plan
-        .runs
-        .iter()
-        .map(|r| r.context.as_ref().map_or(0, |c| c.len()) + r.steps.len())
-        .sum();
-    deliveries + runs
+        .map(|r| {
+            let bodies: usize = r.bodies.iter().map(|b| b.data.len()).sum();
+            bodies + r.context.as_ref().map_or(0, |c| c.len()) + r.steps.len()
+        })
+        .sum()
 }
 
 /// The start of a refused body for the rejected log, counted in the ingest budget until the
@@ -532,12 +528,17 @@ pub async fn receive(
             headers: serde_json::to_value(&kept_headers).unwrap_or_default(),
         });
         if flows.iter().all(|f| f.program.is_trivial()) {
-            crate::engine::plan(&flows, &info, &bytes, received_at)
+            crate::engine::plan(app.store.body_ids(), &flows, &info, &bytes, received_at)
         } else {
             // Flows with expressions run in the expression workers, under their limits. Busy
             // workers shed the event (nothing is stored); an expression that overran or took
             // its worker down fails these runs, with the reason, and the event is kept.
-            match app.sandbox.plan(&flows, &info, &bytes, received_at).await {
+            let ids = app.store.body_ids();
+            match app
+                .sandbox
+                .plan(ids, &flows, &info, &bytes, received_at)
+                .await
+            {
                 Ok(plan) => plan,
                 Err(busy) if busy.is_overload() => return shed(busy),
                 Err(e) => crate::engine::plan_failed(&flows, &e.to_string()),
@@ -562,7 +563,11 @@ pub async fn receive(
             created_at: received_at,
             round_attempts: 0,
             due_at: received_at,
-            payload: Some(d.body.clone().unwrap_or_else(|| bytes.clone())),
+            payload: Some(
+                d.body
+                    .as_ref()
+                    .map_or_else(|| bytes.clone(), |b| b.data.clone()),
+            ),
         })
         .collect();
     let ended_runs: Vec<(String, String, &'static str, Option<String>)> = plan

@@ -111,8 +111,13 @@ pub struct NewRun {
     pub resume_pc: Option<usize>,
     pub next_at: Option<Millis>,
     pub error: Option<String>,
-    /// What differs from the event (JSON), or `None`.
+    /// The outputs of named steps (JSON), or `None`.
     pub context: Option<String>,
+    /// The body that is the run's payload, once a transform replaced the event's.
+    pub payload_body: Option<i64>,
+    /// The bodies the run's steps made, each once (its payload, transform outputs, its
+    /// deliveries' bodies): stored with it.
+    pub bodies: Vec<Body>,
     /// The step records (a JSON array).
     pub steps: String,
 }
@@ -121,8 +126,33 @@ pub struct NewDelivery {
     pub id: String,
     pub run_id: String,
     pub destination_id: String,
-    /// `None` sends the event's payload as received.
-    pub body: Option<Bytes>,
+    /// `None` sends the event's payload as received; a body is stored with the run that made
+    /// it (`NewRun::bodies`, `RunSave::bodies`) and shared by the deliveries that send it.
+    pub body: Option<Body>,
+}
+
+/// A body in the store's `bodies`: made by a run's step, stored once, referenced by id.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub id: i64,
+    /// JSON text.
+    pub data: Bytes,
+}
+
+/// Hands out ids for new bodies before the write that stores them, so that a run's step
+/// records and its deliveries can name a body in the same write. Starts past every id the
+/// store has held ([`Store::body_ids`]); ids are never reused.
+#[derive(Debug)]
+pub struct BodyIds(std::sync::atomic::AtomicI64);
+
+impl BodyIds {
+    pub fn starting_at(first: i64) -> BodyIds {
+        BodyIds(std::sync::atomic::AtomicI64::new(first))
+    }
+
+    pub fn next(&self) -> i64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A run's new state, written by the run worker after a step.
@@ -138,6 +168,9 @@ pub struct RunSave {
     pub step_attempts: u32,
     pub error: Option<String>,
     pub context: Option<String>,
+    pub payload_body: Option<i64>,
+    /// Bodies the step made that were not stored before.
+    pub bodies: Vec<Body>,
     pub steps: String,
     pub now: Millis,
 }
@@ -384,6 +417,7 @@ pub struct Store {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
     writability: Arc<writable::Writability>,
+    body_ids: Arc<BodyIds>,
 }
 
 struct ReadPool {
@@ -503,6 +537,7 @@ impl Store {
         let path = dir.join("ferry.db");
         make_files_private(dir, &path).map_err(dir_error)?;
         let conn = schema::open_writer(&path)?;
+        let body_ids = Arc::new(BodyIds::starting_at(schema::next_body_id(&conn)?));
         let checkpoint_conn = schema::open_checkpointer(&path)?;
         let writability = Arc::new(writable::Writability::default());
         let checkpointer = checkpointer::Checkpointer {
@@ -539,7 +574,13 @@ impl Store {
                 idle: Mutex::new(Vec::new()),
             }),
             writability,
+            body_ids,
         })
+    }
+
+    /// Ids for the bodies of writes to come.
+    pub fn body_ids(&self) -> &BodyIds {
+        &self.body_ids
     }
 
     /// Why the store cannot write, while it cannot: a write failed (a full disk, an I/O error)

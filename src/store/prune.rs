@@ -254,6 +254,7 @@ fn remove_event(
             .execute(params![from, to])?;
     }
     report.attempts += attempts as u64;
+    delete_bodies(tx, event_id)?;
     report.deliveries += tx
         .prepare_cached("DELETE FROM deliveries WHERE event_id = ?1")?
         .execute(params![event_id])? as u64;
@@ -266,15 +267,26 @@ fn remove_event(
     Ok(())
 }
 
+/// Deletes the bodies an event's runs made (their transform outputs, payloads and deliveries'
+/// bodies), before the event's row goes.
+fn delete_bodies(tx: &Connection, event_id: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "DELETE FROM bodies WHERE event_seq = (SELECT seq FROM events WHERE id = ?1)",
+    )?
+    .execute(params![event_id])?;
+    Ok(())
+}
+
 /// Drops every body of an event and keeps the record of what happened: the event's payload,
-/// each run's context and its step records' outputs (and the requests they show), each
-/// delivery's own body, and the response bodies of attempts (their status, headers, error and
-/// times stay).
+/// the bodies its runs made (and every reference to them), each run's context and its step
+/// records' outputs (and the requests they show), and the response bodies of attempts (their
+/// status, headers, error and times stay).
 fn drop_bodies(tx: &Connection, event_id: &str, now: Millis) -> Result<(), StoreError> {
+    delete_bodies(tx, event_id)?;
     tx.prepare_cached("UPDATE events SET payload = x'', payload_expired_at = ?2 WHERE id = ?1")?
         .execute(params![event_id, now])?;
     tx.prepare_cached(
-        "UPDATE deliveries SET body = NULL WHERE event_id = ?1 AND body IS NOT NULL",
+        "UPDATE deliveries SET body_id = NULL WHERE event_id = ?1 AND body_id IS NOT NULL",
     )?
     .execute(params![event_id])?;
     tx.prepare_cached(
@@ -286,8 +298,10 @@ fn drop_bodies(tx: &Connection, event_id: &str, now: Millis) -> Result<(), Store
         let steps: String = tx
             .prepare_cached("SELECT steps FROM runs WHERE id = ?1")?
             .query_row(params![run], |r| r.get(0))?;
-        tx.prepare_cached("UPDATE runs SET context = NULL, steps = ?2 WHERE id = ?1")?
-            .execute(params![run, steps_without_bodies(&steps)])?;
+        tx.prepare_cached(
+            "UPDATE runs SET context = NULL, payload_body = NULL, steps = ?2 WHERE id = ?1",
+        )?
+        .execute(params![run, steps_without_bodies(&steps)])?;
         let (from, to) = step_attempts_range(&run);
         tx.prepare_cached(
             "UPDATE attempts SET response_body = NULL WHERE delivery_id >= ?1 AND delivery_id < ?2 AND response_body IS NOT NULL",
@@ -297,7 +311,8 @@ fn drop_bodies(tx: &Connection, event_id: &str, now: Millis) -> Result<(), Store
     Ok(())
 }
 
-/// Step records without what they carried of the data: `output` and `request`. Records that
+/// Step records without what they carried of the data: `output` (or the body that holds it)
+/// and `request`. Records that
 /// do not parse (they always do) become an empty list rather than keep data past its time.
 fn steps_without_bodies(steps: &str) -> String {
     let Ok(mut records) = serde_json::from_str::<Vec<serde_json::Value>>(steps) else {
@@ -306,6 +321,7 @@ fn steps_without_bodies(steps: &str) -> String {
     for record in &mut records {
         if let Some(obj) = record.as_object_mut() {
             obj.remove("output");
+            obj.remove("output_body");
             obj.remove("request");
         }
     }

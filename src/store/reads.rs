@@ -378,15 +378,27 @@ pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>,
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// What a delivery sends: its own body, or else its event's payload.
+/// What a delivery sends: its body, or else its event's payload. A body it names that is not
+/// there is an error, never the event's payload in its place.
 pub fn delivery_payload(conn: &Connection, delivery_id: &str) -> Result<Option<Bytes>, StoreError> {
-    Ok(conn
+    let found = conn
         .prepare_cached(
-            "SELECT COALESCE(d.body, e.payload) FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+            "SELECT CASE WHEN d.body_id IS NULL THEN e.payload ELSE (SELECT b.data FROM bodies b WHERE b.id = d.body_id) END
+             FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
         )?
-        .query_row(params![delivery_id], |r| r.get::<_, Vec<u8>>(0))
-        .optional()?
-        .map(Bytes::from))
+        .query_row(params![delivery_id], |r| r.get::<_, Option<Vec<u8>>>(0))
+        .optional()?;
+    match found {
+        None => Ok(None),
+        Some(Some(data)) => Ok(Some(Bytes::from(data))),
+        Some(None) => Err(missing_body(delivery_id)),
+    }
+}
+
+fn missing_body(delivery_id: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "delivery {delivery_id} names a body that is not in the store"
+    ))
 }
 
 /// The size in bytes of what a delivery sends, read without reading the body itself.
@@ -395,13 +407,18 @@ pub fn delivery_payload_size(
     delivery_id: &str,
 ) -> Result<Option<usize>, StoreError> {
     // `length` straight on a column reads the size from the record, not the blob.
-    Ok(conn
+    let found = conn
         .prepare_cached(
-            "SELECT COALESCE(length(d.body), length(e.payload)) FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+            "SELECT CASE WHEN d.body_id IS NULL THEN length(e.payload) ELSE (SELECT length(b.data) FROM bodies b WHERE b.id = d.body_id) END
+             FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
         )?
-        .query_row(params![delivery_id], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|n| n.max(0) as usize))
+        .query_row(params![delivery_id], |r| r.get::<_, Option<i64>>(0))
+        .optional()?;
+    match found {
+        None => Ok(None),
+        Some(Some(n)) => Ok(Some(n.max(0) as usize)),
+        Some(None) => Err(missing_body(delivery_id)),
+    }
 }
 
 pub fn ping(conn: &Connection) -> Result<(), StoreError> {

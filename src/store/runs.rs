@@ -23,6 +23,8 @@ pub struct RunRow {
     pub resume_pc: Option<usize>,
     pub step_attempts: u32,
     pub next_at: Option<Millis>,
+    /// The body a transform made the run's payload (`None` while it is the event's).
+    pub payload_body: Option<Body>,
     pub context: Option<String>,
     pub steps: String,
     pub error: Option<String>,
@@ -31,15 +33,18 @@ pub struct RunRow {
 }
 
 pub fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError> {
-    Ok(conn
+    let found = conn
         .prepare_cached(
             "SELECT r.id, r.event_id, e.event_type, e.source, e.received_at, e.headers, e.payload, r.flow_id, r.flow_version,
                     r.status, r.pc, r.resume_pc, r.step_attempts, r.context, r.steps, r.error, r.next_at,
-                    e.payload_expired_at IS NOT NULL
-             FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?1",
+                    e.payload_expired_at IS NOT NULL, r.payload_body, b.data
+             FROM runs r JOIN events e ON e.id = r.event_id LEFT JOIN bodies b ON b.id = r.payload_body
+             WHERE r.id = ?1",
         )?
         .query_row(params![id], |r| {
-            Ok(RunRow {
+            let body: (Option<i64>, Option<Vec<u8>>) = (r.get(18)?, r.get(19)?);
+            Ok((body, RunRow {
+                payload_body: None,
                 id: r.get(0)?,
                 event_id: r.get(1)?,
                 event_type: r.get(2)?,
@@ -58,9 +63,25 @@ pub fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError
                 steps: r.get(14)?,
                 error: r.get(15)?,
                 payload_expired: r.get(17)?,
-            })
+            }))
         })
-        .optional()?)
+        .optional()?;
+    let Some((body, mut row)) = found else {
+        return Ok(None);
+    };
+    row.payload_body = match body {
+        (Some(id), Some(data)) => Some(Body {
+            id,
+            data: Bytes::from(data),
+        }),
+        (Some(body_id), None) => {
+            return Err(StoreError::Corrupt(format!(
+                "run {id}: its payload is body {body_id}, which is not in the store"
+            )));
+        }
+        (None, _) => None,
+    };
+    Ok(Some(row))
 }
 
 /// Runs the run worker has to act on, soonest first: `(id, due at)`.
@@ -148,6 +169,9 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail>, Stor
             continue;
         };
         obj.insert("input".into(), input.clone());
+        if let Some(body_id) = obj.remove("output_body").and_then(|v| v.as_i64()) {
+            obj.insert("output".into(), body_json(conn, body_id)?);
+        }
         if let Some(ms) = obj.get("started_at").and_then(|v| v.as_i64()) {
             obj.insert("started_at".into(), rfc3339(ms).into());
         }
@@ -199,6 +223,17 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail>, Stor
         next_at: next_at.map(rfc3339),
         steps: shown,
     }))
+}
+
+/// A stored body as JSON; `null` when it is gone (its payload expired).
+fn body_json(conn: &Connection, id: i64) -> Result<serde_json::Value, StoreError> {
+    let data: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT data FROM bodies WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    Ok(data
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or(serde_json::Value::Null))
 }
 
 /// Which failed runs a bulk replay takes.

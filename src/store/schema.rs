@@ -24,9 +24,23 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_idempotency ON events(source, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
--- A flow run. `pc` is the index of its current step in the flow's program; `context` holds
--- what differs from the event (a transformed payload, named step outputs); `steps` is the JSON
--- array of step records. Status: running (the run worker acts at `next_at`), waiting (on the
+-- Bodies made by a run's steps (a transform's output, a per-destination body), each stored
+-- once and referenced by id: by the run (its current payload), by the step record of the
+-- transform that made it, and by every delivery that sends it. Owned by the event
+-- (`event_seq`), with which they are pruned or expired. A rowid table, so that a large body
+-- fills its pages instead of spilling from a small row. Ids are handed out before the write
+-- that stores them (`Store::body_ids`) and never reused (AUTOINCREMENT keeps the highest).
+CREATE TABLE IF NOT EXISTS bodies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_seq INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bodies_event ON bodies(event_seq);
+
+-- A flow run. `pc` is the index of its current step in the flow's program; `payload_body` is
+-- the body a transform made the run's payload (NULL while it is the event's); `context` holds
+-- the outputs of named steps; `steps` is the JSON array of step records (a transform's record
+-- names its output's body as `output_body`). Status: running (the run worker acts at `next_at`), waiting (on the
 -- deliveries of the step at `pc`, then goes on at `resume_pc` or completes), completed,
 -- filtered, failed.
 CREATE TABLE IF NOT EXISTS runs (
@@ -49,13 +63,15 @@ CREATE TABLE IF NOT EXISTS runs (
     -- were dead-lettered; they stand for the run among the dead letters).
     failed_on TEXT,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    payload_body INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_event ON runs(event_id);
 CREATE INDEX IF NOT EXISTS runs_due ON runs(next_at) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS runs_failed ON runs(id) WHERE status = 'failed' AND failed_on = 'step';
 
--- `body` is NULL when the delivery sends the event's payload as received.
+-- `body_id` (in `bodies`) is NULL when the delivery sends the event's payload as received.
+-- Rows are small (no body), so a WITHOUT ROWID table keeps many in a page, in id order.
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -68,7 +84,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     last_error TEXT,
-    body BLOB
+    body_id INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_attempt_at) WHERE status = 'pending';
@@ -179,9 +195,9 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 pub const WAL_RESTART_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The schema's version, kept in SQLite's `user_version`. A data directory of version 2
-/// (before retention) is migrated when the writer opens it ([`migrate`]); any other version is
-/// refused with a clear error.
-const SCHEMA_VERSION: i64 = 3;
+/// (before retention) or 3 (before bodies were stored once) is migrated when the writer opens
+/// it ([`migrate`]); any other version is refused with a clear error.
+const SCHEMA_VERSION: i64 = 4;
 
 /// The oldest version [`migrate`] brings up to [`SCHEMA_VERSION`].
 const OLDEST_MIGRATED: i64 = 2;
@@ -206,26 +222,122 @@ fn table_count(conn: &Connection) -> Result<i64, StoreError> {
     )?)
 }
 
-/// Brings a database of version 2 to version 3 in one transaction: the column that marks an
-/// expired payload. Nothing else changes, so every pending delivery and run stays as it was.
-fn migrate(conn: &Connection, version: i64) -> Result<(), StoreError> {
-    if version != 2 {
+/// Brings an older database to [`SCHEMA_VERSION`], one version at a time, each step in one
+/// transaction (a failed step changes nothing, and the next start tries again from there).
+/// Pending deliveries and runs keep their state: only where their bodies are kept changes.
+fn migrate(conn: &Connection, mut version: i64) -> Result<(), StoreError> {
+    if version == 0 {
         return Ok(());
     }
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         ALTER TABLE events ADD COLUMN payload_expired_at INTEGER;
-         PRAGMA user_version = 3;
-         COMMIT",
-    )
-    .map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        StoreError::Write(format!(
-            "cannot migrate the store from schema version 2 to 3: {e}"
-        ))
-    })?;
-    tracing::info!("the store was migrated from schema version 2 to 3");
+    while version < SCHEMA_VERSION {
+        let step = match version {
+            2 => to_version_3,
+            3 => to_version_4,
+            _ => return Ok(()),
+        };
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let done = step(conn).and_then(|()| {
+            conn.pragma_update(None, "user_version", version + 1)?;
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        });
+        if let Err(e) = done {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(StoreError::Write(format!(
+                "cannot migrate the store from schema version {version} to {}: {e}",
+                version + 1
+            )));
+        }
+        tracing::info!(
+            "the store was migrated from schema version {version} to {}",
+            version + 1
+        );
+        version += 1;
+    }
     Ok(())
+}
+
+/// Version 3: the column that marks an expired payload.
+fn to_version_3(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("ALTER TABLE events ADD COLUMN payload_expired_at INTEGER")?;
+    Ok(())
+}
+
+/// Version 4: bodies stored once, in `bodies`. Each delivery's own body and each run's
+/// transformed payload (which version 3 kept in the run's context) move there, one body per
+/// row that had one (rows written before version 4 are not merged), and `deliveries.body` is
+/// dropped. Step records keep the outputs they hold inline, which reads show as before.
+fn to_version_4(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "ALTER TABLE runs ADD COLUMN payload_body INTEGER;
+         ALTER TABLE deliveries ADD COLUMN body_id INTEGER;",
+    )?;
+    // Creates what the older file lacks: the `bodies` table and its index.
+    conn.execute_batch(SCHEMA)?;
+    let with_body: Vec<String> = conn
+        .prepare("SELECT id FROM deliveries WHERE body IS NOT NULL")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in with_body {
+        conn.execute(
+            "INSERT INTO bodies (event_seq, data)
+             SELECT e.seq, d.body FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+            [&id],
+        )?;
+        conn.execute(
+            "UPDATE deliveries SET body_id = last_insert_rowid() WHERE id = ?1",
+            [&id],
+        )?;
+    }
+    conn.execute_batch("ALTER TABLE deliveries DROP COLUMN body")?;
+    let contexts: Vec<(String, String, i64)> = conn
+        .prepare(
+            "SELECT r.id, r.context, e.seq FROM runs r JOIN events e ON e.id = r.event_id
+             WHERE r.context IS NOT NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (run_id, context, event_seq) in contexts {
+        let stored: LegacyContext = serde_json::from_str(&context)
+            .map_err(|e| StoreError::Corrupt(format!("run {run_id}: its context: {e}")))?;
+        let Some(payload) = stored.payload else {
+            continue;
+        };
+        conn.execute(
+            "INSERT INTO bodies (event_seq, data) VALUES (?1, ?2)",
+            rusqlite::params![event_seq, payload.get().as_bytes()],
+        )?;
+        let body_id = conn.last_insert_rowid();
+        let steps = if stored.steps.is_empty() {
+            None
+        } else {
+            Some(serde_json::json!({ "steps": stored.steps }).to_string())
+        };
+        conn.execute(
+            "UPDATE runs SET payload_body = ?2, context = ?3 WHERE id = ?1",
+            rusqlite::params![run_id, body_id, steps],
+        )?;
+    }
+    Ok(())
+}
+
+/// A run's context as version 3 stored it: the transformed payload with the step outputs.
+#[derive(serde::Deserialize)]
+struct LegacyContext<'a> {
+    #[serde(default, borrow)]
+    payload: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    steps: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The first id [`super::BodyIds`] hands out: past every id `bodies` has ever held.
+pub fn next_body_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'bodies'), 0),
+                    COALESCE((SELECT MAX(id) FROM bodies), 0)) + 1",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// SQLite's `auto_vacuum` setting: 2 is INCREMENTAL.
@@ -310,8 +422,8 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     sync_leftover_wal(path)?;
     migrate(&conn, version)?;
     conn.execute_batch(SCHEMA)?;
-    // Written only when it changes, so that a store on a full disk still opens.
-    if version != SCHEMA_VERSION && version != OLDEST_MIGRATED {
+    // Written only for a new file, so that a store on a full disk still opens.
+    if version == 0 {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     convert_to_incremental(conn, path)

@@ -627,11 +627,13 @@ fn ingest(
     if runs.is_empty() && deliveries.is_empty() {
         return Ok(IngestOutcome::Accepted);
     }
+    let event_seq = tx.last_insert_rowid();
     let mut run_stmt = tx.prepare_cached(
-        "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error, failed_on, pending, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, CASE WHEN ?5 = 'failed' THEN 'step' END, ?13, ?12, ?12)",
+        "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error, failed_on, pending, created_at, updated_at, payload_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, CASE WHEN ?5 = 'failed' THEN 'step' END, ?13, ?12, ?12, ?14)",
     )?;
     for r in runs {
+        insert_bodies(tx, event_seq, &r.bodies)?;
         run_stmt.execute(params![
             r.id,
             e.id,
@@ -645,11 +647,25 @@ fn ingest(
             r.steps,
             r.error,
             e.received_at,
-            deliveries.iter().filter(|d| d.run_id == r.id).count() as i64
+            deliveries.iter().filter(|d| d.run_id == r.id).count() as i64,
+            r.payload_body
         ])?;
     }
     insert_deliveries(tx, &e.id, deliveries, e.received_at)?;
     Ok(IngestOutcome::Accepted)
+}
+
+/// Stores the bodies a run's step made, owned by the event at `event_seq`.
+fn insert_bodies(tx: &Connection, event_seq: i64, bodies: &[Body]) -> Result<(), StoreError> {
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO bodies (id, event_seq, data) VALUES (?1, ?2, ?3)")?;
+    for b in bodies {
+        stmt.execute(params![b.id, event_seq, &b.data[..]])?;
+    }
+    Ok(())
 }
 
 fn insert_deliveries(
@@ -659,7 +675,7 @@ fn insert_deliveries(
     now: Millis,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at, body)
+        "INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at, body_id)
          VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5, ?6)",
     )?;
     for d in deliveries {
@@ -669,7 +685,7 @@ fn insert_deliveries(
             d.run_id,
             d.destination_id,
             now,
-            d.body.as_deref()
+            d.body.as_ref().map(|b| b.id)
         ])?;
     }
     Ok(())
@@ -789,7 +805,7 @@ fn save_run(
         .prepare_cached(
             "UPDATE runs SET status = ?3, pc = ?4, resume_pc = ?5, next_at = ?6, step_attempts = ?7, error = ?8,
              context = ?9, steps = ?10, updated_at = ?11, failed_on = CASE WHEN ?3 = 'failed' THEN 'step' END,
-             pending = ?12, dead = 0
+             pending = ?12, dead = 0, payload_body = ?13
              WHERE id = ?1 AND status = ?2",
         )?
         .execute(params![
@@ -804,10 +820,17 @@ fn save_run(
             s.context,
             s.steps,
             s.now,
-            deliveries.len() as i64
+            deliveries.len() as i64,
+            s.payload_body
         ])?;
     if updated == 0 {
         return Ok(false);
+    }
+    if !s.bodies.is_empty() {
+        let event_seq: i64 = tx
+            .prepare_cached("SELECT seq FROM events WHERE id = ?1")?
+            .query_row(params![s.event_id], |r| r.get(0))?;
+        insert_bodies(tx, event_seq, &s.bodies)?;
     }
     insert_deliveries(tx, &s.event_id, deliveries, s.now)?;
     if let Some(a) = attempt {

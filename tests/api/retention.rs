@@ -1,7 +1,9 @@
 //! Retention on an injected clock: finished work goes with its runs, deliveries and attempts;
 //! pending work stays whole; dead letters stay until their own limit; bodies expire first and
 //! the API says so; the rejected log is pruned; the database file levels off under a steady
-//! load; a data directory of the schema before retention is migrated without losing anything.
+//! load; each body is stored once (a transformed payload fanned out to three is one body); a
+//! data directory of the schema before retention is migrated (through every version since)
+//! without losing anything.
 
 use crate::helpers::*;
 use std::time::Duration;
@@ -99,6 +101,13 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     .await;
     // The good run's http step and delivery, the bad delivery.
     assert_eq!(count(&app, "attempts").await, 3);
+    // The good run's transform made one body: its payload, its step's output and what its
+    // delivery sent; the API shows it as the step's output.
+    assert_eq!(count(&app, "bodies").await, 1);
+    let (_, run) = app.api_get(&format!("/api/v1/runs/{good_run}")).await;
+    let transformed = serde_json::json!({"msg": "secret", "shouted": "SECRET"});
+    assert_eq!(run["steps"][0]["output"], transformed, "{run:#}");
+    assert_eq!(run["steps"][1]["input"], transformed, "{run:#}");
 
     // Young: nothing goes.
     assert_eq!(prune(&app).await, Default::default());
@@ -107,6 +116,11 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     app.clock.advance(2 * HOUR);
     let done = prune(&app).await;
     assert_eq!((done.payloads, done.events), (2, 0), "{done:?}");
+    assert_eq!(
+        count(&app, "bodies").await,
+        0,
+        "the transform's output went too"
+    );
     let (status, event) = app.api_get(&format!("/api/v1/events/{good}")).await;
     assert_eq!(status, 200);
     assert_eq!(event["payload"], serde_json::Value::Null, "{event:#}");
@@ -318,7 +332,8 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b, c] }} ] }} ]
 
 /// Makes a data directory as Ferry made them before retention (schema version 2, the schema
 /// of `fixtures/schema-v2.sql`, auto_vacuum NONE) holding one event with two pending
-/// deliveries (one sends the event's payload, one its own body) and one finished event.
+/// deliveries (one sends the event's payload, one its own body), a finished run whose context
+/// holds a transformed payload (which version 4 moves to `bodies`), and one finished event.
 fn version_2_data_dir(dir: &std::path::Path, now: i64) -> (String, String) {
     let conn = rusqlite::Connection::open(dir.join("ferry.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
@@ -335,6 +350,12 @@ fn version_2_data_dir(dir: &std::path::Path, now: i64) -> (String, String) {
         "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, pending, steps, created_at, updated_at)
          VALUES (?1, ?2, 'f', 'v', 'waiting', 0, 2, '[]', ?3, ?3)",
         rusqlite::params![run, event, now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, steps, context, created_at, updated_at)
+         VALUES ('run_transformed', ?1, 'g', 'v', 'completed', 2, '[]', ?2, ?3, ?3)",
+        rusqlite::params![event, r#"{"payload":{"t":1},"steps":{"x":{"a":1}}}"#, now],
     )
     .unwrap();
     for (destination, body) in [("a", None), ("b", Some(br#"{"own":true}"#.as_slice()))] {
@@ -417,12 +438,110 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b] }} ] }} ]
         })
         .await
         .unwrap();
-    assert_eq!((version, integrity.as_str()), (3, "ok"));
+    assert_eq!((version, integrity.as_str()), (4, "ok"));
+    // Version 4 keeps bodies apart: the delivery's own body and the transformed payload of a
+    // run's context each moved to `bodies`.
+    let (delivery_body, run_body, context) = app
+        .state
+        .store
+        .read(|c| {
+            let delivery: Vec<u8> = c.query_row(
+                "SELECT b.data FROM deliveries d JOIN bodies b ON b.id = d.body_id WHERE d.destination_id = 'b'",
+                [],
+                |r| r.get(0),
+            )?;
+            let (run, context): (Vec<u8>, String) = c.query_row(
+                "SELECT b.data, r.context FROM runs r JOIN bodies b ON b.id = r.payload_body WHERE r.id = 'run_transformed'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((delivery, run, context))
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivery_body, br#"{"own":true}"#);
+    assert_eq!(run_body, br#"{"t":1}"#);
+    assert_eq!(context, r#"{"steps":{"x":{"a":1}}}"#);
     assert!(space.incremental, "auto_vacuum is now INCREMENTAL");
     // The rewrite's copy of every page does not stay in the WAL.
     let wal = std::fs::metadata(dir.path().join("ferry.db-wal")).map_or(0, |m| m.len());
     assert!(
         wal < 1024 * 1024,
         "the WAL kept {wal} bytes after the rewrite"
+    );
+}
+
+/// Each body once: a transformed payload fanned out to three destinations is one stored body,
+/// which the run, the transform's step record and the three deliveries reference; a
+/// per-destination body is stored apart; each destination gets what it must.
+#[tokio::test]
+async fn a_transformed_payload_fanned_out_to_three_is_stored_once() {
+    let ok = Receiver::start().await;
+    let app = spawn_app(&format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: a, kind: http, url: "{url}" }}
+  - {{ id: b, kind: http, url: "{url}" }}
+  - {{ id: c, kind: http, url: "{url}" }}
+  - {{ id: d, kind: http, url: "{url}" }}
+flows:
+  - id: fan
+    on: {{ source: s }}
+    steps:
+      - transform: '{{order: .id}}'
+      - deliver: [a, b, c, {{ to: d, body: '{{only: .order}}' }}]
+"#,
+        url = ok.url
+    ))
+    .await;
+    let event = app.accept("/in/s", r#"{"type":"t","id":7}"#, &[]).await;
+    app.wait_run(&app.run_of(&event, "fan").await, "completed")
+        .await;
+    let mut sent: Vec<String> = ok
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            r#"{"only":7}"#,
+            r#"{"order":7}"#,
+            r#"{"order":7}"#,
+            r#"{"order":7}"#
+        ]
+    );
+    let (payload_body, steps, deliveries) = app
+        .state
+        .store
+        .read(|c| {
+            let (payload_body, steps): (i64, String) =
+                c.query_row("SELECT payload_body, steps FROM runs", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let mut stmt = c.prepare(
+                "SELECT destination_id, body_id FROM deliveries ORDER BY destination_id",
+            )?;
+            let deliveries: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok((payload_body, steps, deliveries))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&app, "bodies").await,
+        2,
+        "the transformed payload and d's own body"
+    );
+    let of = |to: &str| deliveries.iter().find(|(d, _)| d == to).unwrap().1;
+    assert_eq!([of("a"), of("b"), of("c")], [payload_body; 3]);
+    assert_ne!(of("d"), payload_body);
+    assert!(
+        steps.contains(&format!(r#""output_body":{payload_body}"#)) && !steps.contains("order"),
+        "the transform's record names the body and holds no copy: {steps}"
     );
 }

@@ -240,6 +240,7 @@ impl Sandbox {
     /// The runs a new event starts in `flows`: their first steps run in one request.
     pub async fn plan(
         &self,
+        ids: &crate::store::BodyIds,
         flows: &[Arc<Flow>],
         event: &Arc<EventInfo>,
         raw: &Bytes,
@@ -258,14 +259,8 @@ impl Sandbox {
         };
         match self.call(&request).await? {
             Response::Planned(ran) if ran.len() == flows.len() => {
-                let ran = ran
-                    .into_iter()
-                    .map(|r| {
-                        let (advance, ctx) = ctx_after(&ctx, r);
-                        (advance, ctx.to_stored())
-                    })
-                    .collect();
-                Ok(crate::engine::plan_rows(flows, ran, now))
+                let ran = ran.into_iter().map(|r| ctx_after(&ctx, r)).collect();
+                Ok(crate::engine::plan_rows(ids, flows, ran, now))
             }
             other => Err(unexpected(other)),
         }
@@ -624,9 +619,14 @@ fn wire_context(ctx: &RunContext) -> Result<Context<'_>, SandboxError> {
     })
 }
 
-/// The context a worker's run left, over the event the server holds.
-fn ctx_after(before: &RunContext, ran: Ran) -> (Advance, RunContext) {
-    let mut ctx = RunContext::new(before.event().clone(), before.raw().clone());
+/// The context a worker's run left, over the event the server holds (a payload that came back
+/// unchanged keeps its stored body). A worker names no stored body: the server gives the
+/// bodies of the records it made their ids (`engine::keep_bodies`).
+fn ctx_after(before: &RunContext, mut ran: Ran) -> (Advance, RunContext) {
+    for record in &mut ran.advance.records {
+        record.output_body = None;
+    }
+    let mut ctx = before.clone();
     if let Some(p) = ran.payload {
         ctx.set_payload(p);
     }
