@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct BenchBareArgs {
+    /// The address to listen on; port 0 takes a free port (the line on stdout names it).
     #[arg(long)]
     listen: SocketAddr,
     /// Append every body to a file in this folder and answer only once it is synced.

@@ -7,13 +7,16 @@ use super::{CliError, ClientArgs};
 pub enum DeliveriesCommand {
     /// Deliveries, newest first.
     List {
+        /// Only the deliveries to this destination (its id).
         #[arg(long)]
         destination: Option<String>,
+        /// Only the deliveries of this event (its id).
         #[arg(long)]
         event: Option<String>,
         /// pending, succeeded or dead.
         #[arg(long)]
         status: Option<String>,
+        /// At most this many deliveries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[command(flatten)]
@@ -21,6 +24,7 @@ pub enum DeliveriesCommand {
     },
     /// One delivery with every attempt.
     Show {
+        /// The delivery's id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,

@@ -8,6 +8,7 @@ use reqwest::Method;
 pub enum DlqCommand {
     /// Dead letters, newest first.
     List {
+        /// At most this many dead letters.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[command(flatten)]

@@ -8,8 +8,10 @@ use super::{CliError, ClientArgs};
 pub enum EventsCommand {
     /// Events, newest first.
     List {
+        /// Only the events of this source (its id).
         #[arg(long)]
         source: Option<String>,
+        /// Only the events of this type.
         #[arg(long = "type")]
         event_type: Option<String>,
         /// RFC 3339: received at or after.
@@ -27,6 +29,7 @@ pub enum EventsCommand {
         /// `path=value` on the payload, e.g. `data.plan=pro`.
         #[arg(long = "match")]
         field_match: Option<String>,
+        /// At most this many events.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[command(flatten)]
@@ -34,6 +37,7 @@ pub enum EventsCommand {
     },
     /// One event with its runs and deliveries.
     Show {
+        /// The event's id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,

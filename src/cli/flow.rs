@@ -14,6 +14,7 @@ pub enum FlowCommand {
     /// Run a flow on an event without side effects: pure steps for real, and for each http,
     /// delay and deliver step what it would do.
     Test {
+        /// The config file (YAML) the flow is in.
         #[arg(long, short = 'c', env = "FERRY_CONFIG")]
         config: PathBuf,
         /// The flow's id.

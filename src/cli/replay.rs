@@ -9,12 +9,14 @@ use reqwest::Method;
 pub enum ReplayCommand {
     /// Retry a dead delivery (a fresh round of attempts).
     Delivery {
+        /// The dead delivery's id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Replay a failed run from the step that failed.
     Run {
+        /// The failed run's id.
         id: String,
         /// Use the flow's current definition even if it changed since the run started.
         #[arg(long)]
@@ -24,6 +26,7 @@ pub enum ReplayCommand {
     },
     /// Retry every dead delivery matching the filter (see --dry-run).
     Deliveries {
+        /// Only the deliveries to this destination (its id).
         #[arg(long)]
         destination: Option<String>,
         /// RFC 3339: made at or after.
@@ -43,10 +46,13 @@ pub enum ReplayCommand {
     },
     /// Replay every failed run matching the filter (see --dry-run).
     Runs {
+        /// Only the runs of this flow (its id).
         #[arg(long)]
         flow: Option<String>,
+        /// RFC 3339: made at or after.
         #[arg(long)]
         since: Option<String>,
+        /// RFC 3339: made before.
         #[arg(long)]
         until: Option<String>,
         /// A part of the error message.
@@ -55,6 +61,7 @@ pub enum ReplayCommand {
         /// Count what would be replayed, replay nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Use each flow's current definition even if it changed since its run started.
         #[arg(long)]
         use_current_flow: bool,
         #[command(flatten)]

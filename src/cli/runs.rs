@@ -7,13 +7,16 @@ use super::{CliError, ClientArgs};
 pub enum RunsCommand {
     /// Runs, newest first.
     List {
+        /// Only the runs of this flow (its id).
         #[arg(long)]
         flow: Option<String>,
+        /// Only the runs of this event (its id).
         #[arg(long)]
         event: Option<String>,
         /// running, waiting, completed, filtered or failed.
         #[arg(long)]
         status: Option<String>,
+        /// At most this many runs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[command(flatten)]
@@ -21,6 +24,7 @@ pub enum RunsCommand {
     },
     /// One run with each step's input, output, status and error.
     Show {
+        /// The run's id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,

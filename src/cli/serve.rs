@@ -23,12 +23,14 @@ pub struct ServeArgs {
     /// PostgreSQL URL for cluster mode (not available yet).
     #[arg(long, env = "FERRY_DATABASE_URL", conflicts_with = "data")]
     database_url: Option<String>,
+    /// The address to listen on; port 0 takes a free port (the line on stdout names it).
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 }
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
+    /// The address Ferry listens on (the demo's receivers take free ports).
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Where the demo keeps its data; a fresh temporary directory when not given.
@@ -38,6 +40,7 @@ pub struct DemoArgs {
 
 #[derive(clap::Args)]
 pub struct ValidateArgs {
+    /// The config file (YAML) to check.
     #[arg(long, short = 'c', env = "FERRY_CONFIG")]
     config: PathBuf,
 }

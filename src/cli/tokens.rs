@@ -8,6 +8,7 @@ use reqwest::Method;
 pub enum TokensCommand {
     /// Make a token; it is shown once.
     Create {
+        /// What the token is for, as the list shows it.
         #[arg(long)]
         name: String,
         /// `admin` or `read`.
@@ -23,6 +24,7 @@ pub enum TokensCommand {
     },
     /// Revoke a token by its id.
     Revoke {
+        /// The token's id (not its value).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
