@@ -2,8 +2,9 @@
 //! `ingest` (receive, verify, validate; `json` is the strict JSON it accepts) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
 //! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets), `retention` (the pruner),
-//! `secrets` (which fields are secret, sealing them at rest, the key), `cli` (client output),
-//! `demo` and `bench`; `fuzzing` holds the fuzz targets' entry points.
+//! `secrets` (which fields are secret, sealing them at rest, the key), `cli` (the commands:
+//! their options, what each does and prints), `demo` and `bench`; `fuzzing` holds the fuzz
+//! targets' entry points.
 //! See ARCHITECTURE.md.
 
 pub mod alerts;

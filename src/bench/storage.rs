@@ -1,0 +1,182 @@
+//! What a phase's Ferry left on disk and wrote to its WAL per event acknowledged, read once
+//! every run has ended: the files' sizes in its data directory, and its `/metrics` page.
+
+use super::report::{Row, row};
+use super::target::Target;
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// What a phase's Ferry stored: the database and its WAL after the phase, and what its commits
+/// wrote to the WAL, for the events it acknowledged (warm-up included: its events are stored
+/// too). The WAL counts in the bytes on disk: it is disk the store holds, and what was
+/// committed since the last checkpoint is only there. It does not grow with the events (the
+/// checkpointer starts it over past [`crate::store::WAL_RESTART_BYTES`]), so over a short
+/// phase it weighs more per event than over a long one; `db_bytes` is the database alone.
+pub(super) struct Storage {
+    acked: u64,
+    db_bytes: u64,
+    wal_file_bytes: u64,
+    /// From `ferry_store_wal_written_bytes_total`; `None` when `/metrics` did not say.
+    wal_written: Option<u64>,
+    /// Whether every run had ended and no delivery was pending when it was measured.
+    settled: bool,
+}
+
+/// How long a phase's Ferry is given, after its load, to end the runs of the events it took.
+const SETTLE_FOR: Duration = Duration::from_secs(120);
+
+impl Storage {
+    /// Waits until `ferry` has ended `runs` runs and has no pending delivery (or [`SETTLE_FOR`]
+    /// has passed), so that every event's attempts and run states are stored, then reads the
+    /// WAL counter and the sizes of the files in its data directory.
+    pub(super) async fn measure(ferry: &Target, acked: u64, runs: u64) -> Storage {
+        let addr = ferry.addr;
+        let deadline = Instant::now() + SETTLE_FOR;
+        let mut settled = false;
+        let mut metrics = fetch_metrics(addr).await;
+        while let Some(text) = &metrics {
+            let ended = metric_sum(text, "ferry_runs_total").unwrap_or(0.0);
+            let pending = metric_sum(text, "ferry_queue_depth").unwrap_or(0.0);
+            settled = ended >= runs as f64 && pending == 0.0;
+            if settled || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            metrics = fetch_metrics(addr).await;
+        }
+        if !settled {
+            eprintln!(
+                "  storage: measured before every run had ended (after {}s, or /metrics did not answer)",
+                SETTLE_FOR.as_secs()
+            );
+        }
+        let size = |name: &str| {
+            ferry
+                .data
+                .as_ref()
+                .and_then(|data| std::fs::metadata(data.join(name)).ok())
+                .map_or(0, |m| m.len())
+        };
+        let storage = Storage {
+            acked,
+            db_bytes: size("ferry.db"),
+            wal_file_bytes: size("ferry.db-wal"),
+            wal_written: metrics
+                .as_deref()
+                .and_then(|t| metric_sum(t, "ferry_store_wal_written_bytes_total"))
+                .map(|b| b as u64),
+            settled,
+        };
+        eprintln!(
+            "  storage: {} events acknowledged; ferry.db {:.1} MB ({:.0} B per event), ferry.db-wal {:.1} MB; WAL written {}",
+            storage.acked,
+            storage.db_bytes as f64 / 1e6,
+            storage.db_bytes as f64 / storage.acked as f64,
+            storage.wal_file_bytes as f64 / 1e6,
+            storage
+                .wal_written
+                .map_or("unknown".to_string(), |b| format!(
+                    "{:.1} MB",
+                    b as f64 / 1e6
+                )),
+        );
+        storage
+    }
+
+    /// Bytes of `ferry.db` and `ferry.db-wal` per event acknowledged.
+    fn on_disk_per_event(&self) -> f64 {
+        (self.db_bytes + self.wal_file_bytes) as f64 / self.acked as f64
+    }
+
+    /// Bytes written to the WAL per event acknowledged.
+    fn wal_written_per_event(&self) -> f64 {
+        self.wal_written
+            .map_or(f64::NAN, |b| b as f64 / self.acked as f64)
+    }
+
+    /// The two rows of `shape`.
+    pub(super) fn rows(&self, shape: &'static str) -> [Row; 2] {
+        let unsettled = if self.settled {
+            ""
+        } else {
+            ", runs not all ended"
+        };
+        [
+            row(
+                shape,
+                format!("bytes on disk per event (ferry.db + WAL){unsettled}"),
+                self.on_disk_per_event(),
+                "B",
+                None,
+            ),
+            row(
+                shape,
+                format!("WAL bytes written per event{unsettled}"),
+                self.wal_written_per_event(),
+                "B",
+                None,
+            ),
+        ]
+    }
+}
+
+/// `GET /metrics` of the Ferry at `addr`; `None` when it does not answer with a page.
+async fn fetch_metrics(addr: SocketAddr) -> Option<String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/metrics")
+        .header("host", "bench")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(body.to_vec()).ok()
+}
+
+/// The sum of every series of the metric `name` in a Prometheus text page; `None` when it has
+/// none.
+fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or(series);
+        if metric == name
+            && let Ok(v) = value.parse::<f64>()
+        {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_is_summed_over_its_series_and_only_its_own() {
+        let page = "# HELP ferry_queue_depth Pending deliveries\n\
+            # TYPE ferry_queue_depth gauge\n\
+            ferry_queue_depth{destination=\"d0\"} 2\n\
+            ferry_queue_depth{destination=\"d1\"} 3\n\
+            ferry_queue_depth_other 100\n\
+            ferry_store_wal_written_bytes_total 123456\n";
+        assert_eq!(metric_sum(page, "ferry_queue_depth"), Some(5.0));
+        assert_eq!(
+            metric_sum(page, "ferry_store_wal_written_bytes_total"),
+            Some(123456.0)
+        );
+        assert_eq!(metric_sum(page, "ferry_runs_total"), None);
+    }
+}

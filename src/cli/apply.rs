@@ -1,0 +1,55 @@
+//! `ferry apply -f FILE`: prints the plan that makes a running server's objects match the
+//! file, then carries it out (the plan and its execution are `crate::apply`'s).
+
+use super::table::print_json;
+use super::{CliError, ClientArgs};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ApplyArgs {
+    /// The config file whose objects to apply.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// Also delete the objects made through the API that the file no longer has.
+    #[arg(long)]
+    prune: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn run(args: ApplyArgs) -> Result<(), CliError> {
+    let ApplyArgs {
+        file,
+        prune,
+        dry_run,
+        client: args,
+    } = args;
+    let (wanted, notes) = crate::apply::read_file(&file, &|name| std::env::var(name).ok())?;
+    let client = args.client()?;
+    let remote = crate::apply::remote_objects(&client).await?;
+    let changes = crate::apply::plan(&wanted, &remote, prune)?;
+    if !args.json {
+        for note in &notes {
+            eprintln!("note: {note}");
+        }
+        print!("{}", crate::apply::render(&changes));
+    }
+    let done = if dry_run {
+        0
+    } else {
+        crate::apply::execute(&client, &changes).await?
+    };
+    if args.json {
+        print_json(&serde_json::json!({"dry_run": dry_run, "changes": changes, "applied": done}));
+        return Ok(());
+    }
+    if dry_run {
+        println!("dry run: nothing changed");
+    } else {
+        println!("applied {done} change(s)");
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Why a command failed: the one error every command returns, printed by `main.rs` as
+//! `error: ` and its causes. A command's own problems carry their message here; the
+//! library's errors pass through with theirs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] super::ClientError),
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+    /// The config file's errors were printed before.
+    #[error("{} is not valid", .0.display())]
+    InvalidConfig(PathBuf),
+    /// `serve`: the config file's errors were printed before.
+    #[error("refusing to start: {} is not valid", .0.display())]
+    RefusedConfig(PathBuf),
+    #[error(
+        "PostgreSQL storage (--database-url) is not available yet; use the embedded store with --data DIR"
+    )]
+    NoPostgres,
+    /// The empty config `serve` runs without `--config` (a bug if it happens).
+    #[error("{0}")]
+    EmptyConfig(crate::config::ConfigErrors),
+    #[error(transparent)]
+    Key(#[from] crate::secrets::KeyError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the listening address")]
+    ListeningAddress(#[source] std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] crate::app::ServeError),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    /// An expression worker could not be started or could not start: what it said.
+    #[error("{0}")]
+    Worker(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::engine::sandbox::SandboxError),
+    #[error("no flow `{flow}` in {}; its flows are: {}", config.display(), known.join(", "))]
+    NoFlow {
+        flow: String,
+        config: PathBuf,
+        known: Vec<String>,
+    },
+    #[error("cannot read the event from standard input")]
+    ReadStdin(#[source] std::io::Error),
+    #[error("cannot read the event file {}", path.display())]
+    ReadEvent {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the event file {} is not JSON", path.display())]
+    EventNotJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("the flow failed on this event")]
+    FlowFailed,
+    #[error("the secrets in {} were not rotated", data.display())]
+    NotRotated {
+        data: PathBuf,
+        source: crate::secrets::rotate::RotateError,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

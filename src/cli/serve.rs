@@ -1,0 +1,208 @@
+//! The commands that run Ferry on this machine: `serve`, `demo`, `validate` (the config's
+//! check that `serve` and `flow test` make too) and the hidden `expr-worker`, the process the
+//! server starts to run expressions. `serve` writes one line to stdout, [`announce`]'s.
+
+use super::CliError;
+use crate::config::{Config, ConfigErrors};
+use crate::engine::sandbox::{Limits, Sandbox, WorkerCommand, worker};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The target of `serve`'s own log lines: the binary's name, which log filters and readers
+/// know them by.
+const LOG_TARGET: &str = "ferry";
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The config file (YAML).
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the embedded SQLite store and the generated API token.
+    #[arg(long, env = "FERRY_DATA", default_value = "ferry-data")]
+    data: PathBuf,
+    /// PostgreSQL URL for cluster mode (not available yet).
+    #[arg(long, env = "FERRY_DATABASE_URL", conflicts_with = "data")]
+    database_url: Option<String>,
+    /// The address to listen on; port 0 takes a free port (the line on stdout names it).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// The address Ferry listens on (the demo's receivers take free ports).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the demo keeps its data; a fresh temporary directory when not given.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    /// The config file (YAML) to check.
+    #[arg(long, short = 'c', env = "FERRY_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ExprWorkerArgs {
+    /// Address space limit in bytes.
+    #[arg(long)]
+    memory_limit: u64,
+    /// CPU seconds one request may use.
+    #[arg(long)]
+    cpu_limit: u64,
+}
+
+/// `ferry serve`: the engine on one listener until Ctrl-C or SIGTERM.
+pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let ServeArgs {
+        config,
+        data,
+        database_url,
+        listen,
+    } = args;
+    if database_url.is_some() {
+        return Err(CliError::NoPostgres);
+    }
+    let config = match &config {
+        Some(path) => match crate::config::load_file(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprint!("{errors}");
+                return Err(CliError::RefusedConfig(path.clone()));
+            }
+        },
+        None => {
+            tracing::warn!(
+                target: LOG_TARGET,
+                "no --config given: serving with no sources, destinations or flows"
+            );
+            crate::config::load_str("{}", "(empty)", Path::new("."), &|_| None)
+                .map_err(CliError::EmptyConfig)?
+        }
+    };
+    let mut options = crate::app::ServeOptions::new(config, data.clone());
+    options.secret_key = crate::secrets::key_from_env(crate::secrets::KEY_ENV)?;
+    options.api_token = api_token_from_env();
+    let token_note = if options.api_token.is_some() {
+        "from FERRY_API_TOKEN".to_string()
+    } else {
+        format!("in {}", crate::app::token_path(&data).display())
+    };
+    let listener = crate::server::bind(listen).map_err(|source| CliError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let state = crate::app::prepare(options).await?;
+    let addr = listener.local_addr().map_err(CliError::ListeningAddress)?;
+    announce(addr);
+    tracing::info!(
+        target: LOG_TARGET,
+        %addr,
+        data = %data.display(),
+        "ferry is serving; the API token is {token_note}"
+    );
+    crate::app::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!(target: LOG_TARGET, "stopped");
+    Ok(())
+}
+
+/// `ferry demo`: the example integration until Ctrl-C.
+pub async fn demo(args: DemoArgs) -> Result<(), CliError> {
+    crate::demo::run(args.listen, args.data, api_token_from_env()).await?;
+    Ok(())
+}
+
+/// `FERRY_API_TOKEN`, unless it is unset or empty.
+fn api_token_from_env() -> Option<String> {
+    std::env::var("FERRY_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// `ferry validate`: the config's every error with its place, or a summary of what it holds.
+pub async fn validate(args: ValidateArgs) -> Result<(), CliError> {
+    let path = args.config;
+    match load_checked(&path).await {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} sources, {} event types, {} destinations, {} flows)",
+                path.display(),
+                c.sources.len(),
+                c.event_types.len(),
+                c.destinations.len(),
+                c.flows.len()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            Err(CliError::InvalidConfig(path))
+        }
+    }
+}
+
+/// Loads a config file and has its expressions compiled by an expression worker.
+pub(super) async fn load_checked(path: &Path) -> Result<Config, String> {
+    let loaded = crate::config::load_file(path);
+    let limits = match &loaded {
+        Ok(config) => config.settings.expressions.clone(),
+        Err(_) => Limits::default(),
+    };
+    let command = WorkerCommand::current_exe()?;
+    let sandbox = Sandbox::new(command, limits);
+    match loaded {
+        Ok(config) => {
+            sandbox
+                .check_config(&config)
+                .await
+                .map_err(|errors| errors.to_string())?;
+            Ok(config)
+        }
+        // Every error in one report: the expressions' too, though the rest is wrong.
+        Err(ConfigErrors(mut errors, sites)) => {
+            if let Err(more) = sandbox.check_sites(&sites).await {
+                errors.extend(more.0);
+            }
+            Err(ConfigErrors(errors, Vec::new()).to_string())
+        }
+    }
+}
+
+/// `ferry expr-worker`: answers the server's requests until its standard input closes.
+pub fn expr_worker(args: ExprWorkerArgs) -> Result<(), CliError> {
+    worker::main(worker::WorkerLimits {
+        memory_bytes: args.memory_limit,
+        cpu_seconds: args.cpu_limit,
+    })
+    .map_err(CliError::Worker)
+}
+
+/// The one line `serve` writes to stdout: where it listens (with `--listen 127.0.0.1:0`, the
+/// port the system chose). Scripts and tests read it.
+pub(super) fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ferry listening on http://{addr}");
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
