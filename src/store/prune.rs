@@ -89,18 +89,7 @@ pub(super) fn prune_events(
     scope: &PruneScope,
     cutoffs: &PruneCutoffs,
 ) -> Result<PruneReport, StoreError> {
-    tx.execute_batch("SAVEPOINT prune")?;
-    let result = prune_in_savepoint(tx, scope, cutoffs);
-    let end = match result {
-        Ok(_) => "RELEASE prune",
-        Err(_) => "ROLLBACK TO prune; RELEASE prune",
-    };
-    // When SQLite rolled the transaction back itself (a full disk), there is no savepoint
-    // left: the writer sees the error and fails the batch.
-    if !tx.is_autocommit() {
-        tx.execute_batch(end)?;
-    }
-    result
+    super::writer::in_savepoint(tx, || prune_in_savepoint(tx, scope, cutoffs))
 }
 
 fn prune_in_savepoint(

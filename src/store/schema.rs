@@ -274,60 +274,85 @@ fn to_version_4(conn: &Connection) -> Result<(), StoreError> {
     )?;
     // Creates what the older file lacks: the `bodies` table and its index.
     conn.execute_batch(SCHEMA)?;
-    let with_body: Vec<String> = conn
-        .prepare("SELECT id FROM deliveries WHERE body IS NOT NULL")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in with_body {
-        conn.execute(
-            "INSERT INTO bodies (event_seq, data)
-             SELECT e.seq, d.body FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
-            [&id],
-        )?;
-        conn.execute(
-            "UPDATE deliveries SET body_id = last_insert_rowid() WHERE id = ?1",
-            [&id],
-        )?;
+    // A page of rows at a time, in id order, so that a large store is not held in memory.
+    let mut after = String::new();
+    loop {
+        let page: Vec<(String, i64)> = conn
+            .prepare_cached(
+                "SELECT d.id, COALESCE(e.seq, 0) FROM deliveries d LEFT JOIN events e ON e.id = d.event_id
+                 WHERE d.body IS NOT NULL AND d.id > ?1 ORDER BY d.id LIMIT ?2",
+            )?
+            .query_map(rusqlite::params![after, MIGRATION_PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = last.clone();
+        for (id, event_seq) in page {
+            let body_id: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO bodies (event_seq, data) SELECT ?2, body FROM deliveries WHERE id = ?1 RETURNING id",
+                )?
+                .query_row(rusqlite::params![id, event_seq], |r| r.get(0))?;
+            conn.prepare_cached("UPDATE deliveries SET body_id = ?2 WHERE id = ?1")?
+                .execute(rusqlite::params![id, body_id])?;
+        }
     }
     conn.execute_batch("ALTER TABLE deliveries DROP COLUMN body")?;
-    let contexts: Vec<(String, String, i64)> = conn
-        .prepare(
-            "SELECT r.id, r.context, e.seq FROM runs r JOIN events e ON e.id = r.event_id
-             WHERE r.context IS NOT NULL",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    for (run_id, context, event_seq) in contexts {
-        let stored: LegacyContext = serde_json::from_str(&context)
-            .map_err(|e| StoreError::Corrupt(format!("run {run_id}: its context: {e}")))?;
-        let Some(payload) = stored.payload else {
-            continue;
+    let mut after = String::new();
+    loop {
+        let page: Vec<(String, String, i64)> = conn
+            .prepare_cached(
+                "SELECT r.id, r.context, COALESCE(e.seq, 0) FROM runs r LEFT JOIN events e ON e.id = r.event_id
+                 WHERE r.context IS NOT NULL AND r.id > ?1 ORDER BY r.id LIMIT ?2",
+            )?
+            .query_map(rusqlite::params![after, MIGRATION_PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some((last, _, _)) = page.last() else {
+            break;
         };
-        conn.execute(
-            "INSERT INTO bodies (event_seq, data) VALUES (?1, ?2)",
-            rusqlite::params![event_seq, payload.get().as_bytes()],
-        )?;
-        let body_id = conn.last_insert_rowid();
-        let steps = if stored.steps.is_empty() {
-            None
-        } else {
-            Some(serde_json::json!({ "steps": stored.steps }).to_string())
-        };
-        conn.execute(
-            "UPDATE runs SET payload_body = ?2, context = ?3 WHERE id = ?1",
-            rusqlite::params![run_id, body_id, steps],
-        )?;
+        after = last.clone();
+        for (run_id, context, event_seq) in page {
+            move_context_payload(conn, &run_id, &context, event_seq)?;
+        }
     }
     Ok(())
 }
 
-/// A run's context as version 3 stored it: the transformed payload with the step outputs.
-#[derive(serde::Deserialize)]
-struct LegacyContext<'a> {
-    #[serde(default, borrow)]
-    payload: Option<&'a serde_json::value::RawValue>,
-    #[serde(default)]
-    steps: serde_json::Map<String, serde_json::Value>,
+/// Rows a step of the version 4 migration reads at a time.
+const MIGRATION_PAGE: i64 = 1000;
+
+/// A run's context as version 3 stored it (`{"payload": ..., "steps": {...}}`, each part
+/// there or not): its payload, when there is one (`null` included), becomes a body, and the
+/// context keeps the step outputs.
+fn move_context_payload(
+    conn: &Connection,
+    run_id: &str,
+    context: &str,
+    event_seq: i64,
+) -> Result<(), StoreError> {
+    use serde_json::value::RawValue;
+    let parts: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(context)
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: its context: {e}")))?;
+    let Some(payload) = parts.get("payload") else {
+        return Ok(());
+    };
+    let body_id: i64 = conn
+        .prepare_cached("INSERT INTO bodies (event_seq, data) VALUES (?1, ?2) RETURNING id")?
+        .query_row(
+            rusqlite::params![event_seq, payload.get().as_bytes()],
+            |r| r.get(0),
+        )?;
+    let steps = parts
+        .get("steps")
+        .map(|steps| format!(r#"{{"steps":{}}}"#, steps.get()));
+    conn.prepare_cached("UPDATE runs SET payload_body = ?2, context = ?3 WHERE id = ?1")?
+        .execute(rusqlite::params![run_id, body_id, steps])?;
+    Ok(())
 }
 
 /// The first id [`super::BodyIds`] hands out: past every id `bodies` has ever held.

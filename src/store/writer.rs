@@ -598,12 +598,47 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
     }
 }
 
+/// Runs `write` inside a savepoint of the open transaction, so that an op of several
+/// statements that fails leaves nothing of itself in the batch it shares with others.
+pub(super) fn in_savepoint<T>(
+    tx: &Connection,
+    write: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.prepare_cached("SAVEPOINT op")?.execute([])?;
+    let result = write();
+    // When SQLite rolled the transaction back itself (a full disk), there is no savepoint
+    // left: the writer sees the error and fails the batch.
+    if !tx.is_autocommit() {
+        if result.is_err() {
+            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
+        }
+        tx.prepare_cached("RELEASE op")?.execute([])?;
+    }
+    result
+}
+
+/// Stores a new event with what its flows started. An event no flow takes (the common case
+/// of a busy source) is one statement; one with runs goes in a savepoint (a run or delivery
+/// refused, by a repeated id for instance, takes the event along).
 fn ingest(
     tx: &Connection,
     e: &NewEvent,
     runs: &[NewRun],
     deliveries: &[NewDelivery],
 ) -> Result<IngestOutcome, StoreError> {
+    if runs.is_empty() && deliveries.is_empty() {
+        return insert_event(tx, e);
+    }
+    in_savepoint(tx, || {
+        let inserted = insert_event(tx, e)?;
+        if let IngestOutcome::Accepted = inserted {
+            insert_runs(tx, e, runs, deliveries)?;
+        }
+        Ok(inserted)
+    })
+}
+
+fn insert_event(tx: &Connection, e: &NewEvent) -> Result<IngestOutcome, StoreError> {
     let inserted = tx
         .prepare_cached(
             "INSERT INTO events (id, source, event_type, idempotency_key, received_at, headers, payload)
@@ -623,10 +658,17 @@ fn ingest(
             ))),
         };
     }
-    // An event no flow takes (the common case of a busy source) needs no other statement.
-    if runs.is_empty() && deliveries.is_empty() {
-        return Ok(IngestOutcome::Accepted);
-    }
+    Ok(IngestOutcome::Accepted)
+}
+
+/// The runs of the event just inserted, their bodies and their deliveries.
+fn insert_runs(
+    tx: &Connection,
+    e: &NewEvent,
+    runs: &[NewRun],
+    deliveries: &[NewDelivery],
+) -> Result<(), StoreError> {
+    // `insert_event` has just inserted it.
     let event_seq = tx.last_insert_rowid();
     let mut run_stmt = tx.prepare_cached(
         "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error, failed_on, pending, created_at, updated_at, payload_body)
@@ -651,8 +693,7 @@ fn ingest(
             r.payload_body
         ])?;
     }
-    insert_deliveries(tx, &e.id, deliveries, e.received_at)?;
-    Ok(IngestOutcome::Accepted)
+    insert_deliveries(tx, &e.id, deliveries, e.received_at)
 }
 
 /// Stores the bodies a run's step made, owned by the event at `event_seq`.
@@ -795,7 +836,17 @@ fn settle_run(
     }
 }
 
+/// Saves a run's step in a savepoint: all of it, or nothing.
 fn save_run(
+    tx: &Connection,
+    s: &RunSave,
+    deliveries: &[NewDelivery],
+    attempt: Option<&NewStepAttempt>,
+) -> Result<bool, StoreError> {
+    in_savepoint(tx, || save_run_rows(tx, s, deliveries, attempt))
+}
+
+fn save_run_rows(
     tx: &Connection,
     s: &RunSave,
     deliveries: &[NewDelivery],
@@ -1062,6 +1113,65 @@ mod tests {
             headers: "{}".into(),
             payload: payload.clone(),
         }
+    }
+
+    /// An ingest refused halfway (two deliveries with one id, as a compromised expression
+    /// worker could plan) leaves nothing of itself: no event, no run, no body; and the batch
+    /// it shared goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_ingest_leaves_no_event_run_or_body() {
+        use crate::store::{Body, NewDelivery, NewRun};
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), Default::default(), Default::default()).unwrap();
+        let body = Body {
+            id: store.body_ids().next(),
+            data: bytes::Bytes::from_static(br#"{"t":1}"#),
+        };
+        let run = NewRun {
+            id: "run_1".into(),
+            flow_id: "f".into(),
+            flow_version: "v".into(),
+            status: "waiting",
+            pc: 1,
+            resume_pc: None,
+            next_at: None,
+            error: None,
+            context: None,
+            payload_body: Some(body.id),
+            bodies: vec![body.clone()],
+            steps: "[]".into(),
+        };
+        let delivery = |to: &str| NewDelivery {
+            id: "dlv_same".into(),
+            run_id: "run_1".into(),
+            destination_id: to.into(),
+            body: Some(body.clone()),
+        };
+        let payload = bytes::Bytes::from_static(b"{}");
+        let refused = store.ingest(
+            event(&payload),
+            vec![run],
+            vec![delivery("a"), delivery("b")],
+        );
+        let (refused, other) = tokio::join!(
+            refused,
+            store.ingest(event(&payload), Vec::new(), Vec::new())
+        );
+        assert!(refused.is_err());
+        assert!(other.is_ok(), "the op beside it is kept");
+        let counts: (i64, i64, i64, i64) = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM runs),
+                            (SELECT COUNT(*) FROM deliveries), (SELECT COUNT(*) FROM bodies)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(counts, (1, 0, 0, 0), "only the other event");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

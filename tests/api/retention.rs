@@ -358,6 +358,13 @@ fn version_2_data_dir(dir: &std::path::Path, now: i64) -> (String, String) {
         rusqlite::params![event, r#"{"payload":{"t":1},"steps":{"x":{"a":1}}}"#, now],
     )
     .unwrap();
+    // A transform may make the payload `null`: a payload still, not the event's.
+    conn.execute(
+        "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, steps, context, created_at, updated_at)
+         VALUES ('run_null', ?1, 'g', 'v', 'completed', 2, '[]', '{\"payload\":null}', ?2, ?2)",
+        rusqlite::params![event, now],
+    )
+    .unwrap();
     for (destination, body) in [("a", None), ("b", Some(br#"{"own":true}"#.as_slice()))] {
         conn.execute(
             "INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at, body)
@@ -455,6 +462,12 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b] }} ] }} ]
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            let null: (Vec<u8>, Option<String>) = c.query_row(
+                "SELECT b.data, r.context FROM runs r JOIN bodies b ON b.id = r.payload_body WHERE r.id = 'run_null'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            assert_eq!(null, (b"null".to_vec(), None));
             Ok((delivery, run, context))
         })
         .await

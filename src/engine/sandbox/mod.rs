@@ -18,7 +18,7 @@ use crate::clock::Millis;
 use crate::config::{Config, ConfigError, ConfigErrors, ExprSite, Flow};
 use crate::engine::expr::Expr;
 use crate::engine::program::{Op, Program};
-use crate::engine::{Advance, EventInfo, HttpRequest, Plan, RunContext, TestReport};
+use crate::engine::{Advance, EventInfo, HttpRequest, Plan, RunContext, Stop, TestReport};
 use bytes::Bytes;
 use protocol::{Context, ProgramRef, Ran, Request, Response};
 use serde_json::value::RawValue;
@@ -620,11 +620,21 @@ fn wire_context(ctx: &RunContext) -> Result<Context<'_>, SandboxError> {
 }
 
 /// The context a worker's run left, over the event the server holds (a payload that came back
-/// unchanged keeps its stored body). A worker names no stored body: the server gives the
-/// bodies of the records it made their ids (`engine::keep_bodies`).
+/// unchanged keeps its stored body). A worker names nothing stored: the server gives the
+/// bodies of the records it made their ids (`engine::keep_bodies`), and the deliveries it
+/// asks for fresh ids, which the deliver step's record (the last one) then lists.
 fn ctx_after(before: &RunContext, mut ran: Ran) -> (Advance, RunContext) {
     for record in &mut ran.advance.records {
         record.output_body = None;
+        record.deliveries.clear();
+    }
+    if let Stop::Deliver { deliveries, .. } = &mut ran.advance.stop {
+        for d in deliveries.iter_mut() {
+            d.id = crate::ids::delivery_id();
+        }
+        if let Some(record) = ran.advance.records.last_mut() {
+            record.deliveries = deliveries.iter().map(|d| d.id.clone()).collect();
+        }
     }
     let mut ctx = before.clone();
     if let Some(p) = ran.payload {
