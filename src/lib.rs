@@ -26,5 +26,6 @@ pub mod memory;
 pub mod retention;
 pub mod secrets;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -8,9 +8,9 @@
 
 use super::error::ApiError;
 use super::{Page, check_limit, given, page, query};
-use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::config::{Config, ObjectKind, ObjectSpec};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

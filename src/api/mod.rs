@@ -10,7 +10,7 @@ mod tokens;
 
 use runs::{get_run, replay_dead_letters, replay_run, replay_runs, test_flow};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;

@@ -3,7 +3,7 @@
 //! listed by `config_objects`).
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};

@@ -2,8 +2,8 @@
 //! failed run matching a filter, and a side-effect-free test of a flow on an event.
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::engine::program::Op;
+use crate::state::AppState;
 use crate::store::{FailedRunFilter, ReplayOutcome, RunReplay};
 use axum::Json;
 use axum::extract::{Path, State};

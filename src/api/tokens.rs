@@ -3,7 +3,7 @@
 
 use super::Scope;
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;

@@ -14,12 +14,12 @@ pub mod verify;
 pub(crate) use fields::{KeptHeaders, UNSTORED_HEADERS};
 
 use crate::api::error::ApiError;
-use crate::app::AppState;
 use crate::clock::Millis;
 use crate::config::{Config, FieldRef, Source};
 use crate::engine::Plan;
 use crate::engine::sandbox::SandboxError;
 use crate::memory::Share;
+use crate::state::AppState;
 use crate::store::{DeliveryJob, IngestOutcome, NewEvent, Rejection};
 use crate::telemetry::events;
 use axum::body::{Body, Bytes};
