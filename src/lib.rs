@@ -10,7 +10,6 @@
 pub mod alerts;
 pub mod api;
 pub mod app;
-pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod clock;

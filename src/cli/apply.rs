@@ -1,5 +1,5 @@
 //! `ferry apply -f FILE`: prints the plan that makes a running server's objects match the
-//! file, then carries it out (the plan and its execution are `crate::apply`'s).
+//! file, then carries it out (the plan and its execution are `apply_plan`'s).
 
 use super::table::print_json;
 use super::{CliError, ClientArgs};
@@ -27,20 +27,20 @@ pub async fn run(args: ApplyArgs) -> Result<(), CliError> {
         dry_run,
         client: args,
     } = args;
-    let (wanted, notes) = crate::apply::read_file(&file, &|name| std::env::var(name).ok())?;
+    let (wanted, notes) = super::apply_plan::read_file(&file, &|name| std::env::var(name).ok())?;
     let client = args.client()?;
-    let remote = crate::apply::remote_objects(&client).await?;
-    let changes = crate::apply::plan(&wanted, &remote, prune)?;
+    let remote = super::apply_plan::remote_objects(&client).await?;
+    let changes = super::apply_plan::plan(&wanted, &remote, prune)?;
     if !args.json {
         for note in &notes {
             eprintln!("note: {note}");
         }
-        print!("{}", crate::apply::render(&changes));
+        print!("{}", super::apply_plan::render(&changes));
     }
     let done = if dry_run {
         0
     } else {
-        crate::apply::execute(&client, &changes).await?
+        super::apply_plan::execute(&client, &changes).await?
     };
     if args.json {
         print_json(&serde_json::json!({"dry_run": dry_run, "changes": changes, "applied": done}));

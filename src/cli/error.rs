@@ -10,7 +10,7 @@ pub enum CliError {
     #[error(transparent)]
     Client(#[from] super::ClientError),
     #[error(transparent)]
-    Apply(#[from] crate::apply::ApplyError),
+    Apply(#[from] super::apply_plan::ApplyError),
     /// The config file's errors were printed before.
     #[error("{} is not valid", .0.display())]
     InvalidConfig(PathBuf),

@@ -8,6 +8,7 @@
 //! Nothing in the server uses this module (`apply` borrows the API client).
 
 pub mod apply;
+pub mod apply_plan;
 pub mod bench;
 pub mod client;
 pub mod deliveries;

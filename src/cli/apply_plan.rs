@@ -6,7 +6,7 @@
 //! reference valid. Objects compare by digest, so applying the same file twice changes
 //! nothing the second time.
 
-use crate::cli::{ApiClient, ClientError};
+use super::{ApiClient, ClientError};
 use crate::config::ObjectKind;
 use crate::config::objects::{digest, masked};
 use serde_json::Value;
