@@ -10,9 +10,9 @@
 //! writes stop until Ferry restarts (the store says why): at the next start SQLite copies every
 //! page of the WAL again.
 
+use super::sync::sync_file;
 use super::wal_vfs;
 use super::writable::Writability;
-use super::writer::sync_file;
 use crate::telemetry::{Metrics, events};
 use rusqlite::Connection;
 use std::sync::Arc;

@@ -13,7 +13,9 @@ mod objects;
 mod prune;
 mod reads;
 mod runs;
+mod savepoint;
 mod schema;
+mod sync;
 #[cfg(test)]
 #[path = "../../tests/api/tmpfs.rs"]
 mod tmpfs;

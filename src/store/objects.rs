@@ -91,33 +91,23 @@ pub struct Resealed {
 /// Writes every resealed spec, inside a savepoint of the writer's transaction: all of them,
 /// or none when one is no longer stored as read.
 pub(super) fn reseal(tx: &Connection, updates: &[Resealed]) -> Result<(), StoreError> {
-    tx.prepare_cached("SAVEPOINT reseal")?.execute([])?;
-    let written = updates.iter().try_for_each(|u| {
-        let changed = tx
-            .prepare_cached(
-                "UPDATE config_objects SET spec = ?3 WHERE kind = ?1 AND id = ?2 AND spec = ?4",
-            )?
-            .execute(params![u.kind, u.id, u.new, u.old])?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt(format!(
-                "{} `{}` changed while its secrets were sealed again; nothing was written",
-                u.kind, u.id
-            )))
-        }
-    });
-    match written {
-        Ok(()) => {
-            tx.prepare_cached("RELEASE reseal")?.execute([])?;
-            Ok(())
-        }
-        Err(e) => {
-            tx.prepare_cached("ROLLBACK TO reseal")?.execute([])?;
-            tx.prepare_cached("RELEASE reseal")?.execute([])?;
-            Err(e)
-        }
-    }
+    super::savepoint::in_savepoint(tx, || {
+        updates.iter().try_for_each(|u| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE config_objects SET spec = ?3 WHERE kind = ?1 AND id = ?2 AND spec = ?4",
+                )?
+                .execute(params![u.kind, u.id, u.new, u.old])?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt(format!(
+                    "{} `{}` changed while its secrets were sealed again; nothing was written",
+                    u.kind, u.id
+                )))
+            }
+        })
+    })
 }
 
 /// Every object made through the API.

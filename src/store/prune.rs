@@ -89,7 +89,7 @@ pub(super) fn prune_events(
     scope: &PruneScope,
     cutoffs: &PruneCutoffs,
 ) -> Result<PruneReport, StoreError> {
-    super::writer::in_savepoint(tx, || prune_in_savepoint(tx, scope, cutoffs))
+    super::savepoint::in_savepoint(tx, || prune_in_savepoint(tx, scope, cutoffs))
 }
 
 fn prune_in_savepoint(

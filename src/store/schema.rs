@@ -486,7 +486,7 @@ fn sync_leftover_wal(path: &Path) -> Result<(), StoreError> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal = std::path::PathBuf::from(wal);
-    match super::writer::sync_file(&mut None, &wal) {
+    match super::sync::sync_file(&mut None, &wal) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Write(format!(
             "cannot sync the WAL left at {}: {e}",
             wal.display()

@@ -146,7 +146,7 @@ struct FileState {
     bytes: Vec<u8>,
     at: i64,
     path: PathBuf,
-    /// Opened at the first sync (`writer::sync_file`): `fdatasync` of any descriptor of the file
+    /// Opened at the first sync (`sync::sync_file`): `fdatasync` of any descriptor of the file
     /// syncs it.
     sync: Option<std::fs::File>,
     /// What a sync does.
@@ -411,7 +411,7 @@ fn synced(g: &mut FileState) -> std::io::Result<()> {
     if tests::FAIL_SYNCS.get() {
         return Err(std::io::Error::other("a sync failure injected by a test"));
     }
-    super::writer::sync_file(&mut g.sync, &g.path)
+    super::sync::sync_file(&mut g.sync, &g.path)
 }
 
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {

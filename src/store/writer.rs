@@ -506,18 +506,6 @@ fn commit(
     }
 }
 
-/// `fdatasync`s the file at `path`, opening it on first use.
-pub(super) fn sync_file(
-    file: &mut Option<std::fs::File>,
-    path: &std::path::Path,
-) -> std::io::Result<()> {
-    let file = match file {
-        Some(file) => file,
-        None => file.insert(std::fs::File::open(path)?),
-    };
-    file.sync_data()
-}
-
 /// Writer figures, logged at debug level every few seconds (`FERRY_LOG=ferry::store=debug`).
 /// Besides the means, the spread of batch sizes and the writer's waits on an empty queue: a
 /// wide spread (many batches of a few ops beside batches of nearly every connection) and
@@ -598,25 +586,6 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
     }
 }
 
-/// Runs `write` inside a savepoint of the open transaction, so that an op of several
-/// statements that fails leaves nothing of itself in the batch it shares with others.
-pub(super) fn in_savepoint<T>(
-    tx: &Connection,
-    write: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    tx.prepare_cached("SAVEPOINT op")?.execute([])?;
-    let result = write();
-    // When SQLite rolled the transaction back itself (a full disk), there is no savepoint
-    // left: the writer sees the error and fails the batch.
-    if !tx.is_autocommit() {
-        if result.is_err() {
-            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
-        }
-        tx.prepare_cached("RELEASE op")?.execute([])?;
-    }
-    result
-}
-
 /// Stores a new event with what its flows started. An event no flow takes (the common case
 /// of a busy source) is one statement; one with runs goes in a savepoint (a run or delivery
 /// refused, by a repeated id for instance, takes the event along).
@@ -629,7 +598,7 @@ fn ingest(
     if runs.is_empty() && deliveries.is_empty() {
         return insert_event(tx, e);
     }
-    in_savepoint(tx, || {
+    super::savepoint::in_savepoint(tx, || {
         let inserted = insert_event(tx, e)?;
         if let IngestOutcome::Accepted = inserted {
             insert_runs(tx, e, runs, deliveries)?;
@@ -843,7 +812,7 @@ fn save_run(
     deliveries: &[NewDelivery],
     attempt: Option<&NewStepAttempt>,
 ) -> Result<bool, StoreError> {
-    in_savepoint(tx, || save_run_rows(tx, s, deliveries, attempt))
+    super::savepoint::in_savepoint(tx, || save_run_rows(tx, s, deliveries, attempt))
 }
 
 fn save_run_rows(
