@@ -35,8 +35,8 @@ pub fn schemas(config: &Config, only: Option<&str>) -> Vec<(String, String)> {
 
 /// `GET /api/v1/{kind}`: the objects of a kind by id, the file's and the API's.
 #[utoipa::path(get, path = "/api/v1/{kind}", operation_id = "list_config_objects", tag = "config", security(("bearer" = [])),
-    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), Page),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::api::openapi::ConfigObject>), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    params(("kind" = crate::api::schemas::ObjectKindDoc, Path), Page),
+    responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::api::schemas::ConfigObject>), (status = 404, description = "no such kind", body = crate::api::schemas::ErrorBody), (status = 400, description = "a query parameter is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 pub async fn list(
     kind: ObjectKind,
     app: AppState,
@@ -68,8 +68,8 @@ pub async fn list(
 
 /// `GET /api/v1/{kind}/{id}`: one object; an event type with every version of its schema.
 #[utoipa::path(get, path = "/api/v1/{kind}/{id}", operation_id = "get_config_object", tag = "config", security(("bearer" = [])),
-    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ConfigObject), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    params(("kind" = crate::api::schemas::ObjectKindDoc, Path), ("id" = String, Path)),
+    responses((status = 200, description = "OK", body = crate::api::schemas::ConfigObject), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response, ApiError> {
     let config = app.config.get();
     let Some(object) = config.objects.get(&(kind, id.clone())) else {
@@ -93,9 +93,9 @@ pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response
 
 /// `POST /api/v1/{kind}`: a new object; its id is the spec's `id` (`name` for an event type).
 #[utoipa::path(post, path = "/api/v1/{kind}", operation_id = "create_config_object", tag = "config", security(("bearer" = [])),
-    params(("kind" = crate::api::openapi::ObjectKindDoc, Path)),
-    request_body(content = crate::api::openapi::ConfigSpec, description = "the object as the config file writes it; secrets are write-only (`********` keeps the stored secret)"),
-    responses((status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    params(("kind" = crate::api::schemas::ObjectKindDoc, Path)),
+    request_body(content = crate::api::schemas::ConfigSpec, description = "the object as the config file writes it; secrets are write-only (`********` keeps the stored secret)"),
+    responses((status = 201, description = "created", body = crate::api::schemas::ConfigObject), (status = 404, description = "no such kind", body = crate::api::schemas::ErrorBody), (status = 409, description = "an object with this id exists, or the config file has it", body = crate::api::schemas::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Response, ApiError> {
     let spec = spec_from_body(body)?;
     let id = match spec.get(kind.id_field()) {
@@ -120,9 +120,9 @@ pub async fn create(kind: ObjectKind, app: AppState, body: &[u8]) -> Result<Resp
 /// `PUT /api/v1/{kind}/{id}`: creates or replaces the object; `id` in the body may be left
 /// out and must match the path when given.
 #[utoipa::path(put, path = "/api/v1/{kind}/{id}", operation_id = "put_config_object", tag = "config", security(("bearer" = [])),
-    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
-    request_body(content = crate::api::openapi::ConfigSpec, description = "the object as the config file writes it; secrets are write-only (`********` keeps the stored secret)"),
-    responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::openapi::ConfigObject), (status = 201, description = "created", body = crate::api::openapi::ConfigObject), (status = 404, description = "no such kind", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object", body = crate::api::openapi::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    params(("kind" = crate::api::schemas::ObjectKindDoc, Path), ("id" = String, Path)),
+    request_body(content = crate::api::schemas::ConfigSpec, description = "the object as the config file writes it; secrets are write-only (`********` keeps the stored secret)"),
+    responses((status = 200, description = "replaced (or unchanged: `changed` is false)", body = crate::api::schemas::ConfigObject), (status = 201, description = "created", body = crate::api::schemas::ConfigObject), (status = 404, description = "no such kind", body = crate::api::schemas::ErrorBody), (status = 409, description = "the config file has this object", body = crate::api::schemas::ErrorBody), (status = 422, description = "the object is not valid; `details` has every error with its place", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn put(
     kind: ObjectKind,
     app: AppState,
@@ -187,8 +187,8 @@ fn unmask(
 
 /// `DELETE /api/v1/{kind}/{id}`.
 #[utoipa::path(delete, path = "/api/v1/{kind}/{id}", operation_id = "delete_config_object", tag = "config", security(("bearer" = [])),
-    params(("kind" = crate::api::openapi::ObjectKindDoc, Path), ("id" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "the config file has this object, or a destination has pending deliveries, or a flow has unfinished runs", body = crate::api::openapi::ErrorBody), (status = 422, description = "other objects still refer to it; `details` says where", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    params(("kind" = crate::api::schemas::ObjectKindDoc, Path), ("id" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 409, description = "the config file has this object, or a destination has pending deliveries, or a flow has unfinished runs", body = crate::api::schemas::ErrorBody), (status = 422, description = "other objects still refer to it; `details` says where", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn delete(kind: ObjectKind, app: AppState, id: String) -> Result<Response, ApiError> {
     let _one_at_a_time = app.config_changes.lock().await;
     match app.config.get().objects.get(&(kind, id.clone())) {

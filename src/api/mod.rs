@@ -6,6 +6,7 @@ pub mod error;
 pub mod openapi;
 mod operations;
 mod runs;
+pub mod schemas;
 mod tokens;
 
 use runs::{get_run, replay_dead_letters, replay_run, replay_runs, test_flow};
@@ -192,7 +193,7 @@ pub(super) fn page<T: serde::Serialize>(
 }
 
 #[utoipa::path(get, path = "/api/v1/events/{id}", tag = "events", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, description = "OK", body = crate::store::EventView), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::store::EventView), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 async fn get_event(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -201,7 +202,7 @@ async fn get_event(
 }
 
 #[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, description = "OK", body = crate::store::DeliveryView), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::store::DeliveryView), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 async fn get_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -225,7 +226,7 @@ pub struct DeliveryQuery {
 /// `GET /api/v1/deliveries?destination=&event_id=&status=`: newest first, without attempts.
 #[utoipa::path(get, path = "/api/v1/deliveries", tag = "deliveries", security(("bearer" = [])),
     params(DeliveryQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::DeliveryView>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::store::DeliveryView>), (status = 400, description = "a query parameter is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 async fn list_deliveries(
     State(app): State<AppState>,
     q: Result<Query<DeliveryQuery>, axum::extract::rejection::QueryRejection>,
@@ -267,7 +268,7 @@ pub(super) fn one_of(
 }
 
 #[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 202, description = "accepted", body = crate::api::openapi::RetryAnswer), (status = 409, description = "not a dead letter (`not_dead`), or its payload expired (`payload_expired`)", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 202, description = "accepted", body = crate::api::schemas::RetryAnswer), (status = 409, description = "not a dead letter (`not_dead`), or its payload expired (`payload_expired`)", body = crate::api::schemas::ErrorBody), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 async fn retry_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -308,7 +309,7 @@ async fn retry_delivery(
 
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", security(("bearer" = [])),
     params(Page),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::DeadLetter>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::store::DeadLetter>), (status = 400, description = "a query parameter is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 async fn list_dead_letters(
     State(app): State<AppState>,
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -370,7 +371,7 @@ pub struct RejectionQuery {
 /// `GET /api/v1/events?source=&type=&since=&until=&status=&jq=&match=`: newest first.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
     params(EventQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::EventSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 422, description = "the payload filter overran its limits or took its expression worker down", body = crate::api::openapi::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::store::EventSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 422, description = "the payload filter overran its limits or took its expression worker down", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
 async fn list_events(
     State(app): State<AppState>,
     q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
@@ -506,7 +507,7 @@ fn payload_filter(
 
 #[utoipa::path(get, path = "/api/v1/rejections", tag = "rejections", security(("bearer" = [])),
     params(RejectionQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::RejectionView>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::store::RejectionView>), (status = 400, description = "a query parameter is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 async fn list_rejections(
     State(app): State<AppState>,
     q: Result<Query<RejectionQuery>, axum::extract::rejection::QueryRejection>,
@@ -549,12 +550,12 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "OK", body = crate::api::openapi::Status)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "OK", body = crate::api::schemas::Status)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK", body = crate::api::openapi::Status), (status = 503, description = "not ready: the store is not reachable (`not_ready`) or cannot write (`store_unwritable`, with what failed and since when)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK", body = crate::api::schemas::Status), (status = 503, description = "not ready: the store is not reachable (`not_ready`) or cannot write (`store_unwritable`, with what failed and since when)", body = crate::api::schemas::ErrorBody)))]
 async fn readyz(State(app): State<AppState>) -> Response {
     if let Some(unwritable) = app.store.unwritable() {
         return ApiError {

@@ -77,8 +77,8 @@ fn pause_error(e: crate::deliver::PauseError) -> ApiError {
 
 /// `POST /api/v1/destinations/{id}/pause`: deliveries to it wait until it is resumed.
 #[utoipa::path(post, path = "/api/v1/destinations/{id}/pause", tag = "destinations", security(("bearer" = [])), params(("id" = String, Path)),
-    request_body(content = Option<crate::api::openapi::PauseDoc>, description = "optional"),
-    responses((status = 200, description = "OK", body = crate::api::openapi::PauseAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    request_body(content = Option<crate::api::schemas::PauseDoc>, description = "optional"),
+    responses((status = 200, description = "OK", body = crate::api::schemas::PauseAnswer), (status = 422, description = "the body is not valid", body = crate::api::schemas::ErrorBody), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn pause(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -102,7 +102,7 @@ pub async fn pause(
 
 /// `POST /api/v1/destinations/{id}/resume`: its held deliveries go at once.
 #[utoipa::path(post, path = "/api/v1/destinations/{id}/resume", tag = "destinations", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, description = "OK", body = crate::api::openapi::PauseAnswer), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::PauseAnswer), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn resume(
     State(app): State<AppState>,
     Path(id): Path<String>,

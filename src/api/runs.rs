@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, description = "OK", body = crate::store::RunDetail), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::store::RunDetail), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 pub async fn get_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -46,8 +46,8 @@ pub(super) fn optional_json<T: Default + serde::de::DeserializeOwned>(
 }
 
 #[utoipa::path(post, path = "/api/v1/runs/{id}/replay", tag = "runs", security(("bearer" = [])), params(("id" = String, Path)),
-    request_body(content = Option<crate::api::openapi::ReplayOptionsDoc>, description = "optional"),
-    responses((status = 202, description = "accepted", body = crate::api::openapi::ReplayAnswer), (status = 409, description = "not failed, its payload expired (`payload_expired`), or the flow or step changed or is gone", body = crate::api::openapi::ErrorBody), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    request_body(content = Option<crate::api::schemas::ReplayOptionsDoc>, description = "optional"),
+    responses((status = 202, description = "accepted", body = crate::api::schemas::ReplayAnswer), (status = 409, description = "not failed, its payload expired (`payload_expired`), or the flow or step changed or is gone", body = crate::api::schemas::ErrorBody), (status = 422, description = "the body is not valid", body = crate::api::schemas::ErrorBody), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn replay_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -215,8 +215,8 @@ fn parse_time(field: &str, text: &Option<String>) -> Result<Option<i64>, ApiErro
 /// `POST /api/v1/runs/replay`: every failed run matching the filter. With `dry_run`, only
 /// the count (and the first ids).
 #[utoipa::path(post, path = "/api/v1/runs/replay", tag = "runs", security(("bearer" = [])),
-    request_body(content = Option<crate::api::openapi::BulkReplayDoc>, description = "every field optional"),
-    responses((status = 200, description = "dry run: the count", body = crate::api::openapi::BulkReplayAnswer), (status = 202, description = "accepted", body = crate::api::openapi::BulkReplayAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    request_body(content = Option<crate::api::schemas::BulkReplayDoc>, description = "every field optional"),
+    responses((status = 200, description = "dry run: the count", body = crate::api::schemas::BulkReplayAnswer), (status = 202, description = "accepted", body = crate::api::schemas::BulkReplayAnswer), (status = 422, description = "the body is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn replay_runs(
     State(app): State<AppState>,
     body: axum::body::Bytes,
@@ -276,8 +276,8 @@ pub struct FlowTest {
 
 /// `POST /api/v1/flows/{id}/test`: runs the flow on the given event without side effects.
 #[utoipa::path(post, path = "/api/v1/flows/{id}/test", tag = "flows", security(("bearer" = [])), params(("id" = String, Path)),
-    request_body(content = crate::api::openapi::FlowTestDoc),
-    responses((status = 200, description = "OK", body = crate::api::openapi::TestReportDoc), (status = 422, description = "the body is not valid, or the flow's expressions overran their limits", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::openapi::ErrorBody)))]
+    request_body(content = crate::api::schemas::FlowTestDoc),
+    responses((status = 200, description = "OK", body = crate::api::schemas::TestReportDoc), (status = 422, description = "the body is not valid, or the flow's expressions overran their limits", body = crate::api::schemas::ErrorBody), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
 pub async fn test_flow(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -355,7 +355,7 @@ pub struct RunQuery {
 /// `GET /api/v1/runs?flow=&event_id=&status=`: newest first, without their steps.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs", security(("bearer" = [])),
     params(RunQuery),
-    responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::RunSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::store::RunSummary>), (status = 400, description = "a query parameter is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody)))]
 pub async fn list_runs(
     State(app): State<AppState>,
     q: Result<axum::extract::Query<RunQuery>, axum::extract::rejection::QueryRejection>,
@@ -393,8 +393,8 @@ pub struct DeadReplay {
 /// `POST /api/v1/dead-letters/replay`: every dead delivery matching the filter gets a fresh
 /// round of attempts. With `dry_run`, only the count (and the first ids).
 #[utoipa::path(post, path = "/api/v1/dead-letters/replay", tag = "dead letters", security(("bearer" = [])),
-    request_body(content = Option<crate::api::openapi::DeadReplayDoc>, description = "every field optional"),
-    responses((status = 200, description = "dry run: the count", body = crate::api::openapi::DeadReplayAnswer), (status = 202, description = "accepted", body = crate::api::openapi::DeadReplayAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    request_body(content = Option<crate::api::schemas::DeadReplayDoc>, description = "every field optional"),
+    responses((status = 200, description = "dry run: the count", body = crate::api::schemas::DeadReplayAnswer), (status = 202, description = "accepted", body = crate::api::schemas::DeadReplayAnswer), (status = 422, description = "the body is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn replay_dead_letters(
     State(app): State<AppState>,
     body: axum::body::Bytes,

@@ -29,8 +29,8 @@ pub struct NewTokenBody {
 }
 
 /// `POST /api/v1/tokens` with `{"name", "scope"}`: `201` with the token, shown this once.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body(content = crate::api::openapi::NewTokenDoc),
-    responses((status = 201, description = "created", body = crate::api::openapi::NewTokenAnswer), (status = 422, description = "the body is not valid", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body(content = crate::api::schemas::NewTokenDoc),
+    responses((status = 201, description = "created", body = crate::api::schemas::NewTokenAnswer), (status = 422, description = "the body is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -87,7 +87,7 @@ pub async fn create(
 }
 
 /// `GET /api/v1/tokens`: the live tokens, without their values.
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::openapi::ListPage<crate::store::TokenView>), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = [])), responses((status = 200, description = "OK", body = crate::api::schemas::ListPage<crate::store::TokenView>), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -99,7 +99,7 @@ pub async fn list(
 
 /// `DELETE /api/v1/tokens/{id}`: `204`; the token stops working at once.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = 404, description = "not found", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::openapi::ErrorBody)))]
+    responses((status = 204, description = "revoked"), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody)))]
 pub async fn revoke(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
