@@ -5,7 +5,7 @@
 
 use super::expr::Expr;
 use super::jq::{Programs, Scope, Value, parse_value, truthy};
-use super::program::{Delay, HttpStep, Op, Program};
+use super::program::{Delay, HttpStep, Op, Program, Target};
 use super::template::Escape;
 use super::{Advance, MAX_OUTPUT_SIZE, PlannedDelivery, RunContext, StepRecord, Stop, step_label};
 use crate::clock::{Millis, rfc3339};
@@ -83,6 +83,17 @@ fn json_text(value: &Value) -> Result<Bytes, String> {
     Ok(Bytes::from(text))
 }
 
+/// How a step ended, as [`advance`] goes on from it.
+enum StepEnd {
+    /// The step ran; the run goes on at this instruction.
+    Next(usize),
+    /// The step ran and the run stops after it (filtered, or waiting on deliveries).
+    After(Stop),
+    /// The step needs the outside world before it runs (an `http` call, a `delay` not over):
+    /// the run stops at it, and it has no record yet.
+    Before(Stop),
+}
+
 /// Runs the program from `start` until a step needs the outside world, the run ends, or a
 /// step fails. With `dry` (`ferry flow test`), steps with I/O show what they would do instead
 /// of stopping the run: an `http` step its request (its output is null), a `deliver` step
@@ -115,162 +126,170 @@ pub fn advance(
         let instr = &program.instrs[pc];
         let started = Instant::now();
         let mut record = StepRecord::new(instr, pc, now);
-        let fail = |mut record: StepRecord, mut records: Vec<StepRecord>, message: String| {
-            let error = format!("{}: {message}", step_label(instr));
-            record.status = "failed".to_string();
-            record.error = Some(message);
-            record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-            records.push(record);
-            Advance {
-                pc,
-                stop: Stop::Failed(error),
-                records,
+        let end = run.step(program, pc, &mut record, now, dry);
+        record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let stop = match end {
+            Ok(StepEnd::Next(next)) => {
+                records.push(record);
+                pc = next;
+                continue;
+            }
+            Ok(StepEnd::After(stop)) => {
+                records.push(record);
+                stop
+            }
+            Ok(StepEnd::Before(stop)) => stop,
+            Err(message) => {
+                let error = format!("{}: {message}", step_label(instr));
+                record.status = "failed".to_string();
+                record.error = Some(message);
+                records.push(record);
+                Stop::Failed(error)
             }
         };
-        let mut next = pc + 1;
+        return Advance { pc, stop, records };
+    }
+}
+
+impl Running<'_, '_> {
+    /// Runs the instruction at `pc`, writing what it did into `record`.
+    fn step(
+        &mut self,
+        program: &Program,
+        pc: usize,
+        record: &mut StepRecord,
+        now: Millis,
+        dry: bool,
+    ) -> Result<StepEnd, String> {
+        let instr = &program.instrs[pc];
         match &instr.op {
-            Op::Jump(to) => next = *to,
-            Op::Filter(e) => match run.eval(e) {
-                Ok(v) => {
-                    let pass = truthy(v.as_ref());
-                    record.output = Some(serde_json::Value::Bool(pass));
-                    if !pass {
-                        record.status = "filtered".to_string();
-                        record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                        records.push(record);
-                        return Advance {
-                            pc,
-                            stop: Stop::Filtered,
-                            records,
-                        };
-                    }
+            Op::Jump(to) => Ok(StepEnd::Next(*to)),
+            Op::Filter(e) => {
+                let pass = truthy(self.eval(e)?.as_ref());
+                record.output = Some(serde_json::Value::Bool(pass));
+                if pass {
                     record.status = "passed".to_string();
+                    Ok(StepEnd::Next(pc + 1))
+                } else {
+                    record.status = "filtered".to_string();
+                    Ok(StepEnd::After(Stop::Filtered))
                 }
-                Err(m) => return fail(record, records, m),
-            },
-            Op::Transform(e) => match run.transform(e) {
-                Ok(output) => record.payload = Some(output),
-                Err(m) => return fail(record, records, m),
-            },
+            }
+            Op::Transform(e) => {
+                record.payload = Some(self.transform(e)?);
+                Ok(StepEnd::Next(pc + 1))
+            }
             Op::Branch {
                 cases,
                 otherwise,
                 has_else,
-            } => {
-                let mut chosen = None;
-                for (i, (cond, target)) in cases.iter().enumerate() {
-                    match run.eval(cond) {
-                        Ok(v) if truthy(v.as_ref()) => {
-                            chosen = Some((serde_json::json!(i), *target));
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(m) => return fail(record, records, format!("case {}: {m}", i + 1)),
-                    }
-                }
-                let (case, target) = chosen.unwrap_or(if *has_else {
-                    (serde_json::json!("else"), *otherwise)
-                } else {
-                    (serde_json::Value::Null, *otherwise)
-                });
-                record.output = Some(serde_json::json!({ "case": case }));
-                next = target;
-            }
+            } => self.branch(cases, *otherwise, *has_else, record),
+            Op::Http(_) if !dry => Ok(StepEnd::Before(Stop::Http)),
             Op::Http(step) => {
-                if !dry {
-                    return Advance {
-                        pc,
-                        stop: Stop::Http,
-                        records,
-                    };
+                let rendered = render(self, step)?;
+                record.status = "not_sent".to_string();
+                record.request = Some(rendered.preview(step, format!("(run id)-{pc}")));
+                if let Some(name) = &instr.name {
+                    self.ctx.set_step_output(name, serde_json::Value::Null);
+                    self.scope = None;
                 }
-                match render(&mut run, step) {
-                    Ok(rendered) => {
-                        record.status = "not_sent".to_string();
-                        record.request = Some(rendered.preview(step, format!("(run id)-{pc}")));
-                        if let Some(name) = &instr.name {
-                            run.ctx.set_step_output(name, serde_json::Value::Null);
-                            run.scope = None;
-                        }
-                    }
-                    Err(m) => return fail(record, records, m),
-                }
+                Ok(StepEnd::Next(pc + 1))
             }
             Op::Delay(delay) => {
                 let until = match delay {
                     Delay::For(d) => now.saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
-                    Delay::Until(e) => match run.eval(e).and_then(time_of) {
-                        Ok(t) => t,
-                        Err(m) => return fail(record, records, m),
-                    },
+                    Delay::Until(e) => self.eval(e).and_then(time_of)?,
                 };
                 record.output = Some(serde_json::json!({ "until": rfc3339(until) }));
                 if dry {
                     record.status = "not_waited".to_string();
                 } else if until > now {
-                    return Advance {
-                        pc,
-                        stop: Stop::Wait(until),
-                        records,
-                    };
+                    return Ok(StepEnd::Before(Stop::Wait(until)));
                 } else {
                     record.status = "waited".to_string();
                 }
+                Ok(StepEnd::Next(pc + 1))
             }
             Op::Deliver(targets) => {
-                let mut deliveries = Vec::with_capacity(targets.len());
-                for t in targets {
-                    let body = match &t.body {
-                        Some(e) => run.eval_json(e).map(Some),
-                        None => Ok(run.ctx.transformed_payload().cloned()),
-                    };
-                    match body {
-                        Ok(body) => deliveries.push(PlannedDelivery {
-                            id: crate::ids::delivery_id(),
-                            destination_id: t.destination_id.clone(),
-                            body,
-                        }),
-                        Err(m) => {
-                            return fail(
-                                record,
-                                records,
-                                format!("body for `{}`: {m}", t.destination_id),
-                            );
-                        }
-                    }
+                let deliveries = self.deliveries(targets)?;
+                if dry {
+                    record.status = "not_sent".to_string();
+                    record.request = Some(self.preview(deliveries));
+                    return Ok(StepEnd::Next(pc + 1));
                 }
-                if !dry {
-                    record.status = "sent".to_string();
-                    record.deliveries = deliveries.iter().map(|d| d.id.clone()).collect();
-                    record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    records.push(record);
-                    return Advance {
-                        pc,
-                        stop: Stop::Deliver {
-                            deliveries,
-                            resume: program.next_after(pc),
-                        },
-                        records,
-                    };
-                }
-                record.status = "not_sent".to_string();
-                let planned = deliveries
-                    .into_iter()
-                    .map(|d| {
-                        let body = d.body.as_ref().unwrap_or(run.ctx.raw());
-                        serde_json::json!({
-                            "destination": d.destination_id,
-                            "body": serde_json::from_slice::<serde_json::Value>(body)
-                                .unwrap_or(serde_json::Value::Null),
-                        })
-                    })
-                    .collect();
-                record.request = Some(serde_json::Value::Array(planned));
+                record.status = "sent".to_string();
+                record.deliveries = deliveries.iter().map(|d| d.id.clone()).collect();
+                Ok(StepEnd::After(Stop::Deliver {
+                    deliveries,
+                    resume: program.next_after(pc),
+                }))
             }
         }
-        record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        records.push(record);
-        pc = next;
+    }
+
+    /// The first case whose condition holds, else the `else` case (or none): the run goes on
+    /// at its steps.
+    fn branch(
+        &mut self,
+        cases: &[(Expr, usize)],
+        otherwise: usize,
+        has_else: bool,
+        record: &mut StepRecord,
+    ) -> Result<StepEnd, String> {
+        let mut chosen = None;
+        for (i, (cond, target)) in cases.iter().enumerate() {
+            let holds = self
+                .eval(cond)
+                .map_err(|m| format!("case {}: {m}", i + 1))?;
+            if truthy(holds.as_ref()) {
+                chosen = Some((serde_json::json!(i), *target));
+                break;
+            }
+        }
+        let (case, target) = chosen.unwrap_or(if has_else {
+            (serde_json::json!("else"), otherwise)
+        } else {
+            (serde_json::Value::Null, otherwise)
+        });
+        record.output = Some(serde_json::json!({ "case": case }));
+        Ok(StepEnd::Next(target))
+    }
+
+    /// A `deliver` step's deliveries, each with its body: its own expression's output, or the
+    /// payload (`None` while it is the event's).
+    fn deliveries(&mut self, targets: &[Target]) -> Result<Vec<PlannedDelivery>, String> {
+        let mut deliveries = Vec::with_capacity(targets.len());
+        for t in targets {
+            let body = match &t.body {
+                Some(e) => Some(
+                    self.eval_json(e)
+                        .map_err(|m| format!("body for `{}`: {m}", t.destination_id))?,
+                ),
+                None => self.ctx.transformed_payload().cloned(),
+            };
+            deliveries.push(PlannedDelivery {
+                id: crate::ids::delivery_id(),
+                destination_id: t.destination_id.clone(),
+                body,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    /// What a dry run's `deliver` step shows: each destination with the body it would get.
+    fn preview(&self, deliveries: Vec<PlannedDelivery>) -> serde_json::Value {
+        let planned = deliveries
+            .into_iter()
+            .map(|d| {
+                let body = d.body.as_ref().unwrap_or(self.ctx.raw());
+                serde_json::json!({
+                    "destination": d.destination_id,
+                    "body": serde_json::from_slice::<serde_json::Value>(body)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(planned)
     }
 }
 
