@@ -12,7 +12,7 @@ use super::Deliverer;
 use super::http_step::{StepResponse, TokenCache, perform};
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Flow, LiveConfig};
-use crate::engine::program::Op;
+use crate::engine::program::{HttpStep, Op};
 use crate::engine::sandbox::Sandbox;
 use crate::engine::{self, EventInfo, RunContext, StepRecord, step_label};
 use crate::store::{DeliveryJob, NewStepAttempt, RunRow, RunSave, Store, StoreError};
@@ -195,6 +195,15 @@ const OVERLOAD_RETRY_MS: i64 = 1_000;
 /// run fails (it can be replayed).
 const OVERLOAD_RETRIES: usize = 10;
 
+/// A run's turn while its step is performed: the context and records so far, and the http
+/// attempts made of the step.
+struct Turn {
+    ctx: RunContext,
+    records: Vec<StepRecord>,
+    step_attempts: u32,
+    attempt: Option<NewStepAttempt>,
+}
+
 /// What a step of the worker decided, before it is saved.
 struct Outcome {
     /// `None` keeps the stored context.
@@ -316,7 +325,7 @@ impl Worker {
         &self,
         row: &RunRow,
         flow: Arc<Flow>,
-        mut ctx: RunContext,
+        ctx: RunContext,
         mut records: Vec<StepRecord>,
         now: Millis,
     ) -> Outcome {
@@ -330,109 +339,21 @@ impl Worker {
                 attempt: None,
             };
         };
-        let mut step_attempts = row.step_attempts;
-        let mut attempt = None;
+        let mut turn = Turn {
+            ctx,
+            records: Vec::new(),
+            step_attempts: row.step_attempts,
+            attempt: None,
+        };
         let start = match &instr.op {
             Op::Http(step) => {
-                let key = format!("{}-{pc}", row.id);
-                let rendered = self.sandbox.render_http(&flow, pc, &ctx, key).await;
-                let request = match rendered {
-                    Ok(Ok(request)) => request,
-                    Ok(Err(e)) => {
-                        let label = step_label(instr);
-                        records.push(record(instr, pc, now, "failed", None, Some(e.clone())));
-                        return self.failed(row, records, format!("{label}: {e}"), Some(ctx));
-                    }
-                    Err(busy) if busy.is_overload() => {
-                        return self.later(ctx, records, pc, step_attempts, now, &busy);
-                    }
-                    Err(e) => {
-                        return self.failed(
-                            row,
-                            records,
-                            format!("{}: {e}", step_label(instr)),
-                            None,
-                        );
-                    }
+                turn.records = records;
+                turn = match self.http_step(row, &flow, step, turn, now).await {
+                    Ok(done) => done,
+                    Err(ended) => return ended,
                 };
-                let response = perform(&self.client, &self.tokens, step, &request, now).await;
-                step_attempts += 1;
-                let finished = self.clock.now_ms();
-                attempt = Some(step_attempt(row, pc, now, &response));
-                crate::telemetry::events::http_step_attempted(
-                    &self.metrics,
-                    &crate::telemetry::events::StepAttempt {
-                        run_id: &row.id,
-                        event_id: &row.event_id,
-                        flow_id: &row.flow_id,
-                        step: &instr.path,
-                        attempt: step_attempts,
-                        status: response.status_code,
-                        duration: response.duration,
-                        outcome: response.outcome.as_str(),
-                        error: response.error.as_deref(),
-                    },
-                );
-                // The record of an http step that is being retried is replaced, not repeated.
-                if records
-                    .last()
-                    .is_some_and(|r| r.index == pc && r.status == "retrying")
-                {
-                    records.pop();
-                }
-                match response.outcome {
-                    super::attempt::Outcome::Succeeded => {
-                        let output = response.output();
-                        if let Some(name) = &instr.name {
-                            ctx.set_step_output(name, output.clone());
-                        }
-                        let mut r = record(instr, pc, now, "succeeded", Some(output), None);
-                        r.duration_ms = response.duration.as_secs_f64() * 1000.0;
-                        records.push(r);
-                        step_attempts = 0;
-                        pc + 1
-                    }
-                    outcome => {
-                        let error = response.error.clone().unwrap_or_default();
-                        let unit = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
-                        let retry_at = match outcome {
-                            super::attempt::Outcome::Retryable => step
-                                .retry
-                                .next_delay(step_attempts, response.retry_after, unit)
-                                .map(|d| finished + d.as_millis() as i64),
-                            _ => None,
-                        };
-                        let mut r = record(
-                            instr,
-                            pc,
-                            now,
-                            if retry_at.is_some() {
-                                "retrying"
-                            } else {
-                                "failed"
-                            },
-                            Some(response.output()),
-                            Some(error.clone()),
-                        );
-                        r.duration_ms = response.duration.as_secs_f64() * 1000.0;
-                        records.push(r);
-                        let stop = match retry_at {
-                            Some(at) => engine::Stop::Wait(at),
-                            None => engine::Stop::Failed(format!(
-                                "{}: {error} (after {step_attempts} attempt{})",
-                                step_label(instr),
-                                if step_attempts == 1 { "" } else { "s" }
-                            )),
-                        };
-                        return Outcome {
-                            ctx: Some(ctx),
-                            records,
-                            state: stop.into_state(pc, now),
-                            step_attempts,
-                            attempt,
-                        };
-                    }
-                }
+                records = std::mem::take(&mut turn.records);
+                pc + 1
             }
             Op::Delay(_) => {
                 records.push(record(instr, pc, now, "waited", None, None));
@@ -441,21 +362,16 @@ impl Worker {
             // A pure step: the run resumes after its deliveries, or is replayed from here.
             _ => pc,
         };
-        // Busy workers are waited for here: the step before may have made a call whose answer
-        // is only in `ctx`, and resuming at `start` later would skip a `delay` there.
-        let mut advanced = self.sandbox.advance(&flow, &ctx, start, now).await;
-        for _ in 0..OVERLOAD_RETRIES {
-            match &advanced {
-                Err(busy) if busy.is_overload() => {
-                    tracing::warn!(error = %busy, run_id = %row.id, "a run waits for the expression workers");
-                    tokio::time::sleep(std::time::Duration::from_millis(OVERLOAD_RETRY_MS as u64))
-                        .await;
-                    advanced = self.sandbox.advance(&flow, &ctx, start, now).await;
-                }
-                _ => break,
-            }
-        }
-        match advanced {
+        let Turn {
+            ctx,
+            step_attempts,
+            attempt,
+            ..
+        } = turn;
+        match self
+            .advance_when_workers_free(row, &flow, &ctx, start, now)
+            .await
+        {
             Ok((ctx, adv)) => {
                 records.extend(adv.records);
                 Outcome {
@@ -478,6 +394,143 @@ impl Worker {
                 out
             }
         }
+    }
+
+    /// Sends the `http` step at the run's `pc` (its request filled in by an expression
+    /// worker) and records the attempt. `Ok` when it succeeded: its output is in the context
+    /// and the run goes on. Otherwise the outcome that ends this turn: retried later, failed,
+    /// or waiting for the workers.
+    async fn http_step(
+        &self,
+        row: &RunRow,
+        flow: &Flow,
+        step: &HttpStep,
+        mut turn: Turn,
+        now: Millis,
+    ) -> Result<Turn, Outcome> {
+        let pc = row.pc;
+        let instr = &flow.program.instrs[pc];
+        let key = format!("{}-{pc}", row.id);
+        let request = match self.sandbox.render_http(flow, pc, &turn.ctx, key).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                let label = step_label(instr);
+                let mut records = turn.records;
+                records.push(record(instr, pc, now, "failed", None, Some(e.clone())));
+                return Err(self.failed(row, records, format!("{label}: {e}"), Some(turn.ctx)));
+            }
+            Err(busy) if busy.is_overload() => {
+                return Err(self.later(turn.ctx, turn.records, pc, turn.step_attempts, now, &busy));
+            }
+            Err(e) => {
+                let error = format!("{}: {e}", step_label(instr));
+                return Err(self.failed(row, turn.records, error, None));
+            }
+        };
+        let response = perform(&self.client, &self.tokens, step, &request, now).await;
+        turn.step_attempts += 1;
+        let finished = self.clock.now_ms();
+        turn.attempt = Some(step_attempt(row, pc, now, &response));
+        crate::telemetry::events::http_step_attempted(
+            &self.metrics,
+            &crate::telemetry::events::StepAttempt {
+                run_id: &row.id,
+                event_id: &row.event_id,
+                flow_id: &row.flow_id,
+                step: &instr.path,
+                attempt: turn.step_attempts,
+                status: response.status_code,
+                duration: response.duration,
+                outcome: response.outcome.as_str(),
+                error: response.error.as_deref(),
+            },
+        );
+        // The record of an http step that is being retried is replaced, not repeated.
+        if turn
+            .records
+            .last()
+            .is_some_and(|r| r.index == pc && r.status == "retrying")
+        {
+            turn.records.pop();
+        }
+        let retry_at = match response.outcome {
+            super::attempt::Outcome::Succeeded => {
+                let output = response.output();
+                if let Some(name) = &instr.name {
+                    turn.ctx.set_step_output(name, output.clone());
+                }
+                let mut r = record(instr, pc, now, "succeeded", Some(output), None);
+                r.duration_ms = response.duration.as_secs_f64() * 1000.0;
+                turn.records.push(r);
+                turn.step_attempts = 0;
+                return Ok(turn);
+            }
+            super::attempt::Outcome::Retryable => {
+                let unit = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+                step.retry
+                    .next_delay(turn.step_attempts, response.retry_after, unit)
+                    .map(|d| finished + d.as_millis() as i64)
+            }
+            _ => None,
+        };
+        let error = response.error.clone().unwrap_or_default();
+        let status = if retry_at.is_some() {
+            "retrying"
+        } else {
+            "failed"
+        };
+        let mut r = record(
+            instr,
+            pc,
+            now,
+            status,
+            Some(response.output()),
+            Some(error.clone()),
+        );
+        r.duration_ms = response.duration.as_secs_f64() * 1000.0;
+        turn.records.push(r);
+        let stop = match retry_at {
+            Some(at) => engine::Stop::Wait(at),
+            None => engine::Stop::Failed(format!(
+                "{}: {error} (after {} attempt{})",
+                step_label(instr),
+                turn.step_attempts,
+                if turn.step_attempts == 1 { "" } else { "s" }
+            )),
+        };
+        Err(Outcome {
+            ctx: Some(turn.ctx),
+            records: turn.records,
+            state: stop.into_state(pc, now),
+            step_attempts: turn.step_attempts,
+            attempt: turn.attempt,
+        })
+    }
+
+    /// The run's pure steps from `start`, in an expression worker. Busy workers are waited
+    /// for here: the step before may have made a call whose answer is only in `ctx`, and
+    /// resuming at `start` later would skip a `delay` there.
+    async fn advance_when_workers_free(
+        &self,
+        row: &RunRow,
+        flow: &Flow,
+        ctx: &RunContext,
+        start: usize,
+        now: Millis,
+    ) -> Result<(RunContext, engine::Advance), crate::engine::sandbox::SandboxError> {
+        let mut advanced = self.sandbox.advance(flow, ctx, start, now).await;
+        for _ in 0..OVERLOAD_RETRIES {
+            match &advanced {
+                Err(busy) if busy.is_overload() => {
+                    tracing::warn!(error = %busy, run_id = %row.id, "a run waits for the expression workers");
+                    tokio::time::sleep(std::time::Duration::from_millis(OVERLOAD_RETRY_MS as u64))
+                        .await;
+                    advanced = self.sandbox.advance(flow, ctx, start, now).await;
+                }
+                _ => break,
+            }
+        }
+        advanced
     }
 
     /// Commits the outcome; then hands new deliveries to the deliverer. Answers when the run
