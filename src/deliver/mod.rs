@@ -587,22 +587,8 @@ async fn run_attempt(
     mut job: DeliveryJob,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let payload = match job.payload.take() {
-        Some(p) => p,
-        None => match read_payload(ctx, &job.id).await {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
-                let _ = ctx.control.send(Control::Done(job.id));
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(delivery_id = %job.id, error = %e, "cannot read the payload; trying again in 1s");
-                job.due_at = ctx.clock.now_ms() + 1000;
-                let _ = ctx.control.send(Control::Schedule(job));
-                return;
-            }
-        },
+    let Some(payload) = payload_of(ctx, &mut job).await else {
+        return;
     };
     let started_at = ctx.clock.now_ms();
     let result = attempt::send(
@@ -616,18 +602,7 @@ async fn run_attempt(
     drop(slot);
     let attempt_no = job.round_attempts + 1;
     let finished_at = ctx.clock.now_ms();
-    let next = match result.outcome {
-        attempt::Outcome::Succeeded => AttemptNext::Succeeded,
-        attempt::Outcome::Permanent => AttemptNext::Dead,
-        attempt::Outcome::Retryable => {
-            let unit = ctx.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
-            match dest.retry.next_delay(attempt_no, result.retry_after, unit) {
-                Some(delay) => AttemptNext::RetryAt(finished_at + delay.as_millis() as i64),
-                None => AttemptNext::Dead,
-            }
-        }
-    };
-    let error_text = result.error.clone();
+    let next = next_after(ctx, dest, &result, attempt_no, finished_at);
     crate::telemetry::events::delivery_attempted(
         &ctx.metrics,
         &crate::telemetry::events::DeliveryAttempt {
@@ -636,7 +611,7 @@ async fn run_attempt(
             destination_id: &dest.id,
             attempt: attempt_no,
             status: result.status_code,
-            error: error_text.as_deref(),
+            error: result.error.as_deref(),
             duration: result.duration,
             outcome: result.outcome.as_str(),
             retry_in_ms: match next {
@@ -648,31 +623,7 @@ async fn run_attempt(
             )),
         },
     );
-    if let Some(breaker) = ctx.breakers.load().get(&dest.id).cloned() {
-        let change = breaker.record(
-            finished_at,
-            result.outcome == attempt::Outcome::Retryable,
-            error_text.as_deref(),
-        );
-        if let Some((from, to)) = change.circuit {
-            crate::telemetry::events::circuit_changed(
-                &dest.id,
-                from,
-                to,
-                breaker.health().consecutive_failures,
-            );
-        }
-        if change.release {
-            let _ = ctx.control.send(Control::Release(dest.id.clone()));
-        }
-        if let Some(reason) = change.pause {
-            crate::telemetry::events::destination_pause_changed(&dest.id, true, "auto", &reason);
-            let pause = breaker.health().paused;
-            if let Err(e) = ctx.store.set_paused(&dest.id, pause).await {
-                tracing::error!(destination_id = %dest.id, error = %e, "could not store the pause; it holds until restart");
-            }
-        }
-    }
+    tell_breaker(ctx, dest, &result, finished_at).await;
     let record = NewAttempt {
         delivery_id: job.id.clone(),
         event_id: job.event_id.clone(),
@@ -688,6 +639,100 @@ async fn run_attempt(
         outcome: result.outcome.as_str(),
         next,
     };
+    record_outcome(ctx, job, record, attempt_no).await;
+}
+
+/// The body to send: handed over with the job, or read from the store. `None` when there is
+/// none to send now: the job is then done (its event is gone) or scheduled again in a second
+/// (the store could not be read).
+async fn payload_of(ctx: &AttemptContext, job: &mut DeliveryJob) -> Option<bytes::Bytes> {
+    if let Some(p) = job.payload.take() {
+        return Some(p);
+    }
+    match read_payload(ctx, &job.id).await {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
+            tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
+            let _ = ctx.control.send(Control::Done(job.id.clone()));
+            None
+        }
+        Err(e) => {
+            tracing::warn!(delivery_id = %job.id, error = %e, "cannot read the payload; trying again in 1s");
+            job.due_at = ctx.clock.now_ms() + 1000;
+            let _ = ctx.control.send(Control::Schedule(job.clone()));
+            None
+        }
+    }
+}
+
+/// What becomes of the delivery after this attempt: done, dead, or tried again after the
+/// destination's retry delay (a `Retry-After` it sent included).
+fn next_after(
+    ctx: &AttemptContext,
+    dest: &Destination,
+    result: &attempt::AttemptResult,
+    attempt_no: u32,
+    finished_at: Millis,
+) -> AttemptNext {
+    match result.outcome {
+        attempt::Outcome::Succeeded => AttemptNext::Succeeded,
+        attempt::Outcome::Permanent => AttemptNext::Dead,
+        attempt::Outcome::Retryable => {
+            let unit = ctx.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+            match dest.retry.next_delay(attempt_no, result.retry_after, unit) {
+                Some(delay) => AttemptNext::RetryAt(finished_at + delay.as_millis() as i64),
+                None => AttemptNext::Dead,
+            }
+        }
+    }
+}
+
+/// Tells the destination's circuit breaker how the attempt went, and acts on what it
+/// decides: a circuit that changed is logged, held jobs are released when it closes, and an
+/// automatic pause is stored.
+async fn tell_breaker(
+    ctx: &AttemptContext,
+    dest: &Destination,
+    result: &attempt::AttemptResult,
+    finished_at: Millis,
+) {
+    let Some(breaker) = ctx.breakers.load().get(&dest.id).cloned() else {
+        return;
+    };
+    let change = breaker.record(
+        finished_at,
+        result.outcome == attempt::Outcome::Retryable,
+        result.error.as_deref(),
+    );
+    if let Some((from, to)) = change.circuit {
+        crate::telemetry::events::circuit_changed(
+            &dest.id,
+            from,
+            to,
+            breaker.health().consecutive_failures,
+        );
+    }
+    if change.release {
+        let _ = ctx.control.send(Control::Release(dest.id.clone()));
+    }
+    if let Some(reason) = change.pause {
+        crate::telemetry::events::destination_pause_changed(&dest.id, true, "auto", &reason);
+        let pause = breaker.health().paused;
+        if let Err(e) = ctx.store.set_paused(&dest.id, pause).await {
+            tracing::error!(destination_id = %dest.id, error = %e, "could not store the pause; it holds until restart");
+        }
+    }
+}
+
+/// Records the attempt with the delivery's new state (a run it ends or wakes included), then
+/// schedules the delivery's next attempt or lets it go.
+async fn record_outcome(
+    ctx: &AttemptContext,
+    job: DeliveryJob,
+    record: NewAttempt,
+    attempt_no: u32,
+) {
+    let (next, finished_at) = (record.next, record.finished_at);
     match ctx.store.record_attempt(record).await {
         Ok(Some(settled)) if settled.status == "running" => {
             ctx.runs.wake(settled.run_id, finished_at)
