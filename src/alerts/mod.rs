@@ -248,183 +248,250 @@ fn human(ms: i64) -> String {
     humantime::format_duration(Duration::from_millis((ms.max(0) / 1000 * 1000) as u64)).to_string()
 }
 
+/// What `rule`'s condition sees now: whether it holds, and what to say.
 async fn observe(
     parts: &AlertParts,
     rule: &AlertRule,
     now: Millis,
 ) -> Result<Observation, StoreError> {
-    let store = &parts.store;
-    Ok(match rule.condition.clone() {
+    match rule.condition.clone() {
         Condition::DestinationFailing {
             destination,
             consecutive,
-        } => {
-            let d = destination.clone();
-            let last = store
-                .read(move |c| crate::store::last_attempts(c, &d, consecutive as usize))
-                .await?;
-            let failing =
-                last.len() == consecutive as usize && last.iter().all(|(o, _, _)| o != "succeeded");
-            let last_error = last
-                .first()
-                .and_then(|(_, e, _)| e.clone())
-                .unwrap_or_default();
-            Observation {
-                firing: failing,
-                subject: format!("destination {destination}"),
-                message: format!(
-                    "the last {consecutive} attempts to `{destination}` failed (last error: {last_error})"
-                ),
-            }
-        }
+        } => destination_failing(parts, destination, consecutive).await,
         Condition::FailureRatio {
             destination,
             above,
             window,
             min_attempts,
-        } => {
-            let d = destination.clone();
-            let since = now - window.as_millis() as i64;
-            let (total, failed) = store
-                .read(move |c| crate::store::attempt_counts(c, &d, since))
-                .await?;
-            let ratio = if total > 0 {
-                failed as f64 / total as f64
-            } else {
-                0.0
-            };
-            Observation {
-                firing: total >= min_attempts as i64 && ratio > above,
-                subject: format!("destination {destination}"),
-                message: format!(
-                    "{:.0}% of {total} attempts to `{destination}` failed in the last {} (limit {:.0}%)",
-                    ratio * 100.0,
-                    humantime::format_duration(window),
-                    above * 100.0
-                ),
-            }
-        }
+        } => failure_ratio(parts, now, destination, above, window, min_attempts).await,
         Condition::DeadLetters { above, destination } => {
-            let d = destination.clone();
-            let count = store
-                .read(move |c| crate::store::dead_count(c, d.as_deref()))
-                .await?;
-            let subject = match &destination {
-                Some(d) => format!("destination {d}"),
-                None => "dead letters".to_string(),
-            };
-            Observation {
-                firing: count > above as i64,
-                message: format!(
-                    "{count} dead letter{}{} (limit {above})",
-                    if count == 1 { "" } else { "s" },
-                    destination
-                        .map(|d| format!(" for `{d}`"))
-                        .unwrap_or_default()
-                ),
-                subject,
-            }
+            dead_letters(parts, above, destination).await
         }
-        Condition::SourceSilent { source, for_ } => {
-            let last = parts.activity.last(&source);
-            let silent = now - last;
-            Observation {
-                firing: silent > for_.as_millis() as i64,
-                subject: format!("source {source}"),
-                message: format!(
-                    "no event from `{source}` for {} (since {}; limit {})",
-                    human(silent),
-                    rfc3339(last),
-                    humantime::format_duration(for_)
-                ),
-            }
-        }
-        Condition::BacklogAge { above } => {
-            let backlog = store.read(move |c| crate::store::backlog(c, now)).await?;
-            let oldest = backlog
-                .iter()
-                .filter_map(|b| b.oldest_due.map(|t| (t, b.destination_id.clone())))
-                .min();
-            let (age, to) = match oldest {
-                Some((t, d)) => (now - t, d),
-                None => (0, String::new()),
-            };
-            Observation {
-                firing: age > above.as_millis() as i64,
-                subject: "backlog".to_string(),
-                message: format!(
-                    "the oldest due delivery{} has waited {} (limit {})",
-                    if to.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (to `{to}`)")
-                    },
-                    human(age),
-                    humantime::format_duration(above)
-                ),
-            }
-        }
+        Condition::SourceSilent { source, for_ } => source_silent(parts, now, source, for_).await,
+        Condition::BacklogAge { above } => backlog_age(parts, now, above).await,
         Condition::DeliveryLatency {
             destination,
             p99_above,
             window,
-        } => {
-            let d = destination.clone();
-            let since = now - window.as_millis() as i64;
-            let mut times = store
-                .read(move |c| crate::store::delivery_latencies(c, &d, since))
-                .await?;
-            times.sort_unstable();
-            let p99 = if times.is_empty() {
-                0
-            } else {
-                times[((times.len() as f64 * 0.99).ceil() as usize).clamp(1, times.len()) - 1]
-            };
-            Observation {
-                firing: p99 > p99_above.as_millis() as i64,
-                subject: format!("destination {destination}"),
-                message: format!(
-                    "p99 delivery latency to `{destination}` is {} ms over the last {} ({} deliveries; limit {})",
-                    p99,
-                    humantime::format_duration(window),
-                    times.len(),
-                    humantime::format_duration(p99_above)
-                ),
-            }
-        }
+        } => delivery_latency(parts, now, destination, p99_above, window).await,
         Condition::DestinationPaused { destination } => {
-            let paused: Vec<(String, crate::deliver::circuit::Pause)> = parts
-                .deliverer
-                .health()
-                .into_iter()
-                .filter(|(id, _)| destination.as_ref().is_none_or(|d| d == id))
-                .filter_map(|(id, h)| h.paused.map(|p| (id, p)))
-                .collect();
-            let subject = match (&destination, paused.first()) {
-                (Some(d), _) | (None, Some((d, _))) => format!("destination {d}"),
-                (None, None) => "destinations".to_string(),
-            };
-            Observation {
-                firing: !paused.is_empty(),
-                subject,
-                message: paused
-                    .iter()
-                    .map(|(id, p)| format!("`{id}` is paused ({}): {}", p.by, p.reason))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            }
+            destination_paused(parts, destination).await
         }
-        Condition::StoreUnwritable {} => {
-            let unwritable = store.unwritable();
-            Observation {
-                firing: unwritable.is_some(),
-                subject: "store".to_string(),
-                message: unwritable.map_or_else(
-                    || "the store writes".to_string(),
-                    |u| format!("{}; ingest answers 503", u.describe()),
-                ),
-            }
-        }
+        Condition::StoreUnwritable {} => store_unwritable(parts).await,
+    }
+}
+
+/// Whether the last `consecutive` attempts to `destination` all failed.
+async fn destination_failing(
+    parts: &AlertParts,
+    destination: String,
+    consecutive: u32,
+) -> Result<Observation, StoreError> {
+    let store = &parts.store;
+    let d = destination.clone();
+    let last = store
+        .read(move |c| crate::store::last_attempts(c, &d, consecutive as usize))
+        .await?;
+    let failing =
+        last.len() == consecutive as usize && last.iter().all(|(o, _, _)| o != "succeeded");
+    let last_error = last
+        .first()
+        .and_then(|(_, e, _)| e.clone())
+        .unwrap_or_default();
+    Ok(Observation {
+        firing: failing,
+        subject: format!("destination {destination}"),
+        message: format!(
+            "the last {consecutive} attempts to `{destination}` failed (last error: {last_error})"
+        ),
+    })
+}
+
+/// The share of failed attempts to `destination` in the last `window`.
+async fn failure_ratio(
+    parts: &AlertParts,
+    now: Millis,
+    destination: String,
+    above: f64,
+    window: Duration,
+    min_attempts: u32,
+) -> Result<Observation, StoreError> {
+    let store = &parts.store;
+    let d = destination.clone();
+    let since = now - window.as_millis() as i64;
+    let (total, failed) = store
+        .read(move |c| crate::store::attempt_counts(c, &d, since))
+        .await?;
+    let ratio = if total > 0 {
+        failed as f64 / total as f64
+    } else {
+        0.0
+    };
+    Ok(Observation {
+        firing: total >= min_attempts as i64 && ratio > above,
+        subject: format!("destination {destination}"),
+        message: format!(
+            "{:.0}% of {total} attempts to `{destination}` failed in the last {} (limit {:.0}%)",
+            ratio * 100.0,
+            humantime::format_duration(window),
+            above * 100.0
+        ),
+    })
+}
+
+/// The dead letters, all of them or those of one destination.
+async fn dead_letters(
+    parts: &AlertParts,
+    above: u64,
+    destination: Option<String>,
+) -> Result<Observation, StoreError> {
+    let store = &parts.store;
+    let d = destination.clone();
+    let count = store
+        .read(move |c| crate::store::dead_count(c, d.as_deref()))
+        .await?;
+    let subject = match &destination {
+        Some(d) => format!("destination {d}"),
+        None => "dead letters".to_string(),
+    };
+    Ok(Observation {
+        firing: count > above as i64,
+        message: format!(
+            "{count} dead letter{}{} (limit {above})",
+            if count == 1 { "" } else { "s" },
+            destination
+                .map(|d| format!(" for `{d}`"))
+                .unwrap_or_default()
+        ),
+        subject,
+    })
+}
+
+/// How long `source` has been silent.
+async fn source_silent(
+    parts: &AlertParts,
+    now: Millis,
+    source: String,
+    for_: Duration,
+) -> Result<Observation, StoreError> {
+    let last = parts.activity.last(&source);
+    let silent = now - last;
+    Ok(Observation {
+        firing: silent > for_.as_millis() as i64,
+        subject: format!("source {source}"),
+        message: format!(
+            "no event from `{source}` for {} (since {}; limit {})",
+            human(silent),
+            rfc3339(last),
+            humantime::format_duration(for_)
+        ),
+    })
+}
+
+/// How long the oldest due delivery has waited.
+async fn backlog_age(
+    parts: &AlertParts,
+    now: Millis,
+    above: Duration,
+) -> Result<Observation, StoreError> {
+    let store = &parts.store;
+    let backlog = store.read(move |c| crate::store::backlog(c, now)).await?;
+    let oldest = backlog
+        .iter()
+        .filter_map(|b| b.oldest_due.map(|t| (t, b.destination_id.clone())))
+        .min();
+    let (age, to) = match oldest {
+        Some((t, d)) => (now - t, d),
+        None => (0, String::new()),
+    };
+    Ok(Observation {
+        firing: age > above.as_millis() as i64,
+        subject: "backlog".to_string(),
+        message: format!(
+            "the oldest due delivery{} has waited {} (limit {})",
+            if to.is_empty() {
+                String::new()
+            } else {
+                format!(" (to `{to}`)")
+            },
+            human(age),
+            humantime::format_duration(above)
+        ),
+    })
+}
+
+/// The p99 of the latencies of deliveries to `destination` in the last `window`.
+async fn delivery_latency(
+    parts: &AlertParts,
+    now: Millis,
+    destination: String,
+    p99_above: Duration,
+    window: Duration,
+) -> Result<Observation, StoreError> {
+    let store = &parts.store;
+    let d = destination.clone();
+    let since = now - window.as_millis() as i64;
+    let mut times = store
+        .read(move |c| crate::store::delivery_latencies(c, &d, since))
+        .await?;
+    times.sort_unstable();
+    let p99 = if times.is_empty() {
+        0
+    } else {
+        times[((times.len() as f64 * 0.99).ceil() as usize).clamp(1, times.len()) - 1]
+    };
+    Ok(Observation {
+        firing: p99 > p99_above.as_millis() as i64,
+        subject: format!("destination {destination}"),
+        message: format!(
+            "p99 delivery latency to `{destination}` is {} ms over the last {} ({} deliveries; limit {})",
+            p99,
+            humantime::format_duration(window),
+            times.len(),
+            humantime::format_duration(p99_above)
+        ),
+    })
+}
+
+/// The paused destinations, all of them or one.
+async fn destination_paused(
+    parts: &AlertParts,
+    destination: Option<String>,
+) -> Result<Observation, StoreError> {
+    let paused: Vec<(String, crate::deliver::circuit::Pause)> = parts
+        .deliverer
+        .health()
+        .into_iter()
+        .filter(|(id, _)| destination.as_ref().is_none_or(|d| d == id))
+        .filter_map(|(id, h)| h.paused.map(|p| (id, p)))
+        .collect();
+    let subject = match (&destination, paused.first()) {
+        (Some(d), _) | (None, Some((d, _))) => format!("destination {d}"),
+        (None, None) => "destinations".to_string(),
+    };
+    Ok(Observation {
+        firing: !paused.is_empty(),
+        subject,
+        message: paused
+            .iter()
+            .map(|(id, p)| format!("`{id}` is paused ({}): {}", p.by, p.reason))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// Whether the store can write.
+async fn store_unwritable(parts: &AlertParts) -> Result<Observation, StoreError> {
+    let store = &parts.store;
+    let unwritable = store.unwritable();
+    Ok(Observation {
+        firing: unwritable.is_some(),
+        subject: "store".to_string(),
+        message: unwritable.map_or_else(
+            || "the store writes".to_string(),
+            |u| format!("{}; ingest answers 503", u.describe()),
+        ),
     })
 }
 
