@@ -6,6 +6,7 @@ mod alerts;
 pub mod objects;
 mod places;
 mod raw;
+pub mod secret;
 
 use crate::deliver::egress::{AllowEntry, EgressPolicy, MAX_ALLOW_ENTRIES};
 use crate::deliver::retry::RetryPolicy;
@@ -22,6 +23,7 @@ use std::time::Duration;
 pub use alerts::{AlertRule, Channel, ChannelKind, Condition, Severity, Smtp, SmtpTls};
 pub use objects::{FileLayer, ObjectKind, ObjectSpec, Objects};
 pub use places::Places;
+pub use secret::Secret;
 
 /// The running config: read on every request, replaced whole when an object changes through
 /// the API. Cheap to clone.
@@ -40,25 +42,6 @@ impl LiveConfig {
 
     pub fn replace(&self, config: Arc<Config>) {
         self.0.store(config);
-    }
-}
-
-/// A secret from the config: never printed by `Debug`.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
     }
 }
 
