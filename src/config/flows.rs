@@ -2,7 +2,7 @@
 //! objects they name and compiled into a `Program` (a branch's cases flattened into jumps),
 //! with the `http` step's request and authentication.
 
-use super::raw::{RawAuth, RawDelay, RawDeliver, RawFlow, RawHttp, RawStep, RawTarget};
+use super::raw::{RawAuth, RawCase, RawDelay, RawDeliver, RawFlow, RawHttp, RawStep, RawTarget};
 use super::{
     Checker, Destination, EventType, Secret, Settings, Source, lower_case, parse_duration, valid_id,
 };
@@ -78,37 +78,9 @@ impl Checker<'_> {
             let step_place = format!("{}, {step_label}", b.place);
             let step_path = format!("{path}/{index}");
             if let Some(name) = &step.name {
-                if !b.names.insert(name.clone()) {
-                    self.error(
-                        step_place.clone(),
-                        format!("step name `{name}` is used twice in this flow"),
-                    );
-                }
-                if !valid_id(name) || name.contains('.') || name.contains('-') {
-                    self.error(step_place.clone(), format!("step name `{name}` must be 1 to 64 characters of a-z, A-Z, 0-9 or `_`, so that `$steps.{name}` works in jq"));
-                }
+                self.step_name(b, &step_place, name);
             }
-            let kinds: Vec<&str> = [
-                ("filter", step.filter.is_some()),
-                ("transform", step.transform.is_some()),
-                ("branch", step.branch.is_some()),
-                ("http", step.http.is_some()),
-                ("delay", step.delay.is_some()),
-                ("deliver", step.deliver.is_some()),
-            ]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(k, _)| k)
-            .collect();
-            if kinds.len() != 1 {
-                self.error(
-                    step_place,
-                    if kinds.is_empty() {
-                        "the step has no kind; give one of filter, transform, branch, http, delay, deliver".to_string()
-                    } else {
-                        format!("a step has exactly one kind, this one has {}", kinds.join(", "))
-                    },
-                );
+            if !self.one_kind(&step_place, &step) {
                 continue;
             }
             let name = step.name;
@@ -137,122 +109,192 @@ impl Checker<'_> {
                         has_else: false,
                     },
                 );
-                let (mut compiled, mut jumps, mut otherwise) = (Vec::new(), Vec::new(), None);
-                let count = cases.len();
-                if count == 0 {
-                    self.error(step_place.clone(), "`branch` has no cases");
-                }
-                for (ci, case) in cases.into_iter().enumerate() {
-                    let case_label = format!("{step_label}, case {}, ", ci + 1);
-                    let case_place = format!("{}, {step_label}, case {}", b.place, ci + 1);
-                    let case_path = format!("{step_path}/branch/{ci}");
-                    match (case.when, case.steps, case.otherwise) {
-                        (Some(when), Some(steps), None) => {
-                            if otherwise.is_some() {
-                                self.error(
-                                    case_place.clone(),
-                                    "a case after `else` never runs; put `else` last",
-                                );
-                            }
-                            let target = b.instrs.len();
-                            if let Some(expr) = self.expr(&case_place, "when", &when) {
-                                compiled.push((expr, target));
-                            }
-                            self.steps(b, steps, &case_label, &format!("{case_path}/steps"));
-                        }
-                        (None, None, Some(steps)) => {
-                            if ci + 1 != count {
-                                self.error(case_place.clone(), "`else` must be the last case");
-                            }
-                            otherwise = Some(b.instrs.len());
-                            self.steps(b, steps, &case_label, &format!("{case_path}/else"));
-                        }
-                        _ => {
-                            self.error(
-                                case_place,
-                                "a case is `{when: <jq>, steps: [...]}` or `{else: [...]}`",
-                            );
-                            continue;
-                        }
-                    }
-                    jumps.push(b.instrs.len());
-                    b.instrs.push(Instr {
-                        path: format!("{case_path}/end"),
-                        name: None,
-                        op: Op::Jump(0),
-                    });
-                }
-                let end = b.instrs.len();
-                for j in jumps {
-                    b.instrs[j].op = Op::Jump(end);
-                }
-                b.instrs[at].op = Op::Branch {
-                    cases: compiled,
-                    otherwise: otherwise.unwrap_or(end),
-                    has_else: otherwise.is_some(),
-                };
+                self.branch_cases(b, at, cases, &step_label, &step_place, &step_path);
             } else if let Some(http) = step.http {
                 if let Some(op) = self.http_step(&step_place, http, b.settings) {
                     push(b, Op::Http(Box::new(op)));
                 }
             } else if let Some(delay) = step.delay {
-                let op = match delay {
-                    RawDelay::For(text) => match parse_duration(&text) {
-                        Ok(d) => Some(Delay::For(d)),
-                        Err(e) => {
-                            self.error(
-                                step_place.clone(),
-                                format!("`delay`: {e}, or `{{until: <jq>}}`"),
-                            );
-                            None
-                        }
-                    },
-                    RawDelay::Until { until } => self
-                        .expr(&step_place, "delay.until", &until)
-                        .map(Delay::Until),
-                };
-                if let Some(op) = op {
+                if let Some(op) = self.delay(&step_place, delay) {
                     push(b, Op::Delay(op));
                 }
             } else if let Some(deliver) = step.deliver {
-                let targets = match deliver {
-                    RawDeliver::One(t) => vec![t],
-                    RawDeliver::Many(ts) => ts,
-                };
-                if targets.is_empty() {
-                    self.error(step_place.clone(), "`deliver` names no destination");
-                }
-                let mut compiled: Vec<Target> = Vec::new();
-                for t in targets {
-                    let (id, body) = match t {
-                        RawTarget::Id(id) => (id, None),
-                        RawTarget::Full { to, body } => {
-                            let body = body.and_then(|code| {
-                                self.expr(&step_place, &format!("deliver to `{to}`: body"), &code)
-                            });
-                            (to, body)
-                        }
-                    };
-                    if !b.destinations.contains_key(&id) {
-                        self.error(
-                            step_place.clone(),
-                            format!("`deliver`: no destination has the id `{id}`"),
-                        );
-                    } else if compiled.iter().any(|t| t.destination_id == id) {
-                        self.error(
-                            step_place.clone(),
-                            format!("`deliver`: destination `{id}` is named twice"),
-                        );
-                    } else {
-                        compiled.push(Target {
-                            destination_id: id,
-                            body,
-                        });
-                    }
-                }
-                push(b, Op::Deliver(compiled));
+                let targets = self.deliver(&step_place, deliver, b.destinations);
+                push(b, Op::Deliver(targets));
             }
         }
+    }
+
+    /// A step's name: once in its flow, and one that `$steps.<name>` reads in jq.
+    fn step_name(&mut self, b: &mut ProgramBuilder<'_>, place: &str, name: &str) {
+        if !b.names.insert(name.to_string()) {
+            self.error(
+                place.to_string(),
+                format!("step name `{name}` is used twice in this flow"),
+            );
+        }
+        if !valid_id(name) || name.contains('.') || name.contains('-') {
+            self.error(place.to_string(), format!("step name `{name}` must be 1 to 64 characters of a-z, A-Z, 0-9 or `_`, so that `$steps.{name}` works in jq"));
+        }
+    }
+
+    /// Whether the step has exactly one kind (filter, transform, branch, http, delay,
+    /// deliver); an error when it has none or more.
+    fn one_kind(&mut self, place: &str, step: &RawStep) -> bool {
+        let kinds: Vec<&str> = [
+            ("filter", step.filter.is_some()),
+            ("transform", step.transform.is_some()),
+            ("branch", step.branch.is_some()),
+            ("http", step.http.is_some()),
+            ("delay", step.delay.is_some()),
+            ("deliver", step.deliver.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| k)
+        .collect();
+        if kinds.len() != 1 {
+            self.error(
+                place.to_string(),
+                if kinds.is_empty() {
+                    "the step has no kind; give one of filter, transform, branch, http, delay, deliver".to_string()
+                } else {
+                    format!("a step has exactly one kind, this one has {}", kinds.join(", "))
+                },
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Compiles a branch's cases after its instruction at `at`, each case's steps followed by
+    /// a jump past the last case, and fills in where the branch jumps to.
+    fn branch_cases(
+        &mut self,
+        b: &mut ProgramBuilder<'_>,
+        at: usize,
+        cases: Vec<RawCase>,
+        step_label: &str,
+        step_place: &str,
+        step_path: &str,
+    ) {
+        let (mut compiled, mut jumps, mut otherwise) = (Vec::new(), Vec::new(), None);
+        let count = cases.len();
+        if count == 0 {
+            self.error(step_place.to_string(), "`branch` has no cases");
+        }
+        for (ci, case) in cases.into_iter().enumerate() {
+            let case_label = format!("{step_label}, case {}, ", ci + 1);
+            let case_place = format!("{}, {step_label}, case {}", b.place, ci + 1);
+            let case_path = format!("{step_path}/branch/{ci}");
+            match (case.when, case.steps, case.otherwise) {
+                (Some(when), Some(steps), None) => {
+                    if otherwise.is_some() {
+                        self.error(
+                            case_place.clone(),
+                            "a case after `else` never runs; put `else` last",
+                        );
+                    }
+                    let target = b.instrs.len();
+                    if let Some(expr) = self.expr(&case_place, "when", &when) {
+                        compiled.push((expr, target));
+                    }
+                    self.steps(b, steps, &case_label, &format!("{case_path}/steps"));
+                }
+                (None, None, Some(steps)) => {
+                    if ci + 1 != count {
+                        self.error(case_place.clone(), "`else` must be the last case");
+                    }
+                    otherwise = Some(b.instrs.len());
+                    self.steps(b, steps, &case_label, &format!("{case_path}/else"));
+                }
+                _ => {
+                    self.error(
+                        case_place,
+                        "a case is `{when: <jq>, steps: [...]}` or `{else: [...]}`",
+                    );
+                    continue;
+                }
+            }
+            jumps.push(b.instrs.len());
+            b.instrs.push(Instr {
+                path: format!("{case_path}/end"),
+                name: None,
+                op: Op::Jump(0),
+            });
+        }
+        let end = b.instrs.len();
+        for j in jumps {
+            b.instrs[j].op = Op::Jump(end);
+        }
+        b.instrs[at].op = Op::Branch {
+            cases: compiled,
+            otherwise: otherwise.unwrap_or(end),
+            has_else: otherwise.is_some(),
+        };
+    }
+
+    /// A `delay` step: a duration, or a jq expression for the time to wait until.
+    fn delay(&mut self, place: &str, delay: RawDelay) -> Option<Delay> {
+        match delay {
+            RawDelay::For(text) => match parse_duration(&text) {
+                Ok(d) => Some(Delay::For(d)),
+                Err(e) => {
+                    self.error(
+                        place.to_string(),
+                        format!("`delay`: {e}, or `{{until: <jq>}}`"),
+                    );
+                    None
+                }
+            },
+            RawDelay::Until { until } => self.expr(place, "delay.until", &until).map(Delay::Until),
+        }
+    }
+
+    /// A `deliver` step's targets: destinations that exist, each named once, with an optional
+    /// body expression.
+    fn deliver(
+        &mut self,
+        place: &str,
+        deliver: RawDeliver,
+        destinations: &BTreeMap<String, Arc<Destination>>,
+    ) -> Vec<Target> {
+        let targets = match deliver {
+            RawDeliver::One(t) => vec![t],
+            RawDeliver::Many(ts) => ts,
+        };
+        if targets.is_empty() {
+            self.error(place.to_string(), "`deliver` names no destination");
+        }
+        let mut compiled: Vec<Target> = Vec::new();
+        for t in targets {
+            let (id, body) = match t {
+                RawTarget::Id(id) => (id, None),
+                RawTarget::Full { to, body } => {
+                    let body = body.and_then(|code| {
+                        self.expr(place, &format!("deliver to `{to}`: body"), &code)
+                    });
+                    (to, body)
+                }
+            };
+            if !destinations.contains_key(&id) {
+                self.error(
+                    place.to_string(),
+                    format!("`deliver`: no destination has the id `{id}`"),
+                );
+            } else if compiled.iter().any(|t| t.destination_id == id) {
+                self.error(
+                    place.to_string(),
+                    format!("`deliver`: destination `{id}` is named twice"),
+                );
+            } else {
+                compiled.push(Target {
+                    destination_id: id,
+                    body,
+                });
+            }
+        }
+        compiled
     }
 
     fn http_step(&mut self, place: &str, raw: RawHttp, settings: &Settings) -> Option<HttpStep> {
