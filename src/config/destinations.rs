@@ -63,32 +63,7 @@ impl Checker<'_> {
                 return None;
             }
         }
-        let Some(url_text) = raw.url else {
-            self.error(
-                place.to_string(),
-                "`url` is required for an http destination",
-            );
-            return None;
-        };
-        let url = match url::Url::parse(&url_text) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
-            Ok(u) => {
-                self.error(
-                    place.to_string(),
-                    format!("`url`: scheme `{}` is not http or https", u.scheme()),
-                );
-                return None;
-            }
-            Err(e) => {
-                let shown = crate::secrets::url::shown(&url_text, &raw.secret_query_params);
-                self.error(
-                    place.to_string(),
-                    format!("`url`: `{shown}` is not a URL ({e})"),
-                );
-                return None;
-            }
-        };
-        self.egress_url(place, "url", &url, settings);
+        let url = self.destination_url(place, raw.url, &raw.secret_query_params, settings)?;
         let method = self.method(place, "method", raw.method.as_deref(), "POST");
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
@@ -139,6 +114,44 @@ impl Checker<'_> {
             secret_headers: lower_case(raw.secret_headers),
             secret_query_params: lower_case(raw.secret_query_params),
         })
+    }
+
+    /// A destination's `url`: given, http(s), and allowed by the egress guard before DNS. An
+    /// error shows it with its secret query parameters masked.
+    fn destination_url(
+        &mut self,
+        place: &str,
+        url: Option<String>,
+        secret_query_params: &[String],
+        settings: &Settings,
+    ) -> Option<url::Url> {
+        let Some(url_text) = url else {
+            self.error(
+                place.to_string(),
+                "`url` is required for an http destination",
+            );
+            return None;
+        };
+        let url = match url::Url::parse(&url_text) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
+            Ok(u) => {
+                self.error(
+                    place.to_string(),
+                    format!("`url`: scheme `{}` is not http or https", u.scheme()),
+                );
+                return None;
+            }
+            Err(e) => {
+                let shown = crate::secrets::url::shown(&url_text, secret_query_params);
+                self.error(
+                    place.to_string(),
+                    format!("`url`: `{shown}` is not a URL ({e})"),
+                );
+                return None;
+            }
+        };
+        self.egress_url(place, "url", &url, settings);
+        Some(url)
     }
 
     fn breaker(&mut self, place: &str, raw: RawBreaker) -> crate::deliver::circuit::BreakerConfig {

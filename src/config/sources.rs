@@ -112,7 +112,27 @@ impl Checker<'_> {
                 return None;
             }
         }
-        let verify = match raw.verify {
+        let verify = self.verify(place, raw.verify);
+        let event_type = match raw.event_type {
+            Some(f) => self.field(place, "event_type", f)?,
+            None => FieldRef::Body(Expr::new(".type").ok()?),
+        };
+        let idempotency_key = match raw.idempotency_key {
+            Some(f) => Some(self.field(place, "idempotency_key", f)?),
+            None => None,
+        };
+        Some(Source {
+            id: raw.id,
+            verify,
+            event_type,
+            idempotency_key,
+        })
+    }
+
+    /// How a source's requests are verified (`verify`, required): the scheme, its secret, and
+    /// for `hmac` the algorithm and the signature's encoding.
+    fn verify(&mut self, place: &str, verify: Option<RawVerify>) -> Verify {
+        match verify {
             None => {
                 self.error(place.to_string(), "`verify` is required for a webhook source; write `verify: { scheme: none }` to accept unsigned requests");
                 Verify::None
@@ -170,21 +190,7 @@ impl Checker<'_> {
                     prefix,
                 }
             }
-        };
-        let event_type = match raw.event_type {
-            Some(f) => self.field(place, "event_type", f)?,
-            None => FieldRef::Body(Expr::new(".type").ok()?),
-        };
-        let idempotency_key = match raw.idempotency_key {
-            Some(f) => Some(self.field(place, "idempotency_key", f)?),
-            None => None,
-        };
-        Some(Source {
-            id: raw.id,
-            verify,
-            event_type,
-            idempotency_key,
-        })
+        }
     }
 
     pub(super) fn event_type(&mut self, place: &str, raw: RawEventType) -> EventType {
