@@ -1,6 +1,11 @@
 //! The config file: reading it (with `${ENV}` substitution), and checking it once into typed,
 //! compiled values (jq programs, JSON Schema validators, parsed URLs, decoded keys) that the
 //! rest of Ferry uses without re-checking. Every problem is reported with its place.
+//!
+//! Each kind of object has its file, its types with the checks beside them: `settings`,
+//! `sources` (with event types), `destinations`, `flows` (with their steps) and `alerts` (with
+//! channels). This file holds `Config`, loading, the errors, and the `Checker` that checks the
+//! kinds in reference order, handing each the objects it may name.
 
 mod alerts;
 mod destinations;
@@ -361,6 +366,8 @@ fn substitute_env(
     out
 }
 
+/// What the checks of every kind share: the places errors name, the errors found so far and
+/// the expressions met, for a worker to compile.
 struct Checker<'a> {
     places: &'a Places,
     base: &'a Path,
@@ -487,6 +494,8 @@ impl Checker<'_> {
         }
     }
 
+    /// Checks every kind in reference order: a flow names sources, event types and
+    /// destinations; an alert names channels, sources and destinations.
     fn check(&mut self, raw: RawConfig, objects: Objects, file: Arc<FileLayer>) -> Config {
         let settings = self.settings(raw.settings);
         let mut sources = BTreeMap::new();
