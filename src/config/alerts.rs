@@ -2,7 +2,9 @@
 //! every reference (destination, source, channel) must exist, every duration parse, every URL
 //! be http(s).
 
-use super::raw::{RawAlert, RawChannel, RawCondition};
+use super::raw::{
+    RawAlert, RawChannel, RawCondition, RawFailing, RawLatency, RawRatio, RawSigning, RawSmtp,
+};
 use super::{Checker, Destination, Secret, Settings, Source};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -146,116 +148,9 @@ impl Checker<'_> {
             self.check_id(&place, &c.id);
             let kind = match c.kind.as_str() {
                 "webhook" | "slack" => {
-                    let Some(text) = c.url.as_deref() else {
-                        self.error(place, format!("`url` is required for a {} channel", c.kind));
-                        continue;
-                    };
-                    let url = match url::Url::parse(text) {
-                        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
-                        _ => {
-                            // The URL of a Slack channel is a credential: do not echo it.
-                            let shown = if c.kind == "slack" {
-                                "(hidden)".to_string()
-                            } else {
-                                crate::secrets::url::shown(text, &[])
-                            };
-                            self.error(place, format!("`url`: `{shown}` is not an http(s) URL"));
-                            continue;
-                        }
-                    };
-                    self.egress_url(&place, "url", &url, settings);
-                    if c.kind == "slack" {
-                        if c.signing.is_some() {
-                            self.error(
-                                place.clone(),
-                                "`signing` applies to webhook channels; Slack does not check it",
-                            );
-                        }
-                        ChannelKind::Slack {
-                            url: Secret::new(url.as_str().as_bytes().to_vec()),
-                        }
-                    } else {
-                        let signing = c.signing.and_then(|s| {
-                            match crate::deliver::signing::decode_secret(&s.secret) {
-                                Ok(key) => Some(Secret::new(key)),
-                                Err(e) => {
-                                    self.error(place.clone(), format!("`signing.secret`: {e}"));
-                                    None
-                                }
-                            }
-                        });
-                        ChannelKind::Webhook { url, signing }
-                    }
+                    self.web_channel(&place, &c.kind, c.url.as_deref(), c.signing, settings)
                 }
-                "email" => {
-                    let Some(smtp) = c.smtp else {
-                        self.error(place, "`smtp` is required for an email channel");
-                        continue;
-                    };
-                    let tls = match smtp.tls.as_deref().unwrap_or("starttls") {
-                        "none" => SmtpTls::None,
-                        "starttls" => SmtpTls::StartTls,
-                        "tls" => SmtpTls::Tls,
-                        other => {
-                            self.error(
-                                place.clone(),
-                                format!("`smtp.tls`: `{other}` is not one of none, starttls, tls"),
-                            );
-                            SmtpTls::StartTls
-                        }
-                    };
-                    let port = smtp.port.unwrap_or(match tls {
-                        SmtpTls::None => 25,
-                        SmtpTls::StartTls => 587,
-                        SmtpTls::Tls => 465,
-                    });
-                    match crate::deliver::egress::parse_host(&smtp.host) {
-                        None => self.error(
-                            place.clone(),
-                            format!(
-                                "`smtp.host`: `{}` is not a host name or an IP address",
-                                smtp.host
-                            ),
-                        ),
-                        Some(host) => {
-                            if let Err(refused) = settings.egress.check_host(&host) {
-                                self.error(place.clone(), format!("`smtp.host`: {refused}"));
-                            }
-                        }
-                    }
-                    let Some(from) = c.from else {
-                        self.error(place, "`from` is required for an email channel");
-                        continue;
-                    };
-                    for address in std::iter::once(&from).chain(&c.to) {
-                        if address.parse::<lettre::message::Mailbox>().is_err() {
-                            self.error(
-                                place.clone(),
-                                format!("`{address}` is not an email address"),
-                            );
-                        }
-                    }
-                    if c.to.is_empty() {
-                        self.error(place.clone(), "`to` lists no address");
-                    }
-                    if smtp.username.is_some() != smtp.password.is_some() {
-                        self.error(
-                            place.clone(),
-                            "`smtp.username` and `smtp.password` go together",
-                        );
-                    }
-                    ChannelKind::Email {
-                        smtp: Smtp {
-                            host: smtp.host,
-                            port,
-                            username: smtp.username,
-                            password: smtp.password.map(|p| Secret::new(p.into_bytes())),
-                            tls,
-                        },
-                        from,
-                        to: c.to,
-                    }
-                }
+                "email" => self.email_channel(&place, c.smtp, c.from, c.to, settings),
                 other => {
                     self.error(
                         place,
@@ -263,6 +158,9 @@ impl Checker<'_> {
                     );
                     continue;
                 }
+            };
+            let Some(kind) = kind else {
+                continue;
             };
             if out
                 .insert(c.id.clone(), Arc::new(Channel { id: c.id, kind }))
@@ -272,6 +170,144 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    /// A `webhook` or `slack` channel: an http(s) URL the egress guard allows (a Slack URL is
+    /// a credential, never shown), and for a webhook its optional signing secret.
+    fn web_channel(
+        &mut self,
+        place: &str,
+        kind: &str,
+        url: Option<&str>,
+        signing: Option<RawSigning>,
+        settings: &Settings,
+    ) -> Option<ChannelKind> {
+        let Some(text) = url else {
+            self.error(
+                place.to_string(),
+                format!("`url` is required for a {kind} channel"),
+            );
+            return None;
+        };
+        let url = match url::Url::parse(text) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
+            _ => {
+                // The URL of a Slack channel is a credential: do not echo it.
+                let shown = if kind == "slack" {
+                    "(hidden)".to_string()
+                } else {
+                    crate::secrets::url::shown(text, &[])
+                };
+                self.error(
+                    place.to_string(),
+                    format!("`url`: `{shown}` is not an http(s) URL"),
+                );
+                return None;
+            }
+        };
+        self.egress_url(place, "url", &url, settings);
+        Some(if kind == "slack" {
+            if signing.is_some() {
+                self.error(
+                    place.to_string(),
+                    "`signing` applies to webhook channels; Slack does not check it",
+                );
+            }
+            ChannelKind::Slack {
+                url: Secret::new(url.as_str().as_bytes().to_vec()),
+            }
+        } else {
+            let signing =
+                signing.and_then(
+                    |s| match crate::deliver::signing::decode_secret(&s.secret) {
+                        Ok(key) => Some(Secret::new(key)),
+                        Err(e) => {
+                            self.error(place.to_string(), format!("`signing.secret`: {e}"));
+                            None
+                        }
+                    },
+                );
+            ChannelKind::Webhook { url, signing }
+        })
+    }
+
+    /// An `email` channel: an SMTP server the egress guard allows, its TLS mode and port, and
+    /// addresses that parse.
+    fn email_channel(
+        &mut self,
+        place: &str,
+        smtp: Option<RawSmtp>,
+        from: Option<String>,
+        to: Vec<String>,
+        settings: &Settings,
+    ) -> Option<ChannelKind> {
+        let Some(smtp) = smtp else {
+            self.error(place.to_string(), "`smtp` is required for an email channel");
+            return None;
+        };
+        let tls = match smtp.tls.as_deref().unwrap_or("starttls") {
+            "none" => SmtpTls::None,
+            "starttls" => SmtpTls::StartTls,
+            "tls" => SmtpTls::Tls,
+            other => {
+                self.error(
+                    place.to_string(),
+                    format!("`smtp.tls`: `{other}` is not one of none, starttls, tls"),
+                );
+                SmtpTls::StartTls
+            }
+        };
+        let port = smtp.port.unwrap_or(match tls {
+            SmtpTls::None => 25,
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+        });
+        match crate::deliver::egress::parse_host(&smtp.host) {
+            None => self.error(
+                place.to_string(),
+                format!(
+                    "`smtp.host`: `{}` is not a host name or an IP address",
+                    smtp.host
+                ),
+            ),
+            Some(host) => {
+                if let Err(refused) = settings.egress.check_host(&host) {
+                    self.error(place.to_string(), format!("`smtp.host`: {refused}"));
+                }
+            }
+        }
+        let Some(from) = from else {
+            self.error(place.to_string(), "`from` is required for an email channel");
+            return None;
+        };
+        for address in std::iter::once(&from).chain(&to) {
+            if address.parse::<lettre::message::Mailbox>().is_err() {
+                self.error(
+                    place.to_string(),
+                    format!("`{address}` is not an email address"),
+                );
+            }
+        }
+        if to.is_empty() {
+            self.error(place.to_string(), "`to` lists no address");
+        }
+        if smtp.username.is_some() != smtp.password.is_some() {
+            self.error(
+                place.to_string(),
+                "`smtp.username` and `smtp.password` go together",
+            );
+        }
+        Some(ChannelKind::Email {
+            smtp: Smtp {
+                host: smtp.host,
+                port,
+                username: smtp.username,
+                password: smtp.password.map(|p| Secret::new(p.into_bytes())),
+                tls,
+            },
+            from,
+            to,
+        })
     }
 
     pub(super) fn alerts(
@@ -338,21 +374,7 @@ impl Checker<'_> {
         sources: &BTreeMap<String, Arc<Source>>,
         destinations: &BTreeMap<String, Arc<Destination>>,
     ) -> Option<Condition> {
-        let set = [
-            w.destination_failing.is_some(),
-            w.failure_ratio.is_some(),
-            w.dead_letters.is_some(),
-            w.source_silent.is_some(),
-            w.backlog_age.is_some(),
-            w.delivery_latency.is_some(),
-            w.destination_paused.is_some(),
-            w.store_unwritable.is_some(),
-        ]
-        .iter()
-        .filter(|s| **s)
-        .count();
-        if set != 1 {
-            self.error(place.to_string(), "`when` takes exactly one of destination_failing, failure_ratio, dead_letters, source_silent, backlog_age, delivery_latency, destination_paused, store_unwritable");
+        if !self.one_condition(place, &w) {
             return None;
         }
         let destination = |c: &mut Self, id: &str| {
@@ -365,37 +387,11 @@ impl Checker<'_> {
         };
         if let Some(f) = w.destination_failing {
             destination(self, &f.destination);
-            if f.consecutive == 0 {
-                self.error(
-                    place.to_string(),
-                    "`destination_failing.consecutive` must be at least 1",
-                );
-            }
-            return Some(Condition::DestinationFailing {
-                destination: f.destination,
-                consecutive: f.consecutive.max(1),
-            });
+            return Some(self.destination_failing(place, f));
         }
         if let Some(r) = w.failure_ratio {
             destination(self, &r.destination);
-            if !(0.0..1.0).contains(&r.above) {
-                self.error(
-                    place.to_string(),
-                    "`failure_ratio.above` is a ratio from 0 to 1 (0.2 is 20%)",
-                );
-            }
-            let window = self.duration(
-                place,
-                "failure_ratio.window",
-                &Some(r.window),
-                Duration::from_secs(300),
-            );
-            return Some(Condition::FailureRatio {
-                destination: r.destination,
-                above: r.above,
-                window,
-                min_attempts: r.min_attempts.unwrap_or(1).max(1),
-            });
+            return Some(self.failure_ratio(place, r));
         }
         if let Some(d) = w.dead_letters {
             if let Some(id) = &d.destination {
@@ -435,23 +431,7 @@ impl Checker<'_> {
         }
         if let Some(l) = w.delivery_latency {
             destination(self, &l.destination);
-            let p99_above = self.duration(
-                place,
-                "delivery_latency.p99_above",
-                &Some(l.p99_above),
-                Duration::from_secs(5),
-            );
-            let window = self.duration(
-                place,
-                "delivery_latency.window",
-                &Some(l.window),
-                Duration::from_secs(300),
-            );
-            return Some(Condition::DeliveryLatency {
-                destination: l.destination,
-                p99_above,
-                window,
-            });
+            return Some(self.delivery_latency(place, l));
         }
         if w.store_unwritable.is_some() {
             return Some(Condition::StoreUnwritable {});
@@ -463,5 +443,84 @@ impl Checker<'_> {
         Some(Condition::DestinationPaused {
             destination: p.destination,
         })
+    }
+
+    /// Whether `when` names exactly one condition; an error when it names none or more.
+    fn one_condition(&mut self, place: &str, w: &RawCondition) -> bool {
+        let set = [
+            w.destination_failing.is_some(),
+            w.failure_ratio.is_some(),
+            w.dead_letters.is_some(),
+            w.source_silent.is_some(),
+            w.backlog_age.is_some(),
+            w.delivery_latency.is_some(),
+            w.destination_paused.is_some(),
+            w.store_unwritable.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if set != 1 {
+            self.error(place.to_string(), "`when` takes exactly one of destination_failing, failure_ratio, dead_letters, source_silent, backlog_age, delivery_latency, destination_paused, store_unwritable");
+            return false;
+        }
+        true
+    }
+
+    /// `destination_failing`: how many failures in a row, at least 1.
+    fn destination_failing(&mut self, place: &str, f: RawFailing) -> Condition {
+        if f.consecutive == 0 {
+            self.error(
+                place.to_string(),
+                "`destination_failing.consecutive` must be at least 1",
+            );
+        }
+        Condition::DestinationFailing {
+            destination: f.destination,
+            consecutive: f.consecutive.max(1),
+        }
+    }
+
+    /// `failure_ratio`: a ratio from 0 to 1 over a window.
+    fn failure_ratio(&mut self, place: &str, r: RawRatio) -> Condition {
+        if !(0.0..1.0).contains(&r.above) {
+            self.error(
+                place.to_string(),
+                "`failure_ratio.above` is a ratio from 0 to 1 (0.2 is 20%)",
+            );
+        }
+        let window = self.duration(
+            place,
+            "failure_ratio.window",
+            &Some(r.window),
+            Duration::from_secs(300),
+        );
+        Condition::FailureRatio {
+            destination: r.destination,
+            above: r.above,
+            window,
+            min_attempts: r.min_attempts.unwrap_or(1).max(1),
+        }
+    }
+
+    /// `delivery_latency`: the p99 to stay under, over a window.
+    fn delivery_latency(&mut self, place: &str, l: RawLatency) -> Condition {
+        let p99_above = self.duration(
+            place,
+            "delivery_latency.p99_above",
+            &Some(l.p99_above),
+            Duration::from_secs(5),
+        );
+        let window = self.duration(
+            place,
+            "delivery_latency.window",
+            &Some(l.window),
+            Duration::from_secs(300),
+        );
+        Condition::DeliveryLatency {
+            destination: l.destination,
+            p99_above,
+            window,
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::expr::Expr;
 use super::template::Template;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::deliver::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
