@@ -4,7 +4,7 @@
 
 use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
-use crate::deliver::egress::EgressClient;
+use crate::egress::EgressClient;
 use crate::deliver::runs::{RunWaker, RunWorkerParts};
 use crate::deliver::{Deliverer, DelivererOptions};
 use crate::engine::sandbox::{Sandbox, WorkerCommand};

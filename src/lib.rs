@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod demo;
+pub mod egress;
 pub mod engine;
 pub mod fuzzing;
 pub mod ids;

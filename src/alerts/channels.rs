@@ -6,7 +6,7 @@ use super::AlertParts;
 use crate::clock::{Millis, rfc3339};
 use crate::config::{AlertRule, Channel, ChannelKind, SmtpTls};
 use crate::deliver::attempt::refused_text;
-use crate::deliver::egress::{EgressPolicy, ResolveError};
+use crate::egress::{EgressPolicy, ResolveError};
 use crate::store::AlertState;
 use std::time::Duration;
 

@@ -102,7 +102,7 @@ pub struct AlertParts {
     pub deliverer: Deliverer,
     pub activity: Arc<SourceActivity>,
     pub metrics: Arc<Metrics>,
-    pub client: crate::deliver::egress::EgressClient,
+    pub client: crate::egress::EgressClient,
     /// Closed when the app is dropped: the evaluator stops with it.
     pub alive: tokio::sync::watch::Receiver<()>,
 }

@@ -219,7 +219,7 @@ impl Checker<'_> {
         } else {
             let signing =
                 signing.and_then(
-                    |s| match crate::deliver::signing::decode_secret(&s.secret) {
+                    |s| match crate::config::secret::decode_secret(&s.secret) {
                         Ok(key) => Some(Secret::new(key)),
                         Err(e) => {
                             self.error(place.to_string(), format!("`signing.secret`: {e}"));
@@ -262,7 +262,7 @@ impl Checker<'_> {
             SmtpTls::StartTls => 587,
             SmtpTls::Tls => 465,
         });
-        match crate::deliver::egress::parse_host(&smtp.host) {
+        match crate::egress::parse_host(&smtp.host) {
             None => self.error(
                 place.to_string(),
                 format!(

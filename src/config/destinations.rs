@@ -3,7 +3,7 @@
 
 use super::raw::{RawBreaker, RawDestination, RawRetry};
 use super::{Checker, Secret, Settings, lower_case};
-use crate::deliver::retry::RetryPolicy;
+use crate::config::retry::RetryPolicy;
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub struct Destination {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub concurrency: usize,
-    pub breaker: crate::deliver::circuit::BreakerConfig,
+    pub breaker: BreakerConfig,
     /// Header and query parameter names (lower case) whose values are secrets besides the
     /// names `secrets::fields` knows.
     pub secret_headers: Vec<String>,
@@ -80,7 +80,7 @@ impl Checker<'_> {
         }
         let signing =
             raw.signing.and_then(
-                |s| match crate::deliver::signing::decode_secret(&s.secret) {
+                |s| match crate::config::secret::decode_secret(&s.secret) {
                     Ok(key) => Some(Secret::new(key)),
                     Err(e) => {
                         self.error(place.to_string(), format!("`signing.secret`: {e}"));
@@ -154,8 +154,8 @@ impl Checker<'_> {
         Some(url)
     }
 
-    fn breaker(&mut self, place: &str, raw: RawBreaker) -> crate::deliver::circuit::BreakerConfig {
-        let d = crate::deliver::circuit::BreakerConfig::default();
+    fn breaker(&mut self, place: &str, raw: RawBreaker) -> BreakerConfig {
+        let d = BreakerConfig::default();
         let failures = raw.failures.unwrap_or(d.failures);
         if failures == 0 {
             self.error(
@@ -174,7 +174,7 @@ impl Checker<'_> {
                 Duration::ZERO,
             )),
         };
-        crate::deliver::circuit::BreakerConfig {
+        BreakerConfig {
             failures: failures.max(1),
             cool_off,
             pause_after,
@@ -206,5 +206,25 @@ impl Checker<'_> {
             );
         }
         policy
+    }
+}
+
+/// A destination's circuit breaker, as configured (`deliver::circuit` runs it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Retryable failures in a row that open the circuit.
+    pub failures: u32,
+    pub cool_off: Duration,
+    /// Pause the destination once it has been failing this long without a success.
+    pub pause_after: Option<Duration>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 10,
+            cool_off: Duration::from_secs(30),
+            pause_after: Some(Duration::from_secs(24 * 3600)),
+        }
     }
 }

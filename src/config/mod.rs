@@ -13,6 +13,7 @@ mod flows;
 pub mod objects;
 mod places;
 mod raw;
+pub mod retry;
 pub mod secret;
 mod settings;
 mod sources;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alerts::{AlertRule, Channel, ChannelKind, Condition, Severity, Smtp, SmtpTls};
-pub use destinations::Destination;
+pub use destinations::{BreakerConfig, Destination};
 pub use flows::Flow;
 pub use objects::{FileLayer, ObjectKind, ObjectSpec, Objects};
 pub use places::Places;

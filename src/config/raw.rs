@@ -284,7 +284,7 @@ pub struct RawRetry {
     pub initial: Option<String>,
     pub max: Option<String>,
     pub multiplier: Option<f64>,
-    pub jitter: Option<crate::deliver::retry::Jitter>,
+    pub jitter: Option<crate::config::retry::Jitter>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

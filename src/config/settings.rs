@@ -4,7 +4,7 @@
 
 use super::Checker;
 use super::raw::{RawConnections, RawEgress, RawExpressions, RawMemory, RawSettings};
-use crate::deliver::egress::{AllowEntry, EgressPolicy, MAX_ALLOW_ENTRIES};
+use crate::egress::{AllowEntry, EgressPolicy, MAX_ALLOW_ENTRIES};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -145,7 +145,7 @@ impl Checker<'_> {
                     &tolerance,
                     Duration::from_secs(300),
                 );
-                match crate::deliver::signing::decode_secret(&secret) {
+                match crate::config::secret::decode_secret(&secret) {
                     Ok(key) => Verify::StandardWebhooks {
                         key: Secret::new(key),
                         tolerance,

@@ -1,7 +1,7 @@
 //! One attempt at one delivery: build the request (signature headers included), send it,
 //! read a bounded part of the answer, and classify the outcome as DESIGN.md says.
 
-use super::egress::{EgressClient, Refused};
+use crate::egress::{EgressClient, Refused};
 use crate::config::Destination;
 use bytes::Bytes;
 use std::time::Duration;
@@ -159,7 +159,7 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()))
+        .and_then(|v| crate::config::retry::parse_retry_after(v, std::time::SystemTime::now()))
 }
 
 /// Headers as a JSON object of strings.
@@ -178,7 +178,7 @@ pub(crate) fn headers_json(
 }
 
 pub(crate) fn describe_error(e: &reqwest::Error) -> String {
-    if let Some(refused) = super::egress::refusal_in(e) {
+    if let Some(refused) = crate::egress::refusal_in(e) {
         return refused_text(refused);
     }
     let kind = if e.is_timeout() {

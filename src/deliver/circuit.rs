@@ -8,27 +8,10 @@
 //! The breaker only decides; the dispatcher holds the jobs and the store keeps the pause.
 
 use crate::clock::Millis;
+pub use crate::config::BreakerConfig;
+pub use crate::store::Pause;
 use std::sync::Mutex;
 use std::time::Duration;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Retryable failures in a row that open the circuit.
-    pub failures: u32,
-    pub cool_off: Duration,
-    /// Pause the destination once it has been failing this long without a success.
-    pub pause_after: Option<Duration>,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failures: 10,
-            cool_off: Duration::from_secs(30),
-            pause_after: Some(Duration::from_secs(24 * 3600)),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Circuit {
@@ -57,15 +40,6 @@ impl Circuit {
             Circuit::HalfOpen => 2,
         }
     }
-}
-
-/// Why a destination is paused.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Pause {
-    /// `api` (by hand) or `auto`.
-    pub by: String,
-    pub reason: String,
-    pub since: Millis,
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 use super::attempt::{
     Outcome, classify, describe_error, headers_json, read_bounded, refused_text, retry_after,
 };
-use super::egress::EgressClient;
+use crate::egress::EgressClient;
 use crate::clock::Millis;
 use crate::engine::HttpRequest;
 use crate::engine::program::{Auth, HttpStep, OAuth2};

@@ -16,9 +16,7 @@
 
 pub mod attempt;
 pub mod circuit;
-pub mod egress;
 pub mod http_step;
-pub mod retry;
 pub mod runs;
 pub mod signing;
 
@@ -103,7 +101,7 @@ pub enum PauseError {
 struct AttemptContext {
     store: Store,
     clock: SharedClock,
-    client: egress::EgressClient,
+    client: crate::egress::EgressClient,
     control: mpsc::UnboundedSender<Control>,
     // A std mutex: held for one random draw, never across an await.
     rng: Mutex<fastrand::Rng>,
@@ -122,7 +120,7 @@ impl Deliverer {
         config: Arc<Config>,
         store: Store,
         clock: SharedClock,
-        client: egress::EgressClient,
+        client: crate::egress::EgressClient,
         options: DelivererOptions,
         runs: runs::RunWaker,
         metrics: Arc<crate::telemetry::Metrics>,

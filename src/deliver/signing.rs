@@ -9,20 +9,7 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Decodes a Standard Webhooks secret (`whsec_` + base64; the prefix is optional).
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = B64
-        .decode(b64)
-        .map_err(|_| "the secret is not `whsec_` followed by base64".to_string())?;
-    if key.len() < 16 {
-        return Err(format!(
-            "the secret holds {} bytes; use at least 16 (24 to 64 is usual)",
-            key.len()
-        ));
-    }
-    Ok(key)
-}
+pub use crate::config::secret::decode_secret;
 
 fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.

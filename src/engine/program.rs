@@ -8,7 +8,7 @@
 use super::expr::Expr;
 use super::template::Template;
 use crate::config::secret::Secret;
-use crate::deliver::retry::RetryPolicy;
+use crate::config::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,16 @@
 //! destination, the last event of each source, paused destinations and alert states.
 
 use super::*;
-use crate::deliver::circuit::Pause;
 use rusqlite::{Connection, params};
+
+/// Why a destination is paused.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pause {
+    /// `api` (by hand) or `auto`.
+    pub by: String,
+    pub reason: String,
+    pub since: Millis,
+}
 
 pub fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Pause)>, StoreError> {
     let mut stmt = conn.prepare_cached(

@@ -312,7 +312,7 @@ pub(crate) enum WriteOp {
     /// `pause: None` resumes.
     SetPaused {
         destination_id: String,
-        pause: Option<crate::deliver::circuit::Pause>,
+        pause: Option<Pause>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     SaveAlert {
@@ -662,7 +662,7 @@ impl Store {
     pub async fn set_paused(
         &self,
         destination_id: &str,
-        pause: Option<crate::deliver::circuit::Pause>,
+        pause: Option<Pause>,
     ) -> Result<(), StoreError> {
         self.ask(|reply| WriteOp::SetPaused {
             destination_id: destination_id.to_string(),

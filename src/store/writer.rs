@@ -866,7 +866,7 @@ fn save_run_rows(
 fn set_paused(
     tx: &Connection,
     destination_id: &str,
-    pause: Option<&crate::deliver::circuit::Pause>,
+    pause: Option<&Pause>,
 ) -> Result<(), StoreError> {
     match pause {
         Some(p) => tx
