@@ -465,13 +465,18 @@ impl Worker {
                 turn.step_attempts = 0;
                 return Ok(turn);
             }
-            super::attempt::Outcome::Retryable => {
+            outcome => {
+                // Drawn for every failed attempt, retryable or not, so that a seeded
+                // generator gives the same delays whatever failed before.
                 let unit = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
-                step.retry
-                    .next_delay(turn.step_attempts, response.retry_after, unit)
-                    .map(|d| finished + d.as_millis() as i64)
+                match outcome {
+                    super::attempt::Outcome::Retryable => step
+                        .retry
+                        .next_delay(turn.step_attempts, response.retry_after, unit)
+                        .map(|d| finished + d.as_millis() as i64),
+                    _ => None,
+                }
             }
-            _ => None,
         };
         let error = response.error.clone().unwrap_or_default();
         let status = if retry_at.is_some() {

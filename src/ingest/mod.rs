@@ -126,7 +126,10 @@ pub async fn receive(
         received_at: app.clock.now_ms(),
     };
     events::event_received(&app.metrics, source_label);
-    match intake.take(body).await {
+    // The body's share of the ingest budget, held until the request is answered (a refused
+    // body's bytes still count while its rejected-log copy is taken).
+    let mut held = None;
+    match intake.take(body, &mut held).await {
         Ok(answer) => answer,
         Err(refusal) => intake.refuse(refusal).await,
     }
@@ -134,9 +137,10 @@ pub async fn receive(
 
 impl Intake<'_> {
     /// The path of an event, step by step.
-    async fn take(&self, body: Body) -> Result<Response, Refusal> {
+    async fn take(&self, body: Body, held: &mut Option<Share>) -> Result<Response, Refusal> {
         let source = self.source()?;
         let (bytes, share) = self.read_body(body).await?;
+        *held = Some(share);
         self.verify(&source, &bytes)?;
         let event_type = self.parse_and_find_type(&source, &bytes).await?;
         self.validate(&event_type, &bytes)?;
@@ -153,7 +157,7 @@ impl Intake<'_> {
             payload: bytes,
         };
         let plan = self.plan(&event, &kept_headers).await?;
-        self.commit(event, plan, share).await
+        self.commit(event, plan, held).await
     }
 
     fn source(&self) -> Result<Arc<Source>, Refusal> {
@@ -385,11 +389,12 @@ impl Intake<'_> {
         &self,
         mut event: NewEvent,
         plan: Plan,
-        mut share: Share,
+        held: &mut Option<Share>,
     ) -> Result<Response, Refusal> {
         // What the plan adds to the write (bodies made by transforms, run contexts) is counted
         // with the event's body.
-        if !share.try_grow(plan_bytes(&plan)) {
+        let grown = held.as_mut().is_some_and(|s| s.try_grow(plan_bytes(&plan)));
+        if !grown {
             return Err(Refusal::not_taken(short_of_memory(
                 self.app.ingest_budget.limit(),
             )));
@@ -429,7 +434,9 @@ impl Intake<'_> {
             event.source.clone(),
         );
         // The body's share rides with it into the writer's queue.
-        event.payload = share.attach(event.payload);
+        if let Some(share) = held.take() {
+            event.payload = share.attach(event.payload);
+        }
         let outcome = self
             .app
             .store
