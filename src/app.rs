@@ -4,9 +4,9 @@
 
 use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
-use crate::egress::EgressClient;
 use crate::deliver::runs::{RunWaker, RunWorkerParts};
 use crate::deliver::{Deliverer, DelivererOptions};
+use crate::egress::EgressClient;
 use crate::engine::sandbox::{Sandbox, WorkerCommand};
 use crate::store::{Store, StoreOptions};
 use axum::Router;

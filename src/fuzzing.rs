@@ -382,7 +382,7 @@ fn assert_kept_headers(headers: &HeaderMap, scheme: &Verify) {
     };
     let unstored = |name: &str| {
         UNSTORED_HEADERS.contains(&name)
-            || crate::secrets::is_secret_header(name)
+            || crate::config::redact::is_secret_header(name)
             || signed_in == Some(name)
     };
     assert!(

@@ -169,7 +169,7 @@ fn unmask(
     spec: &mut Value,
     old: Option<&Value>,
 ) -> Result<(), ApiError> {
-    let missing = crate::secrets::fields::restore_masked(kind, spec, old);
+    let missing = crate::config::redact::fields::restore_masked(kind, spec, old);
     if missing.is_empty() {
         return Ok(());
     }
@@ -179,7 +179,7 @@ fn unmask(
         format!(
             "{} `{id}`: a secret written as the mask `{}` is kept only where one is stored and still goes to the same receiver: {}",
             kind.noun(),
-            crate::secrets::MASK,
+            crate::config::redact::MASK,
             missing.join("; ")
         ),
     ))

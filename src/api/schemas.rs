@@ -3,7 +3,7 @@
 //! one list, `secrets::fields::FIELDS`), and the answers of replays and retries. The handlers'
 //! annotations and the document (`openapi.rs`) both look down at them.
 
-use crate::secrets::fields::{FIELDS, Holder, How, SECRET_HEADERS, SECRET_QUERY_PARAMS};
+use crate::config::redact::fields::{FIELDS, Holder, How, SECRET_HEADERS, SECRET_QUERY_PARAMS};
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa::openapi::{RefOr, schema::Schema};

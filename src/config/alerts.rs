@@ -196,7 +196,7 @@ impl Checker<'_> {
                 let shown = if kind == "slack" {
                     "(hidden)".to_string()
                 } else {
-                    crate::secrets::url::shown(text, &[])
+                    crate::config::redact::url::shown(text, &[])
                 };
                 self.error(
                     place.to_string(),
@@ -218,15 +218,13 @@ impl Checker<'_> {
             }
         } else {
             let signing =
-                signing.and_then(
-                    |s| match crate::config::secret::decode_secret(&s.secret) {
-                        Ok(key) => Some(Secret::new(key)),
-                        Err(e) => {
-                            self.error(place.to_string(), format!("`signing.secret`: {e}"));
-                            None
-                        }
-                    },
-                );
+                signing.and_then(|s| match crate::config::secret::decode_secret(&s.secret) {
+                    Ok(key) => Some(Secret::new(key)),
+                    Err(e) => {
+                        self.error(place.to_string(), format!("`signing.secret`: {e}"));
+                        None
+                    }
+                });
             ChannelKind::Webhook { url, signing }
         })
     }

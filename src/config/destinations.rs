@@ -26,12 +26,12 @@ pub struct Destination {
 impl Destination {
     /// Whether the value of the destination's header `name` is a secret.
     pub fn secret_header(&self, name: &str) -> bool {
-        crate::secrets::fields::is_secret_header_or_listed(name, &self.secret_headers)
+        crate::config::redact::fields::is_secret_header_or_listed(name, &self.secret_headers)
     }
 
     /// The URL as reads and errors show it: its secret parts masked.
     pub fn shown_url(&self) -> String {
-        crate::secrets::url::shown(self.url.as_str(), &self.secret_query_params)
+        crate::config::redact::url::shown(self.url.as_str(), &self.secret_query_params)
     }
 }
 
@@ -79,15 +79,14 @@ impl Checker<'_> {
             }
         }
         let signing =
-            raw.signing.and_then(
-                |s| match crate::config::secret::decode_secret(&s.secret) {
+            raw.signing
+                .and_then(|s| match crate::config::secret::decode_secret(&s.secret) {
                     Ok(key) => Some(Secret::new(key)),
                     Err(e) => {
                         self.error(place.to_string(), format!("`signing.secret`: {e}"));
                         None
                     }
-                },
-            );
+                });
         let timeout = self.duration_at_least(
             place,
             "timeout",
@@ -142,7 +141,7 @@ impl Checker<'_> {
                 return None;
             }
             Err(e) => {
-                let shown = crate::secrets::url::shown(&url_text, secret_query_params);
+                let shown = crate::config::redact::url::shown(&url_text, secret_query_params);
                 self.error(
                     place.to_string(),
                     format!("`url`: `{shown}` is not a URL ({e})"),

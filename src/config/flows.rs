@@ -304,8 +304,10 @@ impl Checker<'_> {
         let host_fixed = prefix
             .split_once("://")
             .is_some_and(|(_, rest)| rest.contains(['/', '?']) || prefix.len() == raw.url.len());
-        let shown_url =
-            crate::secrets::url::shown(&raw.url, &lower_case(raw.secret_query_params.clone()));
+        let shown_url = crate::config::redact::url::shown(
+            &raw.url,
+            &lower_case(raw.secret_query_params.clone()),
+        );
         if !host_fixed {
             self.error(place.to_string(), format!("`http.url`: `{shown_url}` must start with a fixed `http(s)://host/`; placeholders may fill the path and query, not the host"));
         } else {
@@ -421,7 +423,7 @@ impl Checker<'_> {
         let token_url = match url::Url::parse(&o.token_url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
             _ => {
-                let shown = crate::secrets::url::shown(&o.token_url, &[]);
+                let shown = crate::config::redact::url::shown(&o.token_url, &[]);
                 self.error(place.to_string(), format!("`http.auth.oauth2_client_credentials.token_url`: `{shown}` is not an http(s) URL"));
                 return None;
             }

@@ -13,6 +13,7 @@ mod flows;
 pub mod objects;
 mod places;
 mod raw;
+pub mod redact;
 pub mod retry;
 pub mod secret;
 mod settings;
@@ -200,7 +201,7 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
             vec![ConfigError {
                 place,
                 // A value in the wrong place may be a secret: the message does not quote it.
-                message: crate::secrets::without_quoted_values(&e.to_string()),
+                message: crate::config::redact::without_quoted_values(&e.to_string()),
             }],
             Vec::new(),
         )
@@ -267,7 +268,7 @@ fn add_raw_object(raw: &mut RawConfig, object: &ObjectSpec) -> Result<(), String
     if spec.get(id_field).and_then(|v| v.as_str()) != Some(object.id.as_str()) {
         return Err(format!("`{id_field}` must be `{}`", object.id));
     }
-    let shape = |e: serde_json::Error| crate::secrets::without_quoted_values(&e.to_string());
+    let shape = |e: serde_json::Error| crate::config::redact::without_quoted_values(&e.to_string());
     match object.kind {
         ObjectKind::Source => raw
             .sources

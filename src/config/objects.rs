@@ -177,11 +177,11 @@ fn canonical(value: &Value) -> Value {
     }
 }
 
-pub use crate::secrets::MASK;
+pub use crate::config::redact::MASK;
 
 /// The spec with its secrets masked, as every read shows it (`secrets::fields` says which).
 pub fn masked(kind: ObjectKind, spec: &Value) -> Value {
-    crate::secrets::fields::masked(kind, spec)
+    crate::config::redact::fields::masked(kind, spec)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! One attempt at one delivery: build the request (signature headers included), send it,
 //! read a bounded part of the answer, and classify the outcome as DESIGN.md says.
 
-use crate::egress::{EgressClient, Refused};
 use crate::config::Destination;
+use crate::egress::{EgressClient, Refused};
 use bytes::Bytes;
 use std::time::Duration;
 

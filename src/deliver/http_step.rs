@@ -5,8 +5,8 @@
 use super::attempt::{
     Outcome, classify, describe_error, headers_json, read_bounded, refused_text, retry_after,
 };
-use crate::egress::EgressClient;
 use crate::clock::Millis;
+use crate::egress::EgressClient;
 use crate::engine::HttpRequest;
 use crate::engine::program::{Auth, HttpStep, OAuth2};
 use std::collections::HashMap;
@@ -104,7 +104,7 @@ async fn fetch_token(
         .map_err(|e| {
             format!(
                 "token request to {}: {}",
-                crate::secrets::url::shown(oauth.token_url.as_str(), &[]),
+                crate::config::redact::url::shown(oauth.token_url.as_str(), &[]),
                 describe_error(&e)
             )
         })?;
@@ -113,7 +113,7 @@ async fn fetch_token(
     if !(200..300).contains(&status) {
         return Err(format!(
             "token request to {} answered HTTP {status}",
-            crate::secrets::url::shown(oauth.token_url.as_str(), &[])
+            crate::config::redact::url::shown(oauth.token_url.as_str(), &[])
         ));
     }
     #[derive(serde::Deserialize)]
@@ -122,10 +122,10 @@ async fn fetch_token(
         expires_in: Option<i64>,
     }
     let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-        let e = crate::secrets::without_quoted_values(&e.to_string());
+        let e = crate::config::redact::without_quoted_values(&e.to_string());
         format!(
             "token response from {} is not an OAuth2 token ({e})",
-            crate::secrets::url::shown(oauth.token_url.as_str(), &[])
+            crate::config::redact::url::shown(oauth.token_url.as_str(), &[])
         )
     })?;
     Ok(CachedToken {

@@ -306,7 +306,7 @@ impl HttpRequest {
         idempotency_key: String,
     ) -> Result<HttpRequest, String> {
         // A worker runs untrusted code: what it answers is checked like input.
-        let shown = |url: &str| crate::secrets::url::shown(url, &step.secret_query_params);
+        let shown = |url: &str| crate::config::redact::url::shown(url, &step.secret_query_params);
         if !rendered.url.starts_with(step.url.literal_prefix()) {
             return Err(format!(
                 "url `{}` does not start with the step's fixed `{}`",
@@ -327,7 +327,7 @@ impl HttpRequest {
         for ((name, _), text) in step.headers.iter().zip(rendered.headers) {
             let value = reqwest::header::HeaderValue::from_str(&text).map_err(|_| {
                 let text = if step.secret_header(name.as_str()) {
-                    crate::secrets::MASK
+                    crate::config::redact::MASK
                 } else {
                     &text
                 };
@@ -358,7 +358,7 @@ fn delivery_preview(
     headers.insert("content-type".into(), "application/json".into());
     for (n, v) in &dest.headers {
         let shown = if dest.secret_header(n.as_str()) {
-            crate::secrets::MASK.to_string()
+            crate::config::redact::MASK.to_string()
         } else {
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         };

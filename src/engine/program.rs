@@ -7,8 +7,8 @@
 
 use super::expr::Expr;
 use super::template::Template;
-use crate::config::secret::Secret;
 use crate::config::retry::RetryPolicy;
+use crate::config::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +100,7 @@ pub struct HttpStep {
 impl HttpStep {
     /// Whether the value of the step's header `name` is a secret.
     pub fn secret_header(&self, name: &str) -> bool {
-        crate::secrets::fields::is_secret_header_or_listed(name, &self.secret_headers)
+        crate::config::redact::fields::is_secret_header_or_listed(name, &self.secret_headers)
     }
 }
 
@@ -113,7 +113,7 @@ impl Auth {
             Auth::ApiKey { header, .. } => format!("api key in {header}"),
             Auth::OAuth2(o) => format!(
                 "oauth2 token from {}",
-                crate::secrets::url::shown(o.token_url.as_str(), &[])
+                crate::config::redact::url::shown(o.token_url.as_str(), &[])
             ),
         }
     }

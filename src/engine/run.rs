@@ -337,7 +337,7 @@ impl Rendered {
         let mut headers = serde_json::Map::new();
         for ((name, _), value) in step.headers.iter().zip(&self.headers) {
             let shown = if step.secret_header(name.as_str()) {
-                crate::secrets::MASK
+                crate::config::redact::MASK
             } else {
                 value
             };
@@ -349,7 +349,7 @@ impl Rendered {
         }
         serde_json::json!({
             "method": step.method.as_str(),
-            "url": crate::secrets::url::shown(&self.url, &step.secret_query_params),
+            "url": crate::config::redact::url::shown(&self.url, &step.secret_query_params),
             "headers": headers,
             "body": self.body.as_ref().map(|b| serde_json::from_slice::<serde_json::Value>(b).unwrap_or(serde_json::Value::Null)),
         })
@@ -379,7 +379,7 @@ fn render(run: &mut Running<'_, '_>, step: &HttpStep) -> Result<Rendered, String
         .render(run.programs, &input, &scope, Escape::UrlComponent)
         .map_err(|e| format!("url: {e}"))?;
     if let Err(e) = url::Url::parse(&url) {
-        let shown = crate::secrets::url::shown(&url, &step.secret_query_params);
+        let shown = crate::config::redact::url::shown(&url, &step.secret_query_params);
         return Err(format!("url `{shown}` is not a URL ({e})"));
     }
     let mut headers = Vec::with_capacity(step.headers.len());
@@ -389,7 +389,7 @@ fn render(run: &mut Running<'_, '_>, step: &HttpStep) -> Result<Rendered, String
             .map_err(|e| format!("header `{name}`: {e}"))?;
         if reqwest::header::HeaderValue::from_str(&text).is_err() {
             let shown = if step.secret_header(name.as_str()) {
-                crate::secrets::MASK
+                crate::config::redact::MASK
             } else {
                 &text
             };

@@ -33,7 +33,7 @@ impl<'a> KeptHeaders<'a> {
             let name = name.as_str();
             if UNSTORED_HEADERS.contains(&name)
                 || signed_in == Some(name)
-                || crate::secrets::is_secret_header(name)
+                || crate::config::redact::is_secret_header(name)
             {
                 continue;
             }

@@ -10,8 +10,8 @@
 //! values tell which of the two keys is in use. Under the new key (the rotation committed), the
 //! next file replaces the key file; otherwise (it did not) the next file is removed.
 
-use super::fields;
 use super::seal::{self, KeyError, OpenError, SecretKey, Site};
+use crate::config::redact::fields;
 use crate::config::{ObjectKind, ObjectSpec};
 use crate::store::StoredObject;
 use serde_json::Value;

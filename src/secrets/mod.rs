@@ -1,72 +1,16 @@
-//! Secrets: which fields hold them (`fields`, the one list that sealing, masking and the
-//! OpenAPI document read), how they are sealed at rest (`seal`: XChaCha20-Poly1305, the
-//! secret's place as associated data), where the key comes from and how the stored secrets are
-//! opened at start (`keys`), `ferry secrets rotate` (`rotate`), and the secret parts of URLs
-//! (`url`), masked wherever a URL is shown.
+//! Secrets at rest: how they are sealed (`seal`: XChaCha20-Poly1305, the secret's place as
+//! associated data), where the key comes from and how the stored secrets are opened at start
+//! (`keys`), and `ferry secrets rotate` (`rotate`). Which fields hold secrets and how they are
+//! masked is the config's (`config::redact`), read by sealing, masking and the OpenAPI
+//! document alike.
 //!
 //! **Invariant:** a config object's secrets reach the store only sealed, and leave the process
 //! (API answers, the flow test, errors, logs) only masked. The in-memory config holds them
 //! opened, as `config::Secret` once checked.
 
-pub mod fields;
 pub mod keys;
 pub mod rotate;
 pub mod seal;
-pub mod url;
 
-pub use fields::{MASK, is_secret_header, is_secret_query_param};
 pub use keys::{KEY_ENV, NEW_KEY_ENV, Sealer, UnlockError, key_from_env, unlock};
 pub use seal::{KeyError, SecretKey};
-
-/// A message from serde (a YAML or JSON shape error) without the string values it quotes
-/// (`invalid type: string "whsec_..."` becomes `invalid type: a string`): such a value may be
-/// a secret written in the wrong place.
-pub fn without_quoted_values(message: &str) -> String {
-    const QUOTED: &str = "string \"";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find(QUOTED) {
-        out.push_str(&rest[..at]);
-        out.push_str("a string");
-        let mut chars = rest[at + QUOTED.len()..].char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    chars.next();
-                }
-                '"' => {
-                    end = Some(at + QUOTED.len() + i + 1);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        match end {
-            Some(e) => rest = &rest[e..],
-            None => {
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn serde_messages_lose_their_quoted_values() {
-        assert_eq!(
-            super::without_quoted_values(
-                r#"invalid type: string "whsec_a\"b", expected struct RawSigning at line 3"#
-            ),
-            "invalid type: a string, expected struct RawSigning at line 3"
-        );
-        assert_eq!(
-            super::without_quoted_values("unknown field `x`"),
-            "unknown field `x`"
-        );
-        assert_eq!(super::without_quoted_values(r#"string "open"#), "a string");
-    }
-}

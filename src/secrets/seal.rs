@@ -10,8 +10,7 @@ use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-/// How every sealed value starts.
-pub const SEALED: &str = "sealed:";
+pub use crate::config::redact::fields::SEALED;
 /// The format this Ferry writes and reads.
 const V1: &str = "sealed:v1:";
 const NONCE_LEN: usize = 24;

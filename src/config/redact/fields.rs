@@ -262,10 +262,13 @@ pub enum PlaceKind {
     Url(Vec<String>),
 }
 
+/// How a sealed value starts (`secrets::seal` writes and opens them).
+pub const SEALED: &str = "sealed:";
+
 /// Whether a stored string is a sealed value (`sealed:...`): such a string at a field of the
 /// list is always a place, so that it is opened (and sealed again on write) whatever its name.
 fn looks_sealed(text: &str) -> bool {
-    text.starts_with(super::seal::SEALED)
+    text.starts_with(SEALED)
 }
 
 /// Every secret's place in `spec`, an object of `kind` as written: the fields of [`FIELDS`]
