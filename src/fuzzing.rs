@@ -7,9 +7,9 @@
 //! worker's) and runs it where production runs it, in an expression worker behind
 //! [`Sandbox`], under short limits.
 
+use crate::config::expr::{Expr, MAX_EXPRESSION_SIZE};
 use crate::config::{self, ConfigErrors, Secret, SignatureEncoding, Verify};
 use crate::deliver::signing;
-use crate::engine::expr::{Expr, MAX_EXPRESSION_SIZE};
 use crate::engine::jq;
 use crate::engine::sandbox::{Limits, Sandbox, SandboxError, WorkerCommand};
 use crate::ingest::{self, KeptHeaders, UNSTORED_HEADERS, verify};

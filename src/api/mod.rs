@@ -470,7 +470,7 @@ pub(super) fn given(value: &Option<String>) -> Option<&str> {
 fn payload_filter(
     jq: Option<&str>,
     field_match: Option<&str>,
-) -> Result<Option<crate::engine::expr::Expr>, ApiError> {
+) -> Result<Option<crate::config::expr::Expr>, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
     let code = match (jq, field_match) {
         (None, None) => return Ok(None),
@@ -495,7 +495,7 @@ fn payload_filter(
             format!("{selector}? == {value}")
         }
     };
-    crate::engine::expr::Expr::new(&code)
+    crate::config::expr::Expr::new(&code)
         .map(Some)
         .map_err(|e| {
             bad(format!(

@@ -2,7 +2,7 @@
 //! failed run matching a filter, and a side-effect-free test of a flow on an event.
 
 use super::error::ApiError;
-use crate::engine::program::Op;
+use crate::config::program::Op;
 use crate::state::AppState;
 use crate::store::{FailedRunFilter, ReplayOutcome, RunReplay};
 use axum::Json;

@@ -6,7 +6,7 @@ use super::raw::{RawAuth, RawCase, RawDelay, RawDeliver, RawFlow, RawHttp, RawSt
 use super::{
     Checker, Destination, EventType, Secret, Settings, Source, lower_case, parse_duration, valid_id,
 };
-use crate::engine::program::{Auth, Delay, HttpStep, Instr, OAuth2, Op, Program, Target};
+use crate::config::program::{Auth, Delay, HttpStep, Instr, OAuth2, Op, Program, Target};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ impl Checker<'_> {
         let program = Program {
             instrs: builder.instrs,
         };
-        let (wire, wire_digest) = crate::engine::sandbox::wire_program(&program);
+        let (wire, wire_digest) = super::program::wire_program(&program);
         Some(Flow {
             id: raw.id,
             source: raw.on.source,

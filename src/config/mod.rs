@@ -9,24 +9,28 @@
 
 mod alerts;
 mod destinations;
+pub mod expr;
 mod flows;
+pub mod kind;
 pub mod objects;
 mod places;
+pub mod program;
 mod raw;
 pub mod redact;
 pub mod retry;
 pub mod secret;
 mod settings;
 mod sources;
+pub mod template;
 
-use crate::engine::expr::Expr;
-use crate::engine::template::Template;
+use expr::Expr;
 use raw::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use template::Template;
 
 pub use alerts::{AlertRule, Channel, ChannelKind, Condition, Severity, Smtp, SmtpTls};
 pub use destinations::{BreakerConfig, Destination};
@@ -37,7 +41,8 @@ pub use secret::Secret;
 pub use settings::{
     ConnectionLimits, DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_DELIVERY_BYTES, DEFAULT_INGEST_BYTES,
     DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_CONNECTIONS, DEFAULT_REJECTED_LOG_SIZE, DEFAULT_RETENTION,
-    MAX_CONNECTIONS_LIMIT, MIN_RETENTION, MemoryLimits, RetentionLimits, Settings,
+    ExpressionLimits, MAX_CONNECTIONS_LIMIT, MIN_RETENTION, MemoryLimits, RetentionLimits,
+    Settings,
 };
 pub(crate) use sources::compile_schema;
 pub use sources::{EventType, FieldRef, SignatureEncoding, Source, Verify};

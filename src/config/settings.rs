@@ -20,7 +20,7 @@ pub struct Settings {
     /// How often alert rules are evaluated.
     pub alert_interval: Duration,
     /// The expression workers: how many, and the limits they run under.
-    pub expressions: crate::engine::sandbox::Limits,
+    pub expressions: ExpressionLimits,
     pub memory: MemoryLimits,
     pub connections: ConnectionLimits,
     /// How long finished work, dead letters and bodies are kept.
@@ -178,12 +178,8 @@ impl Checker<'_> {
         }
     }
 
-    fn expression_limits(
-        &mut self,
-        place: &str,
-        raw: RawExpressions,
-    ) -> crate::engine::sandbox::Limits {
-        let default = crate::engine::sandbox::Limits::default();
+    fn expression_limits(&mut self, place: &str, raw: RawExpressions) -> ExpressionLimits {
+        let default = ExpressionLimits::default();
         let workers = raw.workers.unwrap_or(default.workers as u64);
         if !(1..=64).contains(&workers) {
             self.error(
@@ -219,7 +215,7 @@ impl Checker<'_> {
                 format!("`expressions.queue`: {queue} is not between 1 and 1000000"),
             );
         }
-        crate::engine::sandbox::Limits {
+        ExpressionLimits {
             workers: workers.clamp(1, 64) as usize,
             time,
             memory_bytes: memory_mb.clamp(64, 65_536) * 1024 * 1024,
@@ -312,5 +308,30 @@ impl Checker<'_> {
             );
         }
         EgressPolicy::new(allow_private, entries)
+    }
+}
+
+/// How many workers, and the limits each request and worker runs under
+/// (`settings.expressions` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpressionLimits {
+    pub workers: usize,
+    /// Wall-clock time of one request (all the pure steps of a run between two I/O steps,
+    /// or one batch of payloads for a filter).
+    pub time: Duration,
+    /// Address space of one worker, in bytes.
+    pub memory_bytes: u64,
+    /// Requests that may wait for a free worker; past that, requests are refused at once.
+    pub queue: usize,
+}
+
+impl Default for ExpressionLimits {
+    fn default() -> Self {
+        ExpressionLimits {
+            workers: 2,
+            time: Duration::from_secs(1),
+            memory_bytes: 512 * 1024 * 1024,
+            queue: 1024,
+        }
     }
 }

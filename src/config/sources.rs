@@ -4,7 +4,7 @@
 
 use super::raw::{RawEventType, RawField, RawSource, RawVerify};
 use super::{Checker, Secret, objects};
-use crate::engine::expr::Expr;
+use crate::config::expr::Expr;
 use std::fmt;
 use std::time::Duration;
 

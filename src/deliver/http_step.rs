@@ -6,9 +6,9 @@ use super::attempt::{
     Outcome, classify, describe_error, headers_json, read_bounded, refused_text, retry_after,
 };
 use crate::clock::Millis;
+use crate::config::program::{Auth, HttpStep, OAuth2};
 use crate::egress::EgressClient;
 use crate::engine::HttpRequest;
-use crate::engine::program::{Auth, HttpStep, OAuth2};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

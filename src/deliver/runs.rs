@@ -11,8 +11,8 @@
 use super::Deliverer;
 use super::http_step::{StepResponse, TokenCache, perform};
 use crate::clock::{Millis, SharedClock};
+use crate::config::program::{HttpStep, Op};
 use crate::config::{Flow, LiveConfig};
-use crate::engine::program::{HttpStep, Op};
 use crate::engine::sandbox::Sandbox;
 use crate::engine::{self, EventInfo, RunContext, StepRecord, step_label};
 use crate::store::{DeliveryJob, NewStepAttempt, RunRow, RunSave, Store, StoreError};
@@ -620,7 +620,7 @@ impl Worker {
 }
 
 fn record(
-    instr: &crate::engine::program::Instr,
+    instr: &crate::config::program::Instr,
     pc: usize,
     now: Millis,
     status: &str,

@@ -5,7 +5,7 @@
 //! allocate without bound or never finish, and only a process that can be killed and replaced
 //! may run it.
 
-use super::expr::Expr;
+use crate::config::expr::Expr;
 use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::{BinaryOp, Pattern, Term};
 use jaq_core::load::{Arena, File, Loader};

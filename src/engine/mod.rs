@@ -11,15 +11,13 @@
 //! **Invariant:** the engine does no I/O. It returns rows and requests; the store commits them
 //! and `deliver` performs them.
 
-pub mod expr;
 pub mod jq;
-pub mod program;
 pub mod run;
 pub mod sandbox;
 pub mod template;
 
 use crate::clock::{Millis, rfc3339};
-use crate::config::{Config, Flow};
+use crate::config::{Config, Flow, program};
 use crate::store::{Body, BodyIds, NewDelivery, NewRun};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -3,12 +3,12 @@
 //! they run in an expression worker; the server runs [`advance`] itself only for programs
 //! without expressions, with [`Programs::refusing`] to make sure.
 
-use super::expr::Expr;
 use super::jq::{Programs, Scope, Value, parse_value, truthy};
-use super::program::{Delay, HttpStep, Op, Program, Target};
-use super::template::Escape;
+use super::template::{Escape, render as render_template};
 use super::{Advance, MAX_OUTPUT_SIZE, PlannedDelivery, RunContext, StepRecord, Stop, step_label};
 use crate::clock::{Millis, rfc3339};
+use crate::config::expr::Expr;
+use crate::config::program::{Delay, HttpStep, Op, Program, Target};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -374,18 +374,21 @@ pub fn render_http(
 fn render(run: &mut Running<'_, '_>, step: &HttpStep) -> Result<Rendered, String> {
     let scope = run.scope()?;
     let input = run.payload()?.clone();
-    let url = step
-        .url
-        .render(run.programs, &input, &scope, Escape::UrlComponent)
-        .map_err(|e| format!("url: {e}"))?;
+    let url = render_template(
+        &step.url,
+        run.programs,
+        &input,
+        &scope,
+        Escape::UrlComponent,
+    )
+    .map_err(|e| format!("url: {e}"))?;
     if let Err(e) = url::Url::parse(&url) {
         let shown = crate::config::redact::url::shown(&url, &step.secret_query_params);
         return Err(format!("url `{shown}` is not a URL ({e})"));
     }
     let mut headers = Vec::with_capacity(step.headers.len());
     for (name, template) in &step.headers {
-        let text = template
-            .render(run.programs, &input, &scope, Escape::None)
+        let text = render_template(template, run.programs, &input, &scope, Escape::None)
             .map_err(|e| format!("header `{name}`: {e}"))?;
         if reqwest::header::HeaderValue::from_str(&text).is_err() {
             let shown = if step.secret_header(name.as_str()) {

@@ -1,6 +1,6 @@
 use super::*;
+use crate::config::program::Op;
 use crate::engine::jq::{Programs, parse_value};
-use crate::engine::program::Op;
 
 /// A config loaded and its expressions compiled here, as a worker would.
 fn checked(yaml: &str) -> Result<Config, crate::config::ConfigErrors> {
@@ -344,7 +344,7 @@ fn the_documented_jq_helpers_work() {
         (r#"now > 0"#, "true"),
         (r#".email | test("@x\\.io$")"#, "true"),
     ] {
-        let expr = expr::Expr::new(code).unwrap_or_else(|e| panic!("{code}: {e}"));
+        let expr = crate::config::expr::Expr::new(code).unwrap_or_else(|e| panic!("{code}: {e}"));
         let out = Programs::default()
             .first(&expr, &input, &jq::Scope::default())
             .unwrap_or_else(|e| panic!("{code}: {e}"))

@@ -365,7 +365,7 @@ flows:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once_and_killed_workers_are_replaced() {
-    use ferry::engine::expr::Expr;
+    use ferry::config::expr::Expr;
     use ferry::engine::sandbox::{Limits, Sandbox, SandboxError};
     let limit = Duration::from_millis(300);
     let sandbox = Sandbox::new(

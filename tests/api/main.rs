@@ -18,6 +18,7 @@ mod flows;
 mod fuzz_corpus;
 mod hostile;
 mod idempotency;
+mod layers;
 mod limits;
 mod openapi;
 mod overload;

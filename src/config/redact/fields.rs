@@ -6,7 +6,7 @@
 //! from the config file only, are held as `config::Secret`, and are never stored or shown.
 
 use super::url;
-use crate::config::ObjectKind;
+use crate::config::kind::ObjectKind;
 use serde_json::Value;
 
 /// Shown instead of a secret, and taken back on update as "keep the stored secret".

@@ -15,9 +15,9 @@ pub mod protocol;
 pub mod worker;
 
 use crate::clock::Millis;
+use crate::config::expr::Expr;
+use crate::config::program::Op;
 use crate::config::{Config, ConfigError, ConfigErrors, ExprSite, Flow};
-use crate::engine::expr::Expr;
-use crate::engine::program::{Op, Program};
 use crate::engine::{Advance, EventInfo, HttpRequest, Plan, RunContext, Stop, TestReport};
 use bytes::Bytes;
 use protocol::{Context, ProgramRef, Ran, Request, Response};
@@ -50,30 +50,7 @@ impl SandboxError {
     }
 }
 
-/// How many workers, and the limits each request and worker runs under
-/// (`settings.expressions` in the config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub workers: usize,
-    /// Wall-clock time of one request (all the pure steps of a run between two I/O steps,
-    /// or one batch of payloads for a filter).
-    pub time: Duration,
-    /// Address space of one worker, in bytes.
-    pub memory_bytes: u64,
-    /// Requests that may wait for a free worker; past that, requests are refused at once.
-    pub queue: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            workers: 2,
-            time: Duration::from_secs(1),
-            memory_bytes: 512 * 1024 * 1024,
-            queue: 1024,
-        }
-    }
-}
+pub use crate::config::ExpressionLimits as Limits;
 
 /// The program a worker is started from, and its arguments before the limits.
 #[derive(Debug, Clone)]
@@ -646,11 +623,4 @@ fn ctx_after(before: &RunContext, mut ran: Ran) -> (Advance, RunContext) {
     (ran.advance, ctx)
 }
 
-/// A flow's program as the JSON a worker reads, and a digest of that text.
-pub fn wire_program(program: &Program) -> (Arc<str>, u64) {
-    use std::hash::{Hash, Hasher};
-    let text = serde_json::to_string(program).unwrap_or_else(|_| "null".into());
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    (text.into(), hasher.finish())
-}
+pub use crate::config::program::wire_program;

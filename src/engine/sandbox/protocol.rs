@@ -3,7 +3,7 @@
 //! input and output. Payloads travel as JSON inside the message, not as strings of JSON.
 
 use crate::clock::Millis;
-use crate::engine::expr::Expr;
+use crate::config::expr::Expr;
 use crate::engine::run::Rendered;
 use crate::engine::{Advance, EventInfo};
 use serde::{Deserialize, Serialize};

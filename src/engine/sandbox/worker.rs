@@ -6,8 +6,8 @@
 use super::protocol::{
     Context, MAX_READ, ProgramRef, Ran, Request, Response, announced_length, frame,
 };
+use crate::config::program::Program;
 use crate::engine::jq::{Programs, parse_value};
-use crate::engine::program::Program;
 use crate::engine::{EventInfo, RunContext, run};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -150,7 +150,7 @@ impl Worker {
                     Err(e) => return Response::Refused(e),
                 };
                 let rendered = match program.instrs.get(pc).map(|i| &i.op) {
-                    Some(crate::engine::program::Op::Http(step)) => {
+                    Some(crate::config::program::Op::Http(step)) => {
                         run::render_http(&mut self.programs, step, &mut ctx)
                     }
                     _ => Err(format!("instruction {pc} is not an http step")),

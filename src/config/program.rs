@@ -219,3 +219,12 @@ impl Program {
         self.instrs.iter().position(|i| i.path == path)
     }
 }
+
+/// A flow's program as the JSON a worker reads, and a digest of that text.
+pub fn wire_program(program: &Program) -> (Arc<str>, u64) {
+    use std::hash::{Hash, Hasher};
+    let text = serde_json::to_string(program).unwrap_or_else(|_| "null".into());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    (text.into(), hasher.finish())
+}
