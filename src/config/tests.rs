@@ -1,3 +1,6 @@
+//! Tests of the config: loading, every check and its message, and the objects of the API checked
+//! as the file's.
+
 use super::*;
 
 fn env(name: &str) -> Option<String> {

@@ -1,3 +1,6 @@
+//! Tests of the egress guard: the classification of addresses, the allow-list, and the client that
+//! enforces them.
+
 use super::*;
 
 /// What `classify` says about `ip`, in short: the range, and for a form that carries IPv4

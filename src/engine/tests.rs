@@ -1,3 +1,6 @@
+//! Tests of the engine: planning, advancing and resuming runs, bodies kept once, and the wire form
+//! of programs.
+
 use super::*;
 use crate::config::program::Op;
 use crate::engine::jq::{Programs, parse_value};

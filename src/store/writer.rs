@@ -587,8 +587,8 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
 }
 
 /// Stores a new event with what its flows started. An event no flow takes (the common case
-/// of a busy source) is one statement; one with runs goes in a savepoint (a run or delivery
-/// refused, by a repeated id for instance, takes the event along).
+/// of a busy source) is one statement; one with runs is all or nothing (a run or delivery
+/// refused, by a repeated id for instance, takes the event, and the batch, along).
 fn ingest(
     tx: &Connection,
     e: &NewEvent,
@@ -598,7 +598,7 @@ fn ingest(
     if runs.is_empty() && deliveries.is_empty() {
         return insert_event(tx, e);
     }
-    super::savepoint::in_savepoint(tx, || {
+    super::savepoint::all_or_batch(tx, || {
         let inserted = insert_event(tx, e)?;
         if let IngestOutcome::Accepted = inserted {
             insert_runs(tx, e, runs, deliveries)?;
@@ -805,14 +805,14 @@ fn settle_run(
     }
 }
 
-/// Saves a run's step in a savepoint: all of it, or nothing.
+/// Saves a run's step: all of it, or nothing (and then nothing of its batch).
 fn save_run(
     tx: &Connection,
     s: &RunSave,
     deliveries: &[NewDelivery],
     attempt: Option<&NewStepAttempt>,
 ) -> Result<bool, StoreError> {
-    super::savepoint::in_savepoint(tx, || save_run_rows(tx, s, deliveries, attempt))
+    super::savepoint::all_or_batch(tx, || save_run_rows(tx, s, deliveries, attempt))
 }
 
 fn save_run_rows(
@@ -1084,9 +1084,9 @@ mod tests {
         }
     }
 
-    /// An ingest refused halfway (two deliveries with one id, as a compromised expression
-    /// worker could plan) leaves nothing of itself: no event, no run, no body; and the batch
-    /// it shared goes on.
+    /// An ingest refused halfway (two deliveries with one id) leaves nothing of itself: no
+    /// event, no run, no body; an op that shared its batch is refused too, or committed whole
+    /// when it was in another batch; and the store goes on writing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_ingest_leaves_no_event_run_or_body() {
         use crate::store::{Body, NewDelivery, NewRun};
@@ -1128,7 +1128,9 @@ mod tests {
             store.ingest(event(&payload), Vec::new(), Vec::new())
         );
         assert!(refused.is_err());
-        assert!(other.is_ok(), "the op beside it is kept");
+        let after = store.ingest(event(&payload), Vec::new(), Vec::new()).await;
+        assert!(after.is_ok(), "the store writes on");
+        let kept = 1 + i64::from(other.is_ok());
         let counts: (i64, i64, i64, i64) = store
             .read(|c| {
                 Ok(c.query_row(
@@ -1140,7 +1142,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(counts, (1, 0, 0, 0), "only the other event");
+        assert_eq!(counts, (kept, 0, 0, 0), "only the other events");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
