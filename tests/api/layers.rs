@@ -62,6 +62,18 @@ fn paths_after<'a>(code: &'a str, prefix: &str) -> Vec<(&'a str, Option<&'a str>
         .collect()
 }
 
+/// The files of each folder module and the files they import: `folder -> file -> files`.
+type Inner = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+fn link(inner: &mut Inner, folder: &str, from: &str, to: &str) {
+    inner
+        .entry(folder.to_string())
+        .or_default()
+        .entry(from.to_string())
+        .or_default()
+        .insert(to.to_string());
+}
+
 /// A cycle in `graph`, if there is one.
 fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit(
@@ -110,7 +122,7 @@ fn no_module_imports_one_that_imports_it_back() {
             || src.join(folder).join(name).join("mod.rs").exists()
     };
     let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut inner: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    let mut inner: Inner = BTreeMap::new();
     for file in &files {
         let module = module_of(&src, file);
         if module.is_empty()
@@ -132,23 +144,13 @@ fn no_module_imports_one_that_imports_it_back() {
                 && let Some(sub) = then.filter(|s| is_file_of(&me, s))
                 && sub != me_inner
             {
-                inner
-                    .entry(me.clone())
-                    .or_default()
-                    .entry(me_inner.clone())
-                    .or_default()
-                    .insert(sub.to_string());
+                link(&mut inner, &me, &me_inner, sub);
             }
         }
         if module.len() == 2 {
             for (sibling, _) in paths_after(&code, "super::") {
                 if is_file_of(&me, sibling) && sibling != me_inner {
-                    inner
-                        .entry(me.clone())
-                        .or_default()
-                        .entry(me_inner.clone())
-                        .or_default()
-                        .insert(sibling.to_string());
+                    link(&mut inner, &me, &me_inner, sibling);
                 }
             }
         }
