@@ -86,14 +86,7 @@ async fn replay(
     if row.payload_expired {
         return Err(ApiError::payload_expired(&format!("run `{run_id}`")));
     }
-    let Some(flow) = app
-        .config
-        .get()
-        .flows
-        .iter()
-        .find(|f| f.id == row.flow_id)
-        .cloned()
-    else {
+    let Some(flow) = app.config.get().flow(&row.flow_id).cloned() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "flow_missing",
@@ -283,7 +276,7 @@ pub async fn test_flow(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(flow) = app.config.get().flows.iter().find(|f| f.id == id).cloned() else {
+    let Some(flow) = app.config.get().flow(&id).cloned() else {
         return Err(ApiError::not_found("flow", &id));
     };
     let test: FlowTest = crate::json::parse(&body).map_err(|e| {

@@ -57,7 +57,7 @@ async fn test(
             return Err(CliError::InvalidConfig(config_path.to_path_buf()));
         }
     };
-    let Some(flow) = config.flows.iter().find(|f| f.id == flow_id).cloned() else {
+    let Some(flow) = config.flow(flow_id).cloned() else {
         return Err(CliError::NoFlow {
             flow: flow_id.to_string(),
             config: config_path.to_path_buf(),

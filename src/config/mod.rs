@@ -18,6 +18,7 @@ pub mod program;
 mod raw;
 pub mod redact;
 pub mod retry;
+mod routes;
 pub mod secret;
 mod settings;
 mod sources;
@@ -83,6 +84,25 @@ pub struct Config {
     /// Every jq expression in the config with its place: whether they compile is asked of an
     /// expression worker (`Sandbox::check_config`) before the config is used.
     pub expressions: Vec<ExprSite>,
+    /// The flows indexed by source and event type, and by id.
+    routes: routes::Routes,
+}
+
+impl Config {
+    /// The flows an event of `event_type` from `source` starts, in the config's order: a
+    /// lookup, whatever the number of flows.
+    pub fn matching_flows(&self, source: &str, event_type: &str) -> Vec<Arc<Flow>> {
+        self.routes
+            .matching(source, event_type)
+            .into_iter()
+            .map(|at| self.flows[at].clone())
+            .collect()
+    }
+
+    /// The flow with this id.
+    pub fn flow(&self, id: &str) -> Option<&Arc<Flow>> {
+        self.routes.flow(id).map(|at| &self.flows[at])
+    }
 }
 
 /// The expressions at `sites` that `check` (a worker's compile) refuses, as errors with their
@@ -555,6 +575,7 @@ impl Checker<'_> {
         let channels = self.channels(raw.channels, &settings);
         let alerts = self.alerts(raw.alerts, &channels, &sources, &destinations);
         Config {
+            routes: routes::Routes::new(&flows),
             settings,
             sources,
             event_types,

@@ -582,3 +582,43 @@ fn a_header_secret_a_header_cannot_carry_is_refused_without_quoting_it() {
         assert!(text.iter().all(|t| !t.contains("zz-tok")), "{text:#?}");
     }
 }
+
+/// Routing by lookup answers what a scan of every flow would, in the config's order: flows
+/// that name the event type and flows of every type interleaved, other sources apart.
+#[test]
+fn routes_answer_what_a_scan_of_every_flow_would() {
+    let mut yaml = String::from(
+        "settings: { allow_private_destinations: true }\nsources: [{ id: a, kind: webhook, verify: { scheme: none } }, { id: b, kind: webhook, verify: { scheme: none } }]\nevent_types: [{ name: x }, { name: y }, { name: z }]\ndestinations: [{ id: d, kind: http, url: \"http://127.0.0.1:1/\" }]\nflows:\n",
+    );
+    for n in 0..40 {
+        let source = if n % 3 == 0 { "b" } else { "a" };
+        let on = match n % 4 {
+            0 => format!("{{ source: {source} }}"),
+            1 => format!("{{ source: {source}, event_types: [x] }}"),
+            2 => format!("{{ source: {source}, event_types: [x, y] }}"),
+            _ => format!("{{ source: {source}, event_types: [y] }}"),
+        };
+        yaml.push_str(&format!(
+            "  - {{ id: f{n}, on: {on}, steps: [ {{ deliver: d }} ] }}\n"
+        ));
+    }
+    let config = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    for source in ["a", "b", "c"] {
+        for event_type in ["x", "y", "z"] {
+            let scanned: Vec<&str> = config
+                .flows
+                .iter()
+                .filter(|f| {
+                    f.source == source
+                        && (f.event_types.is_empty() || f.event_types.contains(event_type))
+                })
+                .map(|f| f.id.as_str())
+                .collect();
+            let found = config.matching_flows(source, event_type);
+            let found: Vec<&str> = found.iter().map(|f| f.id.as_str()).collect();
+            assert_eq!(found, scanned, "{source} {event_type}");
+        }
+    }
+    assert_eq!(config.flow("f17").map(|f| f.id.as_str()), Some("f17"));
+    assert!(config.flow("f40").is_none());
+}

@@ -243,13 +243,7 @@ impl Worker {
         {
             return Some(at);
         }
-        let flow = self
-            .config
-            .get()
-            .flows
-            .iter()
-            .find(|f| f.id == row.flow_id)
-            .cloned();
+        let flow = self.config.get().flow(&row.flow_id).cloned();
         let records: Vec<StepRecord> = serde_json::from_str(&row.steps).unwrap_or_default();
         let event = Arc::new(EventInfo {
             id: row.event_id.clone(),

@@ -505,16 +505,9 @@ pub struct Plan {
     pub deliveries: Vec<NewDelivery>,
 }
 
-/// The flows an event of `event_type` from `source` starts.
+/// The flows an event of `event_type` from `source` starts (`Config::matching_flows`).
 pub fn matching_flows(config: &Config, source: &str, event_type: &str) -> Vec<Arc<Flow>> {
-    config
-        .flows
-        .iter()
-        .filter(|f| {
-            f.source == source && (f.event_types.is_empty() || f.event_types.contains(event_type))
-        })
-        .cloned()
-        .collect()
+    config.matching_flows(source, event_type)
 }
 
 /// Plans a new event's runs of flows that run no expression (`Program::is_trivial`), here
