@@ -86,7 +86,13 @@ struct Inner {
     slots: tokio::sync::Semaphore,
     waiting: AtomicUsize,
     replaced: AtomicUsize,
+    /// The code of expressions a worker compiled: a change through the API has only its new
+    /// expressions compiled, not every one of the config again.
+    compiled: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most expressions remembered as compiled; past it the memory starts over.
+const COMPILED_MEMORY: usize = 100_000;
 
 struct Worker {
     child: tokio::process::Child,
@@ -115,6 +121,7 @@ impl Sandbox {
                 idle: Mutex::new(Vec::new()),
                 waiting: AtomicUsize::new(0),
                 replaced: AtomicUsize::new(0),
+                compiled: Mutex::new(Default::default()),
             }),
         }
     }
@@ -148,13 +155,24 @@ impl Sandbox {
         self.check_sites(&config.expressions).await
     }
 
-    /// Compiles the expressions at `sites` in a worker (identical ones once); errors name
-    /// their place.
+    /// Compiles the expressions at `sites` in a worker (identical ones once, and none that a
+    /// worker compiled before); errors name their place.
     pub async fn check_sites(&self, sites: &[ExprSite]) -> Result<(), ConfigErrors> {
-        if sites.is_empty() {
+        let mut unique: Vec<Expr> = {
+            let compiled = self
+                .inner
+                .compiled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            sites
+                .iter()
+                .filter(|s| !compiled.contains(s.expr.code()))
+                .map(|s| s.expr.clone())
+                .collect()
+        };
+        if unique.is_empty() {
             return Ok(());
         }
-        let mut unique: Vec<Expr> = sites.iter().map(|s| s.expr.clone()).collect();
         unique.sort_by(|a, b| a.code().cmp(b.code()));
         unique.dedup();
         let checked = match self
@@ -176,6 +194,21 @@ impl Sandbox {
                 return self.check_one_by_one(sites, e).await;
             }
         };
+        {
+            let mut compiled = self
+                .inner
+                .compiled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if compiled.len() + unique.len() > COMPILED_MEMORY {
+                compiled.clear();
+            }
+            for (expr, result) in unique.iter().zip(&checked) {
+                if result.is_ok() {
+                    compiled.insert(expr.code().to_string());
+                }
+            }
+        }
         crate::config::expression_errors(sites, |expr| {
             match unique.binary_search_by(|e| e.code().cmp(expr.code())) {
                 Ok(i) => checked.get(i).cloned().unwrap_or(Ok(())),
