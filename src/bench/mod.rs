@@ -53,11 +53,15 @@ pub struct BenchArgs {
     /// that speeds up or slows down between phases moves both sides of a ratio alike.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Flows in the `many` phase's config: the fan-out flow among others that each take an
+    /// event type of their own.
+    #[arg(long, default_value_t = 10_000)]
+    pub flows: usize,
     /// Which Ferry phases to run (the bare handler always runs: it is the baseline).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,fanout,flow,latency"
+        default_value = "ingest,fanout,flow,many,latency"
     )]
     pub phases: Vec<Phase>,
     /// Another Ferry binary (an earlier build) to drive in the `flow` phase too, right after
@@ -77,6 +81,10 @@ pub enum Phase {
     Flow,
     /// The fan-out flow at a fixed rate, for latency.
     Latency,
+    /// The fan-out flow among `--flows` flows: the time to validate and to start, memory, the
+    /// ingest rate as a ratio to the fan-out phase's (one flow), and 100 flows created through
+    /// the API.
+    Many,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +123,16 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     if let Some(rss) = ingest_rss {
         report.peak_rss("ingest only", rss);
     }
-    if phases.contains(&Phase::Fanout) {
-        bench.fan_out(&baseline, &mut report).await?;
-    }
+    let one_flow = if phases.contains(&Phase::Fanout) {
+        Some(bench.fan_out(&baseline, &mut report).await?)
+    } else {
+        None
+    };
     if phases.contains(&Phase::Flow) {
         bench.flow(&baseline, &mut report).await?;
+    }
+    if phases.contains(&Phase::Many) {
+        bench.many_flows(&baseline, one_flow, &mut report).await?;
     }
     if phases.contains(&Phase::Latency) {
         bench.latency(&baseline, &mut report).await?;

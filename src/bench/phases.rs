@@ -1,14 +1,17 @@
 //! The phases of `ferry bench`, in the order they run: the bare handler (the baseline of
 //! every ratio), ingest only (rounds of the bare handler, Ferry and the synced bare handler,
 //! back to back), fan-out to 3, the flow with expressions (and `--compare-with`'s build), the
-//! fan-out at a fixed rate for latency, and the synced bare handler at that rate. Each phase
+//! fan-out among many flows (`--flows`), the fan-out at a fixed rate for latency, and the
+//! synced bare handler at that rate. Each phase
 //! starts its targets, drives them, stops them and adds its rows to the [`Report`].
 
 use super::load::{Drive, Load};
 use super::receivers::{Deliveries, start_receivers};
 use super::report::{Report, Row, median, row};
 use super::storage::Storage;
-use super::target::{Target, start_ferry, start_ferry_from, start_synced_bare, start_target};
+use super::target::{
+    API_TOKEN, Target, start_ferry, start_ferry_from, start_synced_bare, start_target,
+};
 use super::{BenchArgs, BenchError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -198,12 +201,13 @@ impl Bench {
         Ok(rss)
     }
 
-    /// Phase 4: a flow that only delivers, to 3 destinations, closed loop.
+    /// Phase 4: a flow that only delivers, to 3 destinations, closed loop. Returns its events/s
+    /// ingested.
     pub(super) async fn fan_out(
         &self,
         baseline: &Baseline,
         report: &mut Report,
-    ) -> Result<(), BenchError> {
+    ) -> Result<f64, BenchError> {
         let shape = "fan-out to 3";
         eprintln!("phase 4/7: ferry, {shape}, closed loop");
         let dir = self.args.data.join("fanout");
@@ -217,6 +221,102 @@ impl Bench {
             Some(run.events_per_s / baseline.rps),
         ));
         run.add_to(report, shape, "fan-out", baseline);
+        Ok(run.events_per_s)
+    }
+
+    /// The fan-out flow among `--flows` flows (the others each on an event type of its own,
+    /// which the bench's events do not have): how long `ferry validate` and the start take,
+    /// the memory, the time of 100 flows created through the API one after another, then the
+    /// fan-out closed loop, whose events/s are compared with the fan-out phase's (one flow).
+    pub(super) async fn many_flows(
+        &self,
+        baseline: &Baseline,
+        one_flow: Option<f64>,
+        report: &mut Report,
+    ) -> Result<(), BenchError> {
+        let shape = "fan-out among many flows";
+        let n = self.args.flows.max(1);
+        eprintln!("phase: ferry, fan-out to 3 among {n} flows");
+        let yaml = many_flows_config(&self.receivers, n);
+        let dir = self.args.data.join("many");
+        let checked = self.args.data.join("many-validate.yaml");
+        std::fs::create_dir_all(&self.args.data)?;
+        std::fs::write(&checked, &yaml)?;
+        let started = Instant::now();
+        let validated = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("validate")
+            .arg("--config")
+            .arg(&checked)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await?;
+        let validate_s = started.elapsed().as_secs_f64();
+        if !validated.success() {
+            return Err(BenchError::Io(std::io::Error::other(format!(
+                "ferry validate refused the config of {n} flows"
+            ))));
+        }
+        let started = Instant::now();
+        let ferry = start_ferry(&dir, &yaml).await?;
+        let start_s = started.elapsed().as_secs_f64();
+        let rss_started = ferry.peak_rss_mb();
+        let creations = create_flows(&ferry, n, 100).await?;
+        report.push(row(
+            shape,
+            format!("flows (+{} through the API)", creations.len()),
+            n as f64,
+            "",
+            None,
+        ));
+        report.push(row(
+            shape,
+            "ferry validate",
+            validate_s * 1000.0,
+            "ms",
+            None,
+        ));
+        report.push(row(
+            shape,
+            "start, until it answers",
+            start_s * 1000.0,
+            "ms",
+            None,
+        ));
+        report.push(row(
+            shape,
+            "RSS after start",
+            rss_started.unwrap_or(0.0),
+            "MB",
+            None,
+        ));
+        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+            let at = ((creations.len() as f64 * p).ceil() as usize).clamp(1, creations.len()) - 1;
+            report.push(row(
+                shape,
+                format!("API flow creation {name}"),
+                creations[at] * 1000.0,
+                "ms",
+                None,
+            ));
+        }
+        let run = self.deliveries_closed_loop(ferry).await;
+        report.push(row(
+            shape,
+            "events/s ingested",
+            run.events_per_s,
+            "",
+            Some(run.events_per_s / baseline.rps),
+        ));
+        if let Some(one) = one_flow {
+            report.push(row(
+                "many flows / one flow (fan-out phase)",
+                "events/s ingested",
+                run.events_per_s / one,
+                "x",
+                None,
+            ));
+        }
+        run.add_to(report, shape, "many flows", baseline);
         Ok(())
     }
 
@@ -464,6 +564,68 @@ enum Shape {
     FanOut,
     /// Filter, transform, then deliver to every receiver.
     Expressions,
+}
+
+/// The fan-out config with `n` flows: the fan-out flow first, then flows that each take an
+/// event type of their own (declared), delivering to the first receiver.
+fn many_flows_config(receivers: &[SocketAddr], n: usize) -> String {
+    let mut yaml = config(receivers, Shape::FanOut);
+    let flows_at = yaml.find("flows:\n").unwrap_or(yaml.len());
+    let mut types = String::from("event_types:\n");
+    for i in 1..n + CREATED_FLOWS {
+        types.push_str(&format!("  - {{ name: other.{i} }}\n"));
+    }
+    yaml.insert_str(flows_at, &types);
+    for i in 1..n {
+        yaml.push_str(&format!(
+            "  - {{ id: other-{i}, on: {{ source: bench, event_types: [other.{i}] }}, steps: [ {{ deliver: d0 }} ] }}\n"
+        ));
+    }
+    yaml
+}
+
+/// Flows the `many` phase creates through the API, on event types the config declares.
+const CREATED_FLOWS: usize = 100;
+
+/// Creates `count` flows through `ferry`'s API, one after another; answers each one's time in
+/// seconds, sorted.
+async fn create_flows(
+    ferry: &Target,
+    existing: usize,
+    count: usize,
+) -> Result<Vec<f64>, BenchError> {
+    // reqwest is built without a default TLS provider: the process installs one (once).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| BenchError::Io(std::io::Error::other(e)))?;
+    let url = format!("http://{}/api/v1/flows", ferry.addr);
+    let mut times = Vec::with_capacity(count);
+    for i in existing..existing + count.min(CREATED_FLOWS) {
+        let body = serde_json::json!({
+            "id": format!("api-{i}"),
+            "on": {"source": "bench", "event_types": [format!("other.{i}")]},
+            "steps": [{"deliver": "d0"}],
+        });
+        let started = Instant::now();
+        let answer = client
+            .post(&url)
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| BenchError::Io(std::io::Error::other(e)))?;
+        let status = answer.status();
+        if !status.is_success() {
+            let text = answer.text().await.unwrap_or_default();
+            return Err(BenchError::Io(std::io::Error::other(format!(
+                "creating flow api-{i} answered {status}: {text}"
+            ))));
+        }
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 fn config(receivers: &[SocketAddr], shape: Shape) -> String {

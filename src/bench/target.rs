@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The API token of every Ferry the bench starts.
+pub(super) const API_TOKEN: &str = "bench";
+
 /// A child process that takes events at `addr`; killed when stopped or dropped.
 pub(super) struct Target {
     child: tokio::process::Child,
@@ -58,7 +61,7 @@ async fn start_target_from(program: &Path, args: &[String]) -> Result<Target, Be
             "FERRY_LOG",
             std::env::var("FERRY_BENCH_TARGET_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .env("FERRY_API_TOKEN", "bench")
+        .env("FERRY_API_TOKEN", API_TOKEN)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
