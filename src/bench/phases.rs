@@ -567,7 +567,8 @@ enum Shape {
 }
 
 /// The fan-out config with `n` flows: the fan-out flow first, then flows that each take an
-/// event type of their own (declared), delivering to the first receiver.
+/// event type of their own (declared), filter with an expression of their own and deliver to
+/// the first receiver (issue 21's shape).
 fn many_flows_config(receivers: &[SocketAddr], n: usize) -> String {
     let mut yaml = config(receivers, Shape::FanOut);
     let flows_at = yaml.find("flows:\n").unwrap_or(yaml.len());
@@ -578,7 +579,7 @@ fn many_flows_config(receivers: &[SocketAddr], n: usize) -> String {
     yaml.insert_str(flows_at, &types);
     for i in 1..n {
         yaml.push_str(&format!(
-            "  - {{ id: other-{i}, on: {{ source: bench, event_types: [other.{i}] }}, steps: [ {{ deliver: d0 }} ] }}\n"
+            "  - {{ id: other-{i}, on: {{ source: bench, event_types: [other.{i}] }}, steps: [ {{ filter: '.n > {i}' }}, {{ deliver: d0 }} ] }}\n"
         ));
     }
     yaml
@@ -605,7 +606,7 @@ async fn create_flows(
         let body = serde_json::json!({
             "id": format!("api-{i}"),
             "on": {"source": "bench", "event_types": [format!("other.{i}")]},
-            "steps": [{"deliver": "d0"}],
+            "steps": [{"filter": format!(".m > {i}")}, {"deliver": "d0"}],
         });
         let started = Instant::now();
         let answer = client

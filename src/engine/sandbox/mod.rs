@@ -94,6 +94,9 @@ struct Inner {
 /// Most expressions remembered as compiled; past it the memory starts over.
 const COMPILED_MEMORY: usize = 100_000;
 
+/// Most expressions compiled in one request.
+const CHECK_CHUNK: usize = 500;
+
 struct Worker {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
@@ -175,37 +178,31 @@ impl Sandbox {
         }
         unique.sort_by(|a, b| a.code().cmp(b.code()));
         unique.dedup();
-        let checked = match self
-            .call_within(&Request::Check(unique.clone()), CHECK_TIME)
-            .await
-        {
-            Ok(Response::Checked(results)) if results.len() == unique.len() => results,
-            Ok(_) => {
-                return Err(ConfigErrors(
-                    vec![ConfigError {
-                        place: "expressions".into(),
-                        message: "the expression worker gave an answer of the wrong kind".into(),
-                    }],
-                    Vec::new(),
-                ));
-            }
-            Err(e) => {
-                // One expression took the worker down: check them one by one to name it.
-                return self.check_one_by_one(sites, e).await;
-            }
-        };
-        {
-            let mut compiled = self
-                .inner
-                .compiled
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if compiled.len() + unique.len() > COMPILED_MEMORY {
-                compiled.clear();
-            }
-            for (expr, result) in unique.iter().zip(&checked) {
-                if result.is_ok() {
-                    compiled.insert(expr.code().to_string());
+        // In requests of a bounded size, so that thousands of expressions stay within a
+        // worker's limits on one request's time and memory.
+        let mut checked = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(CHECK_CHUNK) {
+            match self
+                .call_within(&Request::Check(chunk.to_vec()), CHECK_TIME)
+                .await
+            {
+                Ok(Response::Checked(results)) if results.len() == chunk.len() => {
+                    self.remember_compiled(chunk.iter().zip(&results));
+                    checked.extend(results);
+                }
+                Ok(_) => {
+                    return Err(ConfigErrors(
+                        vec![ConfigError {
+                            place: "expressions".into(),
+                            message: "the expression worker gave an answer of the wrong kind"
+                                .into(),
+                        }],
+                        Vec::new(),
+                    ));
+                }
+                Err(e) => {
+                    // One expression took the worker down: check them one by one to name it.
+                    return self.check_one_by_one(sites, e).await;
                 }
             }
         }
@@ -215,6 +212,26 @@ impl Sandbox {
                 Err(_) => Ok(()),
             }
         })
+    }
+
+    /// Remembers the expressions that compiled, by their code.
+    fn remember_compiled<'e>(
+        &self,
+        results: impl Iterator<Item = (&'e Expr, &'e Result<(), String>)>,
+    ) {
+        let mut compiled = self
+            .inner
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (expr, result) in results {
+            if compiled.len() >= COMPILED_MEMORY {
+                compiled.clear();
+            }
+            if result.is_ok() {
+                compiled.insert(expr.code().to_string());
+            }
+        }
     }
 
     async fn check_one_by_one(
@@ -227,7 +244,10 @@ impl Sandbox {
             let request = Request::Check(vec![site.expr.clone()]);
             let message = match self.call_within(&request, CHECK_TIME).await {
                 Ok(Response::Checked(r)) => match r.into_iter().next() {
-                    Some(Ok(())) => continue,
+                    Some(Ok(())) => {
+                        self.remember_compiled(std::iter::once((&site.expr, &Ok(()))));
+                        continue;
+                    }
                     Some(Err(m)) => m,
                     None => "the expression worker gave no answer".into(),
                 },
