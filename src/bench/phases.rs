@@ -213,13 +213,7 @@ impl Bench {
         let dir = self.args.data.join("fanout");
         let ferry = start_ferry(&dir, &config(&self.receivers, Shape::FanOut)).await?;
         let run = self.deliveries_closed_loop(ferry).await;
-        report.push(row(
-            shape,
-            "events/s ingested",
-            run.events_per_s,
-            "",
-            Some(run.events_per_s / baseline.rps),
-        ));
+        report.push(run.events_row(shape, baseline));
         run.add_to(report, shape, "fan-out", baseline);
         Ok(run.events_per_s)
     }
@@ -300,13 +294,7 @@ impl Bench {
             ));
         }
         let run = self.deliveries_closed_loop(ferry).await;
-        report.push(row(
-            shape,
-            "events/s ingested",
-            run.events_per_s,
-            "",
-            Some(run.events_per_s / baseline.rps),
-        ));
+        report.push(run.events_row(shape, baseline));
         if let Some(one) = one_flow {
             report.push(row(
                 "many flows / one flow (fan-out phase)",
@@ -485,6 +473,17 @@ impl Bench {
 }
 
 impl DeliveryRun {
+    /// Its events/s ingested under `shape`, with the ratio to the bare handler.
+    fn events_row(&self, shape: &'static str, baseline: &Baseline) -> Row {
+        row(
+            shape,
+            "events/s ingested",
+            self.events_per_s,
+            "",
+            Some(self.events_per_s / baseline.rps),
+        )
+    }
+
     /// Its deliveries/s and storage rows under `shape`, its peak RSS, and its failed requests
     /// under `phase`.
     fn add_to(
