@@ -49,12 +49,63 @@ const PROCESS: [&str; 12] = [
 /// Compiles `code`: parses it, refuses the words above wherever they are in the parsed program
 /// (string interpolations included), and compiles it with Ferry's globals `$event` and `$steps`.
 pub fn compile(code: &str) -> Result<Filter, String> {
-    let defs = jaq_core::defs()
-        .chain(jaq_std::defs())
-        .chain(jaq_json::defs());
-    let funs = jaq_core::funs()
-        .chain(jaq_std::funs())
-        .chain(jaq_json::funs());
+    screen(code)?;
+    compile_screened(code)
+}
+
+/// Checks that each of `exprs` compiles, as [`compile`] would say, at the cost of about one
+/// compile: those that parse are compiled together as one program (`(a), (b), ...`), so the
+/// standard library is compiled once for them all rather than once each. Only when that
+/// program does not compile is each compiled alone, to say which fail and why.
+pub fn check_all(exprs: &[Expr]) -> Vec<Result<(), String>> {
+    let mut results: Vec<Result<(), String>> = exprs.iter().map(|e| screen(e.code())).collect();
+    let parsed: Vec<&str> = exprs
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(e, _)| e.code())
+        .collect();
+    if parsed.is_empty() {
+        return results;
+    }
+    let mut together = String::new();
+    join_balanced(&parsed, &mut together);
+    if compile_screened(&together).is_ok() {
+        return results;
+    }
+    for (expr, result) in exprs.iter().zip(&mut results) {
+        if result.is_ok() {
+            *result = compile_screened(expr.code()).map(|_| ());
+        }
+    }
+    results
+}
+
+/// Writes `codes` as one jq program that yields each in turn: `((a), (b)), ((c), (d))`, nested
+/// as a balanced tree so that the parser's and the compiler's recursion go only as deep as the
+/// logarithm of their number. Each is on lines of its own inside parentheses: a `#` comment
+/// ends at its line, and bindings and labels stay inside their expression.
+fn join_balanced(codes: &[&str], out: &mut String) {
+    match codes {
+        [] => out.push_str("empty"),
+        [code] => {
+            out.push_str("(\n");
+            out.push_str(code);
+            out.push_str("\n)");
+        }
+        _ => {
+            let (left, right) = codes.split_at(codes.len() / 2);
+            out.push('(');
+            join_balanced(left, out);
+            out.push_str(",\n");
+            join_balanced(right, out);
+            out.push(')');
+        }
+    }
+}
+
+/// Lexes and parses `code` alone, and refuses the words above anywhere in it.
+fn screen(code: &str) -> Result<(), String> {
     let tokens = jaq_core::load::Lexer::new(code).lex().map_err(|errs| {
         errs.into_iter()
             .map(|(expect, at)| format!("expected {} at {}", expect.as_str(), position(code, at)))
@@ -82,6 +133,17 @@ pub fn compile(code: &str) -> Result<Filter, String> {
             "`{word}` is not allowed in Ferry expressions: {why}"
         ));
     }
+    Ok(())
+}
+
+/// Compiles `code`, which [`screen`] passed, with the standard library and Ferry's globals.
+fn compile_screened(code: &str) -> Result<Filter, String> {
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs());
+    let funs = jaq_core::funs()
+        .chain(jaq_std::funs())
+        .chain(jaq_json::funs());
     let loader = Loader::new(defs);
     let arena = Arena::default();
     let modules = loader
@@ -241,6 +303,21 @@ impl Programs {
         self.get(expr).map(|_| ())
     }
 
+    /// [`Self::check`] for each of `exprs`, compiled together ([`check_all`]); nothing is
+    /// kept: a checked expression is compiled again when it first runs.
+    pub fn check_each(&mut self, exprs: &[Expr]) -> Vec<Result<(), String>> {
+        if self.refuse {
+            return exprs.iter().map(|e| self.check(e)).collect();
+        }
+        check_all(exprs)
+            .into_iter()
+            .zip(exprs)
+            .map(|(result, e)| {
+                result.map_err(|m| format!("jq expression `{}` does not compile: {m}", e.code()))
+            })
+            .collect()
+    }
+
     /// The first output of `expr` run on `input` with `scope`'s variables; `None` when it yields
     /// nothing.
     pub fn first(
@@ -348,6 +425,39 @@ mod tests {
         let err = compile("nosuchfn(1)").err().unwrap();
         assert!(err.contains("undefined filter `nosuchfn`"), "{err}");
         assert!(err.contains("character 1"), "{err}");
+    }
+
+    #[test]
+    fn checked_together_each_expression_is_judged_as_alone() {
+        let codes = [
+            ".a",
+            ". as $x | $x",
+            "$x",
+            ".b # a comment to the end of the line",
+            "nope(1)",
+            "label $out | 1, break $out",
+            "break $out",
+            "env",
+            ".[",
+            "$event.type == \"order\"",
+        ];
+        let exprs: Vec<Expr> = codes.iter().map(|c| Expr::new(c).unwrap()).collect();
+        let together = Programs::default().check_each(&exprs);
+        let alone: Vec<Result<(), String>> =
+            exprs.iter().map(|e| Programs::default().check(e)).collect();
+        assert_eq!(together, alone);
+        let failed: Vec<&str> = codes
+            .iter()
+            .zip(&together)
+            .filter(|(_, r)| r.is_err())
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(failed, ["$x", "nope(1)", "break $out", "env", ".["]);
+        // All good: one compile says so.
+        let good: Vec<Expr> = (0..2_000)
+            .map(|i| Expr::new(&format!(".items[{i}] | select(.n > {i}) | .name")).unwrap())
+            .collect();
+        assert!(check_all(&good).iter().all(Result::is_ok));
     }
 
     #[test]

@@ -102,9 +102,7 @@ impl Worker {
             Err(e) => return Response::Refused(format!("cannot read the request: {e}")),
         };
         match request {
-            Request::Check(exprs) => {
-                Response::Checked(exprs.iter().map(|e| self.programs.check(e)).collect())
-            }
+            Request::Check(exprs) => Response::Checked(self.programs.check_each(&exprs)),
             Request::Plan {
                 programs,
                 context,
