@@ -253,7 +253,7 @@ impl Bench {
         let started = Instant::now();
         let ferry = start_ferry(&dir, &yaml).await?;
         let start_s = started.elapsed().as_secs_f64();
-        let rss_started = ferry.peak_rss_mb();
+        let (rss_started, peak_started) = (ferry.rss_mb(), ferry.peak_rss_mb());
         let creations = create_flows(&ferry, n, 100).await?;
         report.push(row(
             shape,
@@ -280,6 +280,13 @@ impl Bench {
             shape,
             "RSS after start",
             rss_started.unwrap_or(0.0),
+            "MB",
+            None,
+        ));
+        report.push(row(
+            shape,
+            "peak RSS during start",
+            peak_started.unwrap_or(0.0),
             "MB",
             None,
         ));

@@ -21,9 +21,19 @@ pub(super) struct Target {
 impl Target {
     /// The most resident memory the target has held so far (`VmHWM`), in MB.
     pub(super) fn peak_rss_mb(&self) -> Option<f64> {
+        self.status_mb("VmHWM:")
+    }
+
+    /// The target's resident size now.
+    pub(super) fn rss_mb(&self) -> Option<f64> {
+        self.status_mb("VmRSS:")
+    }
+
+    /// A size in `/proc/PID/status`, in MB.
+    fn status_mb(&self, field: &str) -> Option<f64> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb / 1024.0)
     }
