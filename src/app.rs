@@ -141,11 +141,12 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         options.clock.now_ms(),
     )
     .await?;
-    let config = Arc::new(config);
+    let mut config = config;
     sandbox
-        .check_config(&config)
+        .check_config(&mut config)
         .await
         .map_err(ServeError::Config)?;
+    let config = Arc::new(config);
     let live = LiveConfig::new(config.clone());
     // Settings come from the config file only: the egress policy is fixed for the process.
     let client = EgressClient::new(config.settings.egress.clone())?;
@@ -199,6 +200,8 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         limits: config.settings.retention.clone(),
         alive: alive.subscribe(),
     });
+    // Loading and checking a large config freed far more than the config keeps.
+    crate::memory::give_back_freed();
     Ok(AppState::new(AppParts {
         config: live,
         config_changes: Arc::new(tokio::sync::Mutex::new(())),

@@ -5,6 +5,8 @@
 //!
 //! Knows nothing of HTTP or the store: callers decide what to do when a budget is full
 //! (answer `503`, leave a body in the store).
+//!
+//! Also: giving freed memory back to the system after a large, passing use ([`give_back_freed`]).
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -167,6 +169,16 @@ impl AsRef<[u8]> for Held {
     fn as_ref(&self) -> &[u8] {
         &self.payload
     }
+}
+
+/// Gives the memory freed so far back to the system. mimalloc keeps freed pages for reuse, and
+/// loading a large config frees most of what it touched (the YAML parser's events take several
+/// times the file's size): called once the config is loaded, this brings the resident size of
+/// a process with 10,000 flows from about 170 MB down to what it uses.
+pub fn give_back_freed() {
+    // SAFETY: takes no pointer and only returns pages mimalloc holds unused; where mimalloc is
+    // not the global allocator (the test binaries) it has little or nothing to give back.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Config through the API: sources, event types, destinations, flows and alert rules listed, read,
-//! created, replaced and deleted at `/api/v1/{kind}`. A change is checked with the config
-//! file's objects by the same code that checks the file (`config::build`), committed to the
-//! store, and then swapped in whole: ingest, the dispatcher and the run worker see the new
-//! config from their next event on. Objects from the config file are provisioned: they are
+//! created, replaced and deleted at `/api/v1/{kind}`. A change is checked by the same code that
+//! checks the file, for the changed object alone and the objects that name it
+//! (`Config::changed`: the rest is shared, not checked again), committed to the store, and then
+//! swapped in whole: ingest, the dispatcher and the run worker see the new config from their
+//! next event on. Objects from the config file are provisioned: they are
 //! listed with the others but refused (`409 provisioned`) for any change. Secrets are shown
 //! masked; a masked value written back keeps the stored secret; the store gets them sealed.
 
@@ -51,7 +52,7 @@ pub async fn list(
         .range((kind, String::new())..)
         .take_while(|((k, _), _)| *k == kind)
         .filter(|((_, id), _)| after.is_none_or(|a| id.as_str() > a))
-        .map(|(_, o)| o)
+        .map(|(_, o)| &**o)
         .take(limit)
         .collect();
     let ids = objects.iter().map(|o| o.id.clone()).collect();
@@ -277,13 +278,7 @@ async fn change(
     let now = app.clock.now_ms();
     let key = (kind, id.to_string());
     let created = !current.objects.contains_key(&key);
-    let mut api: Vec<ObjectSpec> = current
-        .objects
-        .values()
-        .filter(|o| !(o.provisioned || (o.kind == kind && o.id == id)))
-        .cloned()
-        .collect();
-    if let Some(spec) = &spec {
+    let object = spec.as_ref().map(|spec| {
         let mut object = ObjectSpec::new(kind, id.to_string(), spec.clone(), false);
         object.created_at = current
             .objects
@@ -291,11 +286,12 @@ async fn change(
             .and_then(|o| o.created_at)
             .or(Some(now));
         object.updated_at = Some(now);
-        api.push(object);
-    }
-    let file = current.file.clone();
-    // Checking reads `schema_file`s and compiles every schema: off the async threads.
-    let built = tokio::task::spawn_blocking(move || crate::config::build(&file, &api))
+        object
+    });
+    // Only the changed object is checked (and on a delete, those that name it); the rest is
+    // shared with the running config. Off the async threads: a schema may take a while.
+    let changed_id = id.to_string();
+    let built = tokio::task::spawn_blocking(move || current.changed(kind, &changed_id, object))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -304,13 +300,15 @@ async fn change(
                 format!("checking the config did not finish: {e}"),
             )
         })?;
-    let config = Arc::new(built.map_err(|errors| invalid(kind, id, spec.is_none(), errors))?);
-    // Every expression compiles in a worker (identical ones once): the process that serves
-    // never parses jq.
+    let mut config = built.map_err(|errors| invalid(kind, id, spec.is_none(), errors))?;
+    // The changed object's expressions compile in a worker (identical ones once): the process
+    // that serves never parses jq.
+    let sites = config.take_expressions();
     app.sandbox
-        .check_config(&config)
+        .check_sites(&sites)
         .await
         .map_err(|errors| invalid(kind, id, spec.is_none(), errors))?;
+    let config = Arc::new(config);
     // The store keeps the spec with its secrets sealed.
     let stored = match &spec {
         Some(s) => Some(

@@ -154,9 +154,9 @@ pub(super) async fn load_checked(path: &Path) -> Result<Config, String> {
     let command = WorkerCommand::current_exe()?;
     let sandbox = Sandbox::new(command, limits);
     match loaded {
-        Ok(config) => {
+        Ok(mut config) => {
             sandbox
-                .check_config(&config)
+                .check_config(&mut config)
                 .await
                 .map_err(|errors| errors.to_string())?;
             Ok(config)

@@ -316,10 +316,11 @@ impl Checker<'_> {
         destinations: &BTreeMap<String, Arc<Destination>>,
     ) -> Vec<Arc<AlertRule>> {
         let mut out: Vec<Arc<AlertRule>> = Vec::new();
+        let mut ids = std::collections::HashSet::new();
         for a in raw {
             let place = self.places.object("alerts", "alert", &a.id);
             self.check_id(&place, &a.id);
-            if out.iter().any(|r| r.id == a.id) {
+            if !ids.insert(a.id.clone()) {
                 self.error(place.clone(), "an alert with this id is already defined");
             }
             for c in &a.notify {

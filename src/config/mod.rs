@@ -8,6 +8,7 @@
 //! kinds in reference order, handing each the objects it may name.
 
 mod alerts;
+mod change;
 mod destinations;
 pub mod expr;
 mod flows;
@@ -81,8 +82,10 @@ pub struct Config {
     pub objects: Objects,
     /// The config file this config was built from.
     pub file: Arc<FileLayer>,
-    /// Every jq expression in the config with its place: whether they compile is asked of an
-    /// expression worker (`Sandbox::check_config`) before the config is used.
+    /// The jq expressions this config's check met, with their places, that an expression
+    /// worker must compile (`Sandbox::check_config`) before the config is used: every one of a
+    /// config built whole (`build`), the changed object's for a change (`Config::changed`).
+    /// Taken out once compiled ([`Config::take_expressions`]): a config keeps no copy.
     pub expressions: Vec<ExprSite>,
     /// The flows indexed by source and event type, and by id.
     routes: routes::Routes,
@@ -102,6 +105,11 @@ impl Config {
     /// The flow with this id.
     pub fn flow(&self, id: &str) -> Option<&Arc<Flow>> {
         self.routes.flow(id).map(|at| &self.flows[at])
+    }
+
+    /// The expressions still to compile, leaving none behind.
+    pub fn take_expressions(&mut self) -> Vec<ExprSite> {
+        std::mem::take(&mut self.expressions)
     }
 }
 
@@ -239,7 +247,7 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
             if let Some(id) = spec.get(kind.id_field()).and_then(|v| v.as_str()) {
                 objects.insert(
                     (kind, id.to_string()),
-                    ObjectSpec::new(kind, id.to_string(), spec.clone(), true),
+                    Arc::new(ObjectSpec::new(kind, id.to_string(), spec.clone(), true)),
                 );
             }
         }
@@ -263,7 +271,7 @@ pub fn build(file: &Arc<FileLayer>, api: &[ObjectSpec]) -> Result<Config, Config
             errors.push(ConfigError { place, message });
             continue;
         }
-        objects.insert((object.kind, object.id.clone()), object.clone());
+        objects.insert((object.kind, object.id.clone()), Arc::new(object.clone()));
     }
     let mut checker = Checker {
         places: &places,

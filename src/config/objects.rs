@@ -88,7 +88,7 @@ pub fn read_schema_file(path: &std::path::Path) -> Result<Value, String> {
 }
 
 /// Every object of a config by kind and id.
-pub type Objects = BTreeMap<(ObjectKind, String), ObjectSpec>;
+pub type Objects = BTreeMap<(ObjectKind, String), std::sync::Arc<ObjectSpec>>;
 
 /// SHA-256 (hex) of the canonical JSON of `spec` (object keys sorted, no spaces).
 pub fn digest(spec: &Value) -> String {

@@ -20,6 +20,7 @@ mod hostile;
 mod idempotency;
 mod layers;
 mod limits;
+mod many;
 mod openapi;
 mod overload;
 mod retention;

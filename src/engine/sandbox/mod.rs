@@ -153,9 +153,10 @@ impl Sandbox {
         }
     }
 
-    /// Compiles every expression of `config` in a worker; errors name their place.
-    pub async fn check_config(&self, config: &Config) -> Result<(), ConfigErrors> {
-        self.check_sites(&config.expressions).await
+    /// Compiles the expressions `config` still has to have compiled (taking them out of it: a
+    /// checked config keeps no copy); errors name their place.
+    pub async fn check_config(&self, config: &mut Config) -> Result<(), ConfigErrors> {
+        self.check_sites(&config.take_expressions()).await
     }
 
     /// Compiles the expressions at `sites` in a worker (identical ones once, and none that a
@@ -179,18 +180,50 @@ impl Sandbox {
         unique.sort_by(|a, b| a.code().cmp(b.code()));
         unique.dedup();
         // In requests of a bounded size, so that thousands of expressions stay within a
-        // worker's limits on one request's time and memory.
+        // worker's limits on one request's time and memory; as many at once as there are
+        // workers.
+        let chunks: Vec<Vec<Expr>> = unique.chunks(CHECK_CHUNK).map(<[Expr]>::to_vec).collect();
+        let mut answers: Vec<Option<Result<Response, SandboxError>>> =
+            chunks.iter().map(|_| None).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while next < chunks.len() && tasks.len() < self.inner.limits.workers.max(1) {
+                let (sandbox, chunk, at) = (self.clone(), chunks[next].clone(), next);
+                tasks.spawn(async move {
+                    let answer = sandbox
+                        .call_within(&Request::Check(chunk), CHECK_TIME)
+                        .await;
+                    (at, answer)
+                });
+                next += 1;
+            }
+            match tasks.join_next().await {
+                Some(Ok((at, answer))) => answers[at] = Some(answer),
+                Some(Err(e)) => {
+                    return Err(ConfigErrors(
+                        vec![ConfigError {
+                            place: "expressions".into(),
+                            message: format!("checking the expressions did not finish: {e}"),
+                        }],
+                        Vec::new(),
+                    ));
+                }
+                None => break,
+            }
+        }
         let mut checked = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(CHECK_CHUNK) {
-            match self
-                .call_within(&Request::Check(chunk.to_vec()), CHECK_TIME)
-                .await
-            {
-                Ok(Response::Checked(results)) if results.len() == chunk.len() => {
+        for (chunk, answer) in chunks.iter().zip(answers) {
+            match answer {
+                Some(Ok(Response::Checked(results))) if results.len() == chunk.len() => {
                     self.remember_compiled(chunk.iter().zip(&results));
                     checked.extend(results);
                 }
-                Ok(_) => {
+                Some(Err(e)) => {
+                    // One expression took the worker down: check them one by one to name it.
+                    return self.check_one_by_one(sites, e).await;
+                }
+                _ => {
                     return Err(ConfigErrors(
                         vec![ConfigError {
                             place: "expressions".into(),
@@ -199,10 +232,6 @@ impl Sandbox {
                         }],
                         Vec::new(),
                     ));
-                }
-                Err(e) => {
-                    // One expression took the worker down: check them one by one to name it.
-                    return self.check_one_by_one(sites, e).await;
                 }
             }
         }
