@@ -27,7 +27,10 @@ impl Config {
     ) -> Result<Config, ConfigErrors> {
         let key = (kind, id.to_string());
         let place = format!("api ({} {id})", kind.noun());
-        if self.objects.get(&key).is_some_and(|o| o.provisioned) {
+        // The file's objects: those it provisions, and those checked but not kept as specs
+        // (the file may write an id as a number: `id: 7` is the flow `7`).
+        let from_api = self.objects.get(&key).is_some_and(|o| !o.provisioned);
+        if !from_api && self.has(kind, id) {
             return Err(one_error(
                 place,
                 format!(
@@ -49,6 +52,24 @@ impl Config {
         }
         next.routes = Routes::new(&next.flows);
         Ok(next)
+    }
+
+    /// Whether `kind`/`id` was made through the API.
+    fn is_api_object(&self, kind: ObjectKind, id: &str) -> bool {
+        self.objects
+            .get(&(kind, id.to_string()))
+            .is_some_and(|o| !o.provisioned)
+    }
+
+    /// Whether the config has a checked object `kind`/`id`.
+    fn has(&self, kind: ObjectKind, id: &str) -> bool {
+        match kind {
+            ObjectKind::Source => self.sources.contains_key(id),
+            ObjectKind::EventType => self.event_types.contains_key(id),
+            ObjectKind::Destination => self.destinations.contains_key(id),
+            ObjectKind::Flow => self.flow(id).is_some(),
+            ObjectKind::Alert => self.alerts.iter().any(|r| r.id == id),
+        }
     }
 
     /// A config sharing every checked object with this one.
@@ -121,7 +142,9 @@ impl Config {
                         &settings,
                     );
                     if let Some(flow) = flow {
-                        put_in_place(&mut self.flows, Arc::new(flow), |f| f.id == id);
+                        let api = |f: &Flow| self.is_api_object(ObjectKind::Flow, &f.id);
+                        let at = place_of(&self.flows, &id, |f| &f.id, api);
+                        put_at(&mut self.flows, at, Arc::new(flow));
                     }
                 }
             }
@@ -133,7 +156,9 @@ impl Config {
                     &self.destinations,
                 );
                 for rule in rules {
-                    put_in_place(&mut self.alerts, rule, |r| r.id == id);
+                    let api = |r: &AlertRule| self.is_api_object(ObjectKind::Alert, &r.id);
+                    let at = place_of(&self.alerts, &id, |r| &r.id, api);
+                    put_at(&mut self.alerts, at, rule);
                 }
             }
         }
@@ -167,17 +192,27 @@ impl Config {
     fn check_referrers(&self, kind: ObjectKind, id: &str) -> Result<(), ConfigErrors> {
         let flows = self.flows.iter().filter(|f| flow_names(f, kind, id));
         let alerts = self.alerts.iter().filter(|r| alert_names(r, kind, id));
-        let referrers: Vec<&ObjectSpec> = flows
+        let named: Vec<(ObjectKind, String)> = flows
             .map(|f| (ObjectKind::Flow, f.id.clone()))
             .chain(alerts.map(|r| (ObjectKind::Alert, r.id.clone())))
-            .filter_map(|key| self.objects.get(&key).map(|o| &**o))
             .collect();
-        if referrers.is_empty() {
+        if named.is_empty() {
             return Ok(());
         }
         let mut places = Places::new(&self.file.name, &self.file.text);
         let mut raw = RawConfig::default();
         let mut errors = Vec::new();
+        let mut referrers: Vec<&ObjectSpec> = Vec::new();
+        for key in &named {
+            match self.objects.get(key) {
+                Some(object) => referrers.push(object),
+                // A file's object kept without its spec (an id written as a number).
+                None => errors.push(ConfigError {
+                    place: places.object(key.0.section(), key.0.noun(), &key.1),
+                    message: format!("names {} `{id}`", kind.noun()),
+                }),
+            }
+        }
         for object in &referrers {
             if !object.provisioned {
                 places.add_api_object(object.kind.section(), &object.id);
@@ -226,12 +261,28 @@ impl Config {
     }
 }
 
-/// Replaces the item that `same` picks, or appends `item`: a replaced flow keeps its place in
-/// the order runs are planned in.
-fn put_in_place<T>(items: &mut Vec<Arc<T>>, item: Arc<T>, same: impl Fn(&T) -> bool) {
-    match items.iter().position(|i| same(i)) {
-        Some(at) => items[at] = item,
-        None => items.push(item),
+/// Where an item with `id` goes in a list of flows or alert rules, in the order a start builds
+/// them (and runs are planned in): the file's first, then the API's by id. `Ok` replaces the
+/// item there; `Err` inserts.
+fn place_of<T>(
+    items: &[Arc<T>],
+    id: &str,
+    id_of: impl Fn(&T) -> &String,
+    from_api: impl Fn(&T) -> bool,
+) -> Result<usize, usize> {
+    match items.iter().position(|i| id_of(i) == id) {
+        Some(at) => Ok(at),
+        None => Err(items
+            .iter()
+            .position(|i| from_api(i) && id_of(i).as_str() > id)
+            .unwrap_or(items.len())),
+    }
+}
+
+fn put_at<T>(items: &mut Vec<Arc<T>>, at: Result<usize, usize>, item: Arc<T>) {
+    match at {
+        Ok(at) => items[at] = item,
+        Err(at) => items.insert(at, item),
     }
 }
 

@@ -84,14 +84,15 @@ pub fn check_all(exprs: &[Expr]) -> Vec<Result<(), String>> {
 /// Writes `codes` as one jq program that yields each in turn: `((a), (b)), ((c), (d))`, nested
 /// as a balanced tree so that the parser's and the compiler's recursion go only as deep as the
 /// logarithm of their number. Each is on lines of its own inside parentheses: a `#` comment
-/// ends at its line, and bindings and labels stay inside their expression.
+/// ends by the blank line after it, and bindings and labels stay inside their expression.
 fn join_balanced(codes: &[&str], out: &mut String) {
     match codes {
         [] => out.push_str("empty"),
         [code] => {
             out.push_str("(\n");
             out.push_str(code);
-            out.push_str("\n)");
+            // A blank line: a comment ending in `\` goes on to the next line, not further.
+            out.push_str("\n\n)");
         }
         _ => {
             let (left, right) = codes.split_at(codes.len() / 2);
@@ -434,6 +435,7 @@ mod tests {
             ". as $x | $x",
             "$x",
             ".b # a comment to the end of the line",
+            ".c # a comment that goes on to the next line \\",
             "nope(1)",
             "label $out | 1, break $out",
             "break $out",
@@ -458,6 +460,12 @@ mod tests {
             .map(|i| Expr::new(&format!(".items[{i}] | select(.n > {i}) | .name")).unwrap())
             .collect();
         assert!(check_all(&good).iter().all(Result::is_ok));
+        // And they pass as one program, not one by one: a comment that goes on to the next
+        // line does not swallow what joins them.
+        let codes = [".a # ends in a backslash \\", ".b", "$event | .c"];
+        let mut together = String::new();
+        join_balanced(&codes, &mut together);
+        assert!(compile_screened(&together).is_ok(), "{together}");
     }
 
     #[test]

@@ -92,7 +92,10 @@ async fn send(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_flows_route_by_lookup_and_change_one_at_a_time() {
     let receiver = Receiver::start().await;
-    let app = spawn_app(&many_flows(&receiver)).await;
+    let yaml = many_flows(&receiver);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ferry::clock::ManualClock::new(ferry::clock::system_now_ms());
+    let app = spawn_app_at(&yaml, dir.path(), clock.clone(), None).await;
     let config = app.state.config.get();
     assert_eq!(
         (
@@ -197,8 +200,8 @@ async fn ten_thousand_flows_route_by_lookup_and_change_one_at_a_time() {
     assert_eq!(
         places,
         [
-            "api (flow uses-spare), step 1",
-            "api (flow also-spare), step 1"
+            "api (flow also-spare), step 1",
+            "api (flow uses-spare), step 1"
         ],
         "{refused}"
     );
@@ -218,4 +221,72 @@ async fn ten_thousand_flows_route_by_lookup_and_change_one_at_a_time() {
         (409, &Value::from("provisioned"))
     );
     assert!(app.state.config.get().destinations.contains_key("spare"));
+
+    // What the API made, a start takes back: the same flows in the same order.
+    let order = |config: &ferry::config::Config| -> Vec<String> {
+        config.flows.iter().map(|f| f.id.clone()).collect()
+    };
+    let before = order(&app.state.config.get());
+    drop(app);
+    let app = spawn_app_at(&yaml, dir.path(), clock, None).await;
+    assert_eq!(order(&app.state.config.get()), before);
+    assert_eq!(&before[FLOWS..], ["also-spare", "uses-spare"]);
+}
+
+/// An id the file writes as a number (`id: 7`) is still the file's: the API cannot take it,
+/// and so never makes a config that the next start would refuse.
+#[tokio::test]
+async fn ids_the_file_writes_as_numbers_stay_the_files() {
+    let receiver = Receiver::start().await;
+    let yaml = format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: 123, kind: webhook, verify: {{ scheme: none }} }} ]
+event_types: [ {{ name: 1.5 }} ]
+destinations: [ {{ id: 7, kind: http, url: "{}" }} ]
+flows: [ {{ id: 42, on: {{ source: 123 }}, steps: [ {{ deliver: "7" }} ] }} ]
+"#,
+        receiver.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ferry::clock::ManualClock::new(ferry::clock::system_now_ms());
+    let app = spawn_app_at(&yaml, dir.path(), clock.clone(), None).await;
+    for (kind, spec) in [
+        (
+            "sources",
+            json!({"id": "123", "kind": "webhook", "verify": {"scheme": "none"}}),
+        ),
+        ("event-types", json!({"name": "1.5"})),
+        (
+            "destinations",
+            json!({"id": "7", "kind": "http", "url": receiver.url.clone()}),
+        ),
+        (
+            "flows",
+            json!({"id": "42", "on": {"source": "123"}, "steps": [{"deliver": "7"}]}),
+        ),
+    ] {
+        let (status, refused) = app.api_post_json(&format!("/api/v1/{kind}"), spec).await;
+        assert_eq!(status, 422, "{kind}: {refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("defines this"),
+            "{refused}"
+        );
+    }
+    // Deleting what a file flow names is refused by the file's place.
+    let (status, _) = app
+        .api_post_json(
+            "/api/v1/flows",
+            json!({"id": "api-flow", "on": {"source": "123"}, "steps": [{"deliver": "7"}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    app.accept("/in/123", r#"{"type": "x"}"#, &[]).await;
+    receiver.wait_for(2).await;
+    drop(app);
+    let app = spawn_app_at(&yaml, dir.path(), clock, None).await;
+    assert!(app.state.config.get().flow("api-flow").is_some());
 }

@@ -94,8 +94,29 @@ struct Inner {
 /// Most expressions remembered as compiled; past it the memory starts over.
 const COMPILED_MEMORY: usize = 100_000;
 
-/// Most expressions compiled in one request.
+/// Most expressions compiled in one request, and most bytes of their code: one program holds
+/// them all, and must stay within a worker's memory.
 const CHECK_CHUNK: usize = 500;
+const CHECK_CHUNK_BYTES: usize = 256 * 1024;
+
+/// `exprs` cut into requests of at most [`CHECK_CHUNK`] expressions and [`CHECK_CHUNK_BYTES`]
+/// bytes of code (one larger expression alone in its request).
+fn check_chunks(exprs: &[Expr]) -> Vec<&[Expr]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (at, expr) in exprs.iter().enumerate() {
+        let size = expr.code().len();
+        if at > start && (at - start == CHECK_CHUNK || bytes + size > CHECK_CHUNK_BYTES) {
+            chunks.push(&exprs[start..at]);
+            (start, bytes) = (at, 0);
+        }
+        bytes += size;
+    }
+    if start < exprs.len() {
+        chunks.push(&exprs[start..]);
+    }
+    chunks
+}
 
 struct Worker {
     child: tokio::process::Child,
@@ -181,15 +202,21 @@ impl Sandbox {
         unique.dedup();
         // In requests of a bounded size, so that thousands of expressions stay within a
         // worker's limits on one request's time and memory; as many at once as there are
-        // workers.
-        let chunks: Vec<Vec<Expr>> = unique.chunks(CHECK_CHUNK).map(<[Expr]>::to_vec).collect();
+        // workers (and the queue takes).
+        let chunks = check_chunks(&unique);
         let mut answers: Vec<Option<Result<Response, SandboxError>>> =
             chunks.iter().map(|_| None).collect();
+        let at_once = self
+            .inner
+            .limits
+            .workers
+            .min(self.inner.limits.queue)
+            .max(1);
         let mut tasks = tokio::task::JoinSet::new();
         let mut next = 0;
         loop {
-            while next < chunks.len() && tasks.len() < self.inner.limits.workers.max(1) {
-                let (sandbox, chunk, at) = (self.clone(), chunks[next].clone(), next);
+            while next < chunks.len() && tasks.len() < at_once {
+                let (sandbox, chunk, at) = (self.clone(), chunks[next].to_vec(), next);
                 tasks.spawn(async move {
                     let answer = sandbox
                         .call_within(&Request::Check(chunk), CHECK_TIME)
@@ -214,16 +241,9 @@ impl Sandbox {
         }
         let mut checked = Vec::with_capacity(unique.len());
         for (chunk, answer) in chunks.iter().zip(answers) {
-            match answer {
-                Some(Ok(Response::Checked(results))) if results.len() == chunk.len() => {
-                    self.remember_compiled(chunk.iter().zip(&results));
-                    checked.extend(results);
-                }
-                Some(Err(e)) => {
-                    // One expression took the worker down: check them one by one to name it.
-                    return self.check_one_by_one(sites, e).await;
-                }
-                _ => {
+            let results = match answer {
+                Some(Ok(Response::Checked(results))) if results.len() == chunk.len() => results,
+                Some(Ok(_)) => {
                     return Err(ConfigErrors(
                         vec![ConfigError {
                             place: "expressions".into(),
@@ -233,7 +253,19 @@ impl Sandbox {
                         Vec::new(),
                     ));
                 }
-            }
+                // One expression took the worker down (or the pool was busy): this request's
+                // expressions one at a time, to name it.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, expressions = chunk.len(), "checking expressions together failed; checking them one at a time");
+                    self.check_each_alone(chunk).await
+                }
+                None => chunk
+                    .iter()
+                    .map(|_| Err("the expression check did not run".to_string()))
+                    .collect(),
+            };
+            self.remember_compiled(chunk.iter().zip(&results));
+            checked.extend(results);
         }
         crate::config::expression_errors(sites, |expr| {
             match unique.binary_search_by(|e| e.code().cmp(expr.code())) {
@@ -263,37 +295,22 @@ impl Sandbox {
         }
     }
 
-    async fn check_one_by_one(
-        &self,
-        sites: &[ExprSite],
-        first: SandboxError,
-    ) -> Result<(), ConfigErrors> {
-        let mut errors = Vec::new();
-        for site in sites {
-            let request = Request::Check(vec![site.expr.clone()]);
-            let message = match self.call_within(&request, CHECK_TIME).await {
-                Ok(Response::Checked(r)) => match r.into_iter().next() {
-                    Some(Ok(())) => {
-                        self.remember_compiled(std::iter::once((&site.expr, &Ok(()))));
-                        continue;
-                    }
-                    Some(Err(m)) => m,
-                    None => "the expression worker gave no answer".into(),
-                },
-                Ok(_) => "the expression worker gave an answer of the wrong kind".into(),
-                Err(e) => e.to_string(),
-            };
-            errors.push(ConfigError {
-                place: site.place.clone(),
-                message: format!("`{}`: {message}", site.field),
+    /// Each of `exprs` compiled in a request of its own: what a request that failed as a
+    /// whole says of each.
+    async fn check_each_alone(&self, exprs: &[Expr]) -> Vec<Result<(), String>> {
+        let mut results = Vec::with_capacity(exprs.len());
+        for expr in exprs {
+            let request = Request::Check(vec![expr.clone()]);
+            results.push(match self.call_within(&request, CHECK_TIME).await {
+                Ok(Response::Checked(r)) => r
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Err("the expression worker gave no answer".into())),
+                Ok(_) => Err("the expression worker gave an answer of the wrong kind".into()),
+                Err(e) => Err(e.to_string()),
             });
         }
-        if errors.is_empty() {
-            // Each compiles on its own: the batch failed for another reason (a busy pool).
-            tracing::warn!(error = %first, "checking the expressions together failed; one by one they pass");
-            return Ok(());
-        }
-        Err(ConfigErrors(errors, Vec::new()))
+        results
     }
 
     /// The runs a new event starts in `flows`: their first steps run in one request.
