@@ -105,6 +105,28 @@ fn join_balanced(codes: &[&str], out: &mut String) {
     }
 }
 
+/// Writes `codes` as one jq program that runs the one `$__ferry_which` names (counted from
+/// `first`): `if $__ferry_which < 2 then (if ... ) else (...) end`, a balanced tree, so that
+/// picking one costs a comparison per level.
+fn dispatch(codes: &[&str], first: usize, out: &mut String) {
+    match codes {
+        [] => out.push_str("empty"),
+        [code] => {
+            out.push_str("(\n");
+            out.push_str(code);
+            out.push_str("\n\n)");
+        }
+        _ => {
+            let half = codes.len() / 2;
+            out.push_str(&format!("if $__ferry_which < {} then ", first + half));
+            dispatch(&codes[..half], first, out);
+            out.push_str(" else ");
+            dispatch(&codes[half..], first + half, out);
+            out.push_str(" end");
+        }
+    }
+}
+
 /// Lexes and parses `code` alone, and refuses the words above anywhere in it.
 fn screen(code: &str) -> Result<(), String> {
     let tokens = jaq_core::load::Lexer::new(code).lex().map_err(|errs| {
@@ -137,8 +159,20 @@ fn screen(code: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Ferry's globals, as every expression sees them.
+const GLOBALS: [&str; 2] = ["$event", "$steps"];
+
+/// The globals of a group's program: Ferry's, and the one that picks an expression
+/// ([`dispatch`]). Expressions compiled alone do not have it, so none can read it.
+const GROUP_GLOBALS: [&str; 3] = ["$event", "$steps", "$__ferry_which"];
+
 /// Compiles `code`, which [`screen`] passed, with the standard library and Ferry's globals.
 fn compile_screened(code: &str) -> Result<Filter, String> {
+    compile_with(code, &GLOBALS)
+}
+
+/// Compiles `code` with the standard library and `globals`.
+fn compile_with(code: &str, globals: &[&'static str]) -> Result<Filter, String> {
     let defs = jaq_core::defs()
         .chain(jaq_std::defs())
         .chain(jaq_json::defs());
@@ -174,7 +208,7 @@ fn compile_screened(code: &str) -> Result<Filter, String> {
         })?;
     Compiler::default()
         .with_funs(funs)
-        .with_global_vars(["$event", "$steps"])
+        .with_global_vars(globals.iter().copied())
         .compile(modules)
         .map_err(|errs| {
             errs.into_iter()
@@ -258,28 +292,51 @@ fn refused_in_pattern(pattern: &Pattern<&str>) -> Option<&'static str> {
 
 /// Compiled programs of one worker, by their code: an expression is compiled the first time it
 /// runs and reused after (a failed compile is remembered too).
+///
+/// jaq compiles its standard definitions into every program (about 110 KB and 0.8 ms each), so
+/// expressions are not kept one to a program: once [`REGROUP_AFTER`] have been compiled alone,
+/// they are compiled again together, up to [`GROUP`] in one program that runs the one its
+/// variable `$__ferry_which` picks ([`dispatch`]), and the programs of one are dropped. Ten
+/// thousand expressions take about forty programs rather than ten thousand.
 #[derive(Default)]
 pub struct Programs {
-    compiled: HashMap<Arc<str>, Result<Arc<Filter>, String>>,
+    compiled: HashMap<Arc<str>, Result<Compiled, String>>,
+    /// Expressions compiled alone since the last grouping.
+    alone: Vec<Arc<str>>,
+    /// The expressions of the last group while it has room: grouped again with the next ones.
+    open: Vec<Arc<str>>,
     /// Set in the server process, which must never compile or run jq.
     refuse: bool,
 }
 
-/// Most programs a worker keeps; past it the cache starts again (flows are compiled again on
-/// their next run). Each holds the standard library's table, so the count stays small.
-const MAX_PROGRAMS: usize = 2_000;
+/// A compiled expression: its program, and its number there when the program is a group's.
+#[derive(Clone)]
+struct Compiled {
+    filter: Arc<Filter>,
+    which: Option<usize>,
+}
+
+/// Most expressions in one group's program: a grouping compiles at most this many again.
+const GROUP: usize = 256;
+
+/// Expressions compiled alone before they are grouped.
+const REGROUP_AFTER: usize = 32;
+
+/// Most expressions a worker keeps; past it the cache starts again (flows are compiled again on
+/// their next run).
+const MAX_EXPRESSIONS: usize = 100_000;
 
 impl Programs {
     /// Programs that refuse to compile anything: for the server's own use of
     /// `run::advance` on flows without expressions.
     pub fn refusing() -> Programs {
         Programs {
-            compiled: HashMap::new(),
             refuse: true,
+            ..Programs::default()
         }
     }
 
-    fn get(&mut self, expr: &Expr) -> Result<Arc<Filter>, String> {
+    fn get(&mut self, expr: &Expr) -> Result<Compiled, String> {
         if self.refuse {
             return Err(format!(
                 "jq expression `{}` cannot run here: expressions run only in the expression workers",
@@ -289,14 +346,62 @@ impl Programs {
         if let Some(found) = self.compiled.get(expr.code()) {
             return found.clone();
         }
-        if self.compiled.len() >= MAX_PROGRAMS {
-            self.compiled.clear();
+        if self.compiled.len() >= MAX_EXPRESSIONS {
+            *self = Programs::default();
         }
         let made = compile(expr.code())
-            .map(Arc::new)
+            .map(|filter| Compiled {
+                filter: Arc::new(filter),
+                which: None,
+            })
             .map_err(|m| format!("jq expression `{}` does not compile: {m}", expr.code()));
         self.compiled.insert(expr.code_arc(), made.clone());
+        if made.is_ok() {
+            self.alone.push(expr.code_arc());
+            if self.alone.len() >= REGROUP_AFTER {
+                self.regroup();
+            }
+        }
         made
+    }
+
+    /// Compiles the expressions compiled alone, with those of the group that has room, into
+    /// groups. A group that does not compile leaves its expressions as they were.
+    fn regroup(&mut self) {
+        let mut members = std::mem::take(&mut self.open);
+        members.append(&mut self.alone);
+        for chunk in members.chunks(GROUP) {
+            let codes: Vec<&str> = chunk.iter().map(|c| &**c).collect();
+            let mut text = String::new();
+            dispatch(&codes, 0, &mut text);
+            let Ok(filter) = compile_with(&text, &GROUP_GLOBALS) else {
+                continue;
+            };
+            let filter = Arc::new(filter);
+            for (which, code) in chunk.iter().enumerate() {
+                let compiled = Compiled {
+                    filter: filter.clone(),
+                    which: Some(which),
+                };
+                self.compiled.insert(code.clone(), Ok(compiled));
+            }
+            if chunk.len() < GROUP {
+                self.open = chunk.to_vec();
+            }
+        }
+    }
+
+    /// How many programs the compiled expressions take: for tests.
+    #[cfg(test)]
+    fn programs(&self) -> usize {
+        let mut seen: Vec<*const Filter> = self
+            .compiled
+            .values()
+            .filter_map(|c| c.as_ref().ok().map(|c| Arc::as_ptr(&c.filter)))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen.len()
     }
 
     /// Compiles `code` and says what is wrong with it, if anything.
@@ -328,9 +433,10 @@ impl Programs {
         scope: &Scope,
     ) -> Result<Option<Value>, String> {
         let program = self.get(expr)?;
-        let vars = Vars::new([scope.event.clone(), scope.steps.clone()]);
-        let ctx = Ctx::<JustLut<Value>>::new(&program.lut, vars);
-        let mut outputs = program.id.run((ctx, input.clone()));
+        let mut vars = vec![scope.event.clone(), scope.steps.clone()];
+        vars.extend(program.which.map(Value::from));
+        let ctx = Ctx::<JustLut<Value>>::new(&program.filter.lut, Vars::new(vars));
+        let mut outputs = program.filter.id.run((ctx, input.clone()));
         match outputs.next() {
             None => Ok(None),
             Some(Ok(v)) => Ok(Some(v)),
@@ -426,6 +532,39 @@ mod tests {
         let err = compile("nosuchfn(1)").err().unwrap();
         assert!(err.contains("undefined filter `nosuchfn`"), "{err}");
         assert!(err.contains("character 1"), "{err}");
+    }
+
+    #[test]
+    fn expressions_share_programs_in_groups_and_each_still_gives_its_own_answer() {
+        let mut p = Programs::default();
+        let input = v(r#"{"n": 1}"#);
+        let scope = Scope {
+            event: v(r#"{"type": "order"}"#),
+            steps: Value::Null,
+        };
+        let exprs: Vec<Expr> = (0..600)
+            .map(|i| Expr::new(&format!(".n + {i} # \\")).unwrap())
+            .chain([Expr::new("$event.type").unwrap()])
+            .collect();
+        for round in 0..2 {
+            for (i, e) in exprs.iter().enumerate().take(600) {
+                let got = p.first(e, &input, &scope).unwrap();
+                assert_eq!(got, Some(Value::from(1 + i)), "round {round}, {}", e.code());
+            }
+            let event = p.first(&exprs[600], &input, &scope).unwrap();
+            assert_eq!(event, Some(v(r#""order""#)));
+        }
+        // 600 expressions in three groups (256, 256, 88), the last with room, and at most
+        // REGROUP_AFTER alone.
+        assert!(
+            p.programs() <= 3 + REGROUP_AFTER,
+            "{} programs",
+            p.programs()
+        );
+        // The variable that picks an expression is not one an expression can read.
+        let which = Expr::new("$__ferry_which").unwrap();
+        assert!(p.check(&which).is_err());
+        assert!(Programs::default().check_each(&[which])[0].is_err());
     }
 
     #[test]
