@@ -301,12 +301,35 @@ fn refused_in_pattern(pattern: &Pattern<&str>) -> Option<&'static str> {
 #[derive(Default)]
 pub struct Programs {
     compiled: HashMap<Arc<str>, Result<Compiled, String>>,
+    /// Bytes of code in `compiled`: what its memory grows with.
+    code_bytes: usize,
     /// Expressions compiled alone since the last grouping.
     alone: Vec<Arc<str>>,
     /// The expressions of the last group while it has room: grouped again with the next ones.
     open: Vec<Arc<str>>,
     /// Set in the server process, which must never compile or run jq.
     refuse: bool,
+}
+
+/// `codes` cut into groups of at most [`GROUP`] expressions and [`GROUP_BYTES`] bytes.
+fn groups(codes: &[Arc<str>]) -> Vec<&[Arc<str>]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (at, code) in codes.iter().enumerate() {
+        if at > start && (at - start == GROUP || bytes + code.len() > GROUP_BYTES) {
+            out.push(&codes[start..at]);
+            (start, bytes) = (at, 0);
+        }
+        bytes += code.len();
+    }
+    if start < codes.len() {
+        out.push(&codes[start..]);
+    }
+    out
+}
+
+fn code_len(codes: &[Arc<str>]) -> usize {
+    codes.iter().map(|c| c.len()).sum()
 }
 
 /// A compiled expression: its program, and its number there when the program is a group's.
@@ -316,15 +339,20 @@ struct Compiled {
     which: Option<usize>,
 }
 
-/// Most expressions in one group's program: a grouping compiles at most this many again.
+/// Most expressions in one group's program, and most bytes of their code: a grouping, which
+/// runs within the request that meets the expression that calls for it, compiles at most two
+/// such programs.
 const GROUP: usize = 256;
+const GROUP_BYTES: usize = 64 * 1024;
 
-/// Expressions compiled alone before they are grouped.
+/// Expressions compiled alone before they are grouped (or fewer, with [`GROUP_BYTES`] of code).
 const REGROUP_AFTER: usize = 32;
 
-/// Most expressions a worker keeps; past it the cache starts again (flows are compiled again on
-/// their next run).
+/// Most expressions, and most bytes of their code, that a worker keeps; past either the cache
+/// starts again (flows are compiled again on their next run). Searches with `jq` pass through
+/// here too, each query an expression.
 const MAX_EXPRESSIONS: usize = 100_000;
+const MAX_CODE_BYTES: usize = 8 * 1024 * 1024;
 
 impl Programs {
     /// Programs that refuse to compile anything: for the server's own use of
@@ -346,9 +374,10 @@ impl Programs {
         if let Some(found) = self.compiled.get(expr.code()) {
             return found.clone();
         }
-        if self.compiled.len() >= MAX_EXPRESSIONS {
+        if self.compiled.len() >= MAX_EXPRESSIONS || self.code_bytes >= MAX_CODE_BYTES {
             *self = Programs::default();
         }
+        self.code_bytes += expr.code().len();
         let made = compile(expr.code())
             .map(|filter| Compiled {
                 filter: Arc::new(filter),
@@ -358,7 +387,7 @@ impl Programs {
         self.compiled.insert(expr.code_arc(), made.clone());
         if made.is_ok() {
             self.alone.push(expr.code_arc());
-            if self.alone.len() >= REGROUP_AFTER {
+            if self.alone.len() >= REGROUP_AFTER || code_len(&self.alone) >= GROUP_BYTES {
                 self.regroup();
             }
         }
@@ -366,11 +395,15 @@ impl Programs {
     }
 
     /// Compiles the expressions compiled alone, with those of the group that has room, into
-    /// groups. A group that does not compile leaves its expressions as they were.
+    /// groups. One too large to share a group, or in a group that does not compile (none is
+    /// known to: each member compiled alone), stays compiled alone.
     fn regroup(&mut self) {
         let mut members = std::mem::take(&mut self.open);
         members.append(&mut self.alone);
-        for chunk in members.chunks(GROUP) {
+        for chunk in groups(&members) {
+            if chunk.len() < 2 {
+                continue;
+            }
             let codes: Vec<&str> = chunk.iter().map(|c| &**c).collect();
             let mut text = String::new();
             dispatch(&codes, 0, &mut text);
@@ -385,7 +418,7 @@ impl Programs {
                 };
                 self.compiled.insert(code.clone(), Ok(compiled));
             }
-            if chunk.len() < GROUP {
+            if chunk.len() < GROUP && code_len(chunk) < GROUP_BYTES / 2 {
                 self.open = chunk.to_vec();
             }
         }
@@ -542,14 +575,30 @@ mod tests {
             event: v(r#"{"type": "order"}"#),
             steps: Value::Null,
         };
+        let scope = Scope {
+            steps: v(r#"{"a": 5}"#),
+            ..scope
+        };
+        // Every tenth reads `$event`, every tenth `$steps`: the globals keep their values in a
+        // group, where the variable that picks is one more.
+        let code = |i: usize| match i % 10 {
+            0 => format!(r#"$event.type + "-{i}""#),
+            1 => format!("$steps.a + {i}"),
+            _ => format!(".n + {i} # \\"),
+        };
+        let answer = |i: usize| match i % 10 {
+            0 => Value::from(format!("order-{i}")),
+            1 => Value::from(5 + i),
+            _ => Value::from(1 + i),
+        };
         let exprs: Vec<Expr> = (0..600)
-            .map(|i| Expr::new(&format!(".n + {i} # \\")).unwrap())
+            .map(|i| Expr::new(&code(i)).unwrap())
             .chain([Expr::new("$event.type").unwrap()])
             .collect();
         for round in 0..2 {
             for (i, e) in exprs.iter().enumerate().take(600) {
                 let got = p.first(e, &input, &scope).unwrap();
-                assert_eq!(got, Some(Value::from(1 + i)), "round {round}, {}", e.code());
+                assert_eq!(got, Some(answer(i)), "round {round}, {}", e.code());
             }
             let event = p.first(&exprs[600], &input, &scope).unwrap();
             assert_eq!(event, Some(v(r#""order""#)));
@@ -565,6 +614,19 @@ mod tests {
         let which = Expr::new("$__ferry_which").unwrap();
         assert!(p.check(&which).is_err());
         assert!(Programs::default().check_each(&[which])[0].is_err());
+    }
+
+    #[test]
+    fn groups_keep_to_their_count_and_their_bytes() {
+        let small: Vec<Arc<str>> = (0..600).map(|i| Arc::from(format!(".n + {i}"))).collect();
+        let sizes: Vec<usize> = groups(&small).iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, [GROUP, GROUP, 600 - 2 * GROUP]);
+        let large: Vec<Arc<str>> = (0..40)
+            .map(|i| Arc::from(format!(".n + {i} {}", " ".repeat(16 * 1024 - 20))))
+            .collect();
+        for group in groups(&large) {
+            assert!(code_len(group) <= GROUP_BYTES, "{} bytes", code_len(group));
+        }
     }
 
     #[test]

@@ -255,6 +255,18 @@ impl Sandbox {
                 }
                 // One expression took the worker down (or the pool was busy): this request's
                 // expressions one at a time, to name it.
+                // Busy workers, or none that could start: the same for each alone.
+                Some(Err(e)) if e.is_overload() => {
+                    return Err(ConfigErrors(
+                        vec![ConfigError {
+                            place: "expressions".into(),
+                            message: format!(
+                                "the expressions could not be checked now ({e}); try again"
+                            ),
+                        }],
+                        Vec::new(),
+                    ));
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, expressions = chunk.len(), "checking expressions together failed; checking them one at a time");
                     self.check_each_alone(chunk).await
