@@ -46,63 +46,14 @@ const PROCESS: [&str; 12] = [
     "$__prog_args",
 ];
 
+/// The variable a group's program picks its expression by ([`dispatch`]): Ferry's own.
+const RESERVED: [&str; 1] = ["$__ferry_which"];
+
 /// Compiles `code`: parses it, refuses the words above wherever they are in the parsed program
 /// (string interpolations included), and compiles it with Ferry's globals `$event` and `$steps`.
 pub fn compile(code: &str) -> Result<Filter, String> {
     screen(code)?;
     compile_screened(code)
-}
-
-/// Checks that each of `exprs` compiles, as [`compile`] would say, at the cost of about one
-/// compile: those that parse are compiled together as one program (`(a), (b), ...`), so the
-/// standard library is compiled once for them all rather than once each. Only when that
-/// program does not compile is each compiled alone, to say which fail and why.
-pub fn check_all(exprs: &[Expr]) -> Vec<Result<(), String>> {
-    let mut results: Vec<Result<(), String>> = exprs.iter().map(|e| screen(e.code())).collect();
-    let parsed: Vec<&str> = exprs
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(e, _)| e.code())
-        .collect();
-    if parsed.is_empty() {
-        return results;
-    }
-    let mut together = String::new();
-    join_balanced(&parsed, &mut together);
-    if compile_screened(&together).is_ok() {
-        return results;
-    }
-    for (expr, result) in exprs.iter().zip(&mut results) {
-        if result.is_ok() {
-            *result = compile_screened(expr.code()).map(|_| ());
-        }
-    }
-    results
-}
-
-/// Writes `codes` as one jq program that yields each in turn: `((a), (b)), ((c), (d))`, nested
-/// as a balanced tree so that the parser's and the compiler's recursion go only as deep as the
-/// logarithm of their number. Each is on lines of its own inside parentheses: a `#` comment
-/// ends by the blank line after it, and bindings and labels stay inside their expression.
-fn join_balanced(codes: &[&str], out: &mut String) {
-    match codes {
-        [] => out.push_str("empty"),
-        [code] => {
-            out.push_str("(\n");
-            out.push_str(code);
-            // A blank line: a comment ending in `\` goes on to the next line, not further.
-            out.push_str("\n\n)");
-        }
-        _ => {
-            let (left, right) = codes.split_at(codes.len() / 2);
-            out.push('(');
-            join_balanced(left, out);
-            out.push_str(",\n");
-            join_balanced(right, out);
-            out.push(')');
-        }
-    }
 }
 
 /// Writes `codes` as one jq program that runs the one `$__ferry_which` names (counted from
@@ -127,6 +78,14 @@ fn dispatch(codes: &[&str], first: usize, out: &mut String) {
     }
 }
 
+/// Compiles `codes`, which [`screen`] passed, as one group's program ([`dispatch`]).
+fn compile_group(codes: &[Arc<str>]) -> Result<Filter, String> {
+    let codes: Vec<&str> = codes.iter().map(|c| &**c).collect();
+    let mut text = String::new();
+    dispatch(&codes, 0, &mut text);
+    compile_with(&text, &GROUP_GLOBALS)
+}
+
 /// Lexes and parses `code` alone, and refuses the words above anywhere in it.
 fn screen(code: &str) -> Result<(), String> {
     let tokens = jaq_core::load::Lexer::new(code).lex().map_err(|errs| {
@@ -149,6 +108,8 @@ fn screen(code: &str) -> Result<(), String> {
     if let Some(word) = refused_in(&term) {
         let why = if UNBOUNDED.contains(&word) {
             "it can recurse or loop without bound"
+        } else if RESERVED.contains(&word) {
+            "the name is Ferry's own"
         } else {
             "expressions see the event and the run, not the process (its environment, its input, its logs)"
         };
@@ -231,6 +192,7 @@ fn refused_in<'s>(term: &Term<&'s str>) -> Option<&'static str> {
         UNBOUNDED
             .iter()
             .chain(&PROCESS)
+            .chain(&RESERVED)
             .find(|w| **w == name)
             .copied()
     };
@@ -404,22 +366,26 @@ impl Programs {
             if chunk.len() < 2 {
                 continue;
             }
-            let codes: Vec<&str> = chunk.iter().map(|c| &**c).collect();
-            let mut text = String::new();
-            dispatch(&codes, 0, &mut text);
-            let Ok(filter) = compile_with(&text, &GROUP_GLOBALS) else {
+            let Ok(filter) = compile_group(chunk) else {
                 continue;
             };
-            let filter = Arc::new(filter);
-            for (which, code) in chunk.iter().enumerate() {
-                let compiled = Compiled {
-                    filter: filter.clone(),
-                    which: Some(which),
-                };
-                self.compiled.insert(code.clone(), Ok(compiled));
-            }
+            self.keep_group(chunk, filter);
             if chunk.len() < GROUP && code_len(chunk) < GROUP_BYTES / 2 {
                 self.open = chunk.to_vec();
+            }
+        }
+    }
+
+    /// Keeps `filter`, the program of the group `codes`, for each of them.
+    fn keep_group(&mut self, codes: &[Arc<str>], filter: Filter) {
+        let filter = Arc::new(filter);
+        for (which, code) in codes.iter().enumerate() {
+            let compiled = Compiled {
+                filter: filter.clone(),
+                which: Some(which),
+            };
+            if self.compiled.insert(code.clone(), Ok(compiled)).is_none() {
+                self.code_bytes += code.len();
             }
         }
     }
@@ -442,13 +408,38 @@ impl Programs {
         self.get(expr).map(|_| ())
     }
 
-    /// [`Self::check`] for each of `exprs`, compiled together ([`check_all`]); nothing is
-    /// kept: a checked expression is compiled again when it first runs.
+    /// [`Self::check`] for each of `exprs`, at the cost of a compile per group rather than per
+    /// expression: those that parse are compiled together in groups, which are kept for their
+    /// runs. Only the members of a group that does not compile are compiled alone, to say
+    /// which fail and why (as alone: a group's members cannot see each other).
     pub fn check_each(&mut self, exprs: &[Expr]) -> Vec<Result<(), String>> {
         if self.refuse {
             return exprs.iter().map(|e| self.check(e)).collect();
         }
-        check_all(exprs)
+        let mut results: Vec<Result<(), String>> = exprs.iter().map(|e| screen(e.code())).collect();
+        let (at, screened): (Vec<usize>, Vec<Arc<str>>) = exprs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| results[*i].is_ok())
+            .map(|(i, e)| (i, e.code_arc()))
+            .unzip();
+        if self.code_bytes + code_len(&screened) >= MAX_CODE_BYTES {
+            *self = Programs::default();
+        }
+        let mut first = 0;
+        for group in groups(&screened) {
+            let places = &at[first..first + group.len()];
+            first += group.len();
+            match compile_group(group) {
+                Ok(filter) => self.keep_group(group, filter),
+                Err(_) => {
+                    for (code, &i) in group.iter().zip(places) {
+                        results[i] = compile_screened(code).map(|_| ());
+                    }
+                }
+            }
+        }
+        results
             .into_iter()
             .zip(exprs)
             .map(|(result, e)| {
@@ -660,13 +651,17 @@ mod tests {
         let good: Vec<Expr> = (0..2_000)
             .map(|i| Expr::new(&format!(".items[{i}] | select(.n > {i}) | .name")).unwrap())
             .collect();
-        assert!(check_all(&good).iter().all(Result::is_ok));
-        // And they pass as one program, not one by one: a comment that goes on to the next
+        let mut kept = Programs::default();
+        assert!(kept.check_each(&good).iter().all(Result::is_ok));
+        // In groups, kept for their runs: 2,000 in 8 programs.
+        assert_eq!(kept.programs(), 8);
+        // A group compiles as one program, not one by one: a comment that goes on to the next
         // line does not swallow what joins them.
-        let codes = [".a # ends in a backslash \\", ".b", "$event | .c"];
-        let mut together = String::new();
-        join_balanced(&codes, &mut together);
-        assert!(compile_screened(&together).is_ok(), "{together}");
+        let codes: Vec<Arc<str>> = [".a # ends in a backslash \\", ".b", "$event | .c"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        assert!(compile_group(&codes).is_ok());
     }
 
     #[test]
