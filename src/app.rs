@@ -225,6 +225,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/in/{source}", post(crate::ingest::receive))
         .merge(crate::api::routes(state.clone()))
+        .merge(crate::console::routes(Arc::new(
+            crate::console::session::Sessions::default(),
+        )))
         .with_state(state)
 }
 

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod demo;
 pub mod egress;

@@ -63,12 +63,39 @@ pub enum Scope {
     Read,
 }
 
+/// The SHA-256 of a token, as tokens are compared and kept.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// The scope of the token with this digest, if it is one: the bootstrap token (compared in
+/// constant time) is `admin`; other tokens are looked up among those made through the API, so
+/// a revoked token has none from then on.
+pub async fn scope_of(app: &AppState, digest: &[u8; 32]) -> Result<Option<Scope>, ApiError> {
+    use subtle::ConstantTimeEq;
+    let bootstrap: bool = digest.ct_eq(&token_digest(&app.api_token)).into();
+    if bootstrap {
+        return Ok(Some(Scope::Admin));
+    }
+    let hash = digest.to_vec();
+    Ok(
+        match app
+            .store
+            .read(move |c| crate::store::token_scope(c, &hash))
+            .await?
+        {
+            Some(s) if s == "admin" => Some(Scope::Admin),
+            Some(_) => Some(Scope::Read),
+            None => None,
+        },
+    )
+}
+
 /// Checks the bearer token: the bootstrap token (compared in constant time, as SHA-256
 /// digests so neither content nor length leaks) is `admin`; other tokens are looked up by
 /// their SHA-256 among the tokens made through the API. A `read` token may only read (`GET`).
 async fn require_token(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    use sha2::Digest;
-    use subtle::ConstantTimeEq;
     let given = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -86,24 +113,9 @@ async fn require_token(State(app): State<AppState>, mut request: Request, next: 
         )
         .into_response();
     };
-    let digest = sha2::Sha256::digest(given.as_bytes());
-    let bootstrap: bool = digest
-        .ct_eq(&sha2::Sha256::digest(app.api_token.as_bytes()))
-        .into();
-    let scope = if bootstrap {
-        Some(Scope::Admin)
-    } else {
-        let hash = digest.to_vec();
-        match app
-            .store
-            .read(move |c| crate::store::token_scope(c, &hash))
-            .await
-        {
-            Ok(Some(s)) if s == "admin" => Some(Scope::Admin),
-            Ok(Some(_)) => Some(Scope::Read),
-            Ok(None) => None,
-            Err(e) => return ApiError::from(e).into_response(),
-        }
+    let scope = match scope_of(&app, &token_digest(&given)).await {
+        Ok(scope) => scope,
+        Err(e) => return e.into_response(),
     };
     let Some(scope) = scope else {
         return ApiError::new(

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod client;
 mod config;
+mod console;
 mod crash;
 mod disk_full;
 mod egress;

@@ -1,0 +1,155 @@
+//! The console: server-rendered pages at `/` for people, drawn from the same store reads as the
+//! REST API (no second source of truth). Signing in with an API token opens a session
+//! (`session.rs`). Every console answer carries a strict Content-Security-Policy (nothing
+//! inline, nothing from elsewhere) and refuses to be framed; every form that changes something
+//! carries the session's CSRF token, and a cross-origin `POST` is refused. Templates are in
+//! `templates/console/` (askama: checked at compile time, escaped), the style sheet is
+//! embedded. The pages themselves are in `pages.rs`.
+
+mod pages;
+pub mod session;
+
+use crate::api::Scope;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use session::Sessions;
+use std::sync::Arc;
+
+/// The console's routes, with the sessions they share.
+pub fn routes(sessions: Arc<Sessions>) -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/events", get(pages::events))
+        .route("/events/{id}", get(pages::event))
+        .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
+        .route("/sign-out", post(pages::sign_out))
+        .route("/console/style.css", get(style))
+        .layer(axum::middleware::from_fn(same_origin_posts))
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::Extension(sessions))
+}
+
+/// The policy of every console answer: the console's own style sheet and nothing else (no
+/// script at all yet), forms only to itself, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Refuses a `POST` whose `Origin` is not this server (`Host`): forms of other sites cannot
+/// sign in or act, whatever the cookie's `SameSite` does in an old browser.
+async fn same_origin_posts(request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::POST
+        && let Some(origin) = request.headers().get(header::ORIGIN)
+    {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| rest);
+        if host.is_none() || origin_host != host {
+            return (
+                StatusCode::FORBIDDEN,
+                "a form of another site cannot act here (its Origin is not this server)",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("console.css"),
+    )
+        .into_response()
+}
+
+/// The person signed in, as the pages show them.
+pub struct Viewer {
+    pub scope: Scope,
+    pub scope_name: &'static str,
+    pub csrf: String,
+    pub session_id: String,
+}
+
+impl Viewer {
+    /// Whether this viewer may change things (an `admin` token).
+    pub fn can_act(&self) -> bool {
+        self.scope == Scope::Admin
+    }
+}
+
+/// A request without a live session goes to the sign-in page; one whose token was revoked has
+/// its session closed.
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let Some(sessions) = parts.extensions.get::<Arc<Sessions>>().cloned() else {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the console's sessions are not set up",
+            )
+                .into_response());
+        };
+        let now = app.clock.now_ms();
+        let Some((id, session)) = sessions.find(&parts.headers, now) else {
+            return Err(Redirect::to("/sign-in").into_response());
+        };
+        let scope = crate::api::scope_of(app, &session.token_digest)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Some(scope) = scope else {
+            sessions.close(&id);
+            return Err(Redirect::to("/sign-in").into_response());
+        };
+        Ok(Viewer {
+            scope,
+            scope_name: match scope {
+                Scope::Admin => "admin",
+                Scope::Read => "read",
+            },
+            csrf: session.csrf,
+            session_id: id,
+        })
+    }
+}
+
+/// A rendered template as a page, or `500` saying it could not be drawn.
+fn page(rendered: Result<String, askama::Error>) -> Response {
+    match rendered {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the page could not be drawn: {e}"),
+        )
+            .into_response(),
+    }
+}
