@@ -285,15 +285,23 @@ async fn retry_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    retry_dead_letter(&app, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"delivery_id": id, "status": "pending"})),
+    )
+        .into_response())
+}
+
+/// Sends the dead letter `id` again (the API's retry and the console's): `404` when there is
+/// no such delivery, `409` when it is not dead, `410` when its body expired.
+pub async fn retry_dead_letter(app: &AppState, id: &str) -> Result<(), ApiError> {
+    let id = id.to_string();
     match app.store.retry_delivery(&id, app.clock.now_ms()).await? {
         Some(job) => {
             tracing::info!(delivery_id = %job.id, event_id = %job.event_id, destination_id = %job.destination_id, "manual retry requested");
             app.deliverer.schedule(job);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"delivery_id": id, "status": "pending"})),
-            )
-                .into_response())
+            Ok(())
         }
         None => {
             let key = id.clone();

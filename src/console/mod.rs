@@ -26,6 +26,7 @@ pub fn routes(sessions: Arc<Sessions>) -> Router<AppState> {
         .route("/", get(pages::overview))
         .route("/events", get(pages::events))
         .route("/events/{id}", get(pages::event))
+        .route("/deliveries/{id}/retry", post(pages::retry_delivery))
         .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/sign-out", post(pages::sign_out))
         .route("/console/style.css", get(style))
@@ -54,25 +55,28 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// Refuses a `POST` whose `Origin` is not this server (`Host`): forms of other sites cannot
-/// sign in or act, whatever the cookie's `SameSite` does in an old browser.
+/// Refuses a `POST` that does not come from this server's own pages: its `Origin` (or, from a
+/// browser that sends none, its `Referer`) must name this server's host: `X-Forwarded-Host`
+/// behind a proxy that sets it, else `Host`. Forms of other sites cannot sign in or act,
+/// whatever the cookie's `SameSite` does in an old browser.
 async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() == axum::http::Method::POST
-        && let Some(origin) = request.headers().get(header::ORIGIN)
-    {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
+    if request.method() == axum::http::Method::POST {
+        let headers = request.headers();
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|h: &HeaderValue| h.to_str().ok())
+        };
+        let host = text(header::HeaderName::from_static("x-forwarded-host"))
+            .or_else(|| text(header::HOST));
+        let from = text(header::ORIGIN)
+            .or_else(|| text(header::REFERER))
             .and_then(|o| o.split_once("://"))
-            .map(|(_, rest)| rest);
-        if host.is_none() || origin_host != host {
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest));
+        if host.is_none() || from != host {
             return (
                 StatusCode::FORBIDDEN,
-                "a form of another site cannot act here (its Origin is not this server)",
+                "a form of another site cannot act here: the request's Origin (or Referer) is not this server",
             )
                 .into_response();
         }

@@ -48,12 +48,18 @@ pub async fn sign_in(
     uri: Uri,
     Form(form): Form<SignIn>,
 ) -> Response {
+    let now = app.clock.now_ms();
+    // A browser that signs in again leaves no session behind (nor one planted for it).
+    if let Some((old, _)) = sessions.find(&headers, now) {
+        sessions.close(&old);
+    }
     let digest = crate::api::token_digest(form.token.trim());
     let scope = match crate::api::scope_of(&app, &digest).await {
         Ok(scope) => scope,
         Err(e) => return e.into_response(),
     };
     let Some(scope) = scope else {
+        tracing::warn!("console sign-in refused: the token is not valid");
         let form = SignInPage {
             viewer: None,
             page: "sign-in",
@@ -63,7 +69,7 @@ pub async fn sign_in(
         };
         return (StatusCode::UNAUTHORIZED, page(form.render())).into_response();
     };
-    let (id, _) = match sessions.open(digest, scope, app.clock.now_ms()) {
+    let (id, _) = match sessions.open(digest, scope, now) {
         Ok(opened) => opened,
         Err(e) => {
             return (
@@ -90,8 +96,7 @@ pub async fn sign_out(
     uri: Uri,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    use subtle::ConstantTimeEq;
-    if !bool::from(viewer.csrf.as_bytes().ct_eq(form.csrf.as_bytes())) {
+    if !session::csrf_is(&viewer.csrf, &form.csrf) {
         return csrf_refused();
     }
     sessions.close(&viewer.session_id);
@@ -147,6 +152,9 @@ pub async fn overview(viewer: Viewer, State(app): State<AppState>) -> Response {
         Ok(read) => read,
         Err(e) => return crate::api::error::ApiError::from(e).into_response(),
     };
+    // Totals over every destination, those no longer configured included.
+    let pending = backlog.iter().map(|b| b.pending).sum();
+    let dead_total = dead.iter().map(|(_, n)| n).sum();
     let health = app.deliverer.health();
     let destinations = app
         .config
@@ -187,8 +195,8 @@ pub async fn overview(viewer: Viewer, State(app): State<AppState>) -> Response {
             viewer: Some(viewer),
             page: "overview",
             events,
-            pending: destinations.iter().map(|d| d.pending).sum(),
-            dead: destinations.iter().map(|d| d.dead).sum(),
+            pending,
+            dead: dead_total,
             rejected,
             destinations,
         }
@@ -294,6 +302,9 @@ pub async fn events(
 struct EventPage {
     viewer: Option<Viewer>,
     page: &'static str,
+    /// Whether the viewer may act (the action buttons are drawn only then).
+    can_act: bool,
+    csrf: String,
     event: crate::store::EventView,
     payload: String,
     headers: String,
@@ -333,6 +344,8 @@ pub async fn event(
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     page(
         EventPage {
+            can_act: viewer.can_act(),
+            csrf: viewer.csrf.clone(),
             viewer: Some(viewer),
             page: "events",
             payload: pretty(&event.payload),
@@ -341,4 +354,47 @@ pub async fn event(
         }
         .render(),
     )
+}
+
+/// `POST /deliveries/{id}/retry` (an `admin` session, its CSRF token): sends a dead letter
+/// again, as `POST /api/v1/deliveries/{id}/retry` does, and goes back to its event.
+pub async fn retry_delivery(
+    viewer: Viewer,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &form.csrf) {
+        return refused;
+    }
+    if let Err(e) = crate::api::retry_dead_letter(&app, &id).await {
+        return e.into_response();
+    }
+    let key = id.clone();
+    match app
+        .store
+        .read(move |c| crate::store::delivery(c, &key))
+        .await
+    {
+        Ok(Some(d)) => Redirect::to(&format!("/events/{}", d.event_id)).into_response(),
+        Ok(None) => crate::api::error::ApiError::not_found("delivery", &id).into_response(),
+        Err(e) => crate::api::error::ApiError::from(e).into_response(),
+    }
+}
+
+/// Why a state-changing form is refused: a wrong CSRF token, or a `read` session.
+fn refuse_action(viewer: &Viewer, csrf: &str) -> Option<Response> {
+    if !session::csrf_is(&viewer.csrf, csrf) {
+        return Some(csrf_refused());
+    }
+    if !viewer.can_act() {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "this session's token has the `read` scope: it sees everything and changes nothing",
+            )
+                .into_response(),
+        );
+    }
+    None
 }

@@ -18,6 +18,10 @@ pub const LIFETIME_MS: i64 = 12 * 3600 * 1000;
 /// Most sessions kept at once; past it the oldest is closed.
 const MAX_SESSIONS: usize = 10_000;
 
+/// Most sessions one token opens; past it that token's oldest is closed, so that no token
+/// holder can push the others' sessions out.
+const MAX_SESSIONS_PER_TOKEN: usize = 20;
+
 /// One signed-in browser.
 #[derive(Clone)]
 pub struct Session {
@@ -53,24 +57,38 @@ impl Sessions {
         };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|_, s| s.expires_at > now);
-        if open.len() >= MAX_SESSIONS
-            && let Some(oldest) = open
-                .iter()
+        let oldest = |open: &HashMap<String, Session>, same_token: bool| {
+            open.iter()
+                .filter(|(_, s)| !same_token || s.token_digest == token_digest)
                 .min_by_key(|(_, s)| s.expires_at)
                 .map(|(id, _)| id.clone())
-        {
-            open.remove(&oldest);
+        };
+        let of_token = open
+            .values()
+            .filter(|s| s.token_digest == token_digest)
+            .count();
+        let full = if of_token >= MAX_SESSIONS_PER_TOKEN {
+            oldest(&open, true)
+        } else if open.len() >= MAX_SESSIONS {
+            oldest(&open, false)
+        } else {
+            None
+        };
+        if let Some(id) = full {
+            open.remove(&id);
         }
         open.insert(id.clone(), session.clone());
         Ok((id, session))
     }
 
-    /// The session named by the request's cookie, while it lasts.
+    /// The session named by the request's cookie, while it lasts (any of the cookies of that
+    /// name: another site on the same host may have set one too).
     pub fn find(&self, headers: &HeaderMap, now: i64) -> Option<(String, Session)> {
-        let id = cookie(headers, COOKIE)?;
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let session = open.get(id).filter(|s| s.expires_at > now)?;
-        Some((id.to_string(), session.clone()))
+        cookies(headers, COOKIE).find_map(|id| {
+            let session = open.get(id).filter(|s| s.expires_at > now)?;
+            Some((id.to_string(), session.clone()))
+        })
     }
 
     pub fn close(&self, id: &str) {
@@ -79,15 +97,15 @@ impl Sessions {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The values of the cookies named `name` in the request's `Cookie` headers.
+fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -114,8 +132,13 @@ pub fn set_cookie(id: Option<&str>, https: bool) -> String {
 
 /// Whether `given` is the session's CSRF token (constant time).
 pub fn csrf_matches(session: &Session, given: &str) -> bool {
+    csrf_is(&session.csrf, given)
+}
+
+/// Whether `given` is the CSRF token `expected` (constant time).
+pub fn csrf_is(expected: &str, given: &str) -> bool {
     use subtle::ConstantTimeEq;
-    session.csrf.as_bytes().ct_eq(given.as_bytes()).into()
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -144,5 +167,22 @@ mod tests {
             assert!(cookie.contains(part), "{cookie}");
         }
         assert!(!set_cookie(Some("abc"), false).contains("Secure"));
+    }
+
+    #[test]
+    fn one_token_cannot_push_the_others_sessions_out_and_any_cookie_of_the_name_counts() {
+        let sessions = Sessions::default();
+        let (admin, _) = sessions.open([1; 32], Scope::Admin, 0).unwrap();
+        for _ in 0..100 {
+            sessions.open([2; 32], Scope::Read, 0).unwrap();
+        }
+        let open = sessions.open.lock().unwrap();
+        assert_eq!(open.len(), 1 + MAX_SESSIONS_PER_TOKEN);
+        assert!(open.contains_key(&admin));
+        drop(open);
+        let mut headers = HeaderMap::new();
+        let value = format!("{COOKIE}=planted; {COOKIE}={admin}");
+        headers.insert(axum::http::header::COOKIE, value.parse().unwrap());
+        assert_eq!(sessions.find(&headers, 1).map(|(id, _)| id), Some(admin));
     }
 }

@@ -27,6 +27,14 @@ impl FormBody for reqwest::RequestBuilder {
     }
 }
 
+/// A `POST` as the console's own pages send it (with this server as its `Origin`).
+fn post(app: &TestApp, path: &str) -> reqwest::RequestBuilder {
+    browser()
+        .post(app.url(path))
+        .header("origin", format!("http://{}", app.addr))
+        .header("origin", format!("http://{}", app.addr))
+}
+
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -36,8 +44,7 @@ fn browser() -> reqwest::Client {
 
 /// Signs in with `token`; the session cookie (`name=value`).
 async fn sign_in(app: &TestApp, token: &str) -> String {
-    let r = browser()
-        .post(app.url("/sign-in"))
+    let r = post(app, "/sign-in")
         .form_body(&[("token", token)])
         .send()
         .await
@@ -95,8 +102,7 @@ flows: [ {{ id: orders, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }}
     let r = browser().get(app.url("/sign-in")).send().await.unwrap();
     assert_eq!(r.headers()["x-frame-options"], "DENY");
     assert!(r.headers().contains_key(CONTENT_SECURITY_POLICY));
-    let r = browser()
-        .post(app.url("/sign-in"))
+    let r = post(&app, "/sign-in")
         .form_body(&[("token", "not-a-token")])
         .send()
         .await
@@ -163,9 +169,25 @@ flows: [ {{ id: orders, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }}
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Neither Origin nor Referer: refused too; behind a proxy, its X-Forwarded-Host counts.
+    let r = browser()
+        .post(app.url("/sign-in"))
+        .form_body(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = browser()
+        .post(app.url("/sign-in"))
+        .header("origin", "https://ferry.example.com")
+        .header("x-forwarded-host", "ferry.example.com")
+        .form_body(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
     for form in [vec![], vec![("csrf", "wrong")]] {
-        let r = browser()
-            .post(app.url("/sign-out"))
+        let r = post(&app, "/sign-out")
             .header("cookie", &cookie)
             .form_body(&form)
             .send()
@@ -175,8 +197,7 @@ flows: [ {{ id: orders, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }}
     }
     let (status, _) = get(&app, &cookie, "/").await;
     assert_eq!(status, 200, "still signed in");
-    let r = browser()
-        .post(app.url("/sign-out"))
+    let r = post(&app, "/sign-out")
         .header("cookie", &cookie)
         .form_body(&[("csrf", csrf.as_str())])
         .send()
@@ -218,4 +239,73 @@ async fn a_read_token_signs_in_as_read_and_a_revoked_token_ends_its_sessions() {
     assert_eq!(status, 204);
     let (status, _) = get(&app, &cookie, "/").await;
     assert_eq!(status, StatusCode::SEE_OTHER, "revoked");
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_retried_from_its_event_page_by_an_admin_only() {
+    let receiver = Receiver::start_with(Reply::status(500)).await;
+    let yaml = format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: shop, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: crm, kind: http, url: "{}", retry: {{ max_attempts: 1 }} }} ]
+flows: [ {{ id: orders, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }} ]
+"#,
+        receiver.url
+    );
+    let app = spawn_app(&yaml).await;
+    let id = app.accept("/in/shop", r#"{"type": "order"}"#, &[]).await;
+    let delivery = app.only_delivery(&id).await;
+    let delivery_id = delivery["id"].as_str().unwrap().to_string();
+    wait_until("the delivery is dead", || async {
+        app.only_delivery(&id).await["status"] == "dead"
+    })
+    .await;
+
+    let (status, made) = app
+        .api_post_json("/api/v1/tokens", json!({"name": "viewer", "scope": "read"}))
+        .await;
+    assert_eq!(status, 201);
+    let reader = sign_in(&app, made["token"].as_str().unwrap()).await;
+    let (_, page) = get(&app, &reader, &format!("/events/{id}")).await;
+    assert!(
+        page.contains("dead") && !page.contains("Retry this delivery"),
+        "{page}"
+    );
+    let retry = format!("/deliveries/{delivery_id}/retry");
+    let r = post(&app, &retry)
+        .header("cookie", &reader)
+        .form_body(&[("csrf", csrf_of(&page).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a read session acts on nothing"
+    );
+
+    let admin = sign_in(&app, TOKEN).await;
+    let (_, page) = get(&app, &admin, &format!("/events/{id}")).await;
+    assert!(page.contains("Retry this delivery"), "{page}");
+    receiver.set_fallback(Reply::status(200));
+    let before = receiver.count();
+    let r = post(&app, &retry)
+        .header("cookie", &admin)
+        .form_body(&[("csrf", csrf_of(&page).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], format!("/events/{id}").as_str());
+    receiver.wait_for(before + 1).await;
+    wait_until("the delivery succeeded", || async {
+        app.only_delivery(&id).await["status"] == "succeeded"
+    })
+    .await;
+    let (_, page) = get(&app, &admin, &format!("/events/{id}")).await;
+    assert!(
+        !page.contains("Retry this delivery"),
+        "no longer dead: {page}"
+    );
 }
