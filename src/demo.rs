@@ -224,7 +224,8 @@ Send a user (free plans are filtered out; paying ones go to the crm):
 Send something malformed (refused with 422 and every violation listed):
   curl -sS http://{addr}/in/shop -H 'content-type: application/json' -d '{{"type":"order.created","data":{{"total":-1}}}}'
 
-Look at what happened (an event lists its runs; a run shows each step's input and output):
+Look at what happened in the console: http://{addr}/ (sign in with the API token), or through the API
+(an event lists its runs; a run shows each step's input and output):
   curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/events/<event_id>
   curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/runs/<run_id>
   curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/dead-letters

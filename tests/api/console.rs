@@ -110,6 +110,29 @@ flows: [ {{ id: orders, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }}
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(r.text().await.unwrap().contains("not valid"));
 
+    // Hostile sign-in forms: a huge token, bytes that are not UTF-8, a deep form: refused,
+    // and the server goes on.
+    let huge = "9".repeat(1 << 20);
+    let r = post(&app, "/sign-in")
+        .form_body(&[("token", huge.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    for body in [
+        &b"token=%FF%FE%00"[..],
+        &b"token=\xff\xfe"[..],
+        "token[a][b][c]=1".as_bytes(),
+    ] {
+        let r = post(&app, "/sign-in")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+
     let cookie = sign_in(&app, TOKEN).await;
     let (status, overview) = get(&app, &cookie, "/").await;
     assert_eq!(status, 200, "{overview}");

@@ -6,6 +6,7 @@ mod tmpfs;
 
 mod alerts;
 mod bench;
+mod browser;
 mod cli;
 mod client;
 mod config;
