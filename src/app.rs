@@ -218,6 +218,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         ingest_budget: crate::memory::Budget::new(config.settings.memory.ingest_bytes),
         sealer,
         pruner,
+        tail: Default::default(),
     }))
 }
 
@@ -238,6 +239,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let limits = state.config.get().settings.connections.clone();
+    // Open live tails would hold the stop up: they end as it begins.
+    let tail = state.tail.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tail.close();
+    };
     crate::server::serve(listener, router(state), limits, shutdown).await;
     Ok(())
 }

@@ -27,3 +27,11 @@ pub fn random_token(prefix: &str) -> std::io::Result<String> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     ))
 }
+
+/// `id` with everything but unreserved characters percent-encoded: one segment of a URL path
+/// (a console link, a redirect).
+pub fn in_path(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

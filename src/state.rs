@@ -54,4 +54,6 @@ pub struct AppParts {
     pub sealer: crate::secrets::Sealer,
     /// The retention pruner (`crate::retention`).
     pub pruner: crate::retention::PrunerHandle,
+    /// Each accepted event, for the console's live tail.
+    pub tail: crate::telemetry::tail::Tail,
 }

@@ -29,7 +29,7 @@ pub fn notice(parts: &AlertParts, rule: &AlertRule, state: &AlertState) -> serde
     })
 }
 
-/// The UI page that shows the subject, under `settings.public_url`.
+/// The console page that shows the subject, under `settings.public_url`.
 fn link(parts: &AlertParts, subject: &str) -> String {
     let base = parts
         .config
@@ -40,10 +40,10 @@ fn link(parts: &AlertParts, subject: &str) -> String {
         .map(|u| u.as_str().trim_end_matches('/').to_string())
         .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
     let path = match subject.split_once(' ') {
-        Some(("destination", id)) => format!("/ui/destinations/{id}"),
-        Some(("source", id)) => format!("/ui/sources/{id}"),
-        _ if subject == "dead letters" => "/ui/dead-letters".to_string(),
-        _ => "/ui".to_string(),
+        Some(("destination", id)) => format!("/destinations/{}", crate::ids::in_path(id)),
+        Some(("source", id)) => format!("/sources/{}", crate::ids::in_path(id)),
+        _ if subject == "dead letters" => "/dead-letters".to_string(),
+        _ => "/alerts".to_string(),
     };
     format!("{base}{path}")
 }

@@ -69,6 +69,14 @@ impl SourceActivity {
         }
     }
 
+    /// Whether the source has had an event (since the process started, or in the store).
+    pub fn has_seen(&self, source: &str) -> bool {
+        self.last
+            .load()
+            .get(source)
+            .is_some_and(|l| l.load(Ordering::Relaxed) > 0)
+    }
+
     /// The last event's time, or the process start when there has been none.
     pub fn last(&self, source: &str) -> Millis {
         match self

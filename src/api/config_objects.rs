@@ -164,7 +164,7 @@ pub async fn put(
 
 /// Puts back the stored secrets that `spec` gives as the mask (what a read shows): writing back
 /// an object as read keeps its secrets. A mask with no stored secret behind it is refused.
-fn unmask(
+pub fn unmask(
     kind: ObjectKind,
     id: &str,
     spec: &mut Value,
@@ -224,7 +224,7 @@ pub async fn delete(kind: ObjectKind, app: AppState, id: String) -> Result<Respo
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn spec_from_body(body: &[u8]) -> Result<Value, ApiError> {
+pub fn spec_from_body(body: &[u8]) -> Result<Value, ApiError> {
     match crate::json::parse::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(ApiError::new(
@@ -266,19 +266,19 @@ fn exists(o: &ObjectSpec) -> ApiError {
     }
 }
 
-/// Checks the config with the change, commits it, and swaps it in. The caller holds
-/// `config_changes`.
-async fn change(
+/// The running config with the change, checked as a change through the API is (its
+/// expressions compiled in a worker), not committed: what `change` commits, and what a flow
+/// test of a draft runs on.
+pub async fn checked(
     app: &AppState,
     kind: ObjectKind,
     id: &str,
-    spec: Option<Value>,
-) -> Result<Response, ApiError> {
+    spec: Option<&Value>,
+) -> Result<Config, ApiError> {
     let current = app.config.get();
     let now = app.clock.now_ms();
     let key = (kind, id.to_string());
-    let created = !current.objects.contains_key(&key);
-    let object = spec.as_ref().map(|spec| {
+    let object = spec.map(|spec| {
         let mut object = ObjectSpec::new(kind, id.to_string(), spec.clone(), false);
         object.created_at = current
             .objects
@@ -308,6 +308,21 @@ async fn change(
         .check_sites(&sites)
         .await
         .map_err(|errors| invalid(kind, id, spec.is_none(), errors))?;
+    Ok(config)
+}
+
+/// Checks the config with the change, commits it, and swaps it in. The caller holds
+/// `config_changes`.
+async fn change(
+    app: &AppState,
+    kind: ObjectKind,
+    id: &str,
+    spec: Option<Value>,
+) -> Result<Response, ApiError> {
+    let now = app.clock.now_ms();
+    let key = (kind, id.to_string());
+    let created = !app.config.get().objects.contains_key(&key);
+    let config = checked(app, kind, id, spec.as_ref()).await?;
     let config = Arc::new(config);
     // The store keeps the spec with its secrets sealed.
     let stored = match &spec {

@@ -9,6 +9,10 @@ mod runs;
 pub mod schemas;
 mod tokens;
 
+pub use operations::pause_error;
+pub use runs::{
+    FlowTest, parse_time, replay as replay_failed_run, replay_dead_matching, replay_event, run_test,
+};
 use runs::{get_run, replay_dead_letters, replay_run, replay_runs, test_flow};
 
 use crate::state::AppState;
@@ -32,6 +36,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let v1 = v1
         .route("/events", get(list_events))
         .route("/events/{id}", get(get_event))
+        .route("/events/{id}/replay", post(runs::replay_event_route))
         .route("/deliveries", get(list_deliveries))
         .route("/deliveries/{id}", get(get_delivery))
         .route("/deliveries/{id}/retry", post(retry_delivery))
@@ -43,6 +48,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/replay", post(replay_run))
         .route("/flows/{id}/test", post(test_flow))
+        .route("/expressions/check", post(check_expression_route))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/destinations/{id}/pause", post(operations::pause))
@@ -424,11 +430,35 @@ async fn list_events(
         status,
     };
     let after = q.after.clone().filter(|a| !a.is_empty());
-    let filter_given = payload_filter(given(&q.jq), given(&q.field_match))?;
+    let (found, next) = find_events(
+        &app,
+        filter,
+        after,
+        limit,
+        given(&q.jq),
+        given(&q.field_match),
+    )
+    .await?;
+    Ok(Json(json!({"data": found, "next": next})).into_response())
+}
+
+/// A page of the events `filter` matches, newest first after `after`, and the cursor of the
+/// next page. With a payload filter (`jq`, or `match` as `path=value`), payloads are tested in
+/// the expression workers, newest first, until the page is full or [`PAYLOAD_SCAN`] events
+/// were read (the cursor then says where to go on). The API's list and the console's.
+pub async fn find_events(
+    app: &AppState,
+    filter: crate::store::EventFilter,
+    after: Option<String>,
+    limit: usize,
+    jq: Option<&str>,
+    field_match: Option<&str>,
+) -> Result<(Vec<crate::store::EventSummary>, Option<String>), ApiError> {
+    let filter_given = payload_filter(jq, field_match)?;
     if let Some(expr) = &filter_given
         && let Err(why) = app.sandbox.check(expr).await?
     {
-        let which = if q.jq.is_some() { "jq" } else { "match" };
+        let which = if jq.is_some() { "jq" } else { "match" };
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
@@ -440,7 +470,10 @@ async fn list_events(
             .store
             .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
             .await?;
-        return Ok(page(items, limit, |e| e.id.clone()).into_response());
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|e| e.id.clone()))
+            .flatten();
+        return Ok((items, next));
     };
     // Scan newest first in batches, testing payloads in the sandbox, until the page is full
     // or the scan budget is spent.
@@ -478,7 +511,7 @@ async fn list_events(
             break;
         }
     }
-    Ok(Json(json!({"data": found, "next": next})).into_response())
+    Ok((found, next))
 }
 
 /// A query value that is there and not empty.
@@ -593,4 +626,58 @@ async fn readyz(State(app): State<AppState>) -> Response {
         )
         .into_response(),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpressionCheck {
+    expression: String,
+}
+
+/// `POST /api/v1/expressions/check`: whether a jq expression compiles, and if not, why and
+/// where (what a flow's save would say of it).
+#[utoipa::path(post, path = "/api/v1/expressions/check", tag = "flows", security(("bearer" = [])),
+    request_body(content = crate::api::schemas::ExpressionCheckDoc),
+    responses((status = 200, description = "checked: `valid`, else `error` and `position`", body = crate::api::schemas::ExpressionCheckAnswer), (status = 422, description = "the body is not valid", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
+async fn check_expression_route(
+    State(app): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let q: ExpressionCheck = crate::json::parse(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the body must be {{\"expression\": \"<jq>\"}}: {e}"),
+        )
+    })?;
+    Ok(Json(check_expression(&app, &q.expression).await?).into_response())
+}
+
+/// Compiles `code` in an expression worker: `{"valid": true}`, or `{"valid": false, "error",
+/// "position"}` where `position` is the 1-based byte offset of the first error in `code`
+/// (`null` when the error has no place). The API's check and the console's.
+pub async fn check_expression(app: &AppState, code: &str) -> Result<serde_json::Value, ApiError> {
+    let expr = match crate::config::expr::Expr::new(code) {
+        Ok(expr) => expr,
+        Err(why) => return Ok(json!({"valid": false, "error": why, "position": null})),
+    };
+    Ok(match app.sandbox.check(&expr).await? {
+        Ok(()) => json!({"valid": true}),
+        Err(why) => {
+            let position = error_position(&why, code);
+            json!({"valid": false, "error": why, "position": position})
+        }
+    })
+}
+
+/// Where a compile error says it is: `character N`, or `the end` (one past the last byte).
+fn error_position(why: &str, code: &str) -> Option<usize> {
+    if let Some(at) = why.find("character ") {
+        let digits: String = why[at + "character ".len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        return digits.parse().ok();
+    }
+    why.contains("the end").then_some(code.len() + 1)
 }

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         super::list_events,
         super::get_event,
+        super::runs::replay_event_route,
         super::list_deliveries,
         super::get_delivery,
         super::retry_delivery,
@@ -29,6 +30,7 @@ use utoipa::{Modify, OpenApi};
         super::runs::replay_run,
         super::runs::replay_runs,
         super::runs::test_flow,
+        super::check_expression_route,
         super::runs::replay_dead_letters,
         super::config_objects::list,
         super::config_objects::get,

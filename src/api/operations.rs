@@ -66,7 +66,7 @@ pub struct PauseBody {
     reason: Option<String>,
 }
 
-fn pause_error(e: crate::deliver::PauseError) -> ApiError {
+pub fn pause_error(e: crate::deliver::PauseError) -> ApiError {
     match e {
         crate::deliver::PauseError::UnknownDestination(id) => {
             ApiError::not_found("destination", &id)

@@ -60,7 +60,7 @@ pub async fn replay_run(
 
 /// Restarts one failed run from the step that failed. A deliver step that failed puts its dead
 /// deliveries back (the ones that succeeded are not sent again); any other step runs again.
-async fn replay(
+pub async fn replay(
     app: &AppState,
     run_id: &str,
     use_current_flow: bool,
@@ -176,6 +176,142 @@ async fn replay(
     }
 }
 
+/// `POST /api/v1/events/{id}/replay`: the stored event goes through the flows that take it
+/// now, as if it had just arrived: new runs (and deliveries) of the same event. Its earlier
+/// runs stay as they were.
+#[utoipa::path(post, path = "/api/v1/events/{id}/replay", tag = "events", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 202, description = "accepted: the new runs", body = crate::api::schemas::EventReplayAnswer), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 409, description = "no flow takes it now (`no_flow`), or its payload expired (`payload_expired`)", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers or the store are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
+pub async fn replay_event_route(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let replayed = replay_event(&app, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
+}
+
+/// Replays the whole stored event `event_id` through the flows that take it now (the API's
+/// and the console's).
+pub async fn replay_event(app: &AppState, event_id: &str) -> Result<serde_json::Value, ApiError> {
+    let key = event_id.to_string();
+    let Some(stored) = app
+        .store
+        .read(move |c| crate::store::stored_event(c, &key))
+        .await?
+    else {
+        return Err(ApiError::not_found("event", event_id));
+    };
+    let Some(payload) = stored.payload else {
+        return Err(ApiError::payload_expired(&format!("event `{event_id}`")));
+    };
+    let config = app.config.get();
+    let flows = crate::engine::matching_flows(&config, &stored.source, &stored.event_type);
+    if flows.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_flow",
+            format!(
+                "no flow takes events of source `{}` and type `{}` now: there is nothing to replay",
+                stored.source, stored.event_type
+            ),
+        ));
+    }
+    let info = std::sync::Arc::new(crate::engine::EventInfo {
+        id: event_id.to_string(),
+        event_type: stored.event_type.clone(),
+        source: stored.source.clone(),
+        received_at: stored.received_at,
+        headers: serde_json::from_str(&stored.headers).unwrap_or_default(),
+    });
+    let (raw, now, ids) = (
+        bytes::Bytes::from(payload),
+        app.clock.now_ms(),
+        app.store.body_ids(),
+    );
+    let plan = if flows.iter().all(|f| f.program.is_trivial()) {
+        crate::engine::plan(ids, &flows, &info, &raw, now)
+    } else {
+        match app.sandbox.plan(ids, &flows, &info, &raw, now).await {
+            Ok(plan) => plan,
+            Err(busy) if busy.is_overload() => return Err(ApiError::from(busy)),
+            Err(e) => crate::engine::plan_failed(&flows, &e.to_string()),
+        }
+    };
+    let jobs: Vec<crate::store::DeliveryJob> = plan
+        .deliveries
+        .iter()
+        .map(|d| crate::store::DeliveryJob {
+            id: d.id.clone(),
+            event_id: event_id.to_string(),
+            run_id: d.run_id.clone(),
+            destination_id: d.destination_id.clone(),
+            created_at: now,
+            round_attempts: 0,
+            due_at: now,
+            payload: Some(
+                d.body
+                    .as_ref()
+                    .map_or_else(|| raw.clone(), |b| b.data.clone()),
+            ),
+        })
+        .collect();
+    /// What is told of each new run once it is stored.
+    struct Started {
+        id: String,
+        flow_id: String,
+        status: &'static str,
+        error: Option<String>,
+        next_at: Option<i64>,
+    }
+    let runs: Vec<Started> = plan
+        .runs
+        .iter()
+        .map(|r| Started {
+            id: r.id.clone(),
+            flow_id: r.flow_id.clone(),
+            status: r.status,
+            error: r.error.clone(),
+            next_at: r.next_at,
+        })
+        .collect();
+    if !app
+        .store
+        .add_runs(event_id, now, plan.runs, plan.deliveries)
+        .await?
+    {
+        return Err(ApiError::payload_expired(&format!("event `{event_id}`")));
+    }
+    tracing::info!(
+        event_id,
+        runs = runs.len(),
+        deliveries = jobs.len(),
+        "event replay requested"
+    );
+    for run in &runs {
+        if matches!(run.status, "completed" | "filtered" | "failed") {
+            crate::telemetry::events::run_ended(
+                &app.metrics,
+                &run.id,
+                event_id,
+                &run.flow_id,
+                run.status,
+                run.error.as_deref(),
+            );
+        }
+    }
+    let deliveries = jobs.len();
+    app.deliverer.submit(jobs);
+    for run in &runs {
+        if let Some(at) = run.next_at {
+            app.runs.wake(run.id.clone(), at);
+        }
+    }
+    Ok(json!({
+        "event_id": event_id,
+        "run_ids": runs.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        "deliveries": deliveries,
+    }))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkReplay {
@@ -191,7 +327,7 @@ pub struct BulkReplay {
     use_current_flow: Option<bool>,
 }
 
-fn parse_time(field: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
+pub fn parse_time(field: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
     text.as_deref()
         .map(|t| {
             crate::clock::parse_rfc3339(t).ok_or_else(|| {
@@ -259,52 +395,176 @@ pub async fn replay_runs(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowTest {
-    /// The event's payload.
-    event: serde_json::Value,
-    /// The event type; by default the flow's first, or `test`.
-    event_type: Option<String>,
+    /// The event's payload (or give `event_id`).
+    pub event: Option<serde_json::Value>,
+    /// A stored event to test on: its payload, type and kept headers.
+    pub event_id: Option<String>,
+    /// The event type; by default the stored event's, else the flow's first, or `test`.
+    pub event_type: Option<String>,
     /// Request headers the event would have arrived with.
-    headers: Option<serde_json::Map<String, serde_json::Value>>,
+    pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A draft of the flow (as `PUT /api/v1/flows/{id}` takes it), tested instead of the saved
+    /// one and not saved: checked as a save would check it.
+    pub flow: Option<serde_json::Value>,
 }
 
-/// `POST /api/v1/flows/{id}/test`: runs the flow on the given event without side effects.
+/// `POST /api/v1/flows/{id}/test`: runs the flow (or the draft given) on the given event
+/// without side effects.
 #[utoipa::path(post, path = "/api/v1/flows/{id}/test", tag = "flows", security(("bearer" = [])), params(("id" = String, Path)),
     request_body(content = crate::api::schemas::FlowTestDoc),
-    responses((status = 200, description = "OK", body = crate::api::schemas::TestReportDoc), (status = 422, description = "the body is not valid, or the flow's expressions overran their limits", body = crate::api::schemas::ErrorBody), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::api::schemas::TestReportDoc), (status = 422, description = "the body is not valid, the draft flow is not valid (`details` says where), or the flow's expressions overran their limits", body = crate::api::schemas::ErrorBody), (status = 404, description = "no such flow (without a draft), or no such event", body = crate::api::schemas::ErrorBody), (status = 409, description = "the stored event's payload expired", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
 pub async fn test_flow(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(flow) = app.config.get().flow(&id).cloned() else {
-        return Err(ApiError::not_found("flow", &id));
-    };
     let test: FlowTest = crate::json::parse(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             format!(
-                "the body must be {{\"event\": <payload>, \"event_type\"?, \"headers\"?}}: {e}"
+                "the body must be {{\"event\": <payload> or \"event_id\", \"event_type\"?, \"headers\"?, \"flow\"?}}: {e}"
             ),
         )
     })?;
-    let raw = bytes::Bytes::from(test.event.to_string());
+    let report = run_test(&app, &id, test).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Runs flow `id` (or the draft in `test`) on the event `test` gives, with no side effect:
+/// the API's test and the console builder's.
+pub async fn run_test(
+    app: &AppState,
+    id: &str,
+    test: FlowTest,
+) -> Result<crate::engine::TestReport, ApiError> {
+    let config = match test.flow {
+        Some(draft) => std::sync::Arc::new(draft_config(app, id, draft).await?),
+        None => app.config.get(),
+    };
+    let Some(flow) = config.flow(id).cloned() else {
+        return Err(ApiError::not_found("flow", id));
+    };
+    let (payload, stored_type, stored_headers) = match (test.event, test.event_id) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "give `event` (a payload) or `event_id` (a stored event), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "give `event` (a payload) or `event_id` (a stored event)",
+            ));
+        }
+        (Some(payload), None) => (payload, None, None),
+        (None, Some(event_id)) => {
+            let key = event_id.clone();
+            let Some(event) = app
+                .store
+                .read(move |c| crate::store::event(c, &key))
+                .await?
+            else {
+                return Err(ApiError::not_found("event", &event_id));
+            };
+            if event.payload_expired {
+                return Err(ApiError::payload_expired(&format!("event `{event_id}`")));
+            }
+            let headers = match event.headers {
+                serde_json::Value::Object(map) => Some(map),
+                _ => None,
+            };
+            (event.payload, Some(event.event_type), headers)
+        }
+    };
+    let raw = bytes::Bytes::from(payload.to_string());
     let event = std::sync::Arc::new(crate::engine::EventInfo {
         id: "evt_test".into(),
         event_type: test
             .event_type
+            .or(stored_type)
             .or_else(|| flow.event_types.iter().next().cloned())
             .unwrap_or_else(|| "test".into()),
         source: flow.source.clone(),
         received_at: app.clock.now_ms(),
-        headers: serde_json::Value::Object(test.headers.unwrap_or_default()),
+        headers: serde_json::Value::Object(test.headers.or(stored_headers).unwrap_or_default()),
     });
-    let (config, now) = (app.config.get(), app.clock.now_ms());
-    let report = app
+    let now = app.clock.now_ms();
+    Ok(app
         .sandbox
         .test_flow(&config, &flow, event, raw, now)
-        .await?;
-    Ok(Json(report).into_response())
+        .await?)
+}
+
+/// The running config with the draft of flow `id` in it, checked as a save would be.
+async fn draft_config(
+    app: &AppState,
+    id: &str,
+    draft: serde_json::Value,
+) -> Result<crate::config::Config, ApiError> {
+    use crate::config::ObjectKind;
+    let mut spec = match draft {
+        serde_json::Value::Object(map) => serde_json::Value::Object(map),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "`flow` must be an object: the flow as the config file writes it",
+            ));
+        }
+    };
+    match spec.get("id") {
+        None => spec["id"] = serde_json::Value::String(id.to_string()),
+        Some(serde_json::Value::String(given)) if given == id => {}
+        Some(given) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("the draft's `id` is {given} but the path names `{id}`"),
+            ));
+        }
+    }
+    let old = app
+        .config
+        .get()
+        .objects
+        .get(&(ObjectKind::Flow, id.to_string()))
+        .map(|o| o.spec.clone());
+    super::config_objects::unmask(ObjectKind::Flow, id, &mut spec, old.as_ref())?;
+    super::config_objects::checked(app, ObjectKind::Flow, id, Some(&spec)).await
+}
+
+/// Every dead delivery `filter` matches and, unless `dry_run`, each sent again (a fresh round of
+/// attempts): the matched ids and the replayed ones. The API's bulk replay and the console's.
+pub async fn replay_dead_matching(
+    app: &AppState,
+    filter: crate::store::DeadFilter,
+    dry_run: bool,
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    let matched = every_id(app, move |c, after| {
+        crate::store::dead_deliveries(c, &filter, after, ID_PAGE)
+    })
+    .await?;
+    if dry_run {
+        return Ok((matched, Vec::new()));
+    }
+    let now = app.clock.now_ms();
+    let mut replayed = Vec::new();
+    for id in &matched {
+        if let Some(job) = app.store.retry_delivery(id, now).await? {
+            app.deliverer.schedule(job);
+            replayed.push(id.clone());
+        }
+    }
+    tracing::info!(
+        matched = matched.len(),
+        replayed = replayed.len(),
+        "dead letters replayed by filter"
+    );
+    Ok((matched, replayed))
 }
 
 /// How many ids a bulk replay reads from the store at a time.
@@ -399,11 +659,9 @@ pub async fn replay_dead_letters(
         until: parse_time("until", &q.until)?,
         error: q.error.clone(),
     };
-    let matched = every_id(&app, move |c, after| {
-        crate::store::dead_deliveries(c, &filter, after, ID_PAGE)
-    })
-    .await?;
-    if q.dry_run.unwrap_or(false) {
+    let dry_run = q.dry_run.unwrap_or(false);
+    let (matched, replayed) = replay_dead_matching(&app, filter, dry_run).await?;
+    if dry_run {
         return Ok(Json(json!({
             "dry_run": true,
             "matched": matched.len(),
@@ -411,19 +669,6 @@ pub async fn replay_dead_letters(
         }))
         .into_response());
     }
-    let now = app.clock.now_ms();
-    let mut replayed = Vec::new();
-    for id in &matched {
-        if let Some(job) = app.store.retry_delivery(id, now).await? {
-            app.deliverer.schedule(job);
-            replayed.push(id.clone());
-        }
-    }
-    tracing::info!(
-        matched = matched.len(),
-        replayed = replayed.len(),
-        "dead letters replayed by filter"
-    );
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

@@ -261,10 +261,16 @@ pub struct DeadReplayAnswer {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct FlowTestDoc {
-    /// The event's payload.
-    event: serde_json::Value,
+    /// The event's payload (or give `event_id`).
+    event: Option<serde_json::Value>,
+    /// A stored event to test on: its payload, type and kept headers.
+    event_id: Option<String>,
+    /// By default the stored event's type, else the flow's first, or `test`.
     event_type: Option<String>,
     headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A draft of the flow (as `PUT /api/v1/flows/{id}` takes it), tested instead of the saved
+    /// one and not saved: checked as a save would check it.
+    flow: Option<serde_json::Value>,
 }
 
 #[derive(ToSchema)]
@@ -324,4 +330,31 @@ pub struct NewTokenAnswer {
     created_at: String,
     /// Shown this once.
     token: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ExpressionCheckDoc {
+    /// A jq expression, as a flow step or a filter would hold it.
+    expression: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ExpressionCheckAnswer {
+    valid: bool,
+    /// Why it does not compile.
+    error: Option<String>,
+    /// The 1-based byte offset of the first error in the expression, when it has one.
+    position: Option<u64>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventReplayAnswer {
+    event_id: String,
+    /// The new runs, one per flow that takes the event now.
+    run_ids: Vec<String>,
+    /// Deliveries the new runs made at once.
+    deliveries: u64,
 }

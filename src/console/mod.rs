@@ -3,11 +3,20 @@
 //! (`session.rs`). Every console answer carries a strict Content-Security-Policy (nothing
 //! inline, nothing from elsewhere) and refuses to be framed; every form that changes something
 //! carries the session's CSRF token, and a cross-origin `POST` is refused. Templates are in
-//! `templates/console/` (askama: checked at compile time, escaped), the style sheet is
-//! embedded. The pages themselves are in `pages.rs`.
+//! `templates/console/` (askama: checked at compile time, escaped), the style sheet and the
+//! one script (`console.js`, which only adds to pages that work without it) are embedded.
+//! The overview and the live tail are in `overview.rs`, the other pages in `pages.rs`.
 
+mod alerts;
+mod builder;
+mod dead_letters;
+mod destinations;
+mod diagram;
+mod flows;
+mod overview;
 mod pages;
 pub mod session;
+mod sources;
 
 use crate::api::Scope;
 use crate::state::AppState;
@@ -23,21 +32,46 @@ use std::sync::Arc;
 /// The console's routes, with the sessions they share.
 pub fn routes(sessions: Arc<Sessions>) -> Router<AppState> {
     Router::new()
-        .route("/", get(pages::overview))
+        .route("/", get(overview::overview))
         .route("/events", get(pages::events))
+        .route("/events/tail", get(overview::tail))
+        .route("/events/{id}/replay", post(pages::replay_event))
         .route("/events/{id}", get(pages::event))
         .route("/deliveries/{id}/retry", post(pages::retry_delivery))
+        .route("/deliveries/{id}", get(pages::delivery))
+        .route("/runs/{id}/replay", post(pages::replay_run))
+        .route("/destinations", get(destinations::list))
+        .route("/destinations/{id}", get(destinations::show))
+        .route("/destinations/{id}/pause", post(destinations::pause))
+        .route("/destinations/{id}/resume", post(destinations::resume))
+        .route("/sources", get(sources::list))
+        .route("/sources/{id}", get(sources::show))
+        .route("/alerts", get(alerts::list))
+        .route("/flows", get(flows::list))
+        .route("/flows/new", get(flows::new))
+        .route("/flows/builder", post(flows::post))
+        .route("/flows/{id}", get(flows::show))
+        .route("/flows/{id}/edit", get(flows::edit))
+        .route("/console/check-jq", post(flows::check_jq))
+        .route("/dead-letters", get(dead_letters::list))
+        .route("/dead-letters/confirm", get(dead_letters::confirm))
+        .route("/dead-letters/replay", post(dead_letters::replay_matching))
+        .route(
+            "/dead-letters/replay-selected",
+            post(dead_letters::replay_selected),
+        )
         .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/sign-out", post(pages::sign_out))
         .route("/console/style.css", get(style))
+        .route("/console/app.js", get(script))
         .layer(axum::middleware::from_fn(same_origin_posts))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::Extension(sessions))
 }
 
-/// The policy of every console answer: the console's own style sheet and nothing else (no
-/// script at all yet), forms only to itself, no framing.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The policy of every console answer: the console's own style sheet and script and nothing
+/// else (nothing inline), requests only to itself, forms only to itself, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
@@ -85,12 +119,22 @@ async fn same_origin_posts(request: Request, next: Next) -> Response {
 }
 
 async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("console.css"))
+}
+
+/// The console's one script: the live tail, jq checked as it is typed, selecting rows. Every
+/// page works without it; it only adds.
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("console.js"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        include_str!("console.css"),
+        body,
     )
         .into_response()
 }
@@ -156,4 +200,50 @@ fn page(rendered: Result<String, askama::Error>) -> Response {
         )
             .into_response(),
     }
+}
+
+fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the form's CSRF token is missing or wrong: reload the page and try again",
+    )
+        .into_response()
+}
+
+/// Why a state-changing form is refused: a wrong CSRF token, or a `read` session.
+fn refuse_action(viewer: &Viewer, csrf: &str) -> Option<Response> {
+    if !session::csrf_is(&viewer.csrf, csrf) {
+        return Some(csrf_refused());
+    }
+    if !viewer.can_act() {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "this session's token has the `read` scope: it sees everything and changes nothing",
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
+/// A time typed in a filter: RFC 3339, or what a `datetime-local` field sends
+/// (`2026-12-06T10:30`, taken as UTC); empty is no bound.
+fn time_filter(field: &str, text: &str) -> Result<Option<i64>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let with_zone = if text.len() == 16 && !text.ends_with(['Z', 'z']) {
+        format!("{text}:00Z")
+    } else if text.len() == 19 && !text.ends_with(['Z', 'z']) {
+        format!("{text}Z")
+    } else {
+        text.to_string()
+    };
+    crate::clock::parse_rfc3339(&with_zone)
+        .map(Some)
+        .ok_or_else(|| {
+            format!("`{field}` is not a time: write it as 2026-12-06T10:30:00Z (RFC 3339; UTC when no offset is given)")
+        })
 }

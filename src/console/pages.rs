@@ -1,8 +1,8 @@
-//! The console's pages: sign-in and sign-out, the overview, the events list and an event with
-//! its runs, deliveries and attempts. Each reads what the matching API route reads.
+//! The console's pages: sign-in and sign-out, the events list and an event with its runs,
+//! deliveries and attempts. Each reads what the matching API route reads.
 
 use super::session::{self, Sessions};
-use super::{Viewer, page};
+use super::{Viewer, csrf_refused, page, refuse_action};
 use crate::state::AppState;
 use askama::Template;
 use axum::extract::{Extension, Form, Path, Query, State};
@@ -85,7 +85,7 @@ pub async fn sign_in(
 
 #[derive(serde::Deserialize)]
 pub struct CsrfForm {
-    csrf: String,
+    pub csrf: String,
 }
 
 /// `POST /sign-out`: closes the session (its CSRF token is required).
@@ -104,106 +104,6 @@ pub async fn sign_out(
     ([(header::SET_COOKIE, cookie)], Redirect::to("/sign-in")).into_response()
 }
 
-fn csrf_refused() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "the form's CSRF token is missing or wrong: reload the page and try again",
-    )
-        .into_response()
-}
-
-/// One destination's line on the overview.
-struct DestinationLine {
-    id: String,
-    circuit: &'static str,
-    circuit_class: &'static str,
-    pending: i64,
-    oldest_due: Option<String>,
-    dead: i64,
-}
-
-#[derive(Template)]
-#[template(path = "console/overview.html")]
-struct OverviewPage {
-    viewer: Option<Viewer>,
-    page: &'static str,
-    events: i64,
-    pending: i64,
-    dead: i64,
-    rejected: i64,
-    destinations: Vec<DestinationLine>,
-}
-
-/// `GET /`: what is stored, what waits, what failed, each destination's state.
-pub async fn overview(viewer: Viewer, State(app): State<AppState>) -> Response {
-    let now = app.clock.now_ms();
-    let read = app
-        .store
-        .read(move |c| {
-            Ok((
-                crate::store::count_events(c)?,
-                crate::store::count_rejections(c)?,
-                crate::store::backlog(c, now)?,
-                crate::store::dead_by_destination(c)?,
-            ))
-        })
-        .await;
-    let (events, rejected, backlog, dead) = match read {
-        Ok(read) => read,
-        Err(e) => return crate::api::error::ApiError::from(e).into_response(),
-    };
-    // Totals over every destination, those no longer configured included.
-    let pending = backlog.iter().map(|b| b.pending).sum();
-    let dead_total = dead.iter().map(|(_, n)| n).sum();
-    let health = app.deliverer.health();
-    let destinations = app
-        .config
-        .get()
-        .destinations
-        .keys()
-        .map(|id| {
-            let circuit = health
-                .iter()
-                .find(|(d, _)| d == id)
-                .map(|(_, h)| {
-                    if h.paused.is_some() {
-                        "paused"
-                    } else {
-                        h.circuit.as_str()
-                    }
-                })
-                .unwrap_or("closed");
-            let waiting = backlog.iter().find(|b| b.destination_id == *id);
-            DestinationLine {
-                id: id.clone(),
-                circuit,
-                circuit_class: match circuit {
-                    "closed" => "succeeded",
-                    "half_open" | "paused" => "pending",
-                    _ => "failed",
-                },
-                pending: waiting.map_or(0, |b| b.pending),
-                oldest_due: waiting
-                    .and_then(|b| b.oldest_due)
-                    .map(crate::clock::rfc3339),
-                dead: dead.iter().find(|(d, _)| d == id).map_or(0, |(_, n)| *n),
-            }
-        })
-        .collect::<Vec<_>>();
-    page(
-        OverviewPage {
-            viewer: Some(viewer),
-            page: "overview",
-            events,
-            pending,
-            dead: dead_total,
-            rejected,
-            destinations,
-        }
-        .render(),
-    )
-}
-
 #[derive(serde::Deserialize, Default)]
 pub struct EventsQuery {
     #[serde(default)]
@@ -213,7 +113,34 @@ pub struct EventsQuery {
     #[serde(default)]
     status: String,
     #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    /// `path=value` on the payload.
+    #[serde(default, rename = "match")]
+    field_match: String,
+    /// A jq expression on the payload.
+    #[serde(default)]
+    jq: String,
+    #[serde(default)]
     after: String,
+}
+
+impl EventsQuery {
+    /// The query string of this filter at the page after `after`.
+    fn at(&self, after: &str) -> String {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("source", &self.source)
+            .append_pair("type", &self.event_type)
+            .append_pair("status", &self.status)
+            .append_pair("since", &self.since)
+            .append_pair("until", &self.until)
+            .append_pair("match", &self.field_match)
+            .append_pair("jq", &self.jq)
+            .append_pair("after", after)
+            .finish();
+        format!("/events?{query}")
+    }
 }
 
 #[derive(Template)]
@@ -221,16 +148,15 @@ pub struct EventsQuery {
 struct EventsPage {
     viewer: Option<Viewer>,
     page: &'static str,
-    source: String,
-    event_type: String,
-    status: String,
+    q: EventsQuery,
     statuses: [&'static str; 5],
     error: Option<String>,
     events: Vec<crate::store::EventSummary>,
     next: Option<String>,
 }
 
-/// `GET /events?source=&type=&status=&after=`: newest first, a page at a time.
+/// `GET /events?source=&type=&status=&since=&until=&match=&jq=&after=`: newest first, a page
+/// at a time, as `GET /api/v1/events` finds them.
 pub async fn events(
     viewer: Viewer,
     State(app): State<AppState>,
@@ -243,6 +169,7 @@ pub async fn events(
             Some(format!("the filters are not valid: {e}")),
         ),
     };
+    let given = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
     let status = match q.status.as_str() {
         "" => None,
         s if EVENT_STATUSES.contains(&s) => Some(s.to_string()),
@@ -253,41 +180,48 @@ pub async fn events(
             None
         }
     };
+    let mut time = |field: &str, text: &str| {
+        super::time_filter(field, text).unwrap_or_else(|e| {
+            error = Some(e);
+            None
+        })
+    };
     let filter = crate::store::EventFilter {
-        source: Some(q.source.clone()).filter(|s| !s.is_empty()),
-        event_type: Some(q.event_type.clone()).filter(|s| !s.is_empty()),
-        since: None,
-        until: None,
+        source: given(&q.source),
+        event_type: given(&q.event_type),
+        since: time("since", &q.since),
+        until: time("until", &q.until),
         status,
     };
-    let after = Some(q.after.clone()).filter(|a| !a.is_empty());
-    let read = app
-        .store
-        .read(move |c| crate::store::events(c, &filter, after.as_deref(), EVENTS_PER_PAGE))
-        .await;
-    let events = match read {
-        Ok(events) => events,
-        Err(e) => return crate::api::error::ApiError::from(e).into_response(),
+    let (events, next) = if error.is_some() {
+        (Vec::new(), None)
+    } else {
+        let (jq, field_match) = (given(&q.jq), given(&q.field_match));
+        match crate::api::find_events(
+            &app,
+            filter,
+            given(&q.after),
+            EVENTS_PER_PAGE,
+            jq.as_deref(),
+            field_match.as_deref(),
+        )
+        .await
+        {
+            Ok(found) => found,
+            // A filter that does not compile is the person's to fix, on the page.
+            Err(e) if e.status == StatusCode::BAD_REQUEST => {
+                error = Some(e.message);
+                (Vec::new(), None)
+            }
+            Err(e) => return e.into_response(),
+        }
     };
-    let next = (events.len() == EVENTS_PER_PAGE)
-        .then(|| events.last())
-        .flatten()
-        .map(|last| {
-            let query = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("source", &q.source)
-                .append_pair("type", &q.event_type)
-                .append_pair("status", &q.status)
-                .append_pair("after", &last.id)
-                .finish();
-            format!("/events?{query}")
-        });
+    let next = next.map(|after| q.at(&after));
     page(
         EventsPage {
             viewer: Some(viewer),
             page: "events",
-            source: q.source,
-            event_type: q.event_type,
-            status: q.status,
+            q,
             statuses: EVENT_STATUSES,
             error,
             events,
@@ -295,6 +229,12 @@ pub async fn events(
         }
         .render(),
     )
+}
+
+/// A run's steps as the event page shows them.
+pub struct RunSteps {
+    pub run_id: String,
+    pub steps: Vec<super::flows::ReportStep>,
 }
 
 #[derive(Template)]
@@ -308,10 +248,20 @@ struct EventPage {
     event: crate::store::EventView,
     payload: String,
     headers: String,
+    steps: Vec<RunSteps>,
 }
 
-/// `GET /events/{id}`: the event, its payload and headers, each run and each delivery with
-/// every attempt.
+impl EventPage {
+    fn steps_of(&self, run_id: &str) -> &[super::flows::ReportStep] {
+        self.steps
+            .iter()
+            .find(|r| r.run_id == run_id)
+            .map_or(&[], |r| r.steps.as_slice())
+    }
+}
+
+/// `GET /events/{id}`: the event, its payload and headers, each run step by step and each
+/// delivery with every attempt.
 pub async fn event(
     viewer: Viewer,
     State(app): State<AppState>,
@@ -324,18 +274,25 @@ pub async fn event(
             let Some(mut event) = crate::store::event(c, &key)? else {
                 return Ok(None);
             };
+            let mut steps = Vec::new();
             for run in &mut event.runs {
                 for delivery in &mut run.deliveries {
                     if let Some(full) = crate::store::delivery(c, &delivery.id)? {
                         *delivery = full;
                     }
                 }
+                if let Some(detail) = crate::store::run_detail(c, &run.id)? {
+                    steps.push(RunSteps {
+                        run_id: run.id.clone(),
+                        steps: detail.steps.iter().map(super::flows::report_step).collect(),
+                    });
+                }
             }
-            Ok(Some(event))
+            Ok(Some((event, steps)))
         })
         .await;
-    let event = match read {
-        Ok(Some(event)) => event,
+    let (event, steps) = match read {
+        Ok(Some(found)) => found,
         Ok(None) => {
             return crate::api::error::ApiError::not_found("event", &id).into_response();
         }
@@ -351,9 +308,46 @@ pub async fn event(
             payload: pretty(&event.payload),
             headers: pretty(&event.headers),
             event,
+            steps,
         }
         .render(),
     )
+}
+
+#[derive(serde::Deserialize)]
+pub struct ReplayRunForm {
+    csrf: String,
+    #[serde(default)]
+    use_current_flow: Option<String>,
+}
+
+/// `POST /runs/{id}/replay` (an admin): the failed run again from the step that failed, as
+/// `POST /api/v1/runs/{id}/replay` does; back to its event.
+pub async fn replay_run(
+    viewer: Viewer,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<ReplayRunForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &form.csrf) {
+        return refused;
+    }
+    let current = form.use_current_flow.is_some_and(|v| !v.is_empty());
+    if let Err(e) = crate::api::replay_failed_run(&app, &id, current).await {
+        return e.into_response();
+    }
+    let key = id.clone();
+    match app
+        .store
+        .read(move |c| crate::store::run_summary(c, &key))
+        .await
+    {
+        Ok(Some(run)) => {
+            Redirect::to(&format!("/events/{}", crate::ids::in_path(&run.event_id))).into_response()
+        }
+        Ok(None) => crate::api::error::ApiError::not_found("run", &id).into_response(),
+        Err(e) => crate::api::error::ApiError::from(e).into_response(),
+    }
 }
 
 /// `POST /deliveries/{id}/retry` (an `admin` session, its CSRF token): sends a dead letter
@@ -382,19 +376,42 @@ pub async fn retry_delivery(
     }
 }
 
-/// Why a state-changing form is refused: a wrong CSRF token, or a `read` session.
-fn refuse_action(viewer: &Viewer, csrf: &str) -> Option<Response> {
-    if !session::csrf_is(&viewer.csrf, csrf) {
-        return Some(csrf_refused());
+/// `GET /deliveries/{id}`: the delivery on its event's page.
+pub async fn delivery(
+    _viewer: Viewer,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    let key = id.clone();
+    match app
+        .store
+        .read(move |c| crate::store::delivery(c, &key))
+        .await
+    {
+        Ok(Some(d)) => Redirect::to(&format!(
+            "/events/{}#{}",
+            crate::ids::in_path(&d.event_id),
+            crate::ids::in_path(&d.id)
+        ))
+        .into_response(),
+        Ok(None) => crate::api::error::ApiError::not_found("delivery", &id).into_response(),
+        Err(e) => crate::api::error::ApiError::from(e).into_response(),
     }
-    if !viewer.can_act() {
-        return Some(
-            (
-                StatusCode::FORBIDDEN,
-                "this session's token has the `read` scope: it sees everything and changes nothing",
-            )
-                .into_response(),
-        );
+}
+
+/// `POST /events/{id}/replay` (an admin): the event through the flows that take it now, as
+/// `POST /api/v1/events/{id}/replay` does; back to the event, whose new runs show.
+pub async fn replay_event(
+    viewer: Viewer,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &form.csrf) {
+        return refused;
     }
-    None
+    match crate::api::replay_event(&app, &id).await {
+        Ok(_) => Redirect::to(&format!("/events/{}", crate::ids::in_path(&id))).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -2,7 +2,8 @@
 //! below that answers its value or a [`Refusal`]: the source, the body read under the limit
 //! (`body.rs`), the signature on the raw bytes (`verify.rs`), the JSON and its event type, the
 //! schema, the idempotency key (`fields.rs`), the plan of what it starts, and the commit of it
-//! all in one store transaction; only then `202`. One place ([`Intake::refuse`]) turns a
+//! all in one store transaction; only then `202`, and the live tail (`telemetry::tail`) hears
+//! of it. One place ([`Intake::refuse`]) turns a
 //! refusal into its answer, its metric and, for a refused input, its entry in the rejected log.
 //!
 //! **Invariant:** nothing is acknowledged before it is committed.
@@ -469,6 +470,13 @@ impl Intake<'_> {
             jobs.len(),
         );
         app.activity.seen(&source, self.received_at);
+        app.tail.announce(|| crate::telemetry::tail::Accepted {
+            id: event_id.clone(),
+            source: source.clone(),
+            event_type: event_type.clone(),
+            received_at: crate::clock::rfc3339(self.received_at),
+            deliveries: jobs.len(),
+        });
         for (run_id, flow_id, status, error) in &ended_runs {
             events::run_ended(
                 &app.metrics,

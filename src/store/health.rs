@@ -103,6 +103,43 @@ pub fn last_attempts(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// One of a destination's recent attempts, as its console page lists them.
+#[derive(Debug, Clone)]
+pub struct RecentAttempt {
+    pub delivery_id: String,
+    pub attempt: i64,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// A destination's last `n` attempts, newest first (through its index: `n` rows read,
+/// whatever the table holds).
+pub fn recent_attempts(
+    conn: &Connection,
+    destination_id: &str,
+    n: usize,
+) -> Result<Vec<RecentAttempt>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT delivery_id, attempt, started_at, duration_ms, outcome, status_code, error FROM attempts
+         WHERE destination_id = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![destination_id, n as i64], |r| {
+        Ok(RecentAttempt {
+            delivery_id: r.get(0)?,
+            attempt: r.get(1)?,
+            started_at: r.get(2)?,
+            duration_ms: r.get(3)?,
+            outcome: r.get(4)?,
+            status_code: r.get(5)?,
+            error: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// `(attempts, failed attempts)` of a destination since `since`.
 pub fn attempt_counts(
     conn: &Connection,

@@ -305,6 +305,14 @@ pub(crate) enum WriteOp {
         attempt: Option<NewStepAttempt>,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// More runs of a stored event: `false` when it is gone or its payload expired.
+    AddRuns {
+        event_id: String,
+        now: Millis,
+        runs: Vec<NewRun>,
+        deliveries: Vec<NewDelivery>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
     ReplayRun {
         replay: RunReplay,
         reply: oneshot::Sender<Result<ReplayOutcome, StoreError>>,
@@ -698,6 +706,26 @@ impl Store {
         self.ask(|reply| WriteOp::RevokeToken {
             id: id.to_string(),
             now,
+            reply,
+        })
+        .await
+    }
+
+    /// Adds the runs (and their deliveries) of a replay of the whole stored event
+    /// `event_id`, in one transaction: `Ok(false)` when the event is gone or its payload
+    /// expired.
+    pub async fn add_runs(
+        &self,
+        event_id: &str,
+        now: Millis,
+        runs: Vec<NewRun>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<bool, StoreError> {
+        self.ask(|reply| WriteOp::AddRuns {
+            event_id: event_id.to_string(),
+            now,
+            runs,
+            deliveries,
             reply,
         })
         .await

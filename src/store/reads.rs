@@ -157,6 +157,62 @@ pub fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryView>, Sto
     Ok(Some(d))
 }
 
+/// What a replay of a whole event needs of it: source, type, arrival, kept headers (JSON
+/// text) and the raw payload; `None` when there is no such event. The payload is `None` once
+/// it expired.
+pub struct StoredEvent {
+    pub source: String,
+    pub event_type: String,
+    pub received_at: Millis,
+    pub headers: String,
+    pub payload: Option<Vec<u8>>,
+}
+
+pub fn stored_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT source, event_type, received_at, headers, CASE WHEN payload_expired_at IS NULL THEN payload END FROM events WHERE id = ?1",
+        )?
+        .query_row(params![id], |r| {
+            Ok(StoredEvent {
+                source: r.get(0)?,
+                event_type: r.get(1)?,
+                received_at: r.get(2)?,
+                headers: r.get(3)?,
+                payload: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Dead deliveries matching `filter`, newest first, before the id `before` (the previous
+/// page's last), without their attempts: the console's dead letters page.
+pub fn dead_delivery_page(
+    conn: &Connection,
+    filter: &super::DeadFilter,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'dead'
+           AND (?1 IS NULL OR destination_id = ?1) AND (?2 IS NULL OR created_at >= ?2) AND (?3 IS NULL OR created_at < ?3)
+           AND (?4 IS NULL OR instr(COALESCE(last_error, ''), ?4) > 0) AND (?5 IS NULL OR id < ?5)
+         ORDER BY id DESC LIMIT ?6"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            filter.destination_id,
+            filter.since,
+            filter.until,
+            filter.error,
+            before,
+            limit as i64
+        ],
+        delivery_row,
+    )?;
+    rows.map(|row| finish_delivery(row?)).collect()
+}
+
 pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreError> {
     let row = conn
         .prepare_cached("SELECT id, source, event_type, idempotency_key, received_at, headers, payload, payload_expired_at IS NOT NULL FROM events WHERE id = ?1")?
@@ -334,19 +390,35 @@ pub fn rejections(
     let mut stmt = conn.prepare_cached(
         "SELECT id, source, received_at, status, error, reason, body FROM rejections WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![before, limit as i64], |r| {
-        let body: Vec<u8> = r.get(6)?;
-        Ok(RejectionView {
-            id: r.get::<_, i64>(0)?.to_string(),
-            source: r.get(1)?,
-            received_at: rfc3339(r.get(2)?),
-            status: r.get(3)?,
-            error: r.get(4)?,
-            reason: r.get(5)?,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    })?;
+    let rows = stmt.query_map(params![before, limit as i64], rejection_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The rejected log's newest `limit` refusals of one source (the log is capped at
+/// `settings.rejected_log_size`, so reading it through costs a bounded time).
+pub fn rejections_of(
+    conn: &Connection,
+    source: &str,
+    limit: usize,
+) -> Result<Vec<RejectionView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, source, received_at, status, error, reason, body FROM rejections WHERE source = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![source, limit as i64], rejection_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn rejection_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RejectionView> {
+    let body: Vec<u8> = r.get(6)?;
+    Ok(RejectionView {
+        id: r.get::<_, i64>(0)?.to_string(),
+        source: r.get(1)?,
+        received_at: rfc3339(r.get(2)?),
+        status: r.get(3)?,
+        error: r.get(4)?,
+        reason: r.get(5)?,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 pub fn count_events(conn: &Connection) -> Result<i64, StoreError> {

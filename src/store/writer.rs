@@ -371,6 +371,16 @@ fn apply(
             let r = save_run(tx, &save, &deliveries, attempt.as_ref());
             replies.push(Reply::SaveRun(reply, r));
         }
+        WriteOp::AddRuns {
+            event_id,
+            now,
+            runs,
+            deliveries,
+            reply,
+        } => {
+            let r = add_runs(tx, &event_id, now, &runs, &deliveries);
+            replies.push(Reply::SaveRun(reply, r));
+        }
         WriteOp::ReplayRun { replay, reply } => {
             let r = replay_run(tx, &replay);
             replies.push(Reply::ReplayRun(reply, r));
@@ -571,7 +581,9 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
         WriteOp::Ingest { reply, .. } => answer(reply, Err(e), None),
         WriteOp::Attempt { reply, .. } => answer(reply, Err(e), None),
         WriteOp::Retry { reply, .. } => answer(reply, Err(e), None),
-        WriteOp::SaveRun { reply, .. } => answer(reply, Err(e), None),
+        WriteOp::SaveRun { reply, .. } | WriteOp::AddRuns { reply, .. } => {
+            answer(reply, Err(e), None)
+        }
         WriteOp::ReplayRun { reply, .. } => answer(reply, Err(e), None),
         WriteOp::RevokeToken { reply, .. } => answer(reply, Err(e), None),
         WriteOp::SetPaused { reply, .. }
@@ -639,6 +651,39 @@ fn insert_runs(
 ) -> Result<(), StoreError> {
     // `insert_event` has just inserted it.
     let event_seq = tx.last_insert_rowid();
+    insert_runs_of(tx, &e.id, event_seq, e.received_at, runs, deliveries)
+}
+
+/// More runs of a stored event (a replay of the whole event), made at `now`: `Ok(false)` when
+/// the event is gone or its payload expired (nothing is written).
+fn add_runs(
+    tx: &Connection,
+    event_id: &str,
+    now: Millis,
+    runs: &[NewRun],
+    deliveries: &[NewDelivery],
+) -> Result<bool, StoreError> {
+    let seq: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM events WHERE id = ?1 AND payload_expired_at IS NULL")?
+        .query_row(params![event_id], |r| r.get(0))
+        .optional()?;
+    let Some(seq) = seq else { return Ok(false) };
+    super::savepoint::all_or_batch(tx, || {
+        insert_runs_of(tx, event_id, seq, now, runs, deliveries)?;
+        Ok(true)
+    })
+}
+
+/// Runs of the event `event_id` (row `event_seq`), made at `at`, with their bodies and
+/// deliveries.
+fn insert_runs_of(
+    tx: &Connection,
+    event_id: &str,
+    event_seq: i64,
+    at: Millis,
+    runs: &[NewRun],
+    deliveries: &[NewDelivery],
+) -> Result<(), StoreError> {
     let mut run_stmt = tx.prepare_cached(
         "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error, failed_on, pending, created_at, updated_at, payload_body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, CASE WHEN ?5 = 'failed' THEN 'step' END, ?13, ?12, ?12, ?14)",
@@ -647,7 +692,7 @@ fn insert_runs(
         insert_bodies(tx, event_seq, &r.bodies)?;
         run_stmt.execute(params![
             r.id,
-            e.id,
+            event_id,
             r.flow_id,
             r.flow_version,
             r.status,
@@ -657,12 +702,12 @@ fn insert_runs(
             r.context,
             r.steps,
             r.error,
-            e.received_at,
+            at,
             deliveries.iter().filter(|d| d.run_id == r.id).count() as i64,
             r.payload_body
         ])?;
     }
-    insert_deliveries(tx, &e.id, deliveries, e.received_at)
+    insert_deliveries(tx, event_id, deliveries, at)
 }
 
 /// Stores the bodies a run's step made, owned by the event at `event_seq`.

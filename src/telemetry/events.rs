@@ -3,6 +3,7 @@
 //! facts; label values are bounded by the caller (config ids, fixed codes).
 
 use super::metrics::{Labels, Metrics};
+use super::minutes::{self, Count};
 use crate::clock::Millis;
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -25,6 +26,7 @@ pub fn event_accepted(
 ) {
     tracing::debug!(event_id, source, event_type, deliveries, "event accepted");
     m.count_accepted(source, event_type_label);
+    m.minutes.add(Count::Event, 1, minutes::now_ms());
 }
 
 /// A request was refused; `code` is the error code of the answer (`invalid_signature`, ...).
@@ -66,6 +68,12 @@ pub struct DeliveryAttempt<'a> {
 }
 
 pub fn delivery_attempted(m: &Metrics, a: &DeliveryAttempt<'_>) {
+    let counted = if a.outcome == "succeeded" {
+        Count::Delivered
+    } else {
+        Count::Failed
+    };
+    m.minutes.add(counted, 1, minutes::now_ms());
     let dest = labels(&[("destination", a.destination_id)]);
     m.attempt_duration
         .get_or_create(&dest)

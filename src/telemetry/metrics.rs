@@ -56,6 +56,8 @@ pub struct Metrics {
     pub oldest_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub store_free_pages: Gauge,
     pub vacuumed_pages: Counter,
+    /// The last hour minute by minute (events, deliveries, failed attempts).
+    pub minutes: super::minutes::PerMinute,
 }
 
 /// Handles to counters of `events_received` (by source) and `events_accepted` (by source, then
@@ -150,6 +152,7 @@ impl Metrics {
             vacuumed_pages: Counter::default(),
             registry: Registry::default(),
             ingest_counters: Default::default(),
+            minutes: Default::default(),
         };
         registry.register(
             "events_received",

@@ -1,10 +1,14 @@
-//! Telemetry: logging setup (here), the Prometheus metrics (`metrics.rs`), and the notable
+//! Telemetry: logging setup (here), the Prometheus metrics (`metrics.rs`), the last hour minute by
+//! minute for the console's charts (`minutes.rs`), the live tail of accepted events (`tail.rs`),
+//! and the notable
 //! occurrences (`events.rs`), each of which writes its log line and moves its metrics in one
 //! place, so logs and metrics never disagree. Log lines carry ids (event, run, delivery,
 //! destination), never secrets, signatures or tokens.
 
 pub mod events;
 pub mod metrics;
+pub mod minutes;
+pub mod tail;
 
 pub use metrics::Metrics;
 

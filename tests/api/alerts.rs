@@ -150,7 +150,7 @@ alerts:
             .contains("the last 2 attempts to `crm` failed (last error: HTTP 503)"),
         "{notice}"
     );
-    assert_eq!(notice["url"], "https://ferry.example/ui/destinations/crm");
+    assert_eq!(notice["url"], "https://ferry.example/destinations/crm");
     assert!(notice["since"].is_string());
     standardwebhooks::Webhook::new(SECRET)
         .unwrap()
@@ -162,7 +162,7 @@ alerts:
         "{text}"
     );
     assert!(
-        text.contains("<https://ferry.example/ui/destinations/crm|Open in Ferry>"),
+        text.contains("<https://ferry.example/destinations/crm|Open in Ferry>"),
         "{text}"
     );
     let mail = smtp.mails.lock().unwrap()[0].clone();
@@ -172,7 +172,7 @@ alerts:
     );
     assert!(mail.contains("To: oncall@example.com"), "{mail}");
     assert!(
-        mail.contains("https://ferry.example/ui/destinations/crm"),
+        mail.contains("https://ferry.example/destinations/crm"),
         "{mail}"
     );
 

@@ -3,10 +3,13 @@
 Starts `ferry serve` (the binary given as the first argument) with a shop source whose flow
 fans out to three destinations on a local receiver, one of which fails until told otherwise,
 then, as people would: signs in with a read token and finds no action button; signs in as
-admin; sends an event and finds it in the list; opens it and sees its three deliveries and
-their attempts; finds the failed one dead, fixes the destination, retries it from the page
-and sees it delivered; and checks that a POST without the CSRF token is refused. Screenshots
-of the pages go to docs/screenshots/.
+admin; sends an event and sees it on the live tail and in the list; opens it and sees its
+three deliveries and their attempts; finds the failed one on the dead letters page, fixes the
+destination, replays it after the count is confirmed and sees it delivered; builds a two-step
+flow in the builder, sees a jq error while typing, tests it on a recent event, saves it and
+sees the next event go through it; and checks that a POST without the CSRF token is refused,
+that a tablet-wide page does not scroll sideways, and that dark mode follows the system.
+Screenshots of the pages go to docs/screenshots/.
 
 Needs: `pip install playwright` and Debian's `chromium` (`.ci/run` installs both).
 """
@@ -114,56 +117,115 @@ def main():
     print("the console works in chromium")
 
 
+def wait_for(what, check, tries=100):
+    for _ in range(tries):
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def delivery_statuses(base, event):
+    return {d["destination_id"]: d["status"]
+            for d in api(base, "GET", f"/api/v1/deliveries?event_id={event}")["data"]}
+
+
 def run(base):
     read_token = api(base, "POST", "/api/v1/tokens", {"name": "viewer", "scope": "read"})["token"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
 
-        # An event fanned out to three destinations, one of which fails and is dead at once.
+        # As admin, on the overview: an event sent now shows on the live tail.
+        admin = sign_in(browser, base, ADMIN)
+        expect(admin.locator(".scope")).to_have_text("admin")
+        expect(admin.locator("#tail.live")).to_have_count(1)
         event = api(base, "POST", "/in/shop", {"type": "order.created", "order": 1042})["event_id"]
-        for _ in range(200):
-            statuses = [d["status"] for d in api(base, "GET", f"/api/v1/deliveries?event_id={event}")["data"]]
-            if len(statuses) == 3 and "pending" not in statuses:
-                break
-            time.sleep(0.05)
+        expect(admin.locator("#tail-rows").get_by_role("link", name=event)).to_be_visible()
+        wait_for("the three deliveries to settle",
+                 lambda: len(delivery_statuses(base, event)) == 3
+                 and "pending" not in delivery_statuses(base, event).values())
 
-        # A read session sees the event and no button that acts.
+        # A read session sees everything and no button that acts.
         reader = sign_in(browser, base, read_token)
         expect(reader.locator(".scope")).to_have_text("read")
         reader.goto(f"{base}/events/{event}")
         expect(reader.get_by_text("To books")).to_be_visible()
-        expect(reader.get_by_role("button", name="Retry this delivery")).to_have_count(0)
+        expect(reader.locator("main form[method=post] button")).to_have_count(0)
+        for path in ["/dead-letters", "/flows", "/destinations/books"]:
+            reader.goto(base + path)
+            expect(reader.locator("main form[method=post] button")).to_have_count(0)
 
-        # As admin: the overview, the list, the event with its three deliveries and attempts.
-        admin = sign_in(browser, base, ADMIN)
-        expect(admin.locator(".scope")).to_have_text("admin")
+        # The list, and the event with its three deliveries and their attempts.
+        admin.reload()
         admin.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
         admin.get_by_role("link", name="Events", exact=True).click()
         expect(admin.get_by_role("link", name=event)).to_be_visible()
         admin.screenshot(path=str(SHOTS / "events.png"), full_page=True)
         admin.get_by_role("link", name=event).click()
         for name in ["warehouse", "crm", "books"]:
-            expect(admin.get_by_text(f"To {name}")).to_be_visible()
+            expect(admin.get_by_role("heading", name=f"To {name}")).to_be_visible()
         expect(admin.locator(".delivery table tbody tr")).to_have_count(3)
         expect(admin.locator(".delivery .status.dead")).to_have_count(1)
-
-        # Fix the destination, retry the dead letter from the page, see it delivered.
-        Receiver.failing = False
-        admin.get_by_role("button", name="Retry this delivery").click()
-        expect(admin).to_have_url(f"{base}/events/{event}")
-        for _ in range(100):
-            if admin.locator(".delivery .status.succeeded").count() == 3:
-                break
-            time.sleep(0.1)
-            admin.reload()
-        expect(admin.locator(".delivery .status.succeeded")).to_have_count(3)
         admin.screenshot(path=str(SHOTS / "event.png"), full_page=True)
+
+        # The dead letter on its page: fix the destination, replay after the count, delivered.
+        admin.get_by_role("link", name="Dead letters", exact=True).click()
+        expect(admin.get_by_role("link", name=event)).to_be_visible()
+        admin.screenshot(path=str(SHOTS / "dead-letters.png"), full_page=True)
+        Receiver.failing = False
+        admin.get_by_role("link", name="Replay every dead letter matching this filter…").click()
+        expect(admin.get_by_text("1 dead letter matches")).to_be_visible()
+        admin.get_by_role("button", name="Replay 1 dead letter").click()
+        expect(admin.get_by_role("status")).to_contain_text("Replayed 1")
+        wait_for("the replayed dead letter to be delivered",
+                 lambda: delivery_statuses(base, event).get("books") == "succeeded")
+        admin.goto(base + "/destinations")
+        admin.screenshot(path=str(SHOTS / "destinations.png"), full_page=True)
+
+        # The builder: a filter (a jq error shown while typing, then fixed) and a deliver,
+        # tested on the recent event, saved; the next event goes through it.
+        admin.goto(base + "/flows")
+        admin.get_by_role("link", name="New flow").click()
+        admin.get_by_label("Id").fill("big-orders")
+        admin.get_by_role("button", name="filter", exact=True).click()
+        expression = admin.locator('input[name="0.expr"]')
+        expression.fill(".order >")
+        expect(admin.locator(".jq-note.bad")).to_contain_text("expected")
+        expression.fill(".order > 1000")
+        expect(admin.locator(".jq-note.ok")).to_have_count(1)
+        admin.get_by_role("button", name="deliver", exact=True).click()
+        admin.locator('input[name="1.to"][value="crm"]').check()
+        admin.locator('select[name="event_id"]').select_option(event)
+        admin.get_by_role("button", name="Test the draft").click()
+        report = admin.locator("#test-report")
+        expect(report).to_contain_text("completed")
+        expect(report).to_contain_text("1042")
+        admin.screenshot(path=str(SHOTS / "builder.png"), full_page=True)
+        admin.get_by_role("button", name="Save the flow").click()
+        expect(admin).to_have_url(f"{base}/flows/big-orders")
+        expect(admin.locator("svg.diagram")).to_be_visible()
+        admin.screenshot(path=str(SHOTS / "flow.png"), full_page=True)
+        following = api(base, "POST", "/in/shop", {"type": "order.created", "order": 2000})["event_id"]
+        wait_for("the next event to run through the new flow",
+                 lambda: "big-orders" in [r["flow_id"] for r in api(base, "GET", f"/api/v1/runs?event_id={following}")["data"]])
 
         # A POST without the CSRF token is refused, and the session goes on.
         refused = admin.request.post(base + "/sign-out", headers={"origin": base}, form={})
         assert refused.status in (403, 422), refused.status
         admin.goto(base + "/")
         expect(admin.get_by_role("heading", name="Overview")).to_be_visible()
+
+        # Keyboard: the first Tab reaches the navigation.
+        admin.keyboard.press("Tab")
+        assert admin.evaluate("document.activeElement.tagName") in ("A", "BUTTON", "INPUT"), "keyboard focus"
+
+        # A tablet-wide page does not scroll sideways.
+        tablet = browser.new_context(viewport={"width": 768, "height": 1024}).new_page()
+        tablet.context.add_cookies(admin.context.cookies())
+        for path in ["/", "/events", f"/events/{event}", "/flows/big-orders", "/dead-letters"]:
+            tablet.goto(base + path)
+            overflow = tablet.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 768px"
 
         # Dark mode follows the system setting.
         dark = browser.new_context(color_scheme="dark", viewport={"width": 1280, "height": 860}).new_page()
