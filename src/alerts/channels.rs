@@ -59,11 +59,18 @@ fn headline(rule: &AlertRule, state: &AlertState) -> String {
     )
 }
 
-/// Sends the notice to each of the rule's channels; failures are logged and counted.
-pub async fn notify(parts: &AlertParts, rule: &AlertRule, state: &AlertState, now: Millis) {
+/// Sends the notice to each of the rule's channels; failures are logged and counted. Answers
+/// what each channel's sending did (for the rule's history).
+pub async fn notify(
+    parts: &AlertParts,
+    rule: &AlertRule,
+    state: &AlertState,
+    now: Millis,
+) -> Vec<crate::store::NoticeSent> {
     let body = notice(parts, rule, state);
     let status = if state.firing { "firing" } else { "resolved" };
     let config = parts.config.get();
+    let mut sent_to = Vec::with_capacity(rule.notify.len());
     for channel_id in &rule.notify {
         let Some(channel) = config.channels.get(channel_id) else {
             continue;
@@ -76,7 +83,12 @@ pub async fn notify(parts: &AlertParts, rule: &AlertRule, state: &AlertState, no
             channel_id,
             sent.as_ref().err().map(String::as_str),
         );
+        sent_to.push(crate::store::NoticeSent {
+            channel: channel_id.clone(),
+            error: sent.err(),
+        });
     }
+    sent_to
 }
 
 async fn send(

@@ -186,10 +186,22 @@ async fn evaluate(parts: &AlertParts, states: &mut HashMap<String, AlertState>, 
             let previous = states.get(&rule.id).cloned();
             if let Some(state) = step(rule, previous.as_ref(), &observed, now) {
                 let announce = state.notified && state.last_notice_at == Some(now);
-                if announce {
-                    channels::notify(parts, rule, &state, now).await;
-                }
-                if let Err(e) = parts.store.save_alert(state.clone()).await {
+                let notices = if announce {
+                    channels::notify(parts, rule, &state, now).await
+                } else {
+                    Vec::new()
+                };
+                // Firing and resolving go in the rule's history, with what was sent.
+                let flipped = state.firing != previous.as_ref().is_some_and(|p| p.firing);
+                let change = flipped.then(|| crate::store::AlertChange {
+                    alert_id: rule.id.clone(),
+                    at: now,
+                    firing: state.firing,
+                    subject: state.subject.clone(),
+                    message: state.message.clone(),
+                    notices,
+                });
+                if let Err(e) = parts.store.save_alert(state.clone(), change).await {
                     tracing::error!(alert_id = %rule.id, error = %e, "cannot store the alert state");
                 }
                 states.insert(rule.id.clone(), state);

@@ -445,12 +445,32 @@ async fn extras(
     }
 }
 
-/// Each alert rule with its condition and state.
+/// Changes of an alert rule an API read shows (the store keeps up to
+/// `store::ALERT_HISTORY_KEPT`).
+const HISTORY_SHOWN: usize = 20;
+
+/// Each alert rule with its condition, state and its last changes (fired, resolved) with the
+/// notices each sent.
 async fn alert_states(
     app: &AppState,
     ids: Vec<String>,
 ) -> Result<HashMap<String, Value>, ApiError> {
-    let states = app.store.read(crate::store::alert_states).await?;
+    let wanted = ids.clone();
+    let (states, histories) = app
+        .store
+        .read(move |c| {
+            let histories = wanted
+                .iter()
+                .map(|id| {
+                    Ok((
+                        id.clone(),
+                        crate::store::alert_history(c, id, HISTORY_SHOWN)?,
+                    ))
+                })
+                .collect::<Result<HashMap<_, _>, crate::store::StoreError>>()?;
+            Ok((crate::store::alert_states(c)?, histories))
+        })
+        .await?;
     let config = app.config.get();
     Ok(config
         .alerts
@@ -468,6 +488,13 @@ async fn alert_states(
                 "subject": state.map(|s| s.subject.clone()),
                 "message": state.map(|s| s.message.clone()),
                 "last_notice_at": state.and_then(|s| s.last_notice_at).map(rfc3339),
+                "history": histories.get(&rule.id).map(|changes| changes.iter().map(|c| json!({
+                    "at": rfc3339(c.at),
+                    "state": if c.firing { "firing" } else { "resolved" },
+                    "subject": c.subject,
+                    "message": c.message,
+                    "notices": c.notices,
+                })).collect::<Vec<_>>()),
             });
             (rule.id.clone(), shown)
         })

@@ -1,6 +1,6 @@
 //! The alerts page: each rule with its condition, severity, channels and cooldown, its state
-//! (firing or not, since when, what is wrong) and when its last notice went, as
-//! `GET /api/v1/alerts` shows them.
+//! (firing or not, since when, what is wrong), when its last notice went, and its last changes
+//! (fired, resolved) with the notices each sent, as `GET /api/v1/alerts` shows them.
 
 use super::{Viewer, page};
 use crate::api::error::ApiError;
@@ -21,7 +21,21 @@ pub struct RuleLine {
     pub subject: Option<String>,
     pub message: Option<String>,
     pub last_notice: Option<String>,
+    pub history: Vec<ChangeLine>,
 }
+
+/// One change of a rule: when, firing or resolved, and each notice sent.
+pub struct ChangeLine {
+    pub at: String,
+    pub firing: bool,
+    pub subject: String,
+    pub message: String,
+    /// `ops`, or `ops (failed: why)`.
+    pub notices: Vec<String>,
+}
+
+/// Changes shown per rule.
+const CHANGES_SHOWN: usize = 20;
 
 #[derive(Template)]
 #[template(path = "console/alerts.html")]
@@ -33,15 +47,27 @@ struct AlertsPage {
 
 /// `GET /alerts`.
 pub async fn list(viewer: Viewer, State(app): State<AppState>) -> Response {
-    let states = match app.store.read(crate::store::alert_states).await {
-        Ok(states) => states,
+    let config = app.config.get();
+    let ids: Vec<String> = config.alerts.iter().map(|r| r.id.clone()).collect();
+    let read = app
+        .store
+        .read(move |c| {
+            let histories = ids
+                .iter()
+                .map(|id| crate::store::alert_history(c, id, CHANGES_SHOWN))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((crate::store::alert_states(c)?, histories))
+        })
+        .await;
+    let (states, histories) = match read {
+        Ok(read) => read,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let config = app.config.get();
     let rules = config
         .alerts
         .iter()
-        .map(|rule| {
+        .zip(histories)
+        .map(|(rule, history)| {
             let state = states.iter().find(|s| s.alert_id == rule.id);
             RuleLine {
                 id: rule.id.clone(),
@@ -56,6 +82,23 @@ pub async fn list(viewer: Viewer, State(app): State<AppState>) -> Response {
                 last_notice: state
                     .and_then(|s| s.last_notice_at)
                     .map(crate::clock::rfc3339),
+                history: history
+                    .into_iter()
+                    .map(|c| ChangeLine {
+                        at: crate::clock::rfc3339(c.at),
+                        firing: c.firing,
+                        subject: c.subject,
+                        message: c.message,
+                        notices: c
+                            .notices
+                            .into_iter()
+                            .map(|n| match n.error {
+                                None => n.channel,
+                                Some(why) => format!("{} (failed: {why})", n.channel),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
             }
         })
         .collect();

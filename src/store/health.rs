@@ -48,6 +48,30 @@ pub fn alert_states(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A rule's last `limit` changes, newest first: (when, the change).
+pub fn alert_history(
+    conn: &Connection,
+    alert_id: &str,
+    limit: usize,
+) -> Result<Vec<super::AlertChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, firing, subject, message, notices FROM alert_history WHERE alert_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![alert_id, limit as i64], |r| {
+        let notices: String = r.get(4)?;
+        Ok(super::AlertChange {
+            alert_id: alert_id.to_string(),
+            at: r.get(0)?,
+            firing: r.get(1)?,
+            subject: r.get(2)?,
+            message: r.get(3)?,
+            // Written by the writer from the same type; a row it cannot read shows no notice.
+            notices: serde_json::from_str(&notices).unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Pending deliveries by destination, with the earliest due time among those already due.
 pub struct Backlog {
     pub destination_id: String,

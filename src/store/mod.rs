@@ -325,6 +325,7 @@ pub(crate) enum WriteOp {
     },
     SaveAlert {
         state: AlertState,
+        change: Option<AlertChange>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     CreateToken {
@@ -383,6 +384,30 @@ pub struct Settled {
     pub status: &'static str,
     pub error: Option<String>,
 }
+
+/// A change of an alert rule's state (it fired, or resolved) with the notices it sent, for
+/// the rule's history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AlertChange {
+    pub alert_id: String,
+    #[serde(skip)]
+    pub at: Millis,
+    pub firing: bool,
+    pub subject: String,
+    pub message: String,
+    /// One per channel notified (none within the cooldown).
+    pub notices: Vec<NoticeSent>,
+}
+
+/// A notice to one channel: sent, or why not.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NoticeSent {
+    pub channel: String,
+    pub error: Option<String>,
+}
+
+/// Changes kept per alert rule.
+pub const ALERT_HISTORY_KEPT: i64 = 100;
 
 /// An alert rule's state as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -680,8 +705,17 @@ impl Store {
         .await
     }
 
-    pub async fn save_alert(&self, state: AlertState) -> Result<(), StoreError> {
-        self.ask(|reply| WriteOp::SaveAlert { state, reply }).await
+    pub async fn save_alert(
+        &self,
+        state: AlertState,
+        change: Option<AlertChange>,
+    ) -> Result<(), StoreError> {
+        self.ask(|reply| WriteOp::SaveAlert {
+            state,
+            change,
+            reply,
+        })
+        .await
     }
 
     pub async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {

@@ -159,6 +159,19 @@ CREATE TABLE IF NOT EXISTS alert_states (
     notified INTEGER NOT NULL DEFAULT 0
 );
 
+-- Each rule's changes (firing, resolved) and the notices each sent, newest kept (the writer
+-- keeps the last 100 of each rule). Additive: an older file gets it at its next start.
+CREATE TABLE IF NOT EXISTS alert_history (
+    id INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    firing INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    message TEXT NOT NULL,
+    notices TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_history_rule ON alert_history(alert_id, id);
+
 -- One row the writer rewrites to find out whether the disk takes writes again after a write
 -- failed (`writer::probe`).
 CREATE TABLE IF NOT EXISTS store_probe (

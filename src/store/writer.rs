@@ -393,8 +393,12 @@ fn apply(
             let r = set_paused(tx, &destination_id, pause.as_ref());
             replies.push(Reply::Done(reply, r));
         }
-        WriteOp::SaveAlert { state, reply } => {
-            let r = save_alert(tx, &state);
+        WriteOp::SaveAlert {
+            state,
+            change,
+            reply,
+        } => {
+            let r = save_alert(tx, &state, change.as_ref());
             replies.push(Reply::Done(reply, r));
         }
         WriteOp::CreateToken { token, reply } => {
@@ -927,12 +931,27 @@ fn set_paused(
     Ok(())
 }
 
-fn save_alert(tx: &Connection, a: &AlertState) -> Result<(), StoreError> {
+fn save_alert(
+    tx: &Connection,
+    a: &AlertState,
+    change: Option<&super::AlertChange>,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO alert_states (alert_id, firing, since, message, subject, last_notice_at, notified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (alert_id) DO UPDATE SET firing = ?2, since = ?3, message = ?4, subject = ?5, last_notice_at = ?6, notified = ?7",
     )?
     .execute(params![a.alert_id, a.firing, a.since, a.message, a.subject, a.last_notice_at, a.notified])?;
+    let Some(c) = change else { return Ok(()) };
+    // A list of plain structs always serialises.
+    let notices = serde_json::to_string(&c.notices).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "INSERT INTO alert_history (alert_id, at, firing, subject, message, notices) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![c.alert_id, c.at, c.firing, c.subject, c.message, notices])?;
+    tx.prepare_cached(
+        "DELETE FROM alert_history WHERE alert_id = ?1 AND id <= (SELECT id FROM alert_history WHERE alert_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![c.alert_id, super::ALERT_HISTORY_KEPT])?;
     Ok(())
 }
 

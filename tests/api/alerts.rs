@@ -194,6 +194,18 @@ alerts:
     assert_eq!(notices(&ops)[1]["state"], "resolved");
     let (_, alerts) = app.api_get("/api/v1/alerts").await;
     assert_eq!(alerts["data"][0]["state"], "ok");
+    // The rule's history: it fired, then resolved, each with the notices it sent.
+    let history = &alerts["data"][0]["history"];
+    assert_eq!(history[0]["state"], "resolved", "{history}");
+    assert_eq!(history[1]["state"], "firing", "{history}");
+    let channels: Vec<&str> = history[1]["notices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["error"].is_null())
+        .map(|n| n["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["ops", "team", "oncall"], "{history}");
 
     // Failing again within the 10 minute cooldown: firing, but silent.
     crm.set_fallback(Reply::status(503));

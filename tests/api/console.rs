@@ -500,6 +500,11 @@ async fn destinations_sources_flows_and_alerts_pages_show_their_state_escaped() 
         page.contains("Firing since")
     })
     .await;
+    let (_, page) = get(&app, &admin, "/alerts").await;
+    assert!(
+        page.contains("fired") && page.contains("dead letters"),
+        "its history: {page}"
+    );
     let (_, page) = get(&app, &admin, "/").await;
     assert!(
         page.contains("alerts firing") && page.contains("books-dead"),
