@@ -670,14 +670,44 @@ pub async fn check_expression(app: &AppState, code: &str) -> Result<serde_json::
     })
 }
 
-/// Where a compile error says it is: `character N`, or `the end` (one past the last byte).
+/// Where a compile error says it is: the first error's `at character N`, or `at the end`
+/// (one past the last byte). The message may quote the expression itself, so only the place
+/// each error ends with is read.
 fn error_position(why: &str, code: &str) -> Option<usize> {
-    if let Some(at) = why.find("character ") {
-        let digits: String = why[at + "character ".len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        return digits.parse().ok();
+    let first = why.split("; ").next().unwrap_or(why);
+    if first.ends_with(" at the end") {
+        return Some(code.len() + 1);
     }
-    why.contains("the end").then_some(code.len() + 1)
+    let at = first.rfind(" at character ")?;
+    first[at + " at character ".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_position;
+
+    #[test]
+    fn a_compile_error_is_placed_by_what_it_ends_with_not_by_the_quoted_code() {
+        let code = "\"character 99\" | {a: 1";
+        assert_eq!(
+            error_position("expected `}` at the end", code),
+            Some(code.len() + 1)
+        );
+        assert_eq!(
+            error_position(
+                "undefined filter `f` at character 3; expected x at character 9",
+                "a"
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            error_position("jq expression of 20000 bytes: the limit is 16384", ""),
+            None
+        );
+    }
 }

@@ -180,7 +180,7 @@ pub async fn replay(
 /// now, as if it had just arrived: new runs (and deliveries) of the same event. Its earlier
 /// runs stay as they were.
 #[utoipa::path(post, path = "/api/v1/events/{id}/replay", tag = "events", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 202, description = "accepted: the new runs", body = crate::api::schemas::EventReplayAnswer), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 409, description = "no flow takes it now (`no_flow`), or its payload expired (`payload_expired`)", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers or the store are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
+    responses((status = 202, description = "accepted: the new runs", body = crate::api::schemas::EventReplayAnswer), (status = 404, description = "not found", body = crate::api::schemas::ErrorBody), (status = 409, description = "no flow takes it now (`no_flow`), its payload expired (`payload_expired`), or it has 100 runs already (`too_many_replays`)", body = crate::api::schemas::ErrorBody), (status = 401, description = "missing or wrong token", body = crate::api::schemas::ErrorBody), (status = 403, description = "a read token on a write route", body = crate::api::schemas::ErrorBody), (status = 503, description = "the expression workers or the store are busy; try again after `Retry-After`", body = crate::api::schemas::ErrorBody)))]
 pub async fn replay_event_route(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -188,6 +188,10 @@ pub async fn replay_event_route(
     let replayed = replay_event(&app, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
 }
+
+/// Runs one event may have, its replays included: each replay adds a run per flow, and an
+/// event's page shows them all.
+pub const MAX_RUNS_PER_EVENT: i64 = 100;
 
 /// Replays the whole stored event `event_id` through the flows that take it now (the API's
 /// and the console's).
@@ -203,6 +207,16 @@ pub async fn replay_event(app: &AppState, event_id: &str) -> Result<serde_json::
     let Some(payload) = stored.payload else {
         return Err(ApiError::payload_expired(&format!("event `{event_id}`")));
     };
+    if stored.runs >= MAX_RUNS_PER_EVENT {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_replays",
+            format!(
+                "event `{event_id}` has {} runs already, the most one event keeps: replay a failed run instead",
+                stored.runs
+            ),
+        ));
+    }
     let config = app.config.get();
     let flows = crate::engine::matching_flows(&config, &stored.source, &stored.event_type);
     if flows.is_empty() {
@@ -473,6 +487,16 @@ pub async fn run_test(
             if event.payload_expired {
                 return Err(ApiError::payload_expired(&format!("event `{event_id}`")));
             }
+            if event.source != flow.source {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!(
+                        "event `{event_id}` came from source `{}`; flow `{id}` takes events of `{}`",
+                        event.source, flow.source
+                    ),
+                ));
+            }
             let headers = match event.headers {
                 serde_json::Value::Object(map) => Some(map),
                 _ => None,
@@ -527,12 +551,22 @@ async fn draft_config(
             ));
         }
     }
-    let old = app
+    let saved = app
         .config
         .get()
         .objects
         .get(&(ObjectKind::Flow, id.to_string()))
-        .map(|o| o.spec.clone());
+        .map(|o| (o.spec.clone(), o.provisioned));
+    if saved.as_ref().is_some_and(|(_, from_file)| *from_file) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "provisioned",
+            format!(
+                "flow `{id}` comes from the config file and is read-only here: test it as it is (without `flow`), or change it in the file"
+            ),
+        ));
+    }
+    let old = saved.map(|(spec, _)| spec);
     super::config_objects::unmask(ObjectKind::Flow, id, &mut spec, old.as_ref())?;
     super::config_objects::checked(app, ObjectKind::Flow, id, Some(&spec)).await
 }

@@ -39,6 +39,9 @@ pub struct DraftStep {
     pub delay: String,
     /// `json`: the step as JSON.
     pub json: String,
+    /// Where the step was in the saved flow (none for a step added here): a step's secrets,
+    /// shown as the mask, are kept from the saved step it came from, wherever it moved.
+    pub from: Option<usize>,
 }
 
 /// A flow as the builder's form holds it.
@@ -131,6 +134,7 @@ pub fn read_form(fields: &[(String, String)]) -> Posted {
                     "body" => step.body = value.clone(),
                     "delay" => step.delay = value.trim().to_string(),
                     "json" => step.json = value.clone(),
+                    "from" => step.from = value.parse().ok().filter(|n| *n < MAX_STEPS),
                     _ => {}
                 }
             }
@@ -204,11 +208,39 @@ impl Draft {
                 _ => String::new(),
             },
             steps: match spec.get("steps") {
-                Some(Value::Array(steps)) => steps.iter().map(DraftStep::from_spec).collect(),
+                Some(Value::Array(steps)) => steps
+                    .iter()
+                    .enumerate()
+                    .map(|(at, step)| DraftStep {
+                        from: Some(at),
+                        ..DraftStep::from_spec(step)
+                    })
+                    .collect(),
                 _ => Vec::new(),
             },
         }
     }
+}
+
+/// `saved` (a flow's stored spec) with its steps placed where the draft's steps came from:
+/// step `i` of the result is the saved step the draft's step `i` was, or nothing for a step
+/// added in the builder. Masked secrets are restored against it, so that a step keeps its own
+/// secret wherever it moved.
+pub fn saved_in_draft_order(saved: &Value, draft: &Draft) -> Value {
+    let old_steps = saved.get("steps").and_then(Value::as_array);
+    let steps: Vec<Value> = draft
+        .steps
+        .iter()
+        .map(|s| {
+            s.from
+                .and_then(|at| old_steps.and_then(|old| old.get(at)))
+                .cloned()
+                .unwrap_or_else(|| json!({}))
+        })
+        .collect();
+    let mut placed = saved.clone();
+    placed["steps"] = Value::Array(steps);
+    placed
 }
 
 /// Destination ids of a plain deliver (ids only), or `None` when it says more.
@@ -430,7 +462,15 @@ mod tests {
             json!([{"when": ".vip", "steps": [{"deliver": ["crm", "slack"]}]}, {"else": [{"deliver": "books"}]}])
         );
         assert_eq!(spec["steps"][3]["delay"], json!({"until": ".send_at"}));
-        assert_eq!(Draft::from_spec(&spec), posted.draft);
+        let mut back = Draft::from_spec(&spec);
+        assert!(
+            back.steps
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.from == Some(i))
+        );
+        back.steps.iter_mut().for_each(|s| s.from = None);
+        assert_eq!(back, posted.draft);
     }
 
     #[test]
@@ -468,6 +508,30 @@ mod tests {
         assert!(posted.draft.spec().unwrap_err().starts_with("step 2:"));
         let json = read_form(&pairs(&[("0.kind", "json"), ("0.json", "[1,")]));
         assert!(json.draft.spec().unwrap_err().contains("does not parse"));
+    }
+
+    #[test]
+    fn a_moved_step_is_matched_with_the_saved_step_it_came_from() {
+        let saved = json!({"id": "f", "on": {"source": "s"}, "steps": [
+            {"http": {"url": "https://a.example/one", "auth": {"bearer": "ONE"}}},
+            {"http": {"url": "https://a.example/two", "auth": {"bearer": "TWO"}}}
+        ]});
+        let mut draft = Draft::from_spec(&saved);
+        draft.apply(&Action::Down(0));
+        draft.apply(&Action::Add("filter".into()));
+        let placed = saved_in_draft_order(&saved, &draft);
+        assert_eq!(placed["steps"][0], saved["steps"][1]);
+        assert_eq!(placed["steps"][1], saved["steps"][0]);
+        assert_eq!(placed["steps"][2], json!({}));
+        // The field survives the form: a posted `N.from` comes back.
+        let posted = read_form(&pairs(&[
+            ("0.kind", "json"),
+            ("0.from", "1"),
+            ("1.kind", "filter"),
+            ("1.from", "999"),
+        ]));
+        assert_eq!(posted.draft.steps[0].from, Some(1));
+        assert_eq!(posted.draft.steps[1].from, None);
     }
 
     fn action_of(value: &str) -> Option<Action> {

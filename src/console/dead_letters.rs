@@ -136,6 +136,9 @@ struct ConfirmPage {
     csrf: String,
     q: DeadQuery,
     matched: usize,
+    /// The bound the replay keeps: deliveries made before the count was taken (the filter's
+    /// own `until` when it is earlier).
+    until: String,
 }
 
 /// `GET /dead-letters/confirm`: how many dead letters the filter matches, and the button that
@@ -153,13 +156,18 @@ pub async fn confirm(
         )
         .into_response();
     };
-    let filter = match q.filter() {
+    let mut filter = match q.filter() {
         Ok(filter) => filter,
         Err(e) => {
             return ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_query", e)
                 .into_response();
         }
     };
+    // What is counted is what is replayed: no delivery made after the count joins in.
+    // (`until` is exclusive: what was made in the millisecond of the count is in.)
+    let counted_at = app.clock.now_ms() + 1;
+    let until = filter.until.map_or(counted_at, |u| u.min(counted_at));
+    filter.until = Some(until);
     let matched = match crate::api::replay_dead_matching(&app, filter, true).await {
         Ok((matched, _)) => matched.len(),
         Err(e) => return e.into_response(),
@@ -172,6 +180,7 @@ pub async fn confirm(
             page: "dead-letters",
             q,
             matched,
+            until: crate::clock::rfc3339(until),
         }
         .render(),
     )
@@ -180,6 +189,8 @@ pub async fn confirm(
 #[derive(serde::Deserialize)]
 pub struct ReplayMatching {
     csrf: String,
+    /// How many the confirmation page counted.
+    expected: usize,
     #[serde(flatten)]
     q: DeadQuery,
 }
@@ -205,6 +216,22 @@ pub async fn replay_matching(
             .into_response();
         }
     };
+    // A delivery made before the count but dead since would make more than was confirmed.
+    let counted = match crate::api::replay_dead_matching(&app, filter.clone(), true).await {
+        Ok((matched, _)) => matched.len(),
+        Err(e) => return e.into_response(),
+    };
+    if counted > form.expected {
+        return ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "count_changed",
+            format!(
+                "{counted} dead letters match now, {} were confirmed: nothing was replayed; count them again",
+                form.expected
+            ),
+        )
+        .into_response();
+    }
     match crate::api::replay_dead_matching(&app, filter, false).await {
         Ok((matched, replayed)) => after_replay(
             &form.q,
@@ -234,8 +261,18 @@ pub async fn replay_selected(
         .iter()
         .filter(|(k, _)| k == "id")
         .map(|(_, v)| v.as_str())
-        .take(PER_PAGE)
         .collect();
+    if ids.len() > PER_PAGE {
+        return ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many",
+            format!(
+                "{} dead letters were selected; at most {PER_PAGE} (a page) at a time: replay by filter for more",
+                ids.len()
+            ),
+        )
+        .into_response();
+    }
     let (mut replayed, mut skipped) = (0, 0);
     for id in ids {
         match crate::api::retry_dead_letter(&app, id).await {

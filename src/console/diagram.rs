@@ -14,6 +14,9 @@ const GAP_Y: f64 = 34.0;
 const CASE_LABEL: f64 = 22.0;
 /// Longest label shown in a box, in characters (the rest is in the box's tooltip).
 const LABEL_CHARS: usize = 28;
+/// Destinations drawn under one deliver step, and cases under one branch; past that, one box
+/// says how many more (a diagram stays a picture, whatever a draft holds).
+const MAX_FANOUT: usize = 12;
 
 /// One box.
 pub struct Node {
@@ -62,10 +65,16 @@ fn targets(deliver: &Value) -> Vec<String> {
         Value::Object(o) => o.get("to").and_then(Value::as_str).map(str::to_string),
         _ => None,
     };
-    match deliver {
+    let mut ids: Vec<String> = match deliver {
         Value::Array(items) => items.iter().filter_map(one).collect(),
         other => one(other).into_iter().collect(),
+    };
+    if ids.len() > MAX_FANOUT {
+        let more = ids.len() - (MAX_FANOUT - 1);
+        ids.truncate(MAX_FANOUT - 1);
+        ids.push(format!("… {more} more"));
     }
+    ids
 }
 
 /// The cases of a `branch`: each condition (`else` for the last) and its steps.
@@ -75,6 +84,7 @@ fn cases(branch: &Value) -> Vec<(String, Vec<Value>)> {
     };
     items
         .iter()
+        .take(MAX_FANOUT)
         .map(|case| {
             let steps = |key| match case.get(key) {
                 Some(Value::Array(steps)) => steps.clone(),
@@ -394,6 +404,15 @@ mod tests {
             .map(|n| n.y)
             .unwrap_or_default();
         assert_eq!(d.edges.iter().filter(|e| e.y2 == last).count(), 2);
+        // A huge fan-out stays a picture.
+        let ids: Vec<String> = (0..10_000).map(|i| format!("d{i}")).collect();
+        let wide = draw(&json!({"on": {"source": "s"}, "steps": [{"deliver": ids}]}));
+        assert!(
+            wide.width < 2_500.0 && wide.nodes.len() == 2 + MAX_FANOUT,
+            "{}",
+            wide.width
+        );
+        assert!(wide.nodes.iter().any(|n| n.title == "… 9989 more"));
         // Hostile text stays text: the template escapes it; here it is only cut.
         let long =
             draw(&json!({"on": {"source": "s"}, "steps": [{"filter": "<script>".repeat(20)}]}));

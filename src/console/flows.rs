@@ -274,7 +274,10 @@ pub async fn post(
     let action = posted.action.clone().unwrap_or(Action::Refresh);
     posted.draft.apply(&action);
     let (id, editing) = (posted.draft.id.clone(), posted.editing.clone());
-    let spec = posted.draft.spec();
+    let spec = posted
+        .draft
+        .spec()
+        .and_then(|spec| keep_secrets(&app, &editing, &posted.draft, spec));
     let (sample, event_id) = (posted.sample.clone(), posted.event_id.clone());
     let mut shown = builder_page(&app, viewer, posted).await;
     let spec = match (&action, spec) {
@@ -317,6 +320,32 @@ pub async fn post(
             shown.error = Some(e.message);
             (e.status, page(shown.render())).into_response()
         }
+    }
+}
+
+/// Puts back, in the draft of the saved flow `editing`, the secrets it shows as the mask, each
+/// from the saved step the draft's step came from (however the steps moved); or why one
+/// cannot be kept.
+fn keep_secrets(
+    app: &AppState,
+    editing: &str,
+    draft: &Draft,
+    mut spec: Value,
+) -> Result<Value, String> {
+    if editing.is_empty() {
+        return Ok(spec);
+    }
+    let config = app.config.get();
+    let Some(saved) = config.objects.get(&(ObjectKind::Flow, editing.to_string())) else {
+        return Ok(spec);
+    };
+    let placed = super::builder::saved_in_draft_order(&saved.spec, draft);
+    let refused =
+        crate::config::redact::fields::restore_masked(ObjectKind::Flow, &mut spec, Some(&placed));
+    if refused.is_empty() {
+        Ok(spec)
+    } else {
+        Err(refused.join("; "))
     }
 }
 
@@ -368,15 +397,15 @@ pub struct CheckForm {
     expression: String,
 }
 
-/// `POST /console/check-jq`: the console script's jq check, as
+/// `POST /console/check-jq` (an admin, as the API's route): the console script's jq check, as
 /// `POST /api/v1/expressions/check` answers it.
 pub async fn check_jq(
     viewer: Viewer,
     State(app): State<AppState>,
     Form(form): Form<CheckForm>,
 ) -> Response {
-    if !super::session::csrf_is(&viewer.csrf, &form.csrf) {
-        return super::csrf_refused();
+    if let Some(refused) = refuse_action(&viewer, &form.csrf) {
+        return refused;
     }
     match crate::api::check_expression(&app, &form.expression).await {
         Ok(answer) => Json(answer).into_response(),

@@ -2,14 +2,17 @@
 //! and its age, dead letters, refusals, destinations failing or paused, alerts firing; and the
 //! live tail of events as they are accepted (`/events/tail`, Server-Sent Events).
 
+use super::session::Sessions;
 use super::{Viewer, page};
 use crate::state::AppState;
 use crate::telemetry::minutes::Minute;
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 /// One bar of a chart, in the SVG's units (the chart is 600 by 80).
 pub struct Bar {
@@ -226,29 +229,71 @@ pub fn circuit_class(circuit: &str) -> &'static str {
 
 /// `GET /events/tail`: each event accepted from now on, as a Server-Sent Event `accepted`
 /// whose data is its id, source, type, time and deliveries (JSON). A watcher that fell behind
-/// gets `skipped` with how many it missed. The stream ends when the server stops.
-pub async fn tail(_viewer: Viewer, State(app): State<AppState>) -> Response {
+/// gets `skipped` with how many it missed. The stream ends when the server stops, and when its
+/// session ends or its token is revoked (checked with each event and every
+/// [`TAIL_RECHECK`]). A session has at most `telemetry::tail::MAX_PER_KEY` tails open, the
+/// server `MAX_WATCHERS`: past that, `429`.
+pub async fn tail(
+    viewer: Viewer,
+    State(app): State<AppState>,
+    Extension(sessions): Extension<Arc<Sessions>>,
+) -> Response {
     use tokio::sync::broadcast::error::RecvError;
-    let (events, closed) = app.tail.watch();
-    let stream =
-        futures_util::stream::unfold((events, closed), |(mut events, mut closed)| async move {
+    let Some(watcher) = app.tail.watch(&viewer.session_id) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "10")],
+            "too many live tails are open: close one (another tab) and try again",
+        )
+            .into_response();
+    };
+    let mut recheck = tokio::time::interval(TAIL_RECHECK);
+    recheck.reset();
+    let state = (watcher, recheck, app, sessions, viewer.session_id);
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let (watcher, recheck, app, sessions, session_id) = &mut state;
+        let sent = loop {
             let next = tokio::select! {
-                next = events.recv() => next,
-                _ = closed.wait_for(|c| *c) => return None,
+                next = watcher.events.recv() => Some(next),
+                _ = watcher.closed.wait_for(|c| *c) => return None,
+                _ = recheck.tick() => None,
             };
-            let sent = match next {
-                Ok(accepted) => Event::default()
-                    .event("accepted")
-                    .json_data(&accepted)
-                    .unwrap_or_else(|_| Event::default().event("skipped").data("1")),
-                Err(RecvError::Lagged(n)) => Event::default().event("skipped").data(n.to_string()),
-                Err(RecvError::Closed) => return None,
-            };
-            Some((Ok::<_, Infallible>(sent), (events, closed)))
-        });
+            if !still_signed_in(app, sessions, session_id).await {
+                return None;
+            }
+            match next {
+                None => continue,
+                Some(Ok(accepted)) => {
+                    break Event::default()
+                        .event("accepted")
+                        .json_data(&accepted)
+                        .unwrap_or_else(|_| Event::default().event("skipped").data("1"));
+                }
+                Some(Err(RecvError::Lagged(n))) => {
+                    break Event::default().event("skipped").data(n.to_string());
+                }
+                Some(Err(RecvError::Closed)) => return None,
+            }
+        };
+        Some((Ok::<_, Infallible>(sent), state))
+    });
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],
         Sse::new(stream).keep_alive(KeepAlive::default()),
     )
         .into_response()
+}
+
+/// How often an idle live tail checks that its session and token still hold.
+pub const TAIL_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the session is still open and its token still valid.
+async fn still_signed_in(app: &AppState, sessions: &Sessions, session_id: &str) -> bool {
+    let Some(session) = sessions.get(session_id, app.clock.now_ms()) else {
+        return false;
+    };
+    matches!(
+        crate::api::scope_of(app, &session.token_digest).await,
+        Ok(Some(_))
+    )
 }

@@ -209,7 +209,7 @@ pub async fn events(
         {
             Ok(found) => found,
             // A filter that does not compile is the person's to fix, on the page.
-            Err(e) if e.status == StatusCode::BAD_REQUEST => {
+            Err(e) if e.status.is_client_error() => {
                 error = Some(e.message);
                 (Vec::new(), None)
             }
@@ -370,7 +370,9 @@ pub async fn retry_delivery(
         .read(move |c| crate::store::delivery(c, &key))
         .await
     {
-        Ok(Some(d)) => Redirect::to(&format!("/events/{}", d.event_id)).into_response(),
+        Ok(Some(d)) => {
+            Redirect::to(&format!("/events/{}", crate::ids::in_path(&d.event_id))).into_response()
+        }
         Ok(None) => crate::api::error::ApiError::not_found("delivery", &id).into_response(),
         Err(e) => crate::api::error::ApiError::from(e).into_response(),
     }

@@ -91,6 +91,12 @@ impl Sessions {
         })
     }
 
+    /// The session with this id, while it lasts.
+    pub fn get(&self, id: &str, now: i64) -> Option<Session> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(id).filter(|s| s.expires_at > now).cloned()
+    }
+
     pub fn close(&self, id: &str) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.remove(id);

@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
+/// The longest pause reason kept, in characters.
+pub const MAX_PAUSE_REASON: usize = 500;
+
 #[derive(Debug, Clone)]
 pub struct DelivererOptions {
     /// Most delivery jobs held in memory; past this they wait in the store.
@@ -229,8 +232,18 @@ impl Deliverer {
         all
     }
 
-    /// Pauses a destination (durably): its deliveries wait, none is dropped.
+    /// Pauses a destination (durably): its deliveries wait, none is dropped. The reason is
+    /// kept to [`MAX_PAUSE_REASON`] characters, without control or bidirectional-override
+    /// characters (it is shown in pages and logs).
     pub async fn pause(&self, destination_id: &str, reason: &str) -> Result<bool, PauseError> {
+        let reason: String = reason
+            .chars()
+            .filter(|c| {
+                !c.is_control() && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            })
+            .take(MAX_PAUSE_REASON)
+            .collect();
+        let reason = reason.as_str();
         let breaker = self
             .breakers
             .load()

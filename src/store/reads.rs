@@ -166,12 +166,15 @@ pub struct StoredEvent {
     pub received_at: Millis,
     pub headers: String,
     pub payload: Option<Vec<u8>>,
+    /// Its runs so far.
+    pub runs: i64,
 }
 
 pub fn stored_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT source, event_type, received_at, headers, CASE WHEN payload_expired_at IS NULL THEN payload END FROM events WHERE id = ?1",
+            "SELECT source, event_type, received_at, headers, CASE WHEN payload_expired_at IS NULL THEN payload END,
+                    (SELECT COUNT(*) FROM runs WHERE runs.event_id = events.id) FROM events WHERE id = ?1",
         )?
         .query_row(params![id], |r| {
             Ok(StoredEvent {
@@ -180,6 +183,7 @@ pub fn stored_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, 
                 received_at: r.get(2)?,
                 headers: r.get(3)?,
                 payload: r.get(4)?,
+                runs: r.get(5)?,
             })
         })
         .optional()?)

@@ -647,6 +647,7 @@ async fn dead_letters_are_filtered_and_replayed_selected_or_all_after_a_count() 
                 csrf_of(&get(&app, &reader, "/dead-letters").await.1).as_str(),
             ),
             ("destination", "books"),
+            ("expected", "3"),
         ])
         .send()
         .await
@@ -656,6 +657,19 @@ async fn dead_letters_are_filtered_and_replayed_selected_or_all_after_a_count() 
         StatusCode::FORBIDDEN,
         "a read session replays nothing"
     );
+    // More matching now than the count confirmed: nothing is replayed.
+    let r = post(&app, "/dead-letters/replay")
+        .header("cookie", &admin)
+        .form_body(&[
+            ("csrf", csrf.as_str()),
+            ("destination", "books"),
+            ("expected", "2"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("3 dead letters match now"));
     bad.set_fallback(Reply::status(200));
     let r = post(&app, "/dead-letters/replay")
         .header("cookie", &admin)
@@ -665,6 +679,7 @@ async fn dead_letters_are_filtered_and_replayed_selected_or_all_after_a_count() 
             ("error", ""),
             ("since", ""),
             ("until", ""),
+            ("expected", "3"),
         ])
         .send()
         .await
@@ -693,8 +708,14 @@ async fn dead_letters_are_filtered_and_replayed_selected_or_all_after_a_count() 
         .unwrap();
     assert_eq!(
         r.status(),
-        StatusCode::SEE_OTHER,
-        "at most one page of ids is tried"
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "at most one page of ids at a time"
+    );
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("5000 dead letters were selected")
     );
     let r = post(&app, "/dead-letters/replay")
         .header("cookie", &admin)
@@ -980,4 +1001,124 @@ async fn the_live_tail_streams_each_accepted_event() {
     );
     let r = browser().get(app.url("/events/tail")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "no session, no tail");
+
+    // A session keeps at most 4 tails open.
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        let r = browser()
+            .get(app.url("/events/tail"))
+            .header("cookie", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        more.push(r);
+    }
+    let r = browser()
+        .get(app.url("/events/tail"))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(more);
+
+    // Signing out ends the open tail: the next event closes it rather than reaching it.
+    let (_, page) = get(&app, &admin, "/").await;
+    let r = post(&app, "/sign-out")
+        .header("cookie", &admin)
+        .form_body(&[("csrf", csrf_of(&page).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let after = app
+        .accept("/in/shop", r#"{"type": "after-sign-out", "total": 1}"#, &[])
+        .await;
+    let mut rest = String::new();
+    loop {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(15), tail.chunk())
+            .await
+            .expect("the tail ends within 15 s");
+        match chunk {
+            Ok(Some(bytes)) => rest.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(!rest.contains(&after), "{rest}");
+}
+
+#[tokio::test]
+async fn the_builder_keeps_each_steps_secret_when_steps_move() {
+    let Shop {
+        app, admin, good, ..
+    } = shop(1).await;
+    let call = |n: &str, token: &str| json!({"http": {"method": "POST", "url": good.url.clone(), "auth": {"bearer": token}, "body": format!("\"{n}\"")}});
+    let (status, made) = app
+        .api_post_json(
+            "/api/v1/flows",
+            json!({"id": "calls", "on": {"source": "shop", "event_types": []}, "steps": [call("one", "SECRET-ONE"), call("two", "SECRET-TWO")]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, page) = get(&app, &admin, "/flows/calls/edit").await;
+    assert_eq!(status, 200);
+    assert!(
+        !page.contains("SECRET-ONE") && page.contains("********"),
+        "masked: {page}"
+    );
+    let csrf = csrf_of(&page);
+    let masked = |n: &str| call(n, "********").to_string();
+    // The steps swapped places, as the builder's buttons do: each keeps where it came from.
+    let (two, one) = (masked("two"), masked("one"));
+    let r = post(&app, "/flows/builder")
+        .header("cookie", &admin)
+        .form_body(&[
+            ("csrf", csrf.as_str()),
+            ("editing", "calls"),
+            ("id", "calls"),
+            ("source", "shop"),
+            ("0.kind", "json"),
+            ("0.json", two.as_str()),
+            ("0.from", "1"),
+            ("1.kind", "json"),
+            ("1.json", one.as_str()),
+            ("1.from", "0"),
+            ("action", "save"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let before = good.count();
+    let event = app
+        .accept("/in/shop", r#"{"type": "call", "total": 0}"#, &[])
+        .await;
+    let (_, runs) = app
+        .api_get(&format!("/api/v1/runs?event_id={event}&flow=calls"))
+        .await;
+    let run = runs["data"][0]["id"].as_str().unwrap().to_string();
+    let done = app.wait_run(&run, "completed").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    good.wait_for(before + 2).await;
+    let mut checked = 0;
+    for request in good.requests() {
+        let body = String::from_utf8_lossy(&request.body).to_string();
+        let auth = request
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        match body.as_str() {
+            "\"one\"" => assert_eq!(auth.as_deref(), Some("Bearer SECRET-ONE")),
+            "\"two\"" => assert_eq!(auth.as_deref(), Some("Bearer SECRET-TWO")),
+            _ => continue,
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "both calls were made");
 }
