@@ -253,20 +253,7 @@ pub async fn replay_event(app: &AppState, event_id: &str) -> Result<serde_json::
     let jobs: Vec<crate::store::DeliveryJob> = plan
         .deliveries
         .iter()
-        .map(|d| crate::store::DeliveryJob {
-            id: d.id.clone(),
-            event_id: event_id.to_string(),
-            run_id: d.run_id.clone(),
-            destination_id: d.destination_id.clone(),
-            created_at: now,
-            round_attempts: 0,
-            due_at: now,
-            payload: Some(
-                d.body
-                    .as_ref()
-                    .map_or_else(|| raw.clone(), |b| b.data.clone()),
-            ),
-        })
+        .map(|d| d.job(event_id, now, &raw))
         .collect();
     /// What is told of each new run once it is stored.
     struct Started {

@@ -364,18 +364,7 @@ pub async fn retry_delivery(
     if let Err(e) = crate::api::retry_dead_letter(&app, &id).await {
         return e.into_response();
     }
-    let key = id.clone();
-    match app
-        .store
-        .read(move |c| crate::store::delivery(c, &key))
-        .await
-    {
-        Ok(Some(d)) => {
-            Redirect::to(&format!("/events/{}", crate::ids::in_path(&d.event_id))).into_response()
-        }
-        Ok(None) => crate::api::error::ApiError::not_found("delivery", &id).into_response(),
-        Err(e) => crate::api::error::ApiError::from(e).into_response(),
-    }
+    to_event_of(&app, &id).await
 }
 
 /// `GET /deliveries/{id}`: the delivery on its event's page.
@@ -384,7 +373,12 @@ pub async fn delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Response {
-    let key = id.clone();
+    to_event_of(&app, &id).await
+}
+
+/// To the page of delivery `id`'s event, at the delivery.
+async fn to_event_of(app: &AppState, id: &str) -> Response {
+    let key = id.to_string();
     match app
         .store
         .read(move |c| crate::store::delivery(c, &key))
@@ -396,7 +390,7 @@ pub async fn delivery(
             crate::ids::in_path(&d.id)
         ))
         .into_response(),
-        Ok(None) => crate::api::error::ApiError::not_found("delivery", &id).into_response(),
+        Ok(None) => crate::api::error::ApiError::not_found("delivery", id).into_response(),
         Err(e) => crate::api::error::ApiError::from(e).into_response(),
     }
 }

@@ -553,20 +553,7 @@ impl Worker {
         let deliveries = kept.deliveries;
         let jobs: Vec<DeliveryJob> = deliveries
             .iter()
-            .map(|d| DeliveryJob {
-                id: d.id.clone(),
-                event_id: row.event_id.clone(),
-                run_id: row.id.clone(),
-                destination_id: d.destination_id.clone(),
-                created_at: now,
-                round_attempts: 0,
-                due_at: now,
-                payload: Some(
-                    d.body
-                        .as_ref()
-                        .map_or_else(|| row.payload.clone(), |b| b.data.clone()),
-                ),
-            })
+            .map(|d| d.job(&row.event_id, now, &row.payload))
             .collect();
         let save = RunSave {
             id: row.id.clone(),

@@ -403,20 +403,7 @@ impl Intake<'_> {
         let jobs: Vec<DeliveryJob> = plan
             .deliveries
             .iter()
-            .map(|d| DeliveryJob {
-                id: d.id.clone(),
-                event_id: event.id.clone(),
-                run_id: d.run_id.clone(),
-                destination_id: d.destination_id.clone(),
-                created_at: event.received_at,
-                round_attempts: 0,
-                due_at: event.received_at,
-                payload: Some(
-                    d.body
-                        .as_ref()
-                        .map_or_else(|| event.payload.clone(), |b| b.data.clone()),
-                ),
-            })
+            .map(|d| d.job(&event.id, event.received_at, &event.payload))
             .collect();
         let ended_runs: Vec<(String, String, &'static str, Option<String>)> = plan
             .runs

@@ -133,6 +133,27 @@ pub struct NewDelivery {
     pub body: Option<Body>,
 }
 
+impl NewDelivery {
+    /// The job that sends this new delivery of event `event_id`, made and due at `at`: its own
+    /// body, or else `event_payload`.
+    pub fn job(&self, event_id: &str, at: Millis, event_payload: &Bytes) -> DeliveryJob {
+        DeliveryJob {
+            id: self.id.clone(),
+            event_id: event_id.to_string(),
+            run_id: self.run_id.clone(),
+            destination_id: self.destination_id.clone(),
+            created_at: at,
+            round_attempts: 0,
+            due_at: at,
+            payload: Some(
+                self.body
+                    .as_ref()
+                    .map_or_else(|| event_payload.clone(), |b| b.data.clone()),
+            ),
+        }
+    }
+}
+
 /// A body in the store's `bodies`: made by a run's step, stored once, referenced by id.
 #[derive(Debug, Clone)]
 pub struct Body {

@@ -330,7 +330,10 @@ flows: [ {{ id: orders, on: {{ source: shop }}, steps: [ {{ deliver: crm }} ] }}
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(r.headers()[LOCATION], format!("/events/{id}").as_str());
+    assert_eq!(
+        r.headers()[LOCATION],
+        format!("/events/{id}#{delivery_id}").as_str()
+    );
     receiver.wait_for(before + 1).await;
     wait_until("the delivery succeeded", || async {
         app.only_delivery(&id).await["status"] == "succeeded"
