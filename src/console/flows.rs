@@ -158,9 +158,16 @@ fn report(test: crate::engine::TestReport) -> Report {
 pub fn report_step(s: &Value) -> ReportStep {
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let text = |k: &str| s.get(k).and_then(Value::as_str).map(str::to_string);
+    // A branch says which case it took: its first (1), `else`, or none.
+    let taken = match s.get("output").and_then(|o| o.get("case")) {
+        Some(Value::Number(n)) => format!(" → case {}", n.as_u64().unwrap_or(0) + 1),
+        Some(Value::String(e)) => format!(" → {e}"),
+        Some(Value::Null) => " → no case".to_string(),
+        _ => String::new(),
+    };
     ReportStep {
         title: format!(
-            "{} {}{}",
+            "{} {}{}{taken}",
             text("path").unwrap_or_default(),
             text("kind").unwrap_or_default(),
             text("name").map(|n| format!(" · {n}")).unwrap_or_default()

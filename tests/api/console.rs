@@ -896,6 +896,21 @@ async fn the_builder_checks_jq_tests_a_draft_on_a_stored_event_and_saves_it() {
         .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["outcome"], "filtered");
+    // A branch in the builder's test says which case it took.
+    let r = send(vec![
+        ("csrf", csrf.clone()),
+        ("id", "routes".to_string()),
+        ("source", "shop".to_string()),
+        ("0.kind", "branch".to_string()),
+        ("0.expr", ".total > 100".to_string()),
+        ("0.to", "crm".to_string()),
+        ("0.else", "books".to_string()),
+        ("sample", r#"{"total": 5}"#.to_string()),
+        ("action", "test".to_string()),
+    ])
+    .await;
+    let page = r.text().await.unwrap();
+    assert!(page.contains("/steps/0 branch → else"), "{page}");
     let mut hostile = draft("test");
     hostile.push(("99999999999999999999.kind", "filter".into()));
     hostile.push(("2.kind", "json".into()));
