@@ -78,9 +78,9 @@ pub(super) async fn run(
     ));
     report.push(row(
         SHAPE,
-        "time to fill through the HTTP ingest",
-        filled.seconds * 1000.0,
-        "ms",
+        "time to fill through the HTTP ingest, s",
+        filled.seconds,
+        "",
         None,
     ));
     report.push(row(
