@@ -10,9 +10,11 @@
 //! Here: the options and [`run`], which runs the phases in order. `phases.rs` holds each phase,
 //! `report.rs` what they measured and its table; `load.rs` is the load generator,
 //! `receivers.rs` the destinations Ferry delivers to, `target.rs` the child processes, `bare.rs`
-//! the bare handlers' code, and `storage.rs` what a phase's Ferry stored.
+//! the bare handlers' code, and `storage.rs` what a phase's Ferry stored. `console.rs` is the
+//! `console` phase, which fills a store and times the web console's pages on it.
 
 mod bare;
+mod console;
 mod load;
 mod phases;
 mod receivers;
@@ -64,6 +66,9 @@ pub struct BenchArgs {
         default_value = "ingest,fanout,flow,many,latency"
     )]
     pub phases: Vec<Phase>,
+    /// Events the `console` phase puts in its store before timing the console's pages.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub console_events: u64,
     /// Another Ferry binary (an earlier build) to drive in the `flow` phase too, right after
     /// this one, so that the two are compared in the same run.
     #[arg(long)]
@@ -85,6 +90,10 @@ pub enum Phase {
     /// ingest rate as a ratio to the fan-out phase's (one flow), and 100 flows created through
     /// the API.
     Many,
+    /// The web console's pages, each asked for 200 times, on a store of `--console-events`
+    /// events (a million by default) filled through the HTTP ingest first. Not in the default
+    /// list: the fill takes minutes and gigabytes (about 3.5 KB an event on disk).
+    Console,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +146,17 @@ async fn run_async(args: BenchArgs) -> Result<(), BenchError> {
     if phases.contains(&Phase::Latency) {
         bench.latency(&baseline, &mut report).await?;
         bench.synced_at_fixed_rate(&baseline, &mut report).await?;
+    }
+    if phases.contains(&Phase::Console) {
+        let args = &bench.args;
+        console::run(
+            &args.data.join("console"),
+            args.console_events,
+            args.connections,
+            args.body_size,
+            &mut report,
+        )
+        .await?;
     }
     report.print();
     let data = &bench.args.data;

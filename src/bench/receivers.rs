@@ -1,5 +1,6 @@
 //! The destinations of the phases with deliveries: receivers in this process, on loopback,
-//! that answer every delivery at once and count it, with the time since its event was sent.
+//! that answer every delivery at once and count it, with the time since its event was sent;
+//! and a failing one, which answers every delivery 503 (the `console` phase's dead letters).
 
 use super::load::sent_us;
 use axum::body::Bytes;
@@ -56,6 +57,21 @@ async fn start_receiver(epoch: Instant, stats: Arc<Deliveries>) -> std::io::Resu
                 axum::http::StatusCode::OK
             }
         }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+/// A receiver on a free loopback port that answers every delivery `503 Service Unavailable`
+/// (a retryable failure), so that each delivery to it is dead once its attempts are spent.
+pub(super) async fn start_failing_receiver() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
     );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

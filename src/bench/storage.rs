@@ -85,9 +85,14 @@ impl Storage {
         storage
     }
 
+    /// Bytes of `ferry.db` and `ferry.db-wal`.
+    pub(super) fn on_disk_bytes(&self) -> u64 {
+        self.db_bytes + self.wal_file_bytes
+    }
+
     /// Bytes of `ferry.db` and `ferry.db-wal` per event acknowledged.
     fn on_disk_per_event(&self) -> f64 {
-        (self.db_bytes + self.wal_file_bytes) as f64 / self.acked as f64
+        self.on_disk_bytes() as f64 / self.acked as f64
     }
 
     /// Bytes written to the WAL per event acknowledged.

@@ -63,13 +63,23 @@ pub(super) async fn start_target(args: &[String]) -> Result<Target, BenchError> 
 
 /// [`start_target`] with another binary.
 async fn start_target_from(program: &Path, args: &[String]) -> Result<Target, BenchError> {
+    start_target_logging(program, args, "warn").await
+}
+
+/// [`start_target_from`] with `log` as the target's `FERRY_LOG` unless
+/// `FERRY_BENCH_TARGET_LOG` says otherwise.
+async fn start_target_logging(
+    program: &Path,
+    args: &[String],
+    log: &str,
+) -> Result<Target, BenchError> {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .env(
             "FERRY_LOG",
-            std::env::var("FERRY_BENCH_TARGET_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("FERRY_BENCH_TARGET_LOG").unwrap_or_else(|_| log.into()),
         )
         .env("FERRY_API_TOKEN", API_TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -130,12 +140,30 @@ pub(super) async fn start_ferry_from(
     dir: &Path,
     yaml: &str,
 ) -> Result<Target, BenchError> {
+    start_ferry_in(program, dir, yaml, "warn").await
+}
+
+/// [`start_ferry`] that logs at `log` (a `FERRY_LOG` filter) rather than `warn`.
+pub(super) async fn start_ferry_logging(
+    dir: &Path,
+    yaml: &str,
+    log: &str,
+) -> Result<Target, BenchError> {
+    start_ferry_in(&std::env::current_exe()?, dir, yaml, log).await
+}
+
+async fn start_ferry_in(
+    program: &Path,
+    dir: &Path,
+    yaml: &str,
+    log: &str,
+) -> Result<Target, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let config = dir.join("ferry.yaml");
     std::fs::write(&config, yaml)?;
     let data = dir.join("data");
-    let target = start_target_from(
+    let target = start_target_logging(
         program,
         &[
             "serve".into(),
@@ -144,6 +172,7 @@ pub(super) async fn start_ferry_from(
             "--data".into(),
             data.display().to_string(),
         ],
+        log,
     )
     .await?;
     Ok(Target {

@@ -334,6 +334,10 @@ pub fn events_with_payload(
     events_page(conn, filter, before, limit, true)
 }
 
+/// The cursor is a range of `seq` (the rowid), so a page deep in the list reads from its
+/// cursor on, not every newer event first: `?5 IS NULL OR e.seq < ...` hid the range from
+/// SQLite's planner, and a page 500,000 events deep scanned those 500,000 rows. An unknown
+/// cursor still gives no event.
 fn events_page(
     conn: &Connection,
     filter: &EventFilter,
@@ -353,7 +357,7 @@ fn events_page(
            FROM events e
            WHERE (?1 IS NULL OR e.source = ?1) AND (?2 IS NULL OR e.event_type = ?2)
              AND (?3 IS NULL OR e.received_at >= ?3) AND (?4 IS NULL OR e.received_at < ?4)
-             AND (?5 IS NULL OR e.seq < (SELECT seq FROM events WHERE id = ?5)))
+             AND e.seq < CASE WHEN ?5 IS NULL THEN 9223372036854775807 ELSE (SELECT seq FROM events WHERE id = ?5) END)
          WHERE (?7 IS NULL OR status = ?7)
          ORDER BY seq DESC LIMIT ?6",
     )?;

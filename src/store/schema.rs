@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(id) WHERE status = 'dead';
+-- The dead letters counted by destination (the console's overview) from the index alone:
+-- without it each of them was read from the table (50,000 took 110 ms). Ingest never writes
+-- it: a delivery enters it only when it is dead-lettered.
+CREATE INDEX IF NOT EXISTS deliveries_dead_destination ON deliveries(destination_id, status) WHERE status = 'dead';
 
 -- Attempts of deliveries (`delivery_id` is the delivery's id) and of http steps (`delivery_id`
 -- is `<run id>/<step index>`).
