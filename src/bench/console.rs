@@ -364,7 +364,7 @@ async fn time_pages(ferry: &Target, filled: &Filled) -> Result<Vec<PageTimes>, B
         Page {
             label: "overview (/)".into(),
             path: "/".into(),
-            check: Check::Holds("events stored"),
+            check: Check::Holds("events in the last hour"),
         },
         Page {
             label: "events, first page".into(),
@@ -384,7 +384,7 @@ async fn time_pages(ferry: &Target, filled: &Filled) -> Result<Vec<PageTimes>, B
         Page {
             label: "event with 3 deliveries, 4 attempts".into(),
             path: format!("/events/{failing}"),
-            check: Check::Count("<div class=\"delivery\">", 3),
+            check: Check::Count("<div class=\"delivery\" id=\"dlv_", 3),
         },
     ];
     let client = reqwest_client()?;
