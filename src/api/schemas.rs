@@ -332,7 +332,8 @@ pub struct NewTokenAnswer {
     token: String,
 }
 
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ExpressionCheckDoc {
     /// A jq expression, as a flow step or a filter would hold it.
