@@ -229,9 +229,10 @@ pub fn circuit_class(circuit: &str) -> &'static str {
 
 /// `GET /events/tail`: each event accepted from now on, as a Server-Sent Event `accepted`
 /// whose data is its id, source, type, time and deliveries (JSON). A watcher that fell behind
-/// gets `skipped` with how many it missed. The stream ends when the server stops, and when its
-/// session ends or its token is revoked (checked with each event and every
-/// [`TAIL_RECHECK`]). A session has at most `telemetry::tail::MAX_PER_KEY` tails open, the
+/// gets `skipped` with how many it missed. The stream ends when the server stops, when its
+/// session ends (checked with each event and every [`TAIL_RECHECK`]), and when its token is
+/// revoked (checked every [`TAIL_RECHECK`], and with an event at most once a second). A
+/// session has at most `telemetry::tail::MAX_PER_KEY` tails open, the
 /// server `MAX_WATCHERS`: past that, `429`.
 pub async fn tail(
     viewer: Viewer,
@@ -249,17 +250,31 @@ pub async fn tail(
     };
     let mut recheck = tokio::time::interval(TAIL_RECHECK);
     recheck.reset();
-    let state = (watcher, recheck, app, sessions, viewer.session_id);
+    // When the token was last asked for its scope (a store read for a token made through the
+    // API): at most once a second, not once per event per watcher.
+    let token_checked = std::time::Instant::now();
+    let state = (
+        watcher,
+        recheck,
+        app,
+        sessions,
+        viewer.session_id,
+        token_checked,
+    );
     let stream = futures_util::stream::unfold(state, |mut state| async move {
-        let (watcher, recheck, app, sessions, session_id) = &mut state;
+        let (watcher, recheck, app, sessions, session_id, token_checked) = &mut state;
         let sent = loop {
             let next = tokio::select! {
                 next = watcher.events.recv() => Some(next),
                 _ = watcher.closed.wait_for(|c| *c) => return None,
                 _ = recheck.tick() => None,
             };
-            if !still_signed_in(app, sessions, session_id).await {
+            let ask_token = next.is_none() || token_checked.elapsed() >= TOKEN_RECHECK;
+            if !still_signed_in(app, sessions, session_id, ask_token).await {
                 return None;
+            }
+            if ask_token {
+                *token_checked = std::time::Instant::now();
             }
             match next {
                 None => continue,
@@ -287,13 +302,23 @@ pub async fn tail(
 /// How often an idle live tail checks that its session and token still hold.
 pub const TAIL_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether the session is still open and its token still valid.
-async fn still_signed_in(app: &AppState, sessions: &Sessions, session_id: &str) -> bool {
+/// How often, at most, a live tail asks the store whether its token still holds.
+const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the session is still open (an in-memory lookup) and, when `ask_token`, its token
+/// still valid.
+async fn still_signed_in(
+    app: &AppState,
+    sessions: &Sessions,
+    session_id: &str,
+    ask_token: bool,
+) -> bool {
     let Some(session) = sessions.get(session_id, app.clock.now_ms()) else {
         return false;
     };
-    matches!(
-        crate::api::scope_of(app, &session.token_digest).await,
-        Ok(Some(_))
-    )
+    !ask_token
+        || matches!(
+            crate::api::scope_of(app, &session.token_digest).await,
+            Ok(Some(_))
+        )
 }
