@@ -232,7 +232,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then stops taking requests and lets in-flight ones end.
+/// Serves until `shutdown` resolves, then stops taking requests and lets in-flight ones end,
+/// then stops the deliverer and the run worker gracefully (`settings.shutdown_grace`).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -245,7 +246,14 @@ pub async fn serve(
         shutdown.await;
         tail.close();
     };
+    let (deliverer, grace) = (
+        state.deliverer.clone(),
+        state.config.get().settings.shutdown_grace,
+    );
     crate::server::serve(listener, router(state), limits, shutdown).await;
+    // Every request is answered: let the attempts and run steps in flight finish and commit.
+    let left = deliverer.stop(grace).await;
+    crate::telemetry::events::stopped(left, grace);
     Ok(())
 }
 

@@ -104,7 +104,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         data = %data.display(),
         "ferry is serving; the API token is {token_note}"
     );
-    crate::app::serve(listener, state, shutdown_signal()).await?;
+    // The first signal stops gracefully; a second one, during the grace, stops at once, as a
+    // crash would (nothing committed is lost; what was in flight is attempted again).
+    let (first, first_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(target: LOG_TARGET, "stopping: no new work starts; the work in flight gets `settings.shutdown_grace` to finish");
+        let _ = first.send(());
+        shutdown_signal().await;
+        tracing::warn!(target: LOG_TARGET, "a second stop signal: stopping at once");
+        std::process::exit(130);
+    });
+    crate::app::serve(listener, state, async {
+        let _ = first_rx.await;
+    })
+    .await?;
     tracing::info!(target: LOG_TARGET, "stopped");
     Ok(())
 }

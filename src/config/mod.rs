@@ -43,8 +43,8 @@ pub use secret::Secret;
 pub use settings::{
     ConnectionLimits, DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_DELIVERY_BYTES, DEFAULT_INGEST_BYTES,
     DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_CONNECTIONS, DEFAULT_REJECTED_LOG_SIZE, DEFAULT_RETENTION,
-    ExpressionLimits, MAX_CONNECTIONS_LIMIT, MIN_RETENTION, MemoryLimits, RetentionLimits,
-    Settings,
+    DEFAULT_SHUTDOWN_GRACE, ExpressionLimits, MAX_CONNECTIONS_LIMIT, MIN_RETENTION, MemoryLimits,
+    RetentionLimits, Settings,
 };
 pub(crate) use sources::compile_schema;
 pub use sources::{EventType, FieldRef, SignatureEncoding, Source, Verify};
@@ -464,6 +464,29 @@ impl Checker<'_> {
                 format!(
                     "`{field}` must be at least {}",
                     humantime::format_duration(min)
+                ),
+            );
+            return default;
+        }
+        d
+    }
+
+    /// [`Self::duration`], refused above `max`.
+    fn duration_at_most(
+        &mut self,
+        place: &str,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
+        let d = self.duration(place, field, value, default);
+        if d > max {
+            self.error(
+                place.to_string(),
+                format!(
+                    "`{field}` must be at most {}",
+                    humantime::format_duration(max)
                 ),
             );
             return default;

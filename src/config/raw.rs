@@ -138,6 +138,8 @@ pub struct RawSettings {
     pub rejected_log_size: Option<u64>,
     pub public_url: Option<String>,
     pub alert_interval: Option<String>,
+    /// How long a graceful stop waits for attempts and run steps in flight.
+    pub shutdown_grace: Option<String>,
     /// How long finished events are kept (with their runs, deliveries and attempts).
     pub retention: Option<String>,
     /// How long bodies are kept, at most `retention`.

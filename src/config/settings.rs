@@ -19,6 +19,9 @@ pub struct Settings {
     pub public_url: Option<url::Url>,
     /// How often alert rules are evaluated.
     pub alert_interval: Duration,
+    /// How long a graceful stop (`SIGTERM`, Ctrl-C) lets the delivery attempts and `http`
+    /// steps in flight finish and be recorded, once it has stopped starting new ones.
+    pub shutdown_grace: Duration,
     /// The expression workers: how many, and the limits they run under.
     pub expressions: ExpressionLimits,
     pub memory: MemoryLimits,
@@ -68,6 +71,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
+/// Kubernetes gives a pod 30 s between `SIGTERM` and `SIGKILL`: the default leaves room for
+/// the store's last commit inside that.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_INGEST_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_DELIVERY_BYTES: usize = 64 * 1024 * 1024;
@@ -112,6 +118,13 @@ impl Checker<'_> {
                 &raw.alert_interval,
                 Duration::from_secs(15),
                 Duration::from_millis(100),
+            ),
+            shutdown_grace: self.duration_at_most(
+                &place,
+                "shutdown_grace",
+                &raw.shutdown_grace,
+                DEFAULT_SHUTDOWN_GRACE,
+                Duration::from_secs(3600),
             ),
             expressions: self.expression_limits(&place, raw.expressions.unwrap_or_default()),
             memory,

@@ -418,6 +418,7 @@ fn durations_past_a_hundred_years_are_refused_everywhere() {
     let huge = "600000000y";
     for yaml in [
         format!("settings: {{ alert_interval: {huge} }}"),
+        format!("settings: {{ shutdown_grace: {huge} }}"),
         format!("settings: {{ connections: {{ idle_timeout: {huge} }} }}"),
         format!(
             "settings: {{ allow_private_destinations: true }}\ndestinations: [ {{ id: d, kind: http, url: \"http://127.0.0.1:9/\", retry: {{ max: {huge} }} }} ]"
@@ -554,6 +555,30 @@ fn an_alert_interval_or_a_timeout_of_zero_is_refused() {
         assert!(text.iter().any(|t| t.contains(want)), "{yaml}\n{text:#?}");
     }
     assert!(load("settings: { alert_interval: 100ms }").is_ok());
+}
+
+#[test]
+fn a_shutdown_grace_is_at_most_an_hour() {
+    let errs = load("settings: { shutdown_grace: 61m }")
+        .expect_err("61m")
+        .0;
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("`shutdown_grace` must be at most 1h")),
+        "{text:#?}"
+    );
+    for fine in ["0s", "1h"] {
+        let config = load(&format!("settings: {{ shutdown_grace: {fine} }}")).expect(fine);
+        assert_eq!(
+            config.settings.shutdown_grace,
+            crate::config::parse_duration(fine).unwrap()
+        );
+    }
+    assert_eq!(
+        load("{}").unwrap().settings.shutdown_grace,
+        crate::config::DEFAULT_SHUTDOWN_GRACE
+    );
 }
 
 #[test]

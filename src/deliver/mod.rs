@@ -19,6 +19,7 @@ pub mod circuit;
 pub mod http_step;
 pub mod runs;
 pub mod signing;
+pub mod work;
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, Destination};
@@ -90,6 +91,9 @@ pub struct Deliverer {
     breakers: Breakers,
     store: Store,
     clock: SharedClock,
+    /// The attempts in flight, shared with the run worker's steps; a graceful stop waits for
+    /// them.
+    work: work::Work,
 }
 
 /// The pause or resume asked for does not apply.
@@ -114,6 +118,7 @@ struct AttemptContext {
     metrics: Arc<crate::telemetry::Metrics>,
     /// The bodies read back from the store for attempts.
     read_back: Arc<Budget>,
+    work: work::Work,
 }
 
 impl Deliverer {
@@ -157,6 +162,7 @@ impl Deliverer {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
+        let work = work::Work::default();
         let ctx = Arc::new(AttemptContext {
             store: store.clone(),
             clock: clock.clone(),
@@ -167,6 +173,7 @@ impl Deliverer {
             breakers: breakers.clone(),
             metrics,
             read_back: Budget::new(options.payload_bytes - options.payload_bytes / 2),
+            work: work.clone(),
         });
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "resuming pending deliveries");
@@ -192,7 +199,21 @@ impl Deliverer {
             breakers,
             store,
             clock,
+            work,
         })
+    }
+
+    /// The work in flight that a graceful stop waits for: the run worker counts its steps in
+    /// it too.
+    pub fn work(&self) -> &work::Work {
+        &self.work
+    }
+
+    /// The graceful stop: no attempt starts any more (jobs not started stay pending in the
+    /// store, with their times), and the attempts in flight (and run steps) get up to `grace`
+    /// to finish and commit their outcomes. Answers how many were still in flight then.
+    pub async fn stop(&self, grace: Duration) -> usize {
+        self.work.stop(grace).await
     }
 
     /// Takes in a changed config: destinations that are new or changed get a new queue (a
@@ -422,6 +443,8 @@ impl Dispatcher {
                 },
                 _ = async { self.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
                 _ = tokio::time::sleep(Duration::from_millis(250)), if spilled => {}
+                // A graceful stop: nothing more is routed; what waits stays pending in the store.
+                () = self.ctx.work.stopped() => return,
             }
         }
     }
@@ -537,9 +560,23 @@ async fn destination_loop(
     let Some(breaker) = ctx.breakers.load().get(&dest.id).cloned() else {
         return;
     };
-    while let Some(job) = jobs.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
+    // A graceful stop ends the loop: the jobs queued here stay pending in the store.
+    loop {
+        let job = tokio::select! {
+            biased;
+            () = ctx.work.stopped() => break,
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let slot = tokio::select! {
+            biased;
+            () = ctx.work.stopped() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
         };
         // An outcome the store cannot record would be sent again later anyway: nothing goes
         // out while it cannot write, and no attempt is spent.
@@ -558,8 +595,14 @@ async fn destination_loop(
             let _ = ctx.control.send(Control::Hold(job, until));
             continue;
         }
+        let Some(in_flight) = ctx.work.start() else {
+            break;
+        };
         let (ctx, dest) = (ctx.clone(), dest.clone());
-        tokio::spawn(async move { run_attempt(&ctx, &dest, job, slot).await });
+        tokio::spawn(async move {
+            run_attempt(&ctx, &dest, job, slot).await;
+            drop(in_flight);
+        });
     }
 }
 

@@ -158,6 +158,10 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
+            // A graceful stop: the run stays due in the store and goes on after the restart.
+            let Some(in_flight) = worker.deliverer.work().start() else {
+                return;
+            };
             busy.insert(run_id.clone());
             let (worker, waker, done) = (worker.clone(), waker.clone(), done_tx.clone());
             tokio::spawn(async move {
@@ -165,6 +169,7 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
                     waker.wake(run_id.clone(), at);
                 }
                 drop(slot);
+                drop(in_flight);
                 let _ = done.send(run_id);
             });
         }
@@ -185,6 +190,7 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
                 }
             },
             _ = async { worker.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
+            () = worker.deliverer.work().stopped() => return,
         }
     }
 }

@@ -404,3 +404,17 @@ pub fn retention_failed(m: &Metrics, error: &str) {
     );
     m.prune_failures.inc();
 }
+
+/// A graceful stop ended: every attempt and run step in flight finished within the grace, or
+/// `left` of them were cut off (they are attempted again after the restart).
+pub fn stopped(left: usize, grace: std::time::Duration) {
+    if left == 0 {
+        tracing::info!("graceful stop: every attempt and step in flight finished and was recorded");
+    } else {
+        tracing::warn!(
+            left,
+            grace = %humantime::format_duration(grace),
+            "stopped with {left} attempts or steps still in flight after the grace; they are attempted again after the restart"
+        );
+    }
+}

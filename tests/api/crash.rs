@@ -121,3 +121,119 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     );
     child.kill().await.unwrap();
 }
+
+/// A graceful stop (`SIGTERM`, as in a rolling deploy) under load, then a restart on the same
+/// data: every acknowledged event reaches every destination, and none twice. The slow
+/// receiver keeps attempts in flight at the moment of the stop; they finish and are recorded
+/// before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_restart_deliver_nothing_twice() {
+    let quick = Receiver::start().await;
+    let slow = Receiver::start_with(Reply {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_millis(100),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true, shutdown_grace: 10s }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: quick, kind: http, url: "{}" }}
+  - {{ id: slow, kind: http, url: "{}", concurrency: 16 }}
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] }} ]
+"#,
+            quick.url, slow.url
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (mut child, base) = start_ferry(&config, &data).await;
+
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (acked, next, stop, base) = (acked.clone(), next.clone(), stop.clone(), base.clone());
+        senders.push(tokio::spawn(async move {
+            let client = client();
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let sent = client
+                    .post(format!("{base}/in/s"))
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"type":"t","n":{n}}}"#))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        acked.lock().unwrap().insert(n);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }));
+    }
+    wait_until("200 events acknowledged", || async {
+        acked.lock().unwrap().len() >= 200
+    })
+    .await;
+    wait_until("attempts in flight at the slow receiver", || async {
+        slow.count() >= 16
+    })
+    .await;
+    let pid = child.id().expect("ferry is running").to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("ferry stops within its grace")
+        .unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    let slow_before_restart = slow.count();
+    assert!(
+        slow_before_restart < acked.len(),
+        "the stop came while deliveries were still pending ({slow_before_restart} of {})",
+        acked.len()
+    );
+
+    let (mut child, _) = start_ferry(&config, &data).await;
+    for receiver in [&quick, &slow] {
+        wait_until(
+            &format!("every acknowledged event at {}", receiver.url),
+            || async {
+                let seen = tally(receiver);
+                acked.iter().all(|n| seen.contains_key(n))
+            },
+        )
+        .await;
+    }
+    for receiver in [&quick, &slow] {
+        let twice: Vec<u64> = tally(receiver)
+            .into_iter()
+            .filter(|(_, count)| *count > 1)
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "events delivered twice to {} across the graceful stop: {twice:?}",
+            receiver.url
+        );
+    }
+    child.kill().await.unwrap();
+}
