@@ -11,6 +11,7 @@ mod checkpointer;
 mod health;
 mod objects;
 mod prune;
+mod queries;
 mod reads;
 mod runs;
 mod savepoint;
