@@ -89,7 +89,7 @@ async fn with_api_objects(
     file_config: Config,
     now: i64,
 ) -> Result<(Config, crate::secrets::Sealer), ServeError> {
-    let stored = store.read(crate::store::api_objects).await?;
+    let stored = store.api_objects().await?;
     let dir = data_dir.to_path_buf();
     let (sealer, objects) =
         tokio::task::spawn_blocking(move || crate::secrets::unlock(&dir, secret_key, stored))
@@ -175,7 +175,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         metrics: metrics.clone(),
     })
     .await?;
-    let seen = store.read(crate::store::last_event_per_source).await?;
+    let seen = store.last_event_per_source().await?;
     let activity = Arc::new(crate::alerts::SourceActivity::new(
         &config,
         seen,

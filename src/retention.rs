@@ -128,7 +128,7 @@ impl Pruner {
                 .await?;
         }
         let free_pages = self.give_back_space(&mut done).await?;
-        let oldest = self.parts.store.read(crate::store::oldest_event).await?;
+        let oldest = self.parts.store.oldest_event().await?;
         events::retention_pass(
             &self.parts.metrics,
             &done,
@@ -236,7 +236,7 @@ impl Pruner {
     /// Gives free pages beyond the reserve back to the file system, a step at a time; answers
     /// the free pages left.
     async fn give_back_space(&self, done: &mut Pruned) -> Result<i64, StoreError> {
-        let space = self.parts.store.read(crate::store::space).await?;
+        let space = self.parts.store.space().await?;
         if !space.incremental {
             return Ok(space.free_pages);
         }
@@ -247,7 +247,7 @@ impl Pruner {
             self.parts.store.incremental_vacuum(step as u32).await?;
             free -= step;
         }
-        let left = self.parts.store.read(crate::store::space).await?;
+        let left = self.parts.store.space().await?;
         // Counted from the file, not from what was asked: new rows may have taken some.
         done.vacuumed_pages += (space.pages - left.pages).max(0) as u64;
         Ok(left.free_pages)

@@ -137,7 +137,7 @@ impl AlertsHandle {
 pub async fn start(parts: AlertParts) -> Result<AlertsHandle, StoreError> {
     let states: HashMap<String, AlertState> = parts
         .store
-        .read(crate::store::alert_states)
+        .alert_states()
         .await?
         .into_iter()
         .map(|s| (s.alert_id.clone(), s))
@@ -309,9 +309,8 @@ async fn destination_failing(
     consecutive: u32,
 ) -> Result<Observation, StoreError> {
     let store = &parts.store;
-    let d = destination.clone();
     let last = store
-        .read(move |c| crate::store::last_attempts(c, &d, consecutive as usize))
+        .last_attempts(&destination, consecutive as usize)
         .await?;
     let failing =
         last.len() == consecutive as usize && last.iter().all(|(o, _, _)| o != "succeeded");
@@ -338,11 +337,8 @@ async fn failure_ratio(
     min_attempts: u32,
 ) -> Result<Observation, StoreError> {
     let store = &parts.store;
-    let d = destination.clone();
     let since = now - window.as_millis() as i64;
-    let (total, failed) = store
-        .read(move |c| crate::store::attempt_counts(c, &d, since))
-        .await?;
+    let (total, failed) = store.attempt_counts(&destination, since).await?;
     let ratio = if total > 0 {
         failed as f64 / total as f64
     } else {
@@ -367,10 +363,7 @@ async fn dead_letters(
     destination: Option<String>,
 ) -> Result<Observation, StoreError> {
     let store = &parts.store;
-    let d = destination.clone();
-    let count = store
-        .read(move |c| crate::store::dead_count(c, d.as_deref()))
-        .await?;
+    let count = store.dead_count(destination.as_deref()).await?;
     let subject = match &destination {
         Some(d) => format!("destination {d}"),
         None => "dead letters".to_string(),
@@ -416,7 +409,7 @@ async fn backlog_age(
     above: Duration,
 ) -> Result<Observation, StoreError> {
     let store = &parts.store;
-    let backlog = store.read(move |c| crate::store::backlog(c, now)).await?;
+    let backlog = store.backlog(now).await?;
     let oldest = backlog
         .iter()
         .filter_map(|b| b.oldest_due.map(|t| (t, b.destination_id.clone())))
@@ -450,11 +443,8 @@ async fn delivery_latency(
     window: Duration,
 ) -> Result<Observation, StoreError> {
     let store = &parts.store;
-    let d = destination.clone();
     let since = now - window.as_millis() as i64;
-    let mut times = store
-        .read(move |c| crate::store::delivery_latencies(c, &d, since))
-        .await?;
+    let mut times = store.delivery_latencies(&destination, since).await?;
     times.sort_unstable();
     let p99 = if times.is_empty() {
         0

@@ -79,11 +79,7 @@ pub async fn get(kind: ObjectKind, app: AppState, id: String) -> Result<Response
     let health = extras(&app, kind, vec![id.clone()]).await?;
     let mut shown = view(&config, object, health.get(&id));
     if kind == ObjectKind::EventType {
-        let name = id.clone();
-        let versions = app
-            .store
-            .read(move |c| crate::store::schema_versions(c, &name))
-            .await?;
+        let versions = app.store.schema_versions(&id).await?;
         shown["versions"] = versions
             .iter()
             .map(|v| json!({"version": v.version, "created_at": rfc3339(v.created_at), "schema": v.schema}))
@@ -197,17 +193,16 @@ pub async fn delete(kind: ObjectKind, app: AppState, id: String) -> Result<Respo
         Some(o) if o.provisioned => return Err(exists(o)),
         Some(_) => {}
     }
-    let key = id.clone();
     let busy = match kind {
         ObjectKind::Destination => app
             .store
-            .read(move |c| crate::store::pending_deliveries_to(c, &key))
+            .pending_deliveries_to(&id)
             .await?
             .gt(&0)
             .then_some("it has pending deliveries; pause it and let them finish, or wait for them to be dead-lettered"),
         ObjectKind::Flow => app
             .store
-            .read(move |c| crate::store::unfinished_runs_of(c, &key))
+            .unfinished_runs_of(&id)
             .await?
             .gt(&0)
             .then_some("it has runs in progress; delete it once they have ended"),
@@ -455,22 +450,11 @@ async fn alert_states(
     app: &AppState,
     ids: Vec<String>,
 ) -> Result<HashMap<String, Value>, ApiError> {
-    let wanted = ids.clone();
     let (states, histories) = app
         .store
-        .read(move |c| {
-            let histories = wanted
-                .iter()
-                .map(|id| {
-                    Ok((
-                        id.clone(),
-                        crate::store::alert_history(c, id, HISTORY_SHOWN)?,
-                    ))
-                })
-                .collect::<Result<HashMap<_, _>, crate::store::StoreError>>()?;
-            Ok((crate::store::alert_states(c)?, histories))
-        })
+        .alert_states_and_history(ids.clone(), HISTORY_SHOWN)
         .await?;
+    let histories: HashMap<&String, Vec<_>> = ids.iter().zip(histories).collect();
     let config = app.config.get();
     Ok(config
         .alerts
@@ -508,14 +492,7 @@ async fn destination_health(
 ) -> Result<HashMap<String, Value>, ApiError> {
     let since = app.clock.now_ms() - 3_600_000;
     let config = app.config.get();
-    let recent = app
-        .store
-        .read(move |c| {
-            ids.iter()
-                .map(|id| Ok((id.clone(), crate::store::attempt_counts(c, id, since)?)))
-                .collect::<Result<HashMap<_, _>, crate::store::StoreError>>()
-        })
-        .await?;
+    let recent = app.store.attempt_counts_of(ids, since).await?;
     let health: HashMap<String, crate::deliver::circuit::Health> =
         app.deliverer.health().into_iter().collect();
     Ok(recent

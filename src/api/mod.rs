@@ -84,18 +84,11 @@ pub async fn scope_of(app: &AppState, digest: &[u8; 32]) -> Result<Option<Scope>
     if bootstrap {
         return Ok(Some(Scope::Admin));
     }
-    let hash = digest.to_vec();
-    Ok(
-        match app
-            .store
-            .read(move |c| crate::store::token_scope(c, &hash))
-            .await?
-        {
-            Some(s) if s == "admin" => Some(Scope::Admin),
-            Some(_) => Some(Scope::Read),
-            None => None,
-        },
-    )
+    Ok(match app.store.token_scope(digest).await? {
+        Some(s) if s == "admin" => Some(Scope::Admin),
+        Some(_) => Some(Scope::Read),
+        None => None,
+    })
 }
 
 /// Checks the bearer token: the bootstrap token (compared in constant time, as SHA-256
@@ -151,17 +144,15 @@ async fn require_token(State(app): State<AppState>, mut request: Request, next: 
     next.run(request).await
 }
 
-/// One item by id: `200` with it, or `404` naming `what`.
-pub(super) async fn one<T: serde::Serialize + Send + 'static>(
-    app: &AppState,
+/// One item read by id: `200` with it, or `404` naming `what`.
+pub(super) fn one<T: serde::Serialize>(
     what: &str,
-    id: String,
-    read: fn(&rusqlite::Connection, &str) -> Result<Option<T>, crate::store::StoreError>,
+    id: &str,
+    found: Option<T>,
 ) -> Result<Response, ApiError> {
-    let key = id.clone();
-    match app.store.read(move |c| read(c, &key)).await? {
+    match found {
         Some(item) => Ok(Json(item).into_response()),
-        None => Err(ApiError::not_found(what, &id)),
+        None => Err(ApiError::not_found(what, id)),
     }
 }
 
@@ -216,7 +207,7 @@ async fn get_event(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    one(&app, "event", id, crate::store::event).await
+    one("event", &id, app.store.event(&id).await?)
 }
 
 #[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])), params(("id" = String, Path)),
@@ -225,7 +216,7 @@ async fn get_delivery(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    one(&app, "delivery", id, crate::store::delivery).await
+    one("delivery", &id, app.store.delivery(&id).await?)
 }
 
 /// The filters of the deliveries list.
@@ -263,7 +254,7 @@ async fn list_deliveries(
     let after = given(&q.after).map(str::to_string);
     let items = app
         .store
-        .read(move |c| crate::store::deliveries(c, &filter, after.as_deref(), limit))
+        .deliveries(&filter, after.as_deref(), limit)
         .await?;
     Ok(page(items, limit, |d| d.id.clone()).into_response())
 }
@@ -309,27 +300,20 @@ pub async fn retry_dead_letter(app: &AppState, id: &str) -> Result<(), ApiError>
             app.deliverer.schedule(job);
             Ok(())
         }
-        None => {
-            let key = id.clone();
-            match app
-                .store
-                .read(move |c| crate::store::delivery(c, &key))
-                .await?
-            {
-                None => Err(ApiError::not_found("delivery", &id)),
-                Some(d) if d.status == crate::store::DeliveryStatus::Dead && d.payload_expired => {
-                    Err(ApiError::payload_expired(&format!("delivery `{id}`")))
-                }
-                Some(d) => Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_dead",
-                    format!(
-                        "delivery `{id}` is {}; only a dead letter can be retried",
-                        d.status.as_str()
-                    ),
-                )),
+        None => match app.store.delivery(&id).await? {
+            None => Err(ApiError::not_found("delivery", &id)),
+            Some(d) if d.status == crate::store::DeliveryStatus::Dead && d.payload_expired => {
+                Err(ApiError::payload_expired(&format!("delivery `{id}`")))
             }
-        }
+            Some(d) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_dead",
+                format!(
+                    "delivery `{id}` is {}; only a dead letter can be retried",
+                    d.status.as_str()
+                ),
+            )),
+        },
     }
 }
 
@@ -343,10 +327,7 @@ async fn list_dead_letters(
     let q = query(q)?;
     let limit = check_limit(q.limit)?;
     let after = q.after.clone().filter(|a| !a.is_empty());
-    let items = app
-        .store
-        .read(move |c| crate::store::dead_letters(c, after.as_deref(), limit))
-        .await?;
+    let items = app.store.dead_letters(after.as_deref(), limit).await?;
     Ok(page(items, limit, |d| d.id().to_string()).into_response())
 }
 
@@ -466,10 +447,7 @@ pub async fn find_events(
         ));
     }
     let Some(test) = filter_given else {
-        let items = app
-            .store
-            .read(move |c| crate::store::events(c, &filter, after.as_deref(), limit))
-            .await?;
+        let items = app.store.events(&filter, after.as_deref(), limit).await?;
         let next = (items.len() == limit)
             .then(|| items.last().map(|e| e.id.clone()))
             .flatten();
@@ -480,10 +458,9 @@ pub async fn find_events(
     let (mut found, mut scanned, mut cursor) = (Vec::new(), 0, after);
     let mut next = None;
     loop {
-        let (f, c) = (filter.clone(), cursor.clone());
         let batch = app
             .store
-            .read(move |conn| crate::store::events_with_payload(conn, &f, c.as_deref(), 200))
+            .events_with_payload(&filter, cursor.as_deref(), 200)
             .await?;
         let exhausted = batch.len() < 200;
         scanned += batch.len();
@@ -575,10 +552,7 @@ async fn list_rejections(
             "`after` is a cursor from this list (a number from 0)",
         ));
     }
-    let items = app
-        .store
-        .read(move |c| crate::store::rejections(c, after, limit))
-        .await?;
+    let items = app.store.rejections(after, limit).await?;
     Ok(page(items, limit, |r| r.id.clone()).into_response())
 }
 
@@ -617,7 +591,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
         }
         .into_response();
     }
-    match app.store.read(crate::store::ping).await {
+    match app.store.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

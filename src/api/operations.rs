@@ -14,16 +14,7 @@ use serde_json::json;
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let now = app.clock.now_ms();
-    let (backlog, dead, failed_runs) = app
-        .store
-        .read(move |c| {
-            Ok((
-                crate::store::backlog(c, now)?,
-                crate::store::dead_by_destination(c)?,
-                crate::store::failed_run_count(c)?,
-            ))
-        })
-        .await?;
+    let (backlog, dead, failed_runs) = app.store.backlog_dead_and_failed_runs(now).await?;
     let m = &app.metrics;
     let label = |id: &str| vec![("destination", id.to_string())];
     let config = app.config.get();

@@ -18,7 +18,7 @@ pub async fn get_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    super::one(&app, "run", id, crate::store::run_detail).await
+    super::one("run", &id, app.store.run_detail(&id).await?)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,12 +65,7 @@ pub async fn replay(
     run_id: &str,
     use_current_flow: bool,
 ) -> Result<serde_json::Value, ApiError> {
-    let key = run_id.to_string();
-    let Some(row) = app
-        .store
-        .read(move |c| crate::store::run_row(c, &key))
-        .await?
-    else {
+    let Some(row) = app.store.run_row(run_id).await? else {
         return Err(ApiError::not_found("run", run_id));
     };
     if row.status != "failed" {
@@ -196,12 +191,7 @@ pub const MAX_RUNS_PER_EVENT: i64 = 100;
 /// Replays the whole stored event `event_id` through the flows that take it now (the API's
 /// and the console's).
 pub async fn replay_event(app: &AppState, event_id: &str) -> Result<serde_json::Value, ApiError> {
-    let key = event_id.to_string();
-    let Some(stored) = app
-        .store
-        .read(move |c| crate::store::stored_event(c, &key))
-        .await?
-    else {
+    let Some(stored) = app.store.stored_event(event_id).await? else {
         return Err(ApiError::not_found("event", event_id));
     };
     let Some(payload) = stored.payload else {
@@ -358,8 +348,11 @@ pub async fn replay_runs(
         until: parse_time("until", &q.until)?,
         error: q.error.clone(),
     };
-    let matched = every_id(&app, move |c, after| {
-        Ok(crate::store::failed_runs(c, &filter, after, ID_PAGE)?
+    let (store, filter) = (&app.store, &filter);
+    let matched = every_id(|after| async move {
+        Ok(store
+            .failed_runs(filter, after.as_deref(), ID_PAGE)
+            .await?
             .into_iter()
             .map(|r| r.id)
             .collect())
@@ -463,12 +456,7 @@ pub async fn run_test(
         }
         (Some(payload), None) => (payload, None, None),
         (None, Some(event_id)) => {
-            let key = event_id.clone();
-            let Some(event) = app
-                .store
-                .read(move |c| crate::store::event(c, &key))
-                .await?
-            else {
+            let Some(event) = app.store.event(&event_id).await? else {
                 return Err(ApiError::not_found("event", &event_id));
             };
             if event.payload_expired {
@@ -565,8 +553,11 @@ pub async fn replay_dead_matching(
     filter: crate::store::DeadFilter,
     dry_run: bool,
 ) -> Result<(Vec<String>, Vec<String>), ApiError> {
-    let matched = every_id(app, move |c, after| {
-        crate::store::dead_deliveries(c, &filter, after, ID_PAGE)
+    let (store, filter) = (&app.store, &filter);
+    let matched = every_id(|after| async move {
+        store
+            .dead_deliveries(filter, after.as_deref(), ID_PAGE)
+            .await
     })
     .await?;
     if dry_run {
@@ -591,20 +582,16 @@ pub async fn replay_dead_matching(
 /// How many ids a bulk replay reads from the store at a time.
 const ID_PAGE: usize = 500;
 
-/// Every id that a paged read yields (`page(conn, after)` answers up to [`ID_PAGE`] ids
-/// after `after`, in order).
-async fn every_id<F>(app: &AppState, page: F) -> Result<Vec<String>, ApiError>
+/// Every id that a paged read yields (`page(after)` answers up to [`ID_PAGE`] ids after
+/// `after`, in order), each page a read of its own.
+async fn every_id<F, P>(page: F) -> Result<Vec<String>, ApiError>
 where
-    F: Fn(&rusqlite::Connection, Option<&str>) -> Result<Vec<String>, crate::store::StoreError>
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(Option<String>) -> P,
+    P: std::future::Future<Output = Result<Vec<String>, crate::store::StoreError>>,
 {
-    let page = std::sync::Arc::new(page);
     let mut all: Vec<String> = Vec::new();
     loop {
-        let (read, after) = (page.clone(), all.last().cloned());
-        let ids = app.store.read(move |c| read(c, after.as_deref())).await?;
+        let ids = page(all.last().cloned()).await?;
         let done = ids.len() < ID_PAGE;
         all.extend(ids);
         if done {
@@ -647,10 +634,7 @@ pub async fn list_runs(
         )?,
     };
     let after = given(&q.after).map(str::to_string);
-    let items = app
-        .store
-        .read(move |c| crate::store::runs(c, &filter, after.as_deref(), limit))
-        .await?;
+    let items = app.store.runs(&filter, after.as_deref(), limit).await?;
     Ok(super::page(items, limit, |r| r.id.clone()).into_response())
 }
 

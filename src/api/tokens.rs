@@ -93,7 +93,7 @@ pub async fn list(
     Extension(scope): Extension<Scope>,
 ) -> Result<Response, ApiError> {
     admin_only(scope)?;
-    let tokens = app.store.read(crate::store::tokens).await?;
+    let tokens = app.store.tokens().await?;
     Ok(Json(json!({"data": tokens, "next": null})).into_response())
 }
 

@@ -49,16 +49,7 @@ struct AlertsPage {
 pub async fn list(viewer: Viewer, State(app): State<AppState>) -> Response {
     let config = app.config.get();
     let ids: Vec<String> = config.alerts.iter().map(|r| r.id.clone()).collect();
-    let read = app
-        .store
-        .read(move |c| {
-            let histories = ids
-                .iter()
-                .map(|id| crate::store::alert_history(c, id, CHANGES_SHOWN))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((crate::store::alert_states(c)?, histories))
-        })
-        .await;
+    let read = app.store.alert_states_and_history(ids, CHANGES_SHOWN).await;
     let (states, histories) = match read {
         Ok(read) => read,
         Err(e) => return ApiError::from(e).into_response(),

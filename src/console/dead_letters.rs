@@ -95,7 +95,7 @@ pub async fn list(
     let before = Some(q.before.clone()).filter(|b| !b.is_empty());
     let read = app
         .store
-        .read(move |c| crate::store::dead_delivery_page(c, &filter, before.as_deref(), PER_PAGE))
+        .dead_delivery_page(&filter, before.as_deref(), PER_PAGE)
         .await;
     let letters = match read {
         Ok(letters) => letters,

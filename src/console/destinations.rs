@@ -70,17 +70,7 @@ async fn rows(app: &AppState, only: Option<&str>) -> Result<Vec<DestinationRow>,
         .collect();
     let (backlog, dead, recent) = app
         .store
-        .read(move |c| {
-            let recent = ids
-                .iter()
-                .map(|id| crate::store::recent_attempts(c, id, HEALTH_ATTEMPTS))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((
-                crate::store::backlog(c, now)?,
-                crate::store::dead_by_destination(c)?,
-                recent,
-            ))
-        })
+        .recent_attempts_backlog_and_dead(ids, HEALTH_ATTEMPTS, now)
         .await?;
     let lines = destination_lines(app, &backlog, &dead)
         .into_iter()
@@ -150,12 +140,7 @@ pub async fn show(viewer: Viewer, State(app): State<AppState>, Path(id): Path<St
     let Some(row) = found.pop() else {
         return ApiError::not_found("destination", &id).into_response();
     };
-    let key = id.clone();
-    let recent = match app
-        .store
-        .read(move |c| crate::store::recent_attempts(c, &key, LISTED_ATTEMPTS))
-        .await
-    {
+    let recent = match app.store.recent_attempts(&id, LISTED_ATTEMPTS).await {
         Ok(recent) => recent,
         Err(e) => return ApiError::from(e).into_response(),
     };

@@ -187,14 +187,12 @@ async fn builder_page(app: &AppState, viewer: Viewer, posted: Posted) -> Builder
     let recent = if source.is_empty() {
         Vec::new()
     } else {
+        let filter = crate::store::EventFilter {
+            source: Some(source),
+            ..Default::default()
+        };
         app.store
-            .read(move |c| {
-                let filter = crate::store::EventFilter {
-                    source: Some(source),
-                    ..Default::default()
-                };
-                crate::store::events(c, &filter, None, 20)
-            })
+            .events(&filter, None, 20)
             .await
             .unwrap_or_default()
             .into_iter()

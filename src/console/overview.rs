@@ -109,17 +109,7 @@ struct OverviewPage {
 /// `GET /`: the last hour, what waits, what failed, each destination's state.
 pub async fn overview(viewer: Viewer, State(app): State<AppState>) -> Response {
     let now = app.clock.now_ms();
-    let read = app
-        .store
-        .read(move |c| {
-            Ok((
-                crate::store::count_rejections(c)?,
-                crate::store::backlog(c, now)?,
-                crate::store::dead_by_destination(c)?,
-                crate::store::alert_states(c)?,
-            ))
-        })
-        .await;
+    let read = app.store.rejected_backlog_dead_and_alerts(now).await;
     let (rejected, backlog, dead, alerts) = match read {
         Ok(read) => read,
         Err(e) => return crate::api::error::ApiError::from(e).into_response(),

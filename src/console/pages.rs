@@ -267,37 +267,21 @@ pub async fn event(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Response {
-    let key = id.clone();
-    let read = app
-        .store
-        .read(move |c| {
-            let Some(mut event) = crate::store::event(c, &key)? else {
-                return Ok(None);
-            };
-            let mut steps = Vec::new();
-            for run in &mut event.runs {
-                for delivery in &mut run.deliveries {
-                    if let Some(full) = crate::store::delivery(c, &delivery.id)? {
-                        *delivery = full;
-                    }
-                }
-                if let Some(detail) = crate::store::run_detail(c, &run.id)? {
-                    steps.push(RunSteps {
-                        run_id: run.id.clone(),
-                        steps: detail.steps.iter().map(super::flows::report_step).collect(),
-                    });
-                }
-            }
-            Ok(Some((event, steps)))
-        })
-        .await;
-    let (event, steps) = match read {
+    let read = app.store.event_with_attempts_and_steps(&id).await;
+    let (event, details) = match read {
         Ok(Some(found)) => found,
         Ok(None) => {
             return crate::api::error::ApiError::not_found("event", &id).into_response();
         }
         Err(e) => return crate::api::error::ApiError::from(e).into_response(),
     };
+    let steps = details
+        .iter()
+        .map(|detail| RunSteps {
+            run_id: detail.summary.id.clone(),
+            steps: detail.steps.iter().map(super::flows::report_step).collect(),
+        })
+        .collect();
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     page(
         EventPage {
@@ -336,12 +320,7 @@ pub async fn replay_run(
     if let Err(e) = crate::api::replay_failed_run(&app, &id, current).await {
         return e.into_response();
     }
-    let key = id.clone();
-    match app
-        .store
-        .read(move |c| crate::store::run_summary(c, &key))
-        .await
-    {
+    match app.store.run_summary(&id).await {
         Ok(Some(run)) => {
             Redirect::to(&format!("/events/{}", crate::ids::in_path(&run.event_id))).into_response()
         }
@@ -378,12 +357,7 @@ pub async fn delivery(
 
 /// To the page of delivery `id`'s event, at the delivery.
 async fn to_event_of(app: &AppState, id: &str) -> Response {
-    let key = id.to_string();
-    match app
-        .store
-        .read(move |c| crate::store::delivery(c, &key))
-        .await
-    {
+    match app.store.delivery(id).await {
         Ok(Some(d)) => Redirect::to(&format!(
             "/events/{}#{}",
             crate::ids::in_path(&d.event_id),

@@ -145,20 +145,7 @@ pub async fn show(
         return ApiError::not_found("source", &id).into_response();
     };
     let base = base_url(&config, &headers);
-    let key = id.clone();
-    let read = app
-        .store
-        .read(move |c| {
-            let filter = crate::store::EventFilter {
-                source: Some(key.clone()),
-                ..Default::default()
-            };
-            Ok((
-                crate::store::events(c, &filter, None, LISTED)?,
-                crate::store::rejections_of(c, &key, LISTED)?,
-            ))
-        })
-        .await;
+    let read = app.store.events_and_rejections_of(&id, LISTED).await;
     let (events, rejections) = match read {
         Ok(read) => read,
         Err(e) => return ApiError::from(e).into_response(),

@@ -134,11 +134,8 @@ impl Deliverer {
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Result<Deliverer, crate::store::StoreError> {
         let limit = options.memory_jobs;
-        let paused: HashMap<String, circuit::Pause> = store
-            .read(crate::store::paused_destinations)
-            .await?
-            .into_iter()
-            .collect();
+        let paused: HashMap<String, circuit::Pause> =
+            store.paused_destinations().await?.into_iter().collect();
         let breakers: Breakers = Arc::new(arc_swap::ArcSwap::from_pointee(
             config
                 .destinations
@@ -152,9 +149,7 @@ impl Deliverer {
                 })
                 .collect(),
         ));
-        let pending = store
-            .read(move |c| crate::store::pending_jobs(c, limit))
-            .await?;
+        let pending = store.pending_jobs(limit).await?;
         let spilled = Arc::new(AtomicBool::new(pending.len() >= limit));
         let (new_tx, new_rx) = mpsc::channel(options.new_job_queue);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -521,11 +516,7 @@ impl Dispatcher {
     /// Loads pending jobs that are in the store but not in memory.
     async fn sweep(&mut self) {
         let limit = self.cap;
-        match self
-            .store
-            .read(move |c| crate::store::pending_jobs(c, limit))
-            .await
-        {
+        match self.store.pending_jobs(limit).await {
             Ok(jobs) => {
                 let complete = jobs.len() < limit;
                 let room = self.cap.saturating_sub(self.known.len());
@@ -612,20 +603,11 @@ async fn read_payload(
     ctx: &AttemptContext,
     delivery_id: &str,
 ) -> Result<Option<Bytes>, crate::store::StoreError> {
-    let id = delivery_id.to_string();
-    let Some(size) = ctx
-        .store
-        .read(move |c| crate::store::delivery_payload_size(c, &id))
-        .await?
-    else {
+    let Some(size) = ctx.store.delivery_payload_size(delivery_id).await? else {
         return Ok(None);
     };
     let mut share = ctx.read_back.take(size).await;
-    let id = delivery_id.to_string();
-    let payload = ctx
-        .store
-        .read(move |c| crate::store::delivery_payload(c, &id))
-        .await?;
+    let payload = ctx.store.delivery_payload(delivery_id).await?;
     Ok(payload.map(|p| {
         share.shrink_to(p.len());
         share.attach(p)

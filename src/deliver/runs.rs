@@ -109,7 +109,7 @@ pub struct RunWorkerParts {
 
 /// Loads the runs that are due or will be, and starts the worker.
 pub async fn start(parts: RunWorkerParts) -> Result<(), StoreError> {
-    let due = parts.store.read(crate::store::due_runs).await?;
+    let due = parts.store.due_runs().await?;
     if !due.is_empty() {
         tracing::info!(count = due.len(), "resuming flow runs");
     }
@@ -227,12 +227,7 @@ impl Worker {
         if self.store.unwritable().is_some() {
             return Some(self.clock.now_ms() + 1000);
         }
-        let id = run_id.to_string();
-        let row = match self
-            .store
-            .read(move |c| crate::store::run_row(c, &id))
-            .await
-        {
+        let row = match self.store.run_row(run_id).await {
             Ok(Some(row)) => row,
             Ok(None) => return None,
             Err(e) => {

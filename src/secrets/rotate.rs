@@ -73,7 +73,7 @@ pub async fn rotate(
         tokio::task::spawn_blocking(move || Store::open(&owned, StoreOptions::default(), metrics))
             .await
             .map_err(|e| RotateError::Task(e.to_string()))??;
-    let stored = store.read(crate::store::api_objects).await?;
+    let stored = store.api_objects().await?;
     let objects = keys::read_stored(stored);
     let (old, origin) = keys::find_key(dir, env_key, &objects)?;
     // Every stored value must open before anything is written.

@@ -13,7 +13,7 @@ pub struct Pause {
     pub since: Millis,
 }
 
-pub fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Pause)>, StoreError> {
+pub(super) fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Pause)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT destination_id, paused_by, reason, since FROM paused_destinations",
     )?;
@@ -30,7 +30,7 @@ pub fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Pause)>, St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn alert_states(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
+pub(super) fn alert_states(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT alert_id, firing, since, message, subject, last_notice_at, notified FROM alert_states",
     )?;
@@ -49,7 +49,7 @@ pub fn alert_states(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
 }
 
 /// A rule's last `limit` changes, newest first: (when, the change).
-pub fn alert_history(
+pub(super) fn alert_history(
     conn: &Connection,
     alert_id: &str,
     limit: usize,
@@ -79,7 +79,7 @@ pub struct Backlog {
     pub oldest_due: Option<Millis>,
 }
 
-pub fn backlog(conn: &Connection, now: Millis) -> Result<Vec<Backlog>, StoreError> {
+pub(super) fn backlog(conn: &Connection, now: Millis) -> Result<Vec<Backlog>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT destination_id, COUNT(*), MIN(CASE WHEN next_attempt_at <= ?1 THEN next_attempt_at END)
          FROM deliveries WHERE status = 'pending' GROUP BY destination_id",
@@ -95,7 +95,7 @@ pub fn backlog(conn: &Connection, now: Millis) -> Result<Vec<Backlog>, StoreErro
 }
 
 /// Dead deliveries by destination.
-pub fn dead_by_destination(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+pub(super) fn dead_by_destination(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT destination_id, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY destination_id",
     )?;
@@ -103,7 +103,7 @@ pub fn dead_by_destination(conn: &Connection) -> Result<Vec<(String, i64)>, Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn failed_run_count(conn: &Connection) -> Result<i64, StoreError> {
+pub(super) fn failed_run_count(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row(
         "SELECT COUNT(*) FROM runs WHERE status = 'failed' AND failed_on = 'step'",
         [],
@@ -113,7 +113,7 @@ pub fn failed_run_count(conn: &Connection) -> Result<i64, StoreError> {
 
 /// The outcomes (`succeeded`, `retry`, `failed`) and errors of a destination's last `n`
 /// attempts, newest first.
-pub fn last_attempts(
+pub(super) fn last_attempts(
     conn: &Connection,
     destination_id: &str,
     n: usize,
@@ -141,7 +141,7 @@ pub struct RecentAttempt {
 
 /// A destination's last `n` attempts, newest first (through its index: `n` rows read,
 /// whatever the table holds).
-pub fn recent_attempts(
+pub(super) fn recent_attempts(
     conn: &Connection,
     destination_id: &str,
     n: usize,
@@ -165,7 +165,7 @@ pub fn recent_attempts(
 }
 
 /// `(attempts, failed attempts)` of a destination since `since`.
-pub fn attempt_counts(
+pub(super) fn attempt_counts(
     conn: &Connection,
     destination_id: &str,
     since: Millis,
@@ -178,7 +178,7 @@ pub fn attempt_counts(
 }
 
 /// Ingest-to-delivery times (ms) of a destination's deliveries that succeeded since `since`.
-pub fn delivery_latencies(
+pub(super) fn delivery_latencies(
     conn: &Connection,
     destination_id: &str,
     since: Millis,
@@ -191,7 +191,10 @@ pub fn delivery_latencies(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn dead_count(conn: &Connection, destination_id: Option<&str>) -> Result<i64, StoreError> {
+pub(super) fn dead_count(
+    conn: &Connection,
+    destination_id: Option<&str>,
+) -> Result<i64, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT COUNT(*) FROM deliveries WHERE status = 'dead' AND (?1 IS NULL OR destination_id = ?1)",
@@ -200,7 +203,9 @@ pub fn dead_count(conn: &Connection, destination_id: Option<&str>) -> Result<i64
 }
 
 /// The latest event time of each source that has any.
-pub fn last_event_per_source(conn: &Connection) -> Result<Vec<(String, Millis)>, StoreError> {
+pub(super) fn last_event_per_source(
+    conn: &Connection,
+) -> Result<Vec<(String, Millis)>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT source, MAX(received_at) FROM events GROUP BY source")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -217,7 +222,7 @@ pub struct TokenView {
 }
 
 /// The live tokens, oldest first.
-pub fn tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
+pub(super) fn tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, name, scope, created_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY id",
     )?;
@@ -233,7 +238,7 @@ pub fn tokens(conn: &Connection) -> Result<Vec<TokenView>, StoreError> {
 }
 
 /// The scope of the live token whose SHA-256 is `hash`.
-pub fn token_scope(conn: &Connection, hash: &[u8]) -> Result<Option<String>, StoreError> {
+pub(super) fn token_scope(conn: &Connection, hash: &[u8]) -> Result<Option<String>, StoreError> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .prepare_cached("SELECT scope FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL")?
@@ -253,7 +258,7 @@ pub struct DeadFilter {
 }
 
 /// Ids of the dead deliveries matching `filter`, oldest first, after the id `after`.
-pub fn dead_deliveries(
+pub(super) fn dead_deliveries(
     conn: &Connection,
     filter: &DeadFilter,
     after: Option<&str>,

@@ -1,7 +1,8 @@
 //! The store: the only module that knows SQL. Events, runs, deliveries, attempts and the
 //! rejected log live in one SQLite file (WAL). All writes go through one writer thread that
 //! commits whatever has queued up in one transaction (group commit), then answers each caller;
-//! so a caller that gets `Ok` knows its rows are on disk. Reads use their own connections.
+//! so a caller that gets `Ok` knows its rows are on disk. Reads use their own connections;
+//! callers read through `Store`'s named methods (`queries.rs`), never with SQL of their own.
 //! When a write fails (a full disk, an I/O error), nothing of its transaction is acknowledged
 //! and the store says it cannot write (`Store::unwritable`) until a write commits again.
 //!
@@ -11,6 +12,7 @@ mod checkpointer;
 mod health;
 mod objects;
 mod prune;
+mod queries;
 mod reads;
 mod runs;
 mod savepoint;
@@ -31,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use health::*;
 pub use objects::*;
-pub use prune::{PruneCutoffs, PruneReport, PruneScope, Space, oldest_event, space};
+pub use prune::{PruneCutoffs, PruneReport, PruneScope, Space};
 pub use reads::*;
 pub use runs::*;
 pub use schema::WAL_RESTART_BYTES;
@@ -821,8 +823,9 @@ impl Store {
         .await
     }
 
-    /// Runs `f` on a read connection, off the async threads.
-    pub async fn read<T: Send + 'static>(
+    /// Runs `f` on a read connection, off the async threads. Only the store's named reads
+    /// (`queries.rs`) call it: nothing outside `store/` hands it SQL.
+    async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

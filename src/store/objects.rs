@@ -111,7 +111,7 @@ pub(super) fn reseal(tx: &Connection, updates: &[Resealed]) -> Result<(), StoreE
 }
 
 /// Every object made through the API.
-pub fn api_objects(conn: &Connection) -> Result<Vec<StoredObject>, StoreError> {
+pub(super) fn api_objects(conn: &Connection) -> Result<Vec<StoredObject>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT kind, id, spec, created_at, updated_at FROM config_objects ORDER BY kind, id",
     )?;
@@ -128,7 +128,7 @@ pub fn api_objects(conn: &Connection) -> Result<Vec<StoredObject>, StoreError> {
 }
 
 /// The schema versions of an event type, oldest first.
-pub fn schema_versions(
+pub(super) fn schema_versions(
     conn: &Connection,
     event_type: &str,
 ) -> Result<Vec<SchemaVersion>, StoreError> {
@@ -147,7 +147,10 @@ pub fn schema_versions(
 }
 
 /// Deliveries to a destination that are not finished (pending).
-pub fn pending_deliveries_to(conn: &Connection, destination_id: &str) -> Result<i64, StoreError> {
+pub(super) fn pending_deliveries_to(
+    conn: &Connection,
+    destination_id: &str,
+) -> Result<i64, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND destination_id = ?1",
@@ -156,7 +159,7 @@ pub fn pending_deliveries_to(conn: &Connection, destination_id: &str) -> Result<
 }
 
 /// Runs of a flow that are not finished (running or waiting for their deliveries).
-pub fn unfinished_runs_of(conn: &Connection, flow_id: &str) -> Result<i64, StoreError> {
+pub(super) fn unfinished_runs_of(conn: &Connection, flow_id: &str) -> Result<i64, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT COUNT(*) FROM runs WHERE status IN ('running', 'waiting') AND flow_id = ?1",

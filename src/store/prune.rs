@@ -353,7 +353,7 @@ pub struct Space {
     pub incremental: bool,
 }
 
-pub fn space(conn: &Connection) -> Result<Space, StoreError> {
+pub(super) fn space(conn: &Connection) -> Result<Space, StoreError> {
     let get = |pragma: &str| -> Result<i64, StoreError> {
         Ok(conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))?)
     };
@@ -366,7 +366,7 @@ pub fn space(conn: &Connection) -> Result<Space, StoreError> {
 }
 
 /// When the oldest event kept arrived, if there is one.
-pub fn oldest_event(conn: &Connection) -> Result<Option<Millis>, StoreError> {
+pub(super) fn oldest_event(conn: &Connection) -> Result<Option<Millis>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT received_at FROM events ORDER BY seq LIMIT 1",

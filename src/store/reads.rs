@@ -1,5 +1,5 @@
 //! Read queries: what the API shows and what the scheduler loads at start. Each takes a
-//! connection, so they run inside [`Store::read`].
+//! connection, so they run inside `Store::read`, called by the named reads of `queries.rs`.
 
 use super::*;
 use crate::clock::rfc3339;
@@ -114,7 +114,10 @@ fn finish_delivery((mut d, status): (DeliveryView, String)) -> Result<DeliveryVi
     Ok(d)
 }
 
-pub fn attempts_of(conn: &Connection, delivery_id: &str) -> Result<Vec<AttemptView>, StoreError> {
+pub(super) fn attempts_of(
+    conn: &Connection,
+    delivery_id: &str,
+) -> Result<Vec<AttemptView>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT attempt, started_at, duration_ms, outcome, status_code, response_headers, response_body, error
          FROM attempts WHERE delivery_id = ?1 ORDER BY id",
@@ -137,14 +140,17 @@ pub fn attempts_of(conn: &Connection, delivery_id: &str) -> Result<Vec<AttemptVi
 }
 
 /// Raw attempt start times, oldest first (for tests and diagnostics).
-pub fn attempt_times(conn: &Connection, delivery_id: &str) -> Result<Vec<Millis>, StoreError> {
+pub(super) fn attempt_times(
+    conn: &Connection,
+    delivery_id: &str,
+) -> Result<Vec<Millis>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT started_at FROM attempts WHERE delivery_id = ?1 ORDER BY id")?;
     let rows = stmt.query_map(params![delivery_id], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+pub(super) fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryView>, StoreError> {
     let row = conn
         .prepare_cached(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
@@ -170,7 +176,7 @@ pub struct StoredEvent {
     pub runs: i64,
 }
 
-pub fn stored_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+pub(super) fn stored_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT source, event_type, received_at, headers, CASE WHEN payload_expired_at IS NULL THEN payload END,
@@ -191,7 +197,7 @@ pub fn stored_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, 
 
 /// Dead deliveries matching `filter`, newest first, before the id `before` (the previous
 /// page's last), without their attempts: the console's dead letters page.
-pub fn dead_delivery_page(
+pub(super) fn dead_delivery_page(
     conn: &Connection,
     filter: &super::DeadFilter,
     before: Option<&str>,
@@ -217,7 +223,7 @@ pub fn dead_delivery_page(
     rows.map(|row| finish_delivery(row?)).collect()
 }
 
-pub fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreError> {
+pub(super) fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreError> {
     let row = conn
         .prepare_cached("SELECT id, source, event_type, idempotency_key, received_at, headers, payload, payload_expired_at IS NOT NULL FROM events WHERE id = ?1")?
         .query_row(params![id], |r| {
@@ -312,7 +318,7 @@ pub struct EventFilter {
 }
 
 /// Events, newest first; `before` is the id of the previous page's last event.
-pub fn events(
+pub(super) fn events(
     conn: &Connection,
     filter: &EventFilter,
     before: Option<&str>,
@@ -325,7 +331,7 @@ pub fn events(
 }
 
 /// Like [`events`], each with its payload (for filters on the payload).
-pub fn events_with_payload(
+pub(super) fn events_with_payload(
     conn: &Connection,
     filter: &EventFilter,
     before: Option<&str>,
@@ -390,7 +396,7 @@ fn events_page(
 }
 
 /// The rejected log, newest first; `before` is the cursor (an entry id) of the previous page.
-pub fn rejections(
+pub(super) fn rejections(
     conn: &Connection,
     before: Option<i64>,
     limit: usize,
@@ -404,7 +410,7 @@ pub fn rejections(
 
 /// The rejected log's newest `limit` refusals of one source (the log is capped at
 /// `settings.rejected_log_size`, so reading it through costs a bounded time).
-pub fn rejections_of(
+pub(super) fn rejections_of(
     conn: &Connection,
     source: &str,
     limit: usize,
@@ -429,16 +435,19 @@ fn rejection_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RejectionView> {
     })
 }
 
-pub fn count_events(conn: &Connection) -> Result<i64, StoreError> {
+pub(super) fn count_events(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?)
 }
 
-pub fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
+pub(super) fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM rejections", [], |r| r.get(0))?)
 }
 
 /// The first `limit` pending deliveries in due order, for the deliverer to take over.
-pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>, StoreError> {
+pub(super) fn pending_jobs(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<DeliveryJob>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_id, destination_id, round_attempts, next_attempt_at, run_id, created_at FROM deliveries
          WHERE status = 'pending' ORDER BY next_attempt_at LIMIT ?1",
@@ -460,7 +469,10 @@ pub fn pending_jobs(conn: &Connection, limit: usize) -> Result<Vec<DeliveryJob>,
 
 /// What a delivery sends: its body, or else its event's payload. A body it names that is not
 /// there is an error, never the event's payload in its place.
-pub fn delivery_payload(conn: &Connection, delivery_id: &str) -> Result<Option<Bytes>, StoreError> {
+pub(super) fn delivery_payload(
+    conn: &Connection,
+    delivery_id: &str,
+) -> Result<Option<Bytes>, StoreError> {
     let found = conn
         .prepare_cached(
             "SELECT CASE WHEN d.body_id IS NULL THEN e.payload ELSE (SELECT b.data FROM bodies b WHERE b.id = d.body_id) END
@@ -482,7 +494,7 @@ fn missing_body(delivery_id: &str) -> StoreError {
 }
 
 /// The size in bytes of what a delivery sends, read without reading the body itself.
-pub fn delivery_payload_size(
+pub(super) fn delivery_payload_size(
     conn: &Connection,
     delivery_id: &str,
 ) -> Result<Option<usize>, StoreError> {
@@ -501,7 +513,7 @@ pub fn delivery_payload_size(
     }
 }
 
-pub fn ping(conn: &Connection) -> Result<(), StoreError> {
+pub(super) fn ping(conn: &Connection) -> Result<(), StoreError> {
     conn.query_row("SELECT 1", [], |_| Ok(()))?;
     Ok(())
 }
@@ -517,7 +529,7 @@ pub struct DeliveryFilter {
 
 /// Deliveries, newest first (id order), without their attempts; `before` is the previous
 /// page's last id.
-pub fn deliveries(
+pub(super) fn deliveries(
     conn: &Connection,
     filter: &DeliveryFilter,
     before: Option<&str>,

@@ -32,7 +32,7 @@ pub struct RunRow {
     pub payload_expired: bool,
 }
 
-pub fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError> {
+pub(super) fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError> {
     let found = conn
         .prepare_cached(
             "SELECT r.id, r.event_id, e.event_type, e.source, e.received_at, e.headers, e.payload, r.flow_id, r.flow_version,
@@ -85,7 +85,7 @@ pub fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError
 }
 
 /// Runs the run worker has to act on, soonest first: `(id, due at)`.
-pub fn due_runs(conn: &Connection) -> Result<Vec<(String, Millis)>, StoreError> {
+pub(super) fn due_runs(conn: &Connection) -> Result<Vec<(String, Millis)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, COALESCE(next_at, 0) FROM runs WHERE status = 'running' ORDER BY next_at",
     )?;
@@ -140,7 +140,7 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     })
 }
 
-pub fn run_summary(conn: &Connection, id: &str) -> Result<Option<RunSummary>, StoreError> {
+pub(super) fn run_summary(conn: &Connection, id: &str) -> Result<Option<RunSummary>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("SELECT {SUMMARY_COLUMNS} FROM runs WHERE id = ?1"))?
         .query_row(params![id], summary_row)
@@ -149,7 +149,7 @@ pub fn run_summary(conn: &Connection, id: &str) -> Result<Option<RunSummary>, St
 
 /// A run as the API shows it. A step's input is the payload it saw: the event's, or the
 /// output of the last transform before it.
-pub fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail>, StoreError> {
+pub(super) fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail>, StoreError> {
     let Some(summary) = run_summary(conn, id)? else {
         return Ok(None);
     };
@@ -247,7 +247,7 @@ pub struct FailedRunFilter {
 }
 
 /// Failed runs matching `filter`, oldest first, after the run id `after`.
-pub fn failed_runs(
+pub(super) fn failed_runs(
     conn: &Connection,
     filter: &FailedRunFilter,
     after: Option<&str>,
@@ -293,7 +293,7 @@ impl DeadLetter {
 
 /// Dead letters, newest first (ids are prefixed ULIDs, so the part after the prefix orders by
 /// time); `before` is the id of the previous page's last entry.
-pub fn dead_letters(
+pub(super) fn dead_letters(
     conn: &Connection,
     before: Option<&str>,
     limit: usize,
@@ -333,7 +333,7 @@ pub struct RunFilter {
 }
 
 /// Runs, newest first (id order); `before` is the previous page's last id.
-pub fn runs(
+pub(super) fn runs(
     conn: &Connection,
     filter: &RunFilter,
     before: Option<&str>,

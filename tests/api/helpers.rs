@@ -94,6 +94,18 @@ impl TestApp {
         &self.data
     }
 
+    /// A read-only connection of its own to the app's SQLite file, for a test that looks at
+    /// what the SQLite backend stored (the app reads only through `Store`'s methods).
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.data.join("ferry.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -216,11 +228,7 @@ impl TestApp {
     }
 
     pub async fn event_count(&self) -> i64 {
-        self.state
-            .store
-            .read(ferry::store::count_events)
-            .await
-            .unwrap()
+        self.state.store.count_events().await.unwrap()
     }
 
     /// The one delivery of an event (panics when there is not exactly one).
@@ -238,12 +246,7 @@ impl TestApp {
     }
 
     pub async fn attempt_times(&self, delivery_id: &str) -> Vec<i64> {
-        let id = delivery_id.to_string();
-        self.state
-            .store
-            .read(move |c| ferry::store::attempt_times(c, &id))
-            .await
-            .unwrap()
+        self.state.store.attempt_times(delivery_id).await.unwrap()
     }
 
     /// Waits (real time, bounded) until `delivery_id` has `n` recorded attempts.

@@ -58,7 +58,7 @@ async fn a_full_write_queue_answers_503_and_loses_no_accepted_event() {
     );
     assert!(accepted > 0);
     assert_eq!(
-        state.store.read(ferry::store::count_events).await.unwrap(),
+        state.store.count_events().await.unwrap(),
         accepted,
         "every 202 is stored"
     );

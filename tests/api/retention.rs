@@ -35,11 +35,9 @@ flows:
     )
 }
 
-async fn count(app: &TestApp, table: &'static str) -> i64 {
-    app.state
-        .store
-        .read(move |c| Ok(c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?))
-        .await
+fn count(app: &TestApp, table: &str) -> i64 {
+    app.sqlite()
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
         .unwrap()
 }
 
@@ -96,14 +94,14 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
         .to_string();
     assert_eq!(app.post_json("/in/s", "{not json", &[]).await.status(), 400);
     wait_until("the rejection is logged", || async {
-        count(&app, "rejections").await == 1
+        count(&app, "rejections") == 1
     })
     .await;
     // The good run's http step and delivery, the bad delivery.
-    assert_eq!(count(&app, "attempts").await, 3);
+    assert_eq!(count(&app, "attempts"), 3);
     // The good run's transform made one body: its payload, its step's output and what its
     // delivery sent; the API shows it as the step's output.
-    assert_eq!(count(&app, "bodies").await, 1);
+    assert_eq!(count(&app, "bodies"), 1);
     let (_, run) = app.api_get(&format!("/api/v1/runs/{good_run}")).await;
     let transformed = serde_json::json!({"msg": "secret", "shouted": "SECRET"});
     assert_eq!(run["steps"][0]["output"], transformed, "{run:#}");
@@ -116,11 +114,7 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     app.clock.advance(2 * HOUR);
     let done = prune(&app).await;
     assert_eq!((done.payloads, done.events), (2, 0), "{done:?}");
-    assert_eq!(
-        count(&app, "bodies").await,
-        0,
-        "the transform's output went too"
-    );
+    assert_eq!(count(&app, "bodies"), 0, "the transform's output went too");
     let (status, event) = app.api_get(&format!("/api/v1/events/{good}")).await;
     assert_eq!(status, 200);
     assert_eq!(event["payload"], serde_json::Value::Null, "{event:#}");
@@ -213,8 +207,8 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     ] {
         assert_eq!(app.api_get(&path).await.0, 404, "{path}");
     }
-    assert_eq!(count(&app, "attempts").await, 1, "only the dead letter's");
-    assert_eq!(count(&app, "rejections").await, 0);
+    assert_eq!(count(&app, "attempts"), 1, "only the dead letter's");
+    assert_eq!(count(&app, "rejections"), 0);
     let (status, dead) = app
         .api_get(&format!("/api/v1/deliveries/{bad_delivery}"))
         .await;
@@ -245,7 +239,7 @@ async fn finished_work_goes_after_its_retention_pending_work_stays_and_dead_lett
     let done = prune(&app).await;
     assert_eq!((done.events, done.deliveries), (2, 2), "{done:?}");
     assert_eq!(app.api_get(&format!("/api/v1/events/{bad}")).await.0, 404);
-    assert_eq!(count(&app, "attempts").await, 0);
+    assert_eq!(count(&app, "attempts"), 0);
     assert_eq!(app.event_count().await, 1);
     let (_, pending) = app.api_get(&format!("/api/v1/runs/{slow_run}")).await;
     assert_eq!(pending["status"], "running");
@@ -257,7 +251,7 @@ async fn settled_file_size(app: &TestApp) -> u64 {
     let path = app.data_dir().join("ferry.db");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let space = app.state.store.read(ferry::store::space).await.unwrap();
+        let space = app.state.store.space().await.unwrap();
         let size = std::fs::metadata(&path).unwrap().len();
         if size == (space.pages * space.page_size) as u64 {
             return size;
@@ -292,7 +286,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b, c] }} ] }} ]
         }
         ok.wait_for(round * EVENTS_PER_ROUND * 3).await;
         wait_until("every delivery of the round is recorded", || async {
-            count(&app, "attempts").await == (EVENTS_PER_ROUND * 3) as i64
+            count(&app, "attempts") == (EVENTS_PER_ROUND * 3) as i64
         })
         .await;
         loaded.push(settled_file_size(&app).await);
@@ -323,7 +317,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b, c] }} ] }} ]
         prune(&app).await.vacuumed_pages > 0,
         "free pages were given back: {pruned:?}"
     );
-    let space = app.state.store.read(ferry::store::space).await.unwrap();
+    let space = app.state.store.space().await.unwrap();
     assert!(
         space.incremental,
         "a new data directory is auto_vacuum = INCREMENTAL"
@@ -435,43 +429,34 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [a, b] }} ] }} ]
     ok.wait_for(4).await;
     app.wait_run(&app.run_of(&new, "f").await, "completed")
         .await;
-    let (version, integrity, space) = app
-        .state
-        .store
-        .read(|c| {
-            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            let integrity: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-            Ok((version, integrity, ferry::store::space(c)?))
-        })
-        .await
+    let space = app.state.store.space().await.unwrap();
+    let c = app.sqlite();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let integrity: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!((version, integrity.as_str()), (4, "ok"));
     // Version 4 keeps bodies apart: the delivery's own body and the transformed payload of a
     // run's context each moved to `bodies`.
-    let (delivery_body, run_body, context) = app
-        .state
-        .store
-        .read(|c| {
-            let delivery: Vec<u8> = c.query_row(
-                "SELECT b.data FROM deliveries d JOIN bodies b ON b.id = d.body_id WHERE d.destination_id = 'b'",
-                [],
-                |r| r.get(0),
-            )?;
-            let (run, context): (Vec<u8>, String) = c.query_row(
-                "SELECT b.data, r.context FROM runs r JOIN bodies b ON b.id = r.payload_body WHERE r.id = 'run_transformed'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let null: (Vec<u8>, Option<String>) = c.query_row(
-                "SELECT b.data, r.context FROM runs r JOIN bodies b ON b.id = r.payload_body WHERE r.id = 'run_null'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            assert_eq!(null, (b"null".to_vec(), None));
-            Ok((delivery, run, context))
-        })
-        .await
-        .unwrap();
+    let delivery_body: Vec<u8> = c.query_row(
+        "SELECT b.data FROM deliveries d JOIN bodies b ON b.id = d.body_id WHERE d.destination_id = 'b'",
+        [],
+        |r| r.get(0),
+    ).unwrap();
+    let (run_body, context): (Vec<u8>, String) = c.query_row(
+        "SELECT b.data, r.context FROM runs r JOIN bodies b ON b.id = r.payload_body WHERE r.id = 'run_transformed'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ).unwrap();
+    let null: (Vec<u8>, Option<String>) = c.query_row(
+        "SELECT b.data, r.context FROM runs r JOIN bodies b ON b.id = r.payload_body WHERE r.id = 'run_null'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ).unwrap();
+    assert_eq!(null, (b"null".to_vec(), None));
+    drop(c);
     assert_eq!(delivery_body, br#"{"own":true}"#);
     assert_eq!(run_body, br#"{"t":1}"#);
     assert_eq!(context, r#"{"steps":{"x":{"a":1}}}"#);
@@ -527,26 +512,22 @@ flows:
             r#"{"order":7}"#
         ]
     );
-    let (payload_body, steps, deliveries) = app
-        .state
-        .store
-        .read(|c| {
-            let (payload_body, steps): (i64, String) =
-                c.query_row("SELECT payload_body, steps FROM runs", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            let mut stmt = c.prepare(
-                "SELECT destination_id, body_id FROM deliveries ORDER BY destination_id",
-            )?;
-            let deliveries: Vec<(String, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            Ok((payload_body, steps, deliveries))
+    let c = app.sqlite();
+    let (payload_body, steps): (i64, String) = c
+        .query_row("SELECT payload_body, steps FROM runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })
-        .await
         .unwrap();
+    let deliveries: Vec<(String, i64)> = c
+        .prepare("SELECT destination_id, body_id FROM deliveries ORDER BY destination_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(c);
     assert_eq!(
-        count(&app, "bodies").await,
+        count(&app, "bodies"),
         2,
         "the transformed payload and d's own body"
     );

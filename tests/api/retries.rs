@@ -74,9 +74,7 @@ async fn fails_twice_then_succeeds_with_growing_gaps() {
         ids.iter().all(|id| *id == ids[0]),
         "webhook-id is stable across retries"
     );
-    let d = app
-        .only_delivery(&app.state.store.read(|c| Ok(first_event(c))).await.unwrap())
-        .await;
+    let d = app.only_delivery(&first_event(&app.sqlite())).await;
     assert_eq!(d["status"], "succeeded");
     let outcomes: Vec<_> = d["attempts"]
         .as_array()

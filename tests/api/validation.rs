@@ -150,12 +150,7 @@ async fn every_refusal_has_its_status_and_stores_nothing() {
     assert_eq!(app.event_count().await, 0, "no refused input is stored");
     // The rejected log is written behind the answer: wait for it.
     wait_until("8 entries in the rejected log", || async {
-        app.state
-            .store
-            .read(ferry::store::count_rejections)
-            .await
-            .unwrap()
-            == 8
+        app.state.store.count_rejections().await.unwrap() == 8
     })
     .await;
     let (status, log) = app.api_get("/api/v1/rejections").await;
