@@ -10,6 +10,7 @@
 mod checkpointer;
 mod health;
 mod objects;
+pub mod postgres;
 mod prune;
 mod reads;
 mod runs;
@@ -59,6 +60,8 @@ pub enum StoreError {
     Unwritable(String),
     #[error("the data directory `{0}` is in use by another Ferry process")]
     InUse(String),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
 }
 
 /// Delivery states as stored.
