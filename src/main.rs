@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::Parser;
 use ferry::cli::{Cli, Command, apply, bench, deliveries, dlq, events, flow, replay, runs};
-use ferry::cli::{secrets, serve, tokens};
+use ferry::cli::{migrate, secrets, serve, tokens};
 use std::process::ExitCode;
 
 /// mimalloc: the request path allocates on tokio threads and frees on the store writer thread,
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => block_on(serve::demo(args)),
         Command::Validate(args) => block_on(serve::validate(args)),
         Command::ExprWorker(args) => serve::expr_worker(args).map_err(Into::into),
+        Command::Migrate(args) => block_on(migrate::run(args)),
         Command::Flow(c) => block_on(flow::run(c)),
         Command::Events(c) => block_on(events::run(c)),
         Command::Deliveries(c) => block_on(deliveries::run(c)),

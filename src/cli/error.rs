@@ -21,6 +21,13 @@ pub enum CliError {
         "PostgreSQL storage (--database-url) is not available yet; use the embedded store with --data DIR"
     )]
     NoPostgres,
+    #[error("the database URL (--database-url or FERRY_DATABASE_URL) is not valid UTF-8")]
+    DatabaseUrlNotUtf8,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The thread that opens the store ended without an answer (a bug if it happens).
+    #[error("the store could not be opened: {0}")]
+    StoreTask(String),
     /// The empty config `serve` runs without `--config` (a bug if it happens).
     #[error("{0}")]
     EmptyConfig(crate::config::ConfigErrors),

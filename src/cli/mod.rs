@@ -1,8 +1,9 @@
 //! The `ferry` command line: every command and option (clap), and what each command does.
 //! `main.rs` parses [`Cli`] and hands each [`Command`] to its file here: `serve.rs` (serve,
-//! demo, validate, the expression worker), `flow.rs` (flow test), the client commands
-//! (`events.rs`, `deliveries.rs`, `dlq.rs`, `replay.rs`, `runs.rs`, `tokens.rs`, `apply.rs`),
-//! `secrets.rs` (secrets rotate) and `bench.rs` (the bare handler `ferry bench` starts).
+//! demo, validate, the expression worker), `migrate.rs` (migrate), `flow.rs` (flow test), the
+//! client commands (`events.rs`, `deliveries.rs`, `dlq.rs`, `replay.rs`, `runs.rs`,
+//! `tokens.rs`, `apply.rs`), `secrets.rs` (secrets rotate) and `bench.rs` (the bare handler
+//! `ferry bench` starts).
 //! Client commands reach a running server through `client.rs` and print `table.rs`'s tables
 //! for people, or the API's JSON with `--json`. Every command fails with a [`CliError`].
 //! Nothing in the server uses this module (`apply` borrows the API client).
@@ -16,6 +17,7 @@ pub mod dlq;
 mod error;
 pub mod events;
 pub mod flow;
+pub mod migrate;
 pub mod replay;
 pub mod runs;
 pub mod secrets;
@@ -57,6 +59,9 @@ pub enum Command {
     Demo(serve::DemoArgs),
     /// Check a config file and report every error with its place.
     Validate(serve::ValidateArgs),
+    /// Bring the store's schema up to date (PostgreSQL with --database-url, else SQLite in
+    /// --data) and say which versions were applied.
+    Migrate(migrate::MigrateArgs),
     /// Work with flows.
     #[command(subcommand)]
     Flow(flow::FlowCommand),

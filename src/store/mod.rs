@@ -11,6 +11,7 @@
 mod checkpointer;
 mod health;
 mod objects;
+pub mod postgres;
 mod prune;
 mod queries;
 mod reads;
@@ -61,6 +62,8 @@ pub enum StoreError {
     Unwritable(String),
     #[error("the data directory `{0}` is in use by another Ferry process")]
     InUse(String),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
 }
 
 /// Delivery states as stored.

@@ -216,6 +216,12 @@ pub const WAL_RESTART_BYTES: u64 = 4 * 1024 * 1024;
 /// it ([`migrate`]); any other version is refused with a clear error.
 const SCHEMA_VERSION: i64 = 4;
 
+impl super::Store {
+    /// The version of the SQLite schema this Ferry writes: a store that opened is at it
+    /// (`ferry migrate --data` says so).
+    pub const SCHEMA_VERSION: i64 = SCHEMA_VERSION;
+}
+
 /// The oldest version [`migrate`] brings up to [`SCHEMA_VERSION`].
 const OLDEST_MIGRATED: i64 = 2;
 

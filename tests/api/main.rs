@@ -2,6 +2,7 @@
 //! its own SQLite directory and real HTTP receivers.
 
 mod helpers;
+mod postgres;
 mod tmpfs;
 
 mod alerts;
@@ -23,6 +24,7 @@ mod idempotency;
 mod layers;
 mod limits;
 mod many;
+mod migrate;
 mod openapi;
 mod overload;
 mod retention;
