@@ -411,6 +411,19 @@ pub struct Settled {
     pub error: Option<String>,
 }
 
+/// The error of a run whose deliveries to `dead` (destination ids) were dead-lettered.
+pub(crate) fn dead_deliveries_error(dead: &[String]) -> String {
+    format!(
+        "the deliver step failed: the deliver{} to {} {} dead-lettered",
+        if dead.len() == 1 { "y" } else { "ies" },
+        dead.iter()
+            .map(|d| format!("`{d}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if dead.len() == 1 { "was" } else { "were" }
+    )
+}
+
 /// A change of an alert rule's state (it fired, or resolved) with the notices it sent, for
 /// the rule's history.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]

@@ -823,15 +823,7 @@ fn settle_run(
         Vec::new()
     };
     if !dead.is_empty() {
-        let error = format!(
-            "the deliver step failed: the deliver{} to {} {} dead-lettered",
-            if dead.len() == 1 { "y" } else { "ies" },
-            dead.iter()
-                .map(|d| format!("`{d}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if dead.len() == 1 { "was" } else { "were" }
-        );
+        let error = dead_deliveries_error(&dead);
         tx.prepare_cached("UPDATE runs SET status = 'failed', failed_on = 'deliveries', error = ?2, updated_at = ?3 WHERE id = ?1")?
             .execute(params![run_id, error, now])?;
         return Ok(Some(settled("failed", Some(error))));

@@ -22,6 +22,7 @@ mod fuzz_corpus;
 mod hostile;
 mod idempotency;
 mod layers;
+mod leases;
 mod limits;
 mod many;
 mod migrate;

@@ -8,7 +8,10 @@
 //!
 //! Like the SQLite store, it knows nothing of HTTP, flows or scheduling.
 
+mod jobs;
 mod schema;
+
+pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
 
 pub use schema::{Applied, LATEST_VERSION, MIGRATIONS, Migrated, Migration};
 
@@ -124,6 +127,15 @@ impl PgStore {
     /// node had, or the schema was up to date) and the version the schema is at.
     pub fn migrated(&self) -> &Migrated {
         &self.migrated
+    }
+
+    /// A connection from the pool.
+    pub(super) async fn conn(&self) -> Result<deadpool_postgres::Object, super::StoreError> {
+        Ok(self
+            .pool
+            .get()
+            .await
+            .map_err(|e| PgError::Query(format!("no connection: {}", describe_pool_error(&e))))?)
     }
 
     /// Whether the database answers now, through the pool (what readiness reports).

@@ -33,11 +33,18 @@ pub struct Migrated {
 
 /// Every migration, by version from 1 up, without gaps. A new one is added at the end;
 /// one that has shipped is never changed.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "the whole schema",
-    sql: SCHEMA_1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "the whole schema",
+        sql: SCHEMA_1,
+    },
+    Migration {
+        version: 2,
+        name: "lease tokens",
+        sql: LEASE_TOKENS_2,
+    },
+];
 
 /// The version of the last migration: the one this binary brings a database to.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -348,6 +355,13 @@ CREATE TABLE ferry_nodes (
     started_at BIGINT,
     seen_at BIGINT
 );
+"#;
+
+/// Version 2: the sequence every claim takes its lease token from, so that a token is never
+/// given twice, whichever node claims.
+const LEASE_TOKENS_2: &str = r#"
+CREATE SEQUENCE ferry_lease_tokens AS BIGINT;
+CREATE INDEX delivery_jobs_lease ON delivery_jobs(lease_token) WHERE lease_token IS NOT NULL;
 "#;
 
 #[cfg(test)]

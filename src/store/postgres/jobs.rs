@@ -1,0 +1,382 @@
+//! Delivery jobs in cluster mode: the hot table `delivery_jobs` (one row per pending
+//! delivery), claimed in batches with `FOR UPDATE SKIP LOCKED` under a lease. A lease ends at
+//! a time on the database's clock and carries a fresh token; every later transition (renew,
+//! the attempt's outcome, hold, release) names the token and changes nothing once the lease
+//! was lost, so a worker that stalled past its lease cannot finish a job another node took
+//! since, nor retry or dead-letter it.
+
+use super::{PgError, PgStore};
+use crate::clock::Millis;
+use crate::store::{AttemptNext, DeliveryJob, NewAttempt, Settled, StoreError};
+
+/// The database's clock in milliseconds since the epoch: every node reads the same one, so
+/// leases hold whatever the nodes' clocks say.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The most jobs one claim takes.
+pub const MAX_CLAIM: usize = 10_000;
+
+/// The longest lease: a day (a longer one is a mistake, and would hold a dead node's jobs).
+pub const MAX_LEASE_MS: i64 = 24 * 3600 * 1000;
+
+/// A job this node holds: the job and its lease's token.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: DeliveryJob,
+    pub token: i64,
+}
+
+/// Who holds a job: the node, under which lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub node: String,
+    pub token: i64,
+}
+
+/// What became of an attempt's outcome.
+#[derive(Debug)]
+pub enum Fenced<T> {
+    /// Recorded, with the delivery's new state.
+    Recorded(T),
+    /// The lease was lost (it expired, and perhaps another node holds the job now): nothing
+    /// was written.
+    LeaseLost,
+}
+
+fn check_lease(lease_ms: i64) -> Result<(), StoreError> {
+    if (1..=MAX_LEASE_MS).contains(&lease_ms) {
+        Ok(())
+    } else {
+        Err(StoreError::Postgres(PgError::Query(format!(
+            "a lease of {lease_ms} ms: it must be 1 ms to {MAX_LEASE_MS} ms"
+        ))))
+    }
+}
+
+impl PgStore {
+    /// Claims up to `limit` delivery jobs due by `now` (Ferry's clock) whose destination is
+    /// one of `destinations` and on which nobody holds a live lease, soonest first, each with
+    /// a lease of `lease_ms` on the database's clock and a fresh token. Concurrent claims
+    /// (other nodes) skip the rows this one locks, so no job is taken twice.
+    pub async fn claim_deliveries(
+        &self,
+        node: &str,
+        now: Millis,
+        destinations: &[String],
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        check_lease(lease_ms)?;
+        let limit = limit.min(MAX_CLAIM) as i64;
+        if limit == 0 || destinations.is_empty() {
+            return Ok(Vec::new());
+        }
+        // MATERIALIZED: the locked rows are exactly those the LIMIT chose (inlined, the
+        // planner may lock more than it returns).
+        let sql = format!(
+            "WITH due AS MATERIALIZED (
+                 SELECT delivery_id FROM delivery_jobs
+                 WHERE due_at <= $1 AND destination_id = ANY($2)
+                   AND (lease_until IS NULL OR lease_until < {DB_NOW_MS})
+                 ORDER BY due_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE delivery_jobs j
+             SET lease_until = {DB_NOW_MS} + $4, lease_token = nextval('ferry_lease_tokens'), leased_by = $5
+             FROM due, deliveries d
+             WHERE j.delivery_id = due.delivery_id AND d.id = j.delivery_id
+             RETURNING j.delivery_id, d.event_id, d.run_id, j.destination_id, d.created_at,
+                       d.round_attempts, j.due_at, j.lease_token"
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(&sql, &[&now, &destinations, &limit, &lease_ms, &node])
+            .await
+            .map_err(PgError::from)?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    job: DeliveryJob {
+                        id: r.try_get(0)?,
+                        event_id: r.try_get(1)?,
+                        run_id: r.try_get(2)?,
+                        destination_id: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        round_attempts: u32::try_from(r.try_get::<_, i64>(5)?).unwrap_or(0),
+                        due_at: r.try_get(6)?,
+                        payload: None,
+                    },
+                    token: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(PgError::from)?;
+        claimed.sort_by_key(|c| c.job.due_at);
+        Ok(claimed)
+    }
+
+    /// Extends the leases `tokens` by `lease_ms` from now, those still held; answers the
+    /// tokens renewed. A token missing from the answer was lost: its attempt must stop, and
+    /// its outcome would be refused.
+    pub async fn renew_leases(
+        &self,
+        tokens: &[i64],
+        lease_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        check_lease(lease_ms)?;
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE delivery_jobs SET lease_until = {DB_NOW_MS} + $2
+             WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+             RETURNING lease_token"
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(&sql, &[&tokens, &lease_ms])
+            .await
+            .map_err(PgError::from)?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| PgError::from(e).into())
+    }
+
+    /// Gives the leases `tokens` back at once (a graceful stop; jobs claimed but not
+    /// started): the jobs are due again for every node, at their times. Answers how many.
+    pub async fn release_leases(&self, tokens: &[i64]) -> Result<u64, StoreError> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute(
+                "UPDATE delivery_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
+                 WHERE lease_token = ANY($1)",
+                &[&tokens],
+            )
+            .await
+            .map_err(PgError::from)?)
+    }
+
+    /// Puts a held job back to wait until `until` without spending an attempt (its
+    /// destination's circuit is open, or it is paused), giving its lease up.
+    pub async fn hold_delivery(
+        &self,
+        delivery_id: &str,
+        token: i64,
+        until: Millis,
+    ) -> Result<Fenced<()>, StoreError> {
+        let conn = self.conn().await?;
+        let changed = conn
+            .execute(
+                "UPDATE delivery_jobs SET due_at = $3, lease_until = NULL, lease_token = NULL, leased_by = NULL
+                 WHERE delivery_id = $1 AND lease_token = $2",
+                &[&delivery_id, &token, &until],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(if changed == 0 {
+            Fenced::LeaseLost
+        } else {
+            Fenced::Recorded(())
+        })
+    }
+
+    /// Records an attempt made under `lease`, with the delivery's new state, in one
+    /// transaction that first checks (and locks) the lease: when it no longer holds, nothing
+    /// is written and the answer is [`Fenced::LeaseLost`]. A success or a dead letter takes
+    /// the job out of the hot table; a retry leaves it there, due at its time and leased to
+    /// nobody. When the delivery was the last one its run waited for, the run is settled in
+    /// the same transaction (as on SQLite).
+    pub async fn record_leased_attempt(
+        &self,
+        a: &NewAttempt,
+        lease: &Lease,
+    ) -> Result<Fenced<Option<Settled>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PgError::from)?;
+        let held = format!(
+            "SELECT 1 FROM delivery_jobs
+             WHERE delivery_id = $1 AND lease_token = $2 AND lease_until >= {DB_NOW_MS}
+             FOR UPDATE"
+        );
+        let holds = tx
+            .query_opt(&held, &[&a.delivery_id, &lease.token])
+            .await
+            .map_err(PgError::from)?
+            .is_some();
+        if !holds {
+            tx.rollback().await.map_err(PgError::from)?;
+            return Ok(Fenced::LeaseLost);
+        }
+        let settled = record_attempt(&tx, a, lease).await?;
+        tx.commit().await.map_err(PgError::from)?;
+        Ok(Fenced::Recorded(settled))
+    }
+}
+
+/// The attempt, the delivery's state, the job's, and the run's when it settles.
+async fn record_attempt(
+    tx: &tokio_postgres::Transaction<'_>,
+    a: &NewAttempt,
+    lease: &Lease,
+) -> Result<Option<Settled>, StoreError> {
+    let (status, next_at) = match a.next {
+        AttemptNext::Succeeded => ("succeeded", None),
+        AttemptNext::RetryAt(at) => ("pending", Some(at)),
+        AttemptNext::Dead => ("dead", None),
+    };
+    let now = a.finished_at;
+    let attempt_no: Option<i64> = tx
+        .query_opt(
+            "UPDATE deliveries SET attempts = attempts + 1, round_attempts = round_attempts + 1, status = $2,
+             next_attempt_at = $3, updated_at = $4, last_error = $5 WHERE id = $1 RETURNING attempts",
+            &[&a.delivery_id, &status, &next_at, &now, &a.error],
+        )
+        .await
+        .map_err(PgError::from)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(PgError::from)?;
+    let Some(attempt_no) = attempt_no else {
+        return Err(StoreError::Corrupt(format!(
+            "no delivery {}",
+            a.delivery_id
+        )));
+    };
+    let status_code = a.status_code.map(i64::from);
+    tx.execute(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, response_headers,
+                               response_body, error, outcome, destination_id, node, lease_token)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &a.delivery_id,
+            &attempt_no,
+            &a.started_at,
+            &a.duration_ms,
+            &status_code,
+            &a.response_headers,
+            &a.response_body,
+            &a.error,
+            &a.outcome,
+            &a.destination_id,
+            &lease.node,
+            &lease.token,
+        ],
+    )
+    .await
+    .map_err(PgError::from)?;
+    match a.next {
+        AttemptNext::RetryAt(at) => {
+            tx.execute(
+                "UPDATE delivery_jobs SET due_at = $2, lease_until = NULL, lease_token = NULL, leased_by = NULL
+                 WHERE delivery_id = $1",
+                &[&a.delivery_id, &at],
+            )
+            .await
+            .map_err(PgError::from)?;
+            Ok(None)
+        }
+        AttemptNext::Succeeded | AttemptNext::Dead => {
+            tx.execute(
+                "DELETE FROM delivery_jobs WHERE delivery_id = $1",
+                &[&a.delivery_id],
+            )
+            .await
+            .map_err(PgError::from)?;
+            let dead = matches!(a.next, AttemptNext::Dead);
+            settle_run(tx, &a.run_id, &a.event_id, dead, now).await
+        }
+    }
+}
+
+/// After one of a waiting run's deliveries finished: when none is pending any more, the run
+/// fails (some were dead-lettered), completes, or is due to go on. The decrement locks the
+/// run's row, so two nodes finishing its last two deliveries at once settle it once.
+async fn settle_run(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: &str,
+    event_id: &str,
+    dead: bool,
+    now: Millis,
+) -> Result<Option<Settled>, StoreError> {
+    let counted = tx
+        .query_opt(
+            "UPDATE runs SET pending = pending - 1, dead = dead + $2 WHERE id = $1 AND status = 'waiting'
+             RETURNING pending, dead, resume_pc, flow_id",
+            &[&run_id, &i64::from(dead)],
+        )
+        .await
+        .map_err(PgError::from)?;
+    let Some(row) = counted else {
+        return Ok(None);
+    };
+    let read = |row: &tokio_postgres::Row| -> Result<(i64, i64, Option<i64>, String), tokio_postgres::Error> {
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?))
+    };
+    let (pending, dead_count, resume_pc, flow_id) = read(&row).map_err(PgError::from)?;
+    if pending > 0 {
+        return Ok(None);
+    }
+    let settled = |status, error| Settled {
+        run_id: run_id.to_string(),
+        flow_id: flow_id.clone(),
+        status,
+        error,
+    };
+    if dead_count > 0 {
+        let dead: Vec<String> = tx
+            .query(
+                "SELECT destination_id FROM deliveries WHERE event_id = $1 AND run_id = $2 AND status = 'dead'
+                 ORDER BY destination_id",
+                &[&event_id, &run_id],
+            )
+            .await
+            .map_err(PgError::from)?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(PgError::from)?;
+        if !dead.is_empty() {
+            let error = crate::store::dead_deliveries_error(&dead);
+            tx.execute(
+                "UPDATE runs SET status = 'failed', failed_on = 'deliveries', error = $2, updated_at = $3 WHERE id = $1",
+                &[&run_id, &error, &now],
+            )
+            .await
+            .map_err(PgError::from)?;
+            return Ok(Some(settled("failed", Some(error))));
+        }
+    }
+    match resume_pc {
+        None => {
+            tx.execute(
+                "UPDATE runs SET status = 'completed', updated_at = $2 WHERE id = $1",
+                &[&run_id, &now],
+            )
+            .await
+            .map_err(PgError::from)?;
+            Ok(Some(settled("completed", None)))
+        }
+        Some(pc) => {
+            tx.execute(
+                "UPDATE runs SET status = 'running', pc = $2, resume_pc = NULL, next_at = $3, step_attempts = 0, updated_at = $3 WHERE id = $1",
+                &[&run_id, &pc, &now],
+            )
+            .await
+            .map_err(PgError::from)?;
+            tx.execute(
+                "INSERT INTO run_jobs (run_id, due_at) VALUES ($1, $2)
+                 ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at",
+                &[&run_id, &now],
+            )
+            .await
+            .map_err(PgError::from)?;
+            Ok(Some(settled("running", None)))
+        }
+    }
+}
