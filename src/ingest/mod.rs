@@ -33,6 +33,9 @@ use fields::FieldError;
 use serde_json::json;
 use std::sync::Arc;
 
+/// The longest idempotency key taken, in bytes (Stripe's are at most 255 characters).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
+
 /// How much of a refused body the rejected log keeps.
 const REJECTED_BODY_LIMIT: usize = 64 * 1024;
 
@@ -328,6 +331,8 @@ impl Intake<'_> {
         ))
     }
 
+    /// The event's idempotency key: `None` without one; refused when it cannot be read or
+    /// is longer than [`MAX_IDEMPOTENCY_KEY_BYTES`].
     async fn idempotency_key(
         &self,
         source: &Source,
@@ -338,6 +343,19 @@ impl Intake<'_> {
         };
         match fields::read_field(&self.app.sandbox, field, self.headers, bytes).await {
             Err(busy) => Err(Refusal::shed(busy)),
+            // A key longer than any provider's is a mistake, and would not fit PostgreSQL's
+            // unique index on keys (about 2.7 KB per entry).
+            Ok(Ok(Some(key))) if key.len() > MAX_IDEMPOTENCY_KEY_BYTES => Err(Refusal::refused(
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_idempotency_key",
+                    format!(
+                        "the idempotency key is {} bytes long; at most {MAX_IDEMPOTENCY_KEY_BYTES} are taken",
+                        key.len()
+                    ),
+                ),
+                bytes,
+            )),
             // An empty key is no key: it must not make every later keyless event a duplicate.
             Ok(Ok(key)) => Ok(key.filter(|k| !k.is_empty())),
             Ok(Err(err)) => {

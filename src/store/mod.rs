@@ -241,6 +241,7 @@ pub enum ReplayOutcome {
     },
 }
 
+#[derive(Debug, PartialEq, Eq)]
 pub enum IngestOutcome {
     Accepted,
     /// The idempotency key was seen before: the first event's id. Nothing was written.

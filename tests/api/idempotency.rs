@@ -41,12 +41,36 @@ flows:
         .await;
     assert_eq!(other_again.status(), 200);
 
-    receiver.wait_for(2).await;
-    assert_eq!(app.event_count().await, 2);
+    // A key longer than 1024 bytes is refused, and says why; one of 1024 is taken.
+    let long = app
+        .post_json(
+            "/in/b",
+            &format!(r#"{{"type":"t","id":"{}"}}"#, "k".repeat(1025)),
+            &[],
+        )
+        .await;
+    assert_eq!(long.status(), 422);
+    let long: serde_json::Value = long.json().await.unwrap();
+    assert_eq!(long["error"], "invalid_idempotency_key");
+    assert!(
+        long["message"].as_str().unwrap().contains("at most 1024"),
+        "{long}"
+    );
+    let longest = app
+        .post_json(
+            "/in/b",
+            &format!(r#"{{"type":"t","id":"{}"}}"#, "k".repeat(1024)),
+            &[],
+        )
+        .await;
+    assert_eq!(longest.status(), 202);
+
+    receiver.wait_for(3).await;
+    assert_eq!(app.event_count().await, 3);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
         receiver.count(),
-        2,
+        3,
         "one delivery per distinct key, none for the repeats"
     );
 }

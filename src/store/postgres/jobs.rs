@@ -11,7 +11,7 @@ use crate::store::{AttemptNext, DeliveryJob, NewAttempt, Settled, StoreError};
 
 /// The database's clock in milliseconds since the epoch: every node reads the same one, so
 /// leases hold whatever the nodes' clocks say.
-const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+pub(super) const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// The most jobs one claim takes.
 pub const MAX_CLAIM: usize = 10_000;
@@ -43,7 +43,7 @@ pub enum Fenced<T> {
     LeaseLost,
 }
 
-fn check_lease(lease_ms: i64) -> Result<(), StoreError> {
+pub(super) fn check_lease(lease_ms: i64) -> Result<(), StoreError> {
     if (1..=MAX_LEASE_MS).contains(&lease_ms) {
         Ok(())
     } else {

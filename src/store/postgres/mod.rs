@@ -8,9 +8,11 @@
 //!
 //! Like the SQLite store, it knows nothing of HTTP, flows or scheduling.
 
+mod ingest;
 mod jobs;
 mod schema;
 
+pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
 
 pub use schema::{Applied, LATEST_VERSION, MIGRATIONS, Migrated, Migration};
