@@ -28,6 +28,7 @@ mod many;
 mod migrate;
 mod openapi;
 mod overload;
+mod pg_cluster;
 mod pg_ingest;
 mod retention;
 mod retries;

@@ -8,10 +8,12 @@
 //!
 //! Like the SQLite store, it knows nothing of HTTP, flows or scheduling.
 
+mod cluster;
 mod ingest;
 mod jobs;
 mod schema;
 
+pub use cluster::{Leadership, Node, NodeView};
 pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
 
@@ -92,6 +94,9 @@ impl Default for PgOptions {
 pub struct PgStore {
     pool: Pool,
     migrated: Migrated,
+    /// What the pool connects with, for the connections of its own that a listener or a
+    /// singleton's lock holds.
+    config: tokio_postgres::Config,
 }
 
 impl PgStore {
@@ -102,7 +107,7 @@ impl PgStore {
         let config = parse_url(url)?;
         let target = describe_target(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -122,7 +127,11 @@ impl PgStore {
         })?;
         let migrated = schema::migrate(&mut conn).await?;
         drop(conn);
-        Ok(PgStore { pool, migrated })
+        Ok(PgStore {
+            pool,
+            migrated,
+            config,
+        })
     }
 
     /// What [`PgStore::connect`]'s migration did: the versions it applied (none when another

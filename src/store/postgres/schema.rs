@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lease tokens",
         sql: LEASE_TOKENS_2,
     },
+    Migration {
+        version: 3,
+        name: "node numbers",
+        sql: NODE_NUMBERS_3,
+    },
 ];
 
 /// The version of the last migration: the one this binary brings a database to.
@@ -362,6 +367,14 @@ CREATE TABLE ferry_nodes (
 const LEASE_TOKENS_2: &str = r#"
 CREATE SEQUENCE ferry_lease_tokens AS BIGINT;
 CREATE INDEX delivery_jobs_lease ON delivery_jobs(lease_token) WHERE lease_token IS NOT NULL;
+"#;
+
+/// Version 3: each start of a node takes a number, which prefixes the ids of the bodies it
+/// makes (they are handed out in memory before the write that stores them, so two nodes must
+/// never draw from one range).
+const NODE_NUMBERS_3: &str = r#"
+CREATE SEQUENCE ferry_node_numbers AS BIGINT MINVALUE 1;
+ALTER TABLE ferry_nodes ADD COLUMN number BIGINT;
 "#;
 
 #[cfg(test)]
