@@ -372,3 +372,49 @@ async fn hostile_claims_get_clear_errors_and_the_store_answers_afterwards() {
         .unwrap();
     assert_eq!(all.len(), 3, "the store answers normally afterwards");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_due_are_claimed_by_one_node_and_taken_over_when_its_lease_ends() {
+    let schema = TestSchema::create().await;
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    let db = schema.client().await;
+    db.execute(
+        "INSERT INTO run_jobs (run_id, due_at) SELECT 'run_' || i, i FROM generate_series(1, 40) i",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (mine, theirs) = tokio::join!(
+        a.claim_runs("a", 100, 30, 300),
+        b.claim_runs("b", 100, 30, LEASE_MS)
+    );
+    let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
+    assert_eq!(mine.len() + theirs.len(), 40, "every due run claimed");
+    let mut ids: Vec<&String> = mine.iter().chain(theirs.iter()).map(|c| &c.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "none twice");
+    assert!(a.claim_runs("a", 4, 10, LEASE_MS).await.unwrap().is_empty());
+    // a's leases run out (it renews none); b takes its runs over, with their times.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = b.claim_runs("b", 100, 100, LEASE_MS).await.unwrap();
+    assert_eq!(taken.len(), mine.len());
+    assert!(taken.windows(2).all(|w| w[0].1 <= w[1].1), "soonest first");
+    // One renewal and one release cover delivery and run leases alike.
+    let tokens: Vec<i64> = taken.iter().map(|c| c.2).collect();
+    assert_eq!(
+        b.renew_leases(&tokens, LEASE_MS).await.unwrap().len(),
+        tokens.len()
+    );
+    assert_eq!(
+        b.release_leases(&tokens).await.unwrap(),
+        tokens.len() as u64
+    );
+    assert_eq!(
+        a.claim_runs("a", 100, 100, LEASE_MS).await.unwrap().len(),
+        tokens.len()
+    );
+    for lease in [0, i64::MAX] {
+        assert!(a.claim_runs("a", 0, 1, lease).await.is_err());
+    }
+}

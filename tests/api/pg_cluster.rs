@@ -37,7 +37,11 @@ async fn every_start_of_a_node_gets_a_number_of_its_own() {
     );
     // Hostile ids: a NUL is refused by PostgreSQL, a huge or empty one by Ferry, clearly.
     assert!(a.join("a\0b", 1).await.is_err());
-    let e = a.join(&"n".repeat(1 << 20), 1).await.unwrap_err().to_string();
+    let e = a
+        .join(&"n".repeat(1 << 20), 1)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("node id of 1048576 bytes"), "{e}");
     assert!(a.join("", 1).await.is_err());
     assert!(

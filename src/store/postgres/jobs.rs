@@ -117,8 +117,8 @@ impl PgStore {
         Ok(claimed)
     }
 
-    /// Extends the leases `tokens` by `lease_ms` from now, those still held; answers the
-    /// tokens renewed. A token missing from the answer was lost: its attempt must stop, and
+    /// Extends the leases `tokens` (of delivery and run jobs) by `lease_ms` from now, those
+    /// still held; answers the tokens renewed. A token missing from the answer was lost: its attempt must stop, and
     /// its outcome would be refused.
     pub async fn renew_leases(
         &self,
@@ -129,10 +129,18 @@ impl PgStore {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
+        // One statement for both kinds of job: tokens come from one sequence.
         let sql = format!(
-            "UPDATE delivery_jobs SET lease_until = {DB_NOW_MS} + $2
-             WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
-             RETURNING lease_token"
+            "WITH d AS (
+                 UPDATE delivery_jobs SET lease_until = {DB_NOW_MS} + $2
+                 WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+                 RETURNING lease_token
+             ), r AS (
+                 UPDATE run_jobs SET lease_until = {DB_NOW_MS} + $2
+                 WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+                 RETURNING lease_token
+             )
+             SELECT lease_token FROM d UNION ALL SELECT lease_token FROM r"
         );
         let conn = self.conn().await?;
         let rows = conn
@@ -145,8 +153,9 @@ impl PgStore {
             .map_err(|e| PgError::from(e).into())
     }
 
-    /// Gives the leases `tokens` back at once (a graceful stop; jobs claimed but not
-    /// started): the jobs are due again for every node, at their times. Answers how many.
+    /// Gives the leases `tokens` (of delivery and run jobs) back at once (a graceful stop;
+    /// jobs claimed but not started): the jobs are due again for every node, at their times.
+    /// Answers how many.
     pub async fn release_leases(&self, tokens: &[i64]) -> Result<u64, StoreError> {
         if tokens.is_empty() {
             return Ok(0);
@@ -154,12 +163,60 @@ impl PgStore {
         let conn = self.conn().await?;
         Ok(conn
             .execute(
-                "UPDATE delivery_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
-                 WHERE lease_token = ANY($1)",
+                "WITH d AS (
+                     UPDATE delivery_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
+                     WHERE lease_token = ANY($1) RETURNING 1
+                 ), r AS (
+                     UPDATE run_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
+                     WHERE lease_token = ANY($1) RETURNING 1
+                 )
+                 SELECT 1 FROM d UNION ALL SELECT 1 FROM r",
                 &[&tokens],
             )
             .await
             .map_err(PgError::from)?)
+    }
+
+    /// Claims up to `limit` runs due by `now` (Ferry's clock) for the run worker, on which
+    /// nobody holds a live lease, soonest first: (run id, due time, lease token) of each, with
+    /// a lease of `lease_ms` on the database's clock.
+    pub async fn claim_runs(
+        &self,
+        node: &str,
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<(String, Millis, i64)>, StoreError> {
+        check_lease(lease_ms)?;
+        let limit = limit.min(MAX_CLAIM) as i64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "WITH due AS MATERIALIZED (
+                 SELECT run_id FROM run_jobs
+                 WHERE due_at <= $1 AND (lease_until IS NULL OR lease_until < {DB_NOW_MS})
+                 ORDER BY due_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE run_jobs j
+             SET lease_until = {DB_NOW_MS} + $3, lease_token = nextval('ferry_lease_tokens'), leased_by = $4
+             FROM due WHERE j.run_id = due.run_id
+             RETURNING j.run_id, j.due_at, j.lease_token"
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(&sql, &[&now, &limit, &lease_ms, &node])
+            .await
+            .map_err(PgError::from)?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, Millis, i64)>, tokio_postgres::Error>>()
+            .map_err(PgError::from)?;
+        claimed.sort_by_key(|c| c.1);
+        Ok(claimed)
     }
 
     /// Puts a held job back to wait until `until` without spending an attempt (its
