@@ -15,6 +15,65 @@ async fn start_ferry(
     serve_config(config, data, std::process::Stdio::inherit()).await
 }
 
+/// Senders posting numbered events to `/in/s` until stopped, keeping the numbers
+/// acknowledged with a 2xx.
+struct Load {
+    acked: Arc<Mutex<HashSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str, senders: usize) -> Load {
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let next = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders = (0..senders)
+            .map(|_| {
+                let (acked, next, stop) = (acked.clone(), next.clone(), stop.clone());
+                let base = base.to_string();
+                tokio::spawn(async move {
+                    let client = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let sent = client
+                            .post(format!("{base}/in/s"))
+                            .header("content-type", "application/json")
+                            .body(format!(r#"{{"type":"t","n":{n}}}"#))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status().is_success() => {
+                                acked.lock().unwrap().insert(n);
+                            }
+                            Ok(_) => {}
+                            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            stop,
+            senders,
+        }
+    }
+
+    fn acked(&self) -> HashSet<u64> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stops the senders; the numbers acknowledged.
+    async fn stop(mut self) -> HashSet<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in std::mem::take(&mut self.senders) {
+            s.await.unwrap();
+        }
+        self.acked()
+    }
+}
+
 /// Event numbers seen by a receiver, with how often each arrived.
 fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
     let mut seen = HashMap::new();
@@ -57,44 +116,15 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
     let data = dir.path().join("data");
     let (mut child, base) = start_ferry(&config, &data).await;
 
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for _ in 0..8 {
-        let (acked, next, stop, base) = (acked.clone(), next.clone(), stop.clone(), base.clone());
-        senders.push(tokio::spawn(async move {
-            let client = client();
-            while !stop.load(Ordering::Relaxed) {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let sent = client
-                    .post(format!("{base}/in/s"))
-                    .header("content-type", "application/json")
-                    .body(format!(r#"{{"type":"t","n":{n}}}"#))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status().is_success() => {
-                        acked.lock().unwrap().insert(n);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        }));
-    }
+    let load = Load::start(&base, 8);
     wait_until("300 events acknowledged", || async {
-        acked.lock().unwrap().len() >= 300
+        load.acked().len() >= 300
     })
     .await;
     child.kill().await.unwrap(); // SIGKILL
-    let acked_before_kill = acked.lock().unwrap().len();
+    let acked_before_kill = load.acked().len();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.unwrap();
-    }
-    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    let acked = load.stop().await;
     assert!(acked.len() >= acked_before_kill);
     let delivered_before_restart = quick.count();
 
@@ -155,34 +185,9 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] 
     let data = dir.path().join("data");
     let (mut child, base) = start_ferry(&config, &data).await;
 
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for _ in 0..4 {
-        let (acked, next, stop, base) = (acked.clone(), next.clone(), stop.clone(), base.clone());
-        senders.push(tokio::spawn(async move {
-            let client = client();
-            while !stop.load(Ordering::Relaxed) {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let sent = client
-                    .post(format!("{base}/in/s"))
-                    .header("content-type", "application/json")
-                    .body(format!(r#"{{"type":"t","n":{n}}}"#))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status().is_success() => {
-                        acked.lock().unwrap().insert(n);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        }));
-    }
+    let load = Load::start(&base, 4);
     wait_until("200 events acknowledged", || async {
-        acked.lock().unwrap().len() >= 200
+        load.acked().len() >= 200
     })
     .await;
     wait_until("attempts in flight at the slow receiver", || async {
@@ -200,11 +205,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] 
         .expect("ferry stops within its grace")
         .unwrap();
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.unwrap();
-    }
-    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    let acked = load.stop().await;
     let slow_before_restart = slow.count();
     assert!(
         slow_before_restart < acked.len(),
