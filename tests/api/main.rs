@@ -29,6 +29,7 @@ mod migrate;
 mod openapi;
 mod overload;
 mod pg_ingest;
+mod pg_writes;
 mod retention;
 mod retries;
 mod secrets;

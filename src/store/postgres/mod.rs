@@ -11,6 +11,7 @@
 mod ingest;
 mod jobs;
 mod schema;
+mod writes;
 
 pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
