@@ -28,7 +28,7 @@ pub struct PruneCutoffs {
 }
 
 /// How far past now an event's arrival time may be and still count as now: beyond it, the
-/// clock was ahead when the event came (see `prune_in_savepoint`).
+/// clock was ahead when the event came (see [`too_young`]).
 const FUTURE_SLACK: Millis = 60_000;
 
 /// Which events one batch examines.
@@ -66,7 +66,7 @@ pub struct PruneReport {
 
 /// What becomes of one event.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+pub(super) enum Verdict {
     Remove,
     DropBodies,
     /// Its bodies may go later (pending, or active too recently).
@@ -106,13 +106,9 @@ fn prune_in_savepoint(
             bodies_only,
         } => {
             let events = events_after(tx, *seq, *max)?;
-            // Arrival order is time order, so the scan ends at the first event received after
-            // the cutoff; except an event stamped in the future (received while the clock ran
-            // ahead, then corrected), which is passed over: it must not hold back every event
-            // behind it until the clock catches up.
-            let young = events.iter().position(|e| {
-                e.received_at >= *received_before && e.received_at <= cutoffs.now + FUTURE_SLACK
-            });
+            let young = events
+                .iter()
+                .position(|e| too_young(e.received_at, *received_before, cutoffs));
             report.reached_end = young.is_some() || events.len() < *max;
             let events = match young {
                 Some(n) => events.into_iter().take(n).collect(),
@@ -145,6 +141,19 @@ fn prune_in_savepoint(
         }
     }
     Ok(report)
+}
+
+/// Whether a scan for events received before `received_before` ends at an event received at
+/// `received_at`. Arrival order is time order, so the scan ends at the first event received
+/// after the cutoff; except an event stamped in the future (received while the clock ran
+/// ahead, then corrected), which is passed over: it must not hold back every event behind it
+/// until the clock catches up.
+pub(super) fn too_young(
+    received_at: Millis,
+    received_before: Millis,
+    cutoffs: &PruneCutoffs,
+) -> bool {
+    received_at >= received_before && received_at <= cutoffs.now.saturating_add(FUTURE_SLACK)
 }
 
 fn examined(r: &rusqlite::Row<'_>) -> rusqlite::Result<Examined> {
@@ -198,24 +207,51 @@ fn verdict(
         dead |= status == "dead";
         last = last.max(r.get(1)?);
     }
-    if pending {
-        return Ok(Verdict::WaitForBodies);
+    Ok(judge(
+        Activity {
+            pending,
+            dead,
+            last,
+        },
+        event.bodies_gone,
+        cutoffs,
+    ))
+}
+
+/// An event's state as retention sees it, from its runs and deliveries.
+pub(super) struct Activity {
+    /// A run running or waiting, or a delivery pending.
+    pub pending: bool,
+    /// A run failed, or a delivery dead.
+    pub dead: bool,
+    /// The latest `updated_at` of its runs and deliveries, or its arrival.
+    pub last: Millis,
+}
+
+/// What becomes of an event in `activity`, whose bodies are gone already or not.
+pub(super) fn judge(activity: Activity, bodies_gone: bool, cutoffs: &PruneCutoffs) -> Verdict {
+    if activity.pending {
+        return Verdict::WaitForBodies;
     }
-    let remove_before = if dead { cutoffs.dead } else { cutoffs.finished };
-    if last < remove_before {
-        return Ok(Verdict::Remove);
+    let remove_before = if activity.dead {
+        cutoffs.dead
+    } else {
+        cutoffs.finished
+    };
+    if activity.last < remove_before {
+        return Verdict::Remove;
     }
-    Ok(match cutoffs.payloads {
-        Some(_) if event.bodies_gone => Verdict::Keep,
-        Some(before) if last < before => Verdict::DropBodies,
+    match cutoffs.payloads {
+        Some(_) if bodies_gone => Verdict::Keep,
+        Some(before) if activity.last < before => Verdict::DropBodies,
         Some(_) => Verdict::WaitForBodies,
         None => Verdict::Keep,
-    })
+    }
 }
 
 /// The range of `attempts.delivery_id` that holds the http step attempts of a run
 /// (`<run id>/<step index>`): `/` sorts just before `0`.
-fn step_attempts_range(run_id: &str) -> (String, String) {
+pub(super) fn step_attempts_range(run_id: &str) -> (String, String) {
     (format!("{run_id}/"), format!("{run_id}0"))
 }
 
@@ -303,7 +339,7 @@ fn drop_bodies(tx: &Connection, event_id: &str, now: Millis) -> Result<(), Store
 /// Step records without what they carried of the data: `output` (or the body that holds it)
 /// and `request`. Records that
 /// do not parse (they always do) become an empty list rather than keep data past its time.
-fn steps_without_bodies(steps: &str) -> String {
+pub(super) fn steps_without_bodies(steps: &str) -> String {
     let Ok(mut records) = serde_json::from_str::<Vec<serde_json::Value>>(steps) else {
         return "[]".into();
     };

@@ -12,6 +12,7 @@ mod cluster;
 mod ingest;
 mod jobs;
 mod schema;
+mod writes;
 
 pub use cluster::{Leadership, Node, NodeView};
 pub use ingest::{Ingest, Ingested};
