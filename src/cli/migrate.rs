@@ -33,7 +33,10 @@ async fn migrate_postgres(url: OsString) -> Result<(), CliError> {
         .into_string()
         .map_err(|_| CliError::DatabaseUrlNotUtf8)?;
     // One connection: the migration is one transaction.
-    let options = PgOptions { pool_size: 1 };
+    let options = PgOptions {
+        pool_size: 1,
+        ..PgOptions::default()
+    };
     let store = PgStore::connect(&url, options).await?;
     let migrated = store.migrated();
     if migrated.applied.is_empty() {

@@ -47,9 +47,15 @@ async fn pending_jobs(schema: &TestSchema, n: usize) {
 }
 
 async fn node(schema: &TestSchema) -> PgStore {
-    PgStore::connect(&schema.url, PgOptions { pool_size: 4 })
-        .await
-        .unwrap()
+    PgStore::connect(
+        &schema.url,
+        PgOptions {
+            pool_size: 4,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 fn both() -> Vec<String> {

@@ -334,9 +334,15 @@ fn sqlite_schema() -> (BTreeMap<String, Columns>, Vec<String>) {
 async fn the_postgresql_schema_mirrors_every_sqlite_table_column_and_index() {
     let (sqlite_tables, sqlite_indexes) = sqlite_schema();
     let schema = TestSchema::create().await;
-    PgStore::connect(&schema.url, PgOptions { pool_size: 1 })
-        .await
-        .unwrap();
+    PgStore::connect(
+        &schema.url,
+        PgOptions {
+            pool_size: 1,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let client = schema.client().await;
     let mut pg: BTreeMap<String, Columns> = BTreeMap::new();
     for row in client

@@ -7,9 +7,15 @@ use ferry::store::postgres::{PgOptions, PgStore};
 use std::time::Duration;
 
 async fn node(schema: &TestSchema) -> PgStore {
-    PgStore::connect(&schema.url, PgOptions { pool_size: 2 })
-        .await
-        .unwrap()
+    PgStore::connect(
+        &schema.url,
+        PgOptions {
+            pool_size: 2,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

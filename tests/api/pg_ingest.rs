@@ -63,9 +63,15 @@ fn with_run(id: &str, key: Option<&str>, body_id: i64) -> Ingest {
 }
 
 async fn node(schema: &TestSchema) -> PgStore {
-    PgStore::connect(&schema.url, PgOptions { pool_size: 4 })
-        .await
-        .unwrap()
+    PgStore::connect(
+        &schema.url,
+        PgOptions {
+            pool_size: 4,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 async fn count(schema: &TestSchema, sql: &str) -> i64 {

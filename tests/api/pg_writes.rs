@@ -74,9 +74,15 @@ impl Both {
 
     async fn with(options: StoreOptions) -> Both {
         let schema = TestSchema::create().await;
-        let pg = PgStore::connect(&schema.url, PgOptions { pool_size: 4 })
-            .await
-            .unwrap();
+        let pg = PgStore::connect(
+            &schema.url,
+            PgOptions {
+                pool_size: 4,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Store::open(dir.path(), options, Default::default()).unwrap();
         Both {
@@ -89,9 +95,15 @@ impl Both {
 
     /// Another node on the same PostgreSQL schema.
     async fn other_node(&self) -> PgStore {
-        PgStore::connect(&self.schema.url, PgOptions { pool_size: 4 })
-            .await
-            .unwrap()
+        PgStore::connect(
+            &self.schema.url,
+            PgOptions {
+                pool_size: 4,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .unwrap()
     }
 
     fn sqlite_rows(&self, sql: &str) -> Rows {

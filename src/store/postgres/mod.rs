@@ -82,11 +82,16 @@ impl From<tokio_postgres::Error> for PgError {
 pub struct PgOptions {
     /// The most connections the pool opens.
     pub pool_size: usize,
+    /// Entries the rejected log keeps (`settings.rejected_log_size`).
+    pub rejected_log_size: usize,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { pool_size: 16 }
+        PgOptions {
+            pool_size: 16,
+            rejected_log_size: crate::config::DEFAULT_REJECTED_LOG_SIZE,
+        }
     }
 }
 
@@ -98,6 +103,9 @@ pub struct PgStore {
     /// What the pool connects with, for the connections of its own that a listener or a
     /// singleton's lock holds.
     config: tokio_postgres::Config,
+    rejected_log_size: usize,
+    /// Places for rejected-log writes under way (`writes::MAX_REJECTIONS_WRITING`).
+    rejections_writing: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PgStore {
@@ -132,6 +140,10 @@ impl PgStore {
             pool,
             migrated,
             config,
+            rejected_log_size: options.rejected_log_size,
+            rejections_writing: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                writes::MAX_REJECTIONS_WRITING,
+            )),
         })
     }
 

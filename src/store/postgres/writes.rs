@@ -25,14 +25,12 @@
 
 use super::{PgError, PgStore};
 use crate::clock::Millis;
-use crate::config::DEFAULT_REJECTED_LOG_SIZE;
 use crate::store::prune::{self, Activity, Verdict};
 use crate::store::{
     ALERT_HISTORY_KEPT, AlertChange, AlertState, Body, ConfigChange, DeliveryJob, NewDelivery,
     NewRun, NewStepAttempt, NewToken, Pause, PruneCutoffs, PruneReport, PruneScope, Rejection,
     ReplayOutcome, Resealed, RunReplay, RunSave, StoreError,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_postgres::Transaction;
 
 /// A driver's error as the store's.
@@ -63,31 +61,10 @@ async fn finish<T>(
     }
 }
 
-/// Rejected-log writes under way in this process. Past [`MAX_REJECTIONS_WRITING`] a rejection
-/// is dropped, as the SQLite store drops one when its write queue is full: a flood of refused
+/// The most rejected-log writes under way at once for one store. Past it a rejection is
+/// dropped, as the SQLite store drops one when its write queue is full: a flood of refused
 /// requests must not pile up writes (and the bodies they hold) behind a slow database.
-static REJECTIONS_WRITING: AtomicUsize = AtomicUsize::new(0);
-const MAX_REJECTIONS_WRITING: usize = 64;
-
-/// One of [`REJECTIONS_WRITING`]'s places, given back when dropped.
-struct RejectionSlot;
-
-impl RejectionSlot {
-    fn take() -> Option<RejectionSlot> {
-        let before = REJECTIONS_WRITING.fetch_add(1, Ordering::AcqRel);
-        if before >= MAX_REJECTIONS_WRITING {
-            REJECTIONS_WRITING.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(RejectionSlot)
-    }
-}
-
-impl Drop for RejectionSlot {
-    fn drop(&mut self) {
-        REJECTIONS_WRITING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub(super) const MAX_REJECTIONS_WRITING: usize = 64;
 
 impl PgStore {
     /// Saves a run's new state after a step, with the deliveries it created and the http
@@ -204,7 +181,7 @@ impl PgStore {
         finish(tx, result).await
     }
 
-    /// Adds to the rejected log, keeping its last [`DEFAULT_REJECTED_LOG_SIZE`] entries. Best
+    /// Adds to the rejected log, keeping its last `rejected_log_size` entries. Best
     /// effort, and the caller does not wait: written by a task of its own, and dropped (with a
     /// warning) outside a Tokio runtime, when [`MAX_REJECTIONS_WRITING`] are being written, or
     /// when the write fails. [`PgStore::add_rejection`] is the write itself.
@@ -213,7 +190,7 @@ impl PgStore {
             tracing::warn!("rejected log entry dropped: no runtime to write it on");
             return;
         };
-        let Some(slot) = RejectionSlot::take() else {
+        let Ok(slot) = self.rejections_writing.clone().try_acquire_owned() else {
             tracing::warn!(
                 "rejected log entry dropped: {MAX_REJECTIONS_WRITING} are being written already"
             );
@@ -223,7 +200,7 @@ impl PgStore {
         runtime.spawn(async move {
             let _slot = slot;
             if let Err(e) = store
-                .add_rejection(&rejection, DEFAULT_REJECTED_LOG_SIZE)
+                .add_rejection(&rejection, store.rejected_log_size)
                 .await
             {
                 tracing::warn!(error = %e, "rejected log entry dropped");
@@ -1100,15 +1077,5 @@ mod tests {
         for status in ["waiting", "completed", "failed", "filtered"] {
             assert_eq!(run_job_due(status, Some(7), 3), None, "{status}");
         }
-    }
-
-    #[test]
-    fn rejection_slots_stop_at_the_limit_and_come_back_when_dropped() {
-        let slots: Vec<_> = std::iter::from_fn(RejectionSlot::take)
-            .take(MAX_REJECTIONS_WRITING + 1)
-            .collect();
-        assert!(slots.len() <= MAX_REJECTIONS_WRITING);
-        drop(slots);
-        assert!(RejectionSlot::take().is_some());
     }
 }
