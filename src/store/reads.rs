@@ -443,14 +443,15 @@ pub(super) fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM rejections", [], |r| r.get(0))?)
 }
 
-/// The first `limit` pending deliveries in due order, for the deliverer to take over.
+/// The first `limit` pending deliveries in due order (a tie by id, as the index keeps them),
+/// for the deliverer to take over.
 pub(super) fn pending_jobs(
     conn: &Connection,
     limit: usize,
 ) -> Result<Vec<DeliveryJob>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_id, destination_id, round_attempts, next_attempt_at, run_id, created_at FROM deliveries
-         WHERE status = 'pending' ORDER BY next_attempt_at LIMIT ?1",
+         WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![limit as i64], |r| {
         Ok(DeliveryJob {

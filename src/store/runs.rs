@@ -84,10 +84,11 @@ pub(super) fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, Sto
     Ok(Some(row))
 }
 
-/// Runs the run worker has to act on, soonest first: `(id, due at)`.
+/// Runs the run worker has to act on, soonest first (a tie by id, as the index keeps them):
+/// `(id, due at)`.
 pub(super) fn due_runs(conn: &Connection) -> Result<Vec<(String, Millis)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, COALESCE(next_at, 0) FROM runs WHERE status = 'running' ORDER BY next_at",
+        "SELECT id, COALESCE(next_at, 0) FROM runs WHERE status = 'running' ORDER BY next_at, id",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
