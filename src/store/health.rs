@@ -76,6 +76,7 @@ pub(super) fn alert_history(
 
 /// Pending deliveries by destination (by destination id), with the earliest due time among
 /// those already due.
+#[derive(Debug)]
 pub struct Backlog {
     pub destination_id: String,
     pub pending: i64,
