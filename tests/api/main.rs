@@ -27,6 +27,7 @@ mod many;
 mod migrate;
 mod openapi;
 mod overload;
+mod pg_reads;
 mod retention;
 mod retries;
 mod secrets;

@@ -8,6 +8,8 @@
 //!
 //! Like the SQLite store, it knows nothing of HTTP, flows or scheduling.
 
+mod reads;
+mod rows;
 mod schema;
 
 pub use schema::{Applied, LATEST_VERSION, MIGRATIONS, Migrated, Migration};
