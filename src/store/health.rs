@@ -13,9 +13,10 @@ pub struct Pause {
     pub since: Millis,
 }
 
+/// The paused destinations, by id.
 pub(super) fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Pause)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT destination_id, paused_by, reason, since FROM paused_destinations",
+        "SELECT destination_id, paused_by, reason, since FROM paused_destinations ORDER BY destination_id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -30,9 +31,10 @@ pub(super) fn paused_destinations(conn: &Connection) -> Result<Vec<(String, Paus
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Every alert rule's state, by rule id.
 pub(super) fn alert_states(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT alert_id, firing, since, message, subject, last_notice_at, notified FROM alert_states",
+        "SELECT alert_id, firing, since, message, subject, last_notice_at, notified FROM alert_states ORDER BY alert_id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(AlertState {
@@ -72,7 +74,9 @@ pub(super) fn alert_history(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Pending deliveries by destination, with the earliest due time among those already due.
+/// Pending deliveries by destination (by destination id), with the earliest due time among
+/// those already due.
+#[derive(Debug)]
 pub struct Backlog {
     pub destination_id: String,
     pub pending: i64,
@@ -82,7 +86,7 @@ pub struct Backlog {
 pub(super) fn backlog(conn: &Connection, now: Millis) -> Result<Vec<Backlog>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT destination_id, COUNT(*), MIN(CASE WHEN next_attempt_at <= ?1 THEN next_attempt_at END)
-         FROM deliveries WHERE status = 'pending' GROUP BY destination_id",
+         FROM deliveries WHERE status = 'pending' GROUP BY destination_id ORDER BY destination_id",
     )?;
     let rows = stmt.query_map(params![now], |r| {
         Ok(Backlog {
@@ -94,10 +98,10 @@ pub(super) fn backlog(conn: &Connection, now: Millis) -> Result<Vec<Backlog>, St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Dead deliveries by destination.
+/// Dead deliveries by destination, by destination id.
 pub(super) fn dead_by_destination(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT destination_id, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY destination_id",
+        "SELECT destination_id, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY destination_id ORDER BY destination_id",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -177,7 +181,8 @@ pub(super) fn attempt_counts(
         .query_row(params![destination_id, since], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
-/// Ingest-to-delivery times (ms) of a destination's deliveries that succeeded since `since`.
+/// Ingest-to-delivery times (ms) of a destination's deliveries that succeeded since `since`,
+/// in the order of their attempts.
 pub(super) fn delivery_latencies(
     conn: &Connection,
     destination_id: &str,
@@ -185,7 +190,7 @@ pub(super) fn delivery_latencies(
 ) -> Result<Vec<i64>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.started_at + a.duration_ms - d.created_at FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-         WHERE a.destination_id = ?1 AND a.started_at >= ?2 AND a.outcome = 'succeeded'",
+         WHERE a.destination_id = ?1 AND a.started_at >= ?2 AND a.outcome = 'succeeded' ORDER BY a.started_at, a.id",
     )?;
     let rows = stmt.query_map(params![destination_id, since], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -202,12 +207,13 @@ pub(super) fn dead_count(
         .query_row(params![destination_id], |r| r.get(0))?)
 }
 
-/// The latest event time of each source that has any.
+/// The latest event time of each source that has any, by source.
 pub(super) fn last_event_per_source(
     conn: &Connection,
 ) -> Result<Vec<(String, Millis)>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT source, MAX(received_at) FROM events GROUP BY source")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT source, MAX(received_at) FROM events GROUP BY source ORDER BY source",
+    )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -26,7 +26,8 @@ impl Store {
 
     // What the deliverer and the run worker load.
 
-    /// The first `limit` pending deliveries in due order, for the deliverer to take over.
+    /// The first `limit` pending deliveries in due order (a tie by id), for the deliverer to take
+    /// over.
     pub async fn pending_jobs(&self, limit: usize) -> Result<Vec<DeliveryJob>, StoreError> {
         self.read(move |c| reads::pending_jobs(c, limit)).await
     }
@@ -47,12 +48,12 @@ impl Store {
         self.read(move |c| reads::delivery_payload(c, &id)).await
     }
 
-    /// The paused destinations with why and since when.
+    /// The paused destinations with why and since when, by destination id.
     pub async fn paused_destinations(&self) -> Result<Vec<(String, Pause)>, StoreError> {
         self.read(health::paused_destinations).await
     }
 
-    /// Runs the run worker has to act on, soonest first: `(id, due at)`.
+    /// Runs the run worker has to act on, soonest first (a tie by id): `(id, due at)`.
     pub async fn due_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         self.read(runs::due_runs).await
     }
@@ -294,7 +295,7 @@ impl Store {
 
     // Health: what metrics, alert rules and the console's health views read.
 
-    /// The pending deliveries of each destination, and the oldest due one.
+    /// The pending deliveries of each destination, and the oldest due one, by destination id.
     pub async fn backlog(&self, now: Millis) -> Result<Vec<Backlog>, StoreError> {
         self.read(move |c| health::backlog(c, now)).await
     }
@@ -402,7 +403,8 @@ impl Store {
         .await
     }
 
-    /// Ingest-to-delivery times (ms) of a destination's deliveries that succeeded since `since`.
+    /// Ingest-to-delivery times (ms) of a destination's deliveries that succeeded since `since`,
+    /// in the order of their attempts.
     pub async fn delivery_latencies(
         &self,
         destination_id: &str,
@@ -420,12 +422,12 @@ impl Store {
             .await
     }
 
-    /// The latest event time of each source that has any.
+    /// The latest event time of each source that has any, by source.
     pub async fn last_event_per_source(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         self.read(health::last_event_per_source).await
     }
 
-    /// Every alert rule's stored state.
+    /// Every alert rule's stored state, by rule id.
     pub async fn alert_states(&self) -> Result<Vec<AlertState>, StoreError> {
         self.read(health::alert_states).await
     }

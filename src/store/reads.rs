@@ -32,7 +32,7 @@ pub struct RunView {
     pub deliveries: Vec<DeliveryView>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: String,
     pub event_id: String,
@@ -50,7 +50,7 @@ pub struct DeliveryView {
     pub attempts: Option<Vec<AttemptView>>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i64,
     pub started_at: String,
@@ -76,12 +76,14 @@ pub struct RejectionView {
     pub body: String,
 }
 
-fn json_or_string(text: String) -> serde_json::Value {
+/// Stored JSON text as a value, or the text itself when it does not parse.
+pub(in crate::store) fn json_or_string(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
-/// A delivery's columns; the last says whether its event's payload expired.
-const DELIVERY_COLUMNS: &str = "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error,
+/// A delivery's columns; the last says whether its event's payload expired. The same SQL
+/// on both backends.
+pub(in crate::store) const DELIVERY_COLUMNS: &str = "id, event_id, run_id, destination_id, status, attempts, next_attempt_at, created_at, updated_at, last_error,
     (SELECT e.payload_expired_at IS NOT NULL FROM events e WHERE e.id = deliveries.event_id)";
 
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryView, String)> {
@@ -106,7 +108,11 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryView, String
     ))
 }
 
-fn finish_delivery((mut d, status): (DeliveryView, String)) -> Result<DeliveryView, StoreError> {
+/// A delivery read with its stored status: the status parsed (an unknown one is corrupt
+/// data), and no next attempt unless it is pending.
+pub(in crate::store) fn finish_delivery(
+    (mut d, status): (DeliveryView, String),
+) -> Result<DeliveryView, StoreError> {
     d.status = DeliveryStatus::parse(&status)?;
     if d.status != DeliveryStatus::Pending {
         d.next_attempt_at = None;
@@ -166,6 +172,7 @@ pub(super) fn delivery(conn: &Connection, id: &str) -> Result<Option<DeliveryVie
 /// What a replay of a whole event needs of it: source, type, arrival, kept headers (JSON
 /// text) and the raw payload; `None` when there is no such event. The payload is `None` once
 /// it expired.
+#[derive(Debug)]
 pub struct StoredEvent {
     pub source: String,
     pub event_type: String,
@@ -280,16 +287,21 @@ pub(super) fn event(conn: &Connection, id: &str) -> Result<Option<EventView>, St
         idempotency_key,
         received_at: rfc3339(received_at),
         headers: json_or_string(headers),
-        payload: if payload_expired {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&payload).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
-            })
-        },
+        payload: payload_value(&payload, payload_expired),
         payload_expired,
         runs,
     }))
+}
+
+/// An event's payload as its view shows it: the JSON, or the text (lossy UTF-8) when it is
+/// not JSON; `null` once it expired.
+pub(in crate::store) fn payload_value(payload: &[u8], expired: bool) -> serde_json::Value {
+    if expired {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
+    })
 }
 
 /// An event as lists show it (no payload).
@@ -443,14 +455,15 @@ pub(super) fn count_rejections(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM rejections", [], |r| r.get(0))?)
 }
 
-/// The first `limit` pending deliveries in due order, for the deliverer to take over.
+/// The first `limit` pending deliveries in due order (a tie by id, as the index keeps them),
+/// for the deliverer to take over.
 pub(super) fn pending_jobs(
     conn: &Connection,
     limit: usize,
 ) -> Result<Vec<DeliveryJob>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_id, destination_id, round_attempts, next_attempt_at, run_id, created_at FROM deliveries
-         WHERE status = 'pending' ORDER BY next_attempt_at LIMIT ?1",
+         WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![limit as i64], |r| {
         Ok(DeliveryJob {
@@ -487,7 +500,8 @@ pub(super) fn delivery_payload(
     }
 }
 
-fn missing_body(delivery_id: &str) -> StoreError {
+/// A delivery names a body that is not there: never the event's payload in its place.
+pub(in crate::store) fn missing_body(delivery_id: &str) -> StoreError {
     StoreError::Corrupt(format!(
         "delivery {delivery_id} names a body that is not in the store"
     ))

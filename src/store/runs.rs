@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 /// A run with its event, as the run worker needs it to go on.
+#[derive(Debug)]
 pub struct RunRow {
     pub id: String,
     pub event_id: String,
@@ -84,10 +85,11 @@ pub(super) fn run_row(conn: &Connection, id: &str) -> Result<Option<RunRow>, Sto
     Ok(Some(row))
 }
 
-/// Runs the run worker has to act on, soonest first: `(id, due at)`.
+/// Runs the run worker has to act on, soonest first (a tie by id, as the index keeps them):
+/// `(id, due at)`.
 pub(super) fn due_runs(conn: &Connection) -> Result<Vec<(String, Millis)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, COALESCE(next_at, 0) FROM runs WHERE status = 'running' ORDER BY next_at",
+        "SELECT id, COALESCE(next_at, 0) FROM runs WHERE status = 'running' ORDER BY next_at, id",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -120,8 +122,9 @@ pub struct RunDetail {
     pub steps: Vec<serde_json::Value>,
 }
 
-/// A run's columns; the last says whether its event's payload expired.
-const SUMMARY_COLUMNS: &str =
+/// A run's columns; the last says whether its event's payload expired. The same SQL on both
+/// backends.
+pub(in crate::store) const SUMMARY_COLUMNS: &str =
     "id, event_id, flow_id, flow_version, status, pc, error, created_at, updated_at,
     (SELECT e.payload_expired_at IS NOT NULL FROM events e WHERE e.id = runs.event_id)";
 
@@ -158,11 +161,73 @@ pub(super) fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail
             "SELECT r.steps, CASE WHEN r.status = 'running' THEN r.next_at END, e.payload FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?1",
         )?
         .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let records: Vec<serde_json::Value> = serde_json::from_str(&steps)
+    let shown = shown_steps(id, &steps, &payload, &mut OnConnection(conn))?;
+    Ok(Some(RunDetail {
+        summary,
+        next_at: next_at.map(rfc3339),
+        steps: shown,
+    }))
+}
+
+/// What showing a run's step records reads besides the records: the bodies its transforms
+/// made, its `http` steps' attempts and its `deliver` steps' deliveries. Each backend answers
+/// them its own way; [`shown_steps`] decides what is shown, the same for both.
+pub(in crate::store) trait StepReads {
+    /// A stored body as JSON; `null` when it is gone (its payload expired).
+    fn body(&mut self, id: i64) -> Result<serde_json::Value, StoreError>;
+    /// The attempts of an http step (`<run id>/<step index>`), oldest first.
+    fn attempts(&mut self, job_id: &str) -> Result<Vec<AttemptView>, StoreError>;
+    /// A delivery without its attempts, if there is one.
+    fn delivery(&mut self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
+}
+
+/// The step reads of [`StepReads`] on a SQLite connection.
+struct OnConnection<'a>(&'a Connection);
+
+impl StepReads for OnConnection<'_> {
+    fn body(&mut self, id: i64) -> Result<serde_json::Value, StoreError> {
+        let data: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT data FROM bodies WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        Ok(body_value(data.as_deref()))
+    }
+
+    fn attempts(&mut self, job_id: &str) -> Result<Vec<AttemptView>, StoreError> {
+        attempts_of(self.0, job_id)
+    }
+
+    fn delivery(&mut self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        Ok(delivery(self.0, id)?.map(|mut view| {
+            view.attempts = None;
+            view
+        }))
+    }
+}
+
+/// A stored body's data as JSON; `null` when it is gone (its payload expired) or does not
+/// parse.
+pub(in crate::store) fn body_value(data: Option<&[u8]>) -> serde_json::Value {
+    data.and_then(|d| serde_json::from_slice(d).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A run's step records (`steps`, the stored JSON array) as the API shows them: each with
+/// its input (the event's `payload`, or the output of the last transform before it), a
+/// transform's output read from its body, an `http` step's attempts and a `deliver` step's
+/// deliveries; times as RFC 3339. Asks `reads` for what it needs, in the records' order.
+pub(in crate::store) fn shown_steps(
+    id: &str,
+    steps: &str,
+    payload: &[u8],
+    reads: &mut impl StepReads,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let records: Vec<serde_json::Value> = serde_json::from_str(steps)
         .map_err(|e| StoreError::Corrupt(format!("run {id}: step records: {e}")))?;
     // An expired payload is empty, which reads as `null` like any other that does not parse.
     let mut input: serde_json::Value =
-        serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+        serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
     let mut shown = Vec::with_capacity(records.len());
     for mut record in records {
         let Some(obj) = record.as_object_mut() else {
@@ -170,7 +235,7 @@ pub(super) fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail
         };
         obj.insert("input".into(), input.clone());
         if let Some(body_id) = obj.remove("output_body").and_then(|v| v.as_i64()) {
-            obj.insert("output".into(), body_json(conn, body_id)?);
+            obj.insert("output".into(), reads.body(body_id)?);
         }
         if let Some(ms) = obj.get("started_at").and_then(|v| v.as_i64()) {
             obj.insert("started_at".into(), rfc3339(ms).into());
@@ -193,7 +258,7 @@ pub(super) fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail
         }
         if kind == "http" {
             let index = obj.get("index").and_then(|v| v.as_u64()).unwrap_or(0);
-            let attempts = attempts_of(conn, &format!("{id}/{index}"))?;
+            let attempts = reads.attempts(&format!("{id}/{index}"))?;
             obj.insert(
                 "attempts".into(),
                 serde_json::to_value(attempts).unwrap_or_default(),
@@ -209,8 +274,7 @@ pub(super) fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail
                 .flatten()
                 .filter_map(|v| v.as_str())
             {
-                if let Some(mut view) = delivery(conn, d)? {
-                    view.attempts = None;
+                if let Some(view) = reads.delivery(d)? {
                     views.push(serde_json::to_value(view).unwrap_or_default());
                 }
             }
@@ -218,22 +282,7 @@ pub(super) fn run_detail(conn: &Connection, id: &str) -> Result<Option<RunDetail
         }
         shown.push(record);
     }
-    Ok(Some(RunDetail {
-        summary,
-        next_at: next_at.map(rfc3339),
-        steps: shown,
-    }))
-}
-
-/// A stored body as JSON; `null` when it is gone (its payload expired).
-fn body_json(conn: &Connection, id: i64) -> Result<serde_json::Value, StoreError> {
-    let data: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT data FROM bodies WHERE id = ?1")?
-        .query_row(params![id], |r| r.get(0))
-        .optional()?;
-    Ok(data
-        .and_then(|d| serde_json::from_slice(&d).ok())
-        .unwrap_or(serde_json::Value::Null))
+    Ok(shown)
 }
 
 /// Which failed runs a bulk replay takes.

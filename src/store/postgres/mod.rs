@@ -11,6 +11,8 @@
 mod cluster;
 mod ingest;
 mod jobs;
+mod reads;
+mod rows;
 mod schema;
 mod writes;
 
