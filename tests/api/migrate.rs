@@ -125,7 +125,7 @@ async fn a_schema_newer_than_this_ferry_knows_is_refused() {
         .unwrap();
     assert_eq!(store.migrated().version, LATEST_VERSION);
     assert_eq!(store.migrated().applied.len(), LATEST_VERSION as usize);
-    store.check().await.unwrap();
+    store.ping().await.unwrap();
 
     let future = LATEST_VERSION + 1;
     schema

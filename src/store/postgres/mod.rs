@@ -163,16 +163,6 @@ impl PgStore {
             .await
             .map_err(|e| PgError::Query(format!("no connection: {}", describe_pool_error(&e))))?)
     }
-
-    /// Whether the database answers now, through the pool (what readiness reports).
-    pub async fn check(&self) -> Result<(), super::StoreError> {
-        let conn =
-            self.pool.get().await.map_err(|e| {
-                PgError::Query(format!("no connection: {}", describe_pool_error(&e)))
-            })?;
-        conn.simple_query("SELECT 1").await.map_err(PgError::from)?;
-        Ok(())
-    }
 }
 
 /// The URL, parsed and checked: not too long, no `@` left in the host (an unencoded `@` in

@@ -127,16 +127,9 @@ fn above(cursor: &str) -> &str {
 }
 
 impl PgStore {
-    /// A connection from the pool.
-    async fn connection(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| {
-            PgError::Query(format!("no connection: {}", super::describe_pool_error(&e))).into()
-        })
-    }
-
     /// Answers when a connection can run a query (`/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_one(&conn, "SELECT 1", &[]).await?;
         Ok(())
     }
@@ -151,7 +144,7 @@ impl PgStore {
              WHERE status = 'pending' AND next_attempt_at IS NULL ORDER BY id LIMIT $1";
         const DATED: &str = "SELECT id, event_id, destination_id, round_attempts, next_attempt_at, run_id, created_at FROM deliveries
              WHERE status = 'pending' AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at, id LIMIT $1";
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let mut jobs = query_map(&tx, UNDATED, &[&row_limit(limit)], rows::job).await?;
         let left = limit.saturating_sub(jobs.len());
@@ -170,7 +163,7 @@ impl PgStore {
         if !storable(delivery_id) {
             return Ok(None);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let found = query_opt(
             &conn,
             "SELECT (CASE WHEN d.body_id IS NULL THEN octet_length(e.payload)
@@ -194,7 +187,7 @@ impl PgStore {
         if !storable(delivery_id) {
             return Ok(None);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let found = query_opt(
             &conn,
             "SELECT CASE WHEN d.body_id IS NULL THEN e.payload ELSE (SELECT b.data FROM bodies b WHERE b.id = d.body_id) END
@@ -211,7 +204,7 @@ impl PgStore {
 
     /// The paused destinations with why and since when, by destination id.
     pub async fn paused_destinations(&self) -> Result<Vec<(String, Pause)>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT destination_id, paused_by, reason, since FROM paused_destinations ORDER BY destination_id",
@@ -223,7 +216,7 @@ impl PgStore {
 
     /// Runs the run worker has to act on, soonest first (a tie by id): `(id, due at)`.
     pub async fn due_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT id, COALESCE(next_at, 0) FROM runs WHERE status = 'running' ORDER BY next_at NULLS FIRST, id",
@@ -238,7 +231,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let found = query_opt(
             &conn,
             "SELECT r.id, r.event_id, e.event_type, e.source, e.received_at, e.headers, e.payload, r.flow_id, r.flow_version,
@@ -296,7 +289,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let event = event_in(&tx, id).await?;
         tx.commit().await.map_err(pg)?;
@@ -312,7 +305,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         // The event's deliveries come with their attempts already: SQLite reads each again
         // (on its connection, outside a transaction); on one snapshot that is the same view.
@@ -334,7 +327,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let found = query_opt(
             &conn,
             "SELECT source, event_type, received_at, headers, CASE WHEN payload_expired_at IS NULL THEN payload END,
@@ -360,7 +353,7 @@ impl PgStore {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EventSummary>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         Ok(events_page(&conn, filter, before, limit, false)
             .await?
             .into_iter()
@@ -375,7 +368,7 @@ impl PgStore {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(EventSummary, Vec<u8>)>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         events_page(&conn, filter, before, limit, true).await
     }
 
@@ -384,7 +377,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let found = query_opt(
             &tx,
@@ -417,7 +410,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let before = before.map(below);
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             &format!(
@@ -443,7 +436,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let detail = run_detail_in(&tx, id).await?;
         tx.commit().await.map_err(pg)?;
@@ -455,7 +448,7 @@ impl PgStore {
         if !storable(id) {
             return Ok(None);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         run_summary_in(&conn, id).await
     }
 
@@ -475,7 +468,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let before = before.map(below);
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             &format!(
@@ -507,7 +500,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let after = after.map(above);
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             &format!(
@@ -541,7 +534,7 @@ impl PgStore {
         // SQLite compares `substr(id, 5) < substr(?1, 5)`: the cursor's part, taken here as
         // SQLite's `substr` takes it, from the text before its first NUL.
         let key: Option<String> = before.map(|b| above(b).chars().skip(4).collect());
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let keys = query_map(
             &tx,
@@ -591,7 +584,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let after = after.map(above);
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT id FROM deliveries WHERE status = 'dead'
@@ -624,7 +617,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let before = before.map(below);
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             &format!(
@@ -654,7 +647,7 @@ impl PgStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<RejectionView>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             &format!(
@@ -680,7 +673,7 @@ impl PgStore {
             source: Some(source.to_string()),
             ..Default::default()
         };
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let events = events_page(&tx, &filter, None, limit, false).await?;
         let rejections = query_map(
@@ -700,7 +693,7 @@ impl PgStore {
 
     /// Every object made through the API.
     pub async fn api_objects(&self) -> Result<Vec<StoredObject>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT kind, id, spec, created_at, updated_at FROM config_objects ORDER BY kind, id",
@@ -718,7 +711,7 @@ impl PgStore {
         if !storable(event_type) {
             return Ok(Vec::new());
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT version, created_at, schema FROM schema_versions WHERE event_type = $1 ORDER BY version",
@@ -733,7 +726,7 @@ impl PgStore {
         if !storable(destination_id) {
             return Ok(0);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let row = query_one(
             &conn,
             "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND destination_id = $1",
@@ -748,7 +741,7 @@ impl PgStore {
         if !storable(flow_id) {
             return Ok(0);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let row = query_one(
             &conn,
             "SELECT COUNT(*) FROM runs WHERE status IN ('running', 'waiting') AND flow_id = $1",
@@ -760,7 +753,7 @@ impl PgStore {
 
     /// The live tokens, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenView>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT id, name, scope, created_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY id",
@@ -772,7 +765,7 @@ impl PgStore {
 
     /// The scope of the live token whose SHA-256 is `hash`.
     pub async fn token_scope(&self, hash: &[u8]) -> Result<Option<String>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let found = query_opt(
             &conn,
             "SELECT scope FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
@@ -786,7 +779,7 @@ impl PgStore {
 
     /// The pending deliveries of each destination, and the oldest due one, by destination id.
     pub async fn backlog(&self, now: Millis) -> Result<Vec<Backlog>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         backlog_in(&conn, now).await
     }
 
@@ -796,7 +789,7 @@ impl PgStore {
         &self,
         now: Millis,
     ) -> Result<(Vec<Backlog>, Vec<(String, i64)>, i64), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let backlog = backlog_in(&tx, now).await?;
         let dead = dead_by_destination_in(&tx).await?;
@@ -816,7 +809,7 @@ impl PgStore {
         &self,
         now: Millis,
     ) -> Result<(i64, Vec<Backlog>, Vec<(String, i64)>, Vec<AlertState>), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let rejected = count_in(&tx, "SELECT COUNT(*) FROM rejections").await?;
         let backlog = backlog_in(&tx, now).await?;
@@ -835,7 +828,7 @@ impl PgStore {
         per_destination: usize,
         now: Millis,
     ) -> Result<(Vec<Backlog>, Vec<(String, i64)>, Vec<Vec<RecentAttempt>>), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let mut recent = Vec::with_capacity(destination_ids.len());
         for id in &destination_ids {
@@ -853,7 +846,7 @@ impl PgStore {
         destination_id: &str,
         n: usize,
     ) -> Result<Vec<RecentAttempt>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         recent_attempts_in(&conn, destination_id, n).await
     }
 
@@ -866,7 +859,7 @@ impl PgStore {
         if !storable(destination_id) {
             return Ok(Vec::new());
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT outcome, error, started_at FROM attempts WHERE destination_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2",
@@ -882,7 +875,7 @@ impl PgStore {
         destination_id: &str,
         since: Millis,
     ) -> Result<(i64, i64), StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         attempt_counts_in(&conn, destination_id, since).await
     }
 
@@ -893,7 +886,7 @@ impl PgStore {
         destination_ids: Vec<String>,
         since: Millis,
     ) -> Result<HashMap<String, (i64, i64)>, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let mut counts = HashMap::with_capacity(destination_ids.len());
         for id in destination_ids {
@@ -914,7 +907,7 @@ impl PgStore {
         if !storable(destination_id) {
             return Ok(Vec::new());
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT a.started_at + a.duration_ms - d.created_at FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
@@ -930,7 +923,7 @@ impl PgStore {
         if destination_id.is_some_and(|d| !storable(d)) {
             return Ok(0);
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let row = query_one(
             &conn,
             "SELECT COUNT(*) FROM deliveries WHERE status = 'dead' AND ($1::text IS NULL OR destination_id = $1)",
@@ -942,7 +935,7 @@ impl PgStore {
 
     /// The latest event time of each source that has any, by source.
     pub async fn last_event_per_source(&self) -> Result<Vec<(String, Millis)>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT source, MAX(received_at) FROM events GROUP BY source ORDER BY source",
@@ -954,7 +947,7 @@ impl PgStore {
 
     /// Every alert rule's stored state, by rule id.
     pub async fn alert_states(&self) -> Result<Vec<AlertState>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         alert_states_in(&conn).await
     }
 
@@ -965,7 +958,7 @@ impl PgStore {
         alert_ids: Vec<String>,
         changes: usize,
     ) -> Result<(Vec<AlertState>, Vec<Vec<AlertChange>>), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = snapshot(&mut conn).await?;
         let mut histories = Vec::with_capacity(alert_ids.len());
         for id in &alert_ids {
@@ -997,7 +990,7 @@ impl PgStore {
     /// gives it back only through `VACUUM FULL`, which retention does not run: `free_pages`
     /// is 0 and `incremental` false, so retention never asks to give pages back.
     pub async fn space(&self) -> Result<Space, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let row = query_one(
             &conn,
             "SELECT current_setting('block_size')::bigint,
@@ -1017,7 +1010,7 @@ impl PgStore {
 
     /// When the oldest event kept arrived, if there is one.
     pub async fn oldest_event(&self) -> Result<Option<Millis>, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         let found = query_opt(
             &conn,
             "SELECT received_at FROM events ORDER BY seq LIMIT 1",
@@ -1031,13 +1024,13 @@ impl PgStore {
 
     /// The events stored.
     pub async fn count_events(&self) -> Result<i64, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         count_in(&conn, "SELECT COUNT(*) FROM events").await
     }
 
     /// The entries of the rejected log.
     pub async fn count_rejections(&self) -> Result<i64, StoreError> {
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         count_in(&conn, "SELECT COUNT(*) FROM rejections").await
     }
 
@@ -1046,7 +1039,7 @@ impl PgStore {
         if !storable(delivery_id) {
             return Ok(Vec::new());
         }
-        let conn = self.connection().await?;
+        let conn = self.conn().await?;
         query_map(
             &conn,
             "SELECT started_at FROM attempts WHERE delivery_id = $1 ORDER BY id",
