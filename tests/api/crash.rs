@@ -238,3 +238,81 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] 
     }
     child.kill().await.unwrap();
 }
+
+/// A stop signal sent to the whole process group (a terminal's Ctrl-C, systemd's default
+/// `KillMode`) while a run's `http` step is in flight: the expression workers, in the same
+/// group, must outlive it, so the step finishes, its answer is committed and the run goes on
+/// after the restart without sending the step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sent_to_the_process_group_lets_a_run_step_finish() {
+    let api = Receiver::start_with(Reply {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_millis(1500),
+    })
+    .await;
+    let quick = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true, shutdown_grace: 10s }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: quick, kind: http, url: "{}" }} ]
+flows:
+  - id: f
+    on: {{ source: s }}
+    steps:
+      - name: create
+        http: {{ method: POST, url: "{}", body: '{{n: .n}}' }}
+      - transform: '{{got: $steps.create.body.received, n: .n}}'
+      - deliver: quick
+"#,
+            quick.url, api.url
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("FERRY_API_TOKEN", TOKEN)
+        .env("FERRY_LOG", "error")
+        .process_group(0);
+    let (mut child, base) = spawn_announced(command, std::process::Stdio::inherit()).await;
+    let sent = client()
+        .post(format!("{base}/in/s"))
+        .header("content-type", "application/json")
+        .body(r#"{"type":"t","n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    api.wait_for(1).await;
+    let group = format!("-{}", child.id().expect("ferry is running"));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", "--", &group])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("ferry stops within its grace")
+        .unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+
+    let (mut child, _) = start_ferry(&config, &data).await;
+    quick.wait_for(1).await;
+    let delivered: serde_json::Value = serde_json::from_slice(&quick.requests()[0].body).unwrap();
+    assert_eq!(delivered, serde_json::json!({"got": true, "n": 1}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.count(), 1, "the step's answer was committed: it is not sent again");
+    assert_eq!(quick.count(), 1);
+    child.kill().await.unwrap();
+}

@@ -30,6 +30,7 @@ pub struct WorkerLimits {
 /// Runs the worker until its input closes. Returns an error only when it cannot start.
 pub fn main(limits: WorkerLimits) -> Result<(), String> {
     set_limit(libc::RLIMIT_CORE, 0).map_err(|e| format!("cannot turn off core dumps: {e}"))?;
+    ignore_stop_signals();
     let serve = std::thread::Builder::new()
         .name("ferry-expr".into())
         .stack_size(STACK_SIZE)
@@ -238,6 +239,20 @@ fn mapped_bytes() -> Result<u64, String> {
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Ok(pages.saturating_mul(page.max(4096) as u64))
+}
+
+/// A terminal's Ctrl-C and a supervisor's `SIGTERM` reach the whole process group (or
+/// cgroup), the workers with the server: the server's graceful stop still needs them for the
+/// run steps it lets finish. A worker ends when its input closes, which the server's exit
+/// (however it ends) does, or by `SIGKILL`.
+fn ignore_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; the
+        // worker has no other threads yet.
+        unsafe {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
 }
 
 fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
