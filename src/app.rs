@@ -240,19 +240,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let limits = state.config.get().settings.connections.clone();
+    let (deliverer, grace) = (
+        state.deliverer.clone(),
+        state.config.get().settings.shutdown_grace,
+    );
+    // At the signal, as the listener stops: no attempt or run step starts any more, and the
+    // grace for those in flight counts from now, while the requests in progress are answered.
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let drain = tokio::spawn(async move {
+        let _ = on_signal.await;
+        deliverer.stop(grace).await
+    });
     // Open live tails would hold the stop up: they end as it begins.
     let tail = state.tail.clone();
     let shutdown = async move {
         shutdown.await;
         tail.close();
+        let _ = signalled.send(());
     };
-    let (deliverer, grace) = (
-        state.deliverer.clone(),
-        state.config.get().settings.shutdown_grace,
-    );
     crate::server::serve(listener, router(state), limits, shutdown).await;
-    // Every request is answered: let the attempts and run steps in flight finish and commit.
-    let left = deliverer.stop(grace).await;
+    let left = drain.await.unwrap_or(0);
     crate::telemetry::events::stopped(left, grace);
     Ok(())
 }

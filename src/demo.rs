@@ -172,13 +172,14 @@ fn demo_config(
     )
 }
 
-/// Runs the demo until Ctrl-C. `api_token` is the API's token when the caller has one (from
+/// Runs the demo until `stop` resolves (the CLI's: Ctrl-C or `SIGTERM`). `api_token` is the API's token when the caller has one (from
 /// `FERRY_API_TOKEN`): it is used and never printed; without one the demo's token is
 /// `demo-token`, printed in the examples.
 pub async fn run(
     listen: SocketAddr,
     data: Option<PathBuf>,
     api_token: Option<String>,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
     let fulfillment = start_receiver("fulfillment", 0).await?;
     let crm = start_receiver("crm", 3).await?;
@@ -237,10 +238,7 @@ Stop with Ctrl-C.
 "#,
         data = data.display()
     );
-    crate::app::serve(listener, state, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    crate::app::serve(listener, state, stop).await?;
     Ok(())
 }
 

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 pub enum CliError {
     #[error(transparent)]
     Client(#[from] super::ClientError),
+    #[error("cannot listen for stop signals (SIGINT, SIGTERM): {0}")]
+    Signals(std::io::Error),
     #[error(transparent)]
     Apply(#[from] super::apply_plan::ApplyError),
     /// The config file's errors were printed before.

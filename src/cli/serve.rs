@@ -104,28 +104,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         data = %data.display(),
         "ferry is serving; the API token is {token_note}"
     );
-    // The first signal stops gracefully; a second one, during the grace, stops at once, as a
-    // crash would (nothing committed is lost; what was in flight is attempted again).
-    let (first, first_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!(target: LOG_TARGET, "stopping: no new work starts; the work in flight gets `settings.shutdown_grace` to finish");
-        let _ = first.send(());
-        shutdown_signal().await;
-        tracing::warn!(target: LOG_TARGET, "a second stop signal: stopping at once");
-        std::process::exit(130);
-    });
-    crate::app::serve(listener, state, async {
-        let _ = first_rx.await;
-    })
-    .await?;
+    crate::app::serve(listener, state, stop_on_signals()?).await?;
     tracing::info!(target: LOG_TARGET, "stopped");
     Ok(())
 }
 
 /// `ferry demo`: the example integration until Ctrl-C.
 pub async fn demo(args: DemoArgs) -> Result<(), CliError> {
-    crate::demo::run(args.listen, args.data, api_token_from_env()).await?;
+    let stop = stop_on_signals()?;
+    crate::demo::run(args.listen, args.data, api_token_from_env(), stop).await?;
     Ok(())
 }
 
@@ -203,20 +190,34 @@ pub(super) fn announce(addr: SocketAddr) {
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The stop signals (`SIGINT`, Ctrl-C; `SIGTERM`), listened to from now on: the answer
+/// resolves at the first, which starts the graceful stop; a second one during the stop ends
+/// the process at once, as a crash would (nothing committed is lost; what was in flight is
+/// attempted again), with the conventional code (130 for `SIGINT`, 143 for `SIGTERM`). The
+/// listeners are made here, once, so a second signal sent right after the first is not missed.
+fn stop_on_signals() -> Result<impl Future<Output = ()> + Send + 'static, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| signal(kind).map_err(CliError::Signals);
+    let (mut interrupt, mut terminate) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
+    let (first, first_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        tracing::info!(target: LOG_TARGET, "stopping: no new work starts; the work in flight gets `settings.shutdown_grace` to finish (a second signal stops at once)");
+        let _ = first.send(());
+        let code = tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        };
+        tracing::warn!(target: LOG_TARGET, "a second stop signal: stopping at once");
+        std::process::exit(code);
+    });
+    Ok(async move {
+        let _ = first_rx.await;
+    })
 }

@@ -316,3 +316,53 @@ flows:
     assert_eq!(quick.count(), 1);
     child.kill().await.unwrap();
 }
+
+/// A second stop signal, even sent right after the first, ends the process at once (143 for
+/// `SIGTERM`), without waiting for the attempt in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_stops_at_once() {
+    let slow = Receiver::start_with(Reply {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_secs(30),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true, shutdown_grace: 30s }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: slow, kind: http, url: "{}", timeout: 60s }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: slow }} ] }} ]
+"#,
+            slow.url
+        ),
+    )
+    .unwrap();
+    let (mut child, base) = start_ferry(&config, &dir.path().join("data")).await;
+    let sent = client()
+        .post(format!("{base}/in/s"))
+        .header("content-type", "application/json")
+        .body(r#"{"type":"t","n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    slow.wait_for(1).await;
+    let pid = child.id().expect("ferry is running").to_string();
+    for _ in 0..2 {
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the second signal stops ferry at once, not after the grace")
+        .unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+}
