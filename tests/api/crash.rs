@@ -312,7 +312,11 @@ flows:
     let delivered: serde_json::Value = serde_json::from_slice(&quick.requests()[0].body).unwrap();
     assert_eq!(delivered, serde_json::json!({"got": true, "n": 1}));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.count(), 1, "the step's answer was committed: it is not sent again");
+    assert_eq!(
+        api.count(),
+        1,
+        "the step's answer was committed: it is not sent again"
+    );
     assert_eq!(quick.count(), 1);
     child.kill().await.unwrap();
 }
