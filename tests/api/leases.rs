@@ -46,6 +46,34 @@ async fn pending_jobs(schema: &TestSchema, n: usize) {
     .unwrap();
 }
 
+/// Ends the leases `tokens` now, as their time running out would (without waiting for it:
+/// the machine may be slow).
+async fn expire(schema: &TestSchema, tokens: &[i64]) {
+    let db = schema.client().await;
+    for table in ["delivery_jobs", "run_jobs"] {
+        db.execute(
+            &format!("UPDATE {table} SET lease_until = 0 WHERE lease_token = ANY($1)"),
+            &[&tokens],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// When a delivery's lease ends (ms, the database's clock).
+async fn lease_until(schema: &TestSchema, token: i64) -> i64 {
+    schema
+        .client()
+        .await
+        .query_one(
+            "SELECT lease_until FROM delivery_jobs WHERE lease_token = $1",
+            &[&token],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn node(schema: &TestSchema) -> PgStore {
     PgStore::connect(
         &schema.url,
@@ -149,7 +177,10 @@ async fn a_worker_that_lost_its_lease_cannot_complete_retry_or_dead_letter_the_j
     let schema = TestSchema::create().await;
     let (a, b) = (node(&schema).await, node(&schema).await);
     pending_jobs(&schema, 1).await;
-    let mine = a.claim_deliveries("a", 0, &both(), 10, 300).await.unwrap();
+    let mine = a
+        .claim_deliveries("a", 0, &both(), 10, LEASE_MS)
+        .await
+        .unwrap();
     assert_eq!(mine.len(), 1);
     let (job, a_token) = (mine[0].job.clone(), mine[0].token);
     assert!(
@@ -160,7 +191,7 @@ async fn a_worker_that_lost_its_lease_cannot_complete_retry_or_dead_letter_the_j
         "a live lease keeps the job from other nodes"
     );
     // Node a stalls (a GC pause, a frozen VM) past its lease; node b takes the job over.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    expire(&schema, &[a_token]).await;
     let theirs = b
         .claim_deliveries("b", 0, &both(), 10, LEASE_MS)
         .await
@@ -245,22 +276,30 @@ async fn renewals_hold_a_lease_and_a_release_gives_it_back_at_once() {
     let schema = TestSchema::create().await;
     let (a, b) = (node(&schema).await, node(&schema).await);
     pending_jobs(&schema, 2).await;
-    let mine = a.claim_deliveries("a", 0, &both(), 10, 300).await.unwrap();
+    let mine = a
+        .claim_deliveries("a", 0, &both(), 10, 2_000)
+        .await
+        .unwrap();
     assert_eq!(mine.len(), 2);
     let tokens: Vec<i64> = mine.iter().map(|c| c.token).collect();
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut renewed = a.renew_leases(&tokens, 300).await.unwrap();
+    for _ in 0..3 {
+        let before = lease_until(&schema, tokens[0]).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut renewed = a.renew_leases(&tokens, 5_000).await.unwrap();
         renewed.sort();
         let mut want = tokens.clone();
         want.sort();
         assert_eq!(renewed, want);
         assert!(
+            lease_until(&schema, tokens[0]).await > before,
+            "a renewal moves the lease's end on"
+        );
+        assert!(
             b.claim_deliveries("b", 0, &both(), 10, LEASE_MS)
                 .await
                 .unwrap()
                 .is_empty(),
-            "a renewed lease holds past its first expiry"
+            "a held lease keeps the jobs from other nodes"
         );
     }
     assert_eq!(a.release_leases(&tokens).await.unwrap(), 2);
@@ -391,7 +430,7 @@ async fn runs_due_are_claimed_by_one_node_and_taken_over_when_its_lease_ends() {
     .await
     .unwrap();
     let (mine, theirs) = tokio::join!(
-        a.claim_runs("a", 100, 30, 300),
+        a.claim_runs("a", 100, 30, LEASE_MS),
         b.claim_runs("b", 100, 30, LEASE_MS)
     );
     let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
@@ -402,7 +441,7 @@ async fn runs_due_are_claimed_by_one_node_and_taken_over_when_its_lease_ends() {
     assert_eq!(ids.len(), 40, "none twice");
     assert!(a.claim_runs("a", 4, 10, LEASE_MS).await.unwrap().is_empty());
     // a's leases run out (it renews none); b takes its runs over, with their times.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    expire(&schema, &mine.iter().map(|c| c.2).collect::<Vec<_>>()).await;
     let taken = b.claim_runs("b", 100, 100, LEASE_MS).await.unwrap();
     assert_eq!(taken.len(), mine.len());
     assert!(taken.windows(2).all(|w| w[0].1 <= w[1].1), "soonest first");
@@ -423,4 +462,36 @@ async fn runs_due_are_claimed_by_one_node_and_taken_over_when_its_lease_ends() {
     for lease in [0, i64::MAX] {
         assert!(a.claim_runs("a", 0, 1, lease).await.is_err());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_after_the_lease_ran_out_counts_while_nobody_took_the_job() {
+    let schema = TestSchema::create().await;
+    let a = node(&schema).await;
+    pending_jobs(&schema, 1).await;
+    let mine = a
+        .claim_deliveries("a", 0, &both(), 10, LEASE_MS)
+        .await
+        .unwrap();
+    let (job, token) = (mine[0].job.clone(), mine[0].token);
+    expire(&schema, &[token]).await;
+    let lease = Lease {
+        node: "a".into(),
+        token,
+    };
+    let done = a
+        .record_leased_attempt(
+            &attempt(&job.id, &job.run_id, AttemptNext::Succeeded),
+            &lease,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(done, Fenced::Recorded(Some(_))),
+        "the token still matches: no other claim came, so the outcome is the truth: {done:?}"
+    );
+    assert_eq!(
+        state(&schema, &job.id).await,
+        (("succeeded".to_string(), 1), None)
+    );
 }

@@ -153,3 +153,37 @@ async fn a_hint_reaches_every_listening_node() {
         .get(0);
     assert_eq!(events, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_listener_gives_its_connection_back() {
+    let schema = TestSchema::create().await;
+    let a = node(&schema).await;
+    let db = schema.client().await;
+    let open = || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND pid != pg_backend_pid()",
+                &[&schema.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let before = open().await;
+    for _ in 0..5 {
+        drop(a.listen(&["ferry_jobs"]).await.unwrap());
+    }
+    let mut now = open().await;
+    for _ in 0..100 {
+        if now <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = open().await;
+    }
+    assert!(
+        now <= before,
+        "{now} connections open, {before} before the listeners"
+    );
+}

@@ -25,6 +25,9 @@ pub const MAX_NODE_ID_BYTES: usize = 255;
 /// How often a singleton's connection is asked whether it is still alive.
 const LEADER_CHECK: Duration = Duration::from_secs(2);
 
+/// How long that question may take before the lock counts as lost.
+const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// This node, as the cluster knows it.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -161,7 +164,12 @@ impl PgStore {
         let (hints_tx, hints) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                let message = tokio::select! {
+                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => message,
+                    // Nobody listens any more (the receiver was dropped): the connection goes.
+                    () = hints_tx.closed() => break,
+                };
+                match message {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         // Nobody listens any more: the connection goes.
                         if hints_tx.send(n.channel().to_string()).is_err() {
@@ -181,7 +189,8 @@ impl PgStore {
     /// does. The lock is a session advisory lock on a connection of its own, per schema, so
     /// two clusters in two schemas of one database do not share singletons.
     pub async fn try_lead(&self, name: &str) -> Result<Option<Leadership>, StoreError> {
-        let (client, mut closed, _hints) = self.own_connection().await?;
+        // `hints` lives with the lock's task: its connection ends when the receiver goes.
+        let (client, mut closed, hints) = self.own_connection().await?;
         let took: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock(hashtext('ferry.singleton.' || current_schema() || '.' || $1))",
@@ -197,12 +206,17 @@ impl PgStore {
         let (lost_tx, lost) = watch::channel(false);
         let (stop, mut stopped) = mpsc::channel::<()>(1);
         tokio::spawn(async move {
+            let _hints = hints;
             loop {
                 tokio::select! {
                     _ = stopped.recv() => break,
                     _ = closed.changed() => break,
                     () = tokio::time::sleep(LEADER_CHECK) => {
-                        if client.simple_query("SELECT 1").await.is_err() {
+                        // A check that does not answer in time counts as a lost lock: the
+                        // server may have ended the session behind a silent network, and
+                        // another node may lead already.
+                        let check = tokio::time::timeout(LEADER_CHECK_TIMEOUT, client.simple_query("SELECT 1"));
+                        if !matches!(check.await, Ok(Ok(_))) {
                             break;
                         }
                     }

@@ -244,8 +244,9 @@ impl PgStore {
     }
 
     /// Records an attempt made under `lease`, with the delivery's new state, in one
-    /// transaction that first checks (and locks) the lease: when it no longer holds, nothing
-    /// is written and the answer is [`Fenced::LeaseLost`]. A success or a dead letter takes
+    /// transaction that first checks (and locks) the job's row with the lease's token: when
+    /// another claim has taken the job since (a new token), nothing is written and the answer
+    /// is [`Fenced::LeaseLost`]. A success or a dead letter takes
     /// the job out of the hot table; a retry leaves it there, due at its time and leased to
     /// nobody. When the delivery was the last one its run waited for, the run is settled in
     /// the same transaction (as on SQLite).
@@ -256,13 +257,13 @@ impl PgStore {
     ) -> Result<Fenced<Option<Settled>>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(PgError::from)?;
-        let held = format!(
-            "SELECT 1 FROM delivery_jobs
-             WHERE delivery_id = $1 AND lease_token = $2 AND lease_until >= {DB_NOW_MS}
-             FOR UPDATE"
-        );
+        // The token alone fences: every claim draws a new one, so a token that still matches
+        // means nobody took the job over, even if the lease ran out meanwhile (its outcome is
+        // then still the truth, and recording it saves a second send).
+        let held =
+            "SELECT 1 FROM delivery_jobs WHERE delivery_id = $1 AND lease_token = $2 FOR UPDATE";
         let holds = tx
-            .query_opt(&held, &[&a.delivery_id, &lease.token])
+            .query_opt(held, &[&a.delivery_id, &lease.token])
             .await
             .map_err(PgError::from)?
             .is_some();
@@ -428,7 +429,8 @@ async fn settle_run(
             .map_err(PgError::from)?;
             tx.execute(
                 "INSERT INTO run_jobs (run_id, due_at) VALUES ($1, $2)
-                 ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at",
+                 ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at,
+                     lease_until = NULL, lease_token = NULL, leased_by = NULL",
                 &[&run_id, &now],
             )
             .await

@@ -34,6 +34,15 @@ pub const MAX_URL_BYTES: usize = 8192;
 /// error may quote a part of the URL.
 const MAX_REASON_CHARS: usize = 300;
 
+/// How long a caller waits for a free connection of the pool.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long checking a pooled connection before its reuse may take.
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection may be idle before the kernel probes its peer.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
 /// How long connecting may take when the URL does not say (`connect_timeout`).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -124,9 +133,19 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let connect_timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        // A server that stops answering never holds a caller forever: waiting for a free
+        // connection, opening one (the login included, which `connect_timeout` alone does not
+        // cover) and checking one before reuse each have a deadline.
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(RECYCLE_TIMEOUT))
             .build()
             .map_err(|e| PgError::Pool {
                 target: target.clone(),
@@ -199,6 +218,19 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, PgError> {
     }
     if config.get_application_name().is_none() {
         config.application_name("ferry");
+    }
+    // A peer that vanished (its host died, the network split) is noticed within about 20 s
+    // instead of the kernel's two hours: idle connections are probed, and unacknowledged
+    // writes give up.
+    if !config.get_keepalives() || config.get_keepalives_idle() > KEEPALIVE_IDLE {
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(20));
     }
     Ok(config)
 }
