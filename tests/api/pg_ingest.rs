@@ -286,3 +286,63 @@ async fn hostile_batches_get_clear_errors_and_the_store_answers_afterwards() {
         "the store answers normally afterwards"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_holding_the_same_keys_in_opposite_orders_do_not_deadlock() {
+    let schema = TestSchema::create().await;
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    let db = schema.client().await;
+    let deadlocks = || async {
+        db.batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let n: i64 = db
+            .query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let before = deadlocks().await;
+    for round in 0..3 {
+        let forward: Vec<Ingest> = (0..200)
+            .map(|i| {
+                let body = 10_000 * round + i + 1;
+                with_run(
+                    &format!("a{round}-{i}"),
+                    Some(&format!("k{round}-{i}")),
+                    body,
+                )
+            })
+            .collect();
+        let backward: Vec<Ingest> = (0..200)
+            .rev()
+            .map(|i| {
+                let body = 1_000_000 + 10_000 * round + i + 1;
+                with_run(
+                    &format!("b{round}-{i}"),
+                    Some(&format!("k{round}-{i}")),
+                    body,
+                )
+            })
+            .collect();
+        let (ra, rb) = tokio::join!(
+            a.ingest_batch(&forward, "a", LEASE_MS),
+            b.ingest_batch(&backward, "b", LEASE_MS),
+        );
+        let accepted = ra
+            .iter()
+            .chain(rb.iter())
+            .filter(|r| r.as_ref().unwrap().outcome == IngestOutcome::Accepted)
+            .count();
+        assert_eq!(accepted, 200, "round {round}: each key accepted once");
+    }
+    // The statistics reach pg_stat_database when the sessions report them.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    drop((a, b));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(deadlocks().await, before, "no deadlock between the batches");
+}

@@ -48,7 +48,9 @@ impl PgStore {
         }
         match self.ingest_together(batch, node, lease_ms).await {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(_) if batch.len() > 1 => {
+            // Only a value the database refused is worth trying event by event: a lost
+            // connection or a timeout would fail each of them again, one after the other.
+            Err(StoreError::Postgres(PgError::Refused(_))) if batch.len() > 1 => {
                 let mut answers = Vec::with_capacity(batch.len());
                 for one in batch {
                     answers.push(
@@ -63,7 +65,15 @@ impl PgStore {
                 }
                 answers
             }
-            Err(e) => vec![Err(e)],
+            Err(e) => {
+                let reason = e.to_string();
+                let mut answers = vec![Err(e)];
+                answers.extend(
+                    (1..batch.len())
+                        .map(|_| Err(StoreError::Postgres(PgError::Query(reason.clone())))),
+                );
+                answers
+            }
         }
     }
 
@@ -99,14 +109,16 @@ async fn write_batch(
     let received: Vec<i64> = events.iter().map(|e| e.received_at).collect();
     let headers: Vec<&str> = events.iter().map(|e| e.headers.as_str()).collect();
     let payloads: Vec<&[u8]> = events.iter().map(|e| &e.payload[..]).collect();
-    // Rows in the batch's order (WITH ORDINALITY), so a repeated key keeps the first.
+    // Rows in key order, so two batches holding the same keys wait for each other in one
+    // order and never deadlock; within a key in the batch's order (WITH ORDINALITY), so a
+    // repeated key keeps the first.
     let inserted = tx
         .query(
             "INSERT INTO events (id, source, event_type, idempotency_key, received_at, headers, payload)
              SELECT id, source, event_type, idempotency_key, received_at, headers, payload
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bytea[])
                   WITH ORDINALITY AS e(id, source, event_type, idempotency_key, received_at, headers, payload, n)
-             ORDER BY n
+             ORDER BY source, idempotency_key, n
              ON CONFLICT DO NOTHING
              RETURNING id, seq",
             &[&ids, &sources, &types, &keys, &received, &headers, &payloads],

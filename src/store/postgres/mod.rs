@@ -80,11 +80,24 @@ pub enum PgError {
     },
     #[error("database error: {0}")]
     Query(String),
+    /// The database refused a value of the write (SQLSTATE classes 22, data; 23, integrity;
+    /// 54, a limit such as an index entry's size): the same write would be refused again.
+    #[error("the database refused a value: {0}")]
+    Refused(String),
 }
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
-        PgError::Query(describe(&e))
+        let refused = e.code().is_some_and(|c| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| c.code().starts_with(class))
+        });
+        if refused {
+            PgError::Refused(describe(&e))
+        } else {
+            PgError::Query(describe(&e))
+        }
     }
 }
 
