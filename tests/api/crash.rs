@@ -74,6 +74,39 @@ impl Load {
     }
 }
 
+/// Posts event number `n` to `/in/s` and checks it is accepted.
+async fn post_event(base: &str, n: u64) {
+    let sent = client()
+        .post(format!("{base}/in/s"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"type":"t","n":{n}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+}
+
+/// Sends `signal` (`-TERM`) to `target`: a process id, or `-<id>` for its whole group.
+fn signal(target: &str, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, "--", target])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {target}");
+}
+
+/// Waits up to `seconds` for `child` to exit.
+async fn exits_within(
+    child: &mut tokio::process::Child,
+    seconds: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(seconds), child.wait())
+        .await
+        .expect(what)
+        .unwrap()
+}
+
 /// Event numbers seen by a receiver, with how often each arrived.
 fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
     let mut seen = HashMap::new();
@@ -87,12 +120,7 @@ fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_event() {
     let quick = Receiver::start().await;
-    let slow = Receiver::start_with(Reply {
-        status: 200,
-        headers: vec![],
-        delay: Duration::from_millis(5),
-    })
-    .await;
+    let slow = Receiver::start_with(Reply::delayed(Duration::from_millis(5))).await;
     let flaky = Receiver::start().await;
     flaky.script((0..40).map(|i| Reply::status(if i % 2 == 0 { 503 } else { 200 })));
     let dir = tempfile::tempdir().unwrap();
@@ -159,12 +187,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow, flaky
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_restart_deliver_nothing_twice() {
     let quick = Receiver::start().await;
-    let slow = Receiver::start_with(Reply {
-        status: 200,
-        headers: vec![],
-        delay: Duration::from_millis(100),
-    })
-    .await;
+    let slow = Receiver::start_with(Reply::delayed(Duration::from_millis(100))).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
     std::fs::write(
@@ -195,15 +218,8 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] 
     })
     .await;
     let pid = child.id().expect("ferry is running").to_string();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("ferry stops within its grace")
-        .unwrap();
+    signal(&pid, "-TERM");
+    let status = exits_within(&mut child, 20, "ferry stops within its grace").await;
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
     let acked = load.stop().await;
     let slow_before_restart = slow.count();
@@ -245,12 +261,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] 
 /// after the restart without sending the step again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_sent_to_the_process_group_lets_a_run_step_finish() {
-    let api = Receiver::start_with(Reply {
-        status: 200,
-        headers: vec![],
-        delay: Duration::from_millis(1500),
-    })
-    .await;
+    let api = Receiver::start_with(Reply::delayed(Duration::from_millis(1500))).await;
     let quick = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
@@ -286,25 +297,11 @@ flows:
         .env("FERRY_LOG", "error")
         .process_group(0);
     let (mut child, base) = spawn_announced(command, std::process::Stdio::inherit()).await;
-    let sent = client()
-        .post(format!("{base}/in/s"))
-        .header("content-type", "application/json")
-        .body(r#"{"type":"t","n":1}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    post_event(&base, 1).await;
     api.wait_for(1).await;
     let group = format!("-{}", child.id().expect("ferry is running"));
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", "--", &group])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("ferry stops within its grace")
-        .unwrap();
+    signal(&group, "-TERM");
+    let status = exits_within(&mut child, 20, "ferry stops within its grace").await;
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
 
     let (mut child, _) = start_ferry(&config, &data).await;
@@ -325,12 +322,7 @@ flows:
 /// `SIGTERM`), without waiting for the attempt in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stop_signal_stops_at_once() {
-    let slow = Receiver::start_with(Reply {
-        status: 200,
-        headers: vec![],
-        delay: Duration::from_secs(30),
-    })
-    .await;
+    let slow = Receiver::start_with(Reply::delayed(Duration::from_secs(30))).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
     std::fs::write(
@@ -347,26 +339,17 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: slow }} ] }} ]
     )
     .unwrap();
     let (mut child, base) = start_ferry(&config, &dir.path().join("data")).await;
-    let sent = client()
-        .post(format!("{base}/in/s"))
-        .header("content-type", "application/json")
-        .body(r#"{"type":"t","n":1}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    post_event(&base, 1).await;
     slow.wait_for(1).await;
     let pid = child.id().expect("ferry is running").to_string();
     for _ in 0..2 {
-        let term = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(term.success());
+        signal(&pid, "-TERM");
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the second signal stops ferry at once, not after the grace")
-        .unwrap();
+    let status = exits_within(
+        &mut child,
+        10,
+        "the second signal stops ferry at once, not after the grace",
+    )
+    .await;
     assert_eq!(status.code(), Some(143), "{status:?}");
 }

@@ -393,6 +393,14 @@ impl Reply {
             delay: Duration::ZERO,
         }
     }
+
+    /// A `200` after `delay`.
+    pub fn delayed(delay: Duration) -> Self {
+        Reply {
+            delay,
+            ..Reply::status(200)
+        }
+    }
 }
 
 /// A real HTTP receiver on a random port. Answers from its script, then with `fallback`.
