@@ -500,6 +500,10 @@ impl Dispatcher {
     }
 
     fn route(&mut self, job: DeliveryJob) {
+        // During a graceful stop the queues are closing: the job stays pending in the store.
+        if self.ctx.work.is_stopping() {
+            return;
+        }
         match self.queues.get(&job.destination_id) {
             Some((_, queue)) => {
                 if let Err(e) = queue.send(job) {

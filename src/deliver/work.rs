@@ -54,10 +54,15 @@ impl Work {
         let guard = InFlight {
             inner: self.inner.clone(),
         };
-        if *self.inner.stopping.borrow() {
+        if self.is_stopping() {
             return None;
         }
         Some(guard)
+    }
+
+    /// Whether the stop was ordered.
+    pub fn is_stopping(&self) -> bool {
+        *self.inner.stopping.borrow()
     }
 
     /// Resolves once the stop is ordered.
