@@ -427,14 +427,7 @@ async fn settle_run(
             )
             .await
             .map_err(PgError::from)?;
-            tx.execute(
-                "INSERT INTO run_jobs (run_id, due_at) VALUES ($1, $2)
-                 ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at,
-                     lease_until = NULL, lease_token = NULL, leased_by = NULL",
-                &[&run_id, &now],
-            )
-            .await
-            .map_err(PgError::from)?;
+            super::writes::set_run_job(tx, run_id, Some(now)).await?;
             Ok(Some(settled("running", None)))
         }
     }

@@ -302,7 +302,7 @@ async fn schedule_delivery_jobs(
 
 /// The run worker's job of a run: due at `due` with no lease (`Some`: the run is `running`),
 /// or none (`None`: it is not).
-async fn set_run_job(
+pub(super) async fn set_run_job(
     tx: &Transaction<'_>,
     run_id: &str,
     due: Option<Millis>,
