@@ -31,6 +31,12 @@ pub struct ServeOptions {
     /// The program expression workers are started from; `None` is this binary
     /// (`ferry expr-worker`). Tests, whose binary is not Ferry's, name Ferry's.
     pub expression_worker: Option<WorkerCommand>,
+    /// Cluster mode: the PostgreSQL store (`--database-url`) instead of SQLite in `data_dir`.
+    /// The API token and the secret key must then be given (every node needs the same).
+    pub database_url: Option<String>,
+    /// Cluster mode: this node's name in `ferry_nodes` and on its leases; by default the
+    /// host's name and the process id.
+    pub node_id: Option<String>,
 }
 
 impl ServeOptions {
@@ -52,6 +58,8 @@ impl ServeOptions {
             deliverer,
             store,
             expression_worker: None,
+            database_url: None,
+            node_id: None,
         }
     }
 }
@@ -77,6 +85,47 @@ pub enum ServeError {
     Expressions(String),
     #[error("{0}")]
     Config(crate::config::ConfigErrors),
+    /// Cluster mode needs what every node must share given to each (there is no data
+    /// directory to keep it in).
+    #[error("with --database-url, {0} must be set: every node of a cluster needs the same one")]
+    ClusterNeeds(&'static str),
+}
+
+/// This host's name and this process's id: a node's default name in the cluster.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Cluster mode: connects to PostgreSQL (migrating the schema, once for nodes starting
+/// together), joins the cluster as this node and starts its store.
+async fn open_cluster_store(url: &str, options: &ServeOptions) -> Result<Store, ServeError> {
+    if options.api_token.is_none() {
+        return Err(ServeError::ClusterNeeds("FERRY_API_TOKEN"));
+    }
+    if options.secret_key.is_none() {
+        return Err(ServeError::ClusterNeeds(crate::secrets::KEY_ENV));
+    }
+    let pg = crate::store::postgres::PgStore::connect(
+        url,
+        crate::store::postgres::PgOptions {
+            rejected_log_size: options.store.rejected_log_size,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let id = options.node_id.clone().unwrap_or_else(default_node_id);
+    let node = pg.join(&id, options.clock.now_ms()).await?;
+    let lease_ms = options.config.settings.lease.as_millis() as i64;
+    tracing::info!(node = %node.id, number = node.number, lease_ms, "joined the cluster");
+    Ok(Store::postgres(crate::store::postgres::Clustered::start(
+        pg, node, lease_ms,
+    )))
 }
 
 /// The file's config merged with the objects made through the API (their secrets opened
@@ -114,12 +163,20 @@ async fn with_api_objects(
 pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     // Opening does blocking file I/O (and may wait for the data directory's lock).
     let metrics = Arc::new(crate::telemetry::Metrics::new());
-    let (dir, store_options, store_metrics) =
-        (options.data_dir.clone(), options.store, metrics.clone());
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&dir, store_options, store_metrics))
-            .await
-            .map_err(|e| ServeError::OpenTask(e.to_string()))??;
+    let (dir, store_options, store_metrics) = (
+        options.data_dir.clone(),
+        options.store.clone(),
+        metrics.clone(),
+    );
+    let store = match &options.database_url {
+        Some(url) => open_cluster_store(url, &options).await?,
+        None => {
+            tokio::task::spawn_blocking(move || Store::open(&dir, store_options, store_metrics))
+                .await
+                .map_err(|e| ServeError::OpenTask(e.to_string()))??
+        }
+    };
+    let key_for_follower = options.secret_key.clone();
     let api_token = match options.api_token {
         Some(t) => t,
         None => token_from_data_dir(&options.data_dir)?,
@@ -182,6 +239,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         options.clock.now_ms(),
     ));
     let (alive, alive_rx) = tokio::sync::watch::channel(());
+    let config_changes = Arc::new(tokio::sync::Mutex::new(()));
     let alerts = crate::alerts::start(crate::alerts::AlertParts {
         config: live.clone(),
         store: store.clone(),
@@ -200,11 +258,24 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         limits: config.settings.retention.clone(),
         alive: alive.subscribe(),
     });
+    if let Some(key) = key_for_follower.filter(|_| store.clustered().is_some()) {
+        crate::cluster::start(crate::cluster::Follower {
+            config: live.clone(),
+            config_changes: config_changes.clone(),
+            store: store.clone(),
+            deliverer: deliverer.clone(),
+            sandbox: sandbox.clone(),
+            activity: activity.clone(),
+            clock: options.clock.clone(),
+            key,
+            alive: alive.subscribe(),
+        });
+    }
     // Loading and checking a large config freed far more than the config keeps.
     crate::memory::give_back_freed();
     Ok(AppState::new(AppParts {
         config: live,
-        config_changes: Arc::new(tokio::sync::Mutex::new(())),
+        config_changes,
         store,
         deliverer,
         clock: options.clock,

@@ -1,7 +1,7 @@
 //! Ferry: a self-hosted integration engine. The modules follow the path of an event:
 //! `ingest` (receive, verify, validate; `json` is the strict JSON it accepts) → `engine` (flows decide what happens) → `store`
 //! (commit) → `deliver` (attempts, retries, dead letters); around them `api`, `config`,
-//! `app` (wiring), `server` (connections: their cap and timeouts), `memory` (byte budgets), `retention` (the pruner),
+//! `app` (wiring), `cluster` (a node's heartbeat and following the other nodes' changes), `server` (connections: their cap and timeouts), `memory` (byte budgets), `retention` (the pruner),
 //! `secrets` (which fields are secret, sealing them at rest, the key), `cli` (the commands:
 //! their options, what each does and prints), `demo` and `bench`; `fuzzing` holds the fuzz
 //! targets' entry points.
@@ -13,6 +13,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod deliver;

@@ -147,6 +147,9 @@ pub async fn start(parts: AlertParts) -> Result<AlertsHandle, StoreError> {
     Ok(AlertsHandle { now: Some(tx) })
 }
 
+/// The singleton's name for alert evaluation in cluster mode.
+const ALERTS_SINGLETON: &str = "alerts";
+
 async fn evaluate_forever(
     parts: Arc<AlertParts>,
     mut states: HashMap<String, AlertState>,
@@ -155,6 +158,8 @@ async fn evaluate_forever(
     let interval = parts.config.get().settings.alert_interval.as_millis() as i64;
     let mut next = parts.clock.now_ms() + interval;
     let mut alive = parts.alive.clone();
+    // Cluster mode: rules are evaluated on one node at a time, the one that holds the lead.
+    let mut lead: Option<crate::store::postgres::Leadership> = None;
     loop {
         let done = tokio::select! {
             _ = parts.clock.sleep_until(next) => None,
@@ -164,6 +169,49 @@ async fn evaluate_forever(
         let now = parts.clock.now_ms();
         if done.is_none() {
             next = now + interval;
+        }
+        if let Some(c) = parts.store.clustered() {
+            if !lead.as_ref().is_some_and(|l| l.holds()) {
+                lead = match c.pg.try_lead(ALERTS_SINGLETON).await {
+                    Ok(Some(l)) => {
+                        tracing::info!(node = %c.node.id, "this node evaluates the alert rules now");
+                        // Another node evaluated until now: its states are the truth.
+                        match parts.store.alert_states().await {
+                            Ok(stored) => {
+                                states = stored
+                                    .into_iter()
+                                    .map(|s| (s.alert_id.clone(), s))
+                                    .collect();
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot read the alert states"),
+                        }
+                        Some(l)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot ask for the lead of alert evaluation");
+                        None
+                    }
+                };
+            }
+            if lead.is_none() {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                continue;
+            }
+            // Events arrive at every node: when each source last had one is read from the
+            // store, not from this node's own count.
+            match parts.store.last_event_per_source().await {
+                Ok(seen) => {
+                    for (source, at) in seen {
+                        parts.activity.seen(&source, at);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read when the sources last had events")
+                }
+            }
         }
         evaluate(&parts, &mut states, now).await;
         if let Some(done) = done {

@@ -345,6 +345,9 @@ async fn change(
     app.config.replace(config.clone());
     app.deliverer.reconfigure(config.clone());
     app.activity.track(&config, now);
+    if let Some(c) = app.store.clustered() {
+        c.hint_config();
+    }
     tracing::info!(
         kind = kind.noun(),
         id,

@@ -19,10 +19,6 @@ pub enum CliError {
     /// `serve`: the config file's errors were printed before.
     #[error("refusing to start: {} is not valid", .0.display())]
     RefusedConfig(PathBuf),
-    #[error(
-        "PostgreSQL storage (--database-url) is not available yet; use the embedded store with --data DIR"
-    )]
-    NoPostgres,
     #[error("the database URL (--database-url or FERRY_DATABASE_URL) is not valid UTF-8")]
     DatabaseUrlNotUtf8,
     #[error(transparent)]

@@ -20,9 +20,13 @@ pub struct ServeArgs {
     /// Directory for the embedded SQLite store and the generated API token.
     #[arg(long, env = "FERRY_DATA", default_value = "ferry-data")]
     data: PathBuf,
-    /// PostgreSQL URL for cluster mode (not available yet).
+    /// PostgreSQL URL: cluster mode, where any number of nodes share the database
+    /// (`FERRY_API_TOKEN` and `FERRY_SECRET_KEY` must then be set, the same on every node).
     #[arg(long, env = "FERRY_DATABASE_URL", conflicts_with = "data")]
     database_url: Option<String>,
+    /// Cluster mode: this node's name (default: the host's name and the process id).
+    #[arg(long, env = "FERRY_NODE_ID")]
+    node_id: Option<String>,
     /// The address to listen on; port 0 takes a free port (the line on stdout names it).
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -61,11 +65,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         config,
         data,
         database_url,
+        node_id,
         listen,
     } = args;
-    if database_url.is_some() {
-        return Err(CliError::NoPostgres);
-    }
     let config = match &config {
         Some(path) => match crate::config::load_file(path) {
             Ok(c) => c,
@@ -86,6 +88,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let mut options = crate::app::ServeOptions::new(config, data.clone());
     options.secret_key = crate::secrets::key_from_env(crate::secrets::KEY_ENV)?;
     options.api_token = api_token_from_env();
+    options.database_url = database_url.clone();
+    options.node_id = node_id;
     let token_note = if options.api_token.is_some() {
         "from FERRY_API_TOKEN".to_string()
     } else {
@@ -101,7 +105,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     tracing::info!(
         target: LOG_TARGET,
         %addr,
-        data = %data.display(),
+        store = %match &database_url {
+            Some(url) => crate::store::postgres::parse_url(url)
+                .map(|c| crate::store::postgres::describe_target(&c))
+                .unwrap_or_default(),
+            None => data.display().to_string(),
+        },
         "ferry is serving; the API token is {token_note}"
     );
     crate::app::serve(listener, state, stop_on_signals()?).await?;

@@ -140,6 +140,8 @@ pub struct RawSettings {
     pub alert_interval: Option<String>,
     /// How long a graceful stop waits for attempts and run steps in flight.
     pub shutdown_grace: Option<String>,
+    /// Cluster mode: how long a node's lease on a job lasts without renewal.
+    pub lease: Option<String>,
     /// How long finished events are kept (with their runs, deliveries and attempts).
     pub retention: Option<String>,
     /// How long bodies are kept, at most `retention`.

@@ -22,6 +22,9 @@ pub struct Settings {
     /// How long a graceful stop (`SIGTERM`, Ctrl-C) lets the delivery attempts and `http`
     /// steps in flight finish and be recorded, once it has stopped starting new ones.
     pub shutdown_grace: Duration,
+    /// Cluster mode: how long a node's lease on a job lasts unless renewed (a live node
+    /// renews it every third of it); a dead node's jobs go to the others after it.
+    pub lease: Duration,
     /// The expression workers: how many, and the limits they run under.
     pub expressions: ExpressionLimits,
     pub memory: MemoryLimits,
@@ -43,6 +46,8 @@ pub struct RetentionLimits {
     pub payloads: Option<Duration>,
 }
 
+/// How long a cluster node's lease on a job lasts unless renewed.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The shortest retention of any kind: the pruner looks every minute.
@@ -126,6 +131,19 @@ impl Checker<'_> {
                 DEFAULT_SHUTDOWN_GRACE,
                 Duration::from_secs(3600),
             ),
+            lease: {
+                let lease = self.duration_at_most(
+                    &place,
+                    "lease",
+                    &raw.lease,
+                    DEFAULT_LEASE,
+                    Duration::from_secs(3600),
+                );
+                if lease < Duration::from_secs(1) {
+                    self.error(place.clone(), "`lease` must be at least 1s".to_string());
+                }
+                lease
+            },
             expressions: self.expression_limits(&place, raw.expressions.unwrap_or_default()),
             memory,
             connections,

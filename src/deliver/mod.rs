@@ -13,10 +13,18 @@
 //! a job that waits drops its body), half for the bodies read back from the store when an
 //! attempt starts (an attempt waits until its body fits). Nothing here is lost by a crash: on
 //! start, every pending delivery is loaded again.
+//!
+//! **Cluster mode** (PostgreSQL): this process holds only the jobs it has a lease on: those its
+//! own ingests made, and those it claims when it has room (at a hint from another node, at
+//! the time a retry or a hold it knows of comes due, and every second in any case). A job is
+//! started only while its lease surely holds (`leases.rs`); its outcome is recorded only if no
+//! other node took the job over meanwhile; a retry or a hold puts the job back in the store,
+//! leased to nobody, for whichever node claims it when it is due.
 
 pub mod attempt;
 pub mod circuit;
 pub mod http_step;
+pub mod leases;
 pub mod runs;
 pub mod signing;
 pub mod work;
@@ -73,7 +81,12 @@ enum Control {
     /// The config changed: new or changed destinations get a new queue, removed ones lose
     /// theirs.
     Reconfigure(Arc<Config>),
+    /// Cluster mode: claim the jobs due by then (at once, for a hint).
+    ClaimAt(Millis),
 }
+
+/// Cluster mode: how often due jobs are claimed when no hint came.
+const CLAIM_EVERY_MS: Millis = 1000;
 
 /// Each destination's breaker and pause, shared by its queue, its attempts and the API;
 /// replaced whole when the config changes.
@@ -94,6 +107,8 @@ pub struct Deliverer {
     /// The attempts in flight, shared with the run worker's steps; a graceful stop waits for
     /// them.
     work: work::Work,
+    /// Cluster mode: the leases this node holds (the run worker's too).
+    leases: Option<Arc<leases::Leases>>,
 }
 
 /// The pause or resume asked for does not apply.
@@ -119,6 +134,7 @@ struct AttemptContext {
     /// The bodies read back from the store for attempts.
     read_back: Arc<Budget>,
     work: work::Work,
+    leases: Option<Arc<leases::Leases>>,
 }
 
 impl Deliverer {
@@ -149,7 +165,24 @@ impl Deliverer {
                 })
                 .collect(),
         ));
-        let pending = store.pending_jobs(limit).await?;
+        let leases = store.clustered().map(|c| {
+            let leases = leases::Leases::new(c.lease_ms);
+            tokio::spawn(leases.clone().renew(c.clone()));
+            leases
+        });
+        let pending = match (store.clustered(), &leases) {
+            (Some(c), Some(leases)) => {
+                claim(
+                    c,
+                    leases,
+                    clock.now_ms(),
+                    &config,
+                    limit.min(crate::store::postgres::MAX_CLAIM),
+                )
+                .await?
+            }
+            _ => store.pending_jobs(limit).await?,
+        };
         let spilled = Arc::new(AtomicBool::new(pending.len() >= limit));
         let (new_tx, new_rx) = mpsc::channel(options.new_job_queue);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -169,6 +202,7 @@ impl Deliverer {
             metrics,
             read_back: Budget::new(options.payload_bytes - options.payload_bytes / 2),
             work: work.clone(),
+            leases: leases.clone(),
         });
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "resuming pending deliveries");
@@ -183,6 +217,9 @@ impl Deliverer {
             seq: 0,
             cap: options.memory_jobs,
             spilled: spilled.clone(),
+            destinations: config.destinations.keys().cloned().collect(),
+            claim_at: clock.now_ms() + CLAIM_EVERY_MS,
+            hints: None,
         };
         dispatcher.reconfigure(&config);
         tokio::spawn(dispatcher.run(pending, new_rx, control_rx));
@@ -195,7 +232,18 @@ impl Deliverer {
             store,
             clock,
             work,
+            leases,
         })
+    }
+
+    /// Cluster mode: the leases this node holds, which the run worker's runs join.
+    pub fn leases(&self) -> Option<&Arc<leases::Leases>> {
+        self.leases.as_ref()
+    }
+
+    /// Cluster mode: claim the jobs due by `at` then (a retry or a run step scheduled them).
+    pub fn claim_at(&self, at: Millis) {
+        let _ = self.control.send(Control::ClaimAt(at));
     }
 
     /// The work in flight that a graceful stop waits for: the run worker counts its steps in
@@ -208,7 +256,13 @@ impl Deliverer {
     /// store, with their times), and the attempts in flight (and run steps) get up to `grace`
     /// to finish and commit their outcomes. Answers how many were still in flight then.
     pub async fn stop(&self, grace: Duration) -> usize {
-        self.work.stop(grace).await
+        let left = self.work.stop(grace).await;
+        // Cluster mode: the jobs held but not started go back to the cluster at once.
+        if let (Some(c), Some(leases)) = (self.store.clustered(), &self.leases) {
+            let released = leases.release_idle(c).await;
+            tracing::info!(released, "gave back the leases of the jobs not started");
+        }
+        left
     }
 
     /// Takes in a changed config: destinations that are new or changed get a new queue (a
@@ -248,6 +302,21 @@ impl Deliverer {
         all
     }
 
+    /// Cluster mode: takes in the pauses as stored, changed by other nodes: a destination
+    /// paused elsewhere holds its deliveries here too, and one resumed elsewhere lets them go.
+    pub fn follow_pauses(&self, paused: HashMap<String, circuit::Pause>) {
+        for (id, breaker) in self.breakers.load().iter() {
+            let want = paused.get(id).cloned();
+            if breaker.health().paused == want {
+                continue;
+            }
+            let resumed = want.is_none();
+            if breaker.set_paused(want) && resumed {
+                let _ = self.control.send(Control::Release(id.clone()));
+            }
+        }
+    }
+
     /// Pauses a destination (durably): its deliveries wait, none is dropped. The reason is
     /// kept to [`MAX_PAUSE_REASON`] characters, without control or bidirectional-override
     /// characters (it is shown in pages and logs).
@@ -275,6 +344,9 @@ impl Deliverer {
             .set_paused(destination_id, Some(pause.clone()))
             .await?;
         let changed = breaker.set_paused(Some(pause));
+        if let Some(c) = self.store.clustered() {
+            c.hint_config();
+        }
         if changed {
             crate::telemetry::events::destination_pause_changed(
                 destination_id,
@@ -296,6 +368,9 @@ impl Deliverer {
             .ok_or_else(|| PauseError::UnknownDestination(destination_id.to_string()))?;
         self.store.set_paused(destination_id, None).await?;
         let changed = breaker.set_paused(None);
+        if let Some(c) = self.store.clustered() {
+            c.hint_config();
+        }
         if changed {
             crate::telemetry::events::destination_pause_changed(destination_id, false, "api", "");
         }
@@ -312,7 +387,21 @@ impl Deliverer {
     pub fn submit(&self, jobs: Vec<DeliveryJob>) {
         // (the body as given, the same body holding its share of the budget)
         let mut held: Vec<(Bytes, Bytes)> = Vec::new();
+        // Cluster mode: leases that could not be handed over go back at once.
+        let mut refused = Vec::new();
+        let now = std::time::Instant::now();
         for mut job in jobs {
+            if let Some(leases) = &self.leases {
+                // A job this node holds no lease on is the cluster's: claimed when due.
+                let Some(token) = job.lease else {
+                    let _ = self.control.send(Control::ClaimAt(job.due_at));
+                    if let Some(c) = self.store.clustered() {
+                        c.hint_jobs();
+                    }
+                    continue;
+                };
+                leases.hold(token, now);
+            }
             job.payload = job.payload.and_then(|body| {
                 let same = |(given, _): &&(Bytes, Bytes)| {
                     given.as_ptr() == body.as_ptr() && given.len() == body.len()
@@ -324,14 +413,37 @@ impl Deliverer {
                 held.push((body, counted.clone()));
                 Some(counted)
             });
-            if self.new_jobs.try_send(job).is_err() {
-                self.spilled.store(true, Ordering::Relaxed);
+            if let Err(e) = self.new_jobs.try_send(job) {
+                match e.into_inner().lease {
+                    Some(token) => refused.push(token),
+                    None => self.spilled.store(true, Ordering::Relaxed),
+                }
             }
+        }
+        if let (Some(c), Some(leases), false) = (
+            self.store.clustered().cloned(),
+            self.leases.clone(),
+            refused.is_empty(),
+        ) {
+            tokio::spawn(async move {
+                for token in &refused {
+                    leases.forget(*token);
+                }
+                if let Err(e) = c.pg.release_leases(&refused).await {
+                    tracing::warn!(error = %e, "could not give back the leases of jobs this node had no room for; they wait for the leases to run out");
+                }
+                c.hint_jobs();
+            });
         }
     }
 
     /// Hands over a job that a person asked to retry.
     pub fn schedule(&self, job: DeliveryJob) {
+        if self.leases.is_some() {
+            // Cluster mode: the retried job is in the store, leased to nobody.
+            self.submit(vec![job]);
+            return;
+        }
         let _ = self.control.send(Control::Schedule(job));
     }
 }
@@ -379,9 +491,105 @@ struct Dispatcher {
     seq: u64,
     cap: usize,
     spilled: Arc<AtomicBool>,
+    /// Cluster mode: the destinations whose jobs this node claims (those in its config).
+    destinations: Vec<String>,
+    /// Cluster mode: when to claim next.
+    claim_at: Millis,
+    /// Cluster mode: hints from the other nodes (`None` until listening, or after the
+    /// listening connection dropped; listened to again at the next claim).
+    hints: Option<mpsc::UnboundedReceiver<String>>,
+}
+
+/// Claims up to `room` due delivery jobs for this node, each held under its lease.
+async fn claim(
+    c: &crate::store::postgres::Clustered,
+    leases: &leases::Leases,
+    now: Millis,
+    config: &Config,
+    room: usize,
+) -> Result<Vec<DeliveryJob>, crate::store::StoreError> {
+    let destinations: Vec<String> = config.destinations.keys().cloned().collect();
+    claim_for(c, leases, now, &destinations, room).await
+}
+
+async fn claim_for(
+    c: &crate::store::postgres::Clustered,
+    leases: &leases::Leases,
+    now: Millis,
+    destinations: &[String],
+    room: usize,
+) -> Result<Vec<DeliveryJob>, crate::store::StoreError> {
+    let asked = std::time::Instant::now();
+    let claimed =
+        c.pg.claim_deliveries(&c.node.id, now, destinations, room, c.lease_ms)
+            .await?;
+    Ok(claimed
+        .into_iter()
+        .map(|claimed| {
+            leases.hold(claimed.token, asked);
+            claimed.job
+        })
+        .collect())
 }
 
 impl Dispatcher {
+    /// Cluster mode: claims what is due, when it is time to and there is room.
+    async fn claim_due(&mut self) {
+        let (Some(c), Some(leases)) = (self.store.clustered().cloned(), self.ctx.leases.clone())
+        else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        if now < self.claim_at || self.ctx.work.is_stopping() {
+            return;
+        }
+        if self.hints.is_none() {
+            match c.pg.listen(&[crate::store::postgres::JOBS_CHANNEL]).await {
+                Ok(hints) => self.hints = Some(hints),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for hints from the other nodes; claiming every second")
+                }
+            }
+        }
+        let room = self.cap.saturating_sub(self.known.len()).min(1000);
+        self.claim_at = now + CLAIM_EVERY_MS;
+        if room == 0 {
+            return;
+        }
+        match claim_for(&c, &leases, now, &self.destinations, room).await {
+            Ok(jobs) => {
+                // A full claim leaves more: claim again at once.
+                if jobs.len() == room {
+                    self.claim_at = now;
+                }
+                for job in jobs {
+                    self.take_new(job);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot claim due deliveries"),
+        }
+    }
+
+    /// Cluster mode: gives a held job back to the cluster until `until` (its destination is
+    /// paused or its circuit open) without spending an attempt.
+    async fn hold_in_store(&mut self, job: DeliveryJob, until: Millis) {
+        let (Some(c), Some(leases), Some(token)) = (
+            self.store.clustered().cloned(),
+            self.ctx.leases.clone(),
+            job.lease,
+        ) else {
+            return;
+        };
+        self.known.remove(&job.id);
+        leases.forget(token);
+        match c.pg.hold_delivery(&job.id, token, until).await {
+            Ok(_) => self.claim_at = self.claim_at.min(until),
+            Err(e) => {
+                tracing::warn!(delivery_id = %job.id, error = %e, "could not put a held delivery back; it waits for its lease to run out")
+            }
+        }
+    }
+
     async fn run(
         mut self,
         pending: Vec<DeliveryJob>,
@@ -402,6 +610,7 @@ impl Dispatcher {
                     self.route(w.job);
                 }
             }
+            self.claim_due().await;
             if self.spilled.load(Ordering::Relaxed)
                 && self.known.len() < self.cap / 2
                 && last_sweep.is_none_or(|at| at.elapsed() >= Duration::from_millis(200))
@@ -412,6 +621,10 @@ impl Dispatcher {
             let next_due = self.waiting.peek().map(|Reverse(w)| w.due);
             let has_room = self.known.len() < self.cap;
             let spilled = self.spilled.load(Ordering::Relaxed);
+            let clustered = self.ctx.leases.is_some();
+            let claim_at = self.claim_at;
+            let hints = self.hints.as_mut();
+            let listening = hints.is_some();
             tokio::select! {
                 biased;
                 msg = control_rx.recv(), if control_open => match msg {
@@ -422,13 +635,16 @@ impl Dispatcher {
                     Some(Control::Done(id)) => {
                         self.known.remove(&id);
                     }
+                    Some(Control::Hold(job, until)) if clustered => self.hold_in_store(job, until).await,
                     Some(Control::Hold(mut job, until)) => {
                         // A job that waits leaves its body in the store.
                         job.payload = None;
                         self.seq += 1;
                         self.waiting.push(Reverse(Waiting { due: until, seq: self.seq, job, held: true }));
                     }
+                    Some(Control::Release(destination_id)) if clustered => self.release_in_store(&destination_id).await,
                     Some(Control::Release(destination_id)) => self.release(&destination_id),
+                    Some(Control::ClaimAt(at)) => self.claim_at = self.claim_at.min(at),
                     Some(Control::Reconfigure(config)) => self.reconfigure(&config),
                     None => control_open = false,
                 },
@@ -438,6 +654,14 @@ impl Dispatcher {
                 },
                 _ = async { self.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
                 _ = tokio::time::sleep(Duration::from_millis(250)), if spilled => {}
+                _ = async { self.clock.sleep_until(claim_at).await }, if clustered => {}
+                hint = async { match hints { Some(h) => h.recv().await, None => std::future::pending().await } }, if listening => {
+                    match hint {
+                        Some(_) => self.claim_at = self.clock.now_ms(),
+                        // The listening connection dropped: listen again at the next claim.
+                        None => self.hints = None,
+                    }
+                }
                 // A graceful stop: nothing more is routed; what waits stays pending in the store.
                 () = self.ctx.work.stopped() => return,
             }
@@ -447,6 +671,7 @@ impl Dispatcher {
     /// Starts a queue for each new or changed destination and drops those of removed ones
     /// (their tasks end once their queued jobs are sent).
     fn reconfigure(&mut self, config: &Config) {
+        self.destinations = config.destinations.keys().cloned().collect();
         self.queues
             .retain(|id, _| config.destinations.contains_key(id));
         for dest in config.destinations.values() {
@@ -497,6 +722,23 @@ impl Dispatcher {
             }
         }
         self.waiting = BinaryHeap::from(all);
+    }
+
+    /// Cluster mode: the held jobs of a destination, in the store, are due now.
+    async fn release_in_store(&mut self, destination_id: &str) {
+        let Some(c) = self.store.clustered().cloned() else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        match c.pg.release_held(destination_id, now).await {
+            Ok(_) => {
+                self.claim_at = now;
+                c.hint_jobs();
+            }
+            Err(e) => {
+                tracing::warn!(destination_id, error = %e, "could not release the held deliveries; they go when their hold ends")
+            }
+        }
     }
 
     fn route(&mut self, job: DeliveryJob) {
@@ -593,6 +835,14 @@ async fn destination_loop(
         let Some(in_flight) = ctx.work.start() else {
             break;
         };
+        // Cluster mode: a job whose lease may have run out is another node's to send.
+        if let (Some(leases), Some(token)) = (&ctx.leases, job.lease)
+            && !leases.start(token)
+        {
+            tracing::warn!(delivery_id = %job.id, "the lease on this delivery ran out before its attempt; it is left to the node that claims it");
+            let _ = ctx.control.send(Control::Done(job.id));
+            continue;
+        }
         let (ctx, dest) = (ctx.clone(), dest.clone());
         tokio::spawn(async move {
             run_attempt(&ctx, &dest, job, slot).await;
@@ -678,6 +928,7 @@ async fn run_attempt(
         error: result.error,
         outcome: result.outcome.as_str(),
         next,
+        lease: job.lease,
     };
     record_outcome(ctx, job, record, attempt_no).await;
 }
@@ -786,7 +1037,16 @@ async fn record_outcome(
             settled.error.as_deref(),
         ),
         Ok(None) => {}
+        Err(crate::store::StoreError::LeaseLost) => {
+            tracing::warn!(delivery_id = %job.id, event_id = %job.event_id, "the lease on this delivery was lost during its attempt; its outcome is not recorded (the node that holds it now attempts it)");
+            forget_lease(ctx, &job);
+            let _ = ctx.control.send(Control::Done(job.id));
+            return;
+        }
         Err(e) => {
+            if let (Some(leases), Some(token)) = (&ctx.leases, job.lease) {
+                leases.idle(token);
+            }
             // The store still has the delivery as it was before this attempt: it is attempted
             // again (at least once, as after a crash), counted from the store's attempts.
             tracing::error!(delivery_id = %job.id, event_id = %job.event_id, error = %e, "could not record the attempt; the delivery stays pending and is attempted again once the store writes");
@@ -797,6 +1057,15 @@ async fn record_outcome(
             return;
         }
     }
+    if ctx.leases.is_some() {
+        // Cluster mode: the job is back in the store, leased to nobody (or gone).
+        forget_lease(ctx, &job);
+        let _ = ctx.control.send(Control::Done(job.id));
+        if let AttemptNext::RetryAt(at) = next {
+            let _ = ctx.control.send(Control::ClaimAt(at));
+        }
+        return;
+    }
     let _ = ctx.control.send(match next {
         AttemptNext::RetryAt(at) => Control::Schedule(DeliveryJob {
             round_attempts: attempt_no,
@@ -805,4 +1074,10 @@ async fn record_outcome(
         }),
         AttemptNext::Succeeded | AttemptNext::Dead => Control::Done(job.id),
     });
+}
+
+fn forget_lease(ctx: &AttemptContext, job: &DeliveryJob) {
+    if let (Some(leases), Some(token)) = (&ctx.leases, job.lease) {
+        leases.forget(token);
+    }
 }

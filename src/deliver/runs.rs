@@ -7,6 +7,11 @@
 //! **Invariant:** the store is the truth. Memory only holds which runs are due when; on start,
 //! every run in the `running` state is loaded again, so a crash resumes each run at the step
 //! its last commit recorded, and an `http` call whose result was committed is never repeated.
+//!
+//! **Cluster mode** (PostgreSQL): a wake is only a hint of when to claim; the worker steps the
+//! runs it claimed, each under a lease (renewed with the deliverer's), and a step's save
+//! applies only while the run's job still carries that lease, so a node that lost a run to
+//! another changes nothing of it.
 
 use super::Deliverer;
 use super::http_step::{StepResponse, TokenCache, perform};
@@ -17,7 +22,7 @@ use crate::engine::sandbox::Sandbox;
 use crate::engine::{self, EventInfo, RunContext, StepRecord, step_label};
 use crate::store::{DeliveryJob, NewStepAttempt, RunRow, RunSave, Store, StoreError};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -107,9 +112,16 @@ pub struct RunWorkerParts {
     pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
+/// Cluster mode: how often due runs are claimed when no wake came.
+const CLAIM_EVERY_MS: Millis = 1000;
+
 /// Loads the runs that are due or will be, and starts the worker.
 pub async fn start(parts: RunWorkerParts) -> Result<(), StoreError> {
-    let due = parts.store.due_runs().await?;
+    // Cluster mode: nothing is loaded; the runs are claimed when due.
+    let due = match parts.store.clustered() {
+        Some(_) => Vec::new(),
+        None => parts.store.due_runs().await?,
+    };
     if !due.is_empty() {
         tracing::info!(count = due.len(), "resuming flow runs");
     }
@@ -142,8 +154,38 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
     let mut again: HashSet<String> = HashSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let slots = Arc::new(Semaphore::new(CONCURRENT_RUNS));
+    // Cluster mode: the lease of each run claimed, and when to claim next.
+    let cluster = worker
+        .store
+        .clustered()
+        .cloned()
+        .zip(worker.deliverer.leases().cloned());
+    let mut tokens: HashMap<String, i64> = HashMap::new();
+    let mut claim_at = worker.clock.now_ms();
     loop {
         let now = worker.clock.now_ms();
+        if let Some((c, leases)) = &cluster
+            && now >= claim_at
+            && !worker.deliverer.work().is_stopping()
+        {
+            claim_at = now + CLAIM_EVERY_MS;
+            let room = CONCURRENT_RUNS.saturating_sub(busy.len() + tokens.len());
+            let asked = std::time::Instant::now();
+            match c.pg.claim_runs(&c.node.id, now, room, c.lease_ms).await {
+                Ok(claimed) => {
+                    if room > 0 && claimed.len() == room {
+                        claim_at = now;
+                    }
+                    for (run_id, due, token) in claimed {
+                        leases.hold(token, asked);
+                        tokens.insert(run_id.clone(), token);
+                        seq += 1;
+                        waiting.push(Reverse((due, seq, run_id)));
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot claim due flow runs"),
+            }
+        }
         while waiting
             .peek()
             .is_some_and(|Reverse((due, _, _))| *due <= now)
@@ -155,6 +197,14 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
                 again.insert(run_id);
                 continue;
             }
+            // Cluster mode: only a run held under a lease that surely holds is stepped.
+            let lease = match &cluster {
+                Some((_, leases)) => match tokens.remove(&run_id) {
+                    Some(token) if leases.start(token) => Some(token),
+                    _ => continue,
+                },
+                None => None,
+            };
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
@@ -164,8 +214,18 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
             };
             busy.insert(run_id.clone());
             let (worker, waker, done) = (worker.clone(), waker.clone(), done_tx.clone());
+            let cluster = cluster.clone();
             tokio::spawn(async move {
-                if let Some(at) = worker.step(&run_id).await {
+                let next = worker.step(&run_id, lease).await;
+                if let (Some((c, leases)), Some(token)) = (&cluster, lease) {
+                    // The save put the run's job back leased to nobody; a step that saved
+                    // nothing gives its lease back here.
+                    leases.forget(token);
+                    if let Err(e) = c.pg.release_leases(&[token]).await {
+                        tracing::warn!(run_id, error = %e, "could not give a run's lease back; it waits for the lease to run out");
+                    }
+                }
+                if let Some(at) = next {
                     waker.wake(run_id.clone(), at);
                 }
                 drop(slot);
@@ -176,6 +236,8 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
         let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
         tokio::select! {
             wake = wakes.recv() => match wake {
+                // Cluster mode: the run is claimed when it is due, by whichever node is first.
+                Some(w) if cluster.is_some() => claim_at = claim_at.min(w.due),
                 Some(w) => {
                     seq += 1;
                     waiting.push(Reverse((w.due, seq, w.run_id)));
@@ -190,6 +252,7 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
                 }
             },
             _ = async { worker.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
+            _ = async { worker.clock.sleep_until(claim_at).await }, if cluster.is_some() => {}
             () = worker.deliverer.work().stopped() => return,
         }
     }
@@ -222,7 +285,7 @@ struct Outcome {
 
 impl Worker {
     /// Works on one run. Answers when the run wants to be looked at again.
-    async fn step(&self, run_id: &str) -> Option<Millis> {
+    async fn step(&self, run_id: &str, lease: Option<i64>) -> Option<Millis> {
         // A step's outcome could not be saved: the run waits, and no request goes out.
         if self.store.unwritable().is_some() {
             return Some(self.clock.now_ms() + 1000);
@@ -273,7 +336,7 @@ impl Worker {
             (_, Err(e)) => self.failed(&row, records, e, None),
             (Some(flow), Ok(ctx)) => self.run_step(&row, flow, ctx, records, now).await,
         };
-        self.save(&row, outcome, now).await
+        self.save(&row, outcome, now, lease).await
     }
 
     /// The run fails at its current step. Without a context (it could not be read, or went
@@ -535,7 +598,13 @@ impl Worker {
 
     /// Commits the outcome; then hands new deliveries to the deliverer. Answers when the run
     /// is due again.
-    async fn save(&self, row: &RunRow, mut out: Outcome, now: Millis) -> Option<Millis> {
+    async fn save(
+        &self,
+        row: &RunRow,
+        mut out: Outcome,
+        now: Millis,
+        lease: Option<i64>,
+    ) -> Option<Millis> {
         let planned = std::mem::take(&mut out.state.deliveries);
         let (kept, context, payload_body) = match &mut out.ctx {
             Some(ctx) => {
@@ -571,6 +640,7 @@ impl Worker {
             bodies: kept.new,
             steps: serde_json::to_string(&out.records).unwrap_or_else(|_| "[]".into()),
             now: self.clock.now_ms(),
+            lease,
         };
         match self.store.save_run(save, deliveries, out.attempt).await {
             Ok(true) => {}

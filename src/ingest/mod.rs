@@ -418,7 +418,7 @@ impl Intake<'_> {
                 self.app.ingest_budget.limit(),
             )));
         }
-        let jobs: Vec<DeliveryJob> = plan
+        let mut jobs: Vec<DeliveryJob> = plan
             .deliveries
             .iter()
             .map(|d| d.job(&event.id, event.received_at, &event.payload))
@@ -443,13 +443,21 @@ impl Intake<'_> {
         if let Some(share) = held.take() {
             event.payload = share.attach(event.payload);
         }
-        let outcome = self
+        let ingested = self
             .app
             .store
-            .ingest(event, plan.runs, plan.deliveries)
+            .ingest_leased(event, plan.runs, plan.deliveries)
             .await
             .map_err(|e| Refusal::not_taken(ApiError::from(e)))?;
-        let event_id = match outcome {
+        // Cluster mode: the new jobs are this node's, under the leases the commit took.
+        if !ingested.leases.is_empty() {
+            let leases: std::collections::HashMap<String, i64> =
+                ingested.leases.into_iter().collect();
+            for job in &mut jobs {
+                job.lease = leases.get(&job.id).copied();
+            }
+        }
+        let event_id = match ingested.outcome {
             IngestOutcome::Accepted => event_id,
             IngestOutcome::Duplicate { event_id } => {
                 tracing::debug!(event_id = %event_id, source = %source, "duplicate idempotency key; nothing started");

@@ -5,7 +5,7 @@ use super::*;
 use rusqlite::{Connection, params};
 
 /// Why a destination is paused.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Pause {
     /// `api` (by hand) or `auto`.
     pub by: String,

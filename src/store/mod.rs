@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use health::*;
 pub use objects::*;
+pub use postgres::Ingested;
 pub use prune::{PruneCutoffs, PruneReport, PruneScope, Space};
 pub use reads::*;
 pub use runs::*;
@@ -64,6 +65,10 @@ pub enum StoreError {
     InUse(String),
     #[error(transparent)]
     Postgres(#[from] postgres::PgError),
+    /// The job's lease was lost (it ran out and another node took the job): nothing was
+    /// written, and the outcome is that other node's to record.
+    #[error("the job's lease was lost; another node holds it now")]
+    LeaseLost,
 }
 
 /// Delivery states as stored.
@@ -155,6 +160,7 @@ impl NewDelivery {
                     .as_ref()
                     .map_or_else(|| event_payload.clone(), |b| b.data.clone()),
             ),
+            lease: None,
         }
     }
 }
@@ -201,6 +207,9 @@ pub struct RunSave {
     pub bodies: Vec<Body>,
     pub steps: String,
     pub now: Millis,
+    /// The lease the step was performed under (PostgreSQL): the save applies only while the
+    /// run's job still carries its token.
+    pub lease: Option<i64>,
 }
 
 /// One attempt of an http step, recorded with the run's new state.
@@ -271,6 +280,9 @@ pub struct NewAttempt {
     pub outcome: &'static str,
     /// The delivery's state after this attempt.
     pub next: AttemptNext,
+    /// The lease the attempt was made under (PostgreSQL): the outcome is recorded only while
+    /// the job still carries its token.
+    pub lease: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +306,9 @@ pub struct DeliveryJob {
     pub due_at: Millis,
     /// The body, when it is at hand; otherwise it is read from the store before sending.
     pub payload: Option<Bytes>,
+    /// On PostgreSQL, the token of the lease under which this node holds the job: only a job
+    /// held under a lease is attempted there. `None` on SQLite, where one process owns all.
+    pub lease: Option<i64>,
 }
 
 pub struct Rejection {
@@ -486,13 +501,25 @@ impl Default for StoreOptions {
     }
 }
 
-/// A cheap handle to the store. Clones share the writer and the read connections.
+/// A cheap handle to the store. Clones share the backend: the SQLite writer and read
+/// connections, or the PostgreSQL pool and this node's place in the cluster.
 #[derive(Clone)]
 pub struct Store {
+    backend: Backend,
+    body_ids: Arc<BodyIds>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(Arc<postgres::Clustered>),
+}
+
+#[derive(Clone)]
+struct Sqlite {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
     writability: Arc<writable::Writability>,
-    body_ids: Arc<BodyIds>,
 }
 
 struct ReadPool {
@@ -643,14 +670,43 @@ impl Store {
             })
             .map_err(spawn_failed)?;
         Ok(Store {
-            writer: tx,
-            readers: Arc::new(ReadPool {
-                path,
-                idle: Mutex::new(Vec::new()),
+            backend: Backend::Sqlite(Sqlite {
+                writer: tx,
+                readers: Arc::new(ReadPool {
+                    path,
+                    idle: Mutex::new(Vec::new()),
+                }),
+                writability,
             }),
-            writability,
             body_ids,
         })
+    }
+
+    /// The store of a cluster node on PostgreSQL: `clustered` holds the pool and the node's
+    /// place in the cluster. Body ids come from the node's own range.
+    pub fn postgres(clustered: postgres::Clustered) -> Store {
+        let first = clustered.node.first_body_id();
+        Store {
+            backend: Backend::Postgres(Arc::new(clustered)),
+            body_ids: Arc::new(BodyIds::starting_at(first)),
+        }
+    }
+
+    /// The cluster node's store on PostgreSQL; `None` on SQLite.
+    pub fn clustered(&self) -> Option<&Arc<postgres::Clustered>> {
+        match &self.backend {
+            Backend::Postgres(c) => Some(c),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    fn sqlite(&self) -> Result<&Sqlite, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s),
+            Backend::Postgres(_) => Err(StoreError::Corrupt(
+                "a SQLite operation was asked of the PostgreSQL store".into(),
+            )),
+        }
     }
 
     /// Ids for the bodies of writes to come.
@@ -661,12 +717,16 @@ impl Store {
     /// Why the store cannot write, while it cannot: a write failed (a full disk, an I/O error)
     /// and none has committed since. Writes asked for meanwhile are refused at once.
     pub fn unwritable(&self) -> Option<Unwritable> {
-        self.writability.get()
+        match &self.backend {
+            Backend::Sqlite(s) => s.writability.get(),
+            // A failed write on PostgreSQL is the server's to recover from: each write says so.
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// `Unwritable` while the store cannot write (checked before a write is queued).
     fn check_writable(&self) -> Result<(), StoreError> {
-        match self.writability.get() {
+        match self.unwritable() {
             Some(u) => Err(StoreError::Unwritable(u.reason)),
             None => Ok(()),
         }
@@ -679,7 +739,8 @@ impl Store {
     ) -> Result<T, StoreError> {
         self.check_writable()?;
         let (reply, rx) = oneshot::channel();
-        self.writer
+        self.sqlite()?
+            .writer
             .send(op(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -688,7 +749,7 @@ impl Store {
 
     fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
         self.check_writable()?;
-        self.writer.try_send(op).map_err(|e| match e {
+        self.sqlite()?.writer.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })
@@ -703,6 +764,27 @@ impl Store {
         runs: Vec<NewRun>,
         deliveries: Vec<NewDelivery>,
     ) -> Result<IngestOutcome, StoreError> {
+        Ok(self.ingest_leased(event, runs, deliveries).await?.outcome)
+    }
+
+    /// [`Store::ingest`], answering also the leases of the new deliveries' jobs (on
+    /// PostgreSQL they are leased to this node, which goes on to attempt them; none on
+    /// SQLite).
+    pub async fn ingest_leased(
+        &self,
+        event: NewEvent,
+        runs: Vec<NewRun>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Ingested, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c
+                .ingest(postgres::Ingest {
+                    event,
+                    runs,
+                    deliveries,
+                })
+                .await;
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(WriteOp::Ingest {
             event,
@@ -710,7 +792,11 @@ impl Store {
             deliveries,
             reply,
         })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let outcome = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(Ingested {
+            outcome,
+            leases: Vec::new(),
+        })
     }
 
     /// Saves a run's new state after a step, with the deliveries it created and the http
@@ -722,6 +808,9 @@ impl Store {
         deliveries: Vec<NewDelivery>,
         attempt: Option<NewStepAttempt>,
     ) -> Result<bool, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.save_run(save, deliveries, attempt).await;
+        }
         self.ask(|reply| WriteOp::SaveRun {
             save,
             deliveries,
@@ -737,6 +826,9 @@ impl Store {
         destination_id: &str,
         pause: Option<Pause>,
     ) -> Result<(), StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.set_paused(destination_id, pause).await;
+        }
         self.ask(|reply| WriteOp::SetPaused {
             destination_id: destination_id.to_string(),
             pause,
@@ -750,6 +842,9 @@ impl Store {
         state: AlertState,
         change: Option<AlertChange>,
     ) -> Result<(), StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.save_alert(state, change).await;
+        }
         self.ask(|reply| WriteOp::SaveAlert {
             state,
             change,
@@ -759,12 +854,18 @@ impl Store {
     }
 
     pub async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.create_token(token).await;
+        }
         self.ask(|reply| WriteOp::CreateToken { token, reply })
             .await
     }
 
     /// Commits a change of the API's config objects and event type schemas.
     pub async fn change_config(&self, change: ConfigChange) -> Result<(), StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.change_config(change).await;
+        }
         self.ask(|reply| WriteOp::ConfigChange { change, reply })
             .await
     }
@@ -772,11 +873,17 @@ impl Store {
     /// Replaces the specs of config objects with their secrets sealed again, all in one
     /// transaction, or none when one of them is no longer as read.
     pub async fn reseal(&self, updates: Vec<Resealed>) -> Result<(), StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.reseal(updates).await;
+        }
         self.ask(|reply| WriteOp::Reseal { updates, reply }).await
     }
 
     /// Revokes a token; `Ok(false)` when there is no such live token.
     pub async fn revoke_token(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.revoke_token(id, now).await;
+        }
         self.ask(|reply| WriteOp::RevokeToken {
             id: id.to_string(),
             now,
@@ -795,6 +902,9 @@ impl Store {
         runs: Vec<NewRun>,
         deliveries: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.add_runs(event_id, now, runs, deliveries).await;
+        }
         self.ask(|reply| WriteOp::AddRuns {
             event_id: event_id.to_string(),
             now,
@@ -807,6 +917,9 @@ impl Store {
 
     /// Restarts a failed run as `replay` says.
     pub async fn replay_run(&self, replay: RunReplay) -> Result<ReplayOutcome, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.replay_run(replay).await;
+        }
         self.ask(|reply| WriteOp::ReplayRun { replay, reply }).await
     }
 
@@ -814,12 +927,28 @@ impl Store {
     /// outcome is never dropped. When the delivery was the last one a waiting run needed and
     /// the run goes on to another step, answers that run's id.
     pub async fn record_attempt(&self, attempt: NewAttempt) -> Result<Option<Settled>, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            let Some(token) = attempt.lease else {
+                return Err(StoreError::LeaseLost);
+            };
+            let lease = postgres::Lease {
+                node: c.node.id.clone(),
+                token,
+            };
+            return match c.pg.record_leased_attempt(&attempt, &lease).await? {
+                postgres::Fenced::Recorded(settled) => Ok(settled),
+                postgres::Fenced::LeaseLost => Err(StoreError::LeaseLost),
+            };
+        }
         self.ask(|reply| WriteOp::Attempt { attempt, reply }).await
     }
 
     /// Adds to the rejected log. Best effort: dropped when the write queue is full or the
     /// store cannot write.
     pub fn record_rejection(&self, rejection: Rejection) {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.record_rejection(rejection);
+        }
         if let Err(e) = self.submit(WriteOp::Reject { rejection }) {
             tracing::warn!(error = %e, "rejected log entry dropped");
         }
@@ -832,6 +961,9 @@ impl Store {
         delivery_id: &str,
         now: Millis,
     ) -> Result<Option<DeliveryJob>, StoreError> {
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.retry_delivery(delivery_id, now).await;
+        }
         self.ask(|reply| WriteOp::Retry {
             delivery_id: delivery_id.to_string(),
             now,
@@ -846,7 +978,7 @@ impl Store {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let pool = self.readers.clone();
+        let pool = self.sqlite()?.readers.clone();
         tokio::task::spawn_blocking(move || {
             let conn = match pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
                 Some(c) => c,

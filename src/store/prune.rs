@@ -419,6 +419,9 @@ impl Store {
         scope: PruneScope,
         cutoffs: PruneCutoffs,
     ) -> Result<PruneReport, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.prune_events(scope, cutoffs).await;
+        }
         self.ask(|reply| WriteOp::PruneEvents {
             scope,
             cutoffs,
@@ -430,12 +433,18 @@ impl Store {
     /// Removes up to `max` entries of the rejected log received before `before`; answers how
     /// many went.
     pub async fn prune_rejections(&self, before: Millis, max: usize) -> Result<usize, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.prune_rejections(before, max).await;
+        }
         self.ask(|reply| WriteOp::PruneRejections { before, max, reply })
             .await
     }
 
     /// Gives up to `pages` free pages back to the file system.
     pub async fn incremental_vacuum(&self, pages: u32) -> Result<(), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.incremental_vacuum(pages).await;
+        }
         self.ask(|reply| WriteOp::Vacuum { pages, reply }).await
     }
 }

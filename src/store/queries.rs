@@ -21,6 +21,9 @@ use std::collections::HashMap;
 impl Store {
     /// Answers when a read connection can run a query (`/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.ping().await;
+        }
         self.read(reads::ping).await
     }
 
@@ -29,6 +32,9 @@ impl Store {
     /// The first `limit` pending deliveries in due order (a tie by id), for the deliverer to take
     /// over.
     pub async fn pending_jobs(&self, limit: usize) -> Result<Vec<DeliveryJob>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.pending_jobs(limit).await;
+        }
         self.read(move |c| reads::pending_jobs(c, limit)).await
     }
 
@@ -37,6 +43,9 @@ impl Store {
         &self,
         delivery_id: &str,
     ) -> Result<Option<usize>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.delivery_payload_size(delivery_id).await;
+        }
         let id = delivery_id.to_string();
         self.read(move |c| reads::delivery_payload_size(c, &id))
             .await
@@ -44,22 +53,34 @@ impl Store {
 
     /// What a delivery sends: its body, or else its event's payload (a missing body is an error).
     pub async fn delivery_payload(&self, delivery_id: &str) -> Result<Option<Bytes>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.delivery_payload(delivery_id).await;
+        }
         let id = delivery_id.to_string();
         self.read(move |c| reads::delivery_payload(c, &id)).await
     }
 
     /// The paused destinations with why and since when, by destination id.
     pub async fn paused_destinations(&self) -> Result<Vec<(String, Pause)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.paused_destinations().await;
+        }
         self.read(health::paused_destinations).await
     }
 
     /// Runs the run worker has to act on, soonest first (a tie by id): `(id, due at)`.
     pub async fn due_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.due_runs().await;
+        }
         self.read(runs::due_runs).await
     }
 
     /// A run with its event, as the run worker needs it to go on.
     pub async fn run_row(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.run_row(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| runs::run_row(c, &id)).await
     }
@@ -68,6 +89,9 @@ impl Store {
 
     /// An event with its runs and their deliveries (without their attempts).
     pub async fn event(&self, id: &str) -> Result<Option<EventView>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.event(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| reads::event(c, &id)).await
     }
@@ -78,6 +102,9 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(EventView, Vec<RunDetail>)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.event_with_attempts_and_steps(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| {
             let Some(mut event) = reads::event(c, &id)? else {
@@ -101,6 +128,9 @@ impl Store {
 
     /// What a replay of a whole event needs of it (its payload `None` once it expired).
     pub async fn stored_event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.stored_event(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| reads::stored_event(c, &id)).await
     }
@@ -112,6 +142,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EventSummary>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.events(filter, before, limit).await;
+        }
         let (filter, before) = (filter.clone(), before.map(str::to_string));
         self.read(move |c| reads::events(c, &filter, before.as_deref(), limit))
             .await
@@ -124,6 +157,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(EventSummary, Vec<u8>)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.events_with_payload(filter, before, limit).await;
+        }
         let (filter, before) = (filter.clone(), before.map(str::to_string));
         self.read(move |c| reads::events_with_payload(c, &filter, before.as_deref(), limit))
             .await
@@ -131,6 +167,9 @@ impl Store {
 
     /// A delivery with its attempts.
     pub async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.delivery(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| reads::delivery(c, &id)).await
     }
@@ -142,6 +181,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeliveryView>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.deliveries(filter, before, limit).await;
+        }
         let (filter, before) = (filter.clone(), before.map(str::to_string));
         self.read(move |c| reads::deliveries(c, &filter, before.as_deref(), limit))
             .await
@@ -149,12 +191,18 @@ impl Store {
 
     /// A run as the API shows it, with its steps.
     pub async fn run_detail(&self, id: &str) -> Result<Option<RunDetail>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.run_detail(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| runs::run_detail(c, &id)).await
     }
 
     /// A run without its steps.
     pub async fn run_summary(&self, id: &str) -> Result<Option<RunSummary>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.run_summary(id).await;
+        }
         let id = id.to_string();
         self.read(move |c| runs::run_summary(c, &id)).await
     }
@@ -166,6 +214,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RunSummary>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.runs(filter, before, limit).await;
+        }
         let (filter, before) = (filter.clone(), before.map(str::to_string));
         self.read(move |c| runs::runs(c, &filter, before.as_deref(), limit))
             .await
@@ -178,6 +229,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RunSummary>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.failed_runs(filter, after, limit).await;
+        }
         let (filter, after) = (filter.clone(), after.map(str::to_string));
         self.read(move |c| runs::failed_runs(c, &filter, after.as_deref(), limit))
             .await
@@ -190,6 +244,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.dead_letters(before, limit).await;
+        }
         let before = before.map(str::to_string);
         self.read(move |c| runs::dead_letters(c, before.as_deref(), limit))
             .await
@@ -202,6 +259,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.dead_deliveries(filter, after, limit).await;
+        }
         let (filter, after) = (filter.clone(), after.map(str::to_string));
         self.read(move |c| health::dead_deliveries(c, &filter, after.as_deref(), limit))
             .await
@@ -215,6 +275,9 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeliveryView>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.dead_delivery_page(filter, before, limit).await;
+        }
         let (filter, before) = (filter.clone(), before.map(str::to_string));
         self.read(move |c| reads::dead_delivery_page(c, &filter, before.as_deref(), limit))
             .await
@@ -226,6 +289,9 @@ impl Store {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<RejectionView>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.rejections(before, limit).await;
+        }
         self.read(move |c| reads::rejections(c, before, limit))
             .await
     }
@@ -237,6 +303,9 @@ impl Store {
         source: &str,
         limit: usize,
     ) -> Result<(Vec<EventSummary>, Vec<RejectionView>), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.events_and_rejections_of(source, limit).await;
+        }
         let source = source.to_string();
         self.read(move |c| {
             let filter = EventFilter {
@@ -255,6 +324,9 @@ impl Store {
 
     /// Every object made through the API.
     pub async fn api_objects(&self) -> Result<Vec<StoredObject>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.api_objects().await;
+        }
         self.read(objects::api_objects).await
     }
 
@@ -263,6 +335,9 @@ impl Store {
         &self,
         event_type: &str,
     ) -> Result<Vec<SchemaVersion>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.schema_versions(event_type).await;
+        }
         let event_type = event_type.to_string();
         self.read(move |c| objects::schema_versions(c, &event_type))
             .await
@@ -270,6 +345,9 @@ impl Store {
 
     /// How many deliveries to a destination are not finished (pending).
     pub async fn pending_deliveries_to(&self, destination_id: &str) -> Result<i64, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.pending_deliveries_to(destination_id).await;
+        }
         let id = destination_id.to_string();
         self.read(move |c| objects::pending_deliveries_to(c, &id))
             .await
@@ -277,6 +355,9 @@ impl Store {
 
     /// How many runs of a flow are not finished (running or waiting for their deliveries).
     pub async fn unfinished_runs_of(&self, flow_id: &str) -> Result<i64, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.unfinished_runs_of(flow_id).await;
+        }
         let id = flow_id.to_string();
         self.read(move |c| objects::unfinished_runs_of(c, &id))
             .await
@@ -284,11 +365,17 @@ impl Store {
 
     /// The live tokens, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenView>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.tokens().await;
+        }
         self.read(health::tokens).await
     }
 
     /// The scope of the live token whose SHA-256 is `hash`.
     pub async fn token_scope(&self, hash: &[u8]) -> Result<Option<String>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.token_scope(hash).await;
+        }
         let hash = hash.to_vec();
         self.read(move |c| health::token_scope(c, &hash)).await
     }
@@ -297,6 +384,9 @@ impl Store {
 
     /// The pending deliveries of each destination, and the oldest due one, by destination id.
     pub async fn backlog(&self, now: Millis) -> Result<Vec<Backlog>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.backlog(now).await;
+        }
         self.read(move |c| health::backlog(c, now)).await
     }
 
@@ -306,6 +396,9 @@ impl Store {
         &self,
         now: Millis,
     ) -> Result<(Vec<Backlog>, Vec<(String, i64)>, i64), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.backlog_dead_and_failed_runs(now).await;
+        }
         self.read(move |c| {
             Ok((
                 health::backlog(c, now)?,
@@ -322,6 +415,9 @@ impl Store {
         &self,
         now: Millis,
     ) -> Result<(i64, Vec<Backlog>, Vec<(String, i64)>, Vec<AlertState>), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.rejected_backlog_dead_and_alerts(now).await;
+        }
         self.read(move |c| {
             Ok((
                 reads::count_rejections(c)?,
@@ -342,6 +438,12 @@ impl Store {
         per_destination: usize,
         now: Millis,
     ) -> Result<(Vec<Backlog>, Vec<(String, i64)>, Vec<Vec<RecentAttempt>>), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c
+                .pg
+                .recent_attempts_backlog_and_dead(destination_ids, per_destination, now)
+                .await;
+        }
         self.read(move |c| {
             let recent = destination_ids
                 .iter()
@@ -362,6 +464,9 @@ impl Store {
         destination_id: &str,
         n: usize,
     ) -> Result<Vec<RecentAttempt>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.recent_attempts(destination_id, n).await;
+        }
         let id = destination_id.to_string();
         self.read(move |c| health::recent_attempts(c, &id, n)).await
     }
@@ -372,6 +477,9 @@ impl Store {
         destination_id: &str,
         n: usize,
     ) -> Result<Vec<(String, Option<String>, Millis)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.last_attempts(destination_id, n).await;
+        }
         let id = destination_id.to_string();
         self.read(move |c| health::last_attempts(c, &id, n)).await
     }
@@ -382,6 +490,9 @@ impl Store {
         destination_id: &str,
         since: Millis,
     ) -> Result<(i64, i64), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.attempt_counts(destination_id, since).await;
+        }
         let id = destination_id.to_string();
         self.read(move |c| health::attempt_counts(c, &id, since))
             .await
@@ -394,6 +505,9 @@ impl Store {
         destination_ids: Vec<String>,
         since: Millis,
     ) -> Result<HashMap<String, (i64, i64)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.attempt_counts_of(destination_ids, since).await;
+        }
         self.read(move |c| {
             destination_ids
                 .iter()
@@ -410,6 +524,9 @@ impl Store {
         destination_id: &str,
         since: Millis,
     ) -> Result<Vec<i64>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.delivery_latencies(destination_id, since).await;
+        }
         let id = destination_id.to_string();
         self.read(move |c| health::delivery_latencies(c, &id, since))
             .await
@@ -417,6 +534,9 @@ impl Store {
 
     /// The dead deliveries, all of them or those of one destination.
     pub async fn dead_count(&self, destination_id: Option<&str>) -> Result<i64, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.dead_count(destination_id).await;
+        }
         let id = destination_id.map(str::to_string);
         self.read(move |c| health::dead_count(c, id.as_deref()))
             .await
@@ -424,11 +544,17 @@ impl Store {
 
     /// The latest event time of each source that has any, by source.
     pub async fn last_event_per_source(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.last_event_per_source().await;
+        }
         self.read(health::last_event_per_source).await
     }
 
     /// Every alert rule's stored state, by rule id.
     pub async fn alert_states(&self) -> Result<Vec<AlertState>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.alert_states().await;
+        }
         self.read(health::alert_states).await
     }
 
@@ -439,6 +565,9 @@ impl Store {
         alert_ids: Vec<String>,
         changes: usize,
     ) -> Result<(Vec<AlertState>, Vec<Vec<AlertChange>>), StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.alert_states_and_history(alert_ids, changes).await;
+        }
         self.read(move |c| {
             let histories = alert_ids
                 .iter()
@@ -453,11 +582,17 @@ impl Store {
 
     /// The database's pages: how large it is and how much of it is free.
     pub async fn space(&self) -> Result<Space, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.space().await;
+        }
         self.read(prune::space).await
     }
 
     /// When the oldest event kept arrived, if there is one.
     pub async fn oldest_event(&self) -> Result<Option<Millis>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.oldest_event().await;
+        }
         self.read(prune::oldest_event).await
     }
 
@@ -465,16 +600,25 @@ impl Store {
 
     /// The events stored.
     pub async fn count_events(&self) -> Result<i64, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.count_events().await;
+        }
         self.read(reads::count_events).await
     }
 
     /// The entries of the rejected log.
     pub async fn count_rejections(&self) -> Result<i64, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.count_rejections().await;
+        }
         self.read(reads::count_rejections).await
     }
 
     /// Raw attempt start times of a delivery, oldest first.
     pub async fn attempt_times(&self, delivery_id: &str) -> Result<Vec<Millis>, StoreError> {
+        if let Some(c) = self.clustered() {
+            return c.pg.attempt_times(delivery_id).await;
+        }
         let id = delivery_id.to_string();
         self.read(move |c| reads::attempt_times(c, &id)).await
     }

@@ -475,6 +475,7 @@ pub(super) fn pending_jobs(
             round_attempts: r.get::<_, i64>(3)? as u32,
             due_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
             payload: None,
+            lease: None,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -982,6 +982,7 @@ fn replay_run(tx: &Connection, r: &RunReplay) -> Result<ReplayOutcome, StoreErro
                     round_attempts: 0,
                     due_at: r.now,
                     payload: None,
+                    lease: None,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -1030,7 +1031,7 @@ fn retry(
              RETURNING id, event_id, destination_id, run_id, created_at",
         )?
         .query_row(params![delivery_id, now], |r| {
-            Ok(DeliveryJob { id: r.get(0)?, event_id: r.get(1)?, run_id: r.get(3)?, destination_id: r.get(2)?, created_at: r.get(4)?, round_attempts: 0, due_at: now, payload: None })
+            Ok(DeliveryJob { id: r.get(0)?, event_id: r.get(1)?, run_id: r.get(3)?, destination_id: r.get(2)?, created_at: r.get(4)?, round_attempts: 0, due_at: now, payload: None, lease: None })
         })
         .optional()?;
     let Some(job) = job else {

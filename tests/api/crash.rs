@@ -17,24 +17,32 @@ async fn start_ferry(
 
 /// Senders posting numbered events to `/in/s` until stopped, keeping the numbers
 /// acknowledged with a 2xx.
-struct Load {
+pub(crate) struct Load {
     acked: Arc<Mutex<HashSet<u64>>>,
     stop: Arc<AtomicBool>,
     senders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(base: &str, senders: usize) -> Load {
+    pub(crate) fn start(base: &str, senders: usize) -> Load {
+        Self::spread(&[base.to_string()], senders)
+    }
+
+    /// Senders spread over the nodes `bases`: sender `i` starts at node `i`, and moves on to
+    /// the next node when one does not answer.
+    pub(crate) fn spread(bases: &[String], senders: usize) -> Load {
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let next = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let senders = (0..senders)
-            .map(|_| {
+            .map(|i| {
                 let (acked, next, stop) = (acked.clone(), next.clone(), stop.clone());
-                let base = base.to_string();
+                let bases = bases.to_vec();
                 tokio::spawn(async move {
                     let client = client();
+                    let mut at = i;
                     while !stop.load(Ordering::Relaxed) {
+                        let base = &bases[at % bases.len()];
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         let sent = client
                             .post(format!("{base}/in/s"))
@@ -47,7 +55,10 @@ impl Load {
                                 acked.lock().unwrap().insert(n);
                             }
                             Ok(_) => {}
-                            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                            Err(_) => {
+                                at += 1;
+                                tokio::time::sleep(Duration::from_millis(5)).await
+                            }
                         }
                     }
                 })
@@ -60,12 +71,12 @@ impl Load {
         }
     }
 
-    fn acked(&self) -> HashSet<u64> {
+    pub(crate) fn acked(&self) -> HashSet<u64> {
         self.acked.lock().unwrap().clone()
     }
 
     /// Stops the senders; the numbers acknowledged.
-    async fn stop(mut self) -> HashSet<u64> {
+    pub(crate) async fn stop(mut self) -> HashSet<u64> {
         self.stop.store(true, Ordering::Relaxed);
         for s in std::mem::take(&mut self.senders) {
             s.await.unwrap();
@@ -75,7 +86,7 @@ impl Load {
 }
 
 /// Posts event number `n` to `/in/s` and checks it is accepted.
-async fn post_event(base: &str, n: u64) {
+pub(crate) async fn post_event(base: &str, n: u64) {
     let sent = client()
         .post(format!("{base}/in/s"))
         .header("content-type", "application/json")
@@ -87,7 +98,7 @@ async fn post_event(base: &str, n: u64) {
 }
 
 /// Sends `signal` (`-TERM`) to `target`: a process id, or `-<id>` for its whole group.
-fn signal(target: &str, signal: &str) {
+pub(crate) fn signal(target: &str, signal: &str) {
     let sent = std::process::Command::new("kill")
         .args([signal, "--", target])
         .status()
@@ -96,7 +107,7 @@ fn signal(target: &str, signal: &str) {
 }
 
 /// Waits up to `seconds` for `child` to exit.
-async fn exits_within(
+pub(crate) async fn exits_within(
     child: &mut tokio::process::Child,
     seconds: u64,
     what: &str,
@@ -108,7 +119,7 @@ async fn exits_within(
 }
 
 /// Event numbers seen by a receiver, with how often each arrived.
-fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
+pub(crate) fn tally(receiver: &Receiver) -> HashMap<u64, usize> {
     let mut seen = HashMap::new();
     for r in receiver.requests() {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();

@@ -105,6 +105,7 @@ fn attempt(delivery_id: &str, run_id: &str, next: AttemptNext) -> NewAttempt {
         error: None,
         outcome: "succeeded",
         next,
+        lease: None,
     }
 }
 

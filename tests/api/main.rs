@@ -30,6 +30,7 @@ mod openapi;
 mod overload;
 mod pg_cluster;
 mod pg_ingest;
+mod pg_nodes;
 mod pg_reads;
 mod pg_writes;
 mod retention;

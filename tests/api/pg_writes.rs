@@ -383,6 +383,7 @@ fn outcome(event_id: &str, to: &str, next: AttemptNext, at: Millis) -> impl Fn()
             error: (!ok).then(|| "500 Internal Server Error".to_string()),
             outcome: if ok { "succeeded" } else { "failed" },
             next,
+            lease: None,
         }
     }
 }
@@ -403,6 +404,7 @@ fn save(run_id: &str, event_id: &str, status: &'static str, now: Millis) -> RunS
         bodies: Vec::new(),
         steps: "[]".into(),
         now,
+        lease: None,
     }
 }
 

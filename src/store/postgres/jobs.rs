@@ -83,7 +83,8 @@ impl PgStore {
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE delivery_jobs j
-             SET lease_until = {DB_NOW_MS} + $4, lease_token = nextval('ferry_lease_tokens'), leased_by = $5
+             SET lease_until = {DB_NOW_MS} + $4, lease_token = nextval('ferry_lease_tokens'), leased_by = $5,
+                 held = false
              FROM due, deliveries d
              WHERE j.delivery_id = due.delivery_id AND d.id = j.delivery_id
              RETURNING j.delivery_id, d.event_id, d.run_id, j.destination_id, d.created_at,
@@ -107,6 +108,7 @@ impl PgStore {
                         round_attempts: u32::try_from(r.try_get::<_, i64>(5)?).unwrap_or(0),
                         due_at: r.try_get(6)?,
                         payload: None,
+                        lease: Some(r.try_get(7)?),
                     },
                     token: r.try_get(7)?,
                 })
@@ -230,7 +232,7 @@ impl PgStore {
         let conn = self.conn().await?;
         let changed = conn
             .execute(
-                "UPDATE delivery_jobs SET due_at = $3, lease_until = NULL, lease_token = NULL, leased_by = NULL
+                "UPDATE delivery_jobs SET due_at = $3, held = true, lease_until = NULL, lease_token = NULL, leased_by = NULL
                  WHERE delivery_id = $1 AND lease_token = $2",
                 &[&delivery_id, &token, &until],
             )
@@ -241,6 +243,21 @@ impl PgStore {
         } else {
             Fenced::Recorded(())
         })
+    }
+
+    /// Makes the held jobs of `destination_id` (put back by [`PgStore::hold_delivery`]) due
+    /// at `now` (a resume, or its circuit closed on some node); jobs waiting for a retry keep
+    /// their times. Answers how many.
+    pub async fn release_held(&self, destination_id: &str, now: Millis) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute(
+                "UPDATE delivery_jobs SET due_at = LEAST(due_at, $2), held = false
+                 WHERE destination_id = $1 AND held AND lease_token IS NULL",
+                &[&destination_id, &now],
+            )
+            .await
+            .map_err(PgError::from)?)
     }
 
     /// Records an attempt made under `lease`, with the delivery's new state, in one

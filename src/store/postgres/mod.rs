@@ -11,6 +11,7 @@
 mod cluster;
 mod ingest;
 mod jobs;
+mod node;
 mod reads;
 mod rows;
 mod schema;
@@ -19,6 +20,7 @@ mod writes;
 pub use cluster::{Leadership, Node, NodeView};
 pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
+pub use node::{CONFIG_CHANNEL, Clustered, JOBS_CHANNEL};
 
 pub use schema::{Applied, LATEST_VERSION, MIGRATIONS, Migrated, Migration};
 

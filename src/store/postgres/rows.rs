@@ -137,6 +137,7 @@ pub(super) fn job(r: &Row) -> Result<DeliveryJob, StoreError> {
         round_attempts,
         due_at: get::<Option<i64>>(r, 4)?.unwrap_or(0),
         payload: None,
+        lease: None,
         id,
     })
 }

@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "node numbers",
         sql: NODE_NUMBERS_3,
     },
+    Migration {
+        version: 4,
+        name: "held delivery jobs",
+        sql: HELD_JOBS_4,
+    },
 ];
 
 /// The version of the last migration: the one this binary brings a database to.
@@ -376,6 +381,12 @@ CREATE INDEX delivery_jobs_lease ON delivery_jobs(lease_token) WHERE lease_token
 const NODE_NUMBERS_3: &str = r#"
 CREATE SEQUENCE ferry_node_numbers AS BIGINT MINVALUE 1;
 ALTER TABLE ferry_nodes ADD COLUMN number BIGINT;
+"#;
+
+/// A job held by its destination (paused, or its circuit open) rather than waiting for a
+/// retry: a resume makes the held ones due at once, and the others keep their times.
+const HELD_JOBS_4: &str = r#"
+ALTER TABLE delivery_jobs ADD COLUMN held BOOLEAN NOT NULL DEFAULT false;
 "#;
 
 #[cfg(test)]

@@ -69,8 +69,9 @@ pub(super) const MAX_REJECTIONS_WRITING: usize = 64;
 impl PgStore {
     /// Saves a run's new state after a step, with the deliveries it created and the http
     /// attempt it made, in one transaction. `Ok(false)` when the run no longer had the
-    /// expected status (nothing was written). The new deliveries' jobs are due at once and
-    /// leased to nobody; the run's job follows its new status.
+    /// expected status, or its job no longer carries the save's lease (nothing was written).
+    /// The new deliveries' jobs are due at once and leased to nobody; the run's job follows
+    /// its new status.
     pub async fn save_run(
         &self,
         save: RunSave,
@@ -356,6 +357,21 @@ async fn save_run(
     deliveries: &[NewDelivery],
     attempt: Option<&NewStepAttempt>,
 ) -> Result<bool, StoreError> {
+    // A step performed under a lease is saved only while the run's job still carries its
+    // token: a node that lost the run to another (its lease ran out) changes nothing.
+    if let Some(token) = s.lease {
+        let holds = tx
+            .query_opt(
+                "SELECT 1 FROM run_jobs WHERE run_id = $1 AND lease_token = $2 FOR UPDATE",
+                &[&s.id, &token],
+            )
+            .await
+            .map_err(q)?
+            .is_some();
+        if !holds {
+            return Ok(false);
+        }
+    }
     let updated = tx
         .execute(
             "UPDATE runs SET status = $3::text, pc = $4, resume_pc = $5, next_at = $6, step_attempts = $7,
@@ -578,6 +594,7 @@ async fn replay_run(tx: &Transaction<'_>, r: &RunReplay) -> Result<ReplayOutcome
                 round_attempts: 0,
                 due_at: r.now,
                 payload: None,
+                lease: None,
             });
         }
     }
@@ -656,6 +673,7 @@ async fn retry(
         round_attempts: 0,
         due_at: now,
         payload: None,
+        lease: None,
     };
     schedule_delivery_jobs(tx, &[(&job.id, &job.destination_id)], now).await?;
     // A run that failed because of its dead deliveries waits on them again: when this one

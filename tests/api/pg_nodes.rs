@@ -1,0 +1,382 @@
+//! Cluster mode end to end: `ferry serve --database-url` processes sharing one PostgreSQL
+//! schema, under load, killed with SIGKILL, stopped with SIGTERM, restarted. What must hold:
+//! every acknowledged event reaches every destination; the attempt log shows no job attempted
+//! by two nodes under one lease, and no two nodes attempting one delivery at the same time;
+//! a dead node's jobs are finished by the others once its leases ran out; a graceful stop
+//! delivers nothing twice; migrations run once; an alert notifies once.
+
+use crate::crash::{Load, exits_within, post_event, signal, tally};
+use crate::helpers::*;
+use crate::postgres::TestSchema;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// The secret key every node of a test cluster shares (32 bytes, base64).
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Starts a node `id` of the cluster in `schema` with `config`; its log goes to `log`.
+async fn start_node(
+    config: &Path,
+    schema: &TestSchema,
+    id: &str,
+    log: &Path,
+) -> (tokio::process::Child, String) {
+    let log = std::fs::File::create(log).unwrap();
+    spawn_serve(
+        &[
+            "serve".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--database-url".as_ref(),
+            schema.url.as_ref(),
+            "--node-id".as_ref(),
+            id.as_ref(),
+        ],
+        &[
+            ("FERRY_API_TOKEN", TOKEN),
+            ("FERRY_SECRET_KEY", KEY),
+            ("FERRY_LOG", "info"),
+        ],
+        std::process::Stdio::from(log),
+    )
+    .await
+}
+
+/// Each attempt in the log: (delivery, node, lease token, started at, duration).
+async fn attempt_log(schema: &TestSchema) -> Vec<(String, String, i64, i64, i64)> {
+    schema
+        .client()
+        .await
+        .query(
+            "SELECT delivery_id, node, lease_token, started_at, duration_ms FROM attempts ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+/// No lease token on two attempts, and no delivery attempted by two nodes at overlapping
+/// times.
+fn assert_no_overlap(log: &[(String, String, i64, i64, i64)]) {
+    let mut tokens = HashSet::new();
+    for (delivery, _, token, _, _) in log {
+        assert!(
+            tokens.insert(*token),
+            "lease token {token} used by two attempts (delivery {delivery})"
+        );
+    }
+    let mut by_delivery: HashMap<&str, Vec<(&str, i64, i64)>> = HashMap::new();
+    for (delivery, node, _, started, duration) in log {
+        by_delivery
+            .entry(delivery)
+            .or_default()
+            .push((node, *started, started + duration));
+    }
+    for (delivery, attempts) in by_delivery {
+        for (i, a) in attempts.iter().enumerate() {
+            for b in &attempts[i + 1..] {
+                let overlap = a.1 < b.2 && b.1 < a.2;
+                assert!(
+                    !(overlap && a.0 != b.0),
+                    "delivery {delivery} attempted by {} and {} at once: {a:?} {b:?}",
+                    a.0,
+                    b.0
+                );
+            }
+        }
+    }
+}
+
+fn write_config(dir: &Path, quick: &Receiver, slow: &Receiver) -> std::path::PathBuf {
+    let config = dir.join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true, shutdown_grace: 10s, lease: 3s }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: quick, kind: http, url: "{}" }}
+  - {{ id: slow, kind: http, url: "{}", concurrency: 8 }}
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] }} ]
+"#,
+            quick.url, slow.url
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits until each receiver has seen every event of `acked`.
+async fn all_delivered(acked: &HashSet<u64>, receivers: &[&Receiver]) {
+    for receiver in receivers {
+        wait_until(
+            &format!("every acknowledged event at {}", receiver.url),
+            || async {
+                let seen = tally(receiver);
+                acked.iter().all(|n| seen.contains_key(n))
+            },
+        )
+        .await;
+    }
+}
+
+/// Three nodes under load: one killed (SIGKILL), one stopped gracefully (SIGTERM), both
+/// started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_lose_nothing_when_one_is_killed_and_one_stopped() {
+    let schema = TestSchema::create().await;
+    let quick = Receiver::start().await;
+    let slow = Receiver::start_with(Reply::delayed(Duration::from_millis(40))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &quick, &slow);
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let mut nodes = Vec::new();
+    for id in ["n0", "n1", "n2"] {
+        nodes.push(start_node(&config, &schema, id, &log(id)).await);
+    }
+    let bases: Vec<String> = nodes.iter().map(|(_, base)| base.clone()).collect();
+
+    let load = Load::spread(&bases, 6);
+    wait_until("300 events acknowledged", || async {
+        load.acked().len() >= 300
+    })
+    .await;
+    // SIGKILL n0 while it holds leases: its jobs must go to the others once they run out.
+    let client = schema.client().await;
+    nodes[0].0.kill().await.unwrap();
+    let held_by_killed: HashSet<String> = client
+        .query(
+            "SELECT delivery_id FROM delivery_jobs WHERE leased_by = 'n0'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let acked_at_kill = load.acked().len();
+    wait_until("150 more events acknowledged", || async {
+        load.acked().len() >= acked_at_kill + 150
+    })
+    .await;
+    // SIGTERM n1 under load: it finishes what is in flight and gives the rest back.
+    let pid = nodes[1].0.id().unwrap().to_string();
+    signal(&pid, "-TERM");
+    let status = exits_within(&mut nodes[1].0, 20, "n1 stops within its grace").await;
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let acked = load.stop().await;
+
+    // n2 alone finishes everything, n0's jobs included once their leases ran out.
+    all_delivered(&acked, &[&quick, &slow]).await;
+    wait_until("no job left in the store", || async {
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM delivery_jobs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        left == 0
+    })
+    .await;
+    let log_rows = attempt_log(&schema).await;
+    assert_no_overlap(&log_rows);
+    let finished_by: HashMap<&str, &str> = log_rows
+        .iter()
+        .map(|(d, node, ..)| (d.as_str(), node.as_str()))
+        .collect();
+    let taken_over = held_by_killed
+        .iter()
+        .filter(|d| finished_by.get(d.as_str()).is_some_and(|n| *n != "n0"))
+        .count();
+    assert!(
+        held_by_killed.is_empty() || taken_over > 0,
+        "the killed node's jobs were finished by the others ({taken_over} of {})",
+        held_by_killed.len()
+    );
+    let stopped = std::fs::read_to_string(log("n1")).unwrap();
+    assert!(
+        stopped.contains("gave back the leases"),
+        "the stopped node gave its leases back:\n{stopped}"
+    );
+
+    // The two come back with no manual step and take work again.
+    nodes[0] = start_node(&config, &schema, "n0", &log("n0-again")).await;
+    nodes[1] = start_node(&config, &schema, "n1", &log("n1-again")).await;
+    let next = 1_000_000;
+    post_event(&nodes[0].1, next).await;
+    post_event(&nodes[1].1, next + 1).await;
+    let more: HashSet<u64> = [next, next + 1].into();
+    all_delivered(&more, &[&quick, &slow]).await;
+    let listed: serde_json::Value = client_get(&nodes[0].1, "/api/v1/events?limit=1").await;
+    assert!(listed["data"].as_array().is_some_and(|a| !a.is_empty()));
+    eprintln!(
+        "cluster test: {} events acknowledged, {} deliveries held by the killed node, {} taken over, {} duplicates at the slow receiver",
+        acked.len(),
+        held_by_killed.len(),
+        taken_over,
+        tally(&slow).values().map(|c| c - 1).sum::<usize>()
+    );
+    for (mut child, _) in nodes {
+        let _ = child.kill().await;
+    }
+}
+
+/// GET `path` on a node with the test token, as JSON.
+async fn client_get(base: &str, path: &str) -> serde_json::Value {
+    let response = client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}
+
+/// One node of two stopped with SIGTERM under load and started again: no delivery is
+/// received twice, and nothing waits for a lease to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_under_load_and_restarted_delivers_nothing_twice() {
+    let schema = TestSchema::create().await;
+    let quick = Receiver::start().await;
+    let slow = Receiver::start_with(Reply::delayed(Duration::from_millis(100))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &quick, &slow);
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let (mut a, base_a) = start_node(&config, &schema, "a", &log("a")).await;
+    let load = Load::start(&base_a, 4);
+    wait_until("200 events acknowledged", || async {
+        load.acked().len() >= 200
+    })
+    .await;
+    wait_until("attempts in flight at the slow receiver", || async {
+        slow.count() >= 8
+    })
+    .await;
+    let pid = a.id().unwrap().to_string();
+    signal(&pid, "-TERM");
+    let status = exits_within(&mut a, 20, "the node stops within its grace").await;
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let acked = load.stop().await;
+    assert!(
+        slow.count() < acked.len(),
+        "the stop came while deliveries were pending"
+    );
+    let (mut again, _) = start_node(&config, &schema, "a", &log("a-again")).await;
+    all_delivered(&acked, &[&quick, &slow]).await;
+    for receiver in [&quick, &slow] {
+        let twice: Vec<u64> = tally(receiver)
+            .into_iter()
+            .filter(|(_, count)| *count > 1)
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "delivered twice to {} across the graceful stop: {twice:?}",
+            receiver.url
+        );
+    }
+    assert_no_overlap(&attempt_log(&schema).await);
+    again.kill().await.unwrap();
+}
+
+/// Three nodes started at once on an empty schema: exactly one applies the migrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_starting_together_migrate_once() {
+    let schema = TestSchema::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(&config, "{}").unwrap();
+    let logs: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("n{i}.log")))
+        .collect();
+    let (a, b, c) = tokio::join!(
+        start_node(&config, &schema, "n0", &logs[0]),
+        start_node(&config, &schema, "n1", &logs[1]),
+        start_node(&config, &schema, "n2", &logs[2]),
+    );
+    let migrated: Vec<usize> = logs
+        .iter()
+        .map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap()
+                .matches("applied PostgreSQL migration")
+                .count()
+        })
+        .collect();
+    assert_eq!(
+        migrated.iter().filter(|n| **n > 0).count(),
+        1,
+        "one node migrates: {migrated:?}"
+    );
+    assert_eq!(
+        migrated.iter().sum::<usize>(),
+        ferry::store::postgres::MIGRATIONS.len(),
+        "each migration once: {migrated:?}"
+    );
+    let nodes: i64 = schema
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM ferry_nodes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nodes, 3);
+    for (mut child, _) in [a, b, c] {
+        child.kill().await.unwrap();
+    }
+}
+
+/// An alert rule on three nodes fires once: one node evaluates the rules at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_rule_notifies_once_not_once_per_node() {
+    let schema = TestSchema::create().await;
+    let ops = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true, alert_interval: 200ms }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+channels: [ {{ id: ops, kind: webhook, url: "{}" }} ]
+alerts:
+  - {{ id: quiet, when: {{ source_silent: {{ source: s, for: 1s }} }}, notify: [ops] }}
+"#,
+            ops.url
+        ),
+    )
+    .unwrap();
+    let mut nodes = Vec::new();
+    for id in ["n0", "n1", "n2"] {
+        let log = dir.path().join(format!("{id}.log"));
+        nodes.push(start_node(&config, &schema, id, &log).await);
+    }
+    wait_until("the alert notified", || async { ops.count() >= 1 }).await;
+    // A few more evaluations on every node.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ops.count(), 1, "one notice, not one per node");
+    // The leader dies: another node takes the lead, and does not notify again for the same
+    // firing.
+    let leader_log = (0..3).find(|i| {
+        std::fs::read_to_string(dir.path().join(format!("n{i}.log")))
+            .unwrap()
+            .contains("evaluates the alert rules now")
+    });
+    let leader = leader_log.expect("a node leads");
+    nodes[leader].0.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        ops.count(),
+        1,
+        "the new leader does not announce the same firing again"
+    );
+    for (mut child, _) in nodes {
+        let _ = child.kill().await;
+    }
+}
