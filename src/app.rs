@@ -120,12 +120,15 @@ async fn open_cluster_store(url: &str, options: &ServeOptions) -> Result<Store, 
     )
     .await?;
     let id = options.node_id.clone().unwrap_or_else(default_node_id);
-    let node = pg.join(&id, options.clock.now_ms()).await?;
+    let now = options.clock.now_ms();
+    let node = pg.join(&id, now).await?;
     let lease_ms = options.config.settings.lease.as_millis() as i64;
     tracing::info!(node = %node.id, number = node.number, lease_ms, "joined the cluster");
-    Ok(Store::postgres(crate::store::postgres::Clustered::start(
-        pg, node, lease_ms,
-    )))
+    let clustered = crate::store::postgres::Clustered::start(pg, node, lease_ms);
+    clustered
+        .count_live_nodes(now - crate::cluster::LIVE_WITHIN.as_millis() as i64)
+        .await?;
+    Ok(Store::postgres(clustered))
 }
 
 /// The file's config merged with the objects made through the API (their secrets opened

@@ -106,6 +106,8 @@ pub enum DemoError {
     Config(crate::config::ConfigErrors),
     #[error(transparent)]
     Serve(#[from] crate::app::ServeError),
+    #[error("the secret key: {0}")]
+    Key(String),
 }
 
 /// A demo receiver: prints what arrives; `fail_every` > 0 answers 503 to every n-th request.
@@ -178,6 +180,7 @@ fn demo_config(
 pub async fn run(
     listen: SocketAddr,
     data: Option<PathBuf>,
+    database_url: Option<String>,
     api_token: Option<String>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
@@ -189,6 +192,26 @@ pub async fn run(
     let data = data
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
     let mut options = ServeOptions::new(config, data.clone());
+    // On PostgreSQL the secrets' key comes from FERRY_SECRET_KEY, or a fresh one for this
+    // demo (the demo's own objects hold no sealed secret).
+    let stored_in = match &database_url {
+        Some(url) => {
+            options.database_url = Some(url.clone());
+            options.secret_key = Some(
+                match crate::secrets::key_from_env(crate::secrets::KEY_ENV)
+                    .map_err(|e| DemoError::Key(e.to_string()))?
+                {
+                    Some(key) => key,
+                    None => crate::secrets::SecretKey::generate()
+                        .map_err(|e| DemoError::Key(e.to_string()))?,
+                },
+            );
+            crate::store::postgres::parse_url(url)
+                .map(|c| crate::store::postgres::describe_target(&c))
+                .unwrap_or_default()
+        }
+        None => data.display().to_string(),
+    };
     let (token, token_note) = match api_token {
         Some(given) => {
             options.api_token = Some(given);
@@ -210,7 +233,7 @@ pub async fn run(
     let state = crate::app::prepare(options).await?;
     println!(
         r#"
-Ferry demo on http://{addr}  (data in {data}; API token: {token_note})
+Ferry demo on http://{addr}  (data in {stored_in}; API token: {token_note})
 Three receivers stand in for the shop's systems: fulfillment, crm (fails every third request) and accounting.
 A fourth, `alerts`, gets Ferry's alert notices (crm failing more than 20% of the time, dead letters).
 
@@ -235,8 +258,7 @@ Look at what happened in the console: http://{addr}/ (sign in with the API token
   curl -sS -H "authorization: Bearer {token}" http://{addr}/api/v1/alerts
   curl -sS http://{addr}/metrics
 Stop with Ctrl-C.
-"#,
-        data = data.display()
+"#
     );
     crate::app::serve(listener, state, stop).await?;
     Ok(())

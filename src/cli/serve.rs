@@ -38,8 +38,11 @@ pub struct DemoArgs {
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Where the demo keeps its data; a fresh temporary directory when not given.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "database_url")]
     data: Option<PathBuf>,
+    /// Run the demo on PostgreSQL (cluster mode) instead.
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -121,7 +124,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
 /// `ferry demo`: the example integration until Ctrl-C.
 pub async fn demo(args: DemoArgs) -> Result<(), CliError> {
     let stop = stop_on_signals()?;
-    crate::demo::run(args.listen, args.data, api_token_from_env(), stop).await?;
+    crate::demo::run(
+        args.listen,
+        args.data,
+        args.database_url,
+        api_token_from_env(),
+        stop,
+    )
+    .await?;
     Ok(())
 }
 

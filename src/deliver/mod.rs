@@ -219,6 +219,7 @@ impl Deliverer {
             spilled: spilled.clone(),
             destinations: config.destinations.keys().cloned().collect(),
             claim_at: clock.now_ms() + CLAIM_EVERY_MS,
+            claim_now: false,
             hints: None,
         };
         dispatcher.reconfigure(&config);
@@ -493,8 +494,10 @@ struct Dispatcher {
     spilled: Arc<AtomicBool>,
     /// Cluster mode: the destinations whose jobs this node claims (those in its config).
     destinations: Vec<String>,
-    /// Cluster mode: when to claim next.
+    /// Cluster mode: when to claim next on Ferry's clock (a retry or a hold comes due), and
+    /// whether to claim at once (a hint came, or the backstop's second passed).
     claim_at: Millis,
+    claim_now: bool,
     /// Cluster mode: hints from the other nodes (`None` until listening, or after the
     /// listening connection dropped; listened to again at the next claim).
     hints: Option<mpsc::UnboundedReceiver<String>>,
@@ -540,9 +543,10 @@ impl Dispatcher {
             return;
         };
         let now = self.clock.now_ms();
-        if now < self.claim_at || self.ctx.work.is_stopping() {
+        if !(self.claim_now || now >= self.claim_at) || self.ctx.work.is_stopping() {
             return;
         }
+        self.claim_now = false;
         if self.hints.is_none() {
             match c.pg.listen(&[crate::store::postgres::JOBS_CHANNEL]).await {
                 Ok(hints) => self.hints = Some(hints),
@@ -560,7 +564,7 @@ impl Dispatcher {
             Ok(jobs) => {
                 // A full claim leaves more: claim again at once.
                 if jobs.len() == room {
-                    self.claim_at = now;
+                    self.claim_now = true;
                 }
                 for job in jobs {
                     self.take_new(job);
@@ -601,6 +605,10 @@ impl Dispatcher {
         }
         let (mut new_open, mut control_open) = (true, true);
         let mut last_sweep: Option<std::time::Instant> = None;
+        // Cluster mode: the backstop claims every second of real time, whatever Ferry's clock
+        // says, for jobs no hint announced (another node's retries, a dead node's jobs).
+        let mut backstop = tokio::time::interval(Duration::from_millis(CLAIM_EVERY_MS as u64));
+        backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Ends when every `Deliverer` handle is gone (the server stopped). In-flight attempts
         // still record their outcome; jobs still waiting stay pending in the store.
         while new_open {
@@ -655,9 +663,10 @@ impl Dispatcher {
                 _ = async { self.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
                 _ = tokio::time::sleep(Duration::from_millis(250)), if spilled => {}
                 _ = async { self.clock.sleep_until(claim_at).await }, if clustered => {}
+                _ = backstop.tick(), if clustered => self.claim_now = true,
                 hint = async { match hints { Some(h) => h.recv().await, None => std::future::pending().await } }, if listening => {
                     match hint {
-                        Some(_) => self.claim_at = self.clock.now_ms(),
+                        Some(_) => self.claim_now = true,
                         // The listening connection dropped: listen again at the next claim.
                         None => self.hints = None,
                     }
@@ -732,7 +741,7 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         match c.pg.release_held(destination_id, now).await {
             Ok(_) => {
-                self.claim_at = now;
+                self.claim_now = true;
                 c.hint_jobs();
             }
             Err(e) => {
@@ -807,10 +816,16 @@ async fn destination_loop(
                 None => break,
             },
         };
+        // Cluster mode: each node takes its share of `concurrency`, by weighing each attempt
+        // by the number of live nodes (at least one attempt in flight per node).
+        let weight = ctx
+            .store
+            .clustered()
+            .map_or(1, |c| c.live_nodes().min(dest.concurrency)) as u32;
         let slot = tokio::select! {
             biased;
             () = ctx.work.stopped() => break,
-            slot = slots.clone().acquire_owned() => match slot {
+            slot = slots.clone().acquire_many_owned(weight) => match slot {
                 Ok(slot) => slot,
                 Err(_) => break,
             },
@@ -1009,8 +1024,16 @@ async fn tell_breaker(
     if let Some(reason) = change.pause {
         crate::telemetry::events::destination_pause_changed(&dest.id, true, "auto", &reason);
         let pause = breaker.health().paused;
-        if let Err(e) = ctx.store.set_paused(&dest.id, pause).await {
-            tracing::error!(destination_id = %dest.id, error = %e, "could not store the pause; it holds until restart");
+        match ctx.store.set_paused(&dest.id, pause).await {
+            // Cluster mode: the other nodes pause the destination too.
+            Ok(()) => {
+                if let Some(c) = ctx.store.clustered() {
+                    c.hint_config();
+                }
+            }
+            Err(e) => {
+                tracing::error!(destination_id = %dest.id, error = %e, "could not store the pause; it holds until restart")
+            }
         }
     }
 }

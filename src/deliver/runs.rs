@@ -162,19 +162,25 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
         .zip(worker.deliverer.leases().cloned());
     let mut tokens: HashMap<String, i64> = HashMap::new();
     let mut claim_at = worker.clock.now_ms();
+    let mut claim_now = true;
+    // The backstop claims every second of real time, whatever Ferry's clock says.
+    let mut backstop =
+        tokio::time::interval(std::time::Duration::from_millis(CLAIM_EVERY_MS as u64));
+    backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = worker.clock.now_ms();
         if let Some((c, leases)) = &cluster
-            && now >= claim_at
+            && (claim_now || now >= claim_at)
             && !worker.deliverer.work().is_stopping()
         {
+            claim_now = false;
             claim_at = now + CLAIM_EVERY_MS;
             let room = CONCURRENT_RUNS.saturating_sub(busy.len() + tokens.len());
             let asked = std::time::Instant::now();
             match c.pg.claim_runs(&c.node.id, now, room, c.lease_ms).await {
                 Ok(claimed) => {
                     if room > 0 && claimed.len() == room {
-                        claim_at = now;
+                        claim_now = true;
                     }
                     for (run_id, due, token) in claimed {
                         leases.hold(token, asked);
@@ -253,6 +259,7 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
             },
             _ = async { worker.clock.sleep_until(next_due.unwrap_or(0)).await }, if next_due.is_some() => {}
             _ = async { worker.clock.sleep_until(claim_at).await }, if cluster.is_some() => {}
+            _ = backstop.tick(), if cluster.is_some() => claim_now = true,
             () = worker.deliverer.work().stopped() => return,
         }
     }

@@ -380,3 +380,81 @@ alerts:
         let _ = child.kill().await;
     }
 }
+
+/// A receiver that answers after `delay` and counts the most requests it had at once.
+async fn counting_receiver(
+    delay: Duration,
+) -> (
+    String,
+    std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // (now in flight, most at once, requests seen)
+    let counts = std::sync::Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ));
+    let shared = counts.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || {
+            let c = shared.clone();
+            async move {
+                let now = c.0.fetch_add(1, SeqCst) + 1;
+                c.1.fetch_max(now, SeqCst);
+                tokio::time::sleep(delay).await;
+                c.0.fetch_sub(1, SeqCst);
+                c.2.fetch_add(1, SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, counts)
+}
+
+/// A destination's `concurrency` holds across the cluster: two live nodes take two each of
+/// four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destinations_concurrency_is_shared_by_the_live_nodes() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let schema = TestSchema::create().await;
+    let (url, counts) = counting_receiver(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: slow, kind: http, url: "{url}", concurrency: 4 }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow] }} ] }} ]
+"#
+        ),
+    )
+    .unwrap();
+    let (mut a, base_a) = start_node(&config, &schema, "a", &dir.path().join("a.log")).await;
+    let (mut b, base_b) = start_node(&config, &schema, "b", &dir.path().join("b.log")).await;
+    // Node a counts b at its next heartbeat (every 5 s); b counted a when it joined.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for n in 0..40 {
+        post_event(if n % 2 == 0 { &base_a } else { &base_b }, n).await;
+    }
+    wait_until("40 deliveries", || async { counts.2.load(SeqCst) >= 40 }).await;
+    let most = counts.1.load(SeqCst);
+    assert!(
+        most <= 4,
+        "at most `concurrency` requests at once across the nodes, saw {most}"
+    );
+    assert!(most >= 2, "both nodes send: {most} at once");
+    a.kill().await.unwrap();
+    b.kill().await.unwrap();
+}

@@ -6,6 +6,7 @@
 use super::{Ingest, Ingested, Node, PgStore};
 use crate::store::StoreError;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
@@ -38,6 +39,9 @@ pub struct Clustered {
     ingests: mpsc::Sender<Queued>,
     jobs_hint: Arc<Notify>,
     config_hint: Arc<Notify>,
+    /// The nodes alive as last counted (this one included): a destination's `concurrency`
+    /// is shared among them.
+    live_nodes: AtomicUsize,
 }
 
 impl Clustered {
@@ -64,7 +68,27 @@ impl Clustered {
             ingests,
             jobs_hint,
             config_hint,
+            live_nodes: AtomicUsize::new(1),
         }
+    }
+
+    /// The nodes alive as last counted, at least 1.
+    pub fn live_nodes(&self) -> usize {
+        self.live_nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Counts the nodes seen since `since` (the heartbeat does, every few seconds).
+    pub async fn count_live_nodes(&self, since: crate::clock::Millis) -> Result<usize, StoreError> {
+        let live = self
+            .pg
+            .nodes()
+            .await?
+            .iter()
+            .filter(|n| n.seen_at.is_some_and(|at| at >= since))
+            .count()
+            .max(1);
+        self.live_nodes.store(live, Ordering::Relaxed);
+        Ok(live)
     }
 
     /// Commits `ingest` with the others that arrive meanwhile, in one transaction; its jobs
