@@ -35,10 +35,11 @@ pub(super) struct Load {
 }
 
 impl Drive {
-    /// Drives `connections` keep-alive connections against `addr`. With `rate`, each
+    /// Drives `connections` keep-alive connections against `addrs` (connection `i` to
+    /// `addrs[i % len]`: the nodes of a cluster share the load). With `rate`, each
     /// connection sends on a fixed schedule (open loop); without, as fast as answers come
     /// (closed loop).
-    pub(super) async fn run(&self, addr: SocketAddr, rate: Option<u64>) -> Load {
+    pub(super) async fn run(&self, addrs: &[SocketAddr], rate: Option<u64>) -> Load {
         let Drive {
             connections,
             warmup,
@@ -52,6 +53,9 @@ impl Drive {
         let mut tasks = Vec::new();
         for i in 0..connections {
             let seq = seq.clone();
+            let Some(&addr) = addrs.get(i % addrs.len().max(1)) else {
+                break;
+            };
             tasks.push(tokio::spawn(async move {
                 let mut load = Load::default();
                 let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {

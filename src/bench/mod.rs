@@ -73,6 +73,14 @@ pub struct BenchArgs {
     /// this one, so that the two are compared in the same run.
     #[arg(long)]
     pub compare_with: Option<PathBuf>,
+    /// Run each phase's Ferry on this PostgreSQL database (cluster mode), in a fresh schema
+    /// per phase (`ferry_bench_<phase>`, dropped after it), instead of SQLite.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// With `--database-url`: how many `ferry serve` nodes each phase runs; the load is
+    /// spread over them.
+    #[arg(long, default_value_t = 1, requires = "database_url", value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub nodes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -10,7 +10,7 @@ use super::receivers::{Deliveries, start_receivers};
 use super::report::{Report, Row, median, row};
 use super::storage::Storage;
 use super::target::{
-    API_TOKEN, Target, start_ferry, start_ferry_from, start_synced_bare, start_target,
+    API_TOKEN, Backend, Target, start_ferry, start_ferry_from, start_synced_bare, start_target,
 };
 use super::{BenchArgs, BenchError};
 use std::net::SocketAddr;
@@ -59,6 +59,17 @@ struct DeliveryRun {
 }
 
 impl Bench {
+    /// Where each phase's Ferry keeps its data (`--database-url`, `--nodes`).
+    fn backend(&self) -> Backend {
+        match &self.args.database_url {
+            Some(url) => Backend::Postgres {
+                url: url.clone(),
+                nodes: self.args.nodes as usize,
+            },
+            None => Backend::Sqlite,
+        }
+    }
+
     /// Prints what the run will do and starts the receivers.
     pub(super) async fn start(args: BenchArgs) -> Result<Bench, BenchError> {
         let drive = Drive {
@@ -72,8 +83,16 @@ impl Bench {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0);
+        let store = match &args.database_url {
+            Some(_) => format!(
+                "PostgreSQL, {} node{}",
+                args.nodes,
+                if args.nodes == 1 { "" } else { "s" }
+            ),
+            None => "SQLite".to_string(),
+        };
         println!(
-            "ferry bench: {cores} cores, {size}-byte events, {c} connections, {}s per phase after 1s warm-up",
+            "ferry bench: {cores} cores, {size}-byte events, {c} connections, {}s per phase after 1s warm-up; store: {store}",
             args.duration
         );
         let (receivers, stats) = start_receivers(3, drive.epoch).await?;
@@ -95,7 +114,7 @@ impl Bench {
         let bare = start_target(&["bench-bare".into()]).await?;
         let (max, cpu_us) = self.closed_loop(&bare).await;
         eprintln!("phase 2/7: bare handler, {} requests/s", self.args.rate);
-        let fixed = self.drive.run(bare.addr, Some(self.args.rate)).await;
+        let fixed = self.drive.run(&bare.addrs, Some(self.args.rate)).await;
         if max.ok == 0 {
             return Err(BenchError::NoSuccess("bare"));
         }
@@ -135,6 +154,7 @@ impl Bench {
     ) -> Result<Option<f64>, BenchError> {
         let data = &self.args.data;
         let ferry = start_ferry(
+            &self.backend(),
             &data.join("ingest"),
             &config(&self.receivers, Shape::IngestOnly),
         )
@@ -162,7 +182,7 @@ impl Bench {
                 "phase 3/7: round {}: synced bare handler (append and fdatasync only)",
                 round + 1
             );
-            let synced_load = self.drive.run(synced.addr, None).await;
+            let synced_load = self.drive.run(&synced.addrs, None).await;
             synced_failed += synced_load.failed;
             let synced_rps = self.drive.per_second(synced_load.ok);
             eprintln!(
@@ -211,7 +231,9 @@ impl Bench {
         let shape = "fan-out to 3";
         eprintln!("phase 4/7: ferry, {shape}, closed loop");
         let dir = self.args.data.join("fanout");
-        let ferry = start_ferry(&dir, &config(&self.receivers, Shape::FanOut)).await?;
+        let ferry = start_ferry(
+            &self.backend(),
+            &dir, &config(&self.receivers, Shape::FanOut)).await?;
         let run = self.deliveries_closed_loop(ferry).await;
         report.push(run.events_row(shape, baseline));
         run.add_to(report, shape, "fan-out", baseline);
@@ -251,7 +273,9 @@ impl Bench {
             ))));
         }
         let started = Instant::now();
-        let ferry = start_ferry(&dir, &yaml).await?;
+        let ferry = start_ferry(
+            &self.backend(),
+            &dir, &yaml).await?;
         let start_s = started.elapsed().as_secs_f64();
         let (rss_started, peak_started) = (ferry.rss_mb(), ferry.peak_rss_mb());
         let creations = create_flows(&ferry, n, 100).await?;
@@ -325,7 +349,9 @@ impl Bench {
         let shape = "filter, transform, fan-out to 3";
         eprintln!("phase 5/7: ferry, {shape}, closed loop");
         let yaml = config(&self.receivers, Shape::Expressions);
-        let ferry = start_ferry(&self.args.data.join("flow"), &yaml).await?;
+        let ferry = start_ferry(
+            &self.backend(),
+            &self.args.data.join("flow"), &yaml).await?;
         let ours = self.deliveries_closed_loop(ferry).await;
         ours.add_to(report, shape, "flow", baseline);
         let Some(other) = &self.args.compare_with else {
@@ -333,7 +359,7 @@ impl Bench {
         };
         eprintln!("phase 5/7: {}, {shape}, closed loop", other.display());
         let dir = self.args.data.join("flow-other");
-        let ferry = start_ferry_from(other, &dir, &yaml).await?;
+        let ferry = start_ferry_from(&self.backend(), other, &dir, &yaml).await?;
         let theirs = self.deliveries_closed_loop(ferry).await;
         let theirs_shape = "the same, --compare-with build";
         theirs.add_to(report, theirs_shape, "flow, --compare-with build", baseline);
@@ -358,6 +384,7 @@ impl Bench {
         let (warmup, measure) = (self.drive.warmup, self.drive.measure);
         eprintln!("phase 6/7: ferry, fan-out to 3 at {rate} events/s");
         let ferry = start_ferry(
+            &self.backend(),
             &self.args.data.join("latency"),
             &config(&self.receivers, Shape::FanOut),
         )
@@ -377,7 +404,7 @@ impl Bench {
                 stats.recording.store(false, Ordering::Relaxed);
             })
         };
-        let fixed = self.drive.run(ferry.addr, Some(rate)).await;
+        let fixed = self.drive.run(&ferry.addrs, Some(rate)).await;
         let _ = recorder.await;
         // Let the last deliveries of the window arrive before reading latencies.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -419,7 +446,7 @@ impl Bench {
         let rate = self.args.rate;
         eprintln!("phase 7/7: synced bare handler (append and fdatasync only), {rate} requests/s");
         let synced = start_synced_bare(&self.args.data.join("synced-bare-fixed")).await?;
-        let synced_fixed = self.drive.run(synced.addr, Some(rate)).await;
+        let synced_fixed = self.drive.run(&synced.addrs, Some(rate)).await;
         synced.stop().await;
         report.percentiles(
             "synced bare handler",
@@ -434,7 +461,7 @@ impl Bench {
     /// A closed-loop drive of `target`, and the CPU it used per successful request.
     async fn closed_loop(&self, target: &Target) -> (Load, f64) {
         let before = target.cpu_time();
-        let load = self.drive.run(target.addr, None).await;
+        let load = self.drive.run(&target.addrs, None).await;
         let cpu = self
             .drive
             .cpu_per_request(before, target.cpu_time(), load.ok);
@@ -459,7 +486,7 @@ impl Bench {
             })
         };
         stats.recording.store(true, Ordering::Relaxed);
-        let load = self.drive.run(ferry.addr, None).await;
+        let load = self.drive.run(&ferry.addrs, None).await;
         let delivered = recorder.await.unwrap_or(0);
         let rss = ferry.peak_rss_mb();
         let storage = Storage::measure(&ferry, load.acked, load.acked).await;

@@ -2,7 +2,7 @@
 //! every run has ended: the files' sizes in its data directory, and its `/metrics` page.
 
 use super::report::{Row, row};
-use super::target::Target;
+use super::target::{PhaseDatabase, Target};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub(super) struct Storage {
     wal_written: Option<u64>,
     /// Whether every run had ended and no delivery was pending when it was measured.
     settled: bool,
+    /// On PostgreSQL: the server's commits during the phase (`None` on SQLite).
+    commits: Option<i64>,
 }
 
 /// How long a phase's Ferry is given, after its load, to end the runs of the events it took.
@@ -32,20 +34,27 @@ impl Storage {
     /// has passed), so that every event's attempts and run states are stored, then reads the
     /// WAL counter and the sizes of the files in its data directory.
     pub(super) async fn measure(ferry: &Target, acked: u64, runs: u64) -> Storage {
-        let addr = ferry.addr;
         let deadline = Instant::now() + SETTLE_FOR;
         let mut settled = false;
-        let mut metrics = fetch_metrics(addr).await;
-        while let Some(text) = &metrics {
-            let ended = metric_sum(text, "ferry_runs_total").unwrap_or(0.0);
-            let pending = metric_sum(text, "ferry_queue_depth").unwrap_or(0.0);
+        let mut metrics = fetch_all_metrics(&ferry.addrs).await;
+        while let Some(pages) = &metrics {
+            // Each node counts the runs it ended; the queue is the store's, the same on each.
+            let ended: f64 = pages
+                .iter()
+                .map(|t| metric_sum(t, "ferry_runs_total").unwrap_or(0.0))
+                .sum();
+            let pending = pages
+                .iter()
+                .map(|t| metric_sum(t, "ferry_queue_depth").unwrap_or(0.0))
+                .fold(0.0, f64::max);
             settled = ended >= runs as f64 && pending == 0.0;
             if settled || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            metrics = fetch_metrics(addr).await;
+            metrics = fetch_all_metrics(&ferry.addrs).await;
         }
+        let metrics = metrics.and_then(|pages| pages.into_iter().next());
         if !settled {
             eprintln!(
                 "  storage: measured before every run had ended (after {}s, or /metrics did not answer)",
@@ -59,6 +68,9 @@ impl Storage {
                 .and_then(|data| std::fs::metadata(data.join(name)).ok())
                 .map_or(0, |m| m.len())
         };
+        if let Some(db) = &ferry.database {
+            return Self::measure_postgres(db, acked, settled).await;
+        }
         let storage = Storage {
             acked,
             db_bytes: size("ferry.db"),
@@ -68,6 +80,7 @@ impl Storage {
                 .and_then(|t| metric_sum(t, "ferry_store_wal_written_bytes_total"))
                 .map(|b| b as u64),
             settled,
+            commits: None,
         };
         eprintln!(
             "  storage: {} events acknowledged; ferry.db {:.1} MB ({:.0} B per event), ferry.db-wal {:.1} MB; WAL written {}",
@@ -81,6 +94,55 @@ impl Storage {
                     "{:.1} MB",
                     b as f64 / 1e6
                 )),
+        );
+        storage
+    }
+
+    /// On PostgreSQL: the schema's tables and indexes, what the server wrote to its WAL and
+    /// how many transactions it committed since the phase's Ferry started (the whole
+    /// server's counters: nothing else should run on it during a bench).
+    async fn measure_postgres(db: &PhaseDatabase, acked: u64, settled: bool) -> Storage {
+        let size = db
+            .client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&db.schema],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        let wal = db
+            .client
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint",
+                &[&db.wal_lsn_at_start],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .ok();
+        let commits = PhaseDatabase::counters(&db.client)
+            .await
+            .ok()
+            .map(|(_, c)| c - db.commits_at_start);
+        let storage = Storage {
+            acked,
+            db_bytes: u64::try_from(size).unwrap_or(0),
+            wal_file_bytes: 0,
+            wal_written: wal.and_then(|w| u64::try_from(w).ok()),
+            settled,
+            commits,
+        };
+        eprintln!(
+            "  storage: {} events acknowledged; schema {:.1} MB ({:.0} B per event); WAL written {}; {} commits",
+            storage.acked,
+            storage.db_bytes as f64 / 1e6,
+            storage.db_bytes as f64 / storage.acked as f64,
+            storage
+                .wal_written
+                .map_or("unknown".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+            storage.commits.map_or("unknown".to_string(), |c| c.to_string()),
         );
         storage
     }
@@ -101,17 +163,21 @@ impl Storage {
             .map_or(f64::NAN, |b| b as f64 / self.acked as f64)
     }
 
-    /// The two rows of `shape`.
-    pub(super) fn rows(&self, shape: &'static str) -> [Row; 2] {
+    /// The rows of `shape`.
+    pub(super) fn rows(&self, shape: &'static str) -> Vec<Row> {
         let unsettled = if self.settled {
             ""
         } else {
             ", runs not all ended"
         };
-        [
+        let on_disk = match self.commits {
+            Some(_) => "bytes in the database per event (tables and indexes)",
+            None => "bytes on disk per event (ferry.db + WAL)",
+        };
+        let mut rows = vec![
             row(
                 shape,
-                format!("bytes on disk per event (ferry.db + WAL){unsettled}"),
+                format!("{on_disk}{unsettled}"),
                 self.on_disk_per_event(),
                 "B",
                 None,
@@ -123,8 +189,27 @@ impl Storage {
                 "B",
                 None,
             ),
-        ]
+        ];
+        if let Some(commits) = self.commits {
+            rows.push(row(
+                shape,
+                format!("commits per event{unsettled}"),
+                commits as f64 / self.acked as f64,
+                "",
+                None,
+            ));
+        }
+        rows
     }
+}
+
+/// `GET /metrics` of every node; `None` when one does not answer with a page.
+async fn fetch_all_metrics(addrs: &[SocketAddr]) -> Option<Vec<String>> {
+    let mut pages = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        pages.push(fetch_metrics(*addr).await?);
+    }
+    Some(pages)
 }
 
 /// `GET /metrics` of the Ferry at `addr`; `None` when it does not answer with a page.

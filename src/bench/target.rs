@@ -10,12 +10,74 @@ use std::time::Duration;
 /// The API token of every Ferry the bench starts.
 pub(super) const API_TOKEN: &str = "bench";
 
-/// A child process that takes events at `addr`; killed when stopped or dropped.
+/// A child process that takes events at `addr` (in cluster mode, with the other nodes of
+/// the phase, at `addrs`); killed when stopped or dropped.
 pub(super) struct Target {
     child: tokio::process::Child,
     pub(super) addr: SocketAddr,
-    /// A Ferry's data directory (`None` for the bare handlers).
+    /// Every node's address, `addr` first: the load is spread over them.
+    pub(super) addrs: Vec<SocketAddr>,
+    /// The other nodes of a cluster.
+    more: Vec<tokio::process::Child>,
+    /// A Ferry's data directory (`None` for the bare handlers and on PostgreSQL).
     pub(super) data: Option<PathBuf>,
+    /// On PostgreSQL: the phase's schema and where the server's counters stood at its start.
+    pub(super) database: Option<PhaseDatabase>,
+}
+
+/// Where a phase's Ferry keeps its data: SQLite in the phase's folder, or a fresh schema of
+/// the PostgreSQL database at `url`, served by `nodes` processes (cluster mode).
+#[derive(Debug, Clone)]
+pub(super) enum Backend {
+    Sqlite,
+    Postgres { url: String, nodes: usize },
+}
+
+/// A phase's schema on PostgreSQL, with the server's WAL position and commit count when the
+/// phase's Ferry started (both are the whole server's: the bench assumes it has it alone).
+pub(super) struct PhaseDatabase {
+    pub(super) client: tokio_postgres::Client,
+    pub(super) schema: String,
+    pub(super) wal_lsn_at_start: String,
+    pub(super) commits_at_start: i64,
+}
+
+impl PhaseDatabase {
+    /// Makes the schema `schema` afresh on the server at `url` and notes the counters.
+    async fn create(url: &str, schema: &str) -> Result<PhaseDatabase, BenchError> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot connect to {url}: {e}")))?;
+        tokio::spawn(connection);
+        let pg = |e: tokio_postgres::Error| std::io::Error::other(e.to_string());
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .await
+            .map_err(pg)?;
+        let (wal_lsn_at_start, commits_at_start) = Self::counters(&client).await?;
+        Ok(PhaseDatabase {
+            client,
+            schema: schema.to_string(),
+            wal_lsn_at_start,
+            commits_at_start,
+        })
+    }
+
+    /// The server's WAL position and its committed transactions in this database.
+    pub(super) async fn counters(
+        client: &tokio_postgres::Client,
+    ) -> Result<(String, i64), std::io::Error> {
+        let row = client
+            .query_one(
+                "SELECT pg_current_wal_lsn()::text, xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok((row.get(0), row.get(1)))
+    }
 }
 
 impl Target {
@@ -50,9 +112,18 @@ impl Target {
         Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
     }
 
-    /// Kills the target.
+    /// Kills the target (every node of a cluster), and drops a phase's schema.
     pub(super) async fn stop(mut self) {
         let _ = self.child.kill().await;
+        for child in &mut self.more {
+            let _ = child.kill().await;
+        }
+        if let Some(db) = &self.database {
+            let _ = db
+                .client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", db.schema))
+                .await;
+        }
     }
 }
 
@@ -63,7 +134,7 @@ pub(super) async fn start_target(args: &[String]) -> Result<Target, BenchError> 
 
 /// [`start_target`] with another binary.
 async fn start_target_from(program: &Path, args: &[String]) -> Result<Target, BenchError> {
-    start_target_logging(program, args, "warn").await
+    start_target_logging(program, args, "warn", &[]).await
 }
 
 /// [`start_target_from`] with `log` as the target's `FERRY_LOG` unless
@@ -72,10 +143,12 @@ async fn start_target_logging(
     program: &Path,
     args: &[String],
     log: &str,
+    envs: &[(&str, &str)],
 ) -> Result<Target, BenchError> {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        .envs(envs.iter().copied())
         .args(["--listen", "127.0.0.1:0"])
         .env(
             "FERRY_LOG",
@@ -111,7 +184,10 @@ async fn start_target_logging(
             return Ok(Target {
                 child,
                 addr,
+                addrs: vec![addr],
+                more: Vec::new(),
                 data: None,
+                database: None,
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -129,18 +205,25 @@ pub(super) async fn start_synced_bare(dir: &Path) -> Result<Target, BenchError> 
     .await
 }
 
-/// Starts this binary's `ferry serve` on `yaml`, in a fresh `dir` (its data in `dir/data`).
-pub(super) async fn start_ferry(dir: &Path, yaml: &str) -> Result<Target, BenchError> {
-    start_ferry_from(&std::env::current_exe()?, dir, yaml).await
+/// Starts this binary's `ferry serve` on `yaml`, in a fresh `dir` (its data in `dir/data`, or
+/// in a fresh schema on PostgreSQL).
+pub(super) async fn start_ferry(
+    backend: &Backend,
+    dir: &Path,
+    yaml: &str,
+) -> Result<Target, BenchError> {
+    start_ferry_from(backend, &std::env::current_exe()?, dir, yaml).await
 }
 
-/// Starts `program`'s `ferry serve` on `yaml`, in a fresh `dir` (its data in `dir/data`).
+/// Starts `program`'s `ferry serve` on `yaml`, in a fresh `dir` (its data in `dir/data`, or
+/// in a fresh schema on PostgreSQL).
 pub(super) async fn start_ferry_from(
+    backend: &Backend,
     program: &Path,
     dir: &Path,
     yaml: &str,
 ) -> Result<Target, BenchError> {
-    start_ferry_in(program, dir, yaml, "warn").await
+    start_ferry_in(backend, program, dir, yaml, "warn").await
 }
 
 /// [`start_ferry`] that logs at `log` (a `FERRY_LOG` filter) rather than `warn`.
@@ -149,10 +232,14 @@ pub(super) async fn start_ferry_logging(
     yaml: &str,
     log: &str,
 ) -> Result<Target, BenchError> {
-    start_ferry_in(&std::env::current_exe()?, dir, yaml, log).await
+    start_ferry_in(&Backend::Sqlite, &std::env::current_exe()?, dir, yaml, log).await
 }
 
+/// The key of the stored secrets every node of a bench cluster shares.
+const CLUSTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 async fn start_ferry_in(
+    backend: &Backend,
     program: &Path,
     dir: &Path,
     yaml: &str,
@@ -162,6 +249,51 @@ async fn start_ferry_in(
     std::fs::create_dir_all(dir)?;
     let config = dir.join("ferry.yaml");
     std::fs::write(&config, yaml)?;
+    if let Backend::Postgres { url, nodes } = backend {
+        let phase: String = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let schema = format!("ferry_bench_{phase}");
+        let database = PhaseDatabase::create(url, &schema).await?;
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        let node_url = format!("{url}{joiner}options=-csearch_path%3D{schema}");
+        let mut started: Vec<Target> = Vec::new();
+        for i in 0..(*nodes).max(1) {
+            let node = start_target_logging(
+                program,
+                &[
+                    "serve".into(),
+                    "--config".into(),
+                    config.display().to_string(),
+                    "--database-url".into(),
+                    node_url.clone(),
+                    "--node-id".into(),
+                    format!("bench-{phase}-{i}"),
+                ],
+                log,
+                &[("FERRY_SECRET_KEY", CLUSTER_KEY)],
+            )
+            .await?;
+            started.push(node);
+        }
+        let mut nodes = started.into_iter();
+        let Some(first) = nodes.next() else {
+            return Err(BenchError::NoSuccess("cluster start"));
+        };
+        let mut target = Target {
+            database: Some(database),
+            ..first
+        };
+        for node in nodes {
+            target.addrs.push(node.addr);
+            target.more.push(node.child);
+        }
+        return Ok(target);
+    }
     let data = dir.join("data");
     let target = start_target_logging(
         program,
@@ -173,6 +305,7 @@ async fn start_ferry_in(
             data.display().to_string(),
         ],
         log,
+        &[],
     )
     .await?;
     Ok(Target {
