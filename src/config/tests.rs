@@ -558,6 +558,30 @@ fn an_alert_interval_or_a_timeout_of_zero_is_refused() {
 }
 
 #[test]
+fn a_lease_is_between_a_second_and_an_hour() {
+    for (bad, why) in [("61m", "`lease` must be at most 1h"), ("999ms", "`lease` must be at least 1s")] {
+        let text: Vec<String> = load(&format!("settings: {{ lease: {bad} }}"))
+            .expect_err(bad)
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(text.iter().any(|t| t.contains(why)), "{bad}: {text:#?}");
+    }
+    for fine in ["1s", "1h", "45s"] {
+        let config = load(&format!("settings: {{ lease: {fine} }}")).expect(fine);
+        assert_eq!(
+            config.settings.lease,
+            crate::config::parse_duration(fine).unwrap()
+        );
+    }
+    assert_eq!(
+        load("{}").unwrap().settings.lease,
+        std::time::Duration::from_secs(30)
+    );
+}
+
+#[test]
 fn a_shutdown_grace_is_at_most_an_hour() {
     let errs = load("settings: { shutdown_grace: 61m }")
         .expect_err("61m")
