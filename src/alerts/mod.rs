@@ -150,6 +150,8 @@ pub async fn start(parts: AlertParts) -> Result<AlertsHandle, StoreError> {
 /// The singleton's name for alert evaluation in cluster mode.
 const ALERTS_SINGLETON: &str = "alerts";
 
+use crate::cluster::Turn;
+
 async fn evaluate_forever(
     parts: Arc<AlertParts>,
     mut states: HashMap<String, AlertState>,
@@ -159,7 +161,7 @@ async fn evaluate_forever(
     let mut next = parts.clock.now_ms() + interval;
     let mut alive = parts.alive.clone();
     // Cluster mode: rules are evaluated on one node at a time, the one that holds the lead.
-    let mut lead: Option<crate::store::postgres::Leadership> = None;
+    let mut lead = crate::cluster::Singleton::new(ALERTS_SINGLETON);
     loop {
         let done = tokio::select! {
             _ = parts.clock.sleep_until(next) => None,
@@ -170,36 +172,23 @@ async fn evaluate_forever(
         if done.is_none() {
             next = now + interval;
         }
-        if let Some(c) = parts.store.clustered() {
-            if !lead.as_ref().is_some_and(|l| l.holds()) {
-                lead = match c.pg.try_lead(ALERTS_SINGLETON).await {
-                    Ok(Some(l)) => {
-                        tracing::info!(node = %c.node.id, "this node evaluates the alert rules now");
-                        // Another node evaluated until now: its states are the truth.
-                        match parts.store.alert_states().await {
-                            Ok(stored) => {
-                                states = stored
-                                    .into_iter()
-                                    .map(|s| (s.alert_id.clone(), s))
-                                    .collect();
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot read the alert states"),
-                        }
-                        Some(l)
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot ask for the lead of alert evaluation");
-                        None
-                    }
-                };
+        let turn = lead.turn(&parts.store).await;
+        if turn == Turn::Others {
+            if let Some(done) = done {
+                let _ = done.send(());
             }
-            if lead.is_none() {
-                if let Some(done) = done {
-                    let _ = done.send(());
+            continue;
+        }
+        if turn == Turn::Taken {
+            // Another node evaluated until now: its states are the truth.
+            match parts.store.alert_states().await {
+                Ok(stored) => {
+                    states = stored.into_iter().map(|s| (s.alert_id.clone(), s)).collect();
                 }
-                continue;
+                Err(e) => tracing::warn!(error = %e, "cannot read the alert states"),
             }
+        }
+        if parts.store.clustered().is_some() {
             // Events arrive at every node: when each source last had one is read from the
             // store, not from this node's own count.
             match parts.store.last_event_per_source().await {

@@ -190,11 +190,11 @@ impl Storage {
                 None,
             ),
         ];
-        if let Some(commits) = self.commits {
+        if let Some(commits) = self.commits.filter(|c| *c > 0) {
             rows.push(row(
                 shape,
-                format!("commits per event{unsettled}"),
-                commits as f64 / self.acked as f64,
+                format!("events per commit (the server's commits){unsettled}"),
+                self.acked as f64 / commits as f64,
                 "",
                 None,
             ));

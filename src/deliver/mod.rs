@@ -959,6 +959,7 @@ async fn payload_of(ctx: &AttemptContext, job: &mut DeliveryJob) -> Option<bytes
         Ok(Some(p)) => Some(p),
         Ok(None) => {
             tracing::error!(delivery_id = %job.id, event_id = %job.event_id, "the event of this delivery is missing");
+            forget_lease(ctx, job);
             let _ = ctx.control.send(Control::Done(job.id.clone()));
             None
         }

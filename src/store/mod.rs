@@ -931,11 +931,7 @@ impl Store {
             let Some(token) = attempt.lease else {
                 return Err(StoreError::LeaseLost);
             };
-            let lease = postgres::Lease {
-                node: c.node.id.clone(),
-                token,
-            };
-            return match c.pg.record_leased_attempt(&attempt, &lease).await? {
+            return match c.record_attempt(attempt, token).await? {
                 postgres::Fenced::Recorded(settled) => Ok(settled),
                 postgres::Fenced::LeaseLost => Err(StoreError::LeaseLost),
             };

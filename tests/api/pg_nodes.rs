@@ -366,7 +366,7 @@ alerts:
     let leader_log = (0..3).find(|i| {
         std::fs::read_to_string(dir.path().join(format!("n{i}.log")))
             .unwrap()
-            .contains("evaluates the alert rules now")
+            .contains("leads `alerts` now")
     });
     let leader = leader_log.expect("a node leads");
     nodes[leader].0.kill().await.unwrap();

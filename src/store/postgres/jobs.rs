@@ -294,6 +294,61 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Records many attempts, each made under its lease, in one transaction (group commit: one
+    /// WAL flush for the batch): each attempt's statements are sent without waiting for the
+    /// others' answers (pipelined on the connection). An attempt whose job no longer carries
+    /// its token changes nothing and answers [`Fenced::LeaseLost`]; the others are recorded.
+    /// When the transaction fails, every attempt of the batch answers the error (nothing of it
+    /// was written). The batch should be sorted by run, so that concurrent batches lock runs in
+    /// one order.
+    pub async fn record_leased_attempts(
+        &self,
+        batch: &[(NewAttempt, Lease)],
+    ) -> Vec<Result<Fenced<Option<Settled>>, StoreError>> {
+        let failed_all = |e: StoreError| {
+            let reason = e.to_string();
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Postgres(PgError::Query(reason.clone()))))
+                .collect()
+        };
+        let mut conn = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => return failed_all(e),
+        };
+        let tx = match conn.transaction().await {
+            Ok(tx) => tx,
+            Err(e) => return failed_all(PgError::from(e).into()),
+        };
+        let answers = futures_util::future::join_all(batch.iter().map(|(a, lease)| {
+            let tx = &tx;
+            async move {
+                let held = "SELECT 1 FROM delivery_jobs WHERE delivery_id = $1 AND lease_token = $2 FOR UPDATE";
+                let holds = tx
+                    .query_opt(held, &[&a.delivery_id, &lease.token])
+                    .await
+                    .map_err(PgError::from)?
+                    .is_some();
+                if !holds {
+                    return Ok(Fenced::LeaseLost);
+                }
+                record_attempt(tx, a, lease).await.map(Fenced::Recorded)
+            }
+        }))
+        .await;
+        if let Some(e) = answers.iter().find_map(|a| a.as_ref().err()) {
+            let e = StoreError::Postgres(PgError::Query(e.to_string()));
+            let _ = tx.rollback().await;
+            return failed_all(e);
+        }
+        if let Err(e) = tx.commit().await {
+            return failed_all(PgError::from(e).into());
+        }
+        answers
+    }
+}
+
 /// The attempt, the delivery's state, the job's, and the run's when it settles.
 async fn record_attempt(
     tx: &tokio_postgres::Transaction<'_>,

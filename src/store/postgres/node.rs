@@ -3,8 +3,8 @@
 //! (group commit, as the SQLite writer does), and the coalesced hints that wake the other
 //! nodes' workers after a commit made work they may take.
 
-use super::{Ingest, Ingested, Node, PgStore};
-use crate::store::StoreError;
+use super::{Fenced, Ingest, Ingested, Lease, Node, PgStore};
+use crate::store::{NewAttempt, Settled, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,6 +30,12 @@ const HINT_EVERY: Duration = Duration::from_millis(50);
 
 type Queued = (Ingest, oneshot::Sender<Result<Ingested, StoreError>>);
 
+type Outcome = Result<Fenced<Option<Settled>>, StoreError>;
+type QueuedAttempt = (NewAttempt, Lease, oneshot::Sender<Outcome>);
+
+/// Most attempts recorded in one transaction.
+const MAX_ATTEMPT_BATCH: usize = 256;
+
 /// This node on the PostgreSQL store.
 pub struct Clustered {
     pub pg: PgStore,
@@ -37,6 +43,7 @@ pub struct Clustered {
     /// How long a claimed job's lease lasts (`settings.cluster.lease`).
     pub lease_ms: i64,
     ingests: mpsc::Sender<Queued>,
+    attempts: mpsc::Sender<QueuedAttempt>,
     jobs_hint: Arc<Notify>,
     config_hint: Arc<Notify>,
     /// The nodes alive as last counted (this one included): a destination's `concurrency`
@@ -49,6 +56,8 @@ impl Clustered {
     pub fn start(pg: PgStore, node: Node, lease_ms: i64) -> Clustered {
         let (ingests, queue) = mpsc::channel(INGEST_QUEUE);
         tokio::spawn(batch_ingests(pg.clone(), node.id.clone(), lease_ms, queue));
+        let (attempts, queue) = mpsc::channel(INGEST_QUEUE);
+        tokio::spawn(batch_attempts(pg.clone(), queue));
         let jobs_hint = Arc::new(Notify::new());
         let config_hint = Arc::new(Notify::new());
         tokio::spawn(send_hints(
@@ -66,6 +75,7 @@ impl Clustered {
             node,
             lease_ms,
             ingests,
+            attempts,
             jobs_hint,
             config_hint,
             live_nodes: AtomicUsize::new(1),
@@ -104,6 +114,21 @@ impl Clustered {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Records an attempt made under the lease `token`, with the others that arrive
+    /// meanwhile, in one transaction. Waits for room in the queue: an outcome is never dropped.
+    pub async fn record_attempt(&self, attempt: NewAttempt, token: i64) -> Outcome {
+        let lease = Lease {
+            node: self.node.id.clone(),
+            token,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.attempts
+            .send((attempt, lease, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Tells every node, soon and once for many calls, that jobs nobody holds are due.
     pub fn hint_jobs(&self) {
         self.jobs_hint.notify_one();
@@ -137,6 +162,33 @@ async fn batch_ingests(
         tokio::spawn(async move {
             let (ingests, replies): (Vec<Ingest>, Vec<_>) = taken.into_iter().unzip();
             let answers = pg.ingest_batch(&ingests, &node, lease_ms).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Takes the attempts that queued up (up to a batch), sorted by run, and records them in one
+/// transaction, with up to [`INGEST_COMMITS`] transactions in flight.
+async fn batch_attempts(pg: PgStore, mut queue: mpsc::Receiver<QueuedAttempt>) {
+    let commits = Arc::new(Semaphore::new(INGEST_COMMITS));
+    let mut batch = Vec::with_capacity(MAX_ATTEMPT_BATCH);
+    loop {
+        let Ok(slot) = commits.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut batch, MAX_ATTEMPT_BATCH).await == 0 {
+            return;
+        }
+        let mut taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_ATTEMPT_BATCH));
+        taken.sort_by(|a, b| a.0.run_id.cmp(&b.0.run_id));
+        let pg = pg.clone();
+        tokio::spawn(async move {
+            let (recorded, replies): (Vec<(NewAttempt, Lease)>, Vec<_>) =
+                taken.into_iter().map(|(a, l, r)| ((a, l), r)).unzip();
+            let answers = pg.record_leased_attempts(&recorded).await;
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
