@@ -611,9 +611,7 @@ async fn a_file_that_no_longer_fits_the_api_objects_stops_the_start_with_the_rea
     let config =
         ferry::config::load_str(&clash, "ferry.yaml", std::path::Path::new("."), &|_| None)
             .unwrap();
-    let mut options = ferry::app::ServeOptions::new(config, dir.path().to_path_buf());
-    options.api_token = Some(TOKEN.into());
-    options.expression_worker = Some(crate::helpers::expression_worker());
+    let (mut options, _schema) = crate::helpers::serve_options(config, dir.path()).await;
     options.clock = clock;
     let error = match ferry::app::prepare(options).await {
         Ok(_) => panic!("started with two definitions of `crm`"),

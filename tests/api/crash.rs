@@ -297,15 +297,16 @@ flows:
     )
     .unwrap();
     let data = dir.path().join("data");
+    let (store, envs) = store_args(&data).await;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
     command
         .args(["serve", "--config"])
         .arg(&config)
-        .arg("--data")
-        .arg(&data)
+        .args(store)
         .args(["--listen", "127.0.0.1:0"])
         .env("FERRY_API_TOKEN", TOKEN)
         .env("FERRY_LOG", "error")
+        .envs(envs)
         .process_group(0);
     let (mut child, base) = spawn_announced(command, std::process::Stdio::inherit()).await;
     post_event(&base, 1).await;

@@ -61,7 +61,7 @@ impl Namespaced {
     }
 }
 
-const NAMESPACE_SCRIPT: &str = r#"mount --bind "$1" /etc/hosts && exec "$2" serve --config "$3" --data "$4" --listen 127.0.0.1:0"#;
+const NAMESPACE_SCRIPT: &str = r#"mount --bind "$1" /etc/hosts && exec "$2" serve --config "$3" "$4" "$5" --listen 127.0.0.1:0"#;
 
 async fn serve_with_hosts(hosts: &str, yaml: &str, envs: &[(&str, String)]) -> Namespaced {
     let probe = std::process::Command::new("unshare")
@@ -79,6 +79,8 @@ async fn serve_with_hosts(hosts: &str, yaml: &str, envs: &[(&str, String)]) -> N
     );
     std::fs::write(&hosts_file, hosts).unwrap();
     std::fs::write(&config, yaml).unwrap();
+    // `--data DIR`, or on PostgreSQL `--database-url URL` (with the key in `store_envs`).
+    let (store, store_envs) = store_args(&dir.path().join("data")).await;
     let mut command = tokio::process::Command::new("unshare");
     command
         .args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -87,7 +89,8 @@ async fn serve_with_hosts(hosts: &str, yaml: &str, envs: &[(&str, String)]) -> N
         .arg(&hosts_file)
         .arg(env!("CARGO_BIN_EXE_ferry"))
         .arg(&config)
-        .arg(dir.path().join("data"))
+        .args(store)
+        .envs(store_envs)
         .env("FERRY_API_TOKEN", TOKEN)
         .env("FERRY_LOG", "warn")
         .env("FERRY_LOG_FORMAT", "json")

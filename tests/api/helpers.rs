@@ -1,5 +1,11 @@
 //! Test harness: `spawn_app` starts Ferry on 127.0.0.1:0 with a fresh data directory;
 //! `Receiver` is a real HTTP server that records every request and answers from a script.
+//!
+//! The store backend comes from `FERRY_TEST_BACKEND`: `sqlite` (the default) or `postgres`,
+//! where every `TestApp` runs in cluster mode on a schema of its own in the database of
+//! `FERRY_TEST_DATABASE_URL` (see `postgres.rs`). The schema belongs to the data directory:
+//! a restart on the same directory finds the same data, and the schema is dropped once the
+//! directory is gone. A test that is about SQLite itself says so with `skip_on_postgres`.
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -20,8 +26,128 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
     data: std::path::PathBuf,
-    _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dir: Option<tempfile::TempDir>,
+    /// After `_dir`: dropping it drops the schema when the directory went with it.
+    schema: Option<DataSchema>,
+}
+
+/// The store backend of the tests' `TestApp`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `FERRY_TEST_BACKEND`: `postgres` or `sqlite` (the default); anything else is a mistake.
+pub fn backend() -> Backend {
+    match std::env::var("FERRY_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") => Backend::Postgres,
+        Ok(other) => panic!("FERRY_TEST_BACKEND={other}: expected sqlite or postgres"),
+    }
+}
+
+/// True (after printing why) when the tests run on PostgreSQL and the calling test is about
+/// SQLite itself: `if skip_on_postgres("reason") { return; }`.
+///
+/// Skipped on PostgreSQL (`grep -rn skip_on_postgres tests/`): retention's file that levels
+/// off and its migration of a version-2 SQLite file; disk_full (a tmpfs under the SQLite
+/// files); cli's generated token file and data-directory lock; secrets' three tests (the
+/// SQLite files and key file at rest, `ferry secrets rotate --data`, a damaged key file).
+pub fn skip_on_postgres(reason: &str) -> bool {
+    let skip = backend() == Backend::Postgres;
+    if skip {
+        eprintln!("skipped on PostgreSQL: {reason}");
+    }
+    skip
+}
+
+/// The key every test app seals its secrets with (cluster mode needs one given).
+pub fn test_secret_key() -> ferry::secrets::SecretKey {
+    ferry::secrets::SecretKey::from_bytes(TEST_KEY)
+}
+
+const TEST_KEY: [u8; 32] = [7; 32];
+
+/// The PostgreSQL schema of one data directory: `ferry_d_<hash of the path>`, made when
+/// first needed and commented with the path, so that a restart on the directory finds it
+/// and a later run can tell it is stale. Dropped (best effort) with the last app of the
+/// directory when the directory is gone; `sweep_stale_schemas` drops what was left behind.
+pub struct DataSchema {
+    name: String,
+    /// The test database's URL, with `search_path` set to this schema.
+    url: String,
+    data: std::path::PathBuf,
+}
+
+impl DataSchema {
+    async fn for_dir(data: &std::path::Path) -> DataSchema {
+        sweep_stale_schemas();
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("ferry_d_{hex}");
+        let client = crate::postgres::connect(&crate::postgres::base_url()).await;
+        let path = data.display().to_string().replace('\'', "''");
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {name}; COMMENT ON SCHEMA {name} IS '{path}'"
+            ))
+            .await
+            .unwrap();
+        // The application name marks the app's connections, which the drop ends first.
+        let url = crate::postgres::with_param(
+            &crate::postgres::base_url(),
+            &format!("options=-csearch_path%3D{name}&application_name={name}"),
+        );
+        DataSchema {
+            name,
+            url,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// The URL, the schema left in place (for a child process that may outlive the caller).
+    fn into_url(self) -> String {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.url.clone()
+    }
+}
+
+impl Drop for DataSchema {
+    fn drop(&mut self) {
+        if !self.data.exists() {
+            crate::postgres::drop_schema(&self.name);
+        }
+    }
+}
+
+/// Drops, once per test process, the `ferry_d_` schemas whose data directory is gone (left
+/// by a test that kept its directory past its last app, or by a run that was killed).
+fn sweep_stale_schemas() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let stale = crate::postgres::on_own_runtime(async {
+            let client = crate::postgres::connect(&crate::postgres::base_url()).await;
+            let rows = client
+                .query(
+                    "SELECT nspname::text, coalesce(obj_description(oid, 'pg_namespace'), '')
+                       FROM pg_namespace WHERE nspname LIKE 'ferry\\_d\\_%'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .filter(|(_, path)| !std::path::Path::new(path).exists())
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>()
+        });
+        for name in stale.into_iter().flatten() {
+            crate::postgres::drop_schema(&name);
+        }
+    });
 }
 
 /// Starts Ferry with `yaml` as its config, on a manual clock that starts at the real time.
@@ -55,6 +181,30 @@ pub fn expression_worker() -> ferry::engine::sandbox::WorkerCommand {
     }
 }
 
+/// The options every test app starts with: `config` on `data`, the test token, Ferry's
+/// expression workers and, on PostgreSQL, the data directory's schema (keep the returned
+/// guard as long as the app runs), the test key and the node's name.
+pub async fn serve_options(
+    config: ferry::config::Config,
+    data: &std::path::Path,
+) -> (ServeOptions, Option<DataSchema>) {
+    let mut options = ServeOptions::new(config, data.to_path_buf());
+    options.expression_worker = Some(expression_worker());
+    options.api_token = Some(TOKEN.into());
+    let schema = match backend() {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let schema = DataSchema::for_dir(data).await;
+            options.database_url = Some(schema.url.clone());
+            options.secret_key = Some(test_secret_key());
+            // One node per data directory: a restart is the same node starting again.
+            options.node_id = Some("test-node".into());
+            Some(schema)
+        }
+    };
+    (options, schema)
+}
+
 async fn start(
     yaml: &str,
     data: &std::path::Path,
@@ -64,9 +214,7 @@ async fn start(
 ) -> TestApp {
     let config = ferry::config::load_str(yaml, "test.yaml", std::path::Path::new("."), &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut options = ServeOptions::new(config, data.to_path_buf());
-    options.expression_worker = Some(expression_worker());
-    options.api_token = Some(TOKEN.into());
+    let (mut options, schema) = serve_options(config, data).await;
     options.clock = clock.clone();
     options.deliverer.jitter_seed = Some(1);
     tune(&mut options);
@@ -83,8 +231,9 @@ async fn start(
         state,
         clock,
         http: client(),
-        _dir: dir,
         _shutdown: tx,
+        _dir: dir,
+        schema,
     }
 }
 
@@ -104,6 +253,59 @@ impl TestApp {
         .unwrap();
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
         conn
+    }
+
+    /// Rows of `sql` (plain SQL both backends read alike) as the app's store holds them, each
+    /// value as text (`None` for NULL), read on a connection of its own: for a test about
+    /// what is stored, on either backend.
+    pub async fn store_query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let Some(schema) = &self.schema else {
+            let conn = self.sqlite();
+            let mut statement = conn.prepare(sql).unwrap();
+            let columns = statement.column_count();
+            return statement
+                .query_map([], |row| {
+                    (0..columns)
+                        .map(|i| {
+                            use rusqlite::types::ValueRef;
+                            Ok(match row.get_ref(i)? {
+                                ValueRef::Null => None,
+                                ValueRef::Integer(n) => Some(n.to_string()),
+                                ValueRef::Real(x) => Some(x.to_string()),
+                                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                    Some(String::from_utf8_lossy(t).into_owned())
+                                }
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        };
+        let client = crate::postgres::connect(&schema.url).await;
+        client
+            .simple_query(sql)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many rows `table` of the app's store holds.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let rows = self
+            .store_query(&format!("SELECT COUNT(*) FROM {table}"))
+            .await;
+        rows[0][0].as_deref().unwrap().parse().unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -259,26 +461,44 @@ impl TestApp {
     }
 }
 
-/// `ferry serve --config CONFIG --data DATA` as a child process, with the test token and
-/// error-level logs.
+/// `ferry serve --config CONFIG` on the store of `data` (see `store_args`) as a child
+/// process, with the test token and error-level logs.
 pub async fn serve_config(
     config: &std::path::Path,
     data: &std::path::Path,
     stderr: std::process::Stdio,
 ) -> (tokio::process::Child, String) {
-    let args = [
-        "serve".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
-    spawn_serve(
-        &args,
-        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_LOG", "error")],
-        stderr,
-    )
-    .await
+    let (store, mut envs) = store_args(data).await;
+    envs.extend([
+        ("FERRY_API_TOKEN", TOKEN.into()),
+        ("FERRY_LOG", "error".into()),
+    ]);
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["serve".as_ref(), "--config".as_ref(), config.as_ref()];
+    args.extend(store.iter().map(|a| a.as_os_str()));
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    spawn_serve(&args, &envs, stderr).await
+}
+
+/// What `ferry serve` needs to run on the store of data directory `data`: `--data DATA` on
+/// SQLite; on PostgreSQL `--database-url` (the schema of DATA, which a restart on DATA finds
+/// again) and the test key in the environment.
+pub async fn store_args(
+    data: &std::path::Path,
+) -> (Vec<std::ffi::OsString>, Vec<(&'static str, String)>) {
+    match backend() {
+        Backend::Sqlite => (vec!["--data".into(), data.into()], vec![]),
+        Backend::Postgres => {
+            // No guard: the child may outlive this call; the schema goes with a later sweep.
+            let url = DataSchema::for_dir(data).await.into_url();
+            use base64::Engine;
+            let key = base64::engine::general_purpose::STANDARD.encode(TEST_KEY);
+            (
+                vec!["--database-url".into(), url.into()],
+                vec![(ferry::secrets::KEY_ENV, key)],
+            )
+        }
+    }
 }
 
 /// Starts `ferry serve ARGS --listen 127.0.0.1:0` and returns the child with the address it

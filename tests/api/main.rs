@@ -1,5 +1,6 @@
 //! Ferry's integration tests: one binary, each test with its own server on a random port,
-//! its own SQLite directory and real HTTP receivers.
+//! its own store (a SQLite directory, or with `FERRY_TEST_BACKEND=postgres` a PostgreSQL
+//! schema: see `helpers.rs`) and real HTTP receivers.
 
 mod helpers;
 mod postgres;

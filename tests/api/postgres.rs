@@ -79,34 +79,45 @@ impl TestSchema {
 }
 
 impl Drop for TestSchema {
-    /// Drops the schema on a thread of its own, with a runtime of its own: `Drop` cannot
-    /// wait for the test's runtime, which is blocked here. So the test's own connections,
-    /// whose tasks run on that runtime, may still be open, even inside a transaction that
-    /// holds locks the drop needs: they are ended first, and the drop gives up after a few
-    /// seconds rather than hang. A failure is ignored (the schema stays, unused).
     fn drop(&mut self) {
-        let sql = format!(
-            "SET lock_timeout = '5s';
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE application_name = '{name}' AND pid != pg_backend_pid();
-             DROP SCHEMA IF EXISTS {name} CASCADE",
-            name = self.name
-        );
-        let url = base_url();
-        let dropped = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&sql).await;
-                }
-            });
-        });
-        let _ = dropped.join();
+        drop_schema(&self.name);
     }
+}
+
+/// Runs `work` to its end on a thread of its own, with a runtime of its own: `Drop` cannot
+/// wait for the test's runtime, which is blocked there. `None` when no runtime could start.
+pub fn on_own_runtime<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        Some(runtime.block_on(work))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Drops schema `name` whose connections carry it as their application name. The test's own
+/// connections, whose tasks run on the test's (blocked) runtime, may still be open, even
+/// inside a transaction that holds locks the drop needs: they are ended first, and the drop
+/// gives up after a few seconds rather than hang. A failure is ignored (the schema stays,
+/// unused).
+pub fn drop_schema(name: &str) {
+    let sql = format!(
+        "SET lock_timeout = '5s';
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name = '{name}' AND pid != pg_backend_pid();
+         DROP SCHEMA IF EXISTS {name} CASCADE"
+    );
+    let url = base_url();
+    on_own_runtime(async move {
+        if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
+            tokio::spawn(connection);
+            let _ = client.batch_execute(&sql).await;
+        }
+    });
 }

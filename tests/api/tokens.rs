@@ -81,7 +81,15 @@ async fn tokens_have_scopes_are_stored_hashed_and_can_be_revoked() {
         !listed.contains(&read_token) && !listed.contains("\"token\""),
         "{listed}"
     );
-    let mut stored = Vec::new();
+    // At rest: neither the rows of either backend nor SQLite's files hold a token in clear.
+    let rows = app.store_query("SELECT * FROM api_tokens").await;
+    assert!(rows.len() >= 2, "{rows:?}");
+    let mut stored: Vec<u8> = rows
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(String::into_bytes)
+        .collect();
     for entry in std::fs::read_dir(app.data_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path
