@@ -20,7 +20,7 @@ mod writes;
 pub use cluster::{Leadership, Node, NodeView};
 pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
-pub use node::{CONFIG_CHANNEL, Clustered, JOBS_CHANNEL};
+pub use node::{CONFIG_CHANNEL, Clustered, JOBS_CHANNEL, Singleton, Turn};
 
 pub use schema::{Applied, LATEST_VERSION, MIGRATIONS, Migrated, Migration};
 
@@ -129,9 +129,8 @@ pub struct PgStore {
     /// What the pool connects with, for the connections of its own that a listener or a
     /// singleton's lock holds.
     config: tokio_postgres::Config,
-    rejected_log_size: usize,
-    /// Places for rejected-log writes under way (`writes::MAX_REJECTIONS_WRITING`).
-    rejections_writing: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The rejected-log writer's queue (`writes::write_rejections`).
+    rejections: tokio::sync::mpsc::Sender<crate::store::Rejection>,
 }
 
 impl PgStore {
@@ -172,14 +171,17 @@ impl PgStore {
         })?;
         let migrated = schema::migrate(&mut conn).await?;
         drop(conn);
+        let (rejections, queue) = tokio::sync::mpsc::channel(writes::MAX_REJECTIONS_WRITING);
+        tokio::spawn(writes::write_rejections(
+            pool.clone(),
+            options.rejected_log_size,
+            queue,
+        ));
         Ok(PgStore {
             pool,
             migrated,
             config,
-            rejected_log_size: options.rejected_log_size,
-            rejections_writing: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                writes::MAX_REJECTIONS_WRITING,
-            )),
+            rejections,
         })
     }
 

@@ -61,10 +61,43 @@ async fn finish<T>(
     }
 }
 
-/// The most rejected-log writes under way at once for one store. Past it a rejection is
+/// The most rejected-log entries waiting for the writer of one store. Past it a rejection is
 /// dropped, as the SQLite store drops one when its write queue is full: a flood of refused
 /// requests must not pile up writes (and the bodies they hold) behind a slow database.
 pub(super) const MAX_REJECTIONS_WRITING: usize = 64;
+
+/// The store's rejected-log writer: takes the entries in the order they came and writes those
+/// waiting together in one transaction, trimming the log to `kept` entries. Ends when every
+/// handle of the store is gone.
+pub(super) async fn write_rejections(
+    pool: deadpool_postgres::Pool,
+    kept: usize,
+    mut queue: tokio::sync::mpsc::Receiver<Rejection>,
+) {
+    let mut batch = Vec::with_capacity(MAX_REJECTIONS_WRITING);
+    while queue.recv_many(&mut batch, MAX_REJECTIONS_WRITING).await > 0 {
+        let written = async {
+            let mut conn = pool
+                .get()
+                .await
+                .map_err(|e| PgError::Query(format!("no connection: {e}")))?;
+            let tx = conn.transaction().await.map_err(q)?;
+            let mut result = Ok(());
+            for r in &batch {
+                result = add_rejection(&tx, r, kept).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            finish(tx, result).await
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, count = batch.len(), "rejected log entries dropped");
+        }
+        batch.clear();
+    }
+}
 
 impl PgStore {
     /// Saves a run's new state after a step, with the deliveries it created and the http
@@ -182,31 +215,20 @@ impl PgStore {
         finish(tx, result).await
     }
 
-    /// Adds to the rejected log, keeping its last `rejected_log_size` entries. Best
-    /// effort, and the caller does not wait: written by a task of its own, and dropped (with a
-    /// warning) outside a Tokio runtime, when [`MAX_REJECTIONS_WRITING`] are being written, or
-    /// when the write fails. [`PgStore::add_rejection`] is the write itself.
+    /// Adds to the rejected log. Best effort, and the caller does not wait: the entries go to
+    /// the store's one rejected-log writer, in the order they came (the log's order is its
+    /// ids'), and are dropped with a warning when [`MAX_REJECTIONS_WRITING`] wait already or
+    /// the write fails. [`PgStore::add_rejection`] is the write itself.
     pub fn record_rejection(&self, rejection: Rejection) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("rejected log entry dropped: no runtime to write it on");
-            return;
-        };
-        let Ok(slot) = self.rejections_writing.clone().try_acquire_owned() else {
-            tracing::warn!(
-                "rejected log entry dropped: {MAX_REJECTIONS_WRITING} are being written already"
-            );
-            return;
-        };
-        let store = self.clone();
-        runtime.spawn(async move {
-            let _slot = slot;
-            if let Err(e) = store
-                .add_rejection(&rejection, store.rejected_log_size)
-                .await
-            {
-                tracing::warn!(error = %e, "rejected log entry dropped");
-            }
-        });
+        if let Err(e) = self.rejections.try_send(rejection) {
+            let why = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    format!("{MAX_REJECTIONS_WRITING} wait to be written already")
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => "the store closed".into(),
+            };
+            tracing::warn!("rejected log entry dropped: {why}");
+        }
     }
 
     /// Adds `rejection` to the rejected log and trims the log to its last `kept` entries, in
