@@ -3,7 +3,6 @@
 //! changes other nodes make: config objects written through another node's API, and
 //! destinations paused or resumed there. Those reach this node at a hint (`LISTEN/NOTIFY`,
 //! sent after the change committed), or within [`FOLLOW_EVERY`] when a hint was missed.
-//! [`Singleton`] is work that runs on one node at a time (alert evaluation, retention).
 
 use crate::alerts::SourceActivity;
 use crate::clock::SharedClock;
@@ -24,55 +23,6 @@ pub const LIVE_WITHIN: Duration = Duration::from_secs(15);
 
 /// How often a node looks for changes made elsewhere when no hint came.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(30);
-
-/// Work that runs on one node at a time in cluster mode (alert evaluation, retention): the node
-/// that holds its lock does it; when that node dies, the next one that asks takes it over.
-/// On SQLite the one process always does it.
-pub struct Singleton {
-    name: &'static str,
-    lead: Option<crate::store::postgres::Leadership>,
-}
-
-/// Whose turn the singleton's work is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Turn {
-    /// This node's, as before.
-    Mine,
-    /// This node's from now on: another node did it until now (read its state again).
-    Taken,
-    /// Another node's.
-    Others,
-}
-
-impl Singleton {
-    pub fn new(name: &'static str) -> Singleton {
-        Singleton { name, lead: None }
-    }
-
-    /// Whether this node does the work now, taking the lead when nobody holds it.
-    pub async fn turn(&mut self, store: &Store) -> Turn {
-        let Some(c) = store.clustered() else {
-            return Turn::Mine;
-        };
-        if self.lead.as_ref().is_some_and(|l| l.holds()) {
-            return Turn::Mine;
-        }
-        self.lead = match c.pg.try_lead(self.name).await {
-            Ok(lead) => lead,
-            Err(e) => {
-                tracing::warn!(singleton = self.name, error = %e, "cannot ask for the lead");
-                None
-            }
-        };
-        match self.lead {
-            Some(_) => {
-                tracing::info!(node = %c.node.id, "this node leads `{}` now", self.name);
-                Turn::Taken
-            }
-            None => Turn::Others,
-        }
-    }
-}
 
 /// What following the other nodes needs.
 pub struct Follower {

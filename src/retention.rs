@@ -97,7 +97,7 @@ impl Pruner {
         let every = PRUNE_EVERY.as_millis() as Millis;
         let mut next = self.parts.clock.now_ms().saturating_add(every);
         let mut alive = self.parts.alive.clone();
-        let mut lead = crate::cluster::Singleton::new("retention");
+        let mut lead = crate::store::postgres::Singleton::new("retention");
         loop {
             let done = tokio::select! {
                 _ = self.parts.clock.sleep_until(next) => None,
@@ -107,7 +107,7 @@ impl Pruner {
             if done.is_none() {
                 next = self.parts.clock.now_ms().saturating_add(every);
                 // Cluster mode: one node prunes at a time (a pass asked for runs anyway).
-                if lead.turn(&self.parts.store).await == crate::cluster::Turn::Others {
+                if lead.turn(&self.parts.store).await == crate::store::postgres::Turn::Others {
                     continue;
                 }
             }

@@ -150,7 +150,7 @@ pub async fn start(parts: AlertParts) -> Result<AlertsHandle, StoreError> {
 /// The singleton's name for alert evaluation in cluster mode.
 const ALERTS_SINGLETON: &str = "alerts";
 
-use crate::cluster::Turn;
+use crate::store::postgres::Turn;
 
 async fn evaluate_forever(
     parts: Arc<AlertParts>,
@@ -161,7 +161,7 @@ async fn evaluate_forever(
     let mut next = parts.clock.now_ms() + interval;
     let mut alive = parts.alive.clone();
     // Cluster mode: rules are evaluated on one node at a time, the one that holds the lead.
-    let mut lead = crate::cluster::Singleton::new(ALERTS_SINGLETON);
+    let mut lead = crate::store::postgres::Singleton::new(ALERTS_SINGLETON);
     loop {
         let done = tokio::select! {
             _ = parts.clock.sleep_until(next) => None,
@@ -183,7 +183,10 @@ async fn evaluate_forever(
             // Another node evaluated until now: its states are the truth.
             match parts.store.alert_states().await {
                 Ok(stored) => {
-                    states = stored.into_iter().map(|s| (s.alert_id.clone(), s)).collect();
+                    states = stored
+                        .into_iter()
+                        .map(|s| (s.alert_id.clone(), s))
+                        .collect();
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the alert states"),
             }

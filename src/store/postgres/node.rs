@@ -1,7 +1,8 @@
 //! This node's handle on the cluster's store: the pool, who this node is, how long its leases
 //! last, the ingest batcher that commits the ingests arriving together in one transaction
 //! (group commit, as the SQLite writer does), and the coalesced hints that wake the other
-//! nodes' workers after a commit made work they may take.
+//! nodes' workers after a commit made work they may take. [`Singleton`] is work that runs on
+//! one node at a time (alert evaluation, retention).
 
 use super::{Fenced, Ingest, Ingested, Lease, Node, PgStore};
 use crate::store::{NewAttempt, Settled, StoreError};
@@ -213,5 +214,54 @@ async fn send_hints(pg: PgStore, wanted: std::sync::Weak<Notify>, channel: &'sta
             tracing::warn!(channel, error = %e, "could not send a hint to the other nodes; they find the work by polling");
         }
         tokio::time::sleep(HINT_EVERY).await;
+    }
+}
+
+/// Work that runs on one node at a time in cluster mode (alert evaluation, retention): the node
+/// that holds its lock does it; when that node dies, the next one that asks takes it over.
+/// On SQLite the one process always does it.
+pub struct Singleton {
+    name: &'static str,
+    lead: Option<super::Leadership>,
+}
+
+/// Whose turn the singleton's work is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// This node's, as before.
+    Mine,
+    /// This node's from now on: another node did it until now (read its state again).
+    Taken,
+    /// Another node's.
+    Others,
+}
+
+impl Singleton {
+    pub fn new(name: &'static str) -> Singleton {
+        Singleton { name, lead: None }
+    }
+
+    /// Whether this node does the work now, taking the lead when nobody holds it.
+    pub async fn turn(&mut self, store: &crate::store::Store) -> Turn {
+        let Some(c) = store.clustered() else {
+            return Turn::Mine;
+        };
+        if self.lead.as_ref().is_some_and(|l| l.holds()) {
+            return Turn::Mine;
+        }
+        self.lead = match c.pg.try_lead(self.name).await {
+            Ok(lead) => lead,
+            Err(e) => {
+                tracing::warn!(singleton = self.name, error = %e, "cannot ask for the lead");
+                None
+            }
+        };
+        match self.lead {
+            Some(_) => {
+                tracing::info!(node = %c.node.id, "this node leads `{}` now", self.name);
+                Turn::Taken
+            }
+            None => Turn::Others,
+        }
     }
 }
