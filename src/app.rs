@@ -122,6 +122,14 @@ async fn open_cluster_store(url: &str, options: &ServeOptions) -> Result<Store, 
     let id = options.node_id.clone().unwrap_or_else(default_node_id);
     let now = options.clock.now_ms();
     let node = pg.join(&id, now).await?;
+    // What an earlier start of this node held is this node's to do again, at once.
+    let released = pg.release_leases_of(&node.id).await?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "took back the jobs an earlier start of this node held"
+        );
+    }
     let lease_ms = options.config.settings.lease.as_millis() as i64;
     tracing::info!(node = %node.id, number = node.number, lease_ms, "joined the cluster");
     let clustered = crate::store::postgres::Clustered::start(pg, node, lease_ms);

@@ -179,6 +179,28 @@ impl PgStore {
             .map_err(PgError::from)?)
     }
 
+    /// Gives back every lease held in the name of node `node` (a node starting again under
+    /// the same name: what its earlier start held is due again at once, without waiting for
+    /// the leases to run out). Node names must be unique among the nodes running. Answers how
+    /// many.
+    pub async fn release_leases_of(&self, node: &str) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute(
+                "WITH d AS (
+                     UPDATE delivery_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
+                     WHERE leased_by = $1 RETURNING 1
+                 ), r AS (
+                     UPDATE run_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
+                     WHERE leased_by = $1 RETURNING 1
+                 )
+                 SELECT 1 FROM d UNION ALL SELECT 1 FROM r",
+                &[&node],
+            )
+            .await
+            .map_err(PgError::from)?)
+    }
+
     /// Claims up to `limit` runs due by `now` (Ferry's clock) for the run worker, on which
     /// nobody holds a live lease, soonest first: (run id, due time, lease token) of each, with
     /// a lease of `lease_ms` on the database's clock.
