@@ -233,7 +233,10 @@ impl Bench {
         let dir = self.args.data.join("fanout");
         let ferry = start_ferry(
             &self.backend(),
-            &dir, &config(&self.receivers, Shape::FanOut)).await?;
+            &dir,
+            &config(&self.receivers, Shape::FanOut),
+        )
+        .await?;
         let run = self.deliveries_closed_loop(ferry).await;
         report.push(run.events_row(shape, baseline));
         run.add_to(report, shape, "fan-out", baseline);
@@ -273,9 +276,7 @@ impl Bench {
             ))));
         }
         let started = Instant::now();
-        let ferry = start_ferry(
-            &self.backend(),
-            &dir, &yaml).await?;
+        let ferry = start_ferry(&self.backend(), &dir, &yaml).await?;
         let start_s = started.elapsed().as_secs_f64();
         let (rss_started, peak_started) = (ferry.rss_mb(), ferry.peak_rss_mb());
         let creations = create_flows(&ferry, n, 100).await?;
@@ -349,9 +350,7 @@ impl Bench {
         let shape = "filter, transform, fan-out to 3";
         eprintln!("phase 5/7: ferry, {shape}, closed loop");
         let yaml = config(&self.receivers, Shape::Expressions);
-        let ferry = start_ferry(
-            &self.backend(),
-            &self.args.data.join("flow"), &yaml).await?;
+        let ferry = start_ferry(&self.backend(), &self.args.data.join("flow"), &yaml).await?;
         let ours = self.deliveries_closed_loop(ferry).await;
         ours.add_to(report, shape, "flow", baseline);
         let Some(other) = &self.args.compare_with else {

@@ -141,8 +141,13 @@ impl Storage {
             storage.db_bytes as f64 / storage.acked as f64,
             storage
                 .wal_written
-                .map_or("unknown".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
-            storage.commits.map_or("unknown".to_string(), |c| c.to_string()),
+                .map_or("unknown".to_string(), |b| format!(
+                    "{:.1} MB",
+                    b as f64 / 1e6
+                )),
+            storage
+                .commits
+                .map_or("unknown".to_string(), |c| c.to_string()),
         );
         storage
     }

@@ -559,7 +559,10 @@ fn an_alert_interval_or_a_timeout_of_zero_is_refused() {
 
 #[test]
 fn a_lease_is_between_a_second_and_an_hour() {
-    for (bad, why) in [("61m", "`lease` must be at most 1h"), ("999ms", "`lease` must be at least 1s")] {
+    for (bad, why) in [
+        ("61m", "`lease` must be at most 1h"),
+        ("999ms", "`lease` must be at least 1s"),
+    ] {
         let text: Vec<String> = load(&format!("settings: {{ lease: {bad} }}"))
             .expect_err(bad)
             .0

@@ -354,9 +354,16 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: slow }} ] }} ]
     post_event(&base, 1).await;
     slow.wait_for(1).await;
     let pid = child.id().expect("ferry is running").to_string();
-    for _ in 0..2 {
-        signal(&pid, "-TERM");
-    }
+    signal(&pid, "-TERM");
+    // Two signals sent back to back may arrive as one (standard signals do not queue): the
+    // second goes once the first has begun the stop (the listener is closed).
+    let addr = base.trim_start_matches("http://").to_string();
+    wait_until("the listener closed by the first signal", || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(&addr).await.is_err() }
+    })
+    .await;
+    signal(&pid, "-TERM");
     let status = exits_within(
         &mut child,
         10,

@@ -39,8 +39,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// `FERRY_TEST_BACKEND`: `postgres` or `sqlite` (the default); anything else is a mistake.
+/// PostgreSQL in the `api_on_postgres` binary; elsewhere `FERRY_TEST_BACKEND`: `postgres` or
+/// `sqlite` (the default); anything else is a mistake.
 pub fn backend() -> Backend {
+    if crate::ON_POSTGRES {
+        return Backend::Postgres;
+    }
     match std::env::var("FERRY_TEST_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
         Ok("postgres") => Backend::Postgres,
@@ -495,7 +499,12 @@ pub async fn store_args(
             let key = base64::engine::general_purpose::STANDARD.encode(TEST_KEY);
             (
                 vec!["--database-url".into(), url.into()],
-                vec![(ferry::secrets::KEY_ENV, key)],
+                // A process started again on the same data is the same node: it takes back
+                // at once what its killed predecessor held.
+                vec![
+                    (ferry::secrets::KEY_ENV, key),
+                    ("FERRY_NODE_ID", "test-node".to_string()),
+                ],
             )
         }
     }

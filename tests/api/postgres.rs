@@ -33,13 +33,16 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A schema of one test, dropped with it.
+/// A schema of one test, dropped with it. (Used by the `api` binary's PostgreSQL modules
+/// only: `api_on_postgres` compiles it unused.)
+#[allow(dead_code)]
 pub struct TestSchema {
     pub name: String,
     /// The test database's URL, with `search_path` set to this schema.
     pub url: String,
 }
 
+#[allow(dead_code)]
 impl TestSchema {
     /// A new, empty schema.
     pub async fn create() -> TestSchema {
