@@ -92,7 +92,7 @@ impl PgStore {
 }
 
 async fn write_batch(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     batch: &[Ingest],
     node: &str,
     lease_ms: i64,
@@ -114,13 +114,13 @@ async fn write_batch(
     // repeated key keeps the first.
     let inserted = tx
         .query(
-            "INSERT INTO events (id, source, event_type, idempotency_key, received_at, headers, payload)
+            &tx.prepare_cached("INSERT INTO events (id, source, event_type, idempotency_key, received_at, headers, payload)
              SELECT id, source, event_type, idempotency_key, received_at, headers, payload
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bytea[])
                   WITH ORDINALITY AS e(id, source, event_type, idempotency_key, received_at, headers, payload, n)
              ORDER BY source, idempotency_key, n
              ON CONFLICT DO NOTHING
-             RETURNING id, seq",
+             RETURNING id, seq").await.map_err(PgError::from)?,
             &[&ids, &sources, &types, &keys, &received, &headers, &payloads],
         )
         .await
@@ -187,7 +187,7 @@ async fn write_batch(
 
 /// The first event of each (source, idempotency key).
 async fn first_events(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     repeats: &[(&str, &str)],
 ) -> Result<HashMap<(String, String), String>, StoreError> {
     if repeats.is_empty() {
@@ -198,9 +198,13 @@ async fn first_events(
     let keys: Vec<&str> = repeats.iter().map(|r| r.1).collect();
     let rows = tx
         .query(
-            "SELECT e.source, e.idempotency_key, e.id FROM events e
+            &tx.prepare_cached(
+                "SELECT e.source, e.idempotency_key, e.id FROM events e
              JOIN unnest($1::text[], $2::text[]) AS k(source, idempotency_key)
                ON e.source = k.source AND e.idempotency_key = k.idempotency_key",
+            )
+            .await
+            .map_err(PgError::from)?,
             &[&sources, &keys],
         )
         .await
@@ -218,7 +222,7 @@ async fn first_events(
 /// The accepted events' runs and the bodies those made, and the runs' jobs for the run
 /// worker (those `running`: due at `next_at`).
 async fn insert_runs(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     accepted: &[(&Ingest, i64)],
 ) -> Result<(), StoreError> {
     let q = |e: tokio_postgres::Error| StoreError::from(PgError::from(e));
@@ -237,7 +241,7 @@ async fn insert_runs(
     }
     if !body_ids.is_empty() {
         tx.execute(
-            "INSERT INTO bodies (id, event_seq, data) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            &tx.prepare_cached("INSERT INTO bodies (id, event_seq, data) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])").await.map_err(PgError::from)?,
             &[&body_ids, &body_seqs, &body_data],
         )
         .await
@@ -247,14 +251,14 @@ async fn insert_runs(
         return Ok(());
     }
     tx.execute(
-        "INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps,
+        &tx.prepare_cached("INSERT INTO runs (id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps,
                            error, failed_on, pending, created_at, updated_at, payload_body)
          SELECT id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps,
                 error, CASE WHEN status = 'failed' THEN 'step' END, pending, at, at, payload_body
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
                      $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[])
               AS r(id, event_id, flow_id, flow_version, status, pc, resume_pc, next_at, context, steps, error,
-                   pending, at, payload_body)",
+                   pending, at, payload_body)").await.map_err(PgError::from)?,
         &[
             &r.ids, &r.events, &r.flows, &r.versions, &r.statuses, &r.pcs, &r.resume_pcs,
             &r.next_ats, &r.contexts, &r.steps, &r.errors, &r.pending, &r.ats, &r.payload_bodies,
@@ -263,10 +267,10 @@ async fn insert_runs(
     .await
     .map_err(q)?;
     tx.execute(
-        "INSERT INTO run_jobs (run_id, due_at)
+        &tx.prepare_cached("INSERT INTO run_jobs (run_id, due_at)
          SELECT id, coalesce(next_at, at) FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
               AS r(id, status, next_at, at)
-         WHERE status = 'running'",
+         WHERE status = 'running'").await.map_err(PgError::from)?,
         &[&r.ids, &r.statuses, &r.next_ats, &r.ats],
     )
     .await
@@ -318,7 +322,7 @@ impl<'a> RunColumns<'a> {
 /// The accepted events' deliveries and their jobs, leased to `node`: (event id, delivery
 /// id, lease token) of each.
 async fn insert_deliveries(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     accepted: &[(&Ingest, i64)],
     node: &str,
     lease_ms: i64,
@@ -346,10 +350,10 @@ async fn insert_deliveries(
         return Ok(Vec::new());
     }
     tx.execute(
-        "INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at, body_id)
+        &tx.prepare_cached("INSERT INTO deliveries (id, event_id, run_id, destination_id, status, next_attempt_at, created_at, updated_at, body_id)
          SELECT id, event_id, run_id, destination_id, 'pending', at, at, at, body_id
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
-              AS d(id, event_id, run_id, destination_id, at, body_id)",
+              AS d(id, event_id, run_id, destination_id, at, body_id)").await.map_err(PgError::from)?,
         &[&ids, &events, &runs, &destinations, &ats, &bodies],
     )
     .await

@@ -120,8 +120,9 @@ impl PgStore {
     }
 
     /// Extends the leases `tokens` (of delivery and run jobs) by `lease_ms` from now, those
-    /// still held; answers the tokens renewed. A token missing from the answer was lost: its attempt must stop, and
-    /// its outcome would be refused.
+    /// still held; answers the tokens renewed. A token missing from the answer was lost: its
+    /// attempt must stop, and its outcome would be refused. The rows are locked in id order,
+    /// as a batch of attempts locks its own: the two wait for each other, never deadlock.
     pub async fn renew_leases(
         &self,
         tokens: &[i64],
@@ -135,11 +136,17 @@ impl PgStore {
         let sql = format!(
             "WITH d AS (
                  UPDATE delivery_jobs SET lease_until = {DB_NOW_MS} + $2
-                 WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+                 WHERE delivery_id IN (
+                     SELECT delivery_id FROM delivery_jobs
+                     WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+                     ORDER BY delivery_id FOR UPDATE)
                  RETURNING lease_token
              ), r AS (
                  UPDATE run_jobs SET lease_until = {DB_NOW_MS} + $2
-                 WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+                 WHERE run_id IN (
+                     SELECT run_id FROM run_jobs
+                     WHERE lease_token = ANY($1) AND lease_until >= {DB_NOW_MS}
+                     ORDER BY run_id FOR UPDATE)
                  RETURNING lease_token
              )
              SELECT lease_token FROM d UNION ALL SELECT lease_token FROM r"
@@ -167,10 +174,16 @@ impl PgStore {
             .execute(
                 "WITH d AS (
                      UPDATE delivery_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
-                     WHERE lease_token = ANY($1) RETURNING 1
+                     WHERE delivery_id IN (
+                         SELECT delivery_id FROM delivery_jobs WHERE lease_token = ANY($1)
+                         ORDER BY delivery_id FOR UPDATE)
+                     RETURNING 1
                  ), r AS (
                      UPDATE run_jobs SET lease_until = NULL, lease_token = NULL, leased_by = NULL
-                     WHERE lease_token = ANY($1) RETURNING 1
+                     WHERE run_id IN (
+                         SELECT run_id FROM run_jobs WHERE lease_token = ANY($1)
+                         ORDER BY run_id FOR UPDATE)
+                     RETURNING 1
                  )
                  SELECT 1 FROM d UNION ALL SELECT 1 FROM r",
                 &[&tokens],
@@ -296,23 +309,9 @@ impl PgStore {
     ) -> Result<Fenced<Option<Settled>>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(PgError::from)?;
-        // The token alone fences: every claim draws a new one, so a token that still matches
-        // means nobody took the job over, even if the lease ran out meanwhile (its outcome is
-        // then still the truth, and recording it saves a second send).
-        let held =
-            "SELECT 1 FROM delivery_jobs WHERE delivery_id = $1 AND lease_token = $2 FOR UPDATE";
-        let holds = tx
-            .query_opt(held, &[&a.delivery_id, &lease.token])
-            .await
-            .map_err(PgError::from)?
-            .is_some();
-        if !holds {
-            tx.rollback().await.map_err(PgError::from)?;
-            return Ok(Fenced::LeaseLost);
-        }
-        let settled = record_attempt(&tx, a, lease).await?;
+        let recorded = record_fenced(&tx, a, lease).await?;
         tx.commit().await.map_err(PgError::from)?;
-        Ok(Fenced::Recorded(settled))
+        Ok(recorded)
     }
 }
 
@@ -343,23 +342,32 @@ impl PgStore {
             Ok(tx) => tx,
             Err(e) => return failed_all(PgError::from(e).into()),
         };
+        // The batch's job rows are locked first, in id order, as renewals and releases lock
+        // theirs: two statements locking the same rows in different orders would deadlock,
+        // and PostgreSQL would roll one back.
+        let mut ids: Vec<&str> = batch.iter().map(|(a, _)| a.delivery_id.as_str()).collect();
+        ids.sort_unstable();
+        if let Err(e) = tx
+            .query(
+                "SELECT 1 FROM delivery_jobs WHERE delivery_id = ANY($1) ORDER BY delivery_id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+        {
+            return failed_all(PgError::from(e).into());
+        }
         let answers = futures_util::future::join_all(batch.iter().map(|(a, lease)| {
             let tx = &tx;
-            async move {
-                let held = "SELECT 1 FROM delivery_jobs WHERE delivery_id = $1 AND lease_token = $2 FOR UPDATE";
-                let holds = tx
-                    .query_opt(held, &[&a.delivery_id, &lease.token])
-                    .await
-                    .map_err(PgError::from)?
-                    .is_some();
-                if !holds {
-                    return Ok(Fenced::LeaseLost);
-                }
-                record_attempt(tx, a, lease).await.map(Fenced::Recorded)
-            }
+            async move { record_fenced(tx, a, lease).await }
         }))
         .await;
-        if let Some(e) = answers.iter().find_map(|a| a.as_ref().err()) {
+        // The first error that is not "the transaction is aborted" (25P02) is the cause.
+        let cause = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .find(|e| !e.to_string().contains("25P02"))
+            .or_else(|| answers.iter().find_map(|a| a.as_ref().err()));
+        if let Some(e) = cause {
             let e = StoreError::Postgres(PgError::Query(e.to_string()));
             let _ = tx.rollback().await;
             return failed_all(e);
@@ -371,97 +379,122 @@ impl PgStore {
     }
 }
 
-/// The attempt, the delivery's state, the job's, and the run's when it settles.
-async fn record_attempt(
-    tx: &tokio_postgres::Transaction<'_>,
+/// Records the attempt `a` made under `lease`, in one statement: it locks the job's row and
+/// goes on only while the job still carries the lease's token (otherwise nothing is written:
+/// [`Fenced::LeaseLost`]); then the delivery's state, the attempt's row, and the job (gone
+/// after a success or a dead letter, due at its time and leased to nobody after a retry).
+/// The run, when the delivery finished, is counted down (and settled) after it.
+///
+/// The token alone fences: every claim draws a new one, so a token that still matches means
+/// nobody took the job over, even if the lease ran out meanwhile (its outcome is then still
+/// the truth, and recording it saves a second send).
+async fn record_fenced(
+    tx: &deadpool_postgres::Transaction<'_>,
     a: &NewAttempt,
     lease: &Lease,
-) -> Result<Option<Settled>, StoreError> {
+) -> Result<Fenced<Option<Settled>>, StoreError> {
     let (status, next_at) = match a.next {
         AttemptNext::Succeeded => ("succeeded", None),
         AttemptNext::RetryAt(at) => ("pending", Some(at)),
         AttemptNext::Dead => ("dead", None),
     };
-    let now = a.finished_at;
-    let attempt_no: Option<i64> = tx
-        .query_opt(
-            "UPDATE deliveries SET attempts = attempts + 1, round_attempts = round_attempts + 1, status = $2,
-             next_attempt_at = $3, updated_at = $4, last_error = $5 WHERE id = $1 RETURNING attempts",
-            &[&a.delivery_id, &status, &next_at, &now, &a.error],
+    let finished = next_at.is_none();
+    let status_code = a.status_code.map(i64::from);
+    // The sub-statements see one snapshot: each one names the held job, so none runs when the
+    // token no longer matches; the job's row is locked first, and written once.
+    // Prepared once per connection: parsing and planning it for every attempt cost more than
+    // running it.
+    let statement = tx
+        .prepare_cached(
+            "WITH held AS (
+                 SELECT delivery_id FROM delivery_jobs WHERE delivery_id = $1 AND lease_token = $2 FOR UPDATE
+             ), delivery AS (
+                 UPDATE deliveries SET attempts = attempts + 1, round_attempts = round_attempts + 1,
+                        status = $3, next_attempt_at = $4, updated_at = $5, last_error = $6
+                 WHERE id = (SELECT delivery_id FROM held)
+                 RETURNING attempts
+             ), attempt AS (
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+                                       response_headers, response_body, error, outcome,
+                                       destination_id, node, lease_token)
+                 SELECT $1, attempts, $7, $8, $9, $10, $11, $6, $12, $13, $14, $2 FROM delivery
+             ), finished AS (
+                 DELETE FROM delivery_jobs WHERE $15 AND delivery_id = (SELECT delivery_id FROM held)
+             ), retried AS (
+                 UPDATE delivery_jobs SET due_at = $4, lease_until = NULL, lease_token = NULL, leased_by = NULL
+                 WHERE NOT $15 AND delivery_id = (SELECT delivery_id FROM held)
+             )
+             SELECT (SELECT attempts FROM delivery), EXISTS (SELECT 1 FROM held)",
         )
         .await
-        .map_err(PgError::from)?
-        .map(|r| r.try_get(0))
-        .transpose()
         .map_err(PgError::from)?;
-    let Some(attempt_no) = attempt_no else {
+    let recorded = tx
+        .query_opt(
+            &statement,
+            &[
+                &a.delivery_id,
+                &lease.token,
+                &status,
+                &next_at,
+                &a.finished_at,
+                &a.error,
+                &a.started_at,
+                &a.duration_ms,
+                &status_code,
+                &a.response_headers,
+                &a.response_body,
+                &a.outcome,
+                &a.destination_id,
+                &lease.node,
+                &finished,
+            ],
+        )
+        .await
+        .map_err(PgError::from)?;
+    let (attempts, held): (Option<i64>, bool) = match &recorded {
+        Some(row) => (
+            row.try_get(0).map_err(PgError::from)?,
+            row.try_get(1).map_err(PgError::from)?,
+        ),
+        None => (None, false),
+    };
+    if !held {
+        return Ok(Fenced::LeaseLost);
+    }
+    if attempts.is_none() {
         return Err(StoreError::Corrupt(format!(
             "no delivery {}",
             a.delivery_id
         )));
-    };
-    let status_code = a.status_code.map(i64::from);
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, response_headers,
-                               response_body, error, outcome, destination_id, node, lease_token)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        &[
-            &a.delivery_id,
-            &attempt_no,
-            &a.started_at,
-            &a.duration_ms,
-            &status_code,
-            &a.response_headers,
-            &a.response_body,
-            &a.error,
-            &a.outcome,
-            &a.destination_id,
-            &lease.node,
-            &lease.token,
-        ],
-    )
-    .await
-    .map_err(PgError::from)?;
-    match a.next {
-        AttemptNext::RetryAt(at) => {
-            tx.execute(
-                "UPDATE delivery_jobs SET due_at = $2, lease_until = NULL, lease_token = NULL, leased_by = NULL
-                 WHERE delivery_id = $1",
-                &[&a.delivery_id, &at],
-            )
-            .await
-            .map_err(PgError::from)?;
-            Ok(None)
-        }
-        AttemptNext::Succeeded | AttemptNext::Dead => {
-            tx.execute(
-                "DELETE FROM delivery_jobs WHERE delivery_id = $1",
-                &[&a.delivery_id],
-            )
-            .await
-            .map_err(PgError::from)?;
-            let dead = matches!(a.next, AttemptNext::Dead);
-            settle_run(tx, &a.run_id, &a.event_id, dead, now).await
-        }
     }
+    if !finished {
+        return Ok(Fenced::Recorded(None));
+    }
+    let dead = matches!(a.next, AttemptNext::Dead);
+    settle_run(tx, &a.run_id, &a.event_id, dead, a.finished_at)
+        .await
+        .map(Fenced::Recorded)
 }
 
 /// After one of a waiting run's deliveries finished: when none is pending any more, the run
 /// fails (some were dead-lettered), completes, or is due to go on. The decrement locks the
 /// run's row, so two nodes finishing its last two deliveries at once settle it once.
 async fn settle_run(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     run_id: &str,
     event_id: &str,
     dead: bool,
     now: Millis,
 ) -> Result<Option<Settled>, StoreError> {
-    let counted = tx
-        .query_opt(
+    let count_down = tx
+        .prepare_cached(
             "UPDATE runs SET pending = pending - 1, dead = dead + $2 WHERE id = $1 AND status = 'waiting'
              RETURNING pending, dead, resume_pc, flow_id",
-            &[&run_id, &i64::from(dead)],
         )
+        .await
+        .map_err(PgError::from)?;
+    let counted = tx
+        .query_opt(&count_down, &[&run_id, &i64::from(dead)])
         .await
         .map_err(PgError::from)?;
     let Some(row) = counted else {
@@ -506,12 +539,15 @@ async fn settle_run(
     }
     match resume_pc {
         None => {
-            tx.execute(
-                "UPDATE runs SET status = 'completed', updated_at = $2 WHERE id = $1",
-                &[&run_id, &now],
-            )
-            .await
-            .map_err(PgError::from)?;
+            let completed = tx
+                .prepare_cached(
+                    "UPDATE runs SET status = 'completed', updated_at = $2 WHERE id = $1",
+                )
+                .await
+                .map_err(PgError::from)?;
+            tx.execute(&completed, &[&run_id, &now])
+                .await
+                .map_err(PgError::from)?;
             Ok(Some(settled("completed", None)))
         }
         Some(pc) => {
