@@ -111,6 +111,9 @@ async fn open_cluster_store(url: &str, options: &ServeOptions) -> Result<Store, 
     if options.secret_key.is_none() {
         return Err(ServeError::ClusterNeeds(crate::secrets::KEY_ENV));
     }
+    let id = options.node_id.clone().unwrap_or_else(default_node_id);
+    // Checked before connecting: a wrong name is the command line's mistake.
+    crate::store::postgres::check_node_id(&id)?;
     let pg = crate::store::postgres::PgStore::connect(
         url,
         crate::store::postgres::PgOptions {
@@ -119,7 +122,6 @@ async fn open_cluster_store(url: &str, options: &ServeOptions) -> Result<Store, 
         },
     )
     .await?;
-    let id = options.node_id.clone().unwrap_or_else(default_node_id);
     let now = options.clock.now_ms();
     let node = pg.join(&id, now).await?;
     // What an earlier start of this node held is this node's to do again, at once.

@@ -619,7 +619,9 @@ impl Dispatcher {
                 }
             }
             self.claim_due().await;
-            if self.spilled.load(Ordering::Relaxed)
+            // Cluster mode claims instead: a sweep would load jobs other nodes hold.
+            if self.ctx.leases.is_none()
+                && self.spilled.load(Ordering::Relaxed)
                 && self.known.len() < self.cap / 2
                 && last_sweep.is_none_or(|at| at.elapsed() >= Duration::from_millis(200))
             {
@@ -701,7 +703,25 @@ impl Dispatcher {
     fn take_new(&mut self, job: DeliveryJob) {
         if self.known.insert(job.id.clone()) {
             self.place(job);
+        } else if let Some(token) = job.lease {
+            // Cluster mode: claimed again while an older copy (whose lease ran out) is still
+            // here: the new lease goes back; the job is claimed again once the old copy is gone.
+            self.give_back(token);
         }
+    }
+
+    /// Cluster mode: gives the lease `token` back to the cluster at once.
+    fn give_back(&self, token: i64) {
+        let (Some(c), Some(leases)) = (self.store.clustered().cloned(), self.ctx.leases.clone())
+        else {
+            return;
+        };
+        leases.forget(token);
+        tokio::spawn(async move {
+            if let Err(e) = c.pg.release_leases(&[token]).await {
+                tracing::warn!(error = %e, "could not give a lease back; its job waits for the lease to run out");
+            }
+        });
     }
 
     fn place(&mut self, mut job: DeliveryJob) {
@@ -761,10 +781,18 @@ impl Dispatcher {
                     tracing::error!(delivery_id = %e.0.id, "destination queue closed");
                 }
             }
-            None => tracing::warn!(
-                delivery_id = %job.id, event_id = %job.event_id, destination_id = %job.destination_id,
-                "destination is not in the config; the delivery stays pending until it is"
-            ),
+            None => {
+                tracing::warn!(
+                    delivery_id = %job.id, event_id = %job.event_id, destination_id = %job.destination_id,
+                    "destination is not in the config; the delivery stays pending until it is"
+                );
+                // Cluster mode: the job goes back to the cluster (another node's config may
+                // have the destination already).
+                if let Some(token) = job.lease {
+                    self.known.remove(&job.id);
+                    self.give_back(token);
+                }
+            }
         }
     }
 
@@ -850,9 +878,10 @@ async fn destination_loop(
         let Some(in_flight) = ctx.work.start() else {
             break;
         };
-        // Cluster mode: a job whose lease may have run out is another node's to send.
-        if let (Some(leases), Some(token)) = (&ctx.leases, job.lease)
-            && !leases.start(token)
+        // Cluster mode: a job whose lease may have run out (or that came without one) is
+        // another node's to send.
+        if let Some(leases) = &ctx.leases
+            && !job.lease.is_some_and(|token| leases.start(token))
         {
             tracing::warn!(delivery_id = %job.id, "the lease on this delivery ran out before its attempt; it is left to the node that claims it");
             let _ = ctx.control.send(Control::Done(job.id));

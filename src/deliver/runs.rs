@@ -184,7 +184,11 @@ async fn schedule(worker: Arc<Worker>, waker: RunWaker, mut wakes: mpsc::Unbound
                     }
                     for (run_id, due, token) in claimed {
                         leases.hold(token, asked);
-                        tokens.insert(run_id.clone(), token);
+                        // A run claimed again (its older lease ran out before its turn): the
+                        // older lease is over.
+                        if let Some(older) = tokens.insert(run_id.clone(), token) {
+                            leases.forget(older);
+                        }
                         seq += 1;
                         waiting.push(Reverse((due, seq, run_id)));
                     }

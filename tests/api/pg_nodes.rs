@@ -458,3 +458,84 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow] }} ] }} ]
     a.kill().await.unwrap();
     b.kill().await.unwrap();
 }
+
+/// Two nodes under load with leases renewed often (every third of a second): renewals and the
+/// batches that record attempts lock the same rows, and must never deadlock (a deadlock rolls
+/// back a batch of attempts already sent, which are then sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_with_short_leases_under_load_deliver_nothing_twice() {
+    let schema = TestSchema::create().await;
+    let receivers = [
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true, lease: 1s }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations:
+  - {{ id: d0, kind: http, url: "{}" }}
+  - {{ id: d1, kind: http, url: "{}" }}
+  - {{ id: d2, kind: http, url: "{}" }}
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [d0, d1, d2] }} ] }} ]
+"#,
+            receivers[0].url, receivers[1].url, receivers[2].url
+        ),
+    )
+    .unwrap();
+    let (mut a, base_a) = start_node(&config, &schema, "a", &dir.path().join("a.log")).await;
+    let (mut b, base_b) = start_node(&config, &schema, "b", &dir.path().join("b.log")).await;
+    let load = Load::spread(&[base_a, base_b], 8);
+    wait_until("1500 events acknowledged", || async {
+        load.acked().len() >= 1500
+    })
+    .await;
+    let acked = load.stop().await;
+    let [r0, r1, r2] = &receivers;
+    all_delivered(&acked, &[r0, r1, r2]).await;
+    for receiver in &receivers {
+        let twice = tally(receiver).values().filter(|c| **c > 1).count();
+        assert_eq!(twice, 0, "deliveries received twice at {}", receiver.url);
+    }
+    for node in ["a", "b"] {
+        let log = std::fs::read_to_string(dir.path().join(format!("{node}.log"))).unwrap();
+        assert!(
+            !log.contains("could not record the attempt"),
+            "node {node} failed to record attempts:\n{log}"
+        );
+    }
+    a.kill().await.unwrap();
+    b.kill().await.unwrap();
+}
+
+/// A node id with control characters is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_with_control_characters_is_refused() {
+    let schema = TestSchema::create().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "serve",
+            "--database-url",
+            &schema.url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--node-id", "a\nb\u{1b}[31mred"])
+        .env("FERRY_API_TOKEN", TOKEN)
+        .env("FERRY_SECRET_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("must not hold control characters"),
+        "{stderr}"
+    );
+    assert!(schema.tables().await.is_empty(), "nothing was written");
+}

@@ -28,6 +28,27 @@ const LEADER_CHECK: Duration = Duration::from_secs(2);
 /// How long that question may take before the lock counts as lost.
 const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A node not seen for this long (a day) is forgotten when another node joins: names made of
+/// a host and a process id would otherwise pile up, one per start.
+pub const FORGET_NODES_AFTER_MS: Millis = 24 * 3600 * 1000;
+
+/// A node id is 1 to [`MAX_NODE_ID_BYTES`] bytes without control characters (it is written in
+/// logs and shown to people).
+pub fn check_node_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() || id.len() > MAX_NODE_ID_BYTES {
+        return Err(StoreError::Postgres(PgError::Query(format!(
+            "a node id of {} bytes: it must be 1 to {MAX_NODE_ID_BYTES}",
+            id.len()
+        ))));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(StoreError::Postgres(PgError::Query(
+            "a node id must not hold control characters".into(),
+        )));
+    }
+    Ok(())
+}
+
 /// This node, as the cluster knows it.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -76,14 +97,16 @@ fn q(e: tokio_postgres::Error) -> StoreError {
 
 impl PgStore {
     /// Registers a start of a node `id` at `now`: its row in `ferry_nodes` and a fresh number.
+    /// The rows of nodes not seen for [`FORGET_NODES_AFTER_MS`] go.
     pub async fn join(&self, id: &str, now: Millis) -> Result<Node, StoreError> {
-        if id.is_empty() || id.len() > MAX_NODE_ID_BYTES {
-            return Err(StoreError::Postgres(PgError::Query(format!(
-                "a node id of {} bytes: it must be 1 to {MAX_NODE_ID_BYTES}",
-                id.len()
-            ))));
-        }
+        check_node_id(id)?;
         let conn = self.conn().await?;
+        conn.execute(
+            "DELETE FROM ferry_nodes WHERE seen_at < $1",
+            &[&now.saturating_sub(FORGET_NODES_AFTER_MS)],
+        )
+        .await
+        .map_err(q)?;
         let row = conn
             .query_one(
                 "INSERT INTO ferry_nodes (node_id, number, started_at, seen_at)

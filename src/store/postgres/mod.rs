@@ -17,7 +17,7 @@ mod rows;
 mod schema;
 mod writes;
 
-pub use cluster::{Leadership, Node, NodeView};
+pub use cluster::{Leadership, Node, NodeView, check_node_id};
 pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
 pub use node::{CONFIG_CHANNEL, Clustered, JOBS_CHANNEL, Singleton, Turn};

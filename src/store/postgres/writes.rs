@@ -76,27 +76,40 @@ pub(super) async fn write_rejections(
 ) {
     let mut batch = Vec::with_capacity(MAX_REJECTIONS_WRITING);
     while queue.recv_many(&mut batch, MAX_REJECTIONS_WRITING).await > 0 {
-        let written = async {
-            let mut conn = pool
-                .get()
-                .await
-                .map_err(|e| PgError::Query(format!("no connection: {e}")))?;
-            let tx = conn.transaction().await.map_err(q)?;
-            let mut result = Ok(());
-            for r in &batch {
-                result = add_rejection(&tx, r, kept).await;
-                if result.is_err() {
-                    break;
-                }
-            }
-            finish(tx, result).await
+        // A batch the database refuses is written again entry by entry, so that one bad entry
+        // (a NUL byte) is the only one dropped.
+        if batch.len() > 1 && write_rejections_together(&pool, &batch, kept).await.is_ok() {
+            batch.clear();
+            continue;
         }
-        .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, count = batch.len(), "rejected log entries dropped");
+        for r in &batch {
+            if let Err(e) = write_rejections_together(&pool, std::slice::from_ref(r), kept).await {
+                tracing::warn!(error = %e, "rejected log entry dropped");
+            }
         }
         batch.clear();
     }
+}
+
+/// Writes `batch` to the rejected log in one transaction, trimming it to `kept` entries.
+async fn write_rejections_together(
+    pool: &deadpool_postgres::Pool,
+    batch: &[Rejection],
+    kept: usize,
+) -> Result<(), StoreError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| PgError::Query(format!("no connection: {e}")))?;
+    let tx = conn.transaction().await.map_err(q)?;
+    let mut result = Ok(());
+    for r in batch {
+        result = add_rejection(&tx, r, kept).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    finish(tx, result).await
 }
 
 impl PgStore {
