@@ -35,7 +35,7 @@ use crate::memory::Budget;
 use crate::store::{AttemptNext, DeliveryJob, NewAttempt, Store};
 use bytes::Bytes;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +87,10 @@ enum Control {
 
 /// Cluster mode: how often due jobs are claimed when no hint came.
 const CLAIM_EVERY_MS: Millis = 1000;
+
+/// Cluster mode: a node claims up to this many times its share of a destination's
+/// `concurrency` (the jobs waiting for a slot keep the slots busy until the next claim).
+const CLAIM_AHEAD: usize = 8;
 
 /// Each destination's breaker and pause, shared by its queue, its attempts and the API;
 /// replaced whole when the config changes.
@@ -170,18 +174,10 @@ impl Deliverer {
             tokio::spawn(leases.clone().renew(c.clone()));
             leases
         });
-        let pending = match (store.clustered(), &leases) {
-            (Some(c), Some(leases)) => {
-                claim(
-                    c,
-                    leases,
-                    clock.now_ms(),
-                    &config,
-                    limit.min(crate::store::postgres::MAX_CLAIM),
-                )
-                .await?
-            }
-            _ => store.pending_jobs(limit).await?,
+        // Cluster mode: nothing is loaded; the dispatcher claims what is due at once.
+        let pending = match store.clustered() {
+            Some(_) => Vec::new(),
+            None => store.pending_jobs(limit).await?,
         };
         let spilled = Arc::new(AtomicBool::new(pending.len() >= limit));
         let (new_tx, new_rx) = mpsc::channel(options.new_job_queue);
@@ -212,14 +208,15 @@ impl Deliverer {
             store: store.clone(),
             queues: HashMap::new(),
             ctx,
-            known: HashSet::new(),
+            known: HashMap::new(),
+            held: HashMap::new(),
             waiting: BinaryHeap::new(),
             seq: 0,
             cap: options.memory_jobs,
             spilled: spilled.clone(),
-            destinations: config.destinations.keys().cloned().collect(),
+            destinations: Vec::new(),
             claim_at: clock.now_ms() + CLAIM_EVERY_MS,
-            claim_now: false,
+            claim_now: true,
             hints: None,
         };
         dispatcher.reconfigure(&config);
@@ -484,16 +481,19 @@ struct Dispatcher {
     /// Each destination's queue, with the digest of the spec its task was started with.
     queues: HashMap<String, (String, mpsc::UnboundedSender<DeliveryJob>)>,
     ctx: Arc<AttemptContext>,
-    /// Every job id this process holds: waiting, queued or in flight.
-    known: HashSet<String>,
+    /// Every job id this process holds (waiting, queued or in flight), with its destination.
+    known: HashMap<String, String>,
+    /// How many of `known` each destination has.
+    held: HashMap<String, usize>,
     /// Jobs whose time has not come, soonest first.
     waiting: BinaryHeap<Reverse<Waiting>>,
     /// Ties on `due_at` keep their arrival order.
     seq: u64,
     cap: usize,
     spilled: Arc<AtomicBool>,
-    /// Cluster mode: the destinations whose jobs this node claims (those in its config).
-    destinations: Vec<String>,
+    /// Cluster mode: the destinations whose jobs this node claims (those in its config), with
+    /// their `concurrency`.
+    destinations: Vec<(String, usize)>,
     /// Cluster mode: when to claim next on Ferry's clock (a retry or a hold comes due), and
     /// whether to claim at once (a hint came, or the backstop's second passed).
     claim_at: Millis,
@@ -503,18 +503,8 @@ struct Dispatcher {
     hints: Option<mpsc::UnboundedReceiver<String>>,
 }
 
-/// Claims up to `room` due delivery jobs for this node, each held under its lease.
-async fn claim(
-    c: &crate::store::postgres::Clustered,
-    leases: &leases::Leases,
-    now: Millis,
-    config: &Config,
-    room: usize,
-) -> Result<Vec<DeliveryJob>, crate::store::StoreError> {
-    let destinations: Vec<String> = config.destinations.keys().cloned().collect();
-    claim_for(c, leases, now, &destinations, room).await
-}
-
+/// Claims up to `room` due delivery jobs of `destinations` for this node, each held under its
+/// lease.
 async fn claim_for(
     c: &crate::store::postgres::Clustered,
     leases: &leases::Leases,
@@ -557,10 +547,25 @@ impl Dispatcher {
         }
         let room = self.cap.saturating_sub(self.known.len()).min(1000);
         self.claim_at = now + CLAIM_EVERY_MS;
+        // A node takes a few times its share of a destination's concurrency at most, so that
+        // a backlog coming due at once is spread over the nodes instead of sent by one at its
+        // share only.
+        let nodes = c.live_nodes();
+        let mut wanted: Vec<String> = Vec::new();
+        let mut most = 0;
+        for (id, concurrency) in &self.destinations {
+            let ahead = (concurrency / nodes).max(1) * CLAIM_AHEAD;
+            let want = ahead.saturating_sub(self.held.get(id).copied().unwrap_or(0));
+            if want > 0 {
+                wanted.push(id.clone());
+                most = most.max(want);
+            }
+        }
+        let room = room.min(most);
         if room == 0 {
             return;
         }
-        match claim_for(&c, &leases, now, &self.destinations, room).await {
+        match claim_for(&c, &leases, now, &wanted, room).await {
             Ok(jobs) => {
                 // A full claim leaves more: claim again at once.
                 if jobs.len() == room {
@@ -584,7 +589,7 @@ impl Dispatcher {
         ) else {
             return;
         };
-        self.known.remove(&job.id);
+        self.forget_job(&job.id);
         leases.forget(token);
         match c.pg.hold_delivery(&job.id, token, until).await {
             Ok(_) => self.claim_at = self.claim_at.min(until),
@@ -639,12 +644,10 @@ impl Dispatcher {
                 biased;
                 msg = control_rx.recv(), if control_open => match msg {
                     Some(Control::Schedule(job)) => {
-                        self.known.insert(job.id.clone());
+                        self.remember(&job);
                         self.place(job);
                     }
-                    Some(Control::Done(id)) => {
-                        self.known.remove(&id);
-                    }
+                    Some(Control::Done(id)) => self.forget_job(&id),
                     Some(Control::Hold(job, until)) if clustered => self.hold_in_store(job, until).await,
                     Some(Control::Hold(mut job, until)) => {
                         // A job that waits leaves its body in the store.
@@ -682,7 +685,11 @@ impl Dispatcher {
     /// Starts a queue for each new or changed destination and drops those of removed ones
     /// (their tasks end once their queued jobs are sent).
     fn reconfigure(&mut self, config: &Config) {
-        self.destinations = config.destinations.keys().cloned().collect();
+        self.destinations = config
+            .destinations
+            .values()
+            .map(|d| (d.id.clone(), d.concurrency))
+            .collect();
         self.queues
             .retain(|id, _| config.destinations.contains_key(id));
         for dest in config.destinations.values() {
@@ -700,8 +707,30 @@ impl Dispatcher {
         }
     }
 
+    /// Counts `job` as held; `false` when it was already.
+    fn remember(&mut self, job: &DeliveryJob) -> bool {
+        if self.known.contains_key(&job.id) {
+            return false;
+        }
+        self.known
+            .insert(job.id.clone(), job.destination_id.clone());
+        *self.held.entry(job.destination_id.clone()).or_default() += 1;
+        true
+    }
+
+    fn forget_job(&mut self, id: &str) {
+        if let Some(destination) = self.known.remove(id)
+            && let Some(n) = self.held.get_mut(&destination)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&destination);
+            }
+        }
+    }
+
     fn take_new(&mut self, job: DeliveryJob) {
-        if self.known.insert(job.id.clone()) {
+        if self.remember(&job) {
             self.place(job);
         } else if let Some(token) = job.lease {
             // Cluster mode: claimed again while an older copy (whose lease ran out) is still
@@ -789,7 +818,7 @@ impl Dispatcher {
                 // Cluster mode: the job goes back to the cluster (another node's config may
                 // have the destination already).
                 if let Some(token) = job.lease {
-                    self.known.remove(&job.id);
+                    self.forget_job(&job.id);
                     self.give_back(token);
                 }
             }
@@ -808,7 +837,7 @@ impl Dispatcher {
                     if taken >= room {
                         break;
                     }
-                    if !self.known.contains(&job.id) {
+                    if !self.known.contains_key(&job.id) {
                         taken += 1;
                         self.take_new(job);
                     }

@@ -539,3 +539,66 @@ async fn a_node_id_with_control_characters_is_refused() {
     );
     assert!(schema.tables().await.is_empty(), "nothing was written");
 }
+
+/// A backlog that comes due at once (a destination resumed) is sent by every node, not taken
+/// whole by the first that claims: each claims a few times its share of the destination's
+/// `concurrency` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_coming_due_at_once_is_spread_over_the_nodes() {
+    let schema = TestSchema::create().await;
+    let slow = Receiver::start_with(Reply::delayed(Duration::from_millis(50))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: slow, kind: http, url: "{}", concurrency: 4 }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow] }} ] }} ]
+"#,
+            slow.url
+        ),
+    )
+    .unwrap();
+    let (mut a, base_a) = start_node(&config, &schema, "a", &dir.path().join("a.log")).await;
+    let (mut b, base_b) = start_node(&config, &schema, "b", &dir.path().join("b.log")).await;
+    let paused = client()
+        .post(format!("{base_a}/api/v1/destinations/slow/pause"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"reason": "backlog"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(paused.status().is_success(), "{}", paused.status());
+    // Both nodes hold the destination (b learns of the pause by its hint).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 0..200 {
+        post_event(if n % 2 == 0 { &base_a } else { &base_b }, n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        slow.count(),
+        0,
+        "nothing is sent while the destination is paused"
+    );
+    let resumed = client()
+        .post(format!("{base_b}/api/v1/destinations/slow/resume"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(resumed.status().is_success());
+    let all: HashSet<u64> = (0..200).collect();
+    all_delivered(&all, &[&slow]).await;
+    let log = attempt_log(&schema).await;
+    let by_a = log.iter().filter(|(_, node, ..)| node == "a").count();
+    let by_b = log.iter().filter(|(_, node, ..)| node == "b").count();
+    assert!(
+        by_a >= 40 && by_b >= 40,
+        "both nodes send the backlog: a {by_a}, b {by_b}"
+    );
+    a.kill().await.unwrap();
+    b.kill().await.unwrap();
+}
