@@ -91,10 +91,29 @@ fn assert_no_overlap(log: &[(String, String, i64, i64, i64)]) {
     }
 }
 
-fn write_config(dir: &Path, quick: &Receiver, slow: &Receiver) -> std::path::PathBuf {
+/// Writes `yaml` as `ferry.yaml` in `dir`.
+fn config_at(dir: &Path, yaml: String) -> std::path::PathBuf {
     let config = dir.join("ferry.yaml");
-    std::fs::write(
-        &config,
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
+/// One source delivering to one destination at `url` with `concurrency: 4`.
+fn one_destination(url: &str) -> String {
+    format!(
+        r#"
+settings: {{ allow_private_destinations: true }}
+sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
+destinations: [ {{ id: slow, kind: http, url: "{url}", concurrency: 4 }} ]
+flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow] }} ] }} ]
+"#
+    )
+}
+
+/// A flow delivering to `quick` and to `slow` (8 at once), with 3 s leases.
+fn write_config(dir: &Path, quick: &Receiver, slow: &Receiver) -> std::path::PathBuf {
+    config_at(
+        dir,
         format!(
             r#"
 settings: {{ allow_private_destinations: true, shutdown_grace: 10s, lease: 3s }}
@@ -107,8 +126,6 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [quick, slow] }} ] 
             quick.url, slow.url
         ),
     )
-    .unwrap();
-    config
 }
 
 /// Waits until each receiver has seen every event of `acked`.
@@ -337,9 +354,8 @@ async fn an_alert_rule_notifies_once_not_once_per_node() {
     let schema = TestSchema::create().await;
     let ops = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
+    let config = config_at(
+        dir.path(),
         format!(
             r#"
 settings: {{ allow_private_destinations: true, alert_interval: 200ms }}
@@ -350,8 +366,7 @@ alerts:
 "#,
             ops.url
         ),
-    )
-    .unwrap();
+    );
     let mut nodes = Vec::new();
     for id in ["n0", "n1", "n2"] {
         let log = dir.path().join(format!("{id}.log"));
@@ -428,19 +443,7 @@ async fn a_destinations_concurrency_is_shared_by_the_live_nodes() {
     let schema = TestSchema::create().await;
     let (url, counts) = counting_receiver(Duration::from_millis(200)).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-settings: {{ allow_private_destinations: true }}
-sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
-destinations: [ {{ id: slow, kind: http, url: "{url}", concurrency: 4 }} ]
-flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow] }} ] }} ]
-"#
-        ),
-    )
-    .unwrap();
+    let config = config_at(dir.path(), one_destination(&url));
     let (mut a, base_a) = start_node(&config, &schema, "a", &dir.path().join("a.log")).await;
     let (mut b, base_b) = start_node(&config, &schema, "b", &dir.path().join("b.log")).await;
     // Node a counts b at its next heartbeat (every 5 s); b counted a when it joined.
@@ -471,9 +474,8 @@ async fn two_nodes_with_short_leases_under_load_deliver_nothing_twice() {
         Receiver::start().await,
     ];
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
+    let config = config_at(
+        dir.path(),
         format!(
             r#"
 settings: {{ allow_private_destinations: true, lease: 1s }}
@@ -486,8 +488,7 @@ flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [d0, d1, d2] }} ] }
 "#,
             receivers[0].url, receivers[1].url, receivers[2].url
         ),
-    )
-    .unwrap();
+    );
     let (mut a, base_a) = start_node(&config, &schema, "a", &dir.path().join("a.log")).await;
     let (mut b, base_b) = start_node(&config, &schema, "b", &dir.path().join("b.log")).await;
     let load = Load::spread(&[base_a, base_b], 8);
@@ -548,20 +549,7 @@ async fn a_backlog_coming_due_at_once_is_spread_over_the_nodes() {
     let schema = TestSchema::create().await;
     let slow = Receiver::start_with(Reply::delayed(Duration::from_millis(50))).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-settings: {{ allow_private_destinations: true }}
-sources: [ {{ id: s, kind: webhook, verify: {{ scheme: none }} }} ]
-destinations: [ {{ id: slow, kind: http, url: "{}", concurrency: 4 }} ]
-flows: [ {{ id: f, on: {{ source: s }}, steps: [ {{ deliver: [slow] }} ] }} ]
-"#,
-            slow.url
-        ),
-    )
-    .unwrap();
+    let config = config_at(dir.path(), one_destination(&slow.url));
     let (mut a, base_a) = start_node(&config, &schema, "a", &dir.path().join("a.log")).await;
     let (mut b, base_b) = start_node(&config, &schema, "b", &dir.path().join("b.log")).await;
     let paused = client()
