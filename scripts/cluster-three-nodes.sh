@@ -31,7 +31,7 @@ import http.server
 class Receiver(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        print("received", self.headers.get("webhook-id"), body.decode(errors="replace"), flush=True)
+        print("received", body.decode(errors="replace"), flush=True)
         self.send_response(200)
         self.end_headers()
     def log_message(self, *args):
