@@ -136,7 +136,7 @@ async fn open_cluster_store(url: &str, options: &ServeOptions) -> Result<Store, 
     tracing::info!(node = %node.id, number = node.number, lease_ms, "joined the cluster");
     let clustered = crate::store::postgres::Clustered::start(pg, node, lease_ms);
     clustered
-        .count_live_nodes(now - crate::cluster::LIVE_WITHIN.as_millis() as i64)
+        .count_live_nodes(now - crate::store::postgres::LIVE_WITHIN.as_millis() as i64)
         .await?;
     Ok(Store::postgres(clustered))
 }

@@ -17,10 +17,6 @@ use std::time::Duration;
 /// How often a node says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
-/// A node whose last heartbeat is older (three missed) no longer counts as alive for the
-/// shares of a destination's `concurrency`.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(15);
-
 /// How often a node looks for changes made elsewhere when no hint came.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(30);
 
@@ -56,7 +52,7 @@ pub fn start(follower: Follower) {
             if let Err(e) = c.pg.heartbeat(&c.node.id, now).await {
                 tracing::warn!(error = %e, "cannot record this node's heartbeat");
             }
-            let since = now - LIVE_WITHIN.as_millis() as i64;
+            let since = now - crate::store::postgres::LIVE_WITHIN.as_millis() as i64;
             if let Err(e) = c.count_live_nodes(since).await {
                 tracing::warn!(error = %e, "cannot count the live nodes");
             }

@@ -69,9 +69,10 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error("the flow failed on this event")]
     FlowFailed,
-    #[error("the secrets in {} were not rotated", data.display())]
+    #[error("the secrets in {where_} were not rotated")]
     NotRotated {
-        data: PathBuf,
+        /// The data directory, or the PostgreSQL database (never its password).
+        where_: String,
         source: crate::secrets::rotate::RotateError,
     },
     #[error(transparent)]

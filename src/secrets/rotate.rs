@@ -12,6 +12,10 @@
 //! value names its key, so a start after a crash at any point finds the store entirely under
 //! one of the two keys and finishes or drops the rotation (`keys::find_key`). With
 //! `FERRY_SECRET_KEY`, the one transaction leaves the store under the old key or the new one.
+//!
+//! On PostgreSQL (a cluster's store) the keys come from the environment only, and every node
+//! must be stopped: a node still running holds the old key and would seal what it writes
+//! under it ([`rotate_postgres`] refuses while a node was seen within the last 15 s).
 
 use super::keys::{self, KeyOrigin, UnlockError};
 use super::seal::{KeyError, SecretKey};
@@ -46,6 +50,16 @@ pub enum RotateError {
     },
     #[error("opening the store did not finish: {0}")]
     Task(String),
+    #[error(
+        "{} must be set: a cluster's key is given to every node in the environment",
+        keys::KEY_ENV
+    )]
+    ClusterKeyMissing,
+    #[error(
+        "{0} node(s) of the cluster were seen in the last 15 s ({1}): stop every node first, then rotate, then start them with {key} set to the new key",
+        key = keys::KEY_ENV
+    )]
+    NodesRunning(usize, String),
 }
 
 /// What a rotation did.
@@ -74,6 +88,56 @@ pub async fn rotate(
             .await
             .map_err(|e| RotateError::Task(e.to_string()))??;
     let stored = store.api_objects().await?;
+    rotate_stored(stored, dir, env_key, new_key, |updates| {
+        store.reseal(updates)
+    })
+    .await
+}
+
+/// Rotates the key of a cluster's store on PostgreSQL at `url`: `env_key` is
+/// `FERRY_SECRET_KEY` (required), `new_key` `FERRY_NEW_SECRET_KEY` (required). Refused while a
+/// node of the cluster runs.
+pub async fn rotate_postgres(
+    url: &str,
+    env_key: Option<SecretKey>,
+    new_key: Option<SecretKey>,
+    now: crate::clock::Millis,
+) -> Result<Rotated, RotateError> {
+    if env_key.is_none() {
+        return Err(RotateError::ClusterKeyMissing);
+    }
+    let pg = crate::store::postgres::PgStore::connect(url, Default::default()).await?;
+    let since = now - crate::store::postgres::LIVE_WITHIN.as_millis() as i64;
+    let running: Vec<String> = pg
+        .nodes()
+        .await?
+        .into_iter()
+        .filter(|n| n.seen_at.is_some_and(|at| at >= since))
+        .map(|n| n.id)
+        .collect();
+    if !running.is_empty() {
+        return Err(RotateError::NodesRunning(running.len(), running.join(", ")));
+    }
+    let stored = pg.api_objects().await?;
+    // With the key in the environment no file of a data directory is read or written.
+    rotate_stored(stored, Path::new("."), env_key, new_key, |updates| {
+        pg.reseal(updates)
+    })
+    .await
+}
+
+/// The rotation of the objects `stored`, written back by `reseal` (all or none).
+async fn rotate_stored<F, W>(
+    stored: Vec<crate::store::StoredObject>,
+    dir: &Path,
+    env_key: Option<SecretKey>,
+    new_key: Option<SecretKey>,
+    reseal: F,
+) -> Result<Rotated, RotateError>
+where
+    F: FnOnce(Vec<Resealed>) -> W,
+    W: Future<Output = Result<(), StoreError>>,
+{
     let objects = keys::read_stored(stored);
     let (old, origin) = keys::find_key(dir, env_key, &objects)?;
     // Every stored value must open before anything is written.
@@ -112,7 +176,7 @@ pub async fn rotate(
         });
     }
     let objects_changed = updates.len();
-    if let Err(e) = store.reseal(updates).await {
+    if let Err(e) = reseal(updates).await {
         // Nothing was committed: the store stays under the old key, and so does the key file.
         if key_file.is_some() {
             let _ = std::fs::remove_file(&next_path);

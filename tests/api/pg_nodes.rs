@@ -590,3 +590,122 @@ async fn a_backlog_coming_due_at_once_is_spread_over_the_nodes() {
     a.kill().await.unwrap();
     b.kill().await.unwrap();
 }
+
+/// `ferry secrets rotate --database-url` with `envs`: whether it succeeded, and what it said.
+async fn rotate_cluster(schema: &TestSchema, envs: &[(&str, &str)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(["secrets", "rotate", "--database-url", &schema.url])
+        .env_remove("FERRY_SECRET_KEY")
+        .env_remove("FERRY_NEW_SECRET_KEY");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let out = command.output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.success(), text)
+}
+
+/// A cluster's key is rotated with every node stopped: refused while one runs, then every
+/// secret sealed again, and the nodes start with the new key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_key_is_rotated_with_its_nodes_stopped() {
+    let schema = TestSchema::create().await;
+    let crm = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_at(
+        dir.path(),
+        r#"
+settings: { allow_private_destinations: true }
+sources: [ { id: s, kind: webhook, verify: { scheme: none } } ]
+"#
+        .to_string(),
+    );
+    let (mut node, base) = start_node(&config, &schema, "n", &dir.path().join("n.log")).await;
+    let made = client()
+        .post(format!("{base}/api/v1/destinations"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "id": "crm", "kind": "http", "url": crm.url,
+            "signing": { "secret": "whsec_c2VjcmV0LW9mLXRoZS1jcm0tZGVzdGluYXRpb24=" }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201, "{}", made.text().await.unwrap());
+    let new_key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let both = [("FERRY_SECRET_KEY", KEY), ("FERRY_NEW_SECRET_KEY", new_key)];
+
+    let (ok, said) = rotate_cluster(&schema, &both).await;
+    assert!(!ok && said.contains("stop every node first"), "{said}");
+    let (ok, said) = rotate_cluster(&schema, &[("FERRY_NEW_SECRET_KEY", new_key)]).await;
+    assert!(
+        !ok && said.contains("FERRY_SECRET_KEY must be set"),
+        "{said}"
+    );
+
+    // The node stops; its last heartbeat is older than 15 s (aged here rather than waited for).
+    node.kill().await.unwrap();
+    schema
+        .client()
+        .await
+        .execute("UPDATE ferry_nodes SET seen_at = 0", &[])
+        .await
+        .unwrap();
+    let (ok, said) = rotate_cluster(&schema, &both).await;
+    assert!(ok, "{said}");
+    assert!(said.contains("sealed 1 secret(s) of 1 object(s)"), "{said}");
+
+    // The old key no longer opens the secrets; the new one does, and the destination signs.
+    let old = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(["--database-url", &schema.url, "--node-id", "n"])
+        .env("FERRY_API_TOKEN", TOKEN)
+        .env("FERRY_SECRET_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        !old.status.success() && stderr.contains("does not open"),
+        "{stderr}"
+    );
+    let log = std::fs::File::create(dir.path().join("n-again.log")).unwrap();
+    let (mut again, base) = spawn_serve(
+        &[
+            "serve".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--database-url".as_ref(),
+            schema.url.as_ref(),
+            "--node-id".as_ref(),
+            "n".as_ref(),
+        ],
+        &[("FERRY_API_TOKEN", TOKEN), ("FERRY_SECRET_KEY", new_key)],
+        std::process::Stdio::from(log),
+    )
+    .await;
+    let flow = client()
+        .post(format!("{base}/api/v1/flows"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "id": "f", "on": { "source": "s" }, "steps": [ { "deliver": ["crm"] } ]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flow.status(), 201, "{}", flow.text().await.unwrap());
+    post_event(&base, 1).await;
+    crm.wait_for(1).await;
+    assert!(
+        crm.requests()[0].headers.contains_key("webhook-signature"),
+        "the delivery is signed with the secret opened under the new key"
+    );
+    again.kill().await.unwrap();
+}

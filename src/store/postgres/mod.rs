@@ -20,7 +20,7 @@ mod writes;
 pub use cluster::{Leadership, Node, NodeView, check_node_id};
 pub use ingest::{Ingest, Ingested};
 pub use jobs::{Claimed, Fenced, Lease, MAX_CLAIM, MAX_LEASE_MS};
-pub use node::{CONFIG_CHANNEL, Clustered, JOBS_CHANNEL, Singleton, Turn};
+pub use node::{CONFIG_CHANNEL, Clustered, JOBS_CHANNEL, LIVE_WITHIN, Singleton, Turn};
 
 pub use schema::{Applied, LATEST_VERSION, MIGRATIONS, Migrated, Migration};
 

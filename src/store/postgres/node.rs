@@ -26,6 +26,10 @@ const MAX_INGEST_BATCH: usize = 512;
 /// Ingest transactions in flight at once: while one commits, the next batch fills.
 const INGEST_COMMITS: usize = 4;
 
+/// A node whose last heartbeat is older (three missed) no longer counts as alive for the
+/// shares of a destination's `concurrency`.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(15);
+
 /// Hints sent at most this often; the hints asked for meanwhile go as one.
 const HINT_EVERY: Duration = Duration::from_millis(50);
 
