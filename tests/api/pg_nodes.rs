@@ -593,22 +593,7 @@ async fn a_backlog_coming_due_at_once_is_spread_over_the_nodes() {
 
 /// `ferry secrets rotate --database-url` with `envs`: whether it succeeded, and what it said.
 async fn rotate_cluster(schema: &TestSchema, envs: &[(&str, &str)]) -> (bool, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-    command
-        .args(["secrets", "rotate", "--database-url", &schema.url])
-        .env_remove("FERRY_SECRET_KEY")
-        .env_remove("FERRY_NEW_SECRET_KEY");
-    for (k, v) in envs {
-        command.env(k, v);
-    }
-    let out = command.output().await.unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "{text}");
-    (out.status.success(), text)
+    crate::secrets::rotate_at(&["--database-url".as_ref(), schema.url.as_ref()], envs).await
 }
 
 /// A cluster's key is rotated with every node stopped: refused while one runs, then every

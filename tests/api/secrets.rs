@@ -103,10 +103,19 @@ async fn refused_start(
 
 /// `ferry secrets rotate --data DATA` with `envs`: its status and output.
 async fn rotate(data: &Path, envs: &[(&str, &str)]) -> (bool, String) {
+    rotate_at(&["--data".as_ref(), data.as_os_str()], envs).await
+}
+
+/// `ferry secrets rotate STORE` (`--data DIR` or `--database-url URL`) with `envs`, and no
+/// key from this process's environment: whether it succeeded, and what it said.
+pub(crate) async fn rotate_at(
+    store: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+) -> (bool, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
     command
-        .args(["secrets", "rotate", "--data"])
-        .arg(data)
+        .args(["secrets", "rotate"])
+        .args(store)
         .env_remove("FERRY_SECRET_KEY")
         .env_remove("FERRY_NEW_SECRET_KEY")
         .kill_on_drop(true);
