@@ -383,11 +383,17 @@ impl Deliverer {
     /// budget for handed-over bodies (jobs sharing one body, an event fanned out, count it
     /// once); otherwise its attempt reads it from the store.
     pub fn submit(&self, jobs: Vec<DeliveryJob>) {
+        self.submit_leased(jobs, std::time::Instant::now());
+    }
+
+    /// [`Deliverer::submit`] of jobs whose leases (cluster mode) were asked for at `asked`:
+    /// before the write that took them began, so that this node counts them from no later
+    /// than the database does.
+    pub fn submit_leased(&self, jobs: Vec<DeliveryJob>, asked: std::time::Instant) {
         // (the body as given, the same body holding its share of the budget)
         let mut held: Vec<(Bytes, Bytes)> = Vec::new();
         // Cluster mode: leases that could not be handed over go back at once.
         let mut refused = Vec::new();
-        let now = std::time::Instant::now();
         for mut job in jobs {
             if let Some(leases) = &self.leases {
                 // A job this node holds no lease on is the cluster's: claimed when due.
@@ -398,7 +404,7 @@ impl Deliverer {
                     }
                     continue;
                 };
-                leases.hold(token, now);
+                leases.hold(token, asked);
             }
             job.payload = job.payload.and_then(|body| {
                 let same = |(given, _): &&(Bytes, Bytes)| {

@@ -443,6 +443,8 @@ impl Intake<'_> {
         if let Some(share) = held.take() {
             event.payload = share.attach(event.payload);
         }
+        // Cluster mode: the new jobs' leases are counted from before the write began.
+        let asked = std::time::Instant::now();
         let ingested = self
             .app
             .store
@@ -500,7 +502,7 @@ impl Intake<'_> {
                 error.as_deref(),
             );
         }
-        app.deliverer.submit(jobs);
+        app.deliverer.submit_leased(jobs, asked);
         for (run_id, at) in due_runs {
             app.runs.wake(run_id, at);
         }
