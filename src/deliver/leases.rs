@@ -89,11 +89,6 @@ impl Leases {
         self.map().remove(&token);
     }
 
-    /// How many leases are held.
-    pub fn count(&self) -> usize {
-        self.map().len()
-    }
-
     /// Extends every lease every third of a lease until [`Leases::close`].
     pub async fn renew(self: Arc<Self>, cluster: Arc<Clustered>) {
         let every = (self.lease / 3).max(Duration::from_millis(10));

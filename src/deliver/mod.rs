@@ -239,11 +239,6 @@ impl Deliverer {
         self.leases.as_ref()
     }
 
-    /// Cluster mode: claim the jobs due by `at` then (a retry or a run step scheduled them).
-    pub fn claim_at(&self, at: Millis) {
-        let _ = self.control.send(Control::ClaimAt(at));
-    }
-
     /// The work in flight that a graceful stop waits for: the run worker counts its steps in
     /// it too.
     pub fn work(&self) -> &work::Work {
