@@ -8,7 +8,8 @@
 //! [`Sandbox`], under short limits.
 
 use crate::config::expr::{Expr, MAX_EXPRESSION_SIZE};
-use crate::config::{self, ConfigErrors, Secret, SignatureEncoding, Verify};
+use crate::config::verify::SignatureScheme;
+use crate::config::{self, ConfigErrors, SignatureEncoding, Verify};
 use crate::deliver::signing;
 use crate::engine::jq;
 use crate::engine::sandbox::{Limits, Sandbox, SandboxError, WorkerCommand};
@@ -180,7 +181,7 @@ pub fn ingest(data: &[u8]) {
     };
     let scheme = scheme(flags & 3);
     let (headers, body) = request(rest, lines as usize);
-    if verify::check(&scheme, &headers, body, NOW_MS).is_err() {
+    if verify_request(&scheme, &headers, body, NOW_MS).is_err() {
         return;
     }
     let type_path: Option<Vec<String>> = match (flags >> 2) & 3 {
@@ -220,18 +221,20 @@ pub fn ingest(data: &[u8]) {
 
 /// The source signature schemes of the ingest target.
 fn scheme(choice: u8) -> Verify {
-    let hmac = |encoding, prefix: &str| Verify::Hmac {
-        header: HMAC_HEADER.into(),
-        key: Secret::new(HMAC_KEY.to_vec()),
-        encoding,
-        prefix: prefix.into(),
+    let hmac = |encoding, prefix: &str| {
+        Verify::Signature(Box::new(SignatureScheme::body_hmac(
+            HMAC_HEADER,
+            HMAC_KEY.to_vec(),
+            encoding,
+            prefix,
+        )))
     };
     match choice {
         0 => Verify::None,
-        1 => Verify::StandardWebhooks {
-            key: Secret::new(webhook_key()),
-            tolerance: Duration::from_secs(300),
-        },
+        1 => Verify::Signature(Box::new(SignatureScheme::standard_webhooks(
+            webhook_key(),
+            Duration::from_secs(300),
+        ))),
         2 => hmac(SignatureEncoding::Hex, "sha256="),
         _ => hmac(SignatureEncoding::Base64, ""),
     }
@@ -376,10 +379,7 @@ fn assert_violations(validator: &jsonschema::Validator, instance: &Value, violat
 /// name (the last value), sorted by name.
 fn assert_kept_headers(headers: &HeaderMap, scheme: &Verify) {
     let kept = KeptHeaders::of(headers, scheme);
-    let signed_in = match scheme {
-        Verify::Hmac { header, .. } => Some(header.as_str()),
-        _ => None,
-    };
+    let signed_in = scheme.proof_header();
     let unstored = |name: &str| {
         UNSTORED_HEADERS.contains(&name)
             || crate::config::redact::is_secret_header(name)
@@ -425,10 +425,10 @@ pub fn signatures(data: &[u8]) {
         assert!(key.len() >= 16, "a short key was accepted");
     }
     let key = webhook_key();
-    let standard = Verify::StandardWebhooks {
-        key: Secret::new(key.clone()),
+    let standard = Verify::Signature(Box::new(SignatureScheme::standard_webhooks(
+        key.clone(),
         tolerance,
-    };
+    )));
     let mut headers = HeaderMap::new();
     for (name, value) in [
         ("webhook-id", &id),
@@ -440,9 +440,9 @@ pub fn signatures(data: &[u8]) {
             headers.insert(name, value);
         }
     }
-    let _ = verify::check(&standard, &headers, body, now_ms);
+    let _ = verify_request(&standard, &headers, body, now_ms);
     for encoding in [SignatureEncoding::Hex, SignatureEncoding::Base64] {
-        let _ = verify::check(&hmac_scheme(encoding), &headers, body, now_ms);
+        let _ = verify_request(&hmac_scheme(encoding), &headers, body, now_ms);
     }
     // Not through headers: the checks take any text.
     let _ = signing::verify(
@@ -481,7 +481,7 @@ pub fn signatures(data: &[u8]) {
             }
         }
         if let (3, Some(at)) = (headers.len(), ts.checked_mul(1000)) {
-            let checked = verify::check(&standard, &headers, body, at);
+            let checked = verify_request(&standard, &headers, body, at);
             assert!(checked.is_ok(), "{headers:?} at {at}: {checked:?}");
         }
     }
@@ -502,9 +502,27 @@ pub fn signatures(data: &[u8]) {
     ] {
         let mut headers = HeaderMap::new();
         headers.insert(HMAC_HEADER, HeaderValue::from_str(&value).expect("ASCII"));
-        let checked = verify::check(&hmac_scheme(encoding), &headers, body, now_ms);
+        let checked = verify_request(&hmac_scheme(encoding), &headers, body, now_ms);
         assert!(checked.is_ok(), "{value}: {checked:?}");
     }
+}
+
+/// A source's check of a request without a query string.
+fn verify_request(
+    scheme: &Verify,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<(), verify::Refused> {
+    verify::check(
+        scheme,
+        &verify::Request {
+            headers,
+            query: None,
+            body,
+            now_ms,
+        },
+    )
 }
 
 fn hmac_scheme(encoding: SignatureEncoding) -> Verify {
@@ -512,12 +530,12 @@ fn hmac_scheme(encoding: SignatureEncoding) -> Verify {
         SignatureEncoding::Hex => "sha256=",
         SignatureEncoding::Base64 => "",
     };
-    Verify::Hmac {
-        header: HMAC_HEADER.into(),
-        key: Secret::new(HMAC_KEY.to_vec()),
+    Verify::Signature(Box::new(SignatureScheme::body_hmac(
+        HMAC_HEADER,
+        HMAC_KEY.to_vec(),
         encoding,
-        prefix: prefix.into(),
-    }
+        prefix,
+    )))
 }
 
 /// The config target: a config file's text checked as `ferry validate` and `ferry serve`

@@ -108,7 +108,7 @@ impl Config {
             ObjectKind::Source => {
                 for s in raw.sources {
                     let place = places.object("sources", "source", &s.id);
-                    if let Some(source) = checker.source(&place, s) {
+                    if let Some(source) = checker.source(&place, s, &settings) {
                         self.sources.insert(id.clone(), Arc::new(source));
                     }
                 }

@@ -24,6 +24,7 @@ pub mod secret;
 mod settings;
 mod sources;
 pub mod template;
+pub mod verify;
 
 use expr::Expr;
 use raw::*;
@@ -47,7 +48,8 @@ pub use settings::{
     RetentionLimits, Settings,
 };
 pub(crate) use sources::compile_schema;
-pub use sources::{EventType, FieldRef, SignatureEncoding, Source, Verify};
+pub use sources::{EventType, FieldRef, Source};
+pub use verify::{BodyFormat, SignatureEncoding, Verify};
 
 /// The running config: read on every request, replaced whole when an object changes through
 /// the API. Cheap to clone.
@@ -559,7 +561,7 @@ impl Checker<'_> {
         let mut sources = BTreeMap::new();
         for s in raw.sources {
             let place = self.places.object("sources", "source", &s.id);
-            if let Some(source) = self.source(&place, s)
+            if let Some(source) = self.source(&place, s, &settings)
                 && sources
                     .insert(source.id.clone(), Arc::new(source))
                     .is_some()

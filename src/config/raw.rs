@@ -200,33 +200,75 @@ pub struct RawSource {
     pub verify: Option<RawVerify>,
     pub event_type: Option<RawField>,
     pub idempotency_key: Option<RawField>,
+    /// `json` (the default), `form` or `cloudevents`.
+    pub format: Option<String>,
+    pub cloudevents: Option<RawCloudEvents>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum RawVerify {
-    None,
-    StandardWebhooks {
-        secret: String,
-        tolerance: Option<String>,
-    },
-    Hmac {
-        header: String,
-        secret: String,
-        #[serde(default = "default_algorithm")]
-        algorithm: String,
-        #[serde(default = "default_encoding")]
-        encoding: String,
-        #[serde(default)]
-        prefix: String,
-    },
+#[serde(deny_unknown_fields)]
+pub struct RawCloudEvents {
+    /// Take `application/cloudevents-batch+json`, each event of it an event.
+    #[serde(default)]
+    pub batch: bool,
 }
 
-fn default_algorithm() -> String {
-    "sha256".into()
+/// A source's `verify`: `scheme` and the fields it takes (`config::verify` says which).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub scheme: String,
+    pub secret: Option<String>,
+    pub username: Option<String>,
+    pub secret_encoding: Option<String>,
+    pub header: Option<String>,
+    pub algorithm: Option<String>,
+    pub encoding: Option<String>,
+    pub prefix: Option<String>,
+    pub list: Option<RawSignatureList>,
+    pub signed: Option<String>,
+    pub timestamp: Option<RawTimestamp>,
+    pub tolerance: Option<String>,
+    pub id_header: Option<String>,
+    pub url: Option<String>,
 }
-fn default_encoding() -> String {
-    "hex".into()
+
+impl RawVerify {
+    /// The names of the fields given besides `scheme`.
+    pub fn given(&self) -> Vec<&'static str> {
+        let fields: [(&'static str, bool); 13] = [
+            ("secret", self.secret.is_some()),
+            ("username", self.username.is_some()),
+            ("secret_encoding", self.secret_encoding.is_some()),
+            ("header", self.header.is_some()),
+            ("algorithm", self.algorithm.is_some()),
+            ("encoding", self.encoding.is_some()),
+            ("prefix", self.prefix.is_some()),
+            ("list", self.list.is_some()),
+            ("signed", self.signed.is_some()),
+            ("timestamp", self.timestamp.is_some()),
+            ("tolerance", self.tolerance.is_some()),
+            ("id_header", self.id_header.is_some()),
+            ("url", self.url.is_some()),
+        ];
+        fields.iter().filter(|f| f.1).map(|f| f.0).collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignatureList {
+    pub separator: String,
+    pub assign: Option<String>,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimestamp {
+    pub header: Option<String>,
+    pub item: Option<String>,
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

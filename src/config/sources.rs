@@ -2,11 +2,11 @@
 //! idempotency key are read), and the event types they take in (a name, and a JSON Schema
 //! compiled once).
 
-use super::raw::{RawEventType, RawField, RawSource, RawVerify};
-use super::{Checker, Secret, objects};
+use super::raw::{RawEventType, RawField, RawSource};
+use super::verify::{BodyFormat, Verify};
+use super::{Checker, Settings, objects};
 use crate::config::expr::Expr;
 use std::fmt;
-use std::time::Duration;
 
 #[derive(Debug)]
 pub struct Source {
@@ -14,27 +14,10 @@ pub struct Source {
     pub verify: Verify,
     pub event_type: FieldRef,
     pub idempotency_key: Option<FieldRef>,
-}
-
-#[derive(Debug)]
-pub enum Verify {
-    None,
-    StandardWebhooks {
-        key: Secret,
-        tolerance: Duration,
-    },
-    Hmac {
-        header: String,
-        key: Secret,
-        encoding: SignatureEncoding,
-        prefix: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureEncoding {
-    Hex,
-    Base64,
+    /// How the body becomes the event's JSON payload.
+    pub format: BodyFormat,
+    /// `format: cloudevents` takes the batch mode too.
+    pub cloudevents_batch: bool,
 }
 
 /// Where a value is read from in an incoming request.
@@ -90,7 +73,12 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn source(&mut self, place: &str, raw: RawSource) -> Option<Source> {
+    pub(super) fn source(
+        &mut self,
+        place: &str,
+        raw: RawSource,
+        settings: &Settings,
+    ) -> Option<Source> {
         self.check_id(place, &raw.id);
         match raw.kind.as_str() {
             "webhook" => {}
@@ -112,12 +100,44 @@ impl Checker<'_> {
                 return None;
             }
         }
-        let verify = self.verify(place, raw.verify);
-        let event_type = match raw.event_type {
+        let (verify, defaults) = self.verify(place, &raw.id, raw.verify, settings);
+        let format = match raw.format.as_deref() {
+            None => defaults.format,
+            Some("json") => BodyFormat::Json,
+            Some("form") => BodyFormat::Form,
+            Some("cloudevents") => BodyFormat::CloudEvents,
+            Some(other) => {
+                self.error(
+                    place.to_string(),
+                    format!("`format`: `{other}` is not one of json, form, cloudevents"),
+                );
+                BodyFormat::Json
+            }
+        };
+        if raw.cloudevents.is_some() && format != BodyFormat::CloudEvents {
+            self.error(
+                place.to_string(),
+                "`cloudevents` applies only to a source with `format: cloudevents`",
+            );
+        }
+        // A CloudEvent names its own type and id: `type`, and `source` with `id`.
+        let (type_default, key_default) = if format == BodyFormat::CloudEvents {
+            (
+                Some(RawField::Body {
+                    path: ".type".into(),
+                }),
+                Some(RawField::Body {
+                    path: r#""\(.source) \(.id)""#.into(),
+                }),
+            )
+        } else {
+            (defaults.event_type, defaults.idempotency_key)
+        };
+        let event_type = match raw.event_type.or(type_default) {
             Some(f) => self.field(place, "event_type", f)?,
             None => FieldRef::Body(Expr::new(".type").ok()?),
         };
-        let idempotency_key = match raw.idempotency_key {
+        let idempotency_key = match raw.idempotency_key.or(key_default) {
             Some(f) => Some(self.field(place, "idempotency_key", f)?),
             None => None,
         };
@@ -126,71 +146,9 @@ impl Checker<'_> {
             verify,
             event_type,
             idempotency_key,
+            format,
+            cloudevents_batch: raw.cloudevents.is_some_and(|c| c.batch),
         })
-    }
-
-    /// How a source's requests are verified (`verify`, required): the scheme, its secret, and
-    /// for `hmac` the algorithm and the signature's encoding.
-    fn verify(&mut self, place: &str, verify: Option<RawVerify>) -> Verify {
-        match verify {
-            None => {
-                self.error(place.to_string(), "`verify` is required for a webhook source; write `verify: { scheme: none }` to accept unsigned requests");
-                Verify::None
-            }
-            Some(RawVerify::None) => Verify::None,
-            Some(RawVerify::StandardWebhooks { secret, tolerance }) => {
-                let tolerance = self.duration(
-                    place,
-                    "verify.tolerance",
-                    &tolerance,
-                    Duration::from_secs(300),
-                );
-                match crate::config::secret::decode_secret(&secret) {
-                    Ok(key) => Verify::StandardWebhooks {
-                        key: Secret::new(key),
-                        tolerance,
-                    },
-                    Err(e) => {
-                        self.error(place.to_string(), format!("`verify.secret`: {e}"));
-                        Verify::None
-                    }
-                }
-            }
-            Some(RawVerify::Hmac {
-                header,
-                secret,
-                algorithm,
-                encoding,
-                prefix,
-            }) => {
-                if algorithm != "sha256" {
-                    self.error(
-                        place.to_string(),
-                        format!("`verify.algorithm`: `{algorithm}` is not supported; use `sha256`"),
-                    );
-                }
-                let encoding = match encoding.as_str() {
-                    "hex" => SignatureEncoding::Hex,
-                    "base64" => SignatureEncoding::Base64,
-                    other => {
-                        self.error(
-                            place.to_string(),
-                            format!("`verify.encoding`: `{other}` is not one of hex, base64"),
-                        );
-                        SignatureEncoding::Hex
-                    }
-                };
-                if secret.is_empty() {
-                    self.error(place.to_string(), "`verify.secret` is empty");
-                }
-                Verify::Hmac {
-                    header: header.to_ascii_lowercase(),
-                    key: Secret::new(secret.into_bytes()),
-                    encoding,
-                    prefix,
-                }
-            }
-        }
     }
 
     pub(super) fn event_type(&mut self, place: &str, raw: RawEventType) -> EventType {

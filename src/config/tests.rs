@@ -57,7 +57,7 @@ flows:
 fn a_good_config_loads_into_compiled_types() {
     let c = load(GOOD).unwrap();
     let shop = &c.sources["shop"];
-    assert!(matches!(shop.verify, Verify::StandardWebhooks { .. }));
+    assert!(matches!(&shop.verify, Verify::Signature(s) if s.name == "standard-webhooks"));
     assert!(matches!(&shop.idempotency_key, Some(FieldRef::Header(h)) if h == "webhook-id"));
     let crm = &c.destinations["crm"];
     assert_eq!(crm.retry.max_attempts, 3);

@@ -6,6 +6,7 @@
 
 use super::{Viewer, page};
 use crate::api::error::ApiError;
+use crate::config::verify::Algorithm;
 use crate::config::{Config, FieldRef, SignatureEncoding, Source, Verify};
 use crate::state::AppState;
 use askama::Template;
@@ -42,27 +43,37 @@ fn base_url(config: &Config, headers: &HeaderMap) -> String {
 fn verification(verify: &Verify) -> String {
     match verify {
         Verify::None => "none: any request is taken".into(),
-        Verify::StandardWebhooks { tolerance, .. } => format!(
-            "Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature; timestamps within {})",
-            humantime::format_duration(*tolerance)
-        ),
-        Verify::Hmac {
-            header,
-            encoding,
-            prefix,
-            ..
-        } => format!(
-            "HMAC-SHA256 of the body in `{header}`, {}{}",
-            match encoding {
+        Verify::Basic { .. } => {
+            "basic auth: `Authorization: Basic` with the configured credentials".into()
+        }
+        Verify::Bearer { .. } => {
+            "a bearer token: `Authorization: Bearer` with the configured token".into()
+        }
+        Verify::Signature(s) => {
+            let algorithm = match s.algorithm {
+                Algorithm::Sha1 => "SHA1",
+                Algorithm::Sha256 => "SHA256",
+                Algorithm::Sha512 => "SHA512",
+            };
+            let encoding = match s.encoding {
                 SignatureEncoding::Hex => "hex",
                 SignatureEncoding::Base64 => "base64",
-            },
-            if prefix.is_empty() {
-                String::new()
-            } else {
-                format!(", after `{prefix}`")
+            };
+            let mut text = format!(
+                "{}: HMAC-{algorithm} ({encoding}) in `{}`",
+                s.name, s.header
+            );
+            if !s.prefix.is_empty() {
+                text.push_str(&format!(" after `{}`", s.prefix));
             }
-        ),
+            if let Some(t) = &s.timestamp {
+                text.push_str(&format!(
+                    "; timestamps within {}",
+                    humantime::format_duration(t.tolerance)
+                ));
+            }
+            text
+        }
     }
 }
 

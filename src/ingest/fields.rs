@@ -24,10 +24,7 @@ pub(crate) struct KeptHeaders<'a>(pub(crate) Vec<(&'a str, std::borrow::Cow<'a, 
 
 impl<'a> KeptHeaders<'a> {
     pub(crate) fn of(headers: &'a HeaderMap, verify: &crate::config::Verify) -> KeptHeaders<'a> {
-        let signed_in = match verify {
-            crate::config::Verify::Hmac { header, .. } => Some(header.as_str()),
-            _ => None,
-        };
+        let signed_in = verify.proof_header();
         let mut kept = Vec::with_capacity(headers.len());
         for (name, value) in headers {
             let name = name.as_str();
@@ -149,12 +146,14 @@ mod tests {
                 axum::http::HeaderValue::from_static(value),
             );
         }
-        let verify = crate::config::Verify::Hmac {
-            header: "x-sig".into(),
-            key: crate::config::Secret::new("k".into()),
-            encoding: crate::config::SignatureEncoding::Hex,
-            prefix: String::new(),
-        };
+        let verify = crate::config::Verify::Signature(Box::new(
+            crate::config::verify::SignatureScheme::body_hmac(
+                "x-sig",
+                b"k".to_vec(),
+                crate::config::SignatureEncoding::Hex,
+                "",
+            ),
+        ));
         let json = serde_json::to_string(&KeptHeaders::of(&headers, &verify)).unwrap();
         assert_eq!(json, r#"{"x-a":"last","x-b":"1"}"#);
     }

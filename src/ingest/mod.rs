@@ -10,13 +10,15 @@
 
 mod body;
 mod fields;
+mod formats;
+mod handshake;
 pub mod verify;
 
 pub(crate) use fields::{KeptHeaders, UNSTORED_HEADERS};
 
 use crate::api::error::ApiError;
 use crate::clock::Millis;
-use crate::config::{Config, FieldRef, Source};
+use crate::config::{BodyFormat, Config, FieldRef, Source, Verify};
 use crate::engine::Plan;
 use crate::engine::sandbox::SandboxError;
 use crate::memory::Share;
@@ -80,6 +82,28 @@ impl Refusal {
         }
     }
 
+    /// The refusal of a batch's event `n`, after `taken` events were taken.
+    fn in_batch(self, n: usize, taken: usize) -> Refusal {
+        let say = |mut error: Box<ApiError>| {
+            error.message = format!(
+                "event {n} of the batch: {} ({taken} before it were taken)",
+                error.message
+            );
+            error
+        };
+        match self {
+            Refusal::Refused { error, body, drain } => Refusal::Refused {
+                error: say(error),
+                body,
+                drain,
+            },
+            Refusal::NotTaken { error, drain } => Refusal::NotTaken {
+                error: say(error),
+                drain,
+            },
+        }
+    }
+
     /// Load shed because the expression workers are busy.
     fn shed(busy: SandboxError) -> Refusal {
         Refusal::not_taken(ApiError::from(busy))
@@ -104,7 +128,15 @@ struct Intake<'a> {
     /// labels stay bounded.
     source_label: &'a str,
     headers: &'a HeaderMap,
+    /// The request's query string, without `?`.
+    query: Option<&'a str>,
     received_at: Millis,
+}
+
+/// An event taken: new, or a duplicate of the one that had its idempotency key.
+struct Taken {
+    event_id: String,
+    duplicate: bool,
 }
 
 pub async fn receive(
@@ -127,6 +159,7 @@ pub async fn receive(
         source_id: &source_id,
         source_label,
         headers: &parts.headers,
+        query: parts.uri.query(),
         received_at: app.clock.now_ms(),
     };
     events::event_received(&app.metrics, source_label);
@@ -146,9 +179,81 @@ impl Intake<'_> {
         let (bytes, share) = self.read_body(body).await?;
         *held = Some(share);
         self.verify(&source, &bytes)?;
-        let event_type = self.parse_and_find_type(&source, &bytes).await?;
+        if let Verify::Signature(scheme) = &source.verify
+            && let Some(answer) = handshake::answer(scheme, &bytes)
+        {
+            return Ok(answer);
+        }
+        let refused = |error| Refusal::refused(error, &bytes);
+        let payloads = match source.format {
+            BodyFormat::Json => formats::Payloads::One(bytes.clone()),
+            BodyFormat::Form => {
+                formats::Payloads::One(formats::form(self.headers, &bytes).map_err(refused)?)
+            }
+            BodyFormat::CloudEvents => {
+                formats::cloudevents(self.headers, &bytes, source.cloudevents_batch)
+                    .map_err(refused)?
+            }
+        };
+        match payloads {
+            formats::Payloads::One(payload) => {
+                let taken = self.take_event(&source, payload, held).await?;
+                Ok(if taken.duplicate {
+                    (
+                        StatusCode::OK,
+                        axum::Json(json!({"event_id": taken.event_id, "duplicate": true})),
+                    )
+                        .into_response()
+                } else {
+                    // Event ids are `evt_` and a ULID: nothing in them needs escaping.
+                    (
+                        StatusCode::ACCEPTED,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            axum::http::HeaderValue::from_static("application/json"),
+                        )],
+                        format!(r#"{{"event_id":"{}"}}"#, taken.event_id),
+                    )
+                        .into_response()
+                })
+            }
+            formats::Payloads::Batch(payloads) => self.take_batch(&source, payloads).await,
+        }
+    }
+
+    /// A CloudEvents batch: each event taken in turn, each under its own share of the ingest
+    /// budget. A batch is not one transaction: when an event is refused, those before it stay
+    /// taken, and the answer says which it was; sending the batch again is safe, since each
+    /// event's `source` and `id` are its idempotency key.
+    async fn take_batch(&self, source: &Source, payloads: Vec<Bytes>) -> Result<Response, Refusal> {
+        let mut ids = Vec::with_capacity(payloads.len());
+        for (n, payload) in payloads.into_iter().enumerate() {
+            let Some(share) = self.app.ingest_budget.try_take(payload.len()) else {
+                return Err(Refusal::not_taken(short_of_memory(
+                    self.app.ingest_budget.limit(),
+                )));
+            };
+            let mut held = Some(share);
+            let taken = self
+                .take_event(source, payload, &mut held)
+                .await
+                .map_err(|r| r.in_batch(n, ids.len()))?;
+            ids.push(json!({"event_id": taken.event_id, "duplicate": taken.duplicate}));
+        }
+        Ok((StatusCode::ACCEPTED, axum::Json(json!({"events": ids}))).into_response())
+    }
+
+    /// One event's payload on its way to the store: its type, schema, idempotency key, plan,
+    /// and commit.
+    async fn take_event(
+        &self,
+        source: &Source,
+        bytes: Bytes,
+        held: &mut Option<Share>,
+    ) -> Result<Taken, Refusal> {
+        let event_type = self.parse_and_find_type(source, &bytes).await?;
         self.validate(&event_type, &bytes)?;
-        let idempotency_key = self.idempotency_key(&source, &bytes).await?;
+        let idempotency_key = self.idempotency_key(source, &bytes).await?;
         let kept_headers = KeptHeaders::of(self.headers, &source.verify);
         let event = NewEvent {
             id: crate::ids::event_id(),
@@ -243,7 +348,13 @@ impl Intake<'_> {
     }
 
     fn verify(&self, source: &Source, bytes: &Bytes) -> Result<(), Refusal> {
-        verify::check(&source.verify, self.headers, bytes, self.received_at).map_err(|refused| {
+        let request = verify::Request {
+            headers: self.headers,
+            query: self.query,
+            body: bytes,
+            now_ms: self.received_at,
+        };
+        verify::check(&source.verify, &request).map_err(|refused| {
             Refusal::refused(
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", refused.0),
                 bytes,
@@ -409,7 +520,7 @@ impl Intake<'_> {
         mut event: NewEvent,
         plan: Plan,
         held: &mut Option<Share>,
-    ) -> Result<Response, Refusal> {
+    ) -> Result<Taken, Refusal> {
         // What the plan adds to the write (bodies made by transforms, run contexts) is counted
         // with the event's body.
         let grown = held.as_mut().is_some_and(|s| s.try_grow(plan_bytes(&plan)));
@@ -463,11 +574,10 @@ impl Intake<'_> {
             IngestOutcome::Accepted => event_id,
             IngestOutcome::Duplicate { event_id } => {
                 tracing::debug!(event_id = %event_id, source = %source, "duplicate idempotency key; nothing started");
-                return Ok((
-                    StatusCode::OK,
-                    axum::Json(json!({"event_id": event_id, "duplicate": true})),
-                )
-                    .into_response());
+                return Ok(Taken {
+                    event_id,
+                    duplicate: true,
+                });
             }
         };
         let app = self.app;
@@ -506,16 +616,10 @@ impl Intake<'_> {
         for (run_id, at) in due_runs {
             app.runs.wake(run_id, at);
         }
-        // Event ids are `evt_` and a ULID: nothing in them needs escaping.
-        Ok((
-            StatusCode::ACCEPTED,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/json"),
-            )],
-            format!(r#"{{"event_id":"{event_id}"}}"#),
-        )
-            .into_response())
+        Ok(Taken {
+            event_id,
+            duplicate: false,
+        })
     }
 
     /// The one place a refusal is answered: counted, written to the rejected log when the
