@@ -308,7 +308,10 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/in/{source}", post(crate::ingest::receive))
+        .route(
+            "/in/{source}",
+            post(crate::ingest::receive).options(crate::ingest::abuse_check),
+        )
         .merge(crate::api::routes(state.clone()))
         .merge(crate::console::routes(Arc::new(
             crate::console::session::Sessions::default(),

@@ -674,3 +674,133 @@ fn routes_answer_what_a_scan_of_every_flow_would() {
     assert_eq!(config.flow("f17").map(|f| f.id.as_str()), Some("f17"));
     assert!(config.flow("f40").is_none());
 }
+
+#[test]
+fn verification_schemes_say_what_is_wrong_with_them() {
+    let one = |verify: &str| {
+        errors(&format!(
+            "sources: [ {{ id: s, kind: webhook, verify: {verify} }} ]"
+        ))
+        .join("\n")
+    };
+    for (verify, says) in [
+        ("{ scheme: nope }", "`nope` is not a scheme"),
+        ("{ scheme: stripe }", "`verify.secret` is required"),
+        (
+            "{ scheme: stripe, secret: s, header: x }",
+            "`verify.header` does not apply to `scheme: stripe`",
+        ),
+        (
+            "{ scheme: github, secret: s, tolerance: 5m }",
+            "signs no timestamp",
+        ),
+        ("{ scheme: square, secret: s }", "signs the public URL"),
+        (
+            "{ scheme: square, secret: s, url: 'not a url' }",
+            "is not a URL",
+        ),
+        (
+            "{ scheme: basic, username: 'a:b', secret: s }",
+            "cannot hold `:`",
+        ),
+        (
+            "{ scheme: none, secret: s }",
+            "`verify.secret` does not apply",
+        ),
+        ("{ scheme: hmac, secret: s }", "`verify.header` is required"),
+        (
+            "{ scheme: hmac, secret: s, header: 'a b' }",
+            "not a valid header name",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, algorithm: md5 }",
+            "not one of sha1, sha256, sha512",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, encoding: b32 }",
+            "not one of hex, base64",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, signed: '{timestamp}' }",
+            "must hold `{body}` or `{form}`",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, signed: '{timestamp}.{body}' }",
+            "give `verify.timestamp`",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, signed: '{id}.{body}' }",
+            "give `verify.id_header`",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, timestamp: { item: t } }",
+            "give `verify.list` too",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, timestamp: { header: a, item: t } }",
+            "one of them",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, timestamp: { header: a, unit: days } }",
+            "not one of seconds, milliseconds",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, list: { separator: '', key: v1 } }",
+            "must not be empty",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, secret_encoding: base64 }",
+            "is not base64",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, secret_encoding: rot13 }",
+            "not one of text, base64, whsec",
+        ),
+        (
+            "{ scheme: hmac, secret: s, header: x, bogus: 1 }",
+            "unknown field `bogus`",
+        ),
+    ] {
+        let found = one(verify);
+        assert!(found.contains(says), "{verify}: {found}");
+    }
+    // A preset's URL comes from `settings.public_url` when the source gives none.
+    let config = load(
+        "settings: { public_url: 'https://hooks.example.com/' }\nsources: [ { id: sq, kind: webhook, verify: { scheme: square, secret: s } } ]",
+    )
+    .unwrap();
+    let Verify::Signature(square) = &config.sources["sq"].verify else {
+        panic!("square is a signature scheme");
+    };
+    assert_eq!(
+        square.url.as_deref(),
+        Some("https://hooks.example.com/in/sq")
+    );
+    // The source's own `event_type` wins over the preset's.
+    let config = load(
+        "sources: [ { id: gh, kind: webhook, verify: { scheme: github, secret: s }, event_type: { from: body, path: .action } } ]",
+    )
+    .unwrap();
+    assert!(matches!(&config.sources["gh"].event_type, FieldRef::Body(e) if e.code() == ".action"));
+    assert!(
+        matches!(&config.sources["gh"].idempotency_key, Some(FieldRef::Header(h)) if h == "x-github-delivery")
+    );
+}
+
+#[test]
+fn formats_are_checked() {
+    let found =
+        errors("sources: [ { id: s, kind: webhook, verify: { scheme: none }, format: xml } ]")
+            .join("\n");
+    assert!(
+        found.contains("not one of json, form, cloudevents"),
+        "{found}"
+    );
+    let found = errors("sources: [ { id: s, kind: webhook, verify: { scheme: none }, cloudevents: { batch: true } } ]").join("\n");
+    assert!(
+        found.contains("only to a source with `format: cloudevents`"),
+        "{found}"
+    );
+    let config = load("sources: [ { id: tw, kind: webhook, verify: { scheme: twilio, secret: s, url: 'https://x.example/in/tw' } } ]").unwrap();
+    assert_eq!(config.sources["tw"].format, crate::config::BodyFormat::Form);
+}

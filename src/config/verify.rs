@@ -712,10 +712,9 @@ impl Preset {
                 },
                 unit: None,
             }),
-            tolerance: self
-                .timestamp
-                .as_ref()
-                .map(|_| given.tolerance.unwrap_or_else(|| self.tolerance.into())),
+            tolerance: given
+                .tolerance
+                .or_else(|| self.timestamp.as_ref().map(|_| self.tolerance.to_string())),
             id_header: self.id_header.map(Into::into),
             url: given.url,
         }

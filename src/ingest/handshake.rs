@@ -35,3 +35,52 @@ pub(super) fn answer(scheme: &SignatureScheme, body: &[u8]) -> Option<Response> 
     tracing::info!(scheme = %scheme.name, "answered the provider's endpoint check");
     Some((StatusCode::OK, axum::Json(answer)).into_response())
 }
+
+/// CloudEvents' abuse protection (the HTTP 1.1 Web Hooks for Event Delivery spec): an
+/// `OPTIONS` with `WebHook-Request-Origin` asks whether this endpoint takes events from that
+/// origin. A source with `format: cloudevents` says yes to any origin, at once (a
+/// `WebHook-Request-Callback` is not called: the answer is given in the response), and
+/// `WebHook-Allowed-Rate: *` when a rate is asked (a source has no rate limit of its own).
+pub async fn abuse_check(
+    axum::extract::State(app): axum::extract::State<crate::state::AppState>,
+    axum::extract::Path(source_id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use crate::api::error::ApiError;
+    use axum::http::{HeaderValue, header};
+    let config = app.config.get();
+    let Some(source) = config.sources.get(&source_id) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("no source has the id `{source_id}`"),
+        )
+        .into_response();
+    };
+    let allow = [(header::ALLOW, HeaderValue::from_static("POST"))];
+    if source.format != crate::config::BodyFormat::CloudEvents {
+        let mut answer = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("source `{source_id}` takes POST; the OPTIONS check is answered on a source with `format: cloudevents`"),
+        )
+        .into_response();
+        answer.headers_mut().extend(allow);
+        return answer;
+    }
+    let Some(origin) = headers.get("webhook-request-origin").cloned() else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_origin",
+            "the CloudEvents abuse-protection check needs a `WebHook-Request-Origin` header",
+        )
+        .into_response();
+    };
+    let mut answer = (StatusCode::OK, allow).into_response();
+    let out = answer.headers_mut();
+    out.insert("webhook-allowed-origin", origin);
+    if headers.contains_key("webhook-request-rate") {
+        out.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    }
+    answer
+}

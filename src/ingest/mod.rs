@@ -15,6 +15,7 @@ mod handshake;
 pub mod verify;
 
 pub(crate) use fields::{KeptHeaders, UNSTORED_HEADERS};
+pub use handshake::abuse_check;
 
 use crate::api::error::ApiError;
 use crate::clock::Millis;

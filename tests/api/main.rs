@@ -9,6 +9,7 @@ const ON_POSTGRES: bool = false;
 
 include!("suite.rs");
 
+mod cloudevents;
 mod leases;
 mod migrate;
 mod pg_cluster;
