@@ -246,6 +246,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     })
     .await?;
     let seen = store.last_event_per_source().await?;
+    let seen_by_schedules = seen.clone();
     let activity = Arc::new(crate::alerts::SourceActivity::new(
         &config,
         seen,
@@ -286,7 +287,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
     }
     // Loading and checking a large config freed far more than the config keeps.
     crate::memory::give_back_freed();
-    Ok(AppState::new(AppParts {
+    let state = AppState::new(AppParts {
         config: live,
         config_changes,
         store,
@@ -303,7 +304,9 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         sealer,
         pruner,
         tail: Default::default(),
-    }))
+    });
+    crate::ingest::schedule::start(state.clone(), seen_by_schedules);
+    Ok(state)
 }
 
 pub fn router(state: AppState) -> Router {

@@ -19,6 +19,22 @@ impl AppState {
     pub fn new(parts: AppParts) -> AppState {
         AppState(Arc::new(parts))
     }
+
+    /// A handle that does not keep the state alive: for a task that runs as long as the state
+    /// does (its `alive` ends when the last `AppState` goes).
+    pub fn downgrade(&self) -> WeakAppState {
+        WeakAppState(Arc::downgrade(&self.0))
+    }
+}
+
+/// An [`AppState`] that does not keep it alive.
+#[derive(Clone)]
+pub struct WeakAppState(std::sync::Weak<AppParts>);
+
+impl WeakAppState {
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(AppState)
+    }
 }
 
 impl std::ops::Deref for AppState {

@@ -20,6 +20,7 @@ mod raw;
 pub mod redact;
 pub mod retry;
 mod routes;
+pub mod schedule;
 pub mod secret;
 mod settings;
 mod sources;

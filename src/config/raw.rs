@@ -203,6 +203,21 @@ pub struct RawSource {
     /// `json` (the default), `form` or `cloudevents`.
     pub format: Option<String>,
     pub cloudevents: Option<RawCloudEvents>,
+    /// `kind: schedule`: when it fires, in which time zone, what a missed tick does, and what
+    /// it emits.
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub missed: Option<String>,
+    pub emit: Option<RawEmit>,
+}
+
+/// What a schedule emits at each tick.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmit {
+    pub event_type: String,
+    pub payload: Option<serde_json::Value>,
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

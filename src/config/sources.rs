@@ -3,6 +3,7 @@
 //! compiled once).
 
 use super::raw::{RawEventType, RawField, RawSource};
+use super::schedule::Schedule;
 use super::verify::{BodyFormat, Verify};
 use super::{Checker, Settings, objects};
 use crate::config::expr::Expr;
@@ -18,6 +19,8 @@ pub struct Source {
     pub format: BodyFormat,
     /// `format: cloudevents` takes the batch mode too.
     pub cloudevents_batch: bool,
+    /// A schedule source's ticks; `None` for a webhook source.
+    pub schedule: Option<Box<Schedule>>,
 }
 
 /// Where a value is read from in an incoming request.
@@ -76,28 +79,50 @@ impl Checker<'_> {
     pub(super) fn source(
         &mut self,
         place: &str,
-        raw: RawSource,
+        mut raw: RawSource,
         settings: &Settings,
     ) -> Option<Source> {
         self.check_id(place, &raw.id);
         match raw.kind.as_str() {
             "webhook" => {}
-            "poll" | "schedule" => {
+            "schedule" => {
+                let schedule = self.schedule(place, &mut raw)?;
+                return Some(Source {
+                    id: raw.id,
+                    verify: Verify::None,
+                    event_type: FieldRef::Body(Expr::new(".type").ok()?),
+                    idempotency_key: None,
+                    format: BodyFormat::Json,
+                    cloudevents_batch: false,
+                    schedule: Some(Box::new(schedule)),
+                });
+            }
+            "poll" => {
                 self.error(
                     place.to_string(),
-                    format!(
-                        "source kind `{}` is not available yet; only `webhook` is",
-                        raw.kind
-                    ),
+                    "source kind `poll` is not available yet; `webhook` and `schedule` are",
                 );
                 return None;
             }
             other => {
                 self.error(
                     place.to_string(),
-                    format!("unknown source kind `{other}`; expected `webhook`"),
+                    format!("unknown source kind `{other}`; expected `webhook` or `schedule`"),
                 );
                 return None;
+            }
+        }
+        for (field, given) in [
+            ("cron", raw.cron.is_some()),
+            ("timezone", raw.timezone.is_some()),
+            ("missed", raw.missed.is_some()),
+            ("emit", raw.emit.is_some()),
+        ] {
+            if given {
+                self.error(
+                    place.to_string(),
+                    format!("`{field}` applies only to a schedule source"),
+                );
             }
         }
         let (verify, defaults) = self.verify(place, &raw.id, raw.verify, settings);
@@ -148,6 +173,7 @@ impl Checker<'_> {
             idempotency_key,
             format,
             cloudevents_batch: raw.cloudevents.is_some_and(|c| c.batch),
+            schedule: None,
         })
     }
 

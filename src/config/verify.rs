@@ -634,6 +634,12 @@ impl Checker<'_> {
                 "`verify.signed` holds `{timestamp}`: give `verify.timestamp`",
             );
         }
+        if timestamp.is_some() && !uses(&SignedPart::Timestamp) {
+            self.error(
+                place.to_string(),
+                "`verify.timestamp` is given but `verify.signed` does not hold `{timestamp}`: a timestamp the signature does not cover stops no replay",
+            );
+        }
         if uses(&SignedPart::Id) && raw.id_header.is_none() {
             self.error(
                 place.to_string(),
@@ -642,6 +648,13 @@ impl Checker<'_> {
         }
         let url = match raw.url {
             Some(u) => match url::Url::parse(&u) {
+                Ok(parsed) if parsed.query().is_some() || parsed.fragment().is_some() => {
+                    self.error(
+                        place.to_string(),
+                        format!("`verify.url`: give `{}` without its query string (the request's own query string is added to it)", shown_url(&parsed)),
+                    );
+                    None
+                }
                 Ok(_) => Some(u),
                 Err(e) => {
                     self.error(
@@ -679,6 +692,14 @@ impl Checker<'_> {
             handshake: preset.and_then(|p| p.handshake),
         })
     }
+}
+
+/// A URL without its query string and fragment, for a message.
+fn shown_url(url: &url::Url) -> String {
+    let mut bare = url.clone();
+    bare.set_query(None);
+    bare.set_fragment(None);
+    bare.to_string()
 }
 
 impl Preset {

@@ -12,6 +12,7 @@ mod body;
 mod fields;
 mod formats;
 mod handshake;
+pub mod schedule;
 pub mod verify;
 
 pub(crate) use fields::{KeptHeaders, UNSTORED_HEADERS};
@@ -198,7 +199,7 @@ impl Intake<'_> {
         };
         match payloads {
             formats::Payloads::One(payload) => {
-                let taken = self.take_event(&source, payload, held).await?;
+                let taken = self.take_event(&source, payload, held, None).await?;
                 Ok(if taken.duplicate {
                     (
                         StatusCode::OK,
@@ -236,7 +237,7 @@ impl Intake<'_> {
             };
             let mut held = Some(share);
             let taken = self
-                .take_event(source, payload, &mut held)
+                .take_event(source, payload, &mut held, None)
                 .await
                 .map_err(|r| r.in_batch(n, ids.len()))?;
             ids.push(json!({"event_id": taken.event_id, "duplicate": taken.duplicate}));
@@ -251,10 +252,23 @@ impl Intake<'_> {
         source: &Source,
         bytes: Bytes,
         held: &mut Option<Share>,
+        given: Option<&Given>,
     ) -> Result<Taken, Refusal> {
-        let event_type = self.parse_and_find_type(source, &bytes).await?;
+        let event_type = match given {
+            None => self.parse_and_find_type(source, &bytes).await?,
+            Some(given) => {
+                crate::json::check_depth(&bytes)
+                    .map_err(|e| Refusal::refused(invalid_json(e), &bytes))?;
+                crate::json::check_json(&bytes, None)
+                    .map_err(|e| Refusal::refused(invalid_json(e), &bytes))?;
+                given.event_type.clone()
+            }
+        };
         self.validate(&event_type, &bytes)?;
-        let idempotency_key = self.idempotency_key(source, &bytes).await?;
+        let idempotency_key = match given {
+            None => self.idempotency_key(source, &bytes).await?,
+            Some(given) => given.idempotency_key.clone(),
+        };
         let kept_headers = KeptHeaders::of(self.headers, &source.verify);
         let event = NewEvent {
             id: crate::ids::event_id(),
@@ -271,20 +285,30 @@ impl Intake<'_> {
     }
 
     fn source(&self) -> Result<Arc<Source>, Refusal> {
-        self.config
-            .sources
-            .get(self.source_id)
-            .cloned()
-            .ok_or_else(|| {
-                Refusal::refused(
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "unknown_source",
-                        format!("no source has the id `{}`", self.source_id),
+        let source = self.config.sources.get(self.source_id).cloned();
+        if source.as_ref().is_some_and(|s| s.schedule.is_some()) {
+            return Err(Refusal::refused(
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "not_a_webhook",
+                    format!(
+                        "source `{}` is a schedule: it makes its own events and takes no requests",
+                        self.source_id
                     ),
-                    &Bytes::new(),
-                )
-            })
+                ),
+                &Bytes::new(),
+            ));
+        }
+        source.ok_or_else(|| {
+            Refusal::refused(
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_source",
+                    format!("no source has the id `{}`", self.source_id),
+                ),
+                &Bytes::new(),
+            )
+        })
     }
 
     /// Reads the body under `settings.max_body_size`, with a share of the ingest byte budget
@@ -670,6 +694,74 @@ impl Intake<'_> {
             &error.message,
         )
     }
+}
+
+/// What an event made inside Ferry (a schedule's tick) is, where a webhook's is read from
+/// its request.
+pub(crate) struct Given {
+    pub event_type: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// An event made inside Ferry, taken down a webhook's path from its body on: the schema, the
+/// flows, the commit, the metrics and the live tail; a refusal is in the rejected log. Answers
+/// the event's id and whether it was a duplicate of its idempotency key, or why it was not
+/// taken.
+pub(crate) async fn emit(
+    app: &AppState,
+    source_id: &str,
+    payload: Bytes,
+    given: Given,
+) -> Result<(String, bool), String> {
+    let config = app.config.get();
+    let Some(source) = config.sources.get(source_id).cloned() else {
+        return Err(format!("no source has the id `{source_id}`"));
+    };
+    let headers = HeaderMap::new();
+    let intake = Intake {
+        app,
+        config: &config,
+        source_id,
+        source_label: source_id,
+        headers: &headers,
+        query: None,
+        received_at: app.clock.now_ms(),
+    };
+    events::event_received(&app.metrics, source_id);
+    let Some(share) = app.ingest_budget.try_take(payload.len()) else {
+        let refusal = Refusal::not_taken(short_of_memory(app.ingest_budget.limit()));
+        let _ = intake.refuse(refusal).await;
+        return Err("Ferry is short of memory for the event".into());
+    };
+    let mut held = Some(share);
+    match intake
+        .take_event(&source, payload, &mut held, Some(&given))
+        .await
+    {
+        Ok(taken) => Ok((taken.event_id, taken.duplicate)),
+        Err(refusal) => {
+            let why = match &refusal {
+                Refusal::Refused { error, .. } | Refusal::NotTaken { error, .. } => {
+                    error.message.clone()
+                }
+            };
+            let _ = intake.refuse(refusal).await;
+            Err(why)
+        }
+    }
+}
+
+/// Writes a refusal of an event Ferry made itself (a template that failed) to the rejected log.
+pub(crate) fn record_failure(app: &AppState, source_id: &str, error: &str, message: String) {
+    events::input_rejected(&app.metrics, source_id, source_id, 422, error, &message);
+    app.store.record_rejection(Rejection {
+        source: source_id.to_string(),
+        received_at: app.clock.now_ms(),
+        status: 422,
+        error: error.to_string(),
+        reason: message,
+        body: Bytes::new(),
+    });
 }
 
 /// The `503` of a request that does not fit in `settings.memory.ingest_bytes`.

@@ -271,8 +271,10 @@ fn decode(encoding: SignatureEncoding, text: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Hex digits only (either case): `from_str_radix` alone would take a sign, so that one
+/// signature had several spellings.
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -360,6 +362,15 @@ mod tests {
             ..rule
         };
         assert!(fresh("-9223372036854775", &endless, i64::MAX).is_ok());
+    }
+
+    #[test]
+    fn hex_is_digits_only() {
+        assert_eq!(decode_hex("0fA0"), Some(vec![0x0f, 0xa0]));
+        assert_eq!(decode_hex("+f"), None);
+        assert_eq!(decode_hex("-0"), None);
+        assert_eq!(decode_hex("f"), None);
+        assert_eq!(decode_hex("é0"), None);
     }
 
     #[test]

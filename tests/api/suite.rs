@@ -28,6 +28,7 @@ mod openapi;
 mod overload;
 mod retention;
 mod retries;
+mod schedules;
 mod secrets;
 mod strict_input;
 mod tokens;
