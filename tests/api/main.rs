@@ -16,3 +16,4 @@ mod pg_ingest;
 mod pg_nodes;
 mod pg_reads;
 mod pg_writes;
+mod providers;
