@@ -7,7 +7,9 @@
 //! tampered body, a wrong secret, a stale timestamp or a missing header is refused with `401`
 //! and its reason in the rejected log, and nothing is stored. Slack's and Zoom's endpoint
 //! checks are answered only when signed. Hostile headers and bodies on this path each get a
-//! clear answer, and the same app answers the next request normally.
+//! clear answer, and the same app answers the next request normally. Last, the providers'
+//! official Python SDKs sign or check requests against a running app
+//! (`tests/providers/sdk_check.py`, with the SDKs `.ci/run` installs).
 //!
 //! SQLite only (these are about ingest, not the store): `main.rs` names this module, not
 //! `suite.rs`.
@@ -1767,4 +1769,72 @@ sources:
         .await;
     p.unsigned(a, &mismatch("x-twilio-signature")).await;
     normal!();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The providers' official Python SDKs against a running app.
+
+#[tokio::test]
+async fn the_providers_python_sdks_sign_what_ferry_takes() {
+    const SW: &str = "whsec_c2RrLWNoZWNrLXN0YW5kYXJkLXdlYmhvb2tz";
+    const SL: &str = "sdk-slack-secret";
+    const TW: &str = "sdk-twilio-token";
+    const ST: &str = "whsec_sdkcheck";
+    const SQ: &str = "sdk-square-key";
+    const PD: &str = "pdl_ntfset_01hsdk_check";
+    let p = Probe::start(&format!(
+        r#"
+settings: {{ public_url: "https://hooks.example.com" }}
+sources:
+  - {{ id: sw, kind: webhook, verify: {{ scheme: standard-webhooks, secret: "{SW}" }} }}
+  - {{ id: sl, kind: webhook, verify: {{ scheme: slack, secret: "{SL}" }} }}
+  - {{ id: tw, kind: webhook, verify: {{ scheme: twilio, secret: "{TW}" }} }}
+  - {{ id: st, kind: webhook, verify: {{ scheme: stripe, secret: "{ST}" }} }}
+  - {{ id: sq, kind: webhook, verify: {{ scheme: square, secret: "{SQ}", url: "https://hooks.example.com/square" }} }}
+  - {{ id: pd, kind: webhook, verify: {{ scheme: paddle, secret: "{PD}" }} }}
+"#
+    ))
+    .await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tokio::process::Command::new("python3")
+        .arg(format!("{root}/tests/providers/sdk_check.py"))
+        .arg(p.app.url(""))
+        .env("FERRY_NOW", p.now().to_string())
+        .env("SW_SECRET", SW)
+        .env("SLACK_SECRET", SL)
+        .env("TWILIO_TOKEN", TW)
+        .env("TWILIO_URL", "https://hooks.example.com/in/tw")
+        .env("STRIPE_SECRET", ST)
+        .env("SQUARE_KEY", SQ)
+        .env("SQUARE_URL", "https://hooks.example.com/square")
+        .env("PADDLE_SECRET", PD)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK check failed (it needs the providers' SDKs that .ci/run installs with pip):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each event the script had taken is stored with the provider's type and key.
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let Some(rest) = line.strip_prefix("event ") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split(' ').collect();
+        let [source, id, event_type, key] = parts[..] else {
+            panic!("bad line `{line}`");
+        };
+        let event = p.event(id).await;
+        assert_eq!(event["source"], source, "{event:#}");
+        assert_eq!(event["event_type"], event_type, "{event:#}");
+        let key = (key != "-").then_some(key);
+        assert_eq!(event["idempotency_key"].as_str(), key, "{event:#}");
+        seen.push(source.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["pd", "sl", "sq", "st", "sw", "tw", "tw"], "{stdout}");
+    assert_eq!(p.app.event_count().await, 7, "{stdout}");
 }
