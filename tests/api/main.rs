@@ -2,7 +2,8 @@
 //! its own store (a SQLite directory, or with `FERRY_TEST_BACKEND=postgres` a PostgreSQL
 //! schema: see `helpers.rs`) and real HTTP receivers. The suite's modules (`suite.rs`) run
 //! again on PostgreSQL in the `api_on_postgres` binary (`on_postgres.rs`); the modules below
-//! test the PostgreSQL backend itself and run here only.
+//! run here only: those that test the PostgreSQL backend itself, and those of ingest's checks
+//! that no store changes (CloudEvents, the providers' signatures).
 
 /// Whether this binary runs every app on PostgreSQL whatever `FERRY_TEST_BACKEND` says.
 const ON_POSTGRES: bool = false;
@@ -17,3 +18,4 @@ mod pg_ingest;
 mod pg_nodes;
 mod pg_reads;
 mod pg_writes;
+mod providers;
