@@ -151,6 +151,9 @@ async fn a_structured_and_a_binary_event_with_the_same_source_and_id_are_one_eve
     assert_eq!(status, 202);
 }
 
+/// What is sent (a name, the headers, the body), and the status and words of its refusal.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<u8>, u16, &'a str);
+
 #[tokio::test]
 async fn what_is_not_a_cloudevent_is_refused_with_its_reason_and_the_app_goes_on() {
     let app = spawn_app(CONFIG).await;
@@ -160,7 +163,7 @@ async fn what_is_not_a_cloudevent_is_refused_with_its_reason_and_the_app_goes_on
     let structured = [("content-type", "application/cloudevents+json")];
     let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
     let huge_id = "i".repeat(5_000);
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "plain JSON",
             vec![("content-type", "application/json".into())],
