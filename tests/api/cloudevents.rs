@@ -54,7 +54,10 @@ async fn the_python_sdks_structured_binary_and_batch_events_are_taken() {
     assert_eq!(results["structured"][0], 202, "{results}");
     let stored = event(&app, &results["structured"][1]["event_id"]).await;
     assert_eq!(stored["event_type"], "order.created");
-    assert_eq!(stored["idempotency_key"], "/shop/eu sdk-structured-1");
+    assert_eq!(
+        stored["idempotency_key"],
+        r#"["/shop/eu","sdk-structured-1"]"#
+    );
     assert_eq!(
         stored["payload"]["data"],
         json!({"order": 42, "total": "9.90"})
@@ -66,7 +69,7 @@ async fn the_python_sdks_structured_binary_and_batch_events_are_taken() {
     assert_eq!(results["binary"][0], 202, "{results}");
     let stored = event(&app, &results["binary"][1]["event_id"]).await;
     assert_eq!(stored["event_type"], "order.paid");
-    assert_eq!(stored["idempotency_key"], "/shop/eu sdk binary 1");
+    assert_eq!(stored["idempotency_key"], r#"["/shop/eu","sdk binary 1"]"#);
     let payload = &stored["payload"];
     assert_eq!(payload["id"], "sdk binary 1");
     assert_eq!(payload["subject"], "order 42 ü");

@@ -1,6 +1,7 @@
-//! Regression tests from the hostile review of issue #24 (verification presets, body formats,
-//! CloudEvents, schedules). Each test states what `docs/sources.md` (or `docs/security.md`)
-//! promises; those that fail show a bug the review found.
+//! What a hostile review of the sources found (verification presets, body formats,
+//! CloudEvents, schedules), each test held to what `docs/sources.md` or `docs/security.md`
+//! promises: held-up ticks, daylight-saving nights, CloudEvents' identity and `ce-data`, a batch
+//! short of memory, malformed endpoint checks, and secrets in `verify.url` and in errors.
 
 use crate::helpers::*;
 use ferry::clock::{Clock, ManualClock};
