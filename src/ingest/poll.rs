@@ -271,7 +271,8 @@ async fn pages(
         if page == 1 && status == Some(304) {
             return Ok(());
         }
-        if !status.is_some_and(|s| (200..300).contains(&s)) {
+        // A 2xx whose body could not be read whole carries an error too.
+        if !status.is_some_and(|s| (200..300).contains(&s)) || response.error.is_some() {
             return Err(Failed {
                 error: format!(
                     "page {page} ({}): {}",
