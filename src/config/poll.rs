@@ -61,6 +61,10 @@ pub struct PollState {
     /// The greatest `cursor.path` value seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// The ids of items at the cursor that a first poll without backfill left out: an API
+    /// whose `since` is inclusive sends them again, and they are not new.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untaken_at_cursor: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

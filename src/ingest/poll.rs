@@ -190,7 +190,7 @@ async fn poll_once(app: &AppState, polling: &Polling, source: &Source) -> Millis
                 PollWhen::Cron(_) => CRON_BACKOFF,
             };
             let doubled = base
-                .checked_mul(1u32 << state.failures.saturating_sub(1).min(20))
+                .checked_mul(1u32 << state.failures.min(20))
                 .unwrap_or(MAX_BACKOFF)
                 .min(MAX_BACKOFF);
             let wait = doubled.max(failed.retry_after.unwrap_or_default().min(MAX_BACKOFF));
@@ -235,7 +235,10 @@ async fn pages(
         }
         _ => 0,
     };
-    let mut high = state.cursor.clone();
+    let mut mark = Mark {
+        high: state.cursor.clone(),
+        untaken_at_high: state.untaken_at_cursor.clone(),
+    };
     let mut validators = (None, None);
     for page in 1..=poll.max_pages {
         let mut headers = literal_headers(poll);
@@ -311,7 +314,7 @@ async fn pages(
         };
         let took = items.len();
         for item in items {
-            take_item(app, source, poll, state, &mut high, item, first_poll).await;
+            take_item(app, source, poll, state, &mut mark, item, first_poll).await;
         }
         let next = match &poll.pagination {
             None => None,
@@ -350,79 +353,95 @@ async fn pages(
             _ => break,
         }
     }
-    state.cursor = high;
+    state.cursor = mark.high;
+    state.untaken_at_cursor = mark.untaken_at_high;
     (state.etag, state.last_modified) = validators;
     Ok(())
 }
 
-/// One item: skipped when its cursor value is below the high-water mark kept, taken as an
-/// event otherwise (unless this is the first poll of a source that does not backfill); the
-/// high-water mark moves up to its value.
+/// The high-water mark a poll moves up, and the ids of the items at it that were not taken
+/// (a first poll without backfill): an API whose `since` is inclusive sends them again.
+struct Mark {
+    high: Option<String>,
+    untaken_at_high: Vec<String>,
+}
+
+/// The most ids of untaken items at the mark kept.
+const MAX_UNTAKEN: usize = 1000;
+
+/// One item: skipped when its cursor value is below the high-water mark kept (or it is one
+/// the first poll left out at the mark), taken as an event otherwise (unless this is the
+/// first poll of a source that does not backfill); the mark moves up to its value.
 async fn take_item(
     app: &AppState,
     source: &Source,
     poll: &Poll,
     state: &PollState,
-    high: &mut Option<String>,
+    mark: &mut Mark,
     item: String,
     first_poll: bool,
 ) {
+    let read = |expr, what: &'static str| {
+        let item = item.as_bytes();
+        async move {
+            match app.sandbox.read(expr, item).await {
+                Ok(Ok(v)) => Ok(v.filter(|v| !v.is_empty())),
+                Ok(Err(e)) => Err(Some(format!("`{what}` on an item: {e}"))),
+                Err(e) => {
+                    tracing::warn!(source = %source.id, error = %e, "an item's `{what}` could not be read");
+                    Err(None)
+                }
+            }
+        }
+    };
+    let refuse = |why: Option<String>| {
+        if let Some(why) = why {
+            super::record_failure(app, &source.id, "invalid_item", why);
+        }
+    };
+    // An item without an id would be taken again at every poll: refused instead.
+    let id = match read(&poll.item_id, "item_id").await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return refuse(Some(format!(
+                "an item without an id at `{}`; it was not taken",
+                poll.item_id.code()
+            )));
+        }
+        Err(why) => return refuse(why),
+    };
+    let take = !(first_poll && !poll.backfill);
     if let Some(cursor) = &poll.cursor {
-        let value = match app.sandbox.read(&cursor.path, item.as_bytes()).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                super::record_failure(
-                    app,
-                    &source.id,
-                    "invalid_item",
-                    format!("`cursor.path` on an item: {e}"),
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(source = %source.id, error = %e, "an item's cursor could not be read");
-                return;
-            }
+        let value = match read(&cursor.path, "cursor.path").await {
+            Ok(v) => v,
+            Err(why) => return refuse(why),
         };
         if let Some(value) = value {
-            if state
-                .cursor
-                .as_deref()
-                .is_some_and(|kept| compare(&value, kept).is_lt())
-            {
-                return;
+            if let Some(kept) = state.cursor.as_deref() {
+                let order = compare(&value, kept);
+                if order.is_lt() || (order.is_eq() && state.untaken_at_cursor.contains(&id)) {
+                    return;
+                }
             }
-            if high.as_deref().is_none_or(|h| compare(&value, h).is_gt()) {
-                *high = Some(value);
+            match mark.high.as_deref().map(|h| compare(&value, h)) {
+                None | Some(std::cmp::Ordering::Greater) => {
+                    mark.high = Some(value);
+                    mark.untaken_at_high.clear();
+                    if !take {
+                        mark.untaken_at_high.push(id.clone());
+                    }
+                }
+                Some(std::cmp::Ordering::Equal)
+                    if !take && mark.untaken_at_high.len() < MAX_UNTAKEN =>
+                {
+                    mark.untaken_at_high.push(id.clone());
+                }
+                _ => {}
             }
         }
     }
-    if first_poll && !poll.backfill {
+    if !take {
         return;
-    }
-    // An item without an id would be taken again at every poll: refused instead.
-    match app.sandbox.read(&poll.item_id, item.as_bytes()).await {
-        Ok(Ok(Some(id))) if !id.is_empty() => {}
-        Ok(Ok(_)) => {
-            super::record_failure(
-                app,
-                &source.id,
-                "invalid_item",
-                format!(
-                    "an item without an id at `{}`; it was not taken",
-                    poll.item_id.code()
-                ),
-            );
-            return;
-        }
-        Ok(Err(e)) => {
-            super::record_failure(app, &source.id, "invalid_item", format!("`item_id`: {e}"));
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(source = %source.id, error = %e, "an item's id could not be read");
-            return;
-        }
     }
     if let Err(why) = super::emit(app, &source.id, item.into(), None).await {
         tracing::info!(source = %source.id, "an item was not taken: {why}");
