@@ -765,10 +765,10 @@ where
     .await;
 }
 
-/// 5. Three `500`s, then a recovery: the failing gauge counts 1, 2, 3, then 0; the retries back
-/// off (`every` doubled per failure); the alert fires at 3 and resolves.
+/// 5. Three `500`s, then a recovery: the failing gauge counts 1, 2, 3, then 0, the failures
+/// counter 3; the alert fires at 3 and resolves.
 #[tokio::test]
-async fn failed_polls_back_off_show_in_the_metrics_and_fire_an_alert() {
+async fn failed_polls_show_in_the_metrics_and_fire_an_alert_that_resolves() {
     let up = Upstream::start().await;
     up.add(tickets(1..=2));
     up.script([
@@ -800,17 +800,11 @@ async fn failed_polls_back_off_show_in_the_metrics_and_fire_an_alert() {
 
     up.wait_for(1).await;
     wait_failing(&app, "tickets", 1.0).await;
-    for n in 1..=2u32 {
-        // After n failures the next try is 10 s × 2^n later.
-        let backoff = 10 * 2u64.pow(n);
-        advance(&app, Duration::from_secs(backoff - 1)).await;
-        up.quiet(n as usize, &format!("{}s after failure {n}", backoff - 1))
-            .await;
-        advance(&app, Duration::from_secs(1)).await;
-        up.wait_for(n as usize + 1).await;
-        wait_failing(&app, "tickets", (n + 1) as f64).await;
-        app.state.alerts.evaluate_now().await;
-        if n == 1 {
+    for n in 2..=3 {
+        advance_until_request(&app, &up, Duration::from_secs(10)).await;
+        wait_failing(&app, "tickets", n as f64).await;
+        if n == 2 {
+            app.state.alerts.evaluate_now().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(fired("firing"), 0, "2 failed polls are not 3");
         }
@@ -825,11 +819,8 @@ async fn failed_polls_back_off_show_in_the_metrics_and_fire_an_alert() {
     assert!(notice.to_string().contains("tickets"), "{notice}");
     assert!(events_of(&app, "tickets").await.is_empty());
 
-    // After 3 failures: 80 s. Then the upstream answers.
-    advance(&app, Duration::from_secs(79)).await;
-    up.quiet(3, "79 s after failure 3").await;
-    advance(&app, Duration::from_secs(1)).await;
-    up.wait_for(4).await;
+    // The upstream answers again.
+    advance_until_request(&app, &up, Duration::from_secs(10)).await;
     let events = wait_count(&app, "tickets", 2).await;
     assert_events_are(&events, "tickets", &tickets(1..=2));
     wait_failing(&app, "tickets", 0.0).await;
@@ -841,8 +832,123 @@ async fn failed_polls_back_off_show_in_the_metrics_and_fire_an_alert() {
     assert_eq!(fired("firing"), 1);
 
     // The usual interval again.
+    let before = up.count();
     advance(&app, Duration::from_secs(10)).await;
+    up.wait_for(before + 1).await;
+}
+
+/// 5b. The backoff: after n failed polls in a row the next is `every` × 2^n later (`every`
+/// doubled per consecutive failure), then the usual interval after a success.
+#[tokio::test]
+async fn failed_polls_back_off_doubling_every_per_failure() {
+    let up = Upstream::start().await;
+    up.add(tickets(1..=1));
+    up.script([
+        Answer::status(500),
+        Answer::status(503),
+        Answer::status(500),
+    ]);
+    let app = spawn_app(&config(
+        PRIVATE,
+        &[poll_source(
+            "tickets",
+            &up.url("/page?per_page=10"),
+            "every: 10s",
+            &[],
+        )],
+    ))
+    .await;
+    up.wait_for(1).await;
+    for n in 1..=3u32 {
+        wait_failing(&app, "tickets", n as f64).await;
+        let backoff = 10 * 2u64.pow(n);
+        advance(&app, Duration::from_secs(backoff - 1)).await;
+        up.quiet(
+            n as usize,
+            &format!(
+                "{}s after failure {n} (every 10s doubled {n} times: {backoff}s)",
+                backoff - 1
+            ),
+        )
+        .await;
+        advance(&app, Duration::from_secs(1)).await;
+        up.wait_for(n as usize + 1).await;
+    }
+    wait_count(&app, "tickets", 1).await;
+    wait_failing(&app, "tickets", 0.0).await;
+    advance(&app, Duration::from_secs(9)).await;
+    up.quiet(4, "9 s after a poll that worked").await;
+    advance(&app, Duration::from_secs(1)).await;
     up.wait_for(5).await;
+}
+
+/// 5c. The backoff is at most an hour: with `every: 40m`, the second failure in a row waits
+/// 60 min, not 80 or 160.
+#[tokio::test]
+async fn the_backoff_is_at_most_an_hour() {
+    let up = Upstream::start().await;
+    up.add(tickets(1..=1));
+    up.script([
+        Answer::status(500),
+        Answer::status(500),
+        Answer::status(500),
+        Answer::status(500),
+    ]);
+    let app = spawn_app(&config(
+        PRIVATE,
+        &[poll_source(
+            "tickets",
+            &up.url("/page?per_page=10"),
+            "every: 40m",
+            &[],
+        )],
+    ))
+    .await;
+    up.wait_for(1).await;
+    wait_failing(&app, "tickets", 1.0).await;
+    advance_until_request(&app, &up, Duration::from_secs(600)).await;
+    for n in 2..=3 {
+        wait_failing(&app, "tickets", n as f64).await;
+        advance(&app, Duration::from_secs(3599)).await;
+        up.quiet(n, &format!("59m59s after failure {n}")).await;
+        advance(&app, Duration::from_secs(1)).await;
+        up.wait_for(n + 1).await;
+    }
+}
+
+/// 7b. `backfill: false` when the first poll fails: the first poll that works still takes only
+/// the cursor.
+#[tokio::test]
+async fn without_backfill_a_failed_first_poll_does_not_make_the_next_one_backfill() {
+    let up = Upstream::start().await;
+    up.add(tickets(1..=3));
+    up.script([Answer::status(503)]);
+    let app = spawn_app(&config(
+        PRIVATE,
+        &[poll_source(
+            "tickets",
+            &up.url("/link?per_page=2"),
+            "every: 10s",
+            &[
+                "cursor: { path: '.updated_at', param: since }",
+                "pagination: { kind: link }",
+                "backfill: false",
+            ],
+        )],
+    ))
+    .await;
+    up.wait_for(1).await;
+    wait_failing(&app, "tickets", 1.0).await;
+    advance_until_request(&app, &up, Duration::from_secs(10)).await;
+    wait_failing(&app, "tickets", 0.0).await;
+    let events = events_of(&app, "tickets").await;
+    assert!(
+        events.is_empty(),
+        "T1..T3 existed before the source: {:?}",
+        ids(&events)
+    );
+    let asked = up.requests()[1].clone();
+    assert_eq!(asked.param("since"), None, "no cursor yet: {asked:?}");
 }
 
 /// 6. Each kind of pagination on small data; `max_pages` caps a poll and the next poll goes on
