@@ -306,6 +306,7 @@ pub async fn prepare(options: ServeOptions) -> Result<AppState, ServeError> {
         tail: Default::default(),
     });
     crate::ingest::schedule::start(state.clone(), seen_by_schedules);
+    crate::ingest::poll::start(&state, EgressClient::new(config.settings.egress.clone())?);
     Ok(state)
 }
 

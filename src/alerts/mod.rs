@@ -329,6 +329,7 @@ async fn observe(
             dead_letters(parts, above, destination).await
         }
         Condition::SourceSilent { source, for_ } => source_silent(parts, now, source, for_).await,
+        Condition::SourceFailing { source, polls } => source_failing(parts, source, polls).await,
         Condition::BacklogAge { above } => backlog_age(parts, now, above).await,
         Condition::DeliveryLatency {
             destination,
@@ -439,6 +440,36 @@ async fn source_silent(
             rfc3339(last),
             humantime::format_duration(for_)
         ),
+    })
+}
+
+/// How many polls of a polling source failed in a row, from what it keeps in the store (in
+/// cluster mode the node that polls may not be the one that evaluates).
+async fn source_failing(
+    parts: &AlertParts,
+    source: String,
+    polls: u32,
+) -> Result<Observation, StoreError> {
+    let state: crate::config::poll::PollState = parts
+        .store
+        .source_state(&source)
+        .await?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let failing = state.failures >= polls;
+    Ok(Observation {
+        firing: failing,
+        subject: format!("source {source}"),
+        message: if state.failures == 0 {
+            format!("`{source}` polls without failing")
+        } else {
+            format!(
+                "{} poll{} of `{source}` failed in a row (limit {polls}); the last: {}",
+                state.failures,
+                if state.failures == 1 { "" } else { "s" },
+                state.last_error.as_deref().unwrap_or("no reason kept")
+            )
+        },
     })
 }
 

@@ -148,6 +148,9 @@ fn holder_schema(holder: Holder, about: &str) -> RefOr<Schema> {
         };
         insert(&mut root, field.path, leaf);
     }
+    if holder == Holder::Source {
+        root["properties"]["request"] = json!({"$ref": "#/components/schemas/HttpStepSpec", "description": "a polling source's request: its secrets are an http step's"});
+    }
     if holder != Holder::Source {
         for (name, what) in [
             (SECRET_HEADERS, "header names"),

@@ -108,6 +108,11 @@ pub enum Condition {
         #[serde(rename = "for", with = "humantime_serde_ms")]
         for_: Duration,
     },
+    /// A polling source's last `polls` polls (or more) in a row failed.
+    SourceFailing {
+        source: String,
+        polls: u32,
+    },
     BacklogAge {
         #[serde(with = "humantime_serde_ms")]
         above: Duration,
@@ -419,6 +424,33 @@ impl Checker<'_> {
                 for_,
             });
         }
+        if let Some(f) = w.source_failing {
+            match sources.get(&f.source) {
+                None => self.error(
+                    place.to_string(),
+                    format!("`when`: no source has the id `{}`", f.source),
+                ),
+                Some(s) if s.poll.is_none() => self.error(
+                    place.to_string(),
+                    format!(
+                        "`when.source_failing`: source `{}` is not a polling source",
+                        f.source
+                    ),
+                ),
+                Some(_) => {}
+            }
+            let polls = f.polls.unwrap_or(3);
+            if polls == 0 {
+                self.error(
+                    place.to_string(),
+                    "`source_failing.polls` must be at least 1",
+                );
+            }
+            return Some(Condition::SourceFailing {
+                source: f.source,
+                polls,
+            });
+        }
         if let Some(b) = w.backlog_age {
             let above = self.duration(
                 place,
@@ -451,6 +483,7 @@ impl Checker<'_> {
             w.failure_ratio.is_some(),
             w.dead_letters.is_some(),
             w.source_silent.is_some(),
+            w.source_failing.is_some(),
             w.backlog_age.is_some(),
             w.delivery_latency.is_some(),
             w.destination_paused.is_some(),

@@ -307,7 +307,9 @@ fn alert_names(rule: &AlertRule, kind: ObjectKind, id: &str) -> bool {
         | Condition::DeliveryLatency { destination, .. } => (None, Some(destination.as_str())),
         Condition::DeadLetters { destination, .. }
         | Condition::DestinationPaused { destination } => (None, destination.as_deref()),
-        Condition::SourceSilent { source, .. } => (Some(source.as_str()), None),
+        Condition::SourceSilent { source, .. } | Condition::SourceFailing { source, .. } => {
+            (Some(source.as_str()), None)
+        }
         Condition::BacklogAge { .. } | Condition::StoreUnwritable {} => (None, None),
     };
     match kind {

@@ -297,7 +297,12 @@ impl Checker<'_> {
         compiled
     }
 
-    fn http_step(&mut self, place: &str, raw: RawHttp, settings: &Settings) -> Option<HttpStep> {
+    pub(super) fn http_step(
+        &mut self,
+        place: &str,
+        raw: RawHttp,
+        settings: &Settings,
+    ) -> Option<HttpStep> {
         let url = self.template(place, "http.url", &raw.url)?;
         // The host must be fixed in the file: placeholders may fill the path and query only.
         let prefix = url.literal_prefix();

@@ -15,6 +15,7 @@ mod flows;
 pub mod kind;
 pub mod objects;
 mod places;
+pub mod poll;
 pub mod program;
 mod raw;
 pub mod redact;

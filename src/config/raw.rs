@@ -66,6 +66,7 @@ pub struct RawCondition {
     pub failure_ratio: Option<RawRatio>,
     pub dead_letters: Option<RawDeadLetters>,
     pub source_silent: Option<RawSilent>,
+    pub source_failing: Option<RawSourceFailing>,
     pub backlog_age: Option<RawBacklog>,
     pub delivery_latency: Option<RawLatency>,
     pub destination_paused: Option<RawPaused>,
@@ -102,6 +103,13 @@ pub struct RawSilent {
     pub source: String,
     #[serde(rename = "for")]
     pub for_: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceFailing {
+    pub source: String,
+    pub polls: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +217,33 @@ pub struct RawSource {
     pub timezone: Option<String>,
     pub missed: Option<String>,
     pub emit: Option<RawEmit>,
+    /// `kind: poll`: the request, how often, and how its answer is read.
+    pub request: Option<RawHttp>,
+    pub every: Option<String>,
+    pub items: Option<String>,
+    pub item_id: Option<String>,
+    pub cursor: Option<RawPollCursor>,
+    pub pagination: Option<RawPagination>,
+    pub max_pages: Option<u32>,
+    pub backfill: Option<bool>,
+}
+
+/// A polling source's high-water mark: read on each item, sent as a query parameter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPollCursor {
+    pub path: String,
+    pub param: String,
+}
+
+/// How a polling source finds its next page: `kind` and what that kind needs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagination {
+    pub kind: String,
+    pub path: Option<String>,
+    pub param: Option<String>,
+    pub start: Option<u64>,
 }
 
 /// What a schedule emits at each tick.

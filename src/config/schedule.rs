@@ -7,25 +7,27 @@ use super::expr::Expr;
 use super::raw::RawSource;
 use crate::clock::Millis;
 
+#[derive(Debug)]
 pub struct Schedule {
+    pub ticks: Ticks,
+    pub missed: Missed,
+    pub event_type: String,
+    pub payload: TickPayload,
+}
+
+/// A cron pattern in a time zone: when a schedule fires, or a polling source polls.
+pub struct Ticks {
     /// The pattern as written.
     pub pattern: String,
     pub cron: croner::Cron,
     /// The time zone's name as written (`UTC` by default).
     pub timezone_name: String,
     pub timezone: jiff::tz::TimeZone,
-    pub missed: Missed,
-    pub event_type: String,
-    pub payload: TickPayload,
 }
 
-impl std::fmt::Debug for Schedule {
+impl std::fmt::Debug for Ticks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Schedule({} in {}, missed: {:?}, emits {})",
-            self.pattern, self.timezone_name, self.missed, self.event_type
-        )
+        write!(f, "Ticks({} in {})", self.pattern, self.timezone_name)
     }
 }
 
@@ -47,7 +49,7 @@ pub enum TickPayload {
     Template(Expr),
 }
 
-impl Schedule {
+impl Ticks {
     /// The first tick strictly after `at`; `None` when the pattern never fires again (before
     /// the year 5000, croner's limit) or the time is out of range.
     pub fn next_after(&self, at: Millis) -> Option<Millis> {
@@ -67,8 +69,8 @@ impl Schedule {
         Some(previous.timestamp().as_millisecond())
     }
 
-    /// What makes two versions of a schedule the same schedule (its ticks).
-    pub fn same_ticks(&self, other: &Schedule) -> bool {
+    /// Whether two patterns tick at the same times.
+    pub fn same_ticks(&self, other: &Ticks) -> bool {
         self.pattern == other.pattern && self.timezone_name == other.timezone_name
     }
 
@@ -113,37 +115,7 @@ impl Checker<'_> {
             );
             return None;
         };
-        if pattern.len() > MAX_PATTERN {
-            self.error(
-                place.to_string(),
-                format!(
-                    "`cron` is {} bytes long; at most {MAX_PATTERN} are taken",
-                    pattern.len()
-                ),
-            );
-            return None;
-        }
-        let cron = match croner::parser::CronParser::new().parse(&pattern) {
-            Ok(c) => c,
-            Err(e) => {
-                self.error(
-                    place.to_string(),
-                    format!("`cron`: `{pattern}` is not a cron pattern: {e}"),
-                );
-                return None;
-            }
-        };
-        let timezone_name = raw.timezone.take().unwrap_or_else(|| "UTC".into());
-        let timezone = match jiff::tz::TimeZone::get(&timezone_name) {
-            Ok(tz) => tz,
-            Err(e) => {
-                self.error(
-                    place.to_string(),
-                    format!("`timezone`: `{timezone_name}` is not a time zone of the IANA database ({e})"),
-                );
-                return None;
-            }
-        };
+        let ticks = self.ticks(place, pattern, raw.timezone.take())?;
         let missed = match raw.missed.as_deref() {
             None | Some("skip") => Missed::Skip,
             Some("run_once") => Missed::RunOnce,
@@ -185,23 +157,66 @@ impl Checker<'_> {
                 TickPayload::Fixed(serde_json::to_vec(&value).unwrap_or_default().into())
             }
         };
-        let schedule = Schedule {
+        Some(Schedule {
+            ticks,
+            missed,
+            event_type: emit.event_type,
+            payload,
+        })
+    }
+
+    /// A cron pattern (`cron`) in a time zone (`timezone`, UTC by default) that fires again.
+    pub(super) fn ticks(
+        &mut self,
+        place: &str,
+        pattern: String,
+        timezone: Option<String>,
+    ) -> Option<Ticks> {
+        if pattern.len() > MAX_PATTERN {
+            self.error(
+                place.to_string(),
+                format!(
+                    "`cron` is {} bytes long; at most {MAX_PATTERN} are taken",
+                    pattern.len()
+                ),
+            );
+            return None;
+        }
+        let cron = match croner::parser::CronParser::new().parse(&pattern) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(
+                    place.to_string(),
+                    format!("`cron`: `{pattern}` is not a cron pattern: {e}"),
+                );
+                return None;
+            }
+        };
+        let timezone_name = timezone.unwrap_or_else(|| "UTC".into());
+        let timezone = match jiff::tz::TimeZone::get(&timezone_name) {
+            Ok(tz) => tz,
+            Err(e) => {
+                self.error(
+                    place.to_string(),
+                    format!("`timezone`: `{timezone_name}` is not a time zone of the IANA database ({e})"),
+                );
+                return None;
+            }
+        };
+        let ticks = Ticks {
             pattern,
             cron,
             timezone_name,
             timezone,
-            missed,
-            event_type: emit.event_type,
-            payload,
         };
-        if schedule.next_after(crate::clock::system_now_ms()).is_none() {
+        if ticks.next_after(crate::clock::system_now_ms()).is_none() {
             self.error(
                 place.to_string(),
-                format!("`cron`: `{}` never fires", schedule.pattern),
+                format!("`cron`: `{}` never fires", ticks.pattern),
             );
             return None;
         }
-        Some(schedule)
+        Some(ticks)
     }
 }
 
@@ -209,15 +224,12 @@ impl Checker<'_> {
 mod tests {
     use super::*;
 
-    fn schedule(pattern: &str, tz: &str) -> Schedule {
-        Schedule {
+    fn schedule(pattern: &str, tz: &str) -> Ticks {
+        Ticks {
             pattern: pattern.into(),
             cron: croner::parser::CronParser::new().parse(pattern).unwrap(),
             timezone_name: tz.into(),
             timezone: jiff::tz::TimeZone::get(tz).unwrap(),
-            missed: Missed::Skip,
-            event_type: "t".into(),
-            payload: TickPayload::Fixed(bytes::Bytes::new()),
         }
     }
 

@@ -2,6 +2,7 @@
 //! idempotency key are read), and the event types they take in (a name, and a JSON Schema
 //! compiled once).
 
+use super::poll::Poll;
 use super::raw::{RawEventType, RawField, RawSource};
 use super::schedule::Schedule;
 use super::verify::{BodyFormat, Verify};
@@ -21,6 +22,16 @@ pub struct Source {
     pub cloudevents_batch: bool,
     /// A schedule source's ticks; `None` for a webhook source.
     pub schedule: Option<Box<Schedule>>,
+    /// A polling source's request and how its answer is read.
+    pub poll: Option<Box<Poll>>,
+}
+
+impl Source {
+    /// Whether requests to `/in/{id}` are this source's input (a schedule or a polling source
+    /// makes its own events).
+    pub fn is_webhook(&self) -> bool {
+        self.schedule.is_none() && self.poll.is_none()
+    }
 }
 
 /// Where a value is read from in an incoming request.
@@ -95,19 +106,38 @@ impl Checker<'_> {
                     format: BodyFormat::Json,
                     cloudevents_batch: false,
                     schedule: Some(Box::new(schedule)),
+                    poll: None,
                 });
             }
             "poll" => {
-                self.error(
-                    place.to_string(),
-                    "source kind `poll` is not available yet; `webhook` and `schedule` are",
-                );
-                return None;
+                let poll = self.poll(place, &mut raw, settings)?;
+                let event_type = match raw.event_type.take() {
+                    Some(f) => self.field(place, "event_type", f)?,
+                    None => FieldRef::Body(Expr::new(".type").ok()?),
+                };
+                if raw.idempotency_key.is_some() {
+                    self.error(
+                        place.to_string(),
+                        "`idempotency_key` does not apply to a polling source: `item_id` is each event's key",
+                    );
+                }
+                return Some(Source {
+                    id: raw.id,
+                    verify: Verify::None,
+                    event_type,
+                    idempotency_key: Some(FieldRef::Body(poll.item_id.clone())),
+                    format: BodyFormat::Json,
+                    cloudevents_batch: false,
+                    schedule: None,
+                    poll: Some(Box::new(poll)),
+                });
             }
             other => {
                 self.error(
                     place.to_string(),
-                    format!("unknown source kind `{other}`; expected `webhook` or `schedule`"),
+                    format!(
+                        "unknown source kind `{other}`; expected `webhook`, `schedule` or `poll`"
+                    ),
                 );
                 return None;
             }
@@ -122,6 +152,23 @@ impl Checker<'_> {
                 self.error(
                     place.to_string(),
                     format!("`{field}` applies only to a schedule source"),
+                );
+            }
+        }
+        for (field, given) in [
+            ("request", raw.request.is_some()),
+            ("every", raw.every.is_some()),
+            ("items", raw.items.is_some()),
+            ("item_id", raw.item_id.is_some()),
+            ("cursor", raw.cursor.is_some()),
+            ("pagination", raw.pagination.is_some()),
+            ("max_pages", raw.max_pages.is_some()),
+            ("backfill", raw.backfill.is_some()),
+        ] {
+            if given {
+                self.error(
+                    place.to_string(),
+                    format!("`{field}` applies only to a polling source"),
                 );
             }
         }
@@ -174,6 +221,7 @@ impl Checker<'_> {
             format,
             cloudevents_batch: raw.cloudevents.is_some_and(|c| c.batch),
             schedule: None,
+            poll: None,
         })
     }
 

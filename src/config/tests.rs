@@ -804,3 +804,94 @@ fn formats_are_checked() {
     let config = load("sources: [ { id: tw, kind: webhook, verify: { scheme: twilio, secret: s, url: 'https://x.example/in/tw' } } ]").unwrap();
     assert_eq!(config.sources["tw"].format, crate::config::BodyFormat::Form);
 }
+
+#[test]
+fn polling_sources_say_what_is_wrong_with_them() {
+    let one = |fields: &str| {
+        errors(&format!(
+            "settings: {{ allow_private_destinations: true }}\nsources: [ {{ id: p, kind: poll, {fields} }} ]"
+        ))
+        .join("\n")
+    };
+    let request = "request: { url: 'http://127.0.0.1:9/t' }";
+    for (fields, says) in [
+        (
+            "every: 1m, item_id: .id".to_string(),
+            "`request` is required",
+        ),
+        (format!("{request}, item_id: .id"), "needs `every`"),
+        (format!("{request}, every: 1m"), "`item_id` is required"),
+        (
+            format!("{request}, every: 1m, cron: '* * * * *', item_id: .id"),
+            "not both",
+        ),
+        (format!("{request}, every: 10ms, item_id: .id"), "at least"),
+        (
+            format!("{request}, every: 1m, timezone: UTC, item_id: .id"),
+            "goes with `cron`",
+        ),
+        (
+            "request: { url: 'http://127.0.0.1:9/t?since={{ .x }}' }, every: 1m, item_id: .id"
+                .to_string(),
+            "no `{{ }}` placeholders",
+        ),
+        (
+            "request: { url: 'http://127.0.0.1:9/t', body: '{}' }, every: 1m, item_id: .id"
+                .to_string(),
+            "`request.body` does not apply",
+        ),
+        (
+            "request: { url: 'ftp://127.0.0.1:9/t' }, every: 1m, item_id: .id".to_string(),
+            "not http or https",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, backfill: false"),
+            "needs `cursor`",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, max_pages: 0"),
+            "use 1 to 1000",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, pagination: {{ kind: scroll }}"),
+            "not one of link, next_url, cursor, page",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, pagination: {{ kind: next_url }}"),
+            "`pagination.path` is required",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, pagination: {{ kind: link, param: p }}"),
+            "does not apply to `kind: link`",
+        ),
+        (
+            format!(
+                "{request}, every: 1m, item_id: .id, pagination: {{ kind: page, param: 'a&b' }}"
+            ),
+            "query parameter's name",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, cursor: {{ path: .u, param: '' }}"),
+            "query parameter's name",
+        ),
+        (
+            format!("{request}, every: 1m, item_id: .id, verify: {{ scheme: none }}"),
+            "does not apply to a polling source",
+        ),
+        (
+            format!(
+                "{request}, every: 1m, item_id: .id, idempotency_key: {{ from: body, path: .id }}"
+            ),
+            "`item_id` is each event's key",
+        ),
+    ] {
+        let found = one(&fields);
+        assert!(found.contains(says), "{fields}: {found}");
+    }
+    let found =
+        errors("sources: [ { id: w, kind: webhook, verify: { scheme: none }, every: 1m } ]")
+            .join("\n");
+    assert!(found.contains("only to a polling source"), "{found}");
+    let found = errors("sources: [ { id: w, kind: webhook, verify: { scheme: none } } ]\nalerts: [ { id: a, when: { source_failing: { source: w } }, notify: [] } ]").join("\n");
+    assert!(found.contains("not a polling source"), "{found}");
+}

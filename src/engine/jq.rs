@@ -474,6 +474,43 @@ impl Programs {
         }
     }
 
+    /// Every output of `expr` on `input` as JSON text (a polling source's items), refused past
+    /// `max_items` outputs or `max_bytes` bytes in all.
+    pub fn outputs(
+        &mut self,
+        expr: &Expr,
+        input: &Value,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<String>, String> {
+        let program = self.get(expr)?;
+        let scope = Scope::default();
+        let mut vars = vec![scope.event.clone(), scope.steps.clone()];
+        vars.extend(program.which.map(Value::from));
+        let ctx = Ctx::<JustLut<Value>>::new(&program.filter.lut, Vars::new(vars));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for output in program.filter.id.run((ctx, input.clone())) {
+            let value = output.map_err(|exn| {
+                let message = match exn.get_err() {
+                    Ok(err) => err.to_string(),
+                    Err(_) => "the program called `halt`, which is not allowed here".to_string(),
+                };
+                format!("jq expression `{}` failed: {message}", expr.code())
+            })?;
+            let text = value.to_string();
+            bytes = bytes.saturating_add(text.len());
+            if out.len() >= max_items || bytes > max_bytes {
+                return Err(format!(
+                    "jq expression `{}` gave more than {max_items} outputs or {max_bytes} bytes",
+                    expr.code()
+                ));
+            }
+            out.push(text);
+        }
+        Ok(out)
+    }
+
     /// jq truthiness of the first output: anything but `false` and `null` is true; no output
     /// is false.
     pub fn truthy(&mut self, expr: &Expr, input: &Value) -> Result<bool, String> {

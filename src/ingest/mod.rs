@@ -12,6 +12,7 @@ mod body;
 mod fields;
 mod formats;
 mod handshake;
+pub mod poll;
 pub mod schedule;
 pub mod verify;
 
@@ -286,13 +287,13 @@ impl Intake<'_> {
 
     fn source(&self) -> Result<Arc<Source>, Refusal> {
         let source = self.config.sources.get(self.source_id).cloned();
-        if source.as_ref().is_some_and(|s| s.schedule.is_some()) {
+        if source.as_ref().is_some_and(|s| !s.is_webhook()) {
             return Err(Refusal::refused(
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "not_a_webhook",
                     format!(
-                        "source `{}` is a schedule: it makes its own events and takes no requests",
+                        "source `{}` is a schedule or a polling source: it makes its own events and takes no requests",
                         self.source_id
                     ),
                 ),
@@ -697,7 +698,7 @@ impl Intake<'_> {
 }
 
 /// What an event made inside Ferry (a schedule's tick) is, where a webhook's is read from
-/// its request.
+/// its request (a polled item's are read from the item, as a webhook's from its body).
 pub(crate) struct Given {
     pub event_type: String,
     pub idempotency_key: Option<String>,
@@ -711,7 +712,7 @@ pub(crate) async fn emit(
     app: &AppState,
     source_id: &str,
     payload: Bytes,
-    given: Given,
+    given: Option<Given>,
 ) -> Result<(String, bool), String> {
     let config = app.config.get();
     let Some(source) = config.sources.get(source_id).cloned() else {
@@ -735,7 +736,7 @@ pub(crate) async fn emit(
     };
     let mut held = Some(share);
     match intake
-        .take_event(&source, payload, &mut held, Some(&given))
+        .take_event(&source, payload, &mut held, given.as_ref())
         .await
     {
         Ok(taken) => Ok((taken.event_id, taken.duplicate)),

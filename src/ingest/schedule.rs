@@ -56,7 +56,7 @@ fn follow_all(config: &crate::config::Config, now: Millis) -> HashMap<String, Fo
                 source.id.clone(),
                 Following {
                     source: source.clone(),
-                    next: schedule.next_after(now),
+                    next: schedule.ticks.next_after(now),
                     taken_up_at: Some(now),
                 },
             ))
@@ -127,7 +127,7 @@ async fn tick_due(
             f.source
                 .schedule
                 .as_deref()
-                .is_some_and(|s| s.same_ticks(schedule))
+                .is_some_and(|s| s.ticks.same_ticks(&schedule.ticks))
         });
         if !same {
             // New since start (through the API), or its pattern or time zone changed.
@@ -135,7 +135,7 @@ async fn tick_due(
                 source.id.clone(),
                 Following {
                     source: source.clone(),
-                    next: schedule.next_after(looked_at.min(now)),
+                    next: schedule.ticks.next_after(looked_at.min(now)),
                     taken_up_at: None,
                 },
             );
@@ -147,7 +147,7 @@ async fn tick_due(
         f.source = source.clone();
         if let Some(taken_up) = f.taken_up_at.take()
             && schedule.missed == Missed::RunOnce
-            && let Some(latest) = schedule.latest_at_or_before(taken_up)
+            && let Some(latest) = schedule.ticks.latest_at_or_before(taken_up)
             && last_event.get(&source.id).is_some_and(|at| *at < latest)
         {
             // A tick missed while Ferry was down (or no node held the lead).
@@ -156,7 +156,7 @@ async fn tick_due(
         if let Some(at) = f.next.filter(|at| *at <= now) {
             fire(app, &source.id, schedule, at).await;
             // Ticks passed while this one ran (or while the process was held up) are one.
-            f.next = schedule.next_after(now.max(at));
+            f.next = schedule.ticks.next_after(now.max(at));
         }
     }
     now
@@ -171,8 +171,8 @@ async fn fire(app: &AppState, source_id: &str, schedule: &Schedule, at: Millis) 
             let tick = serde_json::json!({
                 "source": source_id,
                 "scheduled_at": scheduled_at,
-                "local_time": schedule.local_time(at),
-                "timezone": schedule.timezone_name,
+                "local_time": schedule.ticks.local_time(at),
+                "timezone": schedule.ticks.timezone_name,
             });
             let input = serde_json::to_vec(&tick).unwrap_or_default();
             let made = match app.sandbox.read(expr, &input).await {
@@ -201,7 +201,7 @@ async fn fire(app: &AppState, source_id: &str, schedule: &Schedule, at: Millis) 
         event_type: schedule.event_type.clone(),
         idempotency_key: Some(format!("tick:{scheduled_at}")),
     };
-    match super::emit(app, source_id, payload, given).await {
+    match super::emit(app, source_id, payload, Some(given)).await {
         Ok((event_id, duplicate)) => {
             tracing::info!(source = %source_id, %scheduled_at, %event_id, duplicate, "schedule ticked")
         }

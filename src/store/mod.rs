@@ -370,6 +370,12 @@ pub(crate) enum WriteOp {
         change: Option<AlertChange>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    SaveSourceState {
+        source: String,
+        state: String,
+        at: Millis,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     CreateToken {
         token: NewToken,
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -848,6 +854,26 @@ impl Store {
         self.ask(|reply| WriteOp::SaveAlert {
             state,
             change,
+            reply,
+        })
+        .await
+    }
+
+    /// Keeps what a polling source needs at its next poll (JSON), replacing what it kept.
+    pub async fn save_source_state(
+        &self,
+        source: &str,
+        state: String,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let source = source.to_string();
+        if let Backend::Postgres(c) = &self.backend {
+            return c.pg.save_source_state(source, state, at).await;
+        }
+        self.ask(|reply| WriteOp::SaveSourceState {
+            source,
+            state,
+            at,
             reply,
         })
         .await

@@ -551,6 +551,23 @@ impl Store {
     }
 
     /// Every alert rule's stored state, by rule id.
+    /// What a polling source kept at its last poll (JSON), if it kept anything.
+    pub async fn source_state(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let source = source.to_string();
+        if let Some(c) = self.clustered() {
+            return c.pg.source_state(&source).await;
+        }
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(
+                c.prepare_cached("SELECT state FROM source_states WHERE source = ?1")?
+                    .query_row([&source], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
     pub async fn alert_states(&self) -> Result<Vec<AlertState>, StoreError> {
         if let Some(c) = self.clustered() {
             return c.pg.alert_states().await;

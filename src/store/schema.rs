@@ -152,6 +152,14 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     revoked_at INTEGER
 );
 
+-- What a polling source keeps between polls (its cursor, the last ETag), as JSON, so that a
+-- restart goes on from there.
+CREATE TABLE IF NOT EXISTS source_states (
+    source TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
 -- The state of each alert rule, so that a restart neither repeats nor forgets a notice.
 CREATE TABLE IF NOT EXISTS alert_states (
     alert_id TEXT PRIMARY KEY,

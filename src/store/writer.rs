@@ -401,6 +401,22 @@ fn apply(
             let r = save_alert(tx, &state, change.as_ref());
             replies.push(Reply::Done(reply, r));
         }
+        WriteOp::SaveSourceState {
+            source,
+            state,
+            at,
+            reply,
+        } => {
+            let r = tx
+                .prepare_cached(
+                    "INSERT INTO source_states (source, state, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (source) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                )
+                .and_then(|mut s| s.execute(params![source, state, at]))
+                .map(|_| ())
+                .map_err(StoreError::from);
+            replies.push(Reply::Done(reply, r));
+        }
         WriteOp::CreateToken { token, reply } => {
             let r = tx
                 .prepare_cached("INSERT INTO api_tokens (id, name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -592,6 +608,7 @@ fn refuse(op: WriteOp, error: impl Fn() -> StoreError) {
         WriteOp::RevokeToken { reply, .. } => answer(reply, Err(e), None),
         WriteOp::SetPaused { reply, .. }
         | WriteOp::SaveAlert { reply, .. }
+        | WriteOp::SaveSourceState { reply, .. }
         | WriteOp::CreateToken { reply, .. }
         | WriteOp::ConfigChange { reply, .. }
         | WriteOp::Reseal { reply, .. }

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub failed_runs: Gauge,
     pub circuit_state: Family<Labels, Gauge>,
     pub destination_paused: Family<Labels, Gauge>,
+    pub poll_failures: Family<Labels, Counter>,
+    pub source_failing: Family<Labels, Gauge>,
     pub alert_firing: Family<Labels, Gauge>,
     pub store_writable: Gauge,
     pub store_failed_writes: Counter,
@@ -140,6 +142,8 @@ impl Metrics {
             failed_runs: Gauge::default(),
             circuit_state: Family::default(),
             destination_paused: Family::default(),
+            poll_failures: Family::default(),
+            source_failing: Family::default(),
             alert_firing: Family::default(),
             store_writable: Gauge::default(),
             store_failed_writes: Counter::default(),
@@ -236,6 +240,16 @@ impl Metrics {
             "destination_paused",
             "1 when the destination is paused (by hand or automatically), by destination",
             m.destination_paused.clone(),
+        );
+        registry.register(
+            "source_poll_failures",
+            "Polls of a polling source that failed (an upstream error, a 429, a network error), by source",
+            m.poll_failures.clone(),
+        );
+        registry.register(
+            "source_failing",
+            "Consecutive failed polls of a polling source (0 after a poll that worked), by source",
+            m.source_failing.clone(),
         );
         registry.register(
             "alert_firing",

@@ -19,3 +19,4 @@ mod pg_nodes;
 mod pg_reads;
 mod pg_writes;
 mod providers;
+mod review24;

@@ -26,6 +26,7 @@ const TABLES: &[&str] = &[
     "run_jobs",
     "runs",
     "schema_versions",
+    "source_states",
 ];
 
 /// `ferry migrate` with `args` and the environment variables `env`, without the

@@ -277,7 +277,13 @@ fn looks_sealed(text: &str) -> bool {
 pub fn places(kind: ObjectKind, spec: &Value) -> Vec<Place> {
     let mut out = Vec::new();
     match kind {
-        ObjectKind::Source => holder_places(Holder::Source, spec, "", &mut out),
+        ObjectKind::Source => {
+            holder_places(Holder::Source, spec, "", &mut out);
+            // A polling source's request holds secrets where an `http` step does.
+            if let Some(request) = spec.get("request") {
+                holder_places(Holder::HttpStep, request, "/request", &mut out);
+            }
+        }
         ObjectKind::Destination => holder_places(Holder::Destination, spec, "", &mut out),
         ObjectKind::Flow => {
             if let Some(steps) = spec.get("steps") {

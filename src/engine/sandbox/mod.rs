@@ -508,6 +508,22 @@ impl Sandbox {
         }
     }
 
+    /// Every output of `expr` on `payload` as JSON text: the items of a polling source's page.
+    pub async fn items(
+        &self,
+        expr: &Expr,
+        payload: &[u8],
+    ) -> Result<Result<Vec<String>, String>, SandboxError> {
+        let request = Request::Items {
+            expr: expr.clone(),
+            payload: raw_json(payload)?,
+        };
+        match self.call(&request).await? {
+            Response::Items(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sends `request` to a free worker and waits for its answer, within the limits.
     async fn call(&self, request: &Request<'_>) -> Result<Response, SandboxError> {
         self.call_within(request, self.inner.limits.time).await

@@ -16,6 +16,10 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Longest string a worker answers for a source's event type or idempotency key.
 pub const MAX_READ: usize = 64 * 1024;
 
+/// The most items one page of a polling source may give, and their bytes in all.
+pub const MAX_ITEMS: usize = 10_000;
+pub const MAX_ITEMS_BYTES: usize = 16 * 1024 * 1024;
+
 /// A flow's program as JSON, with a digest of that text so that a worker compiles each program
 /// once (`Flow::wire`).
 #[derive(Serialize, Deserialize)]
@@ -80,6 +84,12 @@ pub enum Request<'a> {
         #[serde(borrow)]
         payload: &'a RawValue,
     },
+    /// Every output of `expr` as JSON text (a polling source's items of a page).
+    Items {
+        expr: Expr,
+        #[serde(borrow)]
+        payload: &'a RawValue,
+    },
 }
 
 /// What one run's steps did, and the context they left.
@@ -100,6 +110,7 @@ pub enum Response {
     Rendered(Result<Rendered, String>),
     Truthy(Vec<Result<bool, String>>),
     Read(Result<Option<String>, String>),
+    Items(Result<Vec<String>, String>),
     /// The worker could not read the request, or a panic stopped it.
     Refused(String),
 }

@@ -4,7 +4,8 @@
 //! Ferry happens here.
 
 use super::protocol::{
-    Context, MAX_READ, ProgramRef, Ran, Request, Response, announced_length, frame,
+    Context, MAX_ITEMS, MAX_ITEMS_BYTES, MAX_READ, ProgramRef, Ran, Request, Response,
+    announced_length, frame,
 };
 use crate::config::program::Program;
 use crate::engine::jq::{Programs, parse_value};
@@ -177,6 +178,12 @@ impl Worker {
                         other => Ok(other),
                     }),
             ),
+            Request::Items { expr, payload } => {
+                Response::Items(parse_value(payload.get().as_bytes()).and_then(|value| {
+                    self.programs
+                        .outputs(&expr, &value, MAX_ITEMS, MAX_ITEMS_BYTES)
+                }))
+            }
         }
     }
 

@@ -934,6 +934,18 @@ impl PgStore {
     }
 
     /// The latest event time of each source that has any, by source.
+    pub async fn source_state(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn().await?;
+        let found = query_map(
+            &conn,
+            "SELECT state FROM source_states WHERE source = $1",
+            &[&source],
+            |r| get(r, 0),
+        )
+        .await?;
+        Ok(found.into_iter().next())
+    }
+
     pub async fn last_event_per_source(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         let conn = self.conn().await?;
         query_map(

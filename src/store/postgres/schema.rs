@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "held delivery jobs",
         sql: HELD_JOBS_4,
     },
+    Migration {
+        version: 5,
+        name: "polling sources' states",
+        sql: SOURCE_STATES_5,
+    },
 ];
 
 /// The version of the last migration: the one this binary brings a database to.
@@ -387,6 +392,15 @@ ALTER TABLE ferry_nodes ADD COLUMN number BIGINT;
 /// retry: a resume makes the held ones due at once, and the others keep their times.
 const HELD_JOBS_4: &str = r#"
 ALTER TABLE delivery_jobs ADD COLUMN held BOOLEAN NOT NULL DEFAULT false;
+"#;
+
+/// What a polling source keeps between polls (its cursor, the last ETag), as JSON.
+const SOURCE_STATES_5: &str = r#"
+CREATE TABLE source_states (
+    source TEXT COLLATE "C" PRIMARY KEY,
+    state TEXT COLLATE "C" NOT NULL,
+    updated_at BIGINT NOT NULL
+);
 "#;
 
 #[cfg(test)]

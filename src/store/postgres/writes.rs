@@ -155,6 +155,23 @@ impl PgStore {
         finish(tx, result).await
     }
 
+    pub async fn save_source_state(
+        &self,
+        source: String,
+        state: String,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO source_states (source, state, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (source) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            &[&source, &state, &at],
+        )
+        .await
+        .map_err(q)?;
+        Ok(())
+    }
+
     pub async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         conn.execute(
