@@ -73,6 +73,10 @@ pub struct PollState {
     /// When the last poll ended (worked or not).
     #[serde(default)]
     pub polled_at: Millis,
+    /// When a poll last read all its pages: never, for a source whose first poll is still to
+    /// come (a failed first poll does not count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worked_at: Option<Millis>,
 }
 
 /// The most pages one poll may follow.

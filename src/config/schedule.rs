@@ -153,6 +153,12 @@ impl Checker<'_> {
             }
             (payload, None) => {
                 let value = payload.unwrap_or_else(|| serde_json::json!({}));
+                if !value.is_object() {
+                    self.error(
+                        place.to_string(),
+                        "`emit.payload` must be an object, as a template's output must",
+                    );
+                }
                 // A value from YAML always serialises.
                 TickPayload::Fixed(serde_json::to_vec(&value).unwrap_or_default().into())
             }

@@ -192,14 +192,15 @@ impl Checker<'_> {
                 "`cloudevents` applies only to a source with `format: cloudevents`",
             );
         }
-        // A CloudEvent names its own type and id: `type`, and `source` with `id`.
+        // A CloudEvent names its own type and id: `type`, and `source` with `id` (as a JSON
+        // pair, so that no two different pairs make one key).
         let (type_default, key_default) = if format == BodyFormat::CloudEvents {
             (
                 Some(RawField::Body {
                     path: ".type".into(),
                 }),
                 Some(RawField::Body {
-                    path: r#""\(.source) \(.id)""#.into(),
+                    path: "[.source, .id] | tojson".into(),
                 }),
             )
         } else {

@@ -494,9 +494,13 @@ impl Checker<'_> {
         let secret = self.required_secret(place, raw.secret);
         let key = match raw.secret_encoding.as_deref().unwrap_or("text") {
             "text" => secret.into_bytes(),
+            // The decoder's message names a character of the secret and its place: not shown.
             "base64" => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &secret)
-                .unwrap_or_else(|e| {
-                    error(self, format!("`verify.secret` is not base64: {e}"));
+                .unwrap_or_else(|_| {
+                    error(
+                        self,
+                        "`verify.secret` is not base64 (standard alphabet, padded)".into(),
+                    );
                     Vec::new()
                 }),
             "whsec" => crate::config::secret::decode_secret(&secret).unwrap_or_else(|e| {
@@ -651,17 +655,20 @@ impl Checker<'_> {
                 Ok(parsed) if parsed.query().is_some() || parsed.fragment().is_some() => {
                     self.error(
                         place.to_string(),
-                        format!("`verify.url`: give `{}` without its query string (the request's own query string is added to it)", shown_url(&parsed)),
+                        format!("`verify.url`: give `{}` without its query string or fragment (the request's own query string is added to it)", shown_url(&parsed)),
                     );
-                    None
+                    Some(u)
                 }
                 Ok(_) => Some(u),
                 Err(e) => {
                     self.error(
                         place.to_string(),
-                        format!("`verify.url`: `{u}` is not a URL ({e})"),
+                        format!(
+                            "`verify.url`: `{}` is not a URL ({e})",
+                            crate::config::redact::url::shown(&u, &[])
+                        ),
                     );
-                    None
+                    Some(u)
                 }
             },
             None => settings
@@ -694,12 +701,12 @@ impl Checker<'_> {
     }
 }
 
-/// A URL without its query string and fragment, for a message.
+/// A URL without its query string and fragment, and its password masked, for a message.
 fn shown_url(url: &url::Url) -> String {
     let mut bare = url.clone();
     bare.set_query(None);
     bare.set_fragment(None);
-    bare.to_string()
+    crate::config::redact::url::shown(bare.as_str(), &[])
 }
 
 impl Preset {

@@ -1,5 +1,6 @@
-//! The sources pages: each source's ingest URL to paste into the sending app (built from
-//! `settings.public_url`), how its requests are verified, where its event type and
+//! The sources pages: each webhook source's ingest URL to paste into the sending app (built
+//! from `settings.public_url`), a schedule's or a polling source's timing and a polling
+//! source's health (its failures in a row and the last reason), how requests are verified, where its event type and
 //! idempotency key come from, its last event; a source's page adds its recent events and its
 //! refusals from the rejected log with each one's reason (`GET /api/v1/events?source=`,
 //! `GET /api/v1/rejections`).
@@ -19,7 +20,12 @@ const LISTED: usize = 20;
 
 pub struct SourceLine {
     pub id: String,
+    /// `webhook`, `schedule` or `poll`.
+    pub kind: &'static str,
+    /// A webhook's address; a schedule's or a poll's timing.
     pub ingest_url: String,
+    /// A polling source's health: how its last polls went.
+    pub health: Option<Health>,
     pub verification: String,
     pub event_type: String,
     pub idempotency_key: String,
@@ -84,11 +90,90 @@ fn field(field: &FieldRef) -> String {
     }
 }
 
-fn line(app: &AppState, base: &str, source: &Source) -> SourceLine {
+/// How a polling source's last polls went, from what it keeps in the store.
+pub struct Health {
+    pub failing: bool,
+    pub text: String,
+}
+
+async fn health(app: &AppState, source: &Source) -> Option<Health> {
+    source.poll.as_ref()?;
+    let state: crate::config::poll::PollState = match app.store.source_state(&source.id).await {
+        Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
+        Ok(None) => {
+            return Some(Health {
+                failing: false,
+                text: "not polled yet".into(),
+            });
+        }
+        Err(e) => {
+            return Some(Health {
+                failing: true,
+                text: format!("its state cannot be read: {e}"),
+            });
+        }
+    };
+    let worked = state
+        .worked_at
+        .map(crate::clock::rfc3339)
+        .unwrap_or_else(|| "never".into());
+    Some(if state.failures > 0 {
+        Health {
+            failing: true,
+            text: format!(
+                "failing: {} poll{} in a row; the last: {}; last worked: {worked}",
+                state.failures,
+                if state.failures == 1 { "" } else { "s" },
+                state.last_error.as_deref().unwrap_or("no reason kept")
+            ),
+        }
+    } else {
+        Health {
+            failing: false,
+            text: format!("polling; last worked: {worked}"),
+        }
+    })
+}
+
+/// When a schedule ticks or a source polls, in words.
+fn timing(source: &Source) -> Option<String> {
+    let ticks =
+        |t: &crate::config::schedule::Ticks| format!("cron `{}` in {}", t.pattern, t.timezone_name);
+    if let Some(s) = &source.schedule {
+        return Some(format!(
+            "ticks on {}, emits `{}`",
+            ticks(&s.ticks),
+            s.event_type
+        ));
+    }
+    let poll = source.poll.as_ref()?;
+    let when = match &poll.when {
+        crate::config::poll::PollWhen::Every(every) => {
+            format!("every {}", humantime::format_duration(*every))
+        }
+        crate::config::poll::PollWhen::Cron(t) => format!("on {}", ticks(t)),
+    };
+    Some(format!(
+        "polls {} {when}",
+        crate::config::redact::url::shown(poll.url.as_str(), &poll.request.secret_query_params)
+    ))
+}
+
+async fn line(app: &AppState, base: &str, source: &Source) -> SourceLine {
     let last = app.activity.last(&source.id);
+    let kind = if source.schedule.is_some() {
+        "schedule"
+    } else if source.poll.is_some() {
+        "poll"
+    } else {
+        "webhook"
+    };
     SourceLine {
         id: source.id.clone(),
-        ingest_url: format!("{base}/in/{}", crate::ids::in_path(&source.id)),
+        kind,
+        ingest_url: timing(source)
+            .unwrap_or_else(|| format!("{base}/in/{}", crate::ids::in_path(&source.id))),
+        health: health(app, source).await,
         verification: verification(&source.verify),
         event_type: field(&source.event_type),
         idempotency_key: source
@@ -117,11 +202,10 @@ struct SourcesPage {
 pub async fn list(viewer: Viewer, State(app): State<AppState>, headers: HeaderMap) -> Response {
     let config = app.config.get();
     let base = base_url(&config, &headers);
-    let sources = config
-        .sources
-        .values()
-        .map(|s| line(&app, &base, s))
-        .collect();
+    let mut sources = Vec::with_capacity(config.sources.len());
+    for s in config.sources.values() {
+        sources.push(line(&app, &base, s).await);
+    }
     page(
         SourcesPage {
             viewer: Some(viewer),
@@ -165,7 +249,7 @@ pub async fn show(
         SourcePage {
             viewer: Some(viewer),
             page: "sources",
-            source: line(&app, &base, source),
+            source: line(&app, &base, source).await,
             public_url_set: config.settings.public_url.is_some(),
             events,
             rejections,

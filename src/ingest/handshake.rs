@@ -3,29 +3,49 @@
 //! are answered only after the request's signature is verified: Zoom's answer is an HMAC under
 //! the source's secret, which an unverified sender must not be able to ask for.
 
+use crate::api::error::ApiError;
 use crate::config::verify::{Handshake, SignatureScheme};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// The answer to a handshake, or `None` when the body is an ordinary event. A body that is
-/// not JSON is left for the ingest path to refuse.
-pub(super) fn answer(scheme: &SignatureScheme, body: &[u8]) -> Option<Response> {
+/// The answer to a handshake, or `None` when the body is an ordinary event. A body that says
+/// it is the provider's check but lacks its token is refused (`Err`), not taken as an event.
+/// A body that is not JSON is left for the ingest path to refuse.
+pub(super) fn answer(scheme: &SignatureScheme, body: &[u8]) -> Option<Result<Response, ApiError>> {
     let handshake = scheme.handshake?;
     crate::json::check_depth(body).ok()?;
     let value: Value = serde_json::from_slice(body).ok()?;
+    let malformed = |what: &str| {
+        Some(Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_handshake",
+            format!("{what}; nothing was stored"),
+        )))
+    };
     let answer = match handshake {
         Handshake::SlackUrlVerification => {
-            if value.get("type")?.as_str()? != "url_verification" {
+            if value.get("type").and_then(Value::as_str) != Some("url_verification") {
                 return None;
             }
-            json!({"challenge": value.get("challenge")?.as_str()?})
+            let Some(challenge) = value.get("challenge").and_then(Value::as_str) else {
+                return malformed("a Slack `url_verification` without a string `challenge`");
+            };
+            json!({"challenge": challenge})
         }
         Handshake::ZoomUrlValidation => {
-            if value.get("event")?.as_str()? != "endpoint.url_validation" {
+            if value.get("event").and_then(Value::as_str) != Some("endpoint.url_validation") {
                 return None;
             }
-            let plain = value.get("payload")?.get("plainToken")?.as_str()?;
+            let plain = value
+                .get("payload")
+                .and_then(|p| p.get("plainToken"))
+                .and_then(Value::as_str);
+            let Some(plain) = plain else {
+                return malformed(
+                    "a Zoom `endpoint.url_validation` without a string `payload.plainToken`",
+                );
+            };
             json!({
                 "plainToken": plain,
                 "encryptedToken": super::verify::zoom_token(&scheme.key, plain),
@@ -33,7 +53,7 @@ pub(super) fn answer(scheme: &SignatureScheme, body: &[u8]) -> Option<Response> 
         }
     };
     tracing::info!(scheme = %scheme.name, "answered the provider's endpoint check");
-    Some((StatusCode::OK, axum::Json(answer)).into_response())
+    Some(Ok((StatusCode::OK, axum::Json(answer)).into_response()))
 }
 
 /// CloudEvents' abuse protection (the HTTP 1.1 Web Hooks for Event Delivery spec): an
@@ -46,7 +66,6 @@ pub async fn abuse_check(
     axum::extract::Path(source_id): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    use crate::api::error::ApiError;
     use axum::http::{HeaderValue, header};
     let config = app.config.get();
     let Some(source) = config.sources.get(&source_id) else {
@@ -57,6 +76,18 @@ pub async fn abuse_check(
         )
         .into_response();
     };
+    if !source.is_webhook() {
+        let mut answer = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not_a_webhook",
+            format!("source `{source_id}` is a schedule or a polling source: it takes no requests"),
+        )
+        .into_response();
+        answer
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(""));
+        return answer;
+    }
     let allow = [(header::ALLOW, HeaderValue::from_static("POST"))];
     if source.format != crate::config::BodyFormat::CloudEvents {
         let mut answer = ApiError::new(

@@ -185,7 +185,7 @@ impl Intake<'_> {
         if let Verify::Signature(scheme) = &source.verify
             && let Some(answer) = handshake::answer(scheme, &bytes)
         {
-            return Ok(answer);
+            return answer.map_err(|e| Refusal::refused(e, &bytes));
         }
         let refused = |error| Refusal::refused(error, &bytes);
         let payloads = match source.format {
@@ -198,6 +198,16 @@ impl Intake<'_> {
                     .map_err(refused)?
             }
         };
+        // A payload made from the body (a form's object, a binary CloudEvent) is held beside
+        // it: counted too.
+        if let formats::Payloads::One(payload) = &payloads
+            && payload.as_ptr() != bytes.as_ptr()
+            && !held.as_mut().is_some_and(|s| s.try_grow(payload.len()))
+        {
+            return Err(Refusal::not_taken(short_of_memory(
+                self.app.ingest_budget.limit(),
+            )));
+        }
         match payloads {
             formats::Payloads::One(payload) => {
                 let taken = self.take_event(&source, payload, held, None).await?;
@@ -224,17 +234,19 @@ impl Intake<'_> {
         }
     }
 
-    /// A CloudEvents batch: each event taken in turn, each under its own share of the ingest
-    /// budget. A batch is not one transaction: when an event is refused, those before it stay
+    /// A CloudEvents batch: each event taken in turn. A batch is not one transaction: when an event is refused, those before it stay
     /// taken, and the answer says which it was; sending the batch again is safe, since each
     /// event's `source` and `id` are its idempotency key.
     async fn take_batch(&self, source: &Source, payloads: Vec<Bytes>) -> Result<Response, Refusal> {
         let mut ids = Vec::with_capacity(payloads.len());
         for (n, payload) in payloads.into_iter().enumerate() {
-            let Some(share) = self.app.ingest_budget.try_take(payload.len()) else {
-                return Err(Refusal::not_taken(short_of_memory(
-                    self.app.ingest_budget.limit(),
-                )));
+            // The event is a slice of the body, whose share the request holds: its own share
+            // starts empty and counts what its plan adds.
+            let Some(share) = self.app.ingest_budget.try_take(0) else {
+                return Err(
+                    Refusal::not_taken(short_of_memory(self.app.ingest_budget.limit()))
+                        .in_batch(n, ids.len()),
+                );
             };
             let mut held = Some(share);
             let taken = self

@@ -163,8 +163,8 @@ async fn poll_once(app: &AppState, polling: &Polling, source: &Source) -> Millis
             return started + 5_000;
         }
     };
-    let first_poll = saved.is_none();
     let mut state = saved.unwrap_or_default();
+    let first_poll = state.worked_at.is_none();
     let outcome = pages(app, polling, source, poll, &mut state, first_poll).await;
     let now = app.clock.now_ms();
     state.polled_at = now;
@@ -172,6 +172,7 @@ async fn poll_once(app: &AppState, polling: &Polling, source: &Source) -> Millis
         Ok(()) => {
             state.failures = 0;
             state.last_error = None;
+            state.worked_at = Some(now);
             match &poll.when {
                 PollWhen::Every(every) => started.saturating_add(millis(*every)),
                 PollWhen::Cron(ticks) => ticks.next_after(now).unwrap_or(Millis::MAX),
@@ -270,7 +271,8 @@ async fn pages(
         if page == 1 && status == Some(304) {
             return Ok(());
         }
-        if !status.is_some_and(|s| (200..300).contains(&s)) {
+        // A 2xx whose body could not be read whole carries an error too.
+        if !status.is_some_and(|s| (200..300).contains(&s)) || response.error.is_some() {
             return Err(Failed {
                 error: format!(
                     "page {page} ({}): {}",
@@ -397,6 +399,30 @@ async fn take_item(
     }
     if first_poll && !poll.backfill {
         return;
+    }
+    // An item without an id would be taken again at every poll: refused instead.
+    match app.sandbox.read(&poll.item_id, item.as_bytes()).await {
+        Ok(Ok(Some(id))) if !id.is_empty() => {}
+        Ok(Ok(_)) => {
+            super::record_failure(
+                app,
+                &source.id,
+                "invalid_item",
+                format!(
+                    "an item without an id at `{}`; it was not taken",
+                    poll.item_id.code()
+                ),
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            super::record_failure(app, &source.id, "invalid_item", format!("`item_id`: {e}"));
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(source = %source.id, error = %e, "an item's id could not be read");
+            return;
+        }
     }
     if let Err(why) = super::emit(app, &source.id, item.into(), None).await {
         tracing::info!(source = %source.id, "an item was not taken: {why}");

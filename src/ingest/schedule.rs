@@ -151,15 +151,30 @@ async fn tick_due(
             && last_event.get(&source.id).is_some_and(|at| *at < latest)
         {
             // A tick missed while Ferry was down (or no node held the lead).
-            fire(app, &source.id, schedule, latest).await;
+            spawn_fire(app, source.clone(), latest);
         }
         if let Some(at) = f.next.filter(|at| *at <= now) {
-            fire(app, &source.id, schedule, at).await;
-            // Ticks passed while this one ran (or while the process was held up) are one.
-            f.next = schedule.ticks.next_after(now.max(at));
+            // Ticks passed while the process was held up are one: the latest.
+            let latest = schedule
+                .ticks
+                .latest_at_or_before(now)
+                .unwrap_or(at)
+                .max(at);
+            spawn_fire(app, source.clone(), latest);
+            f.next = schedule.ticks.next_after(now.max(latest));
         }
     }
     now
+}
+
+/// Runs a tick in a task of its own: a slow template holds up no other schedule.
+fn spawn_fire(app: &AppState, source: std::sync::Arc<crate::config::Source>, at: Millis) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Some(schedule) = source.schedule.as_deref() {
+            fire(&app, &source.id, schedule, at).await;
+        }
+    });
 }
 
 /// Emits the event of the tick at `at`.

@@ -1140,3 +1140,35 @@ async fn the_builder_keeps_each_steps_secret_when_steps_move() {
     }
     assert_eq!(checked, 2, "both calls were made");
 }
+
+#[tokio::test]
+async fn a_failing_poller_and_a_schedule_show_on_the_sources_pages() {
+    // Port 9 (discard) refuses connections on loopback: every poll fails.
+    let app = spawn_app(
+        r#"
+settings: { allow_private_destinations: true }
+sources:
+  - { id: tickets, kind: poll, request: { url: "http://127.0.0.1:9/tickets" }, every: 1m, item_id: .id }
+  - { id: nightly, kind: schedule, cron: "0 2 * * *", timezone: Europe/Paris, emit: { event_type: report } }
+"#,
+    )
+    .await;
+    let admin = sign_in(&app, TOKEN).await;
+    wait_until("the first poll failed", || async {
+        get(&app, &admin, "/sources/tickets").await.1.contains("failing: 1 poll in a row")
+    })
+    .await;
+    let (_, page) = get(&app, &admin, "/sources/tickets").await;
+    assert!(page.contains("polls http://127.0.0.1:9/tickets every 1m"), "{page}");
+    assert!(page.contains("last worked: never"), "{page}");
+    let (_, page) = get(&app, &admin, "/sources").await;
+    assert!(page.contains("failing: 1 poll in a row"), "{page}");
+    assert!(
+        page.contains("ticks on cron `0 2 * * *` in Europe/Paris, emits `report`"),
+        "{page}"
+    );
+    assert!(!page.contains("/in/nightly"), "a schedule has no ingest URL: {page}");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"ferry_source_failing{source="tickets"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"ferry_source_poll_failures_total{source="tickets"} 1"#), "{metrics}");
+}

@@ -757,3 +757,76 @@ pub fn signed_headers(body: &str, id: &str, timestamp: i64) -> Vec<(&'static str
         ("webhook-signature", sig),
     ]
 }
+
+/// The events of a source, oldest first, each with its stored detail (at most 100).
+pub async fn events_of(app: &TestApp, source: &str) -> Vec<serde_json::Value> {
+    let (status, list) = app
+        .api_get(&format!("/api/v1/events?source={source}&limit=100"))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let mut out = Vec::new();
+    for e in list["data"].as_array().unwrap().iter().rev() {
+        let (_, event) = app
+            .api_get(&format!("/api/v1/events/{}", e["id"].as_str().unwrap()))
+            .await;
+        out.push(event);
+    }
+    out
+}
+
+/// Waits until `source` has `n` events, and answers them: exactly `n`.
+pub async fn wait_count(app: &TestApp, source: &str, n: usize) -> Vec<serde_json::Value> {
+    wait_until(&format!("{n} events of {source}"), || async {
+        events_of(app, source).await.len() >= n
+    })
+    .await;
+    let events = events_of(app, source).await;
+    assert_eq!(events.len(), n, "exactly {n} events of {source}");
+    events
+}
+
+/// An RFC 3339 time in milliseconds.
+pub fn at(text: &str) -> i64 {
+    ferry::clock::parse_rfc3339(text).unwrap()
+}
+
+/// Moves a test clock forward to `text`.
+pub fn set_clock(clock: &ManualClock, text: &str) {
+    use ferry::clock::Clock;
+    let by = at(text) - clock.now_ms();
+    assert!(by >= 0, "the clock goes forward only");
+    clock.advance(Duration::from_millis(by as u64));
+}
+
+/// Posts `body` with `headers` (no content type unless given) and answers the status and the
+/// JSON answer (`null` when it is not JSON). Used by modules of the `api` binary only.
+#[allow(dead_code)]
+pub async fn post_raw(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let mut request = app.http.post(app.url(path)).body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = request.send().await.unwrap();
+    let status = answer.status().as_u16();
+    let bytes = answer.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Stops an app and waits until nothing of it is left: its schedules and polls run no more
+/// (a process that stopped cannot), and its data directory may be opened again.
+pub async fn stop(app: TestApp) {
+    let weak = app.state.downgrade();
+    drop(app);
+    wait_until("the stopped app's state is gone", || async {
+        weak.upgrade().is_none()
+    })
+    .await;
+}

@@ -19,4 +19,4 @@ mod pg_nodes;
 mod pg_reads;
 mod pg_writes;
 mod providers;
-mod review24;
+mod sources_hostile;

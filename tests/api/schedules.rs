@@ -3,9 +3,8 @@
 //! and no tick is ever taken twice.
 
 use crate::helpers::*;
-use ferry::clock::{Clock, ManualClock};
+use ferry::clock::ManualClock;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const CONFIG: &str = r#"
 sources:
@@ -26,61 +25,13 @@ sources:
     emit: { event_type: tick.broken, template: 'error("no report today")' }
 "#;
 
-/// The events of a source, oldest first, each with its stored detail.
-async fn events_of(app: &TestApp, source: &str) -> Vec<Value> {
-    let (status, list) = app
-        .api_get(&format!("/api/v1/events?source={source}&limit=100"))
-        .await;
-    assert_eq!(status, 200, "{list}");
-    let mut out = Vec::new();
-    for e in list["data"].as_array().unwrap().iter().rev() {
-        let (_, event) = app
-            .api_get(&format!("/api/v1/events/{}", e["id"].as_str().unwrap()))
-            .await;
-        out.push(event);
-    }
-    out
-}
-
-async fn wait_count(app: &TestApp, source: &str, n: usize) -> Vec<Value> {
-    wait_until(&format!("{n} events of {source}"), || async {
-        events_of(app, source).await.len() >= n
-    })
-    .await;
-    let events = events_of(app, source).await;
-    assert_eq!(events.len(), n, "exactly {n} events of {source}");
-    events
-}
-
-fn at(text: &str) -> i64 {
-    ferry::clock::parse_rfc3339(text).unwrap()
-}
-
-/// Stops an app and waits until nothing of it is left: its schedules tick no more (a process
-/// that stopped cannot).
-async fn stop(app: TestApp) {
-    let weak = app.state.downgrade();
-    drop(app);
-    wait_until("the stopped app's state is gone", || async {
-        weak.upgrade().is_none()
-    })
-    .await;
-}
-
-/// Moves the clock to `text`.
-fn set(clock: &ManualClock, text: &str) {
-    let by = at(text) - clock.now_ms();
-    assert!(by >= 0);
-    clock.advance(Duration::from_millis(by as u64));
-}
-
 #[tokio::test]
 async fn ticks_become_events_and_a_restart_runs_a_missed_tick_once_or_skips_it() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(at("2026-12-06T10:02:30Z"));
     let app = spawn_app_at(CONFIG, dir.path(), clock.clone(), None).await;
 
-    set(&clock, "2026-12-06T10:05:00Z");
+    set_clock(&clock, "2026-12-06T10:05:00Z");
     let ticks = wait_count(&app, "every5", 1).await;
     assert_eq!(ticks[0]["event_type"], "tick.five");
     assert_eq!(ticks[0]["payload"], json!({"hello": "world"}));
@@ -92,8 +43,8 @@ async fn ticks_become_events_and_a_restart_runs_a_missed_tick_once_or_skips_it()
         json!({"at": "2026-12-06T10:05:00.000Z", "local": "2026-12-06T10:05:00+00:00", "tz": "UTC", "from": "skipper"})
     );
 
-    set(&clock, "2026-12-06T10:09:59Z");
-    set(&clock, "2026-12-06T10:10:00Z");
+    set_clock(&clock, "2026-12-06T10:09:59Z");
+    set_clock(&clock, "2026-12-06T10:10:00Z");
     let ticks = wait_count(&app, "every5", 2).await;
     assert_eq!(ticks[1]["idempotency_key"], "tick:2026-12-06T10:10:00.000Z");
     wait_count(&app, "skipper", 2).await;
@@ -105,11 +56,11 @@ async fn ticks_become_events_and_a_restart_runs_a_missed_tick_once_or_skips_it()
 
     // Down from 10:10 to 10:27: the 10:15, 10:20 and 10:25 ticks were missed. `run_once` runs
     // the latest of them once; `skip` runs none.
-    set(&clock, "2026-12-06T10:27:00Z");
+    set_clock(&clock, "2026-12-06T10:27:00Z");
     let app = spawn_app_at(CONFIG, dir.path(), clock.clone(), None).await;
     let ticks = wait_count(&app, "every5", 3).await;
     assert_eq!(ticks[2]["idempotency_key"], "tick:2026-12-06T10:25:00.000Z");
-    set(&clock, "2026-12-06T10:30:00Z");
+    set_clock(&clock, "2026-12-06T10:30:00Z");
     wait_count(&app, "every5", 4).await;
     let skipped = wait_count(&app, "skipper", 3).await;
     assert_eq!(
@@ -120,7 +71,7 @@ async fn ticks_become_events_and_a_restart_runs_a_missed_tick_once_or_skips_it()
 
     // A restart at the time of the last tick runs nothing again.
     let app = spawn_app_at(CONFIG, dir.path(), clock.clone(), None).await;
-    set(&clock, "2026-12-06T10:35:00Z");
+    set_clock(&clock, "2026-12-06T10:35:00Z");
     let ticks = wait_count(&app, "every5", 5).await;
     let keys: Vec<&str> = ticks
         .iter()
@@ -139,7 +90,7 @@ async fn ticks_become_events_and_a_restart_runs_a_missed_tick_once_or_skips_it()
     wait_count(&app, "skipper", 4).await;
 
     // A template that fails makes no event, and says why in the rejected log.
-    set(&clock, "2026-12-06T12:00:00Z");
+    set_clock(&clock, "2026-12-06T12:00:00Z");
     wait_until("the failed tick is in the rejected log", || async {
         let (_, log) = app.api_get("/api/v1/rejections?limit=10").await;
         log["data"].as_array().unwrap().iter().any(|r| {
@@ -172,7 +123,7 @@ async fn schedules_added_through_the_api_tick_and_bad_ones_are_refused() {
         .api_send(reqwest::Method::POST, "/api/v1/sources", Some(spec))
         .await;
     assert_eq!(status, 201, "{answer}");
-    set(&clock, "2026-03-29T23:30:00Z");
+    set_clock(&clock, "2026-03-29T23:30:00Z");
     let ticks = wait_count(&app, "daily", 1).await;
     assert_eq!(ticks[0]["idempotency_key"], "tick:2026-03-29T23:30:00.000Z");
 

@@ -54,7 +54,13 @@ pub const FIELDS: &[Field] = &[
         holder: Holder::Source,
         path: &["verify", "secret"],
         how: How::Whole,
-        about: "the verification secret (an HMAC key, or a `whsec_` secret)",
+        about: "the verification secret (an HMAC key, a `whsec_` secret, a password or a token)",
+    },
+    Field {
+        holder: Holder::Source,
+        path: &["verify", "url"],
+        how: How::Url,
+        about: "the public URL a provider signs; a password in it is write-only",
     },
     Field {
         holder: Holder::Destination,
