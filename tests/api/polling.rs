@@ -382,38 +382,6 @@ fn config(settings: &str, sources: &[String]) -> String {
     format!("settings: {settings}\nsources:{}\n", sources.concat())
 }
 
-/// The events of a source, oldest first, each with its stored detail.
-async fn events_of(app: &TestApp, source: &str) -> Vec<Value> {
-    let (status, list) = app
-        .api_get(&format!("/api/v1/events?source={source}&limit=500"))
-        .await;
-    assert_eq!(status, 200, "{list}");
-    let mut out = Vec::new();
-    for e in list["data"].as_array().unwrap().iter().rev() {
-        let (_, event) = app
-            .api_get(&format!("/api/v1/events/{}", e["id"].as_str().unwrap()))
-            .await;
-        out.push(event);
-    }
-    out
-}
-
-/// Waits until `source` has `n` events, checks it has exactly `n`, and returns them.
-async fn wait_count(app: &TestApp, source: &str, n: usize) -> Vec<Value> {
-    wait_until(&format!("{n} events of {source}"), || async {
-        events_of(app, source).await.len() >= n
-    })
-    .await;
-    let events = events_of(app, source).await;
-    assert_eq!(
-        events.len(),
-        n,
-        "exactly {n} events of {source}: {:?}",
-        ids(&events)
-    );
-    events
-}
-
 /// The item ids (idempotency keys) of events, in order.
 fn ids(events: &[Value]) -> Vec<String> {
     events
@@ -439,6 +407,16 @@ fn ids_of(items: &[Value]) -> Vec<String> {
         .iter()
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Waits until `source` has at least `n` events and returns them all, oldest first (the
+/// caller checks which: a failure then names the items).
+async fn wait_events(app: &TestApp, source: &str, n: usize) -> Vec<Value> {
+    wait_until(&format!("{n} events of {source}"), || async {
+        events_of(app, source).await.len() >= n
+    })
+    .await;
+    events_of(app, source).await
 }
 
 /// The value of metric `name` labelled `source="<source>"`, if the app shows one.
@@ -548,7 +526,7 @@ async fn the_first_poll_takes_every_page_and_the_next_only_what_is_new() {
     ))
     .await;
 
-    let events = wait_count(&app, "tickets", 5).await;
+    let events = wait_events(&app, "tickets", 5).await;
     assert_events_are(&events, "tickets", &tickets(1..=5));
     let seen = up.requests();
     assert_eq!(seen.len(), 3, "three pages: {seen:#?}");
@@ -577,7 +555,7 @@ async fn the_first_poll_takes_every_page_and_the_next_only_what_is_new() {
     // the upstream answers T5 again (at or after), which is a duplicate.
     up.add(tickets(6..=7));
     advance(&app, Duration::from_secs(60)).await;
-    let events = wait_count(&app, "tickets", 7).await;
+    let events = wait_events(&app, "tickets", 7).await;
     assert_events_are(&events, "tickets", &tickets(1..=7));
     up.wait_for(5).await;
     let seen = up.requests();
@@ -596,7 +574,7 @@ async fn the_first_poll_takes_every_page_and_the_next_only_what_is_new() {
     );
     up.add(tickets(8..=8));
     advance(&app, Duration::from_secs(60)).await;
-    let events = wait_count(&app, "tickets", 8).await;
+    let events = wait_events(&app, "tickets", 8).await;
     assert_events_are(&events, "tickets", &tickets(1..=8));
 
     assert_eq!(metric(&app, FAILING, "tickets").await, Some(0.0));
@@ -607,16 +585,6 @@ async fn the_first_poll_takes_every_page_and_the_next_only_what_is_new() {
     assert_eq!(refused.status(), 405);
     let answer: Value = refused.json().await.unwrap();
     assert_eq!(answer["error"], "not_a_webhook", "{answer}");
-}
-
-/// Stops an app and waits until nothing of it is left: it polls no more.
-async fn stop(app: TestApp) {
-    let weak = app.state.downgrade();
-    drop(app);
-    wait_until("the stopped app's state is gone", || async {
-        weak.upgrade().is_none()
-    })
-    .await;
 }
 
 /// 2. The cursor (and the page's ETag and Last-Modified) are kept across a restart.
@@ -652,7 +620,7 @@ async fn a_restart_remembers_the_cursor_and_the_conditional_headers() {
 
     up.add(tickets(4..=4));
     let app = spawn_app_at(&yaml, dir.path(), clock.clone(), None).await;
-    let events = wait_count(&app, "tickets", 4).await;
+    let events = wait_events(&app, "tickets", 4).await;
     assert_events_are(&events, "tickets", &tickets(1..=4));
     let first = up.requests()[before].clone();
     assert_eq!(
@@ -705,7 +673,7 @@ async fn an_unchanged_page_answered_304_makes_no_event() {
     // A change upstream: a new ETag, the new ticket.
     up.add(tickets(3..=3));
     advance(&app, Duration::from_secs(60)).await;
-    let events = wait_count(&app, "tickets", 3).await;
+    let events = wait_events(&app, "tickets", 3).await;
     assert_events_are(&events, "tickets", &tickets(1..=3));
     let third = up.requests()[2].clone();
     assert_eq!(third.header("if-none-match"), Some("\"v1\""), "{third:?}");
@@ -752,7 +720,7 @@ async fn retry_after_holds_the_next_poll() {
     up.quiet(1, "119 s after a Retry-After of 120 s").await;
     advance(&app, Duration::from_secs(2)).await;
     up.wait_for(2).await;
-    let events = wait_count(&app, "tickets", 2).await;
+    let events = wait_events(&app, "tickets", 2).await;
     assert_events_are(&events, "tickets", &tickets(1..=2));
     wait_failing(&app, "tickets", 0.0).await;
     assert_eq!(failures(&app, "tickets").await, 1.0);
@@ -781,7 +749,7 @@ async fn a_failure_on_a_later_page_keeps_the_events_before_it_and_not_the_cursor
         )],
     ))
     .await;
-    let events = wait_count(&app, "tickets", 4).await;
+    let events = wait_events(&app, "tickets", 4).await;
     assert_events_are(&events, "tickets", &tickets(1..=4));
     wait_failing(&app, "tickets", 0.0).await;
 
@@ -800,7 +768,7 @@ async fn a_failure_on_a_later_page_keeps_the_events_before_it_and_not_the_cursor
     // The next poll starts again from the old cursor, and takes the rest.
     let before = up.count();
     advance_until_request(&app, &up, Duration::from_secs(10)).await;
-    let events = wait_count(&app, "tickets", 8).await;
+    let events = wait_events(&app, "tickets", 8).await;
     assert_events_are(&events, "tickets", &tickets(1..=8));
     assert_eq!(
         up.requests()[before].param("since"),
@@ -889,7 +857,7 @@ async fn failed_polls_show_in_the_metrics_and_fire_an_alert_that_resolves() {
 
     // The upstream answers again.
     advance_until_request(&app, &up, Duration::from_secs(10)).await;
-    let events = wait_count(&app, "tickets", 2).await;
+    let events = wait_events(&app, "tickets", 2).await;
     assert_events_are(&events, "tickets", &tickets(1..=2));
     wait_failing(&app, "tickets", 0.0).await;
     assert_eq!(failures(&app, "tickets").await, 3.0);
@@ -1061,10 +1029,10 @@ async fn each_pagination_kind_and_max_pages() {
     .await;
     let all = tickets(1..=5);
     for source in ["by-next-url", "by-cursor", "by-page"] {
-        let events = wait_count(&app, source, 5).await;
+        let events = wait_events(&app, source, 5).await;
         assert_events_are(&events, source, &all);
     }
-    let events = wait_count(&app, "capped", 4).await;
+    let events = wait_events(&app, "capped", 4).await;
     assert_events_are(&events, "capped", &tickets(1..=4));
 
     // next_url: the relative URL from the body, on the first page's host.
@@ -1100,7 +1068,7 @@ async fn each_pagination_kind_and_max_pages() {
 
     // The next poll: `capped` goes on from its cursor, 11 (T4); T4 again is a duplicate.
     advance(&app, Duration::from_secs(60)).await;
-    let events = wait_count(&app, "capped", 5).await;
+    let events = wait_events(&app, "capped", 5).await;
     assert_events_are(&events, "capped", &all);
     let link = up.requests_to("/link");
     assert_eq!(link[2].param("since"), Some("11"), "{:?}", link[2]);
@@ -1153,12 +1121,12 @@ async fn without_backfill_the_first_poll_takes_only_the_cursor() {
         "the first poll kept the cursor: {:#?}",
         up.requests()
     );
-    let events = wait_count(&app, "tickets", 1).await;
+    let events = wait_events(&app, "tickets", 1).await;
     assert_events_are(&events, "tickets", &tickets(4..=4));
     // Still only T4 a poll later (T3, at the cursor, was there before).
     up.add(tickets(5..=5));
     advance(&app, Duration::from_secs(60)).await;
-    let events = wait_count(&app, "tickets", 2).await;
+    let events = wait_events(&app, "tickets", 2).await;
     assert_events_are(&events, "tickets", &tickets(4..=5));
 }
 
