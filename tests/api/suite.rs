@@ -26,6 +26,7 @@ mod limits;
 mod many;
 mod openapi;
 mod overload;
+mod polling;
 mod retention;
 mod retries;
 mod schedules;
