@@ -410,7 +410,7 @@ async fn take_item(
         }
         Err(why) => return refuse(why),
     };
-    let take = !(first_poll && !poll.backfill);
+    let take = !first_poll || poll.backfill;
     if let Some(cursor) = &poll.cursor {
         let value = match read(&cursor.path, "cursor.path").await {
             Ok(v) => v,
