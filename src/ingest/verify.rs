@@ -4,7 +4,7 @@
 //! holds a secret or the expected signature.
 
 use crate::config::verify::{
-    Algorithm, SignatureEncoding, SignatureScheme, SignedPart, TimestampFrom,
+    Algorithm, SignatureEncoding, SignatureScheme, SignedPart, TimestampFrom, TimestampRule,
 };
 use crate::config::{Secret, Verify};
 use axum::http::HeaderMap;
@@ -116,8 +116,9 @@ fn check_signature(scheme: &SignatureScheme, request: &Request<'_>) -> Result<()
                     Refused(format!("header `{name}` has no `{key}` timestamp item"))
                 })?,
             };
-            fresh(text, rule, request.now_ms)?;
-            Some(text)
+            // Signed as the number it is, as Standard Webhooks' and Stripe's libraries do: `-0`
+            // or `007` in the header is the `0` or `7` the sender signed.
+            Some(fresh(text, rule, request.now_ms)?.to_string())
         }
     };
     let decoded: Vec<Vec<u8>> = candidates
@@ -144,7 +145,9 @@ fn check_signature(scheme: &SignatureScheme, request: &Request<'_>) -> Result<()
         match part {
             SignedPart::Text(t) => mac.update(t.as_bytes()),
             SignedPart::Body => mac.update(request.body),
-            SignedPart::Timestamp => mac.update(timestamp.unwrap_or_default().as_bytes()),
+            SignedPart::Timestamp => {
+                mac.update(timestamp.as_deref().unwrap_or_default().as_bytes())
+            }
             SignedPart::Id => {
                 let h = scheme.id_header.as_deref().unwrap_or_default();
                 mac.update(header(request.headers, h)?.as_bytes())
@@ -174,10 +177,9 @@ fn check_signature(scheme: &SignatureScheme, request: &Request<'_>) -> Result<()
     }
 }
 
-use crate::config::verify::TimestampRule;
-
-/// Refuses a timestamp that is not a whole number, or is further from now than the tolerance.
-fn fresh(text: &str, rule: &TimestampRule, now_ms: i64) -> Result<(), Refused> {
+/// The timestamp, refused when it is not a whole number or is further from now than the
+/// tolerance.
+fn fresh(text: &str, rule: &TimestampRule, now_ms: i64) -> Result<i64, Refused> {
     let unit = if rule.in_millis {
         "milliseconds"
     } else {
@@ -206,7 +208,7 @@ fn fresh(text: &str, rule: &TimestampRule, now_ms: i64) -> Result<(), Refused> {
             humantime::format_duration(rule.tolerance)
         )));
     }
-    Ok(())
+    Ok(n)
 }
 
 /// A value from the request, cut short for a message.
