@@ -138,7 +138,7 @@ pub enum SignedPart {
     Text(String),
     /// The raw body, as received.
     Body,
-    /// The timestamp, as sent.
+    /// The timestamp, as the number in decimal.
     Timestamp,
     /// The message id header's value.
     Id,
