@@ -65,35 +65,12 @@ impl SmtpServer {
     }
 }
 
-fn notices(r: &Receiver) -> Vec<serde_json::Value> {
-    r.requests()
-        .iter()
-        .map(|x| serde_json::from_slice(&x.body).unwrap())
-        .collect()
-}
-
 /// Moves the clock by one alert interval (1 s in these tests), lets what became due run, and
 /// evaluates the alert rules (returning once their notices are sent).
 async fn tick(app: &TestApp) {
     app.clock.advance(Duration::from_millis(1_100));
     tokio::time::sleep(Duration::from_millis(50)).await;
     app.state.alerts.evaluate_now().await;
-}
-
-/// Like `wait_until`, evaluating the alert rules before each look.
-async fn wait_evaluated<F, Fut>(app: &TestApp, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    wait_until(what, || {
-        let fut = check();
-        async move {
-            app.state.alerts.evaluate_now().await;
-            fut.await
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

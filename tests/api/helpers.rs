@@ -830,3 +830,27 @@ pub async fn stop(app: TestApp) {
     })
     .await;
 }
+
+/// The JSON bodies a receiver got (an alert channel's notices).
+pub fn notices(r: &Receiver) -> Vec<serde_json::Value> {
+    r.requests()
+        .iter()
+        .map(|x| serde_json::from_slice(&x.body).unwrap())
+        .collect()
+}
+
+/// Like `wait_until`, evaluating the alert rules before each look.
+pub async fn wait_evaluated<F, Fut>(app: &TestApp, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_until(what, || {
+        let fut = check();
+        async move {
+            app.state.alerts.evaluate_now().await;
+            fut.await
+        }
+    })
+    .await;
+}

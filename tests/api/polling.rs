@@ -778,29 +778,6 @@ async fn a_failure_on_a_later_page_keeps_the_events_before_it_and_not_the_cursor
     wait_failing(&app, "tickets", 0.0).await;
 }
 
-fn notices(r: &Receiver) -> Vec<Value> {
-    r.requests()
-        .iter()
-        .map(|x| serde_json::from_slice(&x.body).unwrap())
-        .collect()
-}
-
-/// Like `wait_until`, evaluating the alert rules before each look.
-async fn wait_evaluated<F, Fut>(app: &TestApp, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    wait_until(what, || {
-        let fut = check();
-        async move {
-            app.state.alerts.evaluate_now().await;
-            fut.await
-        }
-    })
-    .await;
-}
-
 /// 5. Three `500`s, then a recovery: the failing gauge counts 1, 2, 3, then 0, the failures
 /// counter 3; the alert fires at 3 and resolves.
 #[tokio::test]
