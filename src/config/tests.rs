@@ -895,3 +895,23 @@ fn polling_sources_say_what_is_wrong_with_them() {
     let found = errors("sources: [ { id: w, kind: webhook, verify: { scheme: none } } ]\nalerts: [ { id: a, when: { source_failing: { source: w } }, notify: [] } ]").join("\n");
     assert!(found.contains("not a polling source"), "{found}");
 }
+
+#[test]
+fn the_standard_webhooks_twin_the_fuzzer_checks_is_the_preset() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let config = load(&format!(
+        "sources: [ {{ id: s, kind: webhook, verify: {{ scheme: standard-webhooks, secret: \"{secret}\" }} }} ]"
+    ))
+    .unwrap();
+    let Verify::Signature(preset) = &config.sources["s"].verify else {
+        panic!("a signature scheme");
+    };
+    let key = crate::config::secret::decode_secret(secret).unwrap();
+    let twin = crate::config::verify::SignatureScheme::standard_webhooks(
+        key.clone(),
+        std::time::Duration::from_secs(300),
+    );
+    // The key is not in the Debug text: it is compared on its own.
+    assert_eq!(format!("{preset:?}"), format!("{twin:?}"));
+    assert_eq!(preset.key.expose(), key.as_slice());
+}

@@ -19,7 +19,8 @@ fn invalid(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-fn media_type(headers: &HeaderMap) -> Option<String> {
+/// The request's media type, lower case, without parameters.
+pub(super) fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers
         .get(axum::http::header::CONTENT_TYPE)?
         .to_str()
@@ -47,7 +48,7 @@ fn decoded(text: &[u8], plus: bool, place: &str) -> Result<String, String> {
 /// values in order.
 pub(super) fn form(headers: &HeaderMap, body: &[u8]) -> Result<Bytes, ApiError> {
     match media_type(headers).as_deref() {
-        Some("application/x-www-form-urlencoded") => {}
+        Some(FORM) => {}
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -91,6 +92,7 @@ pub(super) fn form(headers: &HeaderMap, body: &[u8]) -> Result<Bytes, ApiError> 
     ))
 }
 
+pub(super) const FORM: &str = "application/x-www-form-urlencoded";
 const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
 

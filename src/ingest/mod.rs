@@ -175,7 +175,26 @@ pub async fn receive(
     }
 }
 
-impl Intake<'_> {
+impl<'a> Intake<'a> {
+    /// The intake of an event Ferry makes itself (a tick, a polled item): no request, so no
+    /// headers or query, received now.
+    fn made_inside(
+        app: &'a AppState,
+        config: &'a Config,
+        source_id: &'a str,
+        headers: &'a HeaderMap,
+    ) -> Intake<'a> {
+        Intake {
+            app,
+            config,
+            source_id,
+            source_label: source_id,
+            headers,
+            query: None,
+            received_at: app.clock.now_ms(),
+        }
+    }
+
     /// The path of an event, step by step.
     async fn take(&self, body: Body, held: &mut Option<Share>) -> Result<Response, Refusal> {
         let source = self.source()?;
@@ -731,15 +750,7 @@ pub(crate) async fn emit(
         return Err(format!("no source has the id `{source_id}`"));
     };
     let headers = HeaderMap::new();
-    let intake = Intake {
-        app,
-        config: &config,
-        source_id,
-        source_label: source_id,
-        headers: &headers,
-        query: None,
-        received_at: app.clock.now_ms(),
-    };
+    let intake = Intake::made_inside(app, &config, source_id, &headers);
     events::event_received(&app.metrics, source_id);
     let Some(share) = app.ingest_budget.try_take(payload.len()) else {
         let refusal = Refusal::not_taken(short_of_memory(app.ingest_budget.limit()));
@@ -764,17 +775,19 @@ pub(crate) async fn emit(
     }
 }
 
-/// Writes a refusal of an event Ferry made itself (a template that failed) to the rejected log.
-pub(crate) fn record_failure(app: &AppState, source_id: &str, error: &str, message: String) {
-    events::input_rejected(&app.metrics, source_id, source_id, 422, error, &message);
-    app.store.record_rejection(Rejection {
-        source: source_id.to_string(),
-        received_at: app.clock.now_ms(),
-        status: 422,
-        error: error.to_string(),
-        reason: message,
-        body: Bytes::new(),
-    });
+/// Writes a refusal of an event Ferry made itself (a template that failed, a polled item
+/// without an id) to the rejected log, as a request's: `422` with `code` and `message`.
+pub(crate) async fn record_failure(
+    app: &AppState,
+    source_id: &str,
+    code: &'static str,
+    message: String,
+) {
+    let config = app.config.get();
+    let headers = HeaderMap::new();
+    let intake = Intake::made_inside(app, &config, source_id, &headers);
+    let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+    let _ = intake.refuse(Refusal::refused(error, &Bytes::new())).await;
 }
 
 /// The `503` of a request that does not fit in `settings.memory.ingest_bytes`.

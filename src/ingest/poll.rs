@@ -394,9 +394,9 @@ async fn take_item(
             }
         }
     };
-    let refuse = |why: Option<String>| {
+    let refuse = |why: Option<String>| async move {
         if let Some(why) = why {
-            super::record_failure(app, &source.id, "invalid_item", why);
+            super::record_failure(app, &source.id, "invalid_item", why).await;
         }
     };
     // An item without an id would be taken again at every poll: refused instead.
@@ -406,15 +406,16 @@ async fn take_item(
             return refuse(Some(format!(
                 "an item without an id at `{}`; it was not taken",
                 poll.item_id.code()
-            )));
+            )))
+            .await;
         }
-        Err(why) => return refuse(why),
+        Err(why) => return refuse(why).await,
     };
     let take = !first_poll || poll.backfill;
     if let Some(cursor) = &poll.cursor {
         let value = match read(&cursor.path, "cursor.path").await {
             Ok(v) => v,
-            Err(why) => return refuse(why),
+            Err(why) => return refuse(why).await,
         };
         if let Some(value) = value {
             if let Some(kept) = state.cursor.as_deref() {

@@ -206,7 +206,7 @@ async fn fire(app: &AppState, source_id: &str, schedule: &Schedule, at: Millis) 
                     let message =
                         format!("the tick at {scheduled_at} made no event: `emit.template`: {why}");
                     tracing::warn!(source = %source_id, "{message}");
-                    super::record_failure(app, source_id, "template_failed", message);
+                    super::record_failure(app, source_id, "template_failed", message).await;
                     return;
                 }
             }

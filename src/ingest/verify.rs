@@ -224,16 +224,7 @@ fn shown(text: &str) -> String {
 /// once), each name followed by its value. A body that is not a form is covered by the
 /// `bodySHA256` query parameter, the hex SHA-256 of the body, which the signed URL holds.
 fn form_part(mac: &mut AnyMac, request: &Request<'_>) -> Result<(), Refused> {
-    let is_form = request
-        .headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| {
-            t.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if is_form {
+    if super::formats::media_type(request.headers).as_deref() == Some(super::formats::FORM) {
         let mut params: Vec<(String, String)> = url::form_urlencoded::parse(request.body)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();

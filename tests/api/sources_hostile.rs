@@ -37,24 +37,20 @@ sources:
     );
 }
 
-/// sources.md, Schedules: "On the night the clocks go forward, a time that does not exist
-/// fires at the same time after the change; on the night they go back, a time that happens
-/// twice fires once." (Ferry fires the missing 02:30 at 03:00 CEST, the moment of the change,
-/// as Vixie cron does; the doc's wording reads as 03:30 too: see the review's report.)
+/// A schedule at 02:30 in Paris, which the clock changes skip once a year and repeat once.
+const NIGHT: &str = r#"
+sources:
+  - { id: night, kind: schedule, cron: "30 2 * * *", timezone: Europe/Paris, emit: { event_type: tick, payload: {} } }
+"#;
+
+/// sources.md, Schedules: on the night the clocks go forward, a time that does not exist fires
+/// at the moment of the change (03:00 CEST, as Vixie cron does); on the night they go back, a
+/// time that happens twice fires once.
 #[tokio::test]
 async fn daylight_saving_nights_fire_as_documented() {
     let clock = ManualClock::new(at("2026-03-28T12:00:00Z"));
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_at(
-        r#"
-sources:
-  - { id: night, kind: schedule, cron: "30 2 * * *", timezone: Europe/Paris, emit: { event_type: tick, payload: {} } }
-"#,
-        dir.path(),
-        clock.clone(),
-        None,
-    )
-    .await;
+    let app = spawn_app_at(NIGHT, dir.path(), clock.clone(), None).await;
     // 2026-03-29: Paris goes from 02:00 CET to 03:00 CEST; 02:30 does not exist.
     set_clock(&clock, "2026-03-29T01:00:00Z");
     let ticks = wait_count(&app, "night", 1).await;
@@ -65,16 +61,7 @@ sources:
     // at 01:30 UTC, and fires once.
     let clock = ManualClock::new(at("2026-10-24T12:00:00Z"));
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_at(
-        r#"
-sources:
-  - { id: night, kind: schedule, cron: "30 2 * * *", timezone: Europe/Paris, emit: { event_type: tick, payload: {} } }
-"#,
-        dir.path(),
-        clock.clone(),
-        None,
-    )
-    .await;
+    let app = spawn_app_at(NIGHT, dir.path(), clock.clone(), None).await;
     set_clock(&clock, "2026-10-25T00:30:00Z");
     wait_count(&app, "night", 1).await;
     set_clock(&clock, "2026-10-25T01:30:00Z");
